@@ -1,0 +1,154 @@
+"""DDPG hyperparameters.
+
+Defaults are the modern, re-tuned DDPG of Fujimoto et al. 2018 ("Addressing Function Approximation
+Error in Actor-Critic Methods", the TD3 paper's "OurDDPG"; github.com/sfujim/TD3) and CleanRL's
+``ddpg_continuous_action.py``. ``DDPGConfig.preset("paper")`` gives Lillicrap et al. 2015 §7, and
+``DDPGConfig.preset("td3")`` switches on TD3's three changes.
+
+Noise scales, target-smoothing noise and its clip are in the actor's normalized [-1, 1] action
+units (0.1 here = 0.1 * max_action in TD3's code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+NOISE_TYPES = ("gaussian", "ou", "none")
+
+
+@dataclass
+class DDPGConfig:
+    # Networks. 256-256 as in OurDDPG / CleanRL; the paper used 400-300 with final_init=3e-3.
+    hidden: tuple[int, ...] = (256, 256)
+    final_init: Optional[float] = None  # U(±final_init) last layer (Lillicrap §7); None = PyTorch default
+
+    # Optimization. Adam 3e-4 for both networks: OurDDPG and CleanRL (paper: 1e-4 actor, 1e-3 critic).
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    batch_size: int = 256  # OurDDPG / CleanRL (paper: 64)
+    tau: float = 0.005  # Polyak rate, OurDDPG / CleanRL (paper: 0.001)
+    gamma: float = 0.99  # all three sources
+    critic_l2: float = 0.0  # L2 on the critic as Adam weight_decay; paper: 1e-2, dropped by OurDDPG
+    buffer_size: int = 1_000_000  # all three sources
+
+    # Exploration, in [-1, 1] action units.
+    exploration_noise: str = "gaussian"  # "gaussian" (TD3 / CleanRL), "ou" (paper) or "none"
+    exploration_sigma: float = 0.1  # Gaussian std: TD3 main.py expl_noise=0.1, CleanRL exploration_noise=0.1
+    ou_theta: float = 0.15  # Lillicrap §7
+    ou_sigma: float = 0.2  # Lillicrap §7
+    ou_dt: float = 1e-2  # OpenAI baselines' OrnsteinUhlenbeckActionNoise
+    # Uniform-random steps before learning: TD3 main.py start_timesteps=25e3, CleanRL learning_starts=25e3.
+    # Small tasks (the pendulums) solve in a few thousand steps, so 25k random steps would be most of
+    # the run; the TD3 paper (§6.1) used 1_000 there. `preset(..., env_id=...)` applies that.
+    learning_starts: int = 25_000
+    train_freq: int = 1  # env steps between updates: one update per env step (TD3 / CleanRL)
+    gradient_steps: int = 1  # gradient steps per update
+
+    # TD3 switches (Fujimoto et al. 2018 §4.2, §5.2, §5.3); off = DDPG. TD3 values: True, 2, 0.2, 0.5.
+    twin_critics: bool = False  # clipped double-Q: target uses min of two critics
+    policy_delay: int = 1  # actor + target update every `policy_delay` critic steps
+    target_policy_noise: float = 0.0  # std of Gaussian noise on mu'(s') in the critic target
+    target_noise_clip: float = 0.5  # that noise is clipped to ±target_noise_clip
+
+    # Replay.
+    prioritized: bool = False  # proportional PER (Schaul et al. 2016)
+    per_alpha: float = 0.6  # Schaul et al. 2016, proportional variant
+    per_beta0: float = 0.4  # importance-sampling exponent, annealed to 1; Schaul et al. 2016
+    n_step: int = 1  # n-step returns (1 = the paper's one-step target)
+
+    obs_normalization: bool = False
+    device: str = "cpu"
+
+    # ------------------------------------------------------------------ presets
+    @staticmethod
+    def presets() -> dict[str, dict[str, Any]]:
+        return {
+            "ddpg": {},
+            # Lillicrap et al. 2015 §7 (low-dimensional tasks).
+            "paper": dict(hidden=(400, 300), final_init=3e-3, actor_lr=1e-4, critic_lr=1e-3, critic_l2=1e-2,
+                          tau=1e-3, batch_size=64, exploration_noise="ou"),
+            # Fujimoto et al. 2018, Algorithm 1 / §6.1 and sfujim/TD3 main.py.
+            "td3": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5),
+        }
+
+    @classmethod
+    def preset(cls, name: str = "ddpg", env_id: Optional[str] = None, **overrides: Any) -> "DDPGConfig":
+        """A named preset ("ddpg", "paper", "td3"), adapted to ``env_id``, with ``overrides`` on top."""
+        presets = cls.presets()
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}{_did_you_mean(name, presets)}; choose from {sorted(presets)}")
+        values = dict(presets[name])
+        if env_id is not None:
+            values["learning_starts"] = learning_starts_for(env_id)
+        return cls.from_dict({**values, **overrides})
+
+    # ------------------------------------------------------------------ (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (``hidden`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DDPGConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            named = ", ".join(f"{k!r}{_did_you_mean(k, known)}" for k in unknown)
+            raise ValueError(f"unknown DDPGConfig key(s): {named}")
+        d = dict(d)
+        if "hidden" in d and not isinstance(d["hidden"], int):
+            d["hidden"] = tuple(d["hidden"])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "DDPGConfig":
+        """Raise ValueError naming the first nonsensical field and its value; returns self."""
+
+        def check(field: str, ok: bool, want: str, hint: str = "") -> None:
+            if not ok:
+                raise ValueError(f"DDPGConfig.{field} must be {want}, got {getattr(self, field)!r}{hint}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # rejects NaN
+
+        h = self.hidden
+        check("hidden", isinstance(h, (tuple, list)) and all(is_int(w) and w > 0 for w in h),
+              "a sequence of positive ints")
+        check("final_init", self.final_init is None or (is_num(self.final_init) and self.final_init > 0),
+              "None or > 0")
+        for f in ("actor_lr", "critic_lr", "ou_dt"):
+            check(f, is_num(getattr(self, f)) and getattr(self, f) > 0, "> 0")
+        for f in ("critic_l2", "exploration_sigma", "ou_theta", "ou_sigma", "target_policy_noise",
+                  "target_noise_clip", "per_alpha"):
+            check(f, is_num(getattr(self, f)) and getattr(self, f) >= 0, ">= 0")
+        check("tau", is_num(self.tau) and 0 < self.tau <= 1, "in (0, 1]")
+        check("gamma", is_num(self.gamma) and 0 <= self.gamma <= 1, "in [0, 1]")
+        check("per_beta0", is_num(self.per_beta0) and 0 <= self.per_beta0 <= 1, "in [0, 1]")
+        for f in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "policy_delay", "n_step"):
+            check(f, is_int(getattr(self, f)) and getattr(self, f) >= 1, "an int >= 1")
+        check("learning_starts", is_int(self.learning_starts) and self.learning_starts >= 0, "an int >= 0")
+        check("exploration_noise", self.exploration_noise in NOISE_TYPES, f"one of {NOISE_TYPES}",
+              _did_you_mean(self.exploration_noise, NOISE_TYPES))
+        for f in ("twin_critics", "prioritized", "obs_normalization"):
+            check(f, isinstance(getattr(self, f), bool), "a bool")
+        check("device", isinstance(self.device, str) and self.device != "", "a torch device string")
+        return self
+
+
+def learning_starts_for(env_id: str) -> int:
+    """Random-action warm-up length for ``env_id``: 1_000 for the pendulums, else 25_000."""
+    return 1_000 if "pendulum" in env_id.lower() else DDPGConfig.learning_starts
+
+
+def _did_you_mean(word: Any, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=3)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
