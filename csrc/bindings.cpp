@@ -48,9 +48,18 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_array(py::handle h,
   if (Arr::check_(h)) return py::reinterpret_borrow<Arr>(h);
   if (h.is_none()) throw py::type_error(std::string(name) + " must be an array of real numbers, got None");
   py::array raw = py::array::ensure(h);
-  if (!raw)
+  if (!raw) {
+    // ensure() swallows the reason (e.g. a CUDA tensor, or one that requires grad): ask NumPy
+    // again, on this error path only, to report it.
+    std::string why = "not convertible";
+    try {
+      py::module_::import("numpy").attr("asarray")(h);
+    } catch (py::error_already_set& e) {
+      why = e.what();
+    }
     throw py::type_error(std::string(name) + " must be a NumPy array, CPU torch tensor or sequence "
-                         "of real numbers, got " + type_name(h) + " (" + take_python_error() + ")");
+                         "of real numbers, got " + type_name(h) + " (" + why + ")");
+  }
   const char kind = raw.dtype().kind();
   if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b')
     throw py::type_error(std::string(name) + " must hold real numbers, got dtype " +

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <utility>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace pydpg {
@@ -100,6 +101,10 @@ class Writer {
 class Reader {
  public:
   explicit Reader(const std::string& path) : path_(path) {
+    struct stat info;
+    if (::stat(path.c_str(), &info) != 0)
+      throw FileError("cannot open '" + path + "': " + std::strerror(errno));
+    if (!S_ISREG(info.st_mode)) throw FileError("'" + path + "' is not a regular file");
     f_ = std::fopen(path.c_str(), "rb");
     if (!f_) throw FileError("cannot open '" + path + "': " + std::strerror(errno));
     std::fseek(f_, 0, SEEK_END);
@@ -557,7 +562,8 @@ void ReplayBuffer::load(const std::string& path) {
     s.count = static_cast<int>(count);
     if (count > 0) {
       s.rows.assign(static_cast<std::size_t>(c.n_step * W), 0.0f);
-      r.bytes(s.rows.data(), static_cast<std::size_t>(count * W) * sizeof(float));
+      for (std::int64_t k = 0; k < count; ++k)  // row by row, as written: the hash is chunked
+        r.bytes(s.rows.data() + k * W, W * sizeof(float));
     }
   }
   for (std::int64_t i = 0; i < size; ++i)
