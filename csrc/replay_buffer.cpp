@@ -41,11 +41,16 @@ inline std::int64_t bounded(std::uint64_t bits, std::int64_t n) {
 }
 inline double unit_double(std::uint64_t bits) { return (bits >> 11) * 0x1.0p-53; }
 
-// Sums finite values to a finite result; one NaN or Inf anywhere makes the sum NaN. Vectorizes.
+// NaN and Inf are the floats whose exponent bits are all ones. An integer OR-reduction
+// vectorizes (a float one would not, without -ffast-math), so checking a batch costs ~nothing.
 inline bool all_finite(const float* x, std::int64_t n) {
-  float acc = 0.0f;
-  for (std::int64_t i = 0; i < n; ++i) acc += x[i] * 0.0f;
-  return acc == 0.0f;
+  std::uint32_t bad = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    bad |= static_cast<std::uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
 }
 
 // FNV-1a over the bytes of the file, so that a flipped byte is reported instead of loaded.
@@ -369,10 +374,15 @@ void ReplayBuffer::sample(std::int64_t batch_size, double beta, float* rows, flo
     const double total = tree_.total();
     const double segment = total / static_cast<double>(batch_size);
     const double min_p = tree_.min();
+    scratch_mass_.resize(static_cast<std::size_t>(batch_size));
+    scratch_leaf_.resize(static_cast<std::size_t>(batch_size));
     for (std::int64_t b = 0; b < batch_size; ++b) {
-      double mass = (static_cast<double>(b) + unit_double(rng_())) * segment;
-      mass = std::min(mass, std::nextafter(total, 0.0));
-      const auto slot = static_cast<std::int64_t>(tree_.find(mass));
+      const double mass = (static_cast<double>(b) + unit_double(rng_())) * segment;
+      scratch_mass_[b] = std::min(mass, std::nextafter(total, 0.0));
+    }
+    tree_.find_many(scratch_mass_.data(), scratch_leaf_.data(), scratch_leaf_.size());
+    for (std::int64_t b = 0; b < batch_size; ++b) {
+      const auto slot = static_cast<std::int64_t>(scratch_leaf_[b]);
       slots[b] = slot;
       request(slot);
       // w_i = (N P(i))^-beta / max_j w_j = (p_i / p_min)^-beta, the max over the whole buffer.

@@ -157,6 +157,8 @@ class ReplayBuffer {
   std::vector<double> gamma_pow_;  // gamma^0 .. gamma^n
   Xoshiro256 rng_;
   std::vector<std::int64_t> scratch_slots_;
+  std::vector<double> scratch_mass_;
+  std::vector<std::size_t> scratch_leaf_;
   mutable std::mutex mutex_;
 };
 
