@@ -1,0 +1,328 @@
+"""The ``pydpg`` command line: ``train``, ``eval`` and ``presets``.
+
+Only argparse is imported at module level: ``pydpg --help`` must not pay for torch, gymnasium or
+MuJoCo. Each subcommand imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as a TOML value (numbers, booleans, [lists]), else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    from .presets import _tomllib  # light: pydpg.presets imports no torch
+
+    try:
+        value = _tomllib().loads(f"v = {raw}")["v"]
+    except Exception:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pydpg", description="DDPG (and TD3) on Gymnasium MuJoCo tasks, with a C++ replay buffer.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an agent", description=(
+        "Train DDPG on ENV_ID. Settings are layered: task preset (shipped for the MuJoCo v5 tasks) < "
+        "--preset < --config FILE.toml < --td3 < --set and the other flags."))
+    t.add_argument("env_id", nargs="?", metavar="ENV_ID", help="Gymnasium environment id, e.g. HalfCheetah-v5")
+    t.add_argument("--steps", type=_positive_int, help="total environment steps (default: the preset's)")
+    t.add_argument("--seed", type=_nonneg_int, help="random seed (default 0)")
+    t.add_argument("--config", metavar="FILE.toml", help="TOML file with [agent], [train], [env] tables")
+    t.add_argument("--out", metavar="DIR", help="output directory (default runs/ENV_ID/seedS)")
+    t.add_argument("--device", help="torch device: cpu or cuda (default cpu)")
+    t.add_argument("--td3", action="store_true", help="switch on TD3's twin critics, delayed actor, target smoothing")
+    t.add_argument("--preset", metavar="NAME",
+                   help="an algorithm preset (ddpg, paper, td3) or a task preset (see `pydpg presets`)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run (or checkpoint) in DIR exactly where it stopped")
+    t.add_argument("--n-envs", type=_positive_int, help="parallel environments (default 1)")
+    t.add_argument("--eval-every", type=_nonneg_int, help="evaluate every N steps (0: never)")
+    t.add_argument("--eval-episodes", type=_positive_int, help="episodes per evaluation")
+    t.add_argument("--checkpoint-every", type=_nonneg_int, help="checkpoint every N steps (0: only at the end)")
+    t.add_argument("--target-return", type=float, help="stop once an evaluation's mean return reaches this")
+    t.add_argument("--env-kwarg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for gymnasium.make, e.g. xml_file=my_robot.xml (repeatable)")
+    t.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="any DDPGConfig/TrainConfig field, e.g. tau=0.01 or hidden=[64,64] (repeatable)")
+    t.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+
+    e = sub.add_parser("eval", help="evaluate a trained agent", description=(
+        "Run noiseless episodes of a model file, checkpoint directory or run directory."))
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help="model file (.pt), checkpoint dir or run dir")
+    e.add_argument("--episodes", type=_positive_int, default=10, help="number of episodes (default 10)")
+    e.add_argument("--seed", type=_nonneg_int, help="first reset seed (default: the run's seed + 100)")
+    e.add_argument("--env", metavar="ENV_ID", help="evaluate on this env id instead of the training env")
+    e.add_argument("--render-video", metavar="FILE", help="write the episodes as a video (.mp4 or .gif)")
+    e.add_argument("--device", help="torch device (default cpu)")
+
+    p = sub.add_parser("presets", help="list the shipped presets, or print one")
+    p.add_argument("name", nargs="?", help="preset to print")
+    # These parse their own arguments (pydpg.export / pydpg.deploy); listed here for --help.
+    for name, text in _DELEGATED_HELP.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+_DELEGATED_HELP = {
+    "export": "export a checkpoint as a deployable policy (TorchScript, ONNX or .pt2) with a parity check",
+    "run": "run an exported policy in the shipped C++ control loop (MuJoCo C API, fixed rate)",
+    "journey": "the main job: train briefly, export, run in the C++ loop, print returns and latency",
+}
+
+
+def _delegated(command: str):
+    """Subcommands that own their argument parsing, imported only when used."""
+    if command == "export":
+        from .export import export_main
+
+        return export_main
+    from . import deploy
+
+    return {"run": deploy.run_main, "journey": deploy.journey_main}[command]
+
+
+# ---------------------------------------------------------------------------------------- train
+_CONFIG_FLAGS = ("config", "td3", "preset", "n_envs", "eval_every", "eval_episodes", "checkpoint_every",
+                 "target_return", "seed", "env_kwarg", "sets")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.env_id is None and args.resume is None:
+        raise CLIError("train needs ENV_ID (or --resume DIR)")
+    if args.resume is not None:
+        changed = [f"--{f.replace('_', '-')}".replace("--sets", "--set") for f in _CONFIG_FLAGS
+                   if getattr(args, f) is not None and getattr(args, f) is not False and getattr(args, f) != []]
+        if args.out is not None:
+            changed.append("--out")
+        if changed:
+            raise CLIError(f"--resume continues a run with its own settings; {', '.join(changed)} cannot be "
+                           "changed (only --steps, --device, --threads, --no-progress)")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .trainer import Trainer
+
+    if args.resume is not None:
+        trainer = Trainer.resume(args.resume, total_steps=args.steps, device=args.device,
+                                 progress=not args.no_progress, verbose=True, tensorboard=not args.no_tensorboard)
+        if args.env_id is not None and args.env_id != trainer.train_cfg.env_id:
+            raise CLIError(f"{args.resume} is a run of {trainer.train_cfg.env_id!r}, not {args.env_id!r}")
+        print(f"resuming {trainer.env_name} from step {trainer.step} ({args.resume})", file=sys.stderr)
+    else:
+        from . import presets
+        from .api import _split_overrides
+
+        agent_over, train_over = _split_overrides(dict(args.sets))
+        if args.device is not None:
+            agent_over["device"] = args.device
+        for flag, key in (("steps", "total_steps"), ("seed", "seed"), ("n_envs", "n_envs"),
+                          ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes"),
+                          ("checkpoint_every", "checkpoint_every"), ("target_return", "target_return")):
+            if getattr(args, flag) is not None:
+                train_over[key] = getattr(args, flag)
+        config, train = presets.resolve(args.env_id, preset=args.preset, config_file=args.config, td3=args.td3,
+                                        agent=agent_over, train=train_over, env_kwargs=dict(args.env_kwarg))
+        out = Path(args.out) if args.out else Path("runs") / args.env_id / f"seed{train.seed}"
+        if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+            raise CLIError(f"{out} already holds a run; continue it with `pydpg train --resume {out}` "
+                           "or choose another --out")
+        trainer = Trainer(config, train, out_dir=out, progress=not args.no_progress, verbose=True,
+                          tensorboard=not args.no_tensorboard)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {trainer.step}; `pydpg train --resume {trainer.out_dir}` continues from "
+              "the last checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        trainer.close()
+    print(f"outputs in {trainer.out_dir}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.render_video:
+        suffix = Path(args.render_video).suffix.lower()
+        if suffix not in (".mp4", ".gif"):
+            raise CLIError(f"--render-video writes .mp4 or .gif files, got {args.render_video!r}")
+        # Without a display, MuJoCo's default GLFW backend cannot open a context; EGL renders
+        # offscreen on GPUs and Mesa. Must be set before the renderer is created.
+        if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+            os.environ["MUJOCO_GL"] = "egl"
+    from .checkpoint import load_model_any
+    from .envs import evaluate, make_env
+    from .trainer import agent_from_model, make_policy
+
+    model, _ = load_model_any(args.checkpoint, map_location=args.device)
+    run = model["run"]
+    env_id = args.env or run.get("env_id")
+    if env_id is None:
+        raise CLIError(f"{args.checkpoint} does not name its environment; pass --env ENV_ID")
+    agent, normalizer = agent_from_model(model, device=args.device)
+    if args.render_video:
+        env = _make_rendering_env(env_id, run.get("env_kwargs") or {})
+    else:
+        env = make_env(env_id, run.get("env_kwargs") or {})
+    if tuple(env.observation_space.shape) != (int(model["obs_dim"]),):
+        raise CLIError(f"{env_id} has observations of shape {env.observation_space.shape}; the model expects "
+                       f"({model['obs_dim']},)")
+    seed = args.seed if args.seed is not None else int(run.get("seed", 0)) + int(run.get("eval_seed_offset", 100))
+    result = evaluate(make_policy(agent, normalizer), env, args.episodes, seed, record=bool(args.render_video))
+    print(f"{env_id}: return {result}")
+    for i, (r, n) in enumerate(zip(result.returns, result.lengths)):
+        print(f"  episode {i}: return {r:.2f}, length {n}")
+    if args.render_video:
+        fps = int(env.metadata.get("render_fps") or 30)
+        write_video(result.frames, args.render_video, fps)
+        print(f"video: {args.render_video} ({len(result.frames)} frames, {fps} fps)")
+    env.close()
+    return 0
+
+
+def _make_rendering_env(env_id: str, env_kwargs: dict):
+    """An env with render_mode="rgb_array" that has rendered one frame, or a CLIError saying why not."""
+    from .envs import check_env_id, make_env
+
+    check_env_id(env_id)  # a bad id is a ValueError of its own, not a rendering problem
+    try:
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render()
+    except ValueError:
+        raise
+    except Exception as e:  # GL failures surface as RuntimeError, AttributeError, FatalError, ... by backend
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise CLIError(
+            f"offscreen rendering does not work here (MUJOCO_GL={os.environ.get('MUJOCO_GL', 'unset')}: "
+            f"{type(e).__name__}: {detail}). It needs EGL (MUJOCO_GL=egl, e.g. apt-get install libegl1) or "
+            "OSMesa (MUJOCO_GL=osmesa, apt-get install libosmesa6); evaluation without --render-video works "
+            "regardless") from None
+    if frame is None:
+        raise CLIError(f"{env_id} returned no frame for render_mode='rgb_array'; it cannot be recorded")
+    return env
+
+
+def write_video(frames: Sequence[Any], path: str, fps: int) -> None:
+    """Write RGB frames to ``path``: GIF through Pillow, MP4 through imageio's ffmpeg plugin."""
+    if not frames:
+        raise CLIError("no frames were recorded")
+    tmp = f"{path}.tmp{Path(path).suffix}"
+    if path.lower().endswith(".gif"):
+        try:
+            from PIL import Image
+        except ImportError:
+            raise CLIError("writing .gif needs Pillow (pip install pillow)") from None
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+    else:
+        try:
+            import imageio.v2 as imageio
+            import imageio_ffmpeg  # noqa: F401  (imageio's mp4 writer)
+        except ImportError:
+            raise CLIError("writing .mp4 needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg); "
+                           "or write a .gif instead") from None
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as w:
+            for f in frames:
+                w.append_data(f)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------- presets
+def cmd_presets(args: argparse.Namespace) -> int:
+    from . import presets
+
+    if args.name:
+        from .config import DDPGConfig
+
+        if args.name in DDPGConfig.presets():
+            print(f"# algorithm preset {args.name!r}: DDPGConfig fields changed from the defaults")
+            for k, v in DDPGConfig.presets()[args.name].items():
+                print(f"{k} = {v!r}")
+        else:
+            print(presets.text(args.name), end="")
+        return 0
+    print("algorithm presets: " + ", ".join(presets.algorithm_presets()))
+    print("task presets:      " + ", ".join(presets.available()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--cmake-dir"]:  # as `pybind11 --cmakedir`: where find_package(pydpg) looks
+        from .deploy import cmake_dir_main
+
+        return cmake_dir_main()
+    if argv and argv[0] in _DELEGATED_HELP:
+        return _delegated(argv[0])(argv[1:])
+    parser = build_parser()
+    parser.add_argument("--cmake-dir", action="store_true",
+                        help="print the directory of pydpg's CMake package config and exit")
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(version("pydpg"))
+        except PackageNotFoundError:
+            print("0+unknown")
+        return 0
+    commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets}
+    if args.command not in commands:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return commands[args.command](args)
+    except (CLIError, ValueError, OSError) as e:
+        # ValueError covers bad config values, unknown env ids, discrete action spaces and bad
+        # checkpoints (CheckpointError); OSError missing files (e.g. an xml_file): each message
+        # already names what is wrong.
+        print(f"pydpg {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        # gym.make(env_id, **env_kwargs) with a keyword the env does not take
+        print(f"pydpg {args.command}: error: {e} (check --env-kwarg / the [env] table)", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,640 @@
+"""The training run: collect with N envs, store real transitions, update, evaluate, log, checkpoint.
+
+One vector step of ``Trainer``:
+
+1. act: uniform random in [-1, 1] for the first ``learning_starts`` steps (sfujim/TD3 main.py,
+   CleanRL), then ``mu(s) + noise``; ``envs.scale_action`` maps to the env's units;
+2. step the ``SyncVectorEnv`` (Gymnasium's next-step autoreset); store each env's transition unless
+   that env was in its autoreset step (its "transition" goes from the final observation to the
+   reset observation and is not one the MDP made). ``terminated`` and ``truncated`` go to the
+   buffer separately: only termination stops bootstrapping (``Batch.done``);
+3. one gradient update per env step after ``learning_starts`` (``train_freq``/``gradient_steps``);
+4. every ``eval_every`` steps: ``eval_episodes`` noiseless episodes on a separate env reset with
+   seed ``seed + 100`` (as sfujim/TD3's ``eval_policy``), a metrics row, TensorBoard scalars;
+5. every ``checkpoint_every`` steps: an atomic checkpoint (``pydpg.checkpoint``).
+
+Steps count real transitions, summed over envs. On CPU a run is a deterministic function of its
+seed, and ``Trainer.resume`` continues a checkpoint exactly as the uninterrupted run would have:
+agent, optimizers, normalizer, buffer, every RNG stream, counters and each env's simulator state
+are restored (see ``envs.get_env_state`` for what env state is and which envs support it).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt_io
+from .agent import DDPG as DDPGAgent
+from .config import DDPGConfig, _did_you_mean
+from .envs import (EnvLike, evaluate, get_env_state, make_env, make_vec_env, scale_action, set_env_state,
+                   EvalResult)
+from .noise import make_noise
+from .normalizer import RunningNormalizer
+from .replay import ReplayBuffer
+
+METRICS_COLUMNS = ("step", "wall_time", "sps", "eval_mean", "eval_std", "critic_loss", "actor_loss",
+                   "q_mean", "train_return", "episodes")
+PER_EPS = 1e-6  # added to |TD error| so no transition gets priority 0 (Schaul et al. 2016, §3.3)
+
+
+# ---------------------------------------------------------------------------------------- run settings
+@dataclass
+class TrainConfig:
+    """Everything about a run that is not the learning algorithm (that is ``DDPGConfig``)."""
+
+    env_id: Optional[str] = None
+    env_kwargs: dict = field(default_factory=dict)  # to gym.make, e.g. {"xml_file": "robot.xml"}
+    seed: int = 0
+    total_steps: int = 1_000_000  # sfujim/TD3 max_timesteps, CleanRL total_timesteps
+    n_envs: int = 1
+    eval_every: int = 5_000  # sfujim/TD3 eval_freq; 0 = no evaluation
+    eval_episodes: int = 10  # sfujim/TD3 eval_policy(eval_episodes=10)
+    eval_seed_offset: int = 100  # eval env seeded seed + 100, as sfujim/TD3's eval_policy
+    checkpoint_every: int = 50_000  # 0 = only the final checkpoint
+    keep_checkpoints: int = 1  # the previous one is deleted only after the new one is complete
+    target_return: Optional[float] = None  # stop early once an eval mean reaches it
+
+    def validate(self) -> "TrainConfig":
+        def check(name: str, ok: bool, want: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        check("env_id", self.env_id is None or (isinstance(self.env_id, str) and self.env_id != ""),
+              "None or a non-empty string")
+        check("env_kwargs", isinstance(self.env_kwargs, dict), "a dict (TOML table [env])")
+        check("seed", is_int(self.seed) and 0 <= self.seed < 2**32, "an int in [0, 2**32)")
+        for name in ("total_steps", "n_envs", "eval_episodes", "keep_checkpoints"):
+            check(name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
+        for name in ("eval_every", "checkpoint_every", "eval_seed_offset"):
+            check(name, is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
+        t = self.target_return
+        check("target_return", t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t == t),
+              "None or a number")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ValueError("unknown TrainConfig key(s): " + ", ".join(f"{k!r}{_did_you_mean(k, known)}" for k in unknown))
+        return cls(**d).validate()
+
+
+# ---------------------------------------------------------------------------------------- policies
+def make_policy(agent: DDPGAgent, normalizer: Optional[RunningNormalizer]) -> Callable[[np.ndarray], np.ndarray]:
+    """The noiseless policy obs -> action in [-1, 1] (one obs or a batch); ``envs.scale_action``
+    gives env units. Used by training, evaluation, the CLI and ``pydpg.DDPG.predict``."""
+    if normalizer is None:
+        return agent.act
+    return lambda obs: agent.act(normalizer.normalize(obs))
+
+
+def agent_from_model(model: dict[str, Any], device: Union[str, torch.device, None] = None
+                     ) -> tuple[DDPGAgent, Optional[RunningNormalizer]]:
+    """Rebuild the agent (and normalizer) stored in a model dict (``pydpg.checkpoint``)."""
+    config = DDPGConfig.from_dict(model["config"])
+    if device is not None:
+        config.device = str(device)
+    agent = DDPGAgent.from_dims(int(model["obs_dim"]), int(model["act_dim"]), config)
+    agent.load_state_dict(model["agent"])
+    normalizer = None
+    if model["normalizer"] is not None:
+        normalizer = RunningNormalizer.from_dict(model["normalizer"]).to(agent.device)
+    return agent, normalizer
+
+
+# ---------------------------------------------------------------------------------------- output
+class Progress:
+    """A one-line progress bar on stderr (steps, SPS, last eval) when ``bar`` and stderr is a
+    terminal; ``lines`` prints a line per evaluation (above the bar)."""
+
+    def __init__(self, total: int, bar: bool, lines: bool, stream=None):
+        self.total, self.lines = total, lines
+        self.stream = stream or sys.stderr
+        self.tty = bar and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last = 0.0
+
+    def update(self, step: int, sps: float, last_eval: Optional[float], force: bool = False) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.25:
+            return
+        self._last = now
+        frac = min(1.0, step / max(1, self.total))
+        bar = "#" * int(frac * 30)
+        ev = "-" if last_eval is None else f"{last_eval:.1f}"
+        self.stream.write(f"\r[{bar:<30}] {step}/{self.total} steps | {sps:.0f} sps | eval {ev}   ")
+        self.stream.flush()
+
+    def write(self, line: str) -> None:
+        if not self.lines:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        self._last = 0.0
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class RunLogger:
+    """metrics.csv (one row per evaluation) and TensorBoard scalars under an output directory."""
+
+    def __init__(self, out_dir: Path, resume_step: Optional[int] = None, tensorboard: bool = True):
+        self.path = out_dir / "metrics.csv"
+        if resume_step is not None and self.path.exists():
+            # Rows past the checkpoint were written by the interrupted run; the resumed run
+            # writes them again, so the file ends up as the uninterrupted run's.
+            with open(self.path, newline="") as f:
+                # A row cut short by a kill has no last column; rows past the checkpoint go.
+                rows = [r for r in csv.DictReader(f)
+                        if r.get(METRICS_COLUMNS[-1]) not in (None, "") and int(r["step"]) <= resume_step]
+            ckpt_io.atomic_write_bytes(self.path, _csv_bytes(rows))
+        elif not self.path.exists() or resume_step is None:
+            ckpt_io.atomic_write_bytes(self.path, _csv_bytes([]))
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.DictWriter(self._file, METRICS_COLUMNS)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+            else:
+                # purge_step drops the interrupted run's events past the checkpoint.
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._csv.writerow({k: _fmt(row.get(k)) for k in METRICS_COLUMNS})
+        self._file.flush()
+        if self.tb is not None:
+            step = row["step"]
+            for key, tag in (("eval_mean", "eval/mean_return"), ("eval_std", "eval/std_return"),
+                             ("critic_loss", "train/critic_loss"), ("actor_loss", "train/actor_loss"),
+                             ("q_mean", "train/q_mean"), ("train_return", "train/episode_return"),
+                             ("sps", "time/sps")):
+                v = row.get(key)
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    self.tb.add_scalar(tag, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _csv_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, METRICS_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def read_metrics(path: Union[str, os.PathLike]) -> list[dict[str, float]]:
+    """metrics.csv rows as dicts of floats (NaN for empty cells)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if v != "" else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """A DDPG training run on ``env`` (an id or a gymnasium.Env; default ``train.env_id``).
+
+    ``out_dir`` None keeps everything in memory (``history``); otherwise the run writes
+    ``metrics.csv``, ``tb/``, ``checkpoints/``, ``summary.json`` and ``learning_curve.png`` there.
+    ``model`` (a model dict, see ``pydpg.checkpoint``) starts from stored weights and normalizer.
+    """
+
+    def __init__(self, config: DDPGConfig, train: TrainConfig, env: Optional[EnvLike] = None,
+                 out_dir: Union[str, os.PathLike, None] = None, *, progress: bool = False,
+                 verbose: bool = False, tensorboard: bool = True, model: Optional[dict] = None):
+        self.config = config.validate()
+        self.train_cfg = train = TrainConfig.from_dict(train.validate().to_dict())  # ours to update
+        env = env if env is not None else train.env_id
+        if env is None:
+            raise ValueError("no environment: pass env or set TrainConfig.env_id")
+        if isinstance(env, str) and train.env_id is None:
+            train.env_id = env
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress_enabled, self.verbose, self.tensorboard = progress, verbose, tensorboard
+        seed = train.seed
+
+        torch.manual_seed(seed)  # network initialization and the agent's target-noise generator
+        rng_seq = np.random.SeedSequence(seed).spawn(3)
+        self.rng = np.random.default_rng(rng_seq[0])  # warm-up actions
+        self.vec = make_vec_env(env, train.n_envs, train.env_kwargs)
+        self.env_name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
+        box = self.vec.single_action_space
+        self.low, self.high = box.low.astype(np.float64), box.high.astype(np.float64)
+        self.obs_dim = int(self.vec.single_observation_space.shape[0])
+        self.act_dim = int(box.shape[0])
+        try:
+            self.eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 else None
+        except ValueError:
+            self.vec.close()
+            raise
+
+        self.agent = DDPGAgent.from_dims(self.obs_dim, self.act_dim, config)
+        self.normalizer = RunningNormalizer(self.obs_dim).to(self.agent.device) if config.obs_normalization else None
+        self.policy = make_policy(self.agent, self.normalizer)
+        self.noise = make_noise(config, self.act_dim, train.n_envs, np.random.default_rng(rng_seq[1]))
+        self.buffer = ReplayBuffer(config.buffer_size, self.obs_dim, self.act_dim, prioritized=config.prioritized,
+                                   alpha=config.per_alpha, n_step=config.n_step, gamma=config.gamma,
+                                   seed=int(rng_seq[2].generate_state(1, np.uint64)[0]))
+
+        # Counters and per-env episode state: all of it goes into checkpoints.
+        self.step = 0
+        self.n_grad = 0
+        self.episodes = 0
+        self.next_eval = train.eval_every
+        self.next_ckpt = train.checkpoint_every
+        self.elapsed = 0.0  # wall time of all run() calls, evaluation included
+        self.train_time = 0.0  # the same without evaluation and checkpointing
+        self.history: list[dict[str, Any]] = []
+        self.best: Optional[dict[str, float]] = None
+        self.reached_target = False
+        self._reset_interval()
+        self.obs, _ = self.vec.reset(seed=seed)
+        self.autoreset = np.zeros(train.n_envs, dtype=bool)
+        self.ep_return = np.zeros(train.n_envs)
+        self.ep_length = np.zeros(train.n_envs, dtype=np.int64)
+        if self.normalizer is not None:
+            self.normalizer.update(self.obs)
+        if model is not None:  # after the reset above, whose observations the model's statistics never saw
+            self._load_model(model)
+        self._last_ckpt_step: Optional[int] = None
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, total_steps: Optional[int] = None, stop_at: Optional[int] = None) -> dict[str, Any]:
+        """Train until ``total_steps`` (default ``train.total_steps``) or an eval mean reaches
+        ``target_return``; then a final evaluation, checkpoint, ``summary.json`` and plot.
+
+        ``stop_at`` returns early, once ``step >= stop_at``, with none of the end-of-run work (as an
+        interrupted run would); ``Trainer.resume`` or another ``run`` call continues from there.
+        """
+        if total_steps is not None:
+            self.train_cfg.total_steps = int(total_steps)
+            self.train_cfg.validate()
+        total = self.train_cfg.total_steps
+        logger = self._open_logger()
+        progress = Progress(total, bar=self.progress_enabled, lines=self.verbose)
+        if self.step == 0 and self.verbose:
+            progress.write(f"training {self.env_name} for {total} steps, seed {self.train_cfg.seed}, "
+                           f"{self.train_cfg.n_envs} env(s), device {self.agent.device}"
+                           + (f", output in {self.out_dir}" if self.out_dir else ""))
+        t_start = time.perf_counter()
+        t_mark = t_start
+        try:
+            while self.step < total and not self.reached_target:
+                if stop_at is not None and self.step >= stop_at:
+                    self.train_time += time.perf_counter() - t_mark
+                    return self.summary()
+                self._collect()
+                self._update()
+                if self.train_cfg.eval_every and self.step >= self.next_eval:
+                    while self.next_eval <= self.step:
+                        self.next_eval += self.train_cfg.eval_every
+                    now = time.perf_counter()
+                    self.train_time += now - t_mark
+                    self._evaluate_and_log(logger, progress, now - t_start)
+                    t_mark = time.perf_counter()
+                if self.train_cfg.checkpoint_every and self.step >= self.next_ckpt and self.out_dir is not None:
+                    while self.next_ckpt <= self.step:
+                        self.next_ckpt += self.train_cfg.checkpoint_every
+                    now = time.perf_counter()
+                    self.train_time += now - t_mark
+                    self.save_checkpoint(_elapsed_in_run=now - t_start)
+                    t_mark = time.perf_counter()
+                if progress.tty:
+                    span = self.train_time + (time.perf_counter() - t_mark)
+                    progress.update(self.step, self.step / span if span > 0 else 0.0,
+                                    None if not self.history else self.history[-1]["eval_mean"])
+            now = time.perf_counter()
+            self.train_time += now - t_mark
+            final_eval = self.train_cfg.eval_every > 0 and (not self.history or self.history[-1]["step"] != self.step)
+            if final_eval:
+                self._evaluate_and_log(logger, progress, now - t_start)
+            self.elapsed += time.perf_counter() - t_start
+            t_start = None
+            if self.out_dir is not None:
+                if final_eval or self._last_ckpt_step != self.step:  # the checkpoint holds the final row too
+                    self.save_checkpoint()
+                self._finish_outputs()
+            summary = self.summary()
+            if self.verbose:
+                progress.write(self._summary_line(summary))
+            return summary
+        finally:
+            if t_start is not None:
+                self.elapsed += time.perf_counter() - t_start
+            progress.close()
+            if logger is not None:
+                logger.close()
+
+    def _collect(self) -> None:
+        """One vector-env step; store the real transitions."""
+        n = self.train_cfg.n_envs
+        if self.step < self.config.learning_starts:
+            unit = self.rng.uniform(-1.0, 1.0, size=(n, self.act_dim)).astype(np.float32)
+        else:
+            obs = self.obs if self.normalizer is None else self.normalizer.normalize(self.obs)
+            unit = self.agent.act(obs, self.noise)
+        next_obs, reward, terminated, truncated, _ = self.vec.step(scale_action(unit, self.low, self.high))
+        # An env that ended its episode on the previous step was reset by this step instead of
+        # being stepped: (final obs, ignored action, reset obs) is not a transition of the MDP.
+        was_reset = self.autoreset
+        if not was_reset.any():
+            self.buffer.extend(self.obs, unit, reward, next_obs, terminated, truncated)
+            n_real = n
+        else:
+            real = np.flatnonzero(~was_reset)
+            if real.size:
+                self.buffer.extend(self.obs[real], unit[real], reward[real], next_obs[real], terminated[real],
+                                   truncated[real], env_ids=real)
+            n_real = real.size
+            if self.noise is not None:
+                self.noise.reset(np.flatnonzero(was_reset))  # a new episode starts its noise afresh
+        self.ep_return[~was_reset] += reward[~was_reset]
+        self.ep_length[~was_reset] += 1
+        ended = terminated | truncated
+        if ended.any():
+            for i in np.flatnonzero(ended):
+                self._interval["returns"].append(float(self.ep_return[i]))
+            self.episodes += int(ended.sum())
+            self.ep_return[ended] = 0.0
+            self.ep_length[ended] = 0
+        self.autoreset = ended
+        if self.normalizer is not None:
+            self.normalizer.update(next_obs)
+        self.obs = next_obs
+        self.step += n_real
+
+    def _update(self) -> None:
+        cfg = self.config
+        due = max(0, self.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
+        if self.n_grad >= due or len(self.buffer) == 0:
+            return
+        device = self.agent.device
+        acc = self._interval
+        while self.n_grad < due:
+            if cfg.prioritized:  # importance-sampling exponent annealed to 1 over the run (Schaul et al. 2016)
+                frac = min(1.0, self.step / self.train_cfg.total_steps)
+                batch = self.buffer.sample(cfg.batch_size, cfg.per_beta0 + (1.0 - cfg.per_beta0) * frac, device)
+            else:
+                batch = self.buffer.sample(cfg.batch_size, device=device)
+            if self.normalizer is not None:
+                batch = batch._replace(obs=self.normalizer(batch.obs), next_obs=self.normalizer(batch.next_obs))
+            info = self.agent.update(batch)
+            if cfg.prioritized:
+                self.buffer.update_priorities(batch.indices, info["td_errors"] + PER_EPS)
+            self.n_grad += 1
+            acc["n"] += 1
+            acc["critic_loss"] += info["critic_loss"]
+            acc["q_mean"] += info["q_mean"]
+            if not math.isnan(info["actor_loss"]):
+                acc["n_actor"] += 1
+                acc["actor_loss"] += info["actor_loss"]
+
+    def _reset_interval(self) -> None:
+        self._interval = {"n": 0, "n_actor": 0, "critic_loss": 0.0, "actor_loss": 0.0, "q_mean": 0.0,
+                          "returns": [], "step": getattr(self, "step", 0), "train_time": getattr(self, "train_time", 0.0)}
+
+    # ------------------------------------------------------------------ evaluation and logging
+    def evaluate(self, episodes: Optional[int] = None, seed: Optional[int] = None) -> EvalResult:
+        """Noiseless episodes on the eval env, first reset with ``seed`` (default seed + 100)."""
+        if self.eval_env is None:
+            self.eval_env = make_env(self.train_cfg.env_id or self.vec.envs[0], self.train_cfg.env_kwargs)
+        if seed is None:
+            seed = self.train_cfg.seed + self.train_cfg.eval_seed_offset
+        return evaluate(self.policy, self.eval_env, episodes or self.train_cfg.eval_episodes, seed)
+
+    def _evaluate_and_log(self, logger: Optional[RunLogger], progress: Progress, run_elapsed: float) -> None:
+        result = self.evaluate()
+        acc = self._interval
+        span = self.train_time - acc["train_time"]
+        row = {
+            "step": self.step,
+            "wall_time": round(self.elapsed + run_elapsed, 3),
+            "sps": (self.step - acc["step"]) / span if span > 0 else math.nan,
+            "eval_mean": result.mean,
+            "eval_std": result.std,
+            "critic_loss": acc["critic_loss"] / acc["n"] if acc["n"] else math.nan,
+            "actor_loss": acc["actor_loss"] / acc["n_actor"] if acc["n_actor"] else math.nan,
+            "q_mean": acc["q_mean"] / acc["n"] if acc["n"] else math.nan,
+            "train_return": float(np.mean(acc["returns"])) if acc["returns"] else math.nan,
+            "episodes": self.episodes,
+        }
+        self.history.append(row)
+        if self.best is None or result.mean > self.best["eval_mean"]:
+            self.best = {"step": self.step, "eval_mean": result.mean, "eval_std": result.std}
+        target = self.train_cfg.target_return
+        if target is not None and result.mean >= target:
+            self.reached_target = True
+        self._reset_interval()
+        if logger is not None:
+            logger.log(row)
+        progress.write(f"step {self.step:>9} | eval {result.mean:9.2f} +/- {result.std:7.2f} | "
+                       f"{row['sps']:6.0f} sps | critic {row['critic_loss']:.4g} | q {row['q_mean']:.4g}")
+
+    def _open_logger(self) -> Optional[RunLogger]:
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resume_step = self.step if (self.step > 0 or self.history) else None
+        return RunLogger(self.out_dir, resume_step, self.tensorboard)
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else None
+        from . import __version__
+
+        return {
+            "env_id": self.env_name,
+            "seed": self.train_cfg.seed,
+            "steps": self.step,
+            "gradient_steps": self.n_grad,
+            "episodes": self.episodes,
+            "wall_time_s": round(self.elapsed, 3),
+            "sps": round(self.step / self.train_time, 2) if self.train_time > 0 else None,
+            "final_eval": None if last is None else {"step": last["step"], "mean": last["eval_mean"],
+                                                      "std": last["eval_std"]},
+            "best_eval": None if self.best is None else {"step": self.best["step"], "mean": self.best["eval_mean"],
+                                                          "std": self.best["eval_std"]},
+            "reached_target": self.reached_target,
+            "config": self.config.to_dict(),
+            "train": self.train_cfg.to_dict(),
+            "pydpg_version": __version__,
+        }
+
+    @staticmethod
+    def _summary_line(s: dict[str, Any]) -> str:
+        fin, best = s["final_eval"], s["best_eval"]
+        ev = "" if fin is None else f", final eval {fin['mean']:.2f} +/- {fin['std']:.2f}, best {best['mean']:.2f} at step {best['step']}"
+        return f"done: {s['steps']} steps in {s['wall_time_s']:.0f} s{ev}"
+
+    def _finish_outputs(self) -> None:
+        summary = self.summary()
+        ckpt_io.atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        if (self.out_dir / "metrics.csv").exists() and self.history:
+            from .plotting import plot_learning_curve
+
+            plot_learning_curve(self.out_dir / "metrics.csv", self.out_dir / "learning_curve.png",
+                                title=f"{self.env_name} (seed {self.train_cfg.seed})")
+
+    # ------------------------------------------------------------------ model / checkpoint
+    def model_dict(self) -> dict[str, Any]:
+        """The agent as a model dict (``pydpg.checkpoint`` describes the keys)."""
+        return {
+            "config": self.config.to_dict(),
+            "run": self.train_cfg.to_dict(),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "action_low": torch.as_tensor(self.low, dtype=torch.float64),
+            "action_high": torch.as_tensor(self.high, dtype=torch.float64),
+            "agent": self.agent.state_dict(),
+            "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
+        }
+
+    def _load_model(self, model: dict[str, Any]) -> None:
+        if (int(model["obs_dim"]), int(model["act_dim"])) != (self.obs_dim, self.act_dim):
+            raise ValueError(f"model has obs/act dims ({model['obs_dim']}, {model['act_dim']}), this env has "
+                             f"({self.obs_dim}, {self.act_dim})")
+        self.agent.load_state_dict(model["agent"])
+        if (model["normalizer"] is None) != (self.normalizer is None):
+            raise ValueError("model and config disagree on obs_normalization")
+        if self.normalizer is not None:
+            src = RunningNormalizer.from_dict(model["normalizer"])
+            self.normalizer.load_state_dict(src.state_dict())
+            self.normalizer.eps, self.normalizer.clip = src.eps, src.clip
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the model file (weights, optimizers, normalizer, config; no replay buffer)."""
+        ckpt_io.write_model(path, self.model_dict())
+
+    def save_checkpoint(self, _elapsed_in_run: float = 0.0) -> Path:
+        """Checkpoint everything needed to resume exactly into ``out_dir/checkpoints``."""
+        if self.out_dir is None:
+            raise ValueError("this run has no output directory to checkpoint into")
+        envs = [get_env_state(e) for e in self.vec.envs]
+        state = {
+            "step": self.step, "n_grad": self.n_grad, "episodes": self.episodes,
+            "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
+            "elapsed": self.elapsed + _elapsed_in_run, "train_time": self.train_time,
+            "history": self.history, "best": self.best, "reached_target": self.reached_target,
+            "interval": self._interval,
+            "obs": ckpt_io.to_torch(np.asarray(self.obs)), "autoreset": ckpt_io.to_torch(self.autoreset),
+            "ep_return": ckpt_io.to_torch(self.ep_return), "ep_length": ckpt_io.to_torch(self.ep_length),
+            "rng": self.rng.bit_generator.state,
+            "noise": None if self.noise is None else self.noise.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.agent.device.type == "cuda" else None,
+            "envs": ckpt_io.to_torch(envs),
+        }
+        meta = {"env_id": self.env_name, "seed": self.train_cfg.seed, "time": time.time()}
+        path = ckpt_io.save_checkpoint(self.out_dir / "checkpoints", self.step, self.model_dict(), state,
+                                       self.buffer, meta, keep=self.train_cfg.keep_checkpoints)
+        self._last_ckpt_step = self.step
+        return path
+
+    @classmethod
+    def resume(cls, path: Union[str, os.PathLike], env: Optional[EnvLike] = None,
+               out_dir: Union[str, os.PathLike, None] = None, total_steps: Optional[int] = None,
+               device: Optional[str] = None, **kwargs: Any) -> "Trainer":
+        """A Trainer continuing the checkpoint at ``path`` (run dir, checkpoints dir or checkpoint dir).
+
+        The run directory defaults to the one the checkpoint is in. ``env`` is needed only if the
+        run was started from an env instance rather than an id. ``total_steps`` may extend the run.
+        """
+        ckpt = ckpt_io.load_checkpoint(path, map_location=device or None)
+        model, state = ckpt.model, ckpt.trainer
+        config = DDPGConfig.from_dict(model["config"])
+        if device is not None:
+            config.device = device
+        train = TrainConfig.from_dict(model["run"])
+        if total_steps is not None:
+            train.total_steps = int(total_steps)
+        if out_dir is None and ckpt.path.parent.name == "checkpoints":
+            out_dir = ckpt.path.parent.parent
+        ckpt_io.clean_partial(ckpt.path.parent)
+        t = cls(config, train, env, out_dir, model=model, **kwargs)
+        t.buffer = ReplayBuffer.load(ckpt.buffer_path)
+        t._load_state(state)
+        return t
+
+    def _load_state(self, s: dict[str, Any]) -> None:
+        for key in ("step", "n_grad", "episodes", "next_eval", "next_ckpt"):
+            setattr(self, key, int(s[key]))
+        self.elapsed, self.train_time = float(s["elapsed"]), float(s["train_time"])
+        self.history, self.best, self.reached_target = list(s["history"]), s["best"], bool(s["reached_target"])
+        self._interval = s["interval"]
+        self.obs = ckpt_io.to_numpy(s["obs"]).copy()
+        self.autoreset = ckpt_io.to_numpy(s["autoreset"]).copy()
+        self.ep_return = ckpt_io.to_numpy(s["ep_return"]).copy()
+        self.ep_length = ckpt_io.to_numpy(s["ep_length"]).copy()
+        self.rng.bit_generator.state = s["rng"]
+        if self.noise is not None:
+            self.noise.set_state(s["noise"])
+        torch.set_rng_state(s["torch_rng"])
+        if s["cuda_rng"] is not None and self.agent.device.type == "cuda":
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        env_states = ckpt_io.to_numpy(s["envs"])
+        if len(env_states) != len(self.vec.envs):
+            raise ckpt_io.CheckpointError(f"checkpoint has {len(env_states)} envs, this run {len(self.vec.envs)}")
+        lost = []
+        for i, (env, st) in enumerate(zip(self.vec.envs, env_states)):
+            if st is not None:
+                set_env_state(env, st)
+            else:
+                lost.append(i)
+        if lost:
+            # Without simulator state the in-progress episodes cannot continue: start new ones,
+            # seeded from (seed, step) so the resumed run is still reproducible.
+            warnings.warn(f"env(s) {lost} of {self.env_name} cannot be captured (not MuJoCo, no state_dict()): "
+                          "their episodes restart at the checkpoint, so this resume is not exact")
+            for i in lost:
+                obs, _ = self.vec.envs[i].reset(seed=self.train_cfg.seed + 7919 * (self.step + i + 1))
+                self.obs[i] = obs
+                self.autoreset[i] = False
+                self.ep_return[i], self.ep_length[i] = 0.0, 0
+        # SyncVectorEnv's own record of which envs reset on their next step.
+        self.vec._autoreset_envs = self.autoreset.copy()
+        self._last_ckpt_step = self.step
+
+    def close(self) -> None:
+        self.vec.close()
+        if self.eval_env is not None:
+            self.eval_env.close()

@@ -1,0 +1,447 @@
+"""The training run: what gets stored (termination, truncation, autoreset), exact resume, seeding,
+outputs, checkpoint files and their failure modes, and the pydpg.DDPG API."""
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pydpg import checkpoint as ckpt_io
+from pydpg.api import DDPG
+from pydpg.config import DDPGConfig
+from pydpg.envs import scale_action
+from pydpg.trainer import METRICS_COLUMNS, TrainConfig, Trainer, read_metrics
+
+import toy_env
+
+torch.set_num_threads(1)
+GAMMA = 0.99
+TIME_COLUMNS = ("wall_time", "sps")
+
+
+def toy_trainer(n_envs=3, steps=90, **agent):
+    cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=16, learning_starts=agent.pop("learning_starts", 10**6),
+                     **agent)
+    return Trainer(cfg, TrainConfig(env_id=toy_env.ID, n_envs=n_envs, total_steps=steps, eval_every=0, seed=3))
+
+
+def all_transitions(buffer, draws=20_000):
+    """Every stored transition (sampling with replacement until all were seen), as numpy rows."""
+    b = buffer.sample(draws)
+    rows = torch.cat([b.obs, b.action, b.reward, b.next_obs, b.done, b.discount], 1).numpy()
+    return np.unique(rows, axis=0)
+
+
+# ---------------------------------------------------------------------------------------- what is stored
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_stored_transitions_respect_termination_truncation_and_autoreset(n_envs):
+    tr = toy_trainer(n_envs)
+    tr.run()
+    rows = all_transitions(tr.buffer)
+    # One row per real env step: the autoreset steps were neither stored nor counted.
+    assert len(rows) == len(tr.buffer) == tr.step >= 90
+    obs, act, rew, nxt, done, disc = rows[:, 0:3], rows[:, 3:5], rows[:, 5], rows[:, 6:9], rows[:, 9], rows[:, 10]
+    # No transition crosses an episode boundary (an autoreset row would jump to a new episode tag, t=0).
+    np.testing.assert_array_equal(nxt[:, 2], obs[:, 2])
+    np.testing.assert_array_equal(nxt[:, 0], obs[:, 0] + 1)
+    # Actions are stored in the agent's [-1, 1] units; the env saw them scaled to its Box [-2, 4].
+    assert np.all(np.abs(act) <= 1)
+    env_a0 = scale_action(act, np.array([-2.0, -2.0]), np.array([4.0, 4.0]))[:, 0]
+    np.testing.assert_allclose(rew, nxt[:, 0] + env_a0, atol=1e-5)
+    terminated = nxt[:, 0] == obs[:, 1]
+    truncated = (nxt[:, 0] == toy_env.MAX_STEPS) & ~terminated
+    assert terminated.any() and truncated.any()
+    np.testing.assert_array_equal(done, terminated.astype(np.float32))  # termination: no bootstrap
+    assert np.all(done[truncated] == 0)  # time-limit truncation: bootstraps from next_obs
+    np.testing.assert_allclose(disc, GAMMA)
+    # Every complete episode contributed exactly its own steps.
+    for tag in np.unique(obs[:, 2]):
+        ep = rows[obs[:, 2] == tag]
+        ts = np.sort(ep[:, 0])
+        np.testing.assert_array_equal(ts, np.arange(len(ts)))
+
+
+def test_episode_bookkeeping_counts_only_real_steps():
+    tr = toy_trainer(n_envs=2, steps=60)
+    tr.run()
+    assert tr.episodes >= 10
+    assert np.all(tr.ep_length <= toy_env.MAX_STEPS)
+
+
+# ---------------------------------------------------------------------------------------- seeding / resume
+def pendulum_configs(seed=0, **agent):
+    cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300, **agent)
+    tc = TrainConfig(env_id="InvertedPendulum-v5", total_steps=1500, eval_every=500, eval_episodes=2,
+                     checkpoint_every=400, seed=seed)
+    return cfg, tc
+
+
+def curve(history):
+    return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in history]
+
+
+def same_rows(a, b):
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in x)
+        for x, y in zip(curve(a), curve(b)))
+
+
+def params(trainer):
+    return [p.detach().clone() for p in [*trainer.agent.actor.parameters(), *trainer.agent.critics.parameters()]]
+
+
+def test_same_seed_same_eval_returns_on_cpu():
+    runs = []
+    for seed in (0, 0, 1):
+        tr = Trainer(*pendulum_configs(seed), tensorboard=False)
+        tr.run()
+        runs.append(tr)
+    assert same_rows(runs[0].history, runs[1].history)
+    assert all(torch.equal(a, b) for a, b in zip(params(runs[0]), params(runs[1])))
+    assert [r["eval_mean"] for r in runs[0].history] != [r["eval_mean"] for r in runs[2].history]
+
+
+def _resume_matches(tmp_path, make):
+    ref = make(tmp_path / "ref")
+    ref.run()
+    cut = make(tmp_path / "cut")
+    cut.run(stop_at=700)  # "killed" at step 700: checkpoints at 400 only
+    assert cut.step == 700 and ckpt_io.resolve_checkpoint(tmp_path / "cut").name == "step_0000000400"
+    resumed = Trainer.resume(tmp_path / "cut", tensorboard=False)
+    assert resumed.step == 400
+    resumed.run()
+    assert same_rows(ref.history, resumed.history)
+    assert all(torch.equal(a, b) for a, b in zip(params(ref), params(resumed)))
+    assert len(ref.buffer) == len(resumed.buffer)
+    assert torch.equal(ref.buffer.sample(64).obs, resumed.buffer.sample(64).obs)  # buffer RNG continues too
+    # The files agree as well: metrics.csv lost the rows written after the checkpoint, then regained them.
+    strip = lambda p: [{k: v for k, v in r.items() if k not in TIME_COLUMNS} for r in csv.DictReader(open(p))]  # noqa
+    assert strip(tmp_path / "ref" / "metrics.csv") == strip(tmp_path / "cut" / "metrics.csv")
+    return ref, resumed
+
+
+def test_resume_is_exact_on_mujoco_with_obs_normalization(tmp_path):
+    cfg, tc = pendulum_configs(obs_normalization=True)
+    ref, resumed = _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out,
+                                                                 tensorboard=False))
+    assert torch.equal(ref.normalizer.mean, resumed.normalizer.mean)
+
+
+def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path):
+    """Every RNG stream at once: PER sampling, target-smoothing noise, OU state, n-step pending returns."""
+    cfg = DDPGConfig.preset("td3", hidden=(16, 16), batch_size=16, buffer_size=5000, learning_starts=100,
+                            prioritized=True, n_step=2, exploration_noise="ou")
+    tc = TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=1000, eval_every=250, eval_episodes=2,
+                     checkpoint_every=400, seed=5)
+    _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out, tensorboard=False))
+
+
+def test_resume_of_uncapturable_env_warns_and_restarts_episodes(tmp_path):
+    cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=8, learning_starts=50)
+    tc = TrainConfig(env_id="PydpgToyNoState-v0", n_envs=2, total_steps=200, eval_every=0, checkpoint_every=100)
+    Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False).run(stop_at=150)
+    with pytest.warns(UserWarning, match="cannot be captured"):
+        t = Trainer.resume(tmp_path, tensorboard=False)
+    assert t.step == 100 and not t.autoreset.any() and np.all(t.obs[:, 0] == 0)
+    t.run()
+    assert t.step >= 200
+
+
+def test_kill_9_loses_only_steps_since_last_checkpoint(tmp_path):
+    args = ["train", "InvertedPendulum-v5", "--steps", "3000", "--checkpoint-every", "500", "--eval-every", "500",
+            "--eval-episodes", "2", "--set", "hidden=[32,32]", "--set", "batch_size=32", "--set",
+            "learning_starts=300", "--threads", "1", "--no-progress", "--no-tensorboard"]
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pydpg", *args, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pointer = run / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if pointer.exists() and int(pointer.read_text().strip()[5:]) >= 1000:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+        time.sleep(0.3)  # into the steps after the checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = ckpt_io.resolve_checkpoint(run)
+    last = int(killed_at.name[5:])
+    assert last >= 1000 and not (run / "summary.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "pydpg", "train", "--resume", str(run), "--threads", "1",
+                              "--no-progress", "--no-tensorboard"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step {last} " in resumed.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3000
+    steps = [r["step"] for r in read_metrics(run / "metrics.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == 3000
+    # The same run uninterrupted, in this process (same code path, same single thread): same curve.
+    from pydpg.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    ref = read_metrics(tmp_path / "ref" / "metrics.csv")
+    got = read_metrics(run / "metrics.csv")
+    assert [r["eval_mean"] for r in ref] == [r["eval_mean"] for r in got]
+
+
+# ---------------------------------------------------------------------------------------- outputs
+def test_run_outputs(tmp_path):
+    cfg, tc = pendulum_configs()
+    tc.total_steps = 1100
+    tc.checkpoint_every = 500
+    summary = Trainer(cfg, tc, out_dir=tmp_path).run()
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0].keys()) == METRICS_COLUMNS
+    assert [int(r["step"]) for r in rows] == [500, 1000, 1100]  # the last row is the final evaluation
+    assert all(float(r["sps"]) > 0 for r in rows) and rows[-1]["critic_loss"] != ""
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["steps"] == summary["steps"] == 1100
+    assert set(on_disk) >= {"final_eval", "best_eval", "wall_time_s", "config", "train", "env_id", "seed"}
+    assert on_disk["final_eval"]["step"] == 1100 and on_disk["config"]["hidden"] == [32, 32]
+    assert on_disk["best_eval"]["mean"] == max(float(r["eval_mean"]) for r in rows)
+    assert (tmp_path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["latest", "step_0000001100"]  # keep_checkpoints=1
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000001100"
+
+
+def test_target_return_stops_early():
+    cfg, tc = pendulum_configs()
+    tc.target_return = 0.0
+    s = Trainer(cfg, tc).run()
+    assert s["reached_target"] and s["steps"] == 500
+
+
+# ---------------------------------------------------------------------------------------- checkpoint failures
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved")
+    cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=8, learning_starts=20)
+    Trainer(cfg, TrainConfig(env_id=toy_env.ID, total_steps=60, eval_every=30, eval_episodes=1,
+                             checkpoint_every=30, keep_checkpoints=2), out_dir=out, tensorboard=False).run()
+    return out
+
+
+def copy_run(saved_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(saved_run, dst)
+    return dst, ckpt_io.resolve_checkpoint(dst)
+
+
+def test_checkpoint_resolution(saved_run, tmp_path):
+    run, ck = copy_run(saved_run, tmp_path)
+    assert ck.name == "step_0000000060"
+    assert ckpt_io.resolve_checkpoint(run / "checkpoints") == ck == ckpt_io.resolve_checkpoint(ck)
+    # A kill between the directory rename and the pointer update: fall back to the newest directory.
+    (run / "checkpoints" / "latest").unlink()
+    assert ckpt_io.resolve_checkpoint(run) == ck
+    # A kill midway through writing: the temporary directory is ignored and later cleaned up.
+    partial = run / "checkpoints" / ".tmp-step_0000000090-123"
+    partial.mkdir()
+    (partial / "model.pt").write_bytes(b"half")
+    t = Trainer.resume(run, tensorboard=False)
+    assert t.step == 60 and not partial.exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run, ck: shutil.rmtree(run), "no checkpoint at"),
+    (lambda run, ck: [shutil.rmtree(p) for p in (run / "checkpoints").glob("step_*")], "no checkpoint found"),
+    (lambda run, ck: (ck / "meta.json").write_text("{not json"), "meta.json is corrupt"),
+    (lambda run, ck: (ck / "meta.json").write_text(json.dumps(
+        {**json.loads((ck / "meta.json").read_text()), "format_version": 99})), "format version 99"),
+    (lambda run, ck: (ck / "meta.json").write_text('{"format": "something-else"}'), "not a pydpg checkpoint"),
+    (lambda run, ck: (ck / "buffer.bin").unlink(), r"missing \['buffer.bin'\]"),
+    (lambda run, ck: (ck / "model.pt").write_bytes((ck / "model.pt").read_bytes()[:100]), "corrupt"),
+    (lambda run, ck: (ck / "trainer.pt").write_bytes(b"garbage"), "corrupt"),
+])
+def test_bad_checkpoints_are_refused_with_a_reason(saved_run, tmp_path, damage, message):
+    run, ck = copy_run(saved_run, tmp_path)
+    damage(run, ck)
+    with pytest.raises(ckpt_io.CheckpointError, match=message):
+        Trainer.resume(run)
+    with pytest.raises(ValueError, match=message):  # CheckpointError is a ValueError
+        ckpt_io.load_checkpoint(run)
+
+
+def test_model_file_format_checks(saved_run, tmp_path):
+    _, ck = copy_run(saved_run, tmp_path)
+    model = ckpt_io.read_model(ck / "model.pt")
+    # Loadable without unpickling code: tensors and plain values only.
+    torch.load(ck / "model.pt", weights_only=True)
+    torch.load(ck / "trainer.pt", weights_only=True)
+    bad = tmp_path / "v2.pt"
+    torch.save({**model, "format_version": 2}, bad)
+    with pytest.raises(ckpt_io.CheckpointError, match="format version 2"):
+        ckpt_io.read_model(bad)
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(ckpt_io.CheckpointError, match="not a pydpg model file"):
+        ckpt_io.read_model(bad)
+    with pytest.raises(ckpt_io.CheckpointError, match="no file"):
+        ckpt_io.read_model(tmp_path / "missing.pt")
+
+
+def test_keep_checkpoints(saved_run):
+    assert sorted(p.name for p in (saved_run / "checkpoints").glob("step_*")) == ["step_0000000030",
+                                                                                   "step_0000000060"]
+
+
+# ---------------------------------------------------------------------------------------- config errors
+def test_bad_train_config_values_name_the_field():
+    with pytest.raises(ValueError, match=r"TrainConfig.eval_every must be an int >= 0, got -5"):
+        TrainConfig(eval_every=-5).validate()
+    with pytest.raises(ValueError, match=r"TrainConfig.total_steps must be an int >= 1, got 1000000.0"):
+        TrainConfig(total_steps=1e6).validate()
+    with pytest.raises(ValueError, match=r"'n_env' \(did you mean 'n_envs'\?\)"):
+        TrainConfig.from_dict({"n_env": 2})
+    with pytest.raises(ValueError, match="no environment"):
+        Trainer(DDPGConfig(), TrainConfig())
+
+
+# ---------------------------------------------------------------------------------------- Python API
+def small_api(**kw):
+    settings = dict(seed=0, hidden=(32, 32), batch_size=32, buffer_size=10_000, learning_starts=200, eval_every=300,
+                    eval_episodes=2)
+    return DDPG("InvertedPendulum-v5", **{**settings, **kw})
+
+
+def test_api_learn_predict_save_load(tmp_path):
+    agent = small_api()
+    assert agent.learn(600) is agent and agent.num_timesteps == 600
+    agent.learn(300)  # learn continues: 300 more steps
+    assert agent.num_timesteps == 900 and [r["step"] for r in agent.trainer.history] == [300, 600, 900]
+    obs = np.random.default_rng(0).normal(size=(5, 4))
+    action, state = agent.predict(obs)
+    assert state is None and action.shape == (5, 1) and np.all(np.abs(action) <= 3.0)  # the env's Box
+    single, _ = agent.predict(obs[0])
+    assert single.shape == (1,) and np.allclose(single, action[0])
+    noisy, _ = agent.predict(obs, deterministic=False)
+    assert not np.allclose(noisy, action) and np.all(np.abs(noisy) <= 3.0)
+    agent.save(tmp_path / "model.pt")
+    loaded = DDPG.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.predict(obs)[0], action)
+    assert loaded.config == agent.config
+    # The model file says which env it is for; evaluation needs nothing else.
+    assert loaded.evaluate(2).mean == agent.evaluate(2).mean
+    with pytest.raises(ValueError, match="observation must have shape"):
+        agent.predict(np.zeros(3))
+
+
+def test_api_with_env_instance_and_preset_and_overrides():
+    import gymnasium as gym
+
+    env = gym.make("InvertedPendulum-v5")
+    agent = DDPG(env, config="td3", hidden=(16, 16), learning_starts=50, eval_every=0, buffer_size=1000)
+    assert agent.config.twin_critics and agent.config.hidden == (16, 16)
+    assert agent.trainer.vec.envs[0] is env and agent.train_config.env_id == "InvertedPendulum-v5"
+    agent.learn(100)
+    with pytest.raises(ValueError, match=r"'hiden' \(did you mean 'hidden'\?\)"):
+        DDPG("InvertedPendulum-v5", hiden=(4, 4))
+    with pytest.raises(ValueError, match=r"DDPGConfig.tau must be in \(0, 1\], got 2"):
+        DDPG("InvertedPendulum-v5", tau=2)
+    with pytest.raises(ValueError, match="'HalfCheetah-v5'"):
+        DDPG("HalfCheeta-v5")
+    with pytest.raises(ValueError, match="Discrete"):
+        DDPG("CartPole-v1")
+    with pytest.raises(ValueError, match="unknown preset 'td4'"):
+        DDPG("InvertedPendulum-v5", config="td4")
+    with pytest.raises(ValueError, match="does not exist"):
+        DDPG("InvertedPendulum-v5", config="missing.toml")
+    with pytest.raises(TypeError, match="config must be"):
+        DDPG("InvertedPendulum-v5", config=3)
+    with pytest.raises(TypeError, match="env must be"):
+        DDPG(42)
+    with pytest.raises(ValueError, match="total_timesteps must be an int >= 1"):
+        agent.learn(0)
+    with pytest.raises(ckpt_io.CheckpointError, match="no checkpoint at"):
+        DDPG.load("no/such/run")
+
+
+def test_api_load_run_dir_continues_the_run_exactly(tmp_path):
+    ref = small_api(checkpoint_every=300, out_dir=tmp_path / "ref")
+    ref.learn(900)
+    cut = small_api(checkpoint_every=300, out_dir=tmp_path / "cut")
+    cut.trainer.run(total_steps=900, stop_at=450)
+    again = DDPG.load(tmp_path / "cut")
+    assert again.num_timesteps == 300
+    again.trainer.run()  # to the run's own total_steps (900)
+    assert same_rows(ref.trainer.history, again.trainer.history)
+
+
+def test_api_predict_only_when_env_unknown(tmp_path):
+    agent = small_api()
+    model = agent.trainer.model_dict()
+    model["run"] = {**model["run"], "env_id": None}
+    ckpt_io.write_model(tmp_path / "m.pt", model)
+    loaded = DDPG.load(tmp_path / "m.pt")
+    assert loaded.trainer is None
+    np.testing.assert_array_equal(loaded.predict(np.ones(4))[0], agent.predict(np.ones(4))[0])
+    with pytest.raises(ValueError, match="without an environment"):
+        loaded.learn(10)
+    with pytest.raises(ValueError, match="no environment to evaluate"):
+        loaded.evaluate(1)
+    assert loaded.evaluate(1, env="InvertedPendulum-v5").mean >= 0
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere():
+    import io
+
+    from pydpg.trainer import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    p = Progress(1000, bar=True, lines=True, stream=tty)
+    p.update(250, 180.4, None, force=True)
+    p.update(500, 181.0, 912.5, force=True)
+    p.write("step 500 | eval 912.50")
+    p.close()
+    out = tty.getvalue()
+    assert "250/1000 steps | 180 sps | eval -" in out and "500/1000 steps | 181 sps | eval 912.5" in out
+    assert "step 500 | eval 912.50\n" in out
+    log = io.StringIO()  # not a terminal (nohup, CI): no bar, only the evaluation lines
+    p = Progress(1000, bar=True, lines=True, stream=log)
+    p.update(250, 180.0, None, force=True)
+    p.write("step 500")
+    p.close()
+    assert log.getvalue() == "step 500\n"
+    quiet = io.StringIO()
+    p = Progress(1000, bar=False, lines=False, stream=quiet)
+    p.write("x")
+    assert quiet.getvalue() == ""
+
+
+def test_normalizer_is_saved_with_the_agent(tmp_path):
+    agent = small_api(obs_normalization=True, eval_every=0)
+    agent.learn(300)
+    stats = agent.normalizer.to_dict()
+    # Every observation the envs returned: the first reset, 300 real steps, one per autoreset step.
+    resets = agent.trainer.episodes - int(agent.trainer.autoreset.sum())
+    assert float(stats["count"]) == pytest.approx(1 + 300 + resets, abs=1e-3)
+    agent.save(tmp_path / "m.pt")
+    model = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert torch.equal(model["normalizer"]["mean"], stats["mean"]) and model["normalizer"]["clip"] == 10.0
+    loaded = DDPG.load(tmp_path / "m.pt")
+    obs = np.random.default_rng(1).normal(size=(3, 4)) * 5
+    np.testing.assert_array_equal(loaded.predict(obs)[0], agent.predict(obs)[0])
+    # predict normalizes: the raw actor on raw observations gives other actions.
+    raw = scale_action(agent.agent.act(obs.astype(np.float32)), agent.trainer.low, agent.trainer.high)
+    assert not np.allclose(raw, agent.predict(obs)[0])
