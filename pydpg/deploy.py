@@ -1,0 +1,208 @@
+"""Deployment helpers: the shipped C++ control loop (``pydpg run``) and the CMake package location
+(``python -m pydpg --cmake-dir``).
+
+The wheel installs, inside the ``pydpg`` package directory:
+
+    bin/pydpg_control_loop          MuJoCo C API + pydpg::runtime, no Python (csrc/control_loop.cpp)
+    lib/libpydpg_runtime.so         the policy runtime (links libtorch from the torch package)
+    include/pydpg/policy_runtime.hpp
+    share/cmake/pydpg/pydpgConfig.cmake   find_package(pydpg) -> pydpg::runtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+CONTROL_LOOP = "pydpg_control_loop"
+
+
+def _package_dirs() -> list[Path]:
+    import pydpg
+
+    # Editable installs split the package: sources in the checkout, built files in site-packages.
+    return [Path(p) for p in pydpg.__path__]
+
+
+def _find(relative: str) -> Path:
+    for d in _package_dirs():
+        candidate = d / relative
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"pydpg/{relative} is not installed (looked in {', '.join(map(str, _package_dirs()))}); "
+                            "reinstall pydpg with its C++ components (pip install pydpg)")
+
+
+def cmake_dir() -> str:
+    """Directory holding pydpgConfig.cmake: pass it as ``-Dpydpg_DIR=...`` (or add its prefix to
+    CMAKE_PREFIX_PATH) and ``find_package(pydpg)`` gives ``pydpg::runtime``."""
+    return str(_find("share/cmake/pydpg"))
+
+
+def control_loop_path() -> str:
+    """Path of the shipped control-loop executable."""
+    return str(_find(f"bin/{CONTROL_LOOP}"))
+
+
+def cmake_dir_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m pydpg --cmake-dir``: print the CMake package directory (as ``pybind11 --cmakedir``)."""
+    try:
+        print(cmake_dir())
+    except FileNotFoundError as e:
+        print(f"pydpg: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- pydpg run
+def control_loop_args(policy: Union[str, os.PathLike], *, model: Optional[str] = None, hz: Optional[float] = None,
+                      episodes: int = 1, max_steps: Optional[int] = None, seed: int = 0, realtime: bool = True,
+                      threads: int = 1, on_nonfinite: str = "hold", init_states: Optional[str] = None,
+                      json_out: Optional[str] = None, trace: Optional[str] = None, quiet: bool = False) -> list[str]:
+    args = [control_loop_path(), os.fspath(policy), "--episodes", str(int(episodes)), "--seed", str(int(seed)),
+            "--threads", str(int(threads)), "--on-nonfinite", on_nonfinite]
+    if model is not None:
+        args += ["--model", os.fspath(model)]
+    if hz is not None:
+        args += ["--hz", repr(float(hz))]
+    if max_steps is not None:
+        args += ["--max-steps", str(int(max_steps))]
+    if not realtime:
+        args.append("--no-sleep")
+    if init_states is not None:
+        args += ["--init-states", os.fspath(init_states)]
+    if json_out is not None:
+        args += ["--json", os.fspath(json_out)]
+    if trace is not None:
+        args += ["--trace", os.fspath(trace)]
+    if quiet:
+        args.append("--quiet")
+    return args
+
+
+class ControlLoopError(RuntimeError):
+    """The control loop exited with an error; the message is its stderr."""
+
+
+def run_policy(policy: Union[str, os.PathLike], *, initial_states: Optional[np.ndarray] = None,
+               timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the C++ control loop and return its JSON report: returns, lengths, latency_us (policy
+    act()), step_us (act + physics), deadline_misses, ...
+
+    ``initial_states``: [episodes, nq + nv] qpos‖qvel to start each episode from (instead of the
+    env's reset noise), which makes a run comparable step for step with a Python evaluation.
+    Other keyword arguments are those of ``control_loop_args``.
+    """
+    with tempfile.TemporaryDirectory(prefix="pydpg-run-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        if initial_states is not None:
+            states = np.atleast_2d(np.asarray(initial_states, dtype=np.float64))
+            path = os.path.join(tmp, "init.txt")
+            np.savetxt(path, states, fmt="%.17g")
+            kwargs["init_states"] = path
+        proc = subprocess.run(control_loop_args(policy, json_out=out, **kwargs), capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            raise ControlLoopError(proc.stderr.strip() or f"control loop exited with {proc.returncode}")
+        with open(out) as f:
+            result = json.load(f)
+    result["stdout"] = proc.stdout
+    return result
+
+
+def run_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``pydpg run POLICY [options]``: run the policy in the C++ control loop; returns the exit code."""
+    p = argparse.ArgumentParser(
+        prog="pydpg run",
+        description="Run an exported policy in the C++ control loop (MuJoCo C API, fixed rate, no Python).")
+    p.add_argument("policy", help="policy file written by `pydpg export`")
+    p.add_argument("--model", help="MuJoCo XML to load instead of the model stored in the policy")
+    p.add_argument("--hz", type=float, help="control rate (default: the training env's, 1 / (timestep * frame_skip))")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--max-steps", type=int, help="steps per episode (default: the env's time limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reset noise")
+    p.add_argument("--no-sleep", action="store_true", help="run as fast as possible instead of at --hz")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of the runtime (default 1)")
+    p.add_argument("--on-nonfinite", choices=("raise", "hold", "safe"), default="hold",
+                   help="NaN/Inf observation or action: stop, hold the last action, or output zeros")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    args = p.parse_args(argv)
+    if not os.path.isfile(args.policy):
+        print(f"pydpg run: error: policy file {args.policy!r} does not exist", file=sys.stderr)
+        return 2
+    if args.model is not None and not os.path.isfile(args.model):
+        print(f"pydpg run: error: model file {args.model!r} does not exist", file=sys.stderr)
+        return 2
+    for name in ("episodes", "max_steps", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            print(f"pydpg run: error: --{name.replace('_', '-')} must be >= 1, got {v}", file=sys.stderr)
+            return 2
+    if args.hz is not None and not args.hz > 0:
+        print(f"pydpg run: error: --hz must be > 0, got {args.hz}", file=sys.stderr)
+        return 2
+    try:
+        cmd = control_loop_args(args.policy, model=args.model, hz=args.hz, episodes=args.episodes,
+                                max_steps=args.max_steps, seed=args.seed, realtime=not args.no_sleep,
+                                threads=args.threads, on_nonfinite=args.on_nonfinite, json_out=args.json)
+    except FileNotFoundError as e:
+        print(f"pydpg run: error: {e}", file=sys.stderr)
+        return 2
+    return subprocess.call(cmd)
+
+
+# ---------------------------------------------------------------------------------------- the journey
+def journey_main(argv: Optional[Sequence[str]] = None) -> int:
+    """The main job: train briefly, export with the parity check, run the policy in the C++ control
+    loop, print the return (next to Python's evaluation of the same policy) and the latency table."""
+    p = argparse.ArgumentParser(prog="pydpg journey", description=journey_main.__doc__)
+    p.add_argument("--env", default="InvertedPendulum-v5")
+    p.add_argument("--steps", type=int, default=6000, help="training steps (default %(default)s)")
+    p.add_argument("--out", default="runs/journey", help="run directory (checkpoints, policy.pt)")
+    p.add_argument("--episodes", type=int, default=3, help="evaluation episodes, Python and C++")
+    p.add_argument("--realtime-steps", type=int, default=250,
+                   help="control periods run at the env's own rate to measure deadline misses")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from .config import DDPGConfig
+    from .envs import evaluate, make_env
+    from .export import export_policy
+    from .trainer import TrainConfig, Trainer, make_policy
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[1/4] training DDPG on {args.env} for {args.steps} steps ...", flush=True)
+    trainer = Trainer(DDPGConfig.preset("ddpg", env_id=args.env),
+                      TrainConfig(env_id=args.env, seed=args.seed, total_steps=args.steps, eval_every=0,
+                                  checkpoint_every=0), out_dir=out, tensorboard=False)
+    trainer.run()
+    print(f"[2/4] exporting to {out / 'policy.pt'} (parity check) ...", flush=True)
+    export_policy(trainer, out / "policy.pt")
+    env = make_env(args.env, {})
+    seed = args.seed + 1000
+    python = evaluate(make_policy(trainer.agent, trainer.normalizer), env, args.episodes, seed=seed)
+    u = env.unwrapped
+    states = []
+    for i in range(args.episodes):  # the initial states evaluate() just used (randomness is in reset only)
+        env.reset(seed=seed) if i == 0 else env.reset()
+        states.append(np.concatenate([u.data.qpos, u.data.qvel]))
+    env.close()
+    trainer.close()
+    print("[3/4] running the policy in the C++ control loop (MuJoCo C API, no Python) ...", flush=True)
+    fast = run_policy(out / "policy.pt", initial_states=np.array(states), realtime=False, quiet=True)
+    live = run_policy(out / "policy.pt", realtime=True, max_steps=args.realtime_steps, seed=args.seed)
+    print("[4/4] results\n")
+    print(f"return, Python evaluation : {np.round(python.returns, 3).tolist()} (mean {python.returns.mean():.3f})")
+    print(f"return, C++ control loop  : {np.round(fast['returns'], 3).tolist()} (mean {fast['mean_return']:.3f}); "
+          f"max |difference| {np.max(np.abs(np.array(fast['returns']) - python.returns)):.2g}\n")
+    print(live["stdout"].split("\n\n", 1)[-1].rstrip())
+    return 0

@@ -1,0 +1,667 @@
+"""Export a trained actor as a self-contained policy file for deployment.
+
+The exported module is the whole observation -> action map a robot needs:
+
+    obs [B, obs_dim] float32
+      -> (obs - mean) / sqrt(var + eps), clipped to +-clip      (when trained with obs normalization)
+      -> actor (MLP, tanh)                                      in [-1, 1]
+      -> low + (a + 1) / 2 * (high - low), clamped to [low, high]   in the env's own action units
+    actions [B, act_dim] float32
+
+so nobody rescales by hand (Stable-Baselines3 documents the bare [-1, 1] actor output as a trap).
+
+File formats:
+
+- ``torchscript`` (``.pt``, primary): loaded by libtorch's ``torch::jit::load`` in C++ (the pydpg
+  runtime, ``pydpg.Policy``) and by ``torch.jit.load`` in Python. Metadata travels as the extra file
+  ``pydpg_policy.json``; the MuJoCo model XML, when known, as ``model.xml``.
+- ``onnx``: dynamic batch axis, metadata in the model's ``metadata_props["pydpg_policy"]``.
+- ``pt2``: ``torch.export`` + AOTInductor package, metadata in the package's AOTI metadata.
+
+Every export reloads the written file and compares it with the in-memory actor on >= 1000
+observations; a difference above ``atol`` (1e-5) raises ``ParityError`` and leaves no file behind.
+Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "pydpg-policy"
+FORMAT_VERSION = 1  # bump on any change a deployed runtime could misread; csrc/policy_runtime.hpp kFormatVersion
+METADATA_FILE = "pydpg_policy.json"
+MODEL_FILE = "model.xml"
+FORMATS = ("torchscript", "onnx", "pt2")
+DEFAULT_ATOL = 1e-5
+DEFAULT_N_CHECK = 1024
+
+
+class ParityError(RuntimeError):
+    """The exported file does not reproduce the in-memory actor within tolerance."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    n_checked: int
+    metadata: dict
+
+    def __str__(self) -> str:
+        return (f"exported {self.format} policy to {self.path}: parity check passed on {self.n_checked} observations, "
+                f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {DEFAULT_ATOL:g})")
+
+
+# ----------------------------------------------------------------------------------------- the module
+class PolicyModule(nn.Module):
+    """Normalization + actor + action scaling as one module; see the module docstring."""
+
+    # Constants, so TorchScript folds the branches away (and the C++ runtime reads them as attributes).
+    __constants__ = ["normalize", "obs_clip"]
+
+    def __init__(self, actor: nn.Module, action_low: np.ndarray, action_high: np.ndarray,
+                 obs_mean: Optional[np.ndarray] = None, obs_var: Optional[np.ndarray] = None,
+                 obs_eps: float = 1e-8, obs_clip: float = 0.0, obs_dim: Optional[int] = None):
+        super().__init__()
+        self.actor = actor
+        low = torch.as_tensor(np.asarray(action_low, dtype=np.float64))
+        high = torch.as_tensor(np.asarray(action_high, dtype=np.float64))
+        self.normalize = obs_mean is not None
+        self.obs_clip = float(obs_clip or 0.0)
+        if self.normalize:
+            mean = torch.as_tensor(np.asarray(obs_mean, dtype=np.float64))
+            std = torch.sqrt(torch.as_tensor(np.asarray(obs_var, dtype=np.float64)) + obs_eps)
+        else:
+            mean = torch.zeros(obs_dim or 1, dtype=torch.float64)
+            std = torch.ones(obs_dim or 1, dtype=torch.float64)
+        # Computed in float64 and stored in float32: the runtime's mlp backend reads these very buffers.
+        self.register_buffer("obs_mean", mean.float())
+        self.register_buffer("obs_std", std.float())
+        self.register_buffer("action_low", low.float())
+        self.register_buffer("action_high", high.float())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        # float32 throughout, exactly as pydpg.normalizer.RunningNormalizer.forward computes it.
+        x = obs
+        if self.normalize:
+            x = (x - self.obs_mean) / self.obs_std
+            if self.obs_clip > 0:
+                x = torch.clamp(x, -self.obs_clip, self.obs_clip)
+        a = torch.clamp(self.actor(x), -1.0, 1.0).double()
+        # pydpg.envs.scale_action's arithmetic, in float64 like numpy does it there, so the deployed
+        # action is bit-for-bit the one the training env received.
+        low = self.action_low.double()
+        high = self.action_high.double()
+        out = (low + (a + 1.0) * 0.5 * (high - low)).float()
+        return torch.minimum(torch.maximum(out, self.action_low), self.action_high)
+
+
+def _reference(actor: nn.Module, obs: np.ndarray, low: np.ndarray, high: np.ndarray,
+               norm: Optional[dict], normalizer=None) -> np.ndarray:
+    """What the trained agent does in Python (trainer.make_policy + envs.scale_action), computed with
+    the in-memory actor and normalizer on their own device."""
+    p = next(actor.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None else torch.float32
+    with torch.no_grad():
+        if normalizer is not None and callable(getattr(normalizer, "normalize", None)):
+            x = torch.as_tensor(normalizer.normalize(obs)).to(device, dtype)
+        else:
+            x64 = obs.astype(np.float64)
+            if norm is not None:
+                x64 = (x64 - np.asarray(norm["mean"])) / np.sqrt(np.asarray(norm["var"]) + norm["eps"])
+                if norm.get("clip"):
+                    x64 = np.clip(x64, -norm["clip"], norm["clip"])
+            x = torch.as_tensor(x64, dtype=dtype, device=device)
+        a = np.clip(actor(x).double().cpu().numpy(), -1.0, 1.0)
+    return np.clip(low + (a + 1.0) * 0.5 * (high - low), low, high)
+
+
+def _check_observations(obs_dim: int, norm: Optional[dict], n: int, seed: int = 0) -> np.ndarray:
+    """n observations spread around the training distribution (3 std wide), plus the mean itself."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, obs_dim)) * 3.0
+    if norm is not None:
+        obs = np.asarray(norm["mean"]) + z * np.sqrt(np.asarray(norm["var"]) + norm["eps"])
+        obs[0] = norm["mean"]
+    else:
+        obs = z
+        obs[0] = 0.0
+    return obs.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- the plan
+def _network_plan(actor: nn.Module) -> Optional[dict]:
+    """Describe pydpg's Actor (Linear/activation stack + tanh) so the C++ runtime can run it without
+    the TorchScript interpreter. None for any other actor: the runtime then calls forward()."""
+    from .networks import Actor
+
+    if type(actor) is not Actor or not isinstance(getattr(actor, "net", None), nn.Sequential):
+        return None
+    acts = {nn.ReLU: "relu", nn.Tanh: "tanh"}
+    layers, hidden = [], set()
+    mods = list(actor.net.named_children())
+    for i, (name, mod) in enumerate(mods):
+        if isinstance(mod, nn.Linear):
+            if mod.bias is None:
+                return None
+            layers.append({"weight": f"actor.net.{name}.weight", "bias": f"actor.net.{name}.bias",
+                           "in": mod.in_features, "out": mod.out_features})
+        elif type(mod) in acts and i + 1 < len(mods):
+            hidden.add(acts[type(mod)])
+        else:
+            return None
+    if not layers or len(hidden) > 1 or not isinstance(mods[-1][1], nn.Linear):
+        return None
+    return {"kind": "mlp", "layers": layers, "hidden_activation": hidden.pop() if hidden else "identity",
+            "output_activation": "tanh"}
+
+
+# ----------------------------------------------------------------------------------------- task spec
+def _finite_or_none(x: float) -> Optional[float]:
+    return float(x) if math.isfinite(x) else None
+
+
+def task_spec(env) -> Optional[dict]:
+    """How the C++ control loop reproduces ``env`` from mjData: observation layout, reward terms,
+    health (termination) conditions, reset noise and timing. None for envs it cannot describe.
+
+    Supported: Gymnasium v5 InvertedPendulum, HalfCheetah, Hopper, Walker2d, Swimmer.
+    """
+    u = getattr(env, "unwrapped", env)
+    module = type(u).__module__
+    if not module.startswith("gymnasium.envs.mujoco.") or not module.endswith("_v5"):
+        return None
+    name = type(u).__name__
+    nq, nv = u.model.nq, u.model.nv
+    exclude = getattr(u, "_exclude_current_positions_from_observation", True)
+    noise = float(getattr(u, "_reset_noise_scale", 0.0))
+    spec: dict[str, Any] = {"frame_skip": int(u.frame_skip), "timestep": float(u.model.opt.timestep),
+                            "control_hz": 1.0 / float(u.dt),
+                            "max_episode_steps": getattr(getattr(env, "spec", None), "max_episode_steps", None)
+                            or 1000}
+    uniform = {"qpos": {"dist": "uniform", "scale": noise}, "qvel": {"dist": "uniform", "scale": noise}}
+    if name == "InvertedPendulumEnv":
+        spec["observation"] = [{"field": "qpos"}, {"field": "qvel"}]
+        # v5: reward = int(not terminated); terminated = non-finite obs or |qpos[1]| > 0.2.
+        spec["reward"] = {"healthy_reward": 1.0}
+        spec["health"] = {"finite_obs": True, "terminate_when_unhealthy": True,
+                          "conditions": [{"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2,
+                                          "strict": False}]}
+        spec["reset_noise"] = uniform
+    elif name in ("HalfCheetahEnv", "HopperEnv", "Walker2dEnv", "SwimmerEnv"):
+        skip = (2 if name == "SwimmerEnv" else 1) if exclude else 0
+        vel: dict[str, Any] = {"field": "qvel"}
+        if name in ("HopperEnv", "Walker2dEnv"):
+            vel["clip"] = [-10.0, 10.0]
+        spec["observation"] = [{"field": "qpos", "start": skip, "stop": nq}, vel]
+        spec["reward"] = {"forward_weight": float(u._forward_reward_weight), "x_index": 0,
+                          "ctrl_cost_weight": float(u._ctrl_cost_weight),
+                          "healthy_reward": float(getattr(u, "_healthy_reward", 0.0))}
+        conds = []
+        if name == "HopperEnv":
+            lo, hi = u._healthy_state_range
+            conds.append({"field": "state", "start": 2, "stop": nq + nv, "min": _finite_or_none(lo),
+                          "max": _finite_or_none(hi), "strict": True})
+        if name in ("HopperEnv", "Walker2dEnv"):
+            for idx, (lo, hi) in ((1, u._healthy_z_range), (2, u._healthy_angle_range)):
+                conds.append({"field": "qpos", "start": idx, "stop": idx + 1, "min": _finite_or_none(lo),
+                              "max": _finite_or_none(hi), "strict": True})
+        spec["health"] = {"finite_obs": False, "conditions": conds,
+                          "terminate_when_unhealthy": bool(getattr(u, "_terminate_when_unhealthy", False))}
+        spec["reset_noise"] = ({"qpos": {"dist": "uniform", "scale": noise}, "qvel": {"dist": "normal", "scale": noise}}
+                               if name == "HalfCheetahEnv" else uniform)
+    else:
+        return None
+    return spec
+
+
+def _spec_obs(spec: dict, data) -> np.ndarray:
+    """Python mirror of the control loop's build_obs, used to verify a spec against the env."""
+    fields = {"qpos": data.qpos, "qvel": data.qvel, "state": np.concatenate([data.qpos, data.qvel]),
+              "qfrc_constraint": data.qfrc_constraint, "cfrc_ext": data.cfrc_ext.ravel()}
+    parts = []
+    for s in spec["observation"]:
+        v = np.asarray(fields[s["field"]], dtype=np.float64)[s.get("start", 0):s.get("stop")]
+        if s.get("transform") == "sin":
+            v = np.sin(v)
+        elif s.get("transform") == "cos":
+            v = np.cos(v)
+        if s.get("clip"):
+            v = np.clip(v, *s["clip"])
+        parts.append(v)
+    return np.concatenate(parts)
+
+
+def _spec_healthy(spec: dict, data, obs: np.ndarray) -> bool:
+    h = spec["health"]
+    if h.get("finite_obs") and not np.isfinite(obs).all():
+        return False
+    state = np.concatenate([data.qpos, data.qvel])
+    for c in h["conditions"]:
+        v = {"qpos": data.qpos, "qvel": data.qvel, "state": state}[c["field"]][c["start"]:c["stop"]]
+        lo = -np.inf if c["min"] is None else c["min"]
+        hi = np.inf if c["max"] is None else c["max"]
+        ok = ((lo < v) & (v < hi)) if c["strict"] else ((lo <= v) & (v <= hi))
+        if not ok.all():
+            return False
+    return True
+
+
+def verify_task_spec(spec: dict, env_spec, steps: int = 60, seed: int = 0) -> Optional[str]:
+    """Step a fresh copy of the env with random actions and check that the spec reproduces its
+    observations, rewards and terminations. Returns None when it does, else what differs."""
+    import gymnasium as gym
+
+    env = gym.make(env_spec)
+    try:
+        u = env.unwrapped
+        rng = np.random.default_rng(seed)
+        obs, _ = env.reset(seed=seed)
+        r = spec["reward"]
+        for t in range(steps):
+            if not np.allclose(_spec_obs(spec, u.data), obs, rtol=0, atol=1e-12):
+                return f"observation differs at step {t}"
+            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+            x0 = float(u.data.qpos[r.get("x_index", 0)])
+            obs, reward, terminated, truncated, _ = env.step(action)
+            ok = _spec_healthy(spec, u.data, _spec_obs(spec, u.data))
+            mine = (r.get("forward_weight", 0.0) * (u.data.qpos[r.get("x_index", 0)] - x0) / u.dt
+                    + r.get("healthy_reward", 0.0) * ok
+                    - r.get("ctrl_cost_weight", 0.0) * float(np.sum(np.square(action.astype(np.float64)))))
+            if abs(mine - reward) > 1e-6 * max(1.0, abs(reward)):
+                return f"reward differs at step {t}: spec {mine!r}, env {reward!r}"
+            if bool(spec["health"].get("terminate_when_unhealthy") and not ok) != bool(terminated):
+                return f"termination differs at step {t}"
+            if terminated or truncated:
+                obs, _ = env.reset(seed=seed + t + 1)
+        return None
+    finally:
+        env.close()
+
+
+# ----------------------------------------------------------------------------------------- sources
+def _as_numpy(x) -> Optional[np.ndarray]:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def normalizer_stats(normalizer) -> Optional[dict]:
+    """{mean, var, eps, clip} from an object exposing those attributes (pydpg.normalizer), or a dict."""
+    if normalizer is None:
+        return None
+    get = normalizer.get if isinstance(normalizer, dict) else (lambda k, d=None: getattr(normalizer, k, d))
+    mean, var = _as_numpy(get("mean")), _as_numpy(get("var"))
+    if mean is None or var is None:
+        raise TypeError(f"normalizer must expose mean and var, got {type(normalizer).__name__}")
+    eps = float(get("eps", 1e-8) if get("eps", None) is not None else 1e-8)
+    clip = get("clip", None)
+    clip = 0.0 if clip is None or not math.isfinite(float(clip)) else float(clip)
+    if mean.shape != var.shape or mean.ndim != 1:
+        raise ValueError(f"normalizer mean {mean.shape} and var {var.shape} must be equal 1-D shapes")
+    if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var + eps > 0).all()):
+        raise ValueError("normalizer statistics must be finite with var + eps > 0")
+    return {"mean": mean.tolist(), "var": var.tolist(), "eps": eps, "clip": clip}
+
+
+def _resolve_actor(source) -> nn.Module:
+    if isinstance(source, nn.Module):
+        return source
+    for attr in ("actor",):
+        if isinstance(getattr(source, attr, None), nn.Module):
+            return getattr(source, attr)
+    agent = getattr(source, "agent", None)
+    if agent is not None and isinstance(getattr(agent, "actor", None), nn.Module):
+        return agent.actor
+    raise TypeError(f"cannot find an actor in {type(source).__name__}: pass a DDPG agent, an actor module, "
+                    "or a checkpoint path")
+
+
+def _first_linear(actor: nn.Module) -> Optional[nn.Linear]:
+    return next((m for m in actor.modules() if isinstance(m, nn.Linear)), None)
+
+
+def _env_of(source, env):
+    if env is not None:
+        return env
+    for attr in ("eval_env", "env", "envs", "vec"):
+        e = getattr(source, attr, None)
+        if e is not None:
+            return e
+    return None
+
+
+# ----------------------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def _quiet_torchscript():
+    # torch >= 2.10 marks TorchScript deprecated and warns on every torch.jit.script/save. libtorch's
+    # torch::jit::load is still the supported way to run a model from C++ without Python, which is
+    # the point of this file format, so we choose it knowingly and keep the warning out of users'
+    # logs. Only DeprecationWarnings raised inside our own export call are filtered.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(TorchScript|torch\.jit).*")
+        warnings.filterwarnings("ignore", category=UserWarning, message=r".*(TorchScript|torch\.jit).*")
+        yield
+
+
+def _tmp_beside(path: Path, suffix: str = ".tmp") -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return math.inf
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return math.inf if not np.isfinite(d).all() else float(d.max(initial=0.0))
+
+
+def _write_torchscript(module: PolicyModule, tmp: Path, meta: dict, model_xml: Optional[str], obs: np.ndarray):
+    with _quiet_torchscript():
+        scripted = torch.jit.script(module)
+        extra = {METADATA_FILE: json.dumps(meta, indent=1)}
+        if model_xml is not None:
+            extra[MODEL_FILE] = model_xml
+        # Through memory: the archive's root folder is then "archive", not the temporary file's name.
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf, _extra_files=extra)
+        tmp.write_bytes(buf.getvalue())
+        loaded = torch.jit.load(str(tmp), map_location="cpu")
+        with torch.inference_mode():
+            return loaded(torch.from_numpy(obs)).numpy()
+
+
+def _write_onnx(module: PolicyModule, tmp: Path, meta: dict, obs: np.ndarray):
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError("--format onnx needs the onnx package: pip install 'pydpg[bench]' or pip install onnx") from e
+    example = torch.from_numpy(obs[:2].copy())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # The TorchScript-based exporter: no onnxscript dependency, and it handles this static graph.
+        torch.onnx.export(module, (example,), str(tmp), input_names=["obs"], output_names=["actions"],
+                          dynamic_axes={"obs": {0: "batch"}, "actions": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    model = onnx.load(str(tmp))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "pydpg_policy", json.dumps(meta)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp))
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("onnxruntime is not installed: the ONNX file was checked against torch's ONNX graph only",
+              file=sys.stderr)
+        return None
+    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    return sess.run(["actions"], {"obs": obs})[0]
+
+
+def _write_pt2(module: PolicyModule, tmp: Path, meta: dict, obs: np.ndarray):
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=1 << 16)
+    example = (torch.from_numpy(obs[:4].copy()),)
+    ep = torch.export.export(module, example, dynamic_shapes={"obs": {0: batch}})
+    # AOTInductor keeps string metadata inside the package; the loader's get_metadata() returns it.
+    torch._inductor.aoti_compile_and_package(
+        ep, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": {"pydpg_policy": json.dumps(meta)}})
+    loaded = torch._inductor.aoti_load_package(str(tmp))
+    with torch.inference_mode():
+        return loaded(torch.from_numpy(obs)).numpy()
+
+
+def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Optional[str] = None,
+                  action_low: Optional[Sequence[float]] = None, action_high: Optional[Sequence[float]] = None,
+                  normalizer=None, obs_dim: Optional[int] = None, training_steps: Optional[int] = None,
+                  eval_return: Optional[float] = None, format: str = "torchscript",
+                  n_check: int = DEFAULT_N_CHECK, atol: float = DEFAULT_ATOL, model_xml: Optional[str] = None,
+                  verbose: bool = True) -> ExportResult:
+    """Write ``source``'s actor as a deployable policy file and check it against the actor.
+
+    ``source``: a DDPG agent (``.actor``), an actor module, or an object holding an ``agent``.
+    ``env``: a Gymnasium env (or ``env_id``) supplies the action bounds, env id, the MuJoCo model and
+    the task description the C++ control loop needs; otherwise pass ``action_low``/``action_high``.
+    ``normalizer``: observation statistics used in training (object or dict with mean, var, eps, clip).
+    Raises ``ParityError`` (nothing written) when the file and the actor differ by more than ``atol``.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if n_check < 1000:
+        raise ValueError(f"n_check must be >= 1000 observations, got {n_check}")
+    path = Path(path)
+    if not path.parent.exists():
+        raise FileNotFoundError(f"directory {str(path.parent)!r} of the output file does not exist")
+    actor = _resolve_actor(source)
+    normalizer = normalizer if normalizer is not None else getattr(source, "normalizer", None)
+    # A pydpg Trainer carries the rest: bounds, step count, the last evaluation.
+    if action_low is None and getattr(source, "low", None) is not None and getattr(source, "high", None) is not None:
+        action_low, action_high = source.low, source.high
+    if training_steps is None and isinstance(getattr(source, "step", None), int):
+        training_steps = source.step
+    history = getattr(source, "history", None)
+    if eval_return is None and isinstance(history, list) and history and isinstance(history[-1], dict):
+        eval_return = history[-1].get("eval_mean")
+    if env_id is None and isinstance(getattr(source, "env_name", None), str):
+        env_id = source.env_name
+    norm = normalizer_stats(normalizer)
+
+    env = _env_of(source, env)
+    own_env = None
+    if env is None and env_id is not None:
+        import gymnasium as gym
+
+        env = own_env = gym.make(env_id)
+    try:
+        space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
+        if action_low is None and space is not None:
+            action_low, action_high = space.low, space.high
+        if action_low is None or action_high is None:
+            raise ValueError("action bounds unknown: pass env=, env_id= or action_low=/action_high=")
+        low = np.asarray(action_low, dtype=np.float64).reshape(-1)
+        high = np.asarray(action_high, dtype=np.float64).reshape(-1)
+        if low.shape != high.shape or not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+            raise ValueError(f"action bounds must be finite with low < high, got low={low}, high={high}")
+        spec = getattr(env, "spec", None)
+        if env_id is None and spec is not None:
+            env_id = spec.id
+        task, task_note, xml = None, None, model_xml
+        if env is not None and not hasattr(env, "num_envs"):
+            task = task_spec(env)
+            if task is not None and spec is not None:
+                problem = verify_task_spec(task, spec)
+                if problem:
+                    task, task_note = None, f"task description left out: it does not reproduce {env_id} ({problem})"
+            u = getattr(env, "unwrapped", env)
+            if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
+                xml = Path(u.fullpath).read_text()
+        elif env is not None and (getattr(env, "envs", None) or spec is not None or env_id is not None):
+            # A vector env: describe the task from one fresh single env of the same spec.
+            import gymnasium as gym
+
+            subs = getattr(env, "envs", None) or [None]
+            spec = getattr(subs[0], "spec", None) or spec
+            if env_id is None and spec is not None:
+                env_id = spec.id
+            single = gym.make(spec if spec is not None else env_id) if (spec or env_id) else None
+            spec = getattr(single, "spec", None)
+            try:
+                task = task_spec(single) if single is not None else None
+                if task is not None and verify_task_spec(task, spec):
+                    task = None
+                u = getattr(single, "unwrapped", None)
+                if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
+                    xml = Path(u.fullpath).read_text()
+            finally:
+                if single is not None:
+                    single.close()
+    finally:
+        if own_env is not None:
+            own_env.close()
+
+    lin = _first_linear(actor)
+    if obs_dim is None:
+        if norm is not None:
+            obs_dim = len(norm["mean"])
+        elif lin is not None:
+            obs_dim = lin.in_features
+        else:
+            raise ValueError("obs_dim unknown: pass obs_dim=")
+    act_dim = len(low)
+    if norm is not None and len(norm["mean"]) != obs_dim:
+        raise ValueError(f"normalizer has {len(norm['mean'])} statistics, obs_dim is {obs_dim}")
+
+    from . import __version__
+
+    plan = _network_plan(actor)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "pydpg_version": __version__,
+        "torch_version": torch.__version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "env_id": env_id, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
+        "action_low": low.tolist(), "action_high": high.tolist(), "normalization": norm,
+        "training_steps": None if training_steps is None else int(training_steps),
+        "eval_return": None if eval_return is None or not math.isfinite(eval_return) else float(eval_return),
+        "network": plan, "task": task,
+        "parity": {"n": int(n_check), "atol": float(atol)},
+    }
+    cpu_actor = copy.deepcopy(actor).float().cpu().eval()
+    module = PolicyModule(cpu_actor, low, high,
+                          None if norm is None else norm["mean"], None if norm is None else norm["var"],
+                          0.0 if norm is None else norm["eps"], 0.0 if norm is None else norm["clip"], obs_dim)
+    obs = _check_observations(obs_dim, norm, n_check)
+    reference = _reference(actor, obs, low, high, norm, normalizer)
+    if reference.shape != (n_check, act_dim):
+        raise ValueError(f"the actor maps [{n_check}, {obs_dim}] observations to {list(reference.shape)}, "
+                         f"expected [{n_check}, {act_dim}] (action bounds have {act_dim} entries)")
+
+    tmp = _tmp_beside(path, ".tmp.pt2" if format == "pt2" else ".tmp")  # AOTInductor insists on .pt2
+    try:
+        writer = {"torchscript": lambda: _write_torchscript(module, tmp, meta, xml, obs),
+                  "onnx": lambda: _write_onnx(module, tmp, meta, obs),
+                  "pt2": lambda: _write_pt2(module, tmp, meta, obs)}[format]
+        got = writer()
+        diff = _max_diff(got, reference) if got is not None else _max_diff(
+            module(torch.from_numpy(obs)).detach().numpy(), reference)
+        if not diff <= atol:
+            raise ParityError(f"parity check FAILED: the exported {format} policy differs from the actor by "
+                              f"max |diff| = {diff:.3g} > {atol:g} on {n_check} observations; nothing written")
+        with open(tmp, "rb") as f:  # durable before it becomes visible under its real name
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    result = ExportResult(path, format, diff, n_check, meta)
+    if verbose:
+        print(result)
+        if task_note:
+            print(f"note: {task_note}", file=sys.stderr)
+        elif task is None and format == "torchscript":
+            print(f"note: no task description for {env_id or 'this policy'}: `pydpg run` needs a supported "
+                  "Gymnasium v5 MuJoCo env (InvertedPendulum, HalfCheetah, Hopper, Walker2d, Swimmer)", file=sys.stderr)
+    return result
+
+
+def read_metadata(path: Union[str, os.PathLike]) -> dict:
+    """The metadata of a TorchScript policy file, read from its zip without loading or unpickling."""
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+        if not names:
+            raise ValueError(f"{os.fspath(path)!r} is not a pydpg policy: no {METADATA_FILE} in it")
+        return json.loads(z.read(names[0]))
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
+    """Agent, normalizer and run facts from a model file, checkpoint dir or run dir (pydpg.checkpoint)."""
+    from .checkpoint import load_model_any
+    from .trainer import agent_from_model
+
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint {os.fspath(checkpoint)!r} does not exist")
+    model, ckpt = load_model_any(checkpoint, map_location="cpu")
+    agent, normalizer = agent_from_model(model, device="cpu")
+    run = model.get("run") or {}
+    steps, eval_return = None, None
+    if ckpt is not None:
+        steps = ckpt.step
+        history = ckpt.trainer.get("history") or []
+        if history and history[-1].get("eval_mean") is not None:
+            eval_return = float(history[-1]["eval_mean"])
+    return {"agent": agent, "normalizer": normalizer, "env_id": run.get("env_id"),
+            "env_kwargs": run.get("env_kwargs") or {}, "training_steps": steps, "eval_return": eval_return,
+            "action_low": np.asarray(model["action_low"], dtype=np.float64),
+            "action_high": np.asarray(model["action_high"], dtype=np.float64), "obs_dim": int(model["obs_dim"])}
+
+
+def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.PathLike], **kwargs) -> ExportResult:
+    """Export the agent stored in a pydpg model file / checkpoint / run directory."""
+    info = load_for_export(checkpoint)
+    env = None
+    if kwargs.get("env") is None and info["env_id"]:
+        import gymnasium as gym
+
+        try:
+            env = gym.make(info["env_id"], **info["env_kwargs"])
+        except Exception as e:  # an env that is not installed here still exports, without a task spec
+            print(f"note: cannot make {info['env_id']} here ({e}); exporting without a task description",
+                  file=sys.stderr)
+    try:
+        for k in ("normalizer", "env_id", "training_steps", "eval_return", "action_low", "action_high", "obs_dim"):
+            if info.get(k) is not None:
+                kwargs.setdefault(k, info[k])
+        if env is not None:
+            kwargs.setdefault("env", env)
+        return export_policy(info["agent"], path, **kwargs)
+    finally:
+        if env is not None:
+            env.close()
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``pydpg export CHECKPOINT -o policy.pt [--format torchscript|onnx|pt2]``; returns the exit code."""
+    p = argparse.ArgumentParser(prog="pydpg export", description="Export a trained checkpoint as a deployable policy.")
+    p.add_argument("checkpoint", help="checkpoint file written by `pydpg train`")
+    p.add_argument("-o", "--output", required=True, help="policy file to write (.pt, .onnx or .pt2)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="default: from the output suffix (.onnx, .pt2), else torchscript")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="parity tolerance (default %(default)g)")
+    p.add_argument("--n-check", type=int, default=DEFAULT_N_CHECK, help="observations in the parity check")
+    args = p.parse_args(argv)
+    fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(Path(args.output).suffix, "torchscript")
+    try:
+        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check)
+    except ParityError as e:
+        print(f"pydpg export: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        print(f"pydpg export: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,73 @@
+"""Shared helpers for the export / runtime / control-loop / fuzz tests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pydpg.export import METADATA_FILE, PolicyModule, _quiet_torchscript
+from pydpg.networks import Actor
+
+# Gains of a linear controller that balances InvertedPendulum-v5 for the full 1000 steps
+# (found by a small grid search): action = 3 * tanh(K . obs).
+PENDULUM_GAINS = (0.3, 5.0, 0.3, 1.0)
+
+
+def pendulum_actor() -> Actor:
+    """pydpg's Actor (Linear-ReLU-Linear-tanh) holding the balancing controller exactly:
+    relu(K.x) - relu(-K.x) = K.x, so the network is tanh(K.x)."""
+    actor = Actor(4, 1, hidden=(2,))
+    k = torch.tensor(PENDULUM_GAINS)
+    with torch.no_grad():
+        actor.net[0].weight.copy_(torch.stack([k, -k]))
+        actor.net[0].bias.zero_()
+        actor.net[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        actor.net[2].bias.zero_()
+    return actor
+
+
+def write_raw_policy(path, module: nn.Module, meta: dict, extra: dict | None = None) -> Path:
+    """A TorchScript file with arbitrary metadata, bypassing export's checks (for bad-input tests)."""
+    files = {METADATA_FILE: json.dumps(meta)} if meta is not None else {}
+    files.update(extra or {})
+    with _quiet_torchscript():
+        scripted = torch.jit.script(module)
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf, _extra_files=files)
+    Path(path).write_bytes(buf.getvalue())
+    return Path(path)
+
+
+def base_meta(obs_dim: int, act_dim: int, low=-1.0, high=1.0) -> dict:
+    return {"format": "pydpg-policy", "format_version": 1, "obs_dim": obs_dim, "act_dim": act_dim,
+            "action_low": [low] * act_dim, "action_high": [high] * act_dim, "normalization": None}
+
+
+def plain_module(obs_dim: int, act_dim: int, low=-1.0, high=1.0) -> PolicyModule:
+    torch.manual_seed(0)
+    return PolicyModule(Actor(obs_dim, act_dim, hidden=(16,)).eval(), np.full(act_dim, low), np.full(act_dim, high),
+                        obs_dim=obs_dim)
+
+
+def have_cmake() -> bool:
+    return shutil.which("cmake") is not None and shutil.which("c++") is not None
+
+
+def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
+    """Configure and build a CMake project against the installed pydpg package."""
+    from pydpg.deploy import cmake_dir
+
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    env = dict(os.environ)
+    subprocess.run(["cmake", "-S", str(source), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                    f"-Dpydpg_DIR={cmake_dir()}"], check=True, capture_output=True, text=True, timeout=timeout, env=env)
+    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True, text=True, timeout=timeout,
+                   env=env)

@@ -1,0 +1,162 @@
+"""The C++ control loop (`pydpg run`) and C++ users of the installed package.
+
+The return-parity tests are the proof that the loop does what the training env did: the same
+policy, started from the same initial states, must earn the same return in the C++ loop (MuJoCo C
+API, no Python) as in the Python evaluation (pydpg.envs.evaluate)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from policy_helpers import cmake_build, have_cmake, pendulum_actor
+from pydpg.agent import DDPG
+from pydpg.deploy import ControlLoopError, cmake_dir, cmake_dir_main, control_loop_path, run_main, run_policy
+from pydpg.envs import evaluate
+from pydpg.export import export_policy
+from pydpg.normalizer import RunningNormalizer
+from pydpg.trainer import make_policy
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def initial_states(env_id: str, seed: int, episodes: int) -> np.ndarray:
+    """The qpos‖qvel each episode of evaluate(..., seed=seed) starts from: it resets with the seed
+    once and then without, and MuJoCo envs draw randomness only in reset."""
+    env = gym.make(env_id)
+    u = env.unwrapped
+    states = []
+    for i in range(episodes):
+        env.reset(seed=seed) if i == 0 else env.reset()
+        states.append(np.concatenate([u.data.qpos, u.data.qvel]))
+    env.close()
+    return np.array(states)
+
+
+def test_inverted_pendulum_return_matches_python(tmp_path):
+    env = gym.make("InvertedPendulum-v5")
+    actor = pendulum_actor()
+    agent = DDPG(actor, [torch.nn.Linear(5, 1)])
+    path = tmp_path / "pendulum.pt"
+    export_policy(agent, path, env=env, verbose=False)
+    python = evaluate(make_policy(agent, None), env, 3, seed=11)
+    assert (python.lengths == 1000).all()  # the controller balances: a non-trivial 1000-step run
+    cpp = run_policy(path, initial_states=initial_states("InvertedPendulum-v5", 11, 3), realtime=False, quiet=True)
+    assert cpp["lengths"] == python.lengths.tolist()
+    np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-9)
+    assert cpp["backend"] == "mlp" and cpp["latency_us"]["count"] == 3000
+    env.close()
+
+
+def test_half_cheetah_return_matches_python(tmp_path):
+    """A policy with observation normalization on a chaotic task: 1000 steps per episode."""
+    env = gym.make("HalfCheetah-v5")
+    torch.manual_seed(3)
+    agent = DDPG.from_dims(17, 6)
+    norm = RunningNormalizer(17)
+    norm.update(np.random.default_rng(0).standard_normal((1000, 17)) * 0.3)
+    path = tmp_path / "cheetah.pt"
+    export_policy(agent, path, env=env, normalizer=norm, verbose=False)
+    python = evaluate(make_policy(agent, norm), env, 2, seed=5)
+    cpp = run_policy(path, initial_states=initial_states("HalfCheetah-v5", 5, 2), realtime=False, quiet=True)
+    assert cpp["lengths"] == [1000, 1000]
+    # The runtime reproduces the trainer's actions bit for bit (same BLAS call, same MKL tanh, same
+    # float64 action scaling), so even this chaotic system follows the same trajectory; what is left
+    # is the reward's ctrl cost, summed in float64 here and in float32 by Gymnasium.
+    np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-4)
+    assert abs(python.returns[0] - python.returns[1]) > 1e-2  # the two episodes differ: a real check
+    env.close()
+
+
+def test_reset_noise_statistics_match(tmp_path):
+    """Without given initial states the loop draws its own reset noise (the env's distribution)."""
+    env = gym.make("InvertedPendulum-v5")
+    agent = DDPG(pendulum_actor(), [torch.nn.Linear(5, 1)])
+    export_policy(agent, tmp_path / "p.pt", env=env, verbose=False)
+    cpp = run_policy(tmp_path / "p.pt", episodes=3, seed=1, realtime=False, max_steps=200, quiet=True)
+    assert cpp["lengths"] == [200, 200, 200] and cpp["returns"] == [200.0, 200.0, 200.0]
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def pendulum_policy(tmp_path_factory):
+    env = gym.make("InvertedPendulum-v5")
+    path = tmp_path_factory.mktemp("pend") / "p.pt"
+    export_policy(DDPG(pendulum_actor(), [torch.nn.Linear(5, 1)]), path, env=env, verbose=False)
+    env.close()
+    return path
+
+
+def test_realtime_run_reports_latency_and_deadlines(pendulum_policy):
+    out = run_policy(pendulum_policy, hz=200.0, max_steps=40, realtime=True)
+    assert out["realtime"] and out["steps"] == 40 and out["substeps"] == 1  # 200 Hz on a 0.02 s step... 1 substep
+    assert 0 <= out["deadline_misses"] <= 40
+    assert out["wall_s"] >= 39 / 200
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        assert out["latency_us"][key] > 0
+    text = out["stdout"]
+    assert "deadline misses" in text and "p99.9" in text and "policy act()" in text
+
+
+def test_cli_run(pendulum_policy, capfd):
+    assert run_main([str(pendulum_policy), "--no-sleep", "--max-steps", "50", "--episodes", "2"]) == 0
+    out = capfd.readouterr().out
+    assert "episode 1: return 50.000" in out and "mean return 50.000" in out
+
+
+def test_cli_run_bad_input(tmp_path, pendulum_policy, capfd):
+    assert run_main([str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capfd.readouterr().err
+    assert run_main([str(pendulum_policy), "--episodes", "0"]) == 2
+    assert run_main([str(pendulum_policy), "--hz", "-5"]) == 2
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04junk")
+    assert run_main([str(tmp_path / "junk.pt"), "--no-sleep"]) == 1
+    assert "truncated or corrupt" in capfd.readouterr().err
+    # A model whose actuator count differs from the policy's.
+    cheetah_xml = gym.make("HalfCheetah-v5").unwrapped.fullpath
+    assert run_main([str(pendulum_policy), "--model", cheetah_xml, "--no-sleep"]) == 1
+    assert "has 6 actuators, the policy has act_dim 1" in capfd.readouterr().err
+    (tmp_path / "bad.xml").write_text("<mujoco><worldbody><geom")
+    assert run_main([str(pendulum_policy), "--model", str(tmp_path / "bad.xml"), "--no-sleep"]) == 1
+    assert "MuJoCo cannot load" in capfd.readouterr().err
+    rc = subprocess.run([control_loop_path(), str(pendulum_policy), "--bogus"], capture_output=True, text=True)
+    assert rc.returncode == 2 and "unknown option --bogus" in rc.stderr
+
+
+def test_policy_without_task_description(tmp_path):
+    export_policy(DDPG.from_dims(4, 1), tmp_path / "p.pt", action_low=[-3], action_high=[3], verbose=False)
+    with pytest.raises(ControlLoopError, match="no MuJoCo model"):
+        run_policy(tmp_path / "p.pt", realtime=False)
+    xml = gym.make("InvertedPendulum-v5").unwrapped.fullpath
+    with pytest.raises(ControlLoopError, match="no task description"):
+        run_policy(tmp_path / "p.pt", model=xml, realtime=False)
+
+
+# ---------------------------------------------------------------------------------------- C++ users
+def test_cmake_dir():
+    d = Path(cmake_dir())
+    assert (d / "pydpgConfig.cmake").is_file() and (d / "pydpgTargets.cmake").is_file()
+    assert (d.parents[2] / "include" / "pydpg" / "policy_runtime.hpp").is_file()
+    out = subprocess.run([sys.executable, "-c", "import sys; from pydpg.deploy import cmake_dir_main; "
+                          "sys.exit(cmake_dir_main())"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(d)
+
+
+@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
+def test_example_builds_against_installed_package_and_runs(tmp_path, pendulum_policy):
+    cmake_build(ROOT / "examples" / "cpp_control_loop", tmp_path / "build")
+    exe = tmp_path / "build" / "policy_loop"
+    out = subprocess.run([str(exe), str(pendulum_policy), "--hz", "1000", "--robots", "4", "--seconds", "0.2"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "200 periods at 1000 Hz, 4 robots" in out.stdout and "act() latency us" in out.stdout
+    bad = subprocess.run([str(exe), str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "cannot open policy file" in bad.stderr

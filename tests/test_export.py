@@ -1,0 +1,207 @@
+"""Export: the file maps raw observations to env-unit actions exactly as training did, carries its
+metadata, passes a parity check (or is not written), and keeps TorchScript's deprecation quiet."""
+
+from __future__ import annotations
+
+import json
+import types
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pydpg.agent import DDPG
+from pydpg.envs import scale_action
+from pydpg.export import (FORMAT_VERSION, ParityError, PolicyModule, export_main, export_policy, read_metadata,
+                          task_spec, verify_task_spec)
+from pydpg.normalizer import RunningNormalizer
+from pydpg.trainer import make_policy
+
+torch.set_num_threads(1)
+
+
+def jit_load(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, see pydpg.export
+        return torch.jit.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def cheetah():
+    env = gym.make("HalfCheetah-v5")
+    yield env
+    env.close()
+
+
+def trained_like(obs_dim, act_dim, seed=0):
+    torch.manual_seed(seed)
+    agent = DDPG.from_dims(obs_dim, act_dim)
+    norm = RunningNormalizer(obs_dim)
+    norm.update(np.random.default_rng(seed).standard_normal((256, obs_dim)) * 3 + 1)
+    return agent, norm
+
+
+def test_export_matches_training_policy_and_carries_metadata(tmp_path, cheetah, capsys):
+    agent, norm = trained_like(17, 6)
+    path = tmp_path / "policy.pt"
+    res = export_policy(agent, path, env=cheetah, normalizer=norm, training_steps=1234, eval_return=56.5)
+    assert "parity check passed on 1024 observations" in capsys.readouterr().out
+    assert res.max_abs_diff <= 1e-5
+
+    meta = read_metadata(path)
+    assert meta["format"] == "pydpg-policy" and meta["format_version"] == FORMAT_VERSION
+    assert (meta["obs_dim"], meta["act_dim"], meta["env_id"]) == (17, 6, "HalfCheetah-v5")
+    assert meta["action_low"] == [-1.0] * 6 and meta["action_high"] == [1.0] * 6
+    assert meta["training_steps"] == 1234 and meta["eval_return"] == 56.5
+    np.testing.assert_allclose(meta["normalization"]["mean"], norm.mean.numpy())
+    assert meta["normalization"]["clip"] == 10.0 and meta["pydpg_version"]
+    assert meta["network"]["kind"] == "mlp" and meta["task"]["frame_skip"] == 5
+
+    # The module is the whole map: raw obs in, env-unit actions out, equal to what the trainer does.
+    module = jit_load(path)
+    obs = np.random.default_rng(1).standard_normal((300, 17)).astype(np.float32) * 4
+    policy = make_policy(agent, norm)
+    want = np.stack([scale_action(policy(o), cheetah.action_space.low, cheetah.action_space.high) for o in obs])
+    with torch.no_grad():
+        # One observation at a time, as the trainer evaluates: bit for bit the same actions.
+        single = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs[:50]])
+        batched = module(torch.from_numpy(obs)).numpy()
+    np.testing.assert_array_equal(single, want[:50])
+    np.testing.assert_allclose(batched, want, rtol=0, atol=1e-6)  # BLAS blocks batches differently
+
+
+def test_action_scaling_to_asymmetric_bounds(tmp_path):
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(3, 2)
+    low, high = np.array([-2.0, 0.0]), np.array([4.0, 0.5])
+    export_policy(agent, tmp_path / "p.pt", action_low=low, action_high=high, verbose=False)
+    module = jit_load(tmp_path / "p.pt")
+    obs = torch.randn(500, 3) * 100  # saturate the tanh both ways
+    with torch.no_grad():
+        a = module(obs).numpy()
+        unit = agent.actor(obs).numpy()
+    assert (a >= low.astype(np.float32)).all() and (a <= high.astype(np.float32)).all()
+    np.testing.assert_allclose(a, low + (unit + 1) / 2 * (high - low), atol=1e-6)
+    assert read_metadata(tmp_path / "p.pt")["task"] is None
+
+
+def test_failed_parity_check_fails_export_and_writes_nothing(tmp_path):
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(4, 1)
+
+    class LyingNormalizer:  # its statistics say identity, but training normalized differently
+        mean, var, eps, clip = np.zeros(4), np.ones(4), 0.0, 0.0
+
+        def normalize(self, obs):
+            return torch.as_tensor(obs, dtype=torch.float32) * 2
+
+    path = tmp_path / "p.pt"
+    with pytest.raises(ParityError, match="parity check FAILED"):
+        export_policy(agent, path, normalizer=LyingNormalizer(), action_low=[-3], action_high=[3], verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deprecation_warning_stays_inside_export(tmp_path):
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(4, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_policy(agent, tmp_path / "p.pt", action_low=[-1], action_high=[1], verbose=False)
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)], [str(w.message) for w in caught]
+    # ... and the user's own filters are untouched afterwards.
+    assert not any(f[0] == "ignore" and f[2] is DeprecationWarning and f[1] is None for f in warnings.filters[:1])
+
+
+def test_export_from_trainer_like_object(tmp_path):
+    agent, norm = trained_like(4, 1)
+    env = gym.make("InvertedPendulum-v5")
+    trainer = types.SimpleNamespace(agent=agent, normalizer=norm, low=env.action_space.low, high=env.action_space.high,
+                                    step=777, history=[{"step": 700, "eval_mean": 12.5}], env_name="InvertedPendulum-v5",
+                                    eval_env=env)
+    export_policy(trainer, tmp_path / "p.pt", verbose=False)
+    meta = read_metadata(tmp_path / "p.pt")
+    assert (meta["training_steps"], meta["eval_return"], meta["env_id"]) == (777, 12.5, "InvertedPendulum-v5")
+    assert meta["normalization"] is not None and meta["task"]["observation"] == [{"field": "qpos"}, {"field": "qvel"}]
+    env.close()
+
+
+def test_cli_export_from_model_file(tmp_path, capsys):
+    from pydpg.checkpoint import write_model
+    from pydpg.config import DDPGConfig
+
+    agent, norm = trained_like(4, 1)
+    model = {"config": DDPGConfig().to_dict(), "run": {"env_id": "InvertedPendulum-v5", "env_kwargs": {}},
+             "obs_dim": 4, "act_dim": 1, "action_low": torch.tensor([-3.0], dtype=torch.float64),
+             "action_high": torch.tensor([3.0], dtype=torch.float64), "agent": agent.state_dict(),
+             "normalizer": norm.to_dict()}
+    write_model(tmp_path / "model.pt", model)
+    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "policy.pt")]) == 0
+    assert "parity check passed" in capsys.readouterr().out
+    meta = read_metadata(tmp_path / "policy.pt")
+    assert meta["env_id"] == "InvertedPendulum-v5" and meta["action_high"] == [3.0]
+    assert meta["normalization"]["mean"] == pytest.approx(norm.mean.tolist())
+
+
+def test_cli_export_bad_input(tmp_path, capsys):
+    assert export_main([str(tmp_path / "missing"), "-o", str(tmp_path / "p.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    assert export_main([str(tmp_path / "junk.pt"), "-o", str(tmp_path / "p.pt")]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "p.pt").exists()
+
+
+@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5"])
+def test_task_spec_reproduces_env(env_id):
+    env = gym.make(env_id)
+    spec = task_spec(env)
+    assert spec is not None
+    assert verify_task_spec(spec, env.spec, steps=80) is None
+    env.close()
+
+
+def test_task_spec_refuses_unsupported_env():
+    env = gym.make("Ant-v5")
+    assert task_spec(env) is None
+    env.close()
+
+
+def test_onnx_export_parity(tmp_path, cheetah, capsys):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    agent, norm = trained_like(17, 6)
+    res = export_policy(agent, tmp_path / "p.onnx", env=cheetah, normalizer=norm, format="onnx")
+    assert res.max_abs_diff <= 1e-5 and "parity check passed" in capsys.readouterr().out
+    model = onnx.load(str(tmp_path / "p.onnx"))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["pydpg_policy"])
+    assert meta["obs_dim"] == 17
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 7, 300):  # the batch axis is dynamic
+        out = sess.run(None, {"obs": np.zeros((batch, 17), np.float32)})[0]
+        assert out.shape == (batch, 6)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PYDPG_SLOW_TESTS"),
+                    reason="AOTInductor compiles C++ (minutes on a small machine); set PYDPG_SLOW_TESTS=1")
+def test_pt2_export_parity(tmp_path):
+    agent, _ = trained_like(17, 6)
+    res = export_policy(agent, tmp_path / "p.pt2", action_low=[-1] * 6, action_high=[1] * 6, format="pt2")
+    assert res.max_abs_diff <= 1e-5
+    loaded = torch._inductor.aoti_load_package(str(tmp_path / "p.pt2"))
+    assert loaded(torch.zeros(5, 17)).shape == (5, 6)
+
+
+def test_export_from_trainer_with_vector_env(tmp_path):
+    """A Trainer without an eval env holds only its vector env; the task is described from its spec."""
+    vec = gym.vector.SyncVectorEnv([lambda: gym.make("InvertedPendulum-v5")])
+    trainer = types.SimpleNamespace(agent=DDPG.from_dims(4, 1), normalizer=None, low=vec.single_action_space.low,
+                                    high=vec.single_action_space.high, step=3, history=[], env_name=None,
+                                    eval_env=None, vec=vec)
+    export_policy(trainer, tmp_path / "p.pt", verbose=False)
+    meta = read_metadata(tmp_path / "p.pt")
+    assert meta["env_id"] == "InvertedPendulum-v5" and meta["task"] is not None
+    vec.close()

@@ -1,0 +1,306 @@
+"""pydpg.Policy / the C++ PolicyRuntime: parity with the exported module, input checks, the NaN/Inf
+guard, clamping, latency statistics, bad policy files, and no heap allocation per act()."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, write_raw_policy
+from pydpg.agent import DDPG
+from pydpg.export import export_policy
+from pydpg.normalizer import RunningNormalizer
+from pydpg.runtime import NonFiniteError, Policy, PolicyFormatError
+
+torch.set_num_threads(1)
+OBS, ACT = 17, 6
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(OBS, ACT)
+    norm = RunningNormalizer(OBS)
+    norm.update(np.random.default_rng(0).standard_normal((256, OBS)) * 2 + 0.5)
+    path = tmp_path_factory.mktemp("policy") / "policy.pt"
+    export_policy(agent, path, action_low=[-1, -1, -1, -0.5, -0.5, -0.5], action_high=[1, 1, 1, 0.5, 0.5, 0.5],
+                  normalizer=norm, env_id="HalfCheetah-v5", verbose=False)
+    return path
+
+
+def module_of(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path))
+
+
+@pytest.mark.parametrize("backend", ["mlp", "torchscript"])
+def test_matches_exported_module(policy_file, backend):
+    p = Policy(policy_file, max_batch=256, backend=backend)
+    assert p.backend == backend and (p.obs_dim, p.act_dim) == (OBS, ACT)
+    obs = np.random.default_rng(1).standard_normal((256, OBS)).astype(np.float32) * 3
+    with torch.no_grad():
+        want = module_of(policy_file)(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(p.act(obs), want, rtol=0, atol=1e-6)
+    single = p.act(obs[3])
+    assert single.shape == (ACT,) and single.dtype == np.float32
+    np.testing.assert_allclose(single, want[3], rtol=0, atol=1e-6)
+
+
+def test_auto_backend_is_mlp_for_pydpg_actor(policy_file):
+    assert Policy(policy_file).backend == "mlp"
+
+
+def test_numpy_torch_and_out(policy_file):
+    p = Policy(policy_file, max_batch=8)
+    obs = np.random.default_rng(2).standard_normal((8, OBS)).astype(np.float32)
+    a = p.act(obs)
+    t = p.act(torch.from_numpy(obs))
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_array_equal(t.numpy(), a)
+    np.testing.assert_allclose(p.act(obs.astype(np.float64)), a, atol=1e-7)  # Gymnasium's float64 obs
+    out = np.empty((8, ACT), np.float32)
+    assert p.act(obs, out=out) is out
+    np.testing.assert_array_equal(out, a)
+    np.testing.assert_array_equal(p.act(torch.from_numpy(obs).requires_grad_()).numpy(), a)
+
+
+def test_bad_inputs_raise_clear_errors(policy_file):
+    p = Policy(policy_file, max_batch=4)
+    good = np.zeros((4, OBS), np.float32)
+    with pytest.raises(ValueError, match=r"shape \(4, 16\), expected \(17,\) or \(B, 17\)"):
+        p.act(np.zeros((4, OBS - 1), np.float32))
+    with pytest.raises(ValueError, match="batch size 5, expected 1 to max_batch=4"):
+        p.act(np.zeros((5, OBS), np.float32))
+    with pytest.raises(TypeError, match="floating-point.*int64"):
+        p.act(np.zeros((4, OBS), np.int64))
+    with pytest.raises(TypeError, match="floating-point"):
+        p.act(np.zeros((4, OBS), bool))
+    with pytest.raises(TypeError, match="floating-point"):
+        p.act(torch.zeros(4, OBS, dtype=torch.int32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        p.act(np.zeros((OBS, 4), np.float32).T)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        p.act(np.zeros((4, 2 * OBS), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="shape"):
+        p.act(np.zeros((1, 4, OBS), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        p.act(np.float32(1.0))
+    with pytest.raises(TypeError):
+        p.act(None)
+    with pytest.raises(TypeError):
+        p.act("obs")
+    with pytest.raises(ValueError, match="out has shape"):
+        p.act(good, out=np.empty((3, ACT), np.float32))
+    with pytest.raises(TypeError, match="out must be"):
+        p.act(good, out=np.empty((4, ACT), np.float64))
+    assert p.act(good).shape == (4, ACT)  # still usable
+
+
+def test_bad_options(policy_file):
+    with pytest.raises(ValueError, match="max_batch"):
+        Policy(policy_file, max_batch=0)
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        Policy(policy_file, on_nonfinite="ignore")
+    with pytest.raises(ValueError, match="safe_action has 2 values"):
+        Policy(policy_file, safe_action=[0, 0])
+    with pytest.raises(ValueError, match=r"safe_action\[3\] = 0.9 is outside"):
+        Policy(policy_file, safe_action=[0, 0, 0, 0.9, 0, 0])
+    with pytest.raises(ValueError, match="backend"):
+        Policy(policy_file, backend="gpu")
+    with pytest.raises(TypeError):
+        Policy(policy_file, max_batch=2.5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_raise(policy_file, bad):
+    p = Policy(policy_file, max_batch=3)
+    obs = np.zeros((3, OBS), np.float32)
+    obs[1, 5] = bad
+    with pytest.raises(NonFiniteError, match="row 1 .* at index 5"):
+        p.act(obs)
+    g = p.guard_stats()
+    assert g["nonfinite_obs_rows"] == 1 and g["raised"] == 1
+    assert isinstance(NonFiniteError("x"), ValueError)
+
+
+def test_nonfinite_hold_last_per_row(policy_file):
+    p = Policy(policy_file, max_batch=3, on_nonfinite="hold")
+    rng = np.random.default_rng(3)
+    first = rng.standard_normal((3, OBS)).astype(np.float32)
+    a1 = p.act(first)
+    second = rng.standard_normal((3, OBS)).astype(np.float32)
+    second[0, 0] = np.nan
+    a2 = p.act(second)
+    np.testing.assert_array_equal(a2[0], a1[0])  # held
+    np.testing.assert_array_equal(a2[1:], Policy(policy_file, max_batch=3).act(second[1:].copy())[:2])
+    assert p.guard_stats()["held_rows"] == 1 and p.guard_stats()["nonfinite_obs_rows"] == 1
+    # Before any good action, "hold" falls back to the safe action (zeros).
+    q = Policy(policy_file, on_nonfinite="hold")
+    np.testing.assert_array_equal(q.act(np.full(OBS, np.inf, np.float32)), np.zeros(ACT, np.float32))
+
+
+def test_nonfinite_safe_action(policy_file):
+    safe = [0.1, 0.2, 0.3, -0.4, 0.0, 0.5]
+    p = Policy(policy_file, max_batch=2, on_nonfinite="safe", safe_action=safe)
+    obs = np.zeros((2, OBS), np.float32)
+    obs[0, :] = np.nan
+    a = p.act(obs)
+    np.testing.assert_array_equal(a[0], np.float32(safe))
+    assert np.isfinite(a[1]).all()
+    assert p.guard_stats()["safe_rows"] == 1
+    p.reset_guard_stats()
+    assert p.guard_stats()["safe_rows"] == 0
+
+
+class NaNForNegative(nn.Module):
+    """Finite for x[0] >= 0, NaN otherwise: exercises the output guard."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(obs[:, :2]) * 10.0
+
+
+def test_output_guard_and_clamp(tmp_path):
+    path = write_raw_policy(tmp_path / "p.pt", NaNForNegative(), base_meta(3, 2, low=-1.0, high=2.0))
+    p = Policy(path, max_batch=2, on_nonfinite="safe", backend="auto")
+    assert p.backend == "torchscript"  # no network plan in the metadata
+    a = p.act(np.array([[4.0, 0.0001, 0], [-1.0, 1.0, 0]], np.float32))
+    np.testing.assert_allclose(a[0], [2.0, 0.1], rtol=1e-6)  # 20 clamped to the bound 2
+    np.testing.assert_array_equal(a[1], [0.0, 0.0])
+    assert p.guard_stats()["nonfinite_action_rows"] == 1
+    with pytest.raises(NonFiniteError, match="non-finite action"):
+        Policy(path).act(np.array([-1.0, 1.0, 0], np.float32))
+
+
+def test_latency_statistics(policy_file):
+    p = Policy(policy_file, latency_window=100)
+    assert p.latency()["count"] == 0  # warm-up is not counted
+    for _ in range(250):
+        p.act(np.zeros(OBS, np.float32))
+    s = p.latency()
+    assert s["count"] == 250 and s["window"] == 100
+    assert 0 < s["p50_us"] <= s["p90_us"] <= s["p99_us"] <= s["p999_us"] <= s["max_us"]
+    assert s["mean_us"] <= s["max_us"]
+    p.reset_latency()
+    assert p.latency()["count"] == 0
+
+
+def test_thread_count_is_fixed(policy_file):
+    before = torch.get_num_threads()
+    try:
+        Policy(policy_file, num_threads=2)
+        assert torch.get_num_threads() == 2  # one intra-op pool per process (documented)
+        Policy(policy_file, num_threads=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------- bad files
+def test_missing_empty_and_non_policy_files(tmp_path, policy_file):
+    with pytest.raises(FileNotFoundError):
+        Policy(tmp_path / "nope.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(PolicyFormatError, match="is empty"):
+        Policy(tmp_path / "empty.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(PolicyFormatError, match="not a TorchScript archive"):
+        Policy(tmp_path / "text.pt")
+    data = policy_file.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PolicyFormatError, match="truncated or corrupt"):
+        Policy(tmp_path / "trunc.pt")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10  # inside a weight tensor
+    (tmp_path / "flip.pt").write_bytes(bytes(flipped))
+    with pytest.raises(PolicyFormatError, match="CRC-32"):
+        Policy(tmp_path / "flip.pt")
+    with pytest.raises(OSError, match="directory"):
+        Policy(tmp_path)
+    assert issubclass(PolicyFormatError, ValueError)
+
+
+def test_torchscript_that_is_not_a_pydpg_policy(tmp_path):
+    path = write_raw_policy(tmp_path / "p.pt", nn.Linear(3, 2), None)
+    with pytest.raises(PolicyFormatError, match="not a pydpg policy"):
+        Policy(path)
+
+
+def test_wrong_format_version(tmp_path):
+    meta = base_meta(3, 2)
+    meta["format_version"] = 99
+    path = write_raw_policy(tmp_path / "p.pt", plain_module(3, 2), meta)
+    with pytest.raises(PolicyFormatError, match="format version 99; this runtime reads version 1 .upgrade pydpg."):
+        Policy(path)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"obs_dim": 5}, r"does not accept a \[1, 5\]"),
+    ({"act_dim": 3, "action_low": [-1] * 3, "action_high": [1] * 3}, r"metadata says \[1, 3\]"),
+    ({"action_low": [1, -1]}, "low < high"),
+    ({"action_high": [1]}, "act_dim entries"),
+    ({"obs_dim": "3"}, "obs_dim must be an integer"),
+    ({"format": "other"}, "format"),
+    ({"normalization": {"mean": [0] * 2, "var": [1] * 3, "eps": 0}}, "obs_dim entries"),
+    ({"normalization": {"mean": [0] * 3, "var": [-1] * 3, "eps": 0}}, "not finite/positive"),
+])
+def test_metadata_contradicting_module(tmp_path, change, match):
+    meta = {**base_meta(3, 2), **change}
+    path = write_raw_policy(tmp_path / "p.pt", plain_module(3, 2), meta)
+    with pytest.raises(PolicyFormatError, match=match):
+        Policy(path)
+
+
+def test_malformed_metadata_json(tmp_path):
+    path = write_raw_policy(tmp_path / "p.pt", plain_module(3, 2), None, {"pydpg_policy.json": '{"format": [[[['})
+    with pytest.raises(PolicyFormatError, match="invalid pydpg metadata"):
+        Policy(path)
+    deep = "[" * 10000 + "]" * 10000
+    path = write_raw_policy(tmp_path / "q.pt", plain_module(3, 2), None, {"pydpg_policy.json": deep})
+    with pytest.raises(PolicyFormatError, match="nested deeper"):
+        Policy(path)
+
+
+def test_lying_network_plan_is_refused(tmp_path, policy_file):
+    """A network plan that does not reproduce forward() falls back to the interpreter (auto) or is
+    refused (backend="mlp"): the fast path can never silently compute something else."""
+    from pydpg.export import read_metadata
+
+    meta = read_metadata(policy_file)
+    meta["network"]["hidden_activation"] = "tanh"  # the module uses relu
+    module = module_of(policy_file)
+    path = tmp_path / "lie.pt"
+    import io
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module, buf, _extra_files={"pydpg_policy.json": json.dumps(meta)})
+    path.write_bytes(buf.getvalue())
+    assert Policy(path).backend == "torchscript"
+    with pytest.raises(PolicyFormatError, match="does not reproduce forward"):
+        Policy(path, backend="mlp")
+
+
+# ---------------------------------------------------------------------------------------- allocations
+@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
+def test_act_does_not_allocate_after_warmup(tmp_path_factory, policy_file):
+    from pathlib import Path
+
+    build = tmp_path_factory.mktemp("alloc_check")
+    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
+    results = {}
+    for backend in ("mlp", "torchscript"):
+        out = subprocess.run([str(build / "alloc_check"), str(policy_file), backend, "64", "200"],
+                             capture_output=True, text=True, timeout=120, check=True)
+        results[backend] = json.loads(out.stdout)
+    assert results["mlp"]["probe_allocations"] >= 2  # the counter does see allocations
+    assert results["mlp"]["allocations"] == 0, results  # 400 calls, batch 1 and 64: none, anywhere
+    # The TorchScript interpreter allocates its intermediate tensors: why the mlp backend exists.
+    assert results["torchscript"]["allocations"] > 0
