@@ -165,7 +165,12 @@ def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     loop, print the return (next to Python's evaluation of the same policy) and the latency table."""
     p = argparse.ArgumentParser(prog="pydpg journey", description=journey_main.__doc__)
     p.add_argument("--env", default="InvertedPendulum-v5")
-    p.add_argument("--steps", type=int, default=6000, help="training steps (default %(default)s)")
+    p.add_argument("--steps", type=int, default=20_000,
+                   help="training step budget; training stops early once an evaluation reaches --target "
+                        "(default %(default)s)")
+    p.add_argument("--target", type=float, default=950.0,
+                   help="stop training at this noiseless eval return (default %(default)s, of 1000 on "
+                        "InvertedPendulum-v5)")
     p.add_argument("--out", default="runs/journey", help="run directory (checkpoints, policy.pt)")
     p.add_argument("--episodes", type=int, default=3, help="evaluation episodes, Python and C++")
     p.add_argument("--realtime-steps", type=int, default=250,
@@ -173,18 +178,22 @@ def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from .config import DDPGConfig
+    from . import presets
     from .envs import evaluate, make_env
     from .export import export_policy
-    from .trainer import TrainConfig, Trainer, make_policy
+    from .trainer import Trainer, make_policy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/4] training DDPG on {args.env} for {args.steps} steps ...", flush=True)
-    trainer = Trainer(DDPGConfig.preset("ddpg", env_id=args.env),
-                      TrainConfig(env_id=args.env, seed=args.seed, total_steps=args.steps, eval_every=0,
-                                  checkpoint_every=0), out_dir=out, tensorboard=False)
-    trainer.run()
+    print(f"[1/4] training DDPG on {args.env} (task preset; at most {args.steps} steps, stopping at "
+          f"eval return {args.target:g}) ...", flush=True)
+    cfg, train = presets.resolve(args.env, train={
+        "seed": args.seed, "total_steps": args.steps, "eval_every": 1000, "eval_episodes": 5,
+        "target_return": args.target, "checkpoint_every": 0})
+    trainer = Trainer(cfg, train, out_dir=out, tensorboard=False)
+    summary = trainer.run()
+    print(f"      trained {summary['steps']} steps; last eval return {summary['final_eval']['mean']:.1f}",
+          flush=True)
     print(f"[2/4] exporting to {out / 'policy.pt'} (parity check) ...", flush=True)
     export_policy(trainer, out / "policy.pt")
     env = make_env(args.env, {})

@@ -125,41 +125,38 @@ def agent_from_model(model: dict[str, Any], device: Union[str, torch.device, Non
 
 # ---------------------------------------------------------------------------------------- output
 class Progress:
-    """A one-line progress bar on stderr (steps, SPS, last eval) when ``bar`` and stderr is a
-    terminal; ``lines`` prints a line per evaluation (above the bar)."""
+    """tqdm's bar on stderr (steps, SPS, last eval) when ``bar`` and stderr is a terminal; ``lines``
+    prints a line per evaluation (above the bar)."""
 
     def __init__(self, total: int, bar: bool, lines: bool, stream=None):
-        self.total, self.lines = total, lines
+        self.lines = lines
         self.stream = stream or sys.stderr
-        self.tty = bar and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last = 0.0
+        self.bar = None
+        if bar and hasattr(self.stream, "isatty") and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", file=self.stream, dynamic_ncols=True, mininterval=0.25)
 
     def update(self, step: int, sps: float, last_eval: Optional[float], force: bool = False) -> None:
-        if not self.tty:
+        if self.bar is None:
             return
-        now = time.monotonic()
-        if not force and now - self._last < 0.25:
-            return
-        self._last = now
-        frac = min(1.0, step / max(1, self.total))
-        bar = "#" * int(frac * 30)
-        ev = "-" if last_eval is None else f"{last_eval:.1f}"
-        self.stream.write(f"\r[{bar:<30}] {step}/{self.total} steps | {sps:.0f} sps | eval {ev}   ")
-        self.stream.flush()
+        self.bar.n = step  # the trainer counts steps itself (and resumes mid-run)
+        self.bar.set_postfix_str(f"{sps:.0f} sps | eval {'-' if last_eval is None else f'{last_eval:.1f}'}",
+                                 refresh=False)
+        self.bar.refresh() if force else self.bar.update(0)
 
     def write(self, line: str) -> None:
         if not self.lines:
             return
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(line + "\n")
-        self.stream.flush()
-        self._last = 0.0
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 class RunLogger:
@@ -340,7 +337,7 @@ class Trainer:
                     self.train_time += now - t_mark
                     self.save_checkpoint(_elapsed_in_run=now - t_start)
                     t_mark = time.perf_counter()
-                if progress.tty:
+                if progress.bar is not None:
                     span = self.train_time + (time.perf_counter() - t_mark)
                     progress.update(self.step, self.step / span if span > 0 else 0.0,
                                     None if not self.history else self.history[-1]["eval_mean"])
