@@ -185,8 +185,6 @@ def test_onnx_export_parity(tmp_path, cheetah, capsys):
         assert out.shape == (batch, 6)
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("PYDPG_SLOW_TESTS"),
-                    reason="AOTInductor compiles C++ (minutes on a small machine); set PYDPG_SLOW_TESTS=1")
 def test_pt2_export_parity(tmp_path):
     agent, _ = trained_like(17, 6)
     res = export_policy(agent, tmp_path / "p.pt2", action_low=[-1] * 6, action_high=[1] * 6, format="pt2")
