@@ -124,6 +124,20 @@ def agent_from_model(model: dict[str, Any], device: Union[str, torch.device, Non
 
 
 # ---------------------------------------------------------------------------------------- output
+def _load_matching_buffer(path: Path, like: ReplayBuffer) -> ReplayBuffer:
+    """The checkpoint's replay buffer, refused unless it is laid out as the run's own (``like``)."""
+    try:
+        loaded = ReplayBuffer.load(path)
+    except (ValueError, OSError) as e:
+        raise ckpt_io.CheckpointError(f"replay buffer {path}: {e}") from e
+    fields = ("obs_shape", "action_shape", "capacity", "prioritized", "n_step", "gamma")
+    wrong = [f"{f} {getattr(loaded, f)} (the run has {getattr(like, f)})"
+             for f in fields if getattr(loaded, f) != getattr(like, f)]
+    if wrong:
+        raise ckpt_io.CheckpointError(f"replay buffer {path} does not belong to this run: {', '.join(wrong)}")
+    return loaded
+
+
 class Progress:
     """tqdm's bar on stderr (steps, SPS, last eval) when ``bar`` and stderr is a terminal; ``lines``
     prints a line per evaluation (above the bar)."""
@@ -588,7 +602,7 @@ class Trainer:
             out_dir = ckpt.path.parent.parent
         ckpt_io.clean_partial(ckpt.path.parent)
         t = cls(config, train, env, out_dir, model=model, **kwargs)
-        t.buffer = ReplayBuffer.load(ckpt.buffer_path)
+        t.buffer = _load_matching_buffer(ckpt.buffer_path, like=t.buffer)
         t._load_state(state)
         return t
 

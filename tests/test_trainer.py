@@ -19,6 +19,7 @@ from pydpg import checkpoint as ckpt_io
 from pydpg.api import DDPG
 from pydpg.config import DDPGConfig
 from pydpg.envs import scale_action
+from pydpg.replay import ReplayBuffer
 from pydpg.trainer import METRICS_COLUMNS, TrainConfig, Trainer, read_metrics
 
 import toy_env
@@ -278,6 +279,17 @@ def test_bad_checkpoints_are_refused_with_a_reason(saved_run, tmp_path, damage, 
         Trainer.resume(run)
     with pytest.raises(ValueError, match=message):  # CheckpointError is a ValueError
         ckpt_io.load_checkpoint(run)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ck: (ck / "buffer.bin").write_bytes((ck / "buffer.bin").read_bytes()[:-9]), "buffer.*truncated"),
+    (lambda ck: ReplayBuffer(1000, 5, 1).save(ck / "buffer.bin"), r"does not belong to this run: obs_shape \(5,\)"),
+])
+def test_resume_refuses_a_damaged_or_foreign_replay_buffer(saved_run, tmp_path, damage, message):
+    run, ck = copy_run(saved_run, tmp_path)
+    damage(ck)
+    with pytest.raises(ckpt_io.CheckpointError, match=message):
+        Trainer.resume(run)
 
 
 def test_model_file_format_checks(saved_run, tmp_path):
