@@ -65,10 +65,11 @@ class ExportResult:
     max_abs_diff: float
     n_checked: int
     metadata: dict
+    tolerance: float = DEFAULT_ATOL
 
     def __str__(self) -> str:
         return (f"exported {self.format} policy to {self.path}: parity check passed on {self.n_checked} observations, "
-                f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {DEFAULT_ATOL:g})")
+                f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g})")
 
 
 # ----------------------------------------------------------------------------------------- the module
@@ -570,14 +571,17 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
             module(torch.from_numpy(obs)).detach().numpy(), reference)
         if not diff <= atol:
             raise ParityError(f"parity check FAILED: the exported {format} policy differs from the actor by "
-                              f"max |diff| = {diff:.3g} > {atol:g} on {n_check} observations; nothing written")
+                              f"max |diff| = {diff:.3g} > {atol:g} on {n_check} observations; nothing written"
+                              + ("" if format == "torchscript" else
+                                 f" ({format} runs its own float32 kernels, which round differently from "
+                                 "torch's; if that difference is acceptable for your robot, pass a larger --atol)"))
         with open(tmp, "rb") as f:  # durable before it becomes visible under its real name
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    result = ExportResult(path, format, diff, n_check, meta)
+    result = ExportResult(path, format, diff, n_check, meta, atol)
     if verbose:
         print(result)
         if task_note:
