@@ -136,11 +136,12 @@ class ReplayBuffer(_core.ReplayBuffer):
     def update_priorities(self, indices, priorities) -> None:
         """Set the raw priorities (e.g. |TD error|) of sampled transitions, by the ids ``sample``
         returned. Ids of transitions since overwritten, or never stored, raise ValueError."""
+        # Hand NumPy to C++: a tensor would go through __array__ on every call of a per-update path.
         if isinstance(indices, torch.Tensor):
-            indices = indices.detach().cpu()
+            indices = indices.detach().cpu().numpy()
         if isinstance(priorities, torch.Tensor):
-            priorities = priorities.detach().to("cpu", torch.float64).reshape(-1)
-        elif isinstance(priorities, np.ndarray):
+            priorities = priorities.detach().to("cpu", torch.float64).numpy()
+        if isinstance(priorities, np.ndarray):
             priorities = priorities.reshape(-1)
         self._update_priorities(indices, priorities)
 
