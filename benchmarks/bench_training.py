@@ -46,20 +46,9 @@ class PydpgRunner:
 
 class SB3Runner:
     def __init__(self, env_id: str, learning_starts: int, seed: int):
-        import gymnasium as gym
-        import numpy as np
-        from stable_baselines3 import DDPG
-        from stable_baselines3.common.noise import NormalActionNoise
+        from peers import sb3_ddpg
 
-        env = gym.make(env_id)
-        act_dim = env.action_space.shape[0]
-        # sigma 0.1 of the action half-range, as pydpg's default (TD3 paper / CleanRL).
-        half_range = (env.action_space.high - env.action_space.low) / 2
-        noise = NormalActionNoise(np.zeros(act_dim), 0.1 * half_range * np.ones(act_dim))
-        self.model = DDPG("MlpPolicy", env, learning_rate=3e-4, buffer_size=1_000_000,
-                          learning_starts=learning_starts, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
-                          gradient_steps=1, action_noise=noise, policy_kwargs={"net_arch": [256, 256]}, seed=seed,
-                          device="cpu", verbose=0)
+        self.model = sb3_ddpg(env_id, learning_starts, seed)
         self.model.learn(learning_starts)
 
     def steps(self, n: int) -> None:

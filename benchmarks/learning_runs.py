@@ -40,11 +40,25 @@ ANCHORS = {
 }
 
 
-def run_dir(env_id: str, seed: int) -> Path:
-    return RUNS / env_id / f"seed{seed}"
+# What runs: pydpg's defaults; pydpg with CleanRL's one departure from OurDDPG (the actor and the
+# targets step every second critic step: ddpg_continuous_action.py policy_frequency=2); pydpg with
+# TD3's three switches (a control: TD3 fixes DDPG's overestimation, so it separates "DDPG is weak on
+# this task" from "the training loop is wrong"); and SB3's DDPG with the same hyper-parameters
+# (benchmarks/peers.py), evaluated by the same pydpg.envs.evaluate.
+IMPLS = {
+    "pydpg": {"label": "pydpg DDPG", "dir": "seed", "agent": {}},
+    "pydpg-delay2": {"label": "pydpg DDPG, policy_delay 2 (CleanRL)", "dir": "delay2_seed",
+                     "agent": {"policy_delay": 2}},
+    "pydpg-td3": {"label": "pydpg TD3 (--td3)", "dir": "td3_seed", "agent": "td3"},
+    "sb3": {"label": "SB3 DDPG (same settings)", "dir": "sb3_seed", "agent": None},
+}
 
 
-def run_one(env_id: str, seed: int, steps: int, checkpoint_every: int, threads: int) -> None:
+def run_dir(env_id: str, seed: int, impl: str = "pydpg") -> Path:
+    return RUNS / env_id / f"{IMPLS[impl]['dir']}{seed}"
+
+
+def run_one(env_id: str, seed: int, steps: int, checkpoint_every: int, threads: int, impl: str = "pydpg") -> None:
     import torch
 
     from pydpg import presets
@@ -52,23 +66,74 @@ def run_one(env_id: str, seed: int, steps: int, checkpoint_every: int, threads: 
     from pydpg.trainer import Trainer
 
     torch.set_num_threads(threads)
-    out = run_dir(env_id, seed)
+    out = run_dir(env_id, seed, impl)
     summary = out / "summary.json"
     if summary.exists() and json.loads(summary.read_text())["steps"] >= steps:
-        print(f"{env_id} seed {seed}: done ({steps} steps), skipping", flush=True)
+        print(f"{env_id} seed {seed} ({impl}): done ({steps} steps), skipping", flush=True)
         return
+    if IMPLS[impl]["agent"] is None:
+        return run_sb3(env_id, seed, steps, out)
     try:
         resolve_checkpoint(out)
         trainer = Trainer.resume(out, total_steps=steps, verbose=True)
         print(f"{env_id} seed {seed}: resuming at step {trainer.step}", flush=True)
     except CheckpointError:
-        cfg, train = presets.resolve(env_id, train={"seed": seed, "total_steps": steps,
-                                                    "checkpoint_every": checkpoint_every})
+        agent = IMPLS[impl]["agent"]
+        cfg, train = presets.resolve(env_id, td3=agent == "td3", agent=agent if isinstance(agent, dict) else None,
+                                     train={"seed": seed, "total_steps": steps, "checkpoint_every": checkpoint_every})
         trainer = Trainer(cfg, train, out_dir=out, verbose=True)
     try:
         trainer.run()
     finally:
         trainer.close()
+
+
+def run_sb3(env_id: str, seed: int, steps: int, out: Path) -> None:
+    """SB3's DDPG on pydpg's evaluation protocol: same eval schedule, episodes, eval seed and
+    ``evaluate`` function. SB3 cannot resume a run with its buffer here, so an interrupted
+    run starts over."""
+    import csv
+
+    from peers import sb3_ddpg
+
+    from pydpg import presets
+    from pydpg.envs import evaluate, make_env, unscale_action
+
+    cfg, train = presets.resolve(env_id, train={"seed": seed})
+    model = sb3_ddpg(env_id, cfg.learning_starts, seed)
+    eval_env = make_env(env_id)
+    low, high = eval_env.action_space.low, eval_env.action_space.high
+
+    def policy(obs):  # SB3 returns env units; evaluate() wants [-1, 1]
+        return unscale_action(model.predict(obs, deterministic=True)[0], low, high)
+
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["step", "wall_time", "sps", "eval_mean", "eval_std"]
+    t0, last_t, last_step = time.perf_counter(), time.perf_counter(), 0
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        while model.num_timesteps < steps:
+            model.learn(min(train.eval_every, steps - model.num_timesteps), reset_num_timesteps=False)
+            now = time.perf_counter()
+            r = evaluate(policy, eval_env, train.eval_episodes, seed + train.eval_seed_offset)
+            row = {"step": model.num_timesteps, "wall_time": round(now - t0, 3),
+                   "sps": (model.num_timesteps - last_step) / (now - last_t), "eval_mean": r.mean, "eval_std": r.std}
+            w.writerow(row)
+            f.flush()
+            print(f"{env_id} seed {seed} (sb3): step {row['step']:>8} | eval {r.mean:9.2f} | {row['sps']:.0f} sps",
+                  flush=True)
+            last_t, last_step = time.perf_counter(), model.num_timesteps
+    import stable_baselines3
+
+    (out / "summary.json").write_text(json.dumps({"steps": int(model.num_timesteps), "impl": "sb3",
+                                                  "sb3": stable_baselines3.__version__}, indent=1))
+
+
+def _seeds_on_disk(env_id: str, impl: str) -> list[int]:
+    prefix = IMPLS[impl]["dir"]
+    tails = [d.name[len(prefix):] for d in (RUNS / env_id).glob(f"{prefix}*")]
+    return [int(t) for t in tails if t.isdigit()]
 
 
 def _rows(out: Path) -> list[dict]:
@@ -81,12 +146,12 @@ def _rows(out: Path) -> list[dict]:
 def cmd_status(args) -> int:
     for env_id in args.envs:
         for seed in args.seeds:
-            rows = _rows(run_dir(env_id, seed))
+            rows = _rows(run_dir(env_id, seed, args.impl))
             if not rows:
                 print(f"{env_id:16} seed {seed}: not started")
                 continue
             last = rows[-1]
-            done = (run_dir(env_id, seed) / "summary.json").exists() and last["step"] >= args.steps
+            done = (run_dir(env_id, seed, args.impl) / "summary.json").exists() and last["step"] >= args.steps
             print(f"{env_id:16} seed {seed}: step {int(last['step']):>8}, eval {last['eval_mean']:9.1f}, "
                   f"{last['sps']:.0f} sps{' (finished)' if done else ''}")
     return 0
@@ -102,33 +167,41 @@ def cmd_report(args) -> int:
              "*final* is the last evaluation (mean over seeds, +/- std over seeds), *best* the best "
              "evaluation of any seed. Anchors are published 1M-step results; our runs are shorter "
              "(see *steps*), so compare curves, not just numbers.", "",
-             "| task | seeds | steps (min over seeds) | final eval | best eval | wall time per seed | "
-             "TD3 paper OurDDPG @1M | CleanRL DDPG v4 @1M |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "Rows other than *pydpg DDPG* are controls run on fewer seeds (see `IMPLS` in this script).", "",
+             "| task | agent | seeds | steps (min over seeds) | final eval | best eval | wall time per seed | "
+             "TD3 paper OurDDPG @1M | CleanRL DDPG v4 @1M |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     images = []
     for env_id in args.envs:
-        runs = {seed: _rows(run_dir(env_id, seed)) for seed in args.seeds}
-        runs = {s: r for s, r in runs.items() if r}
         anchors = ANCHORS.get(env_id, {})
-        if not runs:
-            lines.append(f"| {env_id} | 0 of {len(args.seeds)} | not run | - | - | - | "
-                         f"{anchors.get('TD3 paper OurDDPG (1M)', '-')} | "
-                         f"{anchors.get('CleanRL DDPG v4 (1M)', '-')} |")
-            continue
-        finals = [r[-1]["eval_mean"] for r in runs.values()]
-        best = max(max(x["eval_mean"] for x in r) for r in runs.values())
-        steps = min(int(r[-1]["step"]) for r in runs.values())
-        finished = all((run_dir(env_id, s) / "summary.json").exists() and int(r[-1]["step"]) >= args.steps
-                       for s, r in runs.items())
-        status = "" if finished else f" of {args.steps:,} (in progress)"
-        walls = [r[-1]["wall_time"] / 60 for r in runs.values()]
-        lines.append(f"| {env_id} | {len(runs)} of {len(args.seeds)} | {steps:,}{status} | "
-                     f"{np.mean(finals):.0f} +/- {np.std(finals):.0f} | {best:.0f} | "
-                     f"{', '.join(f'{w:.0f} min' for w in walls)} | {anchors.get('TD3 paper OurDDPG (1M)', '-')} | "
-                     f"{anchors.get('CleanRL DDPG v4 (1M)', '-')} |")
+        anchor_cells = (f"{anchors.get('TD3 paper OurDDPG (1M)', '-')} | "
+                        f"{anchors.get('CleanRL DDPG v4 (1M)', '-')} |")
+        curves = {}
+        for impl, spec in IMPLS.items():
+            grid = list(args.seeds) if impl == "pydpg" else []
+            seeds = sorted(set(grid) | set(_seeds_on_disk(env_id, impl)))
+            runs = {seed: _rows(run_dir(env_id, seed, impl)) for seed in seeds}
+            runs = {s: r for s, r in runs.items() if r}
+            if not runs:
+                if grid:
+                    lines.append(f"| {env_id} | {spec['label']} | 0 of {len(seeds)} | not run | - | - | - | "
+                                 f"{anchor_cells}")
+                    anchor_cells = " | |"
+                continue
+            finals = [r[-1]["eval_mean"] for r in runs.values()]
+            best = max(max(x["eval_mean"] for x in r) for r in runs.values())
+            steps = min(int(r[-1]["step"]) for r in runs.values())
+            finished = all((run_dir(env_id, s, impl) / "summary.json").exists() and int(r[-1]["step"]) >= args.steps
+                           for s, r in runs.items())
+            status = "" if finished else f" of {args.steps:,} (in progress)"
+            walls = [r[-1]["wall_time"] / 60 for r in runs.values()]
+            lines.append(f"| {env_id} | {spec['label']} | {len(runs)} of {len(seeds)} | {steps:,}{status} | "
+                         f"{np.mean(finals):.0f} +/- {np.std(finals):.0f} | {best:.0f} | "
+                         f"{', '.join(f'{w:.0f} min' for w in walls)} | {anchor_cells}")
+            anchor_cells = " | |"
+            curves[spec["label"]] = [(np.array([x["step"] for x in r]), np.array([x["eval_mean"] for x in r]))
+                                     for r in runs.values()]
         png = DOCS / f"learning_{env_id.split('-')[0].lower()}.png"
-        curves = {"pydpg DDPG": [(np.array([x["step"] for x in r]), np.array([x["eval_mean"] for x in r]))
-                                 for r in runs.values()]}
-        if plot_seed_curves(curves, png, title=env_id, anchors=anchors):
+        if curves and plot_seed_curves(curves, png, title=env_id, anchors=anchors):
             images.append(f"![{env_id}]({png.name})")
     lines += ["", *images, ""]
     bench = ROOT / "benchmarks" / "results" / "training.json"
@@ -157,7 +230,7 @@ def cmd_run(args) -> int:
     for env_id in args.envs:
         for seed in args.seeds:
             t = time.time()
-            run_one(env_id, seed, args.steps, args.checkpoint_every, args.threads)
+            run_one(env_id, seed, args.steps, args.checkpoint_every, args.threads, args.impl)
             print(f"{env_id} seed {seed}: {time.time() - t:.0f} s", flush=True)
     return 0
 
@@ -167,6 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("command", choices=("run", "status", "report"))
     p.add_argument("--env", action="append", dest="envs", help=f"task(s) (default {', '.join(TASKS)})")
     p.add_argument("--seed", action="append", type=int, dest="seeds", help=f"seed(s) (default {SEEDS})")
+    p.add_argument("--impl", choices=tuple(IMPLS), default="pydpg", help="what `run` trains (default pydpg)")
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--checkpoint-every", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))

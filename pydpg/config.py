@@ -2,8 +2,9 @@
 
 Defaults are the modern, re-tuned DDPG of Fujimoto et al. 2018 ("Addressing Function Approximation
 Error in Actor-Critic Methods", the TD3 paper's "OurDDPG"; github.com/sfujim/TD3) and CleanRL's
-``ddpg_continuous_action.py``. ``DDPGConfig.preset("paper")`` gives Lillicrap et al. 2015 §7, and
-``DDPGConfig.preset("td3")`` switches on TD3's three changes.
+``ddpg_continuous_action.py`` (which shares them except for a delayed actor, see ``policy_delay``).
+``DDPGConfig.preset("paper")`` gives Lillicrap et al. 2015 §7, and ``DDPGConfig.preset("td3")``
+switches on TD3's three changes.
 
 Noise scales, target-smoothing noise and its clip are in the actor's normalized [-1, 1] action
 units (0.1 here = 0.1 * max_action in TD3's code).
@@ -49,7 +50,9 @@ class DDPGConfig:
 
     # TD3 switches (Fujimoto et al. 2018 §4.2, §5.2, §5.3); off = DDPG. TD3 values: True, 2, 0.2, 0.5.
     twin_critics: bool = False  # clipped double-Q: target uses min of two critics
-    policy_delay: int = 1  # actor + target update every `policy_delay` critic steps
+    # Actor + target update every `policy_delay` critic steps. 1 = OurDDPG (and SB3's DDPG); CleanRL's
+    # ddpg_continuous_action.py uses 2 (its policy_frequency), its one departure from OurDDPG's values.
+    policy_delay: int = 1
     target_policy_noise: float = 0.0  # std of Gaussian noise on mu'(s') in the critic target
     target_noise_clip: float = 0.5  # that noise is clipped to ±target_noise_clip
 
