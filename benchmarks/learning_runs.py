@@ -164,12 +164,14 @@ def cmd_report(args) -> int:
 
     lines = ["## Learning curves (DDPG, pydpg defaults = TD3 paper's OurDDPG)", "",
              "Noiseless evaluation every 5,000 steps (10 episodes, eval env seeded seed + 100). "
-             "*final* is the last evaluation (mean over seeds, +/- std over seeds), *best* the best "
-             "evaluation of any seed. Anchors are published 1M-step results; our runs are shorter "
+             "*final* is the last evaluation (mean over seeds, +/- std over seeds); *last 100k* averages "
+             "every evaluation of the last 100k steps of a run, then over seeds (one evaluation of these "
+             "tasks swings by hundreds, so this is the steadier number); *best* is the best evaluation of any seed. Anchors are published 1M-step results; our runs are shorter "
              "(see *steps*), so compare curves, not just numbers.", "",
              "Rows other than *pydpg DDPG* are controls run on fewer seeds (see `IMPLS` in this script).", "",
-             "| task | agent | seeds | steps (min over seeds) | final eval | best eval | wall time per seed | "
-             "TD3 paper OurDDPG @1M | CleanRL DDPG v4 @1M |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| task | agent | seeds | steps (min over seeds) | final eval | last 100k | best eval | "
+             "wall time per seed | TD3 paper OurDDPG @1M | CleanRL DDPG v4 @1M |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     images = []
     for env_id in args.envs:
         anchors = ANCHORS.get(env_id, {})
@@ -183,19 +185,21 @@ def cmd_report(args) -> int:
             runs = {s: r for s, r in runs.items() if r}
             if not runs:
                 if grid:
-                    lines.append(f"| {env_id} | {spec['label']} | 0 of {len(seeds)} | not run | - | - | - | "
+                    lines.append(f"| {env_id} | {spec['label']} | 0 of {len(seeds)} | not run | - | - | - | - | "
                                  f"{anchor_cells}")
                     anchor_cells = " | |"
                 continue
             finals = [r[-1]["eval_mean"] for r in runs.values()]
             best = max(max(x["eval_mean"] for x in r) for r in runs.values())
+            tails = [np.mean([x["eval_mean"] for x in r if x["step"] > r[-1]["step"] - 100_000]) for r in runs.values()]
             steps = min(int(r[-1]["step"]) for r in runs.values())
             finished = all((run_dir(env_id, s, impl) / "summary.json").exists() and int(r[-1]["step"]) >= args.steps
                            for s, r in runs.items())
             status = "" if finished else f" of {args.steps:,} (in progress)"
             walls = [r[-1]["wall_time"] / 60 for r in runs.values()]
             lines.append(f"| {env_id} | {spec['label']} | {len(runs)} of {len(seeds)} | {steps:,}{status} | "
-                         f"{np.mean(finals):.0f} +/- {np.std(finals):.0f} | {best:.0f} | "
+                         f"{np.mean(finals):.0f} +/- {np.std(finals):.0f} | {np.mean(tails):.0f} +/- {np.std(tails):.0f} | "
+                         f"{best:.0f} | "
                          f"{', '.join(f'{w:.0f} min' for w in walls)} | {anchor_cells}")
             anchor_cells = " | |"
             curves[spec["label"]] = [(np.array([x["step"] for x in r]), np.array([x["eval_mean"] for x in r]))

@@ -66,7 +66,7 @@ def plot_seed_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]
     for name, value in (anchors or {}).items():
         ax.axhline(value, ls="--", lw=1, color="gray")
         ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, color="gray", va="bottom")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)  # several groups: let matplotlib find the emptiest corner
     _style(ax, title, "eval return (mean over seeds; min..max shaded)")
     return _save(fig, plt, out_png)
 
