@@ -322,6 +322,15 @@ PYBIND11_MODULE(_core, m) {
             self.load(path);
           },
           py::arg("path"))
+      .def(
+          "end_episode",
+          [](ReplayBuffer& self, std::int64_t env_id) {
+            py::gil_scoped_release release;
+            self.end_episode(env_id);
+          },
+          py::arg("env_id") = 0,
+          "Close env_id's open n-step returns as a truncation would (done = 0, shorter returns): for an "
+          "episode that ended without a transition saying so, e.g. an environment restarted by its owner.")
       .def("clear", &ReplayBuffer::clear, "Forget every transition, open n-step returns included.")
       .def("__len__", [](const ReplayBuffer& self) { return self.size(); })
       .def("__repr__", &ReplayBuffer::describe)

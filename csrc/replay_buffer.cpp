@@ -440,6 +440,16 @@ std::int64_t ReplayBuffer::total_added() const {
   return total_;
 }
 
+void ReplayBuffer::end_episode(std::int64_t env) {
+  if (env < 0 || env > (1 << 20))
+    throw InvalidArgument("env_id must be in [0, 2^20], got " + std::to_string(env));
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (env >= static_cast<std::int64_t>(streams_.size())) return;  // nothing open for it
+  Stream& s = streams_[env];
+  while (s.count > 0) emit_oldest(s, s.count, false);
+  s.head = 0;
+}
+
 std::int64_t ReplayBuffer::pending() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return pending_unlocked();

@@ -118,6 +118,12 @@ class ReplayBuffer {
   // Replaces this buffer's whole state (configuration included) by the file's.
   void load(const std::string& path);
 
+  // Closes environment `env`'s open n-step returns as a time-limit truncation would (shorter
+  // returns, done = 0, bootstrapping from the last stored next_obs). For an episode that ends
+  // outside the buffer's view, e.g. an environment restarted by its owner; the next transition
+  // of that env then starts a new return instead of continuing the old episode's.
+  void end_episode(std::int64_t env);
+
   void clear();
   std::int64_t size() const;
   std::int64_t pending() const;  // transitions waiting for their n-step return

@@ -241,4 +241,11 @@ class DDPG:
         for name in ("actor", "critics", "actor_target", "critic_targets", "actor_opt", "critic_opt"):
             getattr(self, name).load_state_dict(state[name])
         self.n_updates = int(state["n_updates"])
-        self.generator.set_state(state["generator"].cpu())
+        saved = state["generator"].cpu()
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+        else:
+            # Saved by a generator of another device type (CUDA keeps 16 bytes, CPU 5056): its state
+            # cannot be carried over, so reseed from it, deterministically. Exact resume is a
+            # same-device promise; loading a CUDA-trained agent on CPU (export, eval) must work.
+            self.generator.manual_seed(int.from_bytes(bytes(saved[:8].tolist()), "little") % 2**63)

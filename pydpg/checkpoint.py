@@ -149,12 +149,27 @@ def _step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _moved_aside(root: Path) -> list[tuple[int, Path]]:
+    """Checkpoints ``save_checkpoint`` moved aside (``.old-step_N-pid``) whose own name is free."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name[len(".old-"):].rsplit("-", 1)[0]) if p.name.startswith(".old-") else None
+        if m and p.is_dir() and not (root / m.group(0)).exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
 def clean_partial(root: PathLike) -> None:
-    """Remove temporary directories and files left by a save that was killed midway."""
+    """Undo what a save killed midway left: remove its temporary files and directories, and put
+    back a checkpoint it had moved aside to be replaced (see ``save_checkpoint``)."""
     root = Path(root)
     if root.is_dir():
+        for _, p in _moved_aside(root):
+            os.replace(p, root / p.name[len(".old-"):].rsplit("-", 1)[0])
         for p in root.iterdir():
-            if p.name.startswith(".tmp-") or p.name.startswith(".latest.tmp-"):
+            if p.name.startswith((".tmp-", ".latest.tmp-", ".old-")):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
@@ -176,10 +191,16 @@ def save_checkpoint(root: PathLike, step: int, model: dict[str, Any], trainer_st
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2).encode())
     _fsync_dir(tmp)
     final = root / name
+    old = None
     if final.exists():  # re-saving a step (e.g. the final save right after a periodic one)
-        shutil.rmtree(final)
+        # A directory cannot be renamed over a non-empty one, so the old copy steps aside first;
+        # a kill between the two renames leaves it as .old-*, which clean_partial puts back.
+        old = root / f".old-{name}-{os.getpid()}"
+        os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     atomic_write_bytes(root / "latest", (name + "\n").encode())
     for _, old in _step_dirs(root)[:-keep] if keep > 0 else []:
         if old != final:
@@ -201,7 +222,8 @@ def resolve_checkpoint(path: PathLike) -> Path:
         target = root / pointer.read_text().strip()
         if target.is_dir():
             return target
-    dirs = _step_dirs(root)
+    # A save killed while replacing a checkpoint leaves the complete old copy aside: it counts.
+    dirs = sorted(_step_dirs(root) + _moved_aside(root))
     if not dirs:
         raise CheckpointError(f"no checkpoint found in '{path}' (expected a run directory with checkpoints/, "
                               "a checkpoints directory, or a step_* checkpoint directory)")

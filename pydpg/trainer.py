@@ -600,9 +600,10 @@ class Trainer:
             train.total_steps = int(total_steps)
         if out_dir is None and ckpt.path.parent.name == "checkpoints":
             out_dir = ckpt.path.parent.parent
-        ckpt_io.clean_partial(ckpt.path.parent)
         t = cls(config, train, env, out_dir, model=model, **kwargs)
         t.buffer = _load_matching_buffer(ckpt.buffer_path, like=t.buffer)
+        # Only now (everything read): a checkpoint a killed save had moved aside goes back home.
+        ckpt_io.clean_partial(ckpt.path.parent)
         t._load_state(state)
         return t
 
@@ -641,6 +642,14 @@ class Trainer:
                 self.obs[i] = obs
                 self.autoreset[i] = False
                 self.ep_return[i], self.ep_length[i] = 0.0, 0
+                # The old episode ended here, unseen by the buffer: close its open n-step returns
+                # as a truncation (else the new episode's rewards would complete them), and start
+                # the new episode as any other starts: fresh noise, its first obs in the statistics.
+                self.buffer.end_episode(i)
+                if self.noise is not None:
+                    self.noise.reset([i])
+                if self.normalizer is not None:
+                    self.normalizer.update(self.obs[i:i + 1])
         # SyncVectorEnv's own record of which envs reset on their next step.
         self.vec._autoreset_envs = self.autoreset.copy()
         self._last_ckpt_step = self.step

@@ -372,6 +372,19 @@ def test_state_dict_round_trip_gives_identical_next_update():
     assert same(a._target, b._target)
 
 
+def test_state_saved_on_another_device_type_loads():
+    """A CUDA generator's state (16 bytes: seed, offset) cannot enter a CPU generator (5056 bytes):
+    a CUDA-trained agent must still load on CPU (export, eval), reseeded deterministically."""
+    src = DDPG.from_dims(3, 2, small("td3"))
+    state = src.state_dict()
+    state["generator"] = torch.tensor(list(range(16)), dtype=torch.uint8)  # the shape a CUDA run saves
+    a, b = DDPG.from_dims(3, 2, small("td3")), DDPG.from_dims(3, 2, small("td3"))
+    a.load_state_dict(state)
+    b.load_state_dict(state)
+    assert same(params(a.actor), params(src.actor))
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
 def test_load_state_dict_rejects_wrong_keys():
     agent = DDPG.from_dims(3, 2, small())
     state = agent.state_dict()

@@ -295,6 +295,39 @@ def test_nstep_env_ids_keep_streams_apart():
     assert buf.pending == 1  # env 0's first step waits for its second reward
 
 
+def test_end_episode_closes_one_env_like_a_truncation():
+    """An episode that ends outside the buffer's view (an env restarted by its owner) must not have
+    its open returns completed by the next episode's rewards."""
+    buf = ReplayBuffer(100, 1, 1, n_step=3, gamma=0.5, seed=0)
+    for t in range(2):  # env 0 and env 1, two steps each: all four still open
+        buf.extend([[float(t)], [100.0 + t]], [[0.0], [0.0]], [1.0, 1.0], [[t + 1.0], [101.0 + t]], [False] * 2,
+                   [False] * 2)
+    assert len(buf) == 0 and buf.pending == 4
+    buf.end_episode(0)
+    assert len(buf) == 2 and buf.pending == 2  # env 1 untouched
+    b = buf.sample(200)
+    rows = set(zip(b.obs[:, 0].tolist(), b.reward[:, 0].tolist(), b.next_obs[:, 0].tolist(),
+                   b.discount[:, 0].tolist(), b.done[:, 0].tolist()))
+    assert rows == {(0.0, 1.5, 2.0, 0.25, 0.0), (1.0, 1.0, 2.0, 0.5, 0.0)}
+    # env 0's next transition starts a new return: nothing of the old episode reaches it.
+    buf.add([50.0], [0.0], 7.0, [51.0], True, False)
+    b = buf.sample(500)
+    rows = set(zip(b.obs[:, 0].tolist(), b.reward[:, 0].tolist(), b.next_obs[:, 0].tolist(),
+                   b.discount[:, 0].tolist(), b.done[:, 0].tolist()))
+    assert (50.0, 7.0, 51.0, 0.5, 1.0) in rows and len(rows) == 3
+    buf.end_episode(0)  # nothing open: a no-op
+    buf.end_episode(7)  # an env never seen: a no-op
+    assert len(buf) == 3
+    with pytest.raises(ValueError, match="env_id"):
+        buf.end_episode(-1)
+    with pytest.raises(TypeError):
+        buf.end_episode("0")
+    one = ReplayBuffer(10, 1, 1, seed=0)  # n_step 1 keeps nothing open
+    one.add([0.0], [0.0], 1.0, [1.0], False, False)
+    one.end_episode(0)
+    assert len(one) == 1 and one.pending == 0
+
+
 def test_sampling_only_pending_transitions_says_so():
     buf = ReplayBuffer(10, 1, 1, n_step=3, seed=0)
     buf.add([0.0], [0.0], 1.0, [1.0], False, False)

@@ -157,6 +157,28 @@ def test_resume_of_uncapturable_env_warns_and_restarts_episodes(tmp_path):
     assert t.step >= 200
 
 
+def test_restarted_episodes_close_their_nstep_returns(tmp_path):
+    """An episode cut by the restart must not have its open n-step returns completed by the next
+    episode's rewards: every stored transition starts and ends in one episode (obs[2] is the
+    toy env's episode tag)."""
+    cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=8, learning_starts=10**6, n_step=3,
+                     obs_normalization=True)
+    tc = TrainConfig(env_id="PydpgToyNoState-v0", n_envs=2, total_steps=80, eval_every=0, checkpoint_every=31,
+                     seed=0)
+    Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False).run(stop_at=40)
+    with pytest.warns(UserWarning, match="cannot be captured"):
+        t = Trainer.resume(tmp_path, tensorboard=False)
+    ckpt = ckpt_io.load_checkpoint(tmp_path)
+    assert ReplayBuffer.load(ckpt.buffer_path).pending > 0 and t.buffer.pending == 0  # open returns closed
+    saved = ckpt.model["normalizer"]["count"]
+    assert float(t.normalizer.count) == pytest.approx(float(saved) + 2)  # the two new first observations
+    t.run()
+    b = t.buffer.sample(20_000)
+    rows = np.unique(torch.cat([b.obs, b.next_obs], 1).numpy(), axis=0)
+    assert len(rows) == len(t.buffer)
+    np.testing.assert_array_equal(rows[:, 2], rows[:, 5])
+
+
 def test_kill_9_loses_only_steps_since_last_checkpoint(tmp_path):
     args = ["train", "InvertedPendulum-v5", "--steps", "3000", "--checkpoint-every", "500", "--eval-every", "500",
             "--eval-episodes", "2", "--set", "hidden=[32,32]", "--set", "batch_size=32", "--set",
@@ -259,6 +281,29 @@ def test_checkpoint_resolution(saved_run, tmp_path):
     (partial / "model.pt").write_bytes(b"half")
     t = Trainer.resume(run, tensorboard=False)
     assert t.step == 60 and not partial.exists()
+
+
+def test_kill_while_a_checkpoint_is_replaced_keeps_it(saved_run, tmp_path):
+    """Re-saving a step moves the old copy aside, renames the new one in, then deletes the old one.
+    A kill between the two renames leaves only ``.old-step_N-pid`` (complete) and ``.tmp-step_N-pid``:
+    readers still find the checkpoint, and resuming puts it back under its own name."""
+    run, ck = copy_run(saved_run, tmp_path)
+    aside = ck.parent / f".old-{ck.name}-4242"
+    ck.rename(aside)
+    (ck.parent / f".tmp-{ck.name}-4242").mkdir()
+    assert ckpt_io.resolve_checkpoint(run) == aside
+    assert ckpt_io.load_checkpoint(run).step == 60
+    t = Trainer.resume(run, tensorboard=False)
+    assert t.step == 60 and ck.is_dir() and not any(p.name.startswith(".") for p in ck.parent.iterdir())
+
+
+def test_resaving_a_step_replaces_it_and_leaves_nothing_aside(saved_run, tmp_path):
+    run, ck = copy_run(saved_run, tmp_path)
+    t = Trainer.resume(run, tensorboard=False)
+    before = (ck / "trainer.pt").stat().st_mtime_ns
+    t.save_checkpoint()  # the same step again (what the final save after a periodic one does)
+    assert (ck / "trainer.pt").stat().st_mtime_ns != before
+    assert ck.is_dir() and not any(p.name.startswith(".") for p in ck.parent.iterdir())
 
 
 @pytest.mark.parametrize("damage, message", [
