@@ -149,14 +149,19 @@ def _step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _home_of(aside: Path) -> Path:
+    """``root/step_N`` for a checkpoint moved aside as ``root/.old-step_N-<pid>``."""
+    return aside.parent / aside.name[len(".old-"):].rsplit("-", 1)[0]
+
+
 def _moved_aside(root: Path) -> list[tuple[int, Path]]:
     """Checkpoints ``save_checkpoint`` moved aside (``.old-step_N-pid``) whose own name is free."""
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name[len(".old-"):].rsplit("-", 1)[0]) if p.name.startswith(".old-") else None
-        if m and p.is_dir() and not (root / m.group(0)).exists():
+        m = _STEP_DIR.match(_home_of(p).name) if p.name.startswith(".old-") else None
+        if m and p.is_dir() and not _home_of(p).exists():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -167,7 +172,7 @@ def clean_partial(root: PathLike) -> None:
     root = Path(root)
     if root.is_dir():
         for _, p in _moved_aside(root):
-            os.replace(p, root / p.name[len(".old-"):].rsplit("-", 1)[0])
+            os.replace(p, _home_of(p))
         for p in root.iterdir():
             if p.name.startswith((".tmp-", ".latest.tmp-", ".old-")):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
