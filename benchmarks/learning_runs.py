@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydpg.config import DDPGConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "learning"
 DOCS = ROOT / "docs"
@@ -49,7 +51,7 @@ IMPLS = {
     "pydpg": {"label": "pydpg DDPG", "dir": "seed", "agent": {}},
     "pydpg-delay2": {"label": "pydpg DDPG, policy_delay 2 (CleanRL)", "dir": "delay2_seed",
                      "agent": {"policy_delay": 2}},
-    "pydpg-td3": {"label": "pydpg TD3 (--td3)", "dir": "td3_seed", "agent": "td3"},
+    "pydpg-td3": {"label": "pydpg TD3 (--td3)", "dir": "td3_seed", "agent": DDPGConfig.presets()["td3"]},
     "sb3": {"label": "SB3 DDPG (same settings)", "dir": "sb3_seed", "agent": None},
 }
 
@@ -78,8 +80,7 @@ def run_one(env_id: str, seed: int, steps: int, checkpoint_every: int, threads: 
         trainer = Trainer.resume(out, total_steps=steps, verbose=True)
         print(f"{env_id} seed {seed}: resuming at step {trainer.step}", flush=True)
     except CheckpointError:
-        agent = IMPLS[impl]["agent"]
-        cfg, train = presets.resolve(env_id, td3=agent == "td3", agent=agent if isinstance(agent, dict) else None,
+        cfg, train = presets.resolve(env_id, agent=IMPLS[impl]["agent"],
                                      train={"seed": seed, "total_steps": steps, "checkpoint_every": checkpoint_every})
         trainer = Trainer(cfg, train, out_dir=out, verbose=True)
     try:
