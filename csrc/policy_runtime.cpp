@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <sstream>
@@ -54,7 +55,9 @@ SgemmFn find_sgemm() {
 // torch.tanh on float CPU tensors is MKL VML's vmsTanh with these flags (ATen/cpu/vml.h); glibc's
 // tanhf differs from it in the last bit for ~40% of inputs, and a last-bit difference per step is
 // enough to make a chaotic task (HalfCheetah) drift away from the trajectory it had in training.
-// With the same function the deployed actions are bit-for-bit the trainer's.
+// Calling the same functions torch calls, with the same shapes, keeps the deployed actions as close
+// to the trainer's as this machine's arithmetic allows; what the runtime guarantees, and checks at
+// load, is agreement with the module to 1e-5 (compare_backends).
 using VmsTanhFn = void (*)(int, const float*, float*, long long);
 constexpr long long kVmlMode = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
 
@@ -86,6 +89,30 @@ std::vector<float> tensor_values(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kFloat).contiguous().reshape({-1});
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
+
+// A float buffer whose data starts on a 64-byte boundary, as torch's CPU allocator aligns tensors:
+// BLAS kernels may treat an unaligned head differently, and the mlp backend should hand MKL the
+// same kind of pointers torch does.
+class AlignedFloats {
+ public:
+  void assign(std::int64_t n, float value) {
+    storage_.assign(static_cast<std::size_t>(n) + kPad, value);
+    const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
+    data_ = storage_.data() + ((64 - addr % 64) % 64) / sizeof(float);
+    size_ = n;
+  }
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  std::int64_t size() const { return size_; }
+  float& operator[](std::int64_t i) { return data_[i]; }
+  const float& operator[](std::int64_t i) const { return data_[i]; }
+
+ private:
+  static constexpr std::size_t kPad = 64 / sizeof(float);
+  std::vector<float> storage_;
+  float* data_ = nullptr;
+  std::int64_t size_ = 0;
+};
 
 struct Layer {
   int in = 0, out = 0;
@@ -273,10 +300,12 @@ struct PolicyRuntime::Impl {
   std::vector<float> mean, stdev;
   std::vector<double> low_d, high_d;  // the module's float32 bounds, widened exactly
   SgemmFn sgemm = nullptr;
-  std::int64_t width = 0;  // widest layer, sizes the ping-pong buffers
+  std::int64_t width = 0;  // widest layer, sizes the hidden buffers
 
-  // Scratch, sized once for max_batch.
-  std::vector<float> buf_a, buf_b, y;
+  // Buffers, sized once for max_batch. `obs_in` holds the guarded (and, for "mlp", normalized)
+  // observation rows and is only ever read by forward(); `h0`/`h1` are the hidden layers' scratch,
+  // which forward() overwrites before it reads them; `y` receives the actions.
+  AlignedFloats obs_in, row_in, h0, h1, y;
   std::vector<float> last, safe;
   std::vector<unsigned char> bad;
   at::Tensor input;  // "torchscript" backend: [max_batch, obs_dim], filled in place
@@ -296,9 +325,9 @@ struct PolicyRuntime::Impl {
   void check_options();
   void allocate();
   void warm_up();
-  void forward_mlp(std::int64_t batch);
-  void forward_torchscript(std::int64_t batch);
-  void forward(std::int64_t batch) { backend == "mlp" ? forward_mlp(batch) : forward_torchscript(batch); }
+  void mlp_rows(const float* x, std::int64_t n, float* out);
+  void torchscript_rows(const float* x, std::int64_t n, float* out);
+  void forward(std::int64_t batch);
   double compare_backends();
 };
 
@@ -503,8 +532,10 @@ void PolicyRuntime::Impl::check_options() {
 
 void PolicyRuntime::Impl::allocate() {
   const std::int64_t B = opt.max_batch;
-  buf_a.assign(B * std::max(width, meta.obs_dim), 0.0f);
-  buf_b.assign(B * std::max(width, meta.obs_dim), 0.0f);
+  obs_in.assign(B * meta.obs_dim, 0.0f);
+  row_in.assign(meta.obs_dim, 0.0f);
+  h0.assign(B * width, 0.0f);
+  h1.assign(B * width, 0.0f);
   y.assign(B * meta.act_dim, 0.0f);
   last.resize(B * meta.act_dim);
   for (std::int64_t r = 0; r < B; ++r) std::copy(safe.begin(), safe.end(), last.begin() + r * meta.act_dim);
@@ -513,51 +544,78 @@ void PolicyRuntime::Impl::allocate() {
   lat_ns.assign(opt.latency_window, 0);
 }
 
-// Layer by layer on the ping-pong buffers. buf_a holds the (normalized) observations on entry.
-void PolicyRuntime::Impl::forward_mlp(std::int64_t batch) {
-  const int n = static_cast<int>(batch);
-  float* x = buf_a.data();
-  float* h = buf_b.data();
+// The actor on n rows: x [n, obs_dim] (normalized) -> out [n, act_dim] (env units, unclamped).
+// x is read and never written; every hidden layer goes into scratch (h0, h1) that this call writes
+// before it reads, so a call's result depends on its input alone.
+void PolicyRuntime::Impl::mlp_rows(const float* x, std::int64_t n, float* out) {
+  const int rows = static_cast<int>(n);
   const float one = 1.0f;
+  const float* in = x;
+  float* h = h0.data();
   for (std::size_t l = 0; l < layers.size(); ++l) {
     const Layer& L = layers[l];
-    // h = bias, then h += x W^T: the same BLAS call (and so the same rounding) as torch's
-    // addmm(bias, x, W^T) for nn.Linear. Row-major h[n, out] is column-major h^T = W x^T, with W
-    // (row-major [out, in]) read as the transpose of a column-major [in, out] matrix.
-    for (std::int64_t r = 0; r < batch; ++r) std::memcpy(h + r * L.out, L.bias.data(), sizeof(float) * L.out);
+    // h = bias, then h += x W^T: the same BLAS call torch makes for nn.Linear (addmm(bias, x, W^T)).
+    // Row-major h[n, out] is column-major h^T = W x^T, with W (row-major [out, in]) read as the
+    // transpose of a column-major [in, out] matrix.
+    for (std::int64_t r = 0; r < n; ++r) std::memcpy(h + r * L.out, L.bias.data(), sizeof(float) * L.out);
     if (sgemm) {
-      sgemm("T", "N", &L.out, &n, &L.in, &one, L.weight.data(), &L.in, x, &L.in, &one, h, &L.out);
+      sgemm("T", "N", &L.out, &rows, &L.in, &one, L.weight.data(), &L.in, in, &L.in, &one, h, &L.out);
     } else {
-      at::Tensor xt = at::from_blob(x, {batch, L.in});
-      at::Tensor ht = at::from_blob(h, {batch, L.out});
+      at::Tensor xt = at::from_blob(const_cast<float*>(in), {n, L.in});
+      at::Tensor ht = at::from_blob(h, {n, L.out});
       ht.addmm_(xt, L.weight_t);
     }
     const bool last_layer = l + 1 == layers.size();
-    apply(last_layer ? output_act : hidden_act, h, batch * L.out);
-    std::swap(x, h);
+    apply(last_layer ? output_act : hidden_act, h, n * L.out);
+    in = h;
+    h = (h == h0.data()) ? h1.data() : h0.data();
   }
-  // x holds the actor output; map [-1, 1] to the action box in float64, as pydpg.envs.scale_action
-  // (and the exported module) do, so deployed actions equal the ones the training env received.
+  // `in` holds the actor output; map [-1, 1] to the action box in float64, as pydpg.envs.scale_action
+  // (and the exported module) do.
   const std::int64_t A = meta.act_dim;
-  for (std::int64_t r = 0; r < batch; ++r)
+  for (std::int64_t r = 0; r < n; ++r)
     for (std::int64_t k = 0; k < A; ++k) {
-      const float u = x[r * A + k];
+      const float u = in[r * A + k];
       const double a = u < -1.0f ? -1.0 : (u > 1.0f ? 1.0 : static_cast<double>(u));  // NaN passes through
-      y[r * A + k] = static_cast<float>(low_d[k] + (a + 1.0) * 0.5 * (high_d[k] - low_d[k]));
+      out[r * A + k] = static_cast<float>(low_d[k] + (a + 1.0) * 0.5 * (high_d[k] - low_d[k]));
     }
 }
 
-void PolicyRuntime::Impl::forward_torchscript(std::int64_t batch) {
+void PolicyRuntime::Impl::torchscript_rows(const float* x, std::int64_t n, float* out) {
   // The profiling executor would re-specialize the graph whenever the batch size changes: run the
   // plain interpreter so a call costs the same every time.
   torch::jit::GraphOptimizerEnabledGuard no_reoptimize(false);
-  at::Tensor x = input.narrow(0, 0, batch);
-  std::memcpy(x.data_ptr<float>(), buf_a.data(), sizeof(float) * batch * meta.obs_dim);
-  const at::Tensor out = module.forward({x}).toTensor();
-  if (out.scalar_type() != at::kFloat || out.dim() != 2 || out.size(0) != batch || out.size(1) != meta.act_dim)
-    throw PolicyFormatError("forward() returned " + c10::str(out.sizes()) + " for a batch of " + std::to_string(batch));
-  const at::Tensor c = out.contiguous();
-  std::memcpy(y.data(), c.data_ptr<float>(), sizeof(float) * batch * meta.act_dim);
+  at::Tensor xt = input.narrow(0, 0, n);
+  std::memcpy(xt.data_ptr<float>(), x, sizeof(float) * n * meta.obs_dim);
+  const at::Tensor result = module.forward({xt}).toTensor();
+  if (result.scalar_type() != at::kFloat || result.dim() != 2 || result.size(0) != n || result.size(1) != meta.act_dim)
+    throw PolicyFormatError("forward() returned " + c10::str(result.sizes()) + " for a batch of " + std::to_string(n));
+  const at::Tensor c = result.contiguous();
+  std::memcpy(out, c.data_ptr<float>(), sizeof(float) * n * meta.act_dim);
+}
+
+// y[:batch] = policy(obs_in[:batch]). BLAS picks its kernel by matrix shape, so in one batched call
+// row i's rounding can depend on how many rows came with it. With batch_invariant every row is
+// computed alone, from the same aligned one-row buffer: row i's action is then exactly what a
+// batch-1 call on that row returns, whatever the other rows are.
+void PolicyRuntime::Impl::forward(std::int64_t batch) {
+#ifdef PYDPG_POISON_SCRATCH
+  // Sanitizer builds: scratch starts every call as NaN, so a read of a value this call did not
+  // write shows up as a non-finite action instead of a plausible number.
+  std::fill(h0.data(), h0.data() + h0.size(), std::numeric_limits<float>::quiet_NaN());
+  std::fill(h1.data(), h1.data() + h1.size(), std::numeric_limits<float>::quiet_NaN());
+  std::fill(y.data(), y.data() + y.size(), std::numeric_limits<float>::quiet_NaN());
+#endif
+  const bool mlp = backend == "mlp";
+  if (!opt.batch_invariant) {
+    mlp ? mlp_rows(obs_in.data(), batch, y.data()) : torchscript_rows(obs_in.data(), batch, y.data());
+    return;
+  }
+  const std::int64_t D = meta.obs_dim, A = meta.act_dim;
+  for (std::int64_t r = 0; r < batch; ++r) {
+    std::memcpy(row_in.data(), obs_in.data() + r * D, sizeof(float) * D);
+    mlp ? mlp_rows(row_in.data(), 1, y.data() + r * A) : torchscript_rows(row_in.data(), 1, y.data() + r * A);
+  }
 }
 
 // Largest |mlp - module.forward| over random observations around the normalization statistics.
@@ -579,10 +637,10 @@ double PolicyRuntime::Impl::compare_backends() {
         v = (v - mean[k]) / stdev[k];
         if (clip > 0) v = std::min(std::max(v, -clip), clip);
       }
-      buf_a[r * D + k] = v;
+      obs_in[r * D + k] = v;
     }
   }
-  forward_mlp(B);
+  forward(B);
   for (std::int64_t i = 0; i < B * A; ++i) {
     const float clamped = std::min(std::max(y[i], meta.action_low[i % A]), meta.action_high[i % A]);
     const double d = std::fabs(static_cast<double>(clamped) - expect[i]);
@@ -591,17 +649,20 @@ double PolicyRuntime::Impl::compare_backends() {
   return worst;
 }
 
-// Exercise both batch extremes so BLAS, the allocator and the interpreter have made their one-time
-// allocations before the first real call. The rows hold the mean observation in the units the
-// backend reads: normalized (zeros) for "mlp", raw for "torchscript".
+// Refuse a policy that cannot act at the mean observation, then exercise both batch extremes so
+// BLAS, the allocator and the interpreter have made their one-time allocations before the first
+// real call. Every call runs on the mean observation, in the units the backend reads: normalized
+// (zeros) for "mlp", raw for "torchscript"; forward() never writes its input, so the last warm-up
+// call sees the same rows as the first.
 void PolicyRuntime::Impl::warm_up() {
   const std::int64_t D = meta.obs_dim;
   for (std::int64_t r = 0; r < opt.max_batch; ++r)
     for (std::int64_t k = 0; k < D; ++k)
-      buf_a[r * D + k] = (backend == "mlp" && normalize) || !meta.normalized ? 0.0f : meta.obs_mean[k];
-  for (int i = 0; i < opt.warmup_calls; ++i) forward(1);
+      obs_in[r * D + k] = (backend == "mlp" && normalize) || !meta.normalized ? 0.0f : meta.obs_mean[k];
+  forward(1);
   if (!all_finite(y.data(), meta.act_dim))
     throw PolicyFormatError("policy file '" + path + "' produces NaN/Inf actions for the mean observation");
+  for (int i = 0; i < opt.warmup_calls; ++i) forward(1);
   for (int i = 0; i < std::min(opt.warmup_calls, 4); ++i) forward(opt.max_batch);
 }
 
@@ -668,7 +729,7 @@ void PolicyRuntime::act(const float* obs, std::int64_t batch, float* actions) {
   std::int64_t bad_rows = 0;
   for (std::int64_t r = 0; r < batch; ++r) {
     const float* in = obs + r * D;
-    float* dst = m.buf_a.data() + r * D;
+    float* dst = m.obs_in.data() + r * D;
     const bool ok = all_finite(in, D);
     m.bad[r] = ok ? 0 : 1;
     if (!ok) {

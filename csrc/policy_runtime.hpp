@@ -62,6 +62,12 @@ struct PolicyOptions {
   // "auto": the allocation-free "mlp" backend when the metadata describes the network and it
   // reproduces the module's forward, else "torchscript". "mlp"/"torchscript" force one.
   std::string backend = "auto";
+  // false: one BLAS call for the whole batch (fastest). BLAS chooses its kernel by matrix shape and
+  // CPU, so a row's action can differ in the last bits with the batch size it came in.
+  // true: each row is computed on its own, so row i's action is exactly what act() returns for that
+  // row alone, whatever the other rows hold or how many there are (a multi-robot controller gets
+  // per-robot determinism); costs throughput at large batches (benchmarks/bench_inference.py).
+  bool batch_invariant = false;
 };
 
 struct PolicyMetadata {

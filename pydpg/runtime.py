@@ -40,13 +40,18 @@ class Policy:
             ``guard_stats()`` whatever the choice.
         backend: ``"auto"`` (allocation-free MLP path when the file describes its network, else the
             TorchScript interpreter), ``"mlp"`` or ``"torchscript"``.
+        batch_invariant: compute every row on its own, so that row i's action is exactly what
+            ``act`` returns for that row alone, whatever else is in the batch. Off by default: one
+            BLAS call per batch is faster, and BLAS picks its kernel by matrix shape, so a row can
+            then differ in the last bits (~1e-7) between batch sizes.
 
     Not thread-safe: one Policy per thread.
     """
 
     def __init__(self, path: Union[str, os.PathLike], *, max_batch: int = 1, num_threads: int = 1,
                  on_nonfinite: str = "raise", safe_action: Optional[Sequence[float]] = None,
-                 warmup_calls: int = 64, latency_window: int = 1 << 16, backend: str = "auto"):
+                 warmup_calls: int = 64, latency_window: int = 1 << 16, backend: str = "auto",
+                 batch_invariant: bool = False):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"policy file {path!r} does not exist")
@@ -54,12 +59,14 @@ class Policy:
                         ("latency_window", latency_window)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if not isinstance(batch_invariant, (bool, np.bool_)):
+            raise TypeError(f"batch_invariant must be a bool, got {type(batch_invariant).__name__}")
         if safe_action is not None:
             safe_action = [float(x) for x in np.asarray(safe_action, dtype=np.float64).reshape(-1)]
         self._rt = _core.PolicyRuntime(path, max_batch=int(max_batch), num_threads=int(num_threads),
                                        warmup_calls=int(warmup_calls), on_nonfinite=on_nonfinite,
                                        safe_action=safe_action, latency_window=int(latency_window),
-                                       backend=backend)
+                                       backend=backend, batch_invariant=bool(batch_invariant))
         self.metadata: dict[str, Any] = json.loads(self._rt.metadata_json)
 
     # ------------------------------------------------------------------ acting
@@ -115,6 +122,10 @@ class Policy:
     @property
     def backend(self) -> str:
         return self._rt.backend
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self._rt.batch_invariant
 
     @property
     def action_low(self) -> np.ndarray:

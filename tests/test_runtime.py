@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +16,7 @@ from torch import nn
 
 from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, write_raw_policy
 from pydpg.agent import DDPG
+from pydpg.config import DDPGConfig
 from pydpg.export import export_policy
 from pydpg.normalizer import RunningNormalizer
 from pydpg.runtime import NonFiniteError, Policy, PolicyFormatError
@@ -139,8 +141,10 @@ def test_nonfinite_hold_last_per_row(policy_file):
     second = rng.standard_normal((3, OBS)).astype(np.float32)
     second[0, 0] = np.nan
     a2 = p.act(second)
-    np.testing.assert_array_equal(a2[0], a1[0])  # held
-    np.testing.assert_array_equal(a2[1:], Policy(policy_file, max_batch=3).act(second[1:].copy())[:2])
+    np.testing.assert_array_equal(a2[0], a1[0])  # held: a copy of the stored action, exact
+    # The other rows are computed in a batch of 3 here and of 2 there. BLAS picks its kernel by
+    # matrix shape (and CPU), so they agree to rounding, not bit for bit; see test_batch_invariant.
+    np.testing.assert_allclose(a2[1:], Policy(policy_file, max_batch=3).act(second[1:].copy()), rtol=0, atol=1e-6)
     assert p.guard_stats()["held_rows"] == 1 and p.guard_stats()["nonfinite_obs_rows"] == 1
     # Before any good action, "hold" falls back to the safe action (zeros).
     q = Policy(policy_file, on_nonfinite="hold")
@@ -201,6 +205,82 @@ def test_thread_count_is_fixed(policy_file):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------- trained policies
+# A policy trained for 30k steps on InvertedPendulum-v5 (noiseless eval 1000), exported as users do:
+#   pydpg train InvertedPendulum-v5 --steps 30000 --seed 0 --out run && pydpg export run -o policy.pt
+# Its weights are ~30x their initial scale. pydpg 0.1.0's runtime refused it: the mlp backend used its
+# input buffer as scratch and warm-up fed each call's hidden activations back in as the observation,
+# which diverged to Inf with trained weights (and stayed finite with fresh ones).
+TRAINED_PENDULUM = Path(__file__).parent / "data" / "inverted_pendulum_30k.pt"
+
+
+def test_trained_policy_loads_with_default_options_and_matches_torchscript():
+    module = module_of(TRAINED_PENDULUM)
+    obs = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32) * [0.2, 0.3, 1.0, 2.0]
+    obs = obs.astype(np.float32)
+    with torch.no_grad():
+        want = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs])
+    for kwargs in ({}, {"backend": "mlp"}, {"backend": "torchscript"}, {"batch_invariant": True}):
+        p = Policy(TRAINED_PENDULUM, **kwargs)  # default warm-up: 64 calls
+        assert p.backend == kwargs.get("backend", "mlp")
+        got = np.stack([p.act(o) for o in obs])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=str(kwargs))
+        batched = Policy(TRAINED_PENDULUM, max_batch=200, **kwargs).act(obs)
+        np.testing.assert_allclose(batched, want, rtol=0, atol=1e-5, err_msg=str(kwargs))
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 30.0, 100.0])
+def test_trained_magnitude_weights_load_and_match(tmp_path, scale):
+    """Random actors with weights scaled up to (and past) trained magnitudes, through the default
+    constructor: the runtime loads every one whose TorchScript output is finite, and agrees with it."""
+    torch.manual_seed(int(scale))
+    agent = DDPG.from_dims(OBS, ACT, DDPGConfig(hidden=(64, 64)))
+    with torch.no_grad():
+        for param in agent.actor.parameters():
+            param.mul_(scale)
+    norm = RunningNormalizer(OBS)
+    norm.update(np.random.default_rng(1).standard_normal((256, OBS)) * 3 + 2)
+    path = tmp_path / "p.pt"
+    export_policy(agent, path, action_low=[-2.0] * ACT, action_high=[2.0] * ACT, normalizer=norm, verbose=False)
+    obs = (np.random.default_rng(2).standard_normal((64, OBS)) * 3 + 2).astype(np.float32)
+    with torch.no_grad():
+        want = module_of(path)(torch.from_numpy(obs)).numpy()
+    assert np.isfinite(want).all()
+    p = Policy(path, max_batch=64)
+    assert p.backend == "mlp"
+    np.testing.assert_allclose(p.act(obs), want, rtol=0, atol=1e-5 * 2)
+    again = p.act(obs)
+    np.testing.assert_array_equal(again, p.act(obs))  # same call, same shape, same process: same bits
+
+
+def test_act_does_not_modify_its_input(policy_file):
+    p = Policy(policy_file, max_batch=8)
+    obs = np.random.default_rng(4).standard_normal((8, OBS)).astype(np.float32)
+    keep = obs.copy()
+    p.act(obs)
+    np.testing.assert_array_equal(obs, keep)
+
+
+@pytest.mark.parametrize("backend", ["mlp", "torchscript"])
+def test_batch_invariant(policy_file, backend):
+    """With batch_invariant=True a row's action does not depend on the rest of the batch, exactly:
+    every row is computed alone, by the same instructions on the same one-row buffer, on any CPU."""
+    p = Policy(policy_file, max_batch=64, backend=backend, batch_invariant=True)
+    assert p.batch_invariant
+    obs = np.random.default_rng(5).standard_normal((64, OBS)).astype(np.float32) * 3
+    full = p.act(obs)
+    for b in (1, 2, 3, 7, 33, 64):
+        np.testing.assert_array_equal(p.act(obs[:b]), full[:b])
+    np.testing.assert_array_equal(p.act(obs[::-1].copy()), full[::-1])
+    for i in (0, 17, 63):
+        np.testing.assert_array_equal(p.act(obs[i]), full[i])
+    with torch.no_grad():
+        want = module_of(policy_file)(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(full, want, rtol=0, atol=1e-6)
+    with pytest.raises(TypeError, match="batch_invariant"):
+        Policy(policy_file, batch_invariant="yes")
 
 
 # ---------------------------------------------------------------------------------------- bad files
