@@ -115,7 +115,9 @@ class ReplayBuffer {
   void update_priorities(std::int64_t n, const std::int64_t* ids, const double* priorities);
 
   void save(const std::string& path) const;
-  // Replaces this buffer's whole state (configuration included) by the file's.
+  // Replaces this buffer's whole state (configuration included) by the file's. Unlike every other
+  // member, not for a buffer other threads are using: it may change the row layout their calls were
+  // sized for. Load into a fresh buffer, as pydpg.ReplayBuffer.load does, then share it.
   void load(const std::string& path);
 
   // Closes environment `env`'s open n-step returns as a time-limit truncation would (shorter

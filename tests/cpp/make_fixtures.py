@@ -1,0 +1,88 @@
+"""Fixtures for the C++ test drivers (tests/cpp/sanitize.sh): policy files, the TorchScript
+module's own actions on random observations (the reference runtime_test compares against), and
+damaged copies that must be refused.
+
+    python tests/cpp/make_fixtures.py OUT_DIR     # prints the runtime_test command lines, one a line
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pydpg.agent import DDPG
+from pydpg.config import DDPGConfig
+from pydpg.export import export_policy
+from pydpg.normalizer import RunningNormalizer
+
+HERE = Path(__file__).resolve().parent
+TRAINED_PENDULUM = HERE.parent / "data" / "inverted_pendulum_30k.pt"
+ROWS = 16
+TOL = 1e-5
+
+
+def write_reference(policy: Path, obs: np.ndarray, out: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(policy))
+    with torch.no_grad():
+        want = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs]).astype(np.float32)
+    n, d = obs.shape
+    out.write_bytes(struct.pack("<qqqf", n, d, want.shape[1], TOL) + obs.astype("<f4").tobytes()
+                    + want.astype("<f4").tobytes())
+
+
+def trained_magnitude_policy(path: Path, scale: float = 30.0) -> None:
+    """17 -> 64 -> 64 -> 6 with observation normalization, weights scaled to trained magnitudes."""
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(17, 6, DDPGConfig(hidden=(64, 64)))
+    with torch.no_grad():
+        for p in agent.actor.parameters():
+            p.mul_(scale)
+    norm = RunningNormalizer(17)
+    norm.update(np.random.default_rng(0).standard_normal((256, 17)) * 3 + 1)
+    export_policy(agent, path, action_low=[-1.0] * 6, action_high=[1.0] * 6, normalizer=norm, verbose=False)
+
+
+def damaged_copies(src: Path, out: Path) -> list[Path]:
+    data = src.read_bytes()
+    files = {"empty.pt": b"", "text.pt": b"not a policy", "truncated.pt": data[: len(data) // 2],
+             "tail_cut.pt": data[:-1]}
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    files["flipped.pt"] = bytes(flipped)
+    paths = []
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+        paths.append(out / name)
+    return paths
+
+
+def main(out_dir: str) -> int:
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    pendulum = out / "pendulum_30k.pt"
+    shutil.copyfile(TRAINED_PENDULUM, pendulum)
+    write_reference(pendulum, (rng.standard_normal((ROWS, 4)) * [0.2, 0.3, 1.0, 2.0]).astype(np.float32),
+                    out / "pendulum_30k.ref")
+    scaled = out / "scaled_17x6.pt"
+    trained_magnitude_policy(scaled)
+    write_reference(scaled, (rng.standard_normal((ROWS, 17)) * 3 + 1).astype(np.float32), out / "scaled_17x6.ref")
+    bad = damaged_copies(scaled, out)
+    print(" ".join(map(str, [out / "pendulum_30k.ref", pendulum])))
+    print(" ".join(map(str, [out / "scaled_17x6.ref", scaled, *bad])))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    sys.exit(main(sys.argv[1]))
