@@ -695,9 +695,15 @@ PolicyRuntime::PolicyRuntime(const std::string& path, PolicyOptions options) : i
   m.allocate();
   if (m.backend == "mlp") {
     const double diff = m.compare_backends();
+    // 1e-5 of the half range, plus one float32 step at the largest bound: actions in the hundreds
+    // are only resolved to ~1e-5 by float32 itself.
     double tol = 1e-5;
-    for (std::int64_t k = 0; k < m.meta.act_dim; ++k)
+    float top = 0.0f;
+    for (std::int64_t k = 0; k < m.meta.act_dim; ++k) {
       tol = std::max(tol, 1e-5 * (m.meta.action_high[k] - m.meta.action_low[k]) / 2.0);
+      top = std::max({top, std::fabs(m.meta.action_low[k]), std::fabs(m.meta.action_high[k])});
+    }
+    tol += std::nextafter(top, HUGE_VALF) - top;
     if (!(diff <= tol)) {
       if (m.opt.backend == "mlp")
         throw PolicyFormatError("policy file '" + path + "': its network plan does not reproduce forward() (max |diff| " +

@@ -1,0 +1,145 @@
+"""Property tests (hypothesis) of the C++ policy runtime against the TorchScript module it loads.
+
+Over random actor shapes and widths, activations, weight scales from fresh to well past trained
+magnitudes (a 30k-step InvertedPendulum actor's weights are ~30x their initial scale), observation
+normalizations, action bounds and batch sizes:
+- ``Policy`` (default options, auto backend) loads every policy whose TorchScript output is finite,
+  and agrees with the module within a tolerance;
+- ``act`` answers the same question with the same bits however often it is asked and whatever was
+  asked before (no state leaks between calls), and never writes its input;
+- with ``batch_invariant=True`` a row's action is exactly its action alone.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pydpg.agent import DDPG
+from pydpg.export import export_policy
+from pydpg.networks import Actor
+from pydpg.runtime import Policy
+
+torch.set_num_threads(1)
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@st.composite
+def policies(draw):
+    obs_dim = draw(st.integers(1, 24))
+    act_dim = draw(st.integers(1, 8))
+    hidden = tuple(draw(st.lists(st.integers(1, 96), min_size=1, max_size=3)))
+    activation = draw(st.sampled_from([nn.ReLU, nn.Tanh]))
+    # log-uniform from 0.5x to 60x the initial weights: fresh, trained (~30x), and past it
+    scale = float(np.exp(draw(st.floats(np.log(0.5), np.log(60.0)))))
+    normalized = draw(st.booleans())
+    low = np.array(draw(st.lists(st.floats(-100, 10), min_size=act_dim, max_size=act_dim)))
+    width = np.array(draw(st.lists(st.floats(1e-3, 200), min_size=act_dim, max_size=act_dim)))
+    batch = draw(st.integers(1, 64))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return dict(obs_dim=obs_dim, act_dim=act_dim, hidden=hidden, activation=activation, scale=scale,
+                normalized=normalized, low=low, high=low + width, batch=batch, seed=seed)
+
+
+class Stats:
+    """What RunningNormalizer hands export_policy: mean, var, eps, clip."""
+
+    def __init__(self, rng, dim):
+        self.mean = torch.from_numpy(rng.normal(0, 5, dim))
+        self.var = torch.from_numpy(np.exp(rng.uniform(np.log(1e-4), np.log(1e4), dim)))
+        self.eps = 1e-8
+        self.clip = float(rng.choice([0.0, 5.0, 10.0]))
+
+
+def build(tmp_path, case):
+    torch.manual_seed(case["seed"] % 10_000)
+    rng = np.random.default_rng(case["seed"])
+    actor = Actor(case["obs_dim"], case["act_dim"], hidden=case["hidden"], activation=case["activation"])
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.mul_(case["scale"])
+    agent = DDPG(actor, [nn.Linear(case["obs_dim"] + case["act_dim"], 1)])
+    norm = Stats(rng, case["obs_dim"]) if case["normalized"] else None
+    path = tmp_path / f"p{case['seed']}.pt"
+    export_policy(agent, path, action_low=case["low"], action_high=case["high"], normalizer=norm, verbose=False)
+    if norm is not None:
+        obs = norm.mean.numpy() + np.sqrt(norm.var.numpy()) * rng.normal(0, 2, (case["batch"], case["obs_dim"]))
+    else:
+        obs = rng.normal(0, 3, (case["batch"], case["obs_dim"]))
+    return path, obs.astype(np.float32), rng
+
+
+def module_actions(path, obs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))
+    with torch.no_grad():
+        return module(torch.from_numpy(obs)).numpy()
+
+
+def tolerance(case):
+    # The runtime's own load-time check uses 1e-5 of the half range; rows outside its sample meet
+    # float32's conditioning of a deep, large-weight network, so the test allows 10x that, plus two
+    # float32 steps at the largest bound (actions far from zero are only that finely resolved).
+    top = np.float32(max(np.abs(case["low"]).max(), np.abs(case["high"]).max()))
+    return 1e-4 * float(np.max(case["high"] - case["low"])) / 2 + 2 * float(np.spacing(top))
+
+
+@SETTINGS
+@given(case=policies())
+def test_policy_agrees_with_torchscript_and_never_refuses_a_finite_one(tmp_path, case):
+    path, obs, _ = build(tmp_path, case)
+    want = module_actions(path, obs)
+    assert np.isfinite(want).all()  # tanh and the clamp keep every module output finite
+    p = Policy(path, max_batch=case["batch"])  # default warm-up, auto backend: must not refuse
+    got = p.act(obs)
+    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance(case))
+    assert (got >= case["low"].astype(np.float32)).all() and (got <= case["high"].astype(np.float32)).all()
+
+
+@SETTINGS
+@given(case=policies())
+def test_act_has_no_memory_between_calls(tmp_path, case):
+    path, obs, rng = build(tmp_path, case)
+    for backend in ("mlp", "torchscript"):
+        p = Policy(path, max_batch=64, backend=backend, on_nonfinite="hold")
+        keep = obs.copy()
+        first = p.act(obs)
+        np.testing.assert_array_equal(obs, keep)  # the input is read, never written
+        np.testing.assert_array_equal(p.act(obs), first)
+        # Anything in between: other batch sizes, huge values, non-finite rows (held), single rows.
+        for b in (1, 7, 64):
+            junk = rng.normal(0, 1e6, (b, case["obs_dim"])).astype(np.float32)
+            junk[0, 0] = np.nan
+            p.act(junk)
+        p.act(obs[0])
+        np.testing.assert_array_equal(p.act(obs), first, err_msg=backend)
+
+
+@SETTINGS
+@given(case=policies())
+def test_batch_invariant_rows_are_their_own(tmp_path, case):
+    path, obs, _ = build(tmp_path, case)
+    p = Policy(path, max_batch=case["batch"], batch_invariant=True)
+    full = p.act(obs)
+    alone = np.stack([p.act(o) for o in obs])
+    np.testing.assert_array_equal(full, alone)
+    np.testing.assert_array_equal(p.act(obs[::-1].copy()), full[::-1])
+    np.testing.assert_allclose(full, module_actions(path, obs), rtol=0, atol=tolerance(case))
+
+
+def test_property_strategy_reaches_trained_magnitudes():
+    """The strategy is not a toy: it covers fresh and trained-scale weights and deep, wide nets."""
+    from hypothesis import find
+
+    find(policies(), lambda c: c["scale"] > 30 and len(c["hidden"]) == 3 and max(c["hidden"]) > 64,
+         settings=settings(max_examples=2000, database=None))
+    find(policies(), lambda c: c["scale"] < 1 and c["normalized"], settings=settings(max_examples=2000, database=None))
