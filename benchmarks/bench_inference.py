@@ -3,7 +3,8 @@
 normalization and action scaling, in every way pydpg can run it:
 
     C++ runtime from C++      benchmarks/cpp_runtime (find_package(pydpg)), mlp and torchscript backends
-    C++ runtime from Python   pydpg.runtime.Policy.act (binding + GIL release included)
+    C++ runtime from Python   pydpg.runtime.Policy.act (binding + GIL release included), also with
+                              batch_invariant=True (each row computed alone)
     Python eager torch        the same normalize -> actor -> scale module, eager, inference_mode
     TorchScript from Python   torch.jit.load of the exported file
     ONNX Runtime              the --format onnx export, one intra-op thread (if installed)
@@ -123,6 +124,9 @@ def main(argv=None) -> int:
     for _ in range(args.calls):
         pol.act(obs1, out=out[1])
     rows["  (same, runtime's own clock)"] = {**pol.latency(), "throughput": {}}
+    # What per-row determinism costs: every row computed alone (batch_invariant=True).
+    inv = Policy(pt, max_batch=max(BATCHES), batch_invariant=True)
+    record("C++ runtime from Python (mlp, batch_invariant)", lambda x: inv.act(x, out=out[x.shape[0]]))
 
     module = PolicyModule(agent.actor, np.array(low), np.array(high), norm.mean.numpy(), norm.var.numpy(),
                           norm.eps, norm.clip).eval()

@@ -179,7 +179,7 @@ def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
 
     from . import presets
-    from .envs import evaluate, make_env
+    from .envs import evaluate, initial_states, make_env
     from .export import export_policy
     from .trainer import Trainer, make_policy
 
@@ -199,15 +199,11 @@ def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     env = make_env(args.env, {})
     seed = args.seed + 1000
     python = evaluate(make_policy(trainer.agent, trainer.normalizer), env, args.episodes, seed=seed)
-    u = env.unwrapped
-    states = []
-    for i in range(args.episodes):  # the initial states evaluate() just used (randomness is in reset only)
-        env.reset(seed=seed) if i == 0 else env.reset()
-        states.append(np.concatenate([u.data.qpos, u.data.qvel]))
+    states = initial_states(env, args.episodes, seed)  # where those evaluation episodes started
     env.close()
     trainer.close()
     print("[3/4] running the policy in the C++ control loop (MuJoCo C API, no Python) ...", flush=True)
-    fast = run_policy(out / "policy.pt", initial_states=np.array(states), realtime=False, quiet=True)
+    fast = run_policy(out / "policy.pt", initial_states=states, realtime=False, quiet=True)
     live = run_policy(out / "policy.pt", realtime=True, max_steps=args.realtime_steps, seed=args.seed)
     print("[4/4] results\n")
     print(f"return, Python evaluation : {np.round(python.returns, 3).tolist()} (mean {python.returns.mean():.3f})")

@@ -207,6 +207,21 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: gym.Env, episodes:
     return EvalResult(np.asarray(returns), np.asarray(lengths), frames)
 
 
+def initial_states(env: gym.Env, episodes: int, seed: Optional[int] = None) -> np.ndarray:
+    """The qpos‖qvel each episode of ``evaluate(policy, env, episodes, seed)`` starts from, as
+    [episodes, nq + nv]: ``evaluate`` resets with the seed once and then without, and MuJoCo envs draw
+    their randomness in reset only. The C++ control loop (``--init-states``) takes these to replay an
+    evaluation; ``env`` is reset by this call."""
+    u = env.unwrapped
+    if not hasattr(u, "data") or not hasattr(u.data, "qpos"):
+        raise TypeError(f"{env.spec.id if env.spec else type(u).__name__} is not a MuJoCo env: it has no mjData")
+    states = []
+    for i in range(episodes):
+        env.reset(seed=seed) if i == 0 else env.reset()
+        states.append(np.concatenate([u.data.qpos, u.data.qvel]))
+    return np.array(states)
+
+
 # ---------------------------------------------------------------------------------------- env state
 # A checkpoint taken mid-episode must restore each training env exactly, or a resumed run diverges
 # from the uninterrupted one at the first step. Three kinds of state are involved:

@@ -108,8 +108,8 @@ class PolicyModule(nn.Module):
             if self.obs_clip > 0:
                 x = torch.clamp(x, -self.obs_clip, self.obs_clip)
         a = torch.clamp(self.actor(x), -1.0, 1.0).double()
-        # pydpg.envs.scale_action's arithmetic, in float64 like numpy does it there, so the deployed
-        # action is bit-for-bit the one the training env received.
+        # pydpg.envs.scale_action's arithmetic, in float64 like numpy does it there: for the same
+        # actor output the deployed action is the training env's action rounded once to float32.
         low = self.action_low.double()
         high = self.action_high.double()
         out = (low + (a + 1.0) * 0.5 * (high - low)).float()

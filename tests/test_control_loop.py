@@ -19,26 +19,23 @@ import torch
 from policy_helpers import cmake_build, have_cmake, pendulum_actor
 from pydpg.agent import DDPG
 from pydpg.deploy import ControlLoopError, cmake_dir, cmake_dir_main, control_loop_path, run_main, run_policy
-from pydpg.envs import evaluate
+from pydpg.envs import evaluate, initial_states
+from pydpg.runtime import Policy
 from pydpg.export import export_policy
 from pydpg.normalizer import RunningNormalizer
 from pydpg.trainer import make_policy
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
+TRAINED_PENDULUM = ROOT / "tests" / "data" / "inverted_pendulum_30k.pt"
 
 
-def initial_states(env_id: str, seed: int, episodes: int) -> np.ndarray:
-    """The qpos‖qvel each episode of evaluate(..., seed=seed) starts from: it resets with the seed
-    once and then without, and MuJoCo envs draw randomness only in reset."""
+def start_states(env_id: str, seed: int, episodes: int) -> np.ndarray:
     env = gym.make(env_id)
-    u = env.unwrapped
-    states = []
-    for i in range(episodes):
-        env.reset(seed=seed) if i == 0 else env.reset()
-        states.append(np.concatenate([u.data.qpos, u.data.qvel]))
-    env.close()
-    return np.array(states)
+    try:
+        return initial_states(env, episodes, seed)
+    finally:
+        env.close()
 
 
 def test_inverted_pendulum_return_matches_python(tmp_path):
@@ -49,7 +46,7 @@ def test_inverted_pendulum_return_matches_python(tmp_path):
     export_policy(agent, path, env=env, verbose=False)
     python = evaluate(make_policy(agent, None), env, 3, seed=11)
     assert (python.lengths == 1000).all()  # the controller balances: a non-trivial 1000-step run
-    cpp = run_policy(path, initial_states=initial_states("InvertedPendulum-v5", 11, 3), realtime=False, quiet=True)
+    cpp = run_policy(path, initial_states=start_states("InvertedPendulum-v5", 11, 3), realtime=False, quiet=True)
     assert cpp["lengths"] == python.lengths.tolist()
     np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-9)
     assert cpp["backend"] == "mlp" and cpp["latency_us"]["count"] == 3000
@@ -57,7 +54,13 @@ def test_inverted_pendulum_return_matches_python(tmp_path):
 
 
 def test_half_cheetah_return_matches_python(tmp_path):
-    """A policy with observation normalization on a chaotic task: 1000 steps per episode."""
+    """A policy with observation normalization on a chaotic task: 1000 steps per episode.
+
+    The claim under test is that the loop *is* the env (observation, ctrl, physics, reward). Python
+    therefore evaluates the very function the loop runs, the C++ runtime through pydpg.Policy: on a
+    chaotic task a last-bit difference in an action grows into a different trajectory, and torch's
+    actor and the runtime agree to rounding, not bit for bit on every CPU (test_runtime.py checks
+    that agreement with a tolerance)."""
     env = gym.make("HalfCheetah-v5")
     torch.manual_seed(3)
     agent = DDPG.from_dims(17, 6)
@@ -65,14 +68,39 @@ def test_half_cheetah_return_matches_python(tmp_path):
     norm.update(np.random.default_rng(0).standard_normal((1000, 17)) * 0.3)
     path = tmp_path / "cheetah.pt"
     export_policy(agent, path, env=env, normalizer=norm, verbose=False)
-    python = evaluate(make_policy(agent, norm), env, 2, seed=5)
-    cpp = run_policy(path, initial_states=initial_states("HalfCheetah-v5", 5, 2), realtime=False, quiet=True)
+    policy = Policy(path)
+    assert (env.action_space.low == -1).all() and (env.action_space.high == 1).all()  # env units = [-1, 1]
+    python = evaluate(lambda obs: policy.act(obs.astype(np.float32)), env, 2, seed=5)
+    cpp = run_policy(path, initial_states=start_states("HalfCheetah-v5", 5, 2), realtime=False, quiet=True)
     assert cpp["lengths"] == [1000, 1000]
-    # The runtime reproduces the trainer's actions bit for bit (same BLAS call, same MKL tanh, same
-    # float64 action scaling), so even this chaotic system follows the same trajectory; what is left
-    # is the reward's ctrl cost, summed in float64 here and in float32 by Gymnasium.
+    # Same actions, same physics: what is left is the reward's ctrl cost, summed in float64 here and
+    # in float32 by Gymnasium.
     np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-4)
     assert abs(python.returns[0] - python.returns[1]) > 1e-2  # the two episodes differ: a real check
+    env.close()
+
+
+def test_trained_policy_loop_return_matches_python():
+    """The 30k-step trained InvertedPendulum policy (tests/data, see test_runtime.py): `pydpg run`
+    loads it with default options and earns what the TorchScript module earns in Gymnasium."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(TRAINED_PENDULUM))
+    env = gym.make("InvertedPendulum-v5")
+    high = float(env.action_space.high[0])
+
+    def act(obs):  # the module returns env units; evaluate() wants [-1, 1]
+        with torch.no_grad():
+            return module(torch.as_tensor(obs, dtype=torch.float32)[None])[0].double().numpy() / high
+
+    python = evaluate(act, env, 3, seed=21)
+    cpp = run_policy(TRAINED_PENDULUM, initial_states=start_states("InvertedPendulum-v5", 21, 3), realtime=False,
+                     quiet=True)
+    assert python.lengths.tolist() == [1000] * 3 and cpp["lengths"] == [1000] * 3
+    np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-9)
+    assert cpp["backend"] == "mlp"
     env.close()
 
 
