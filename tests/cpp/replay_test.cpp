@@ -43,7 +43,8 @@ struct Rows {
   std::vector<float> obs, action, reward, next_obs;
   std::vector<std::int64_t> env_ids;
   std::unique_ptr<bool[]> term, trunc;
-  TransitionBatch batch(std::int64_t n) {
+  // one_env_per_row: row i is environment i (env_ids = null), as from N parallel envs.
+  TransitionBatch batch(std::int64_t n, bool one_env_per_row = false) {
     TransitionBatch b;
     b.n = n;
     b.obs = obs.data();
@@ -52,7 +53,7 @@ struct Rows {
     b.next_obs = next_obs.data();
     b.terminated = term.get();
     b.truncated = trunc.get();
-    b.env_ids = env_ids.empty() ? nullptr : env_ids.data();
+    b.env_ids = one_env_per_row || env_ids.empty() ? nullptr : env_ids.data();
     return b;
   }
 };
@@ -86,10 +87,7 @@ bool rows_intact(const std::vector<float>& rows, std::int64_t n, std::int64_t wi
 void test_uniform_and_wraparound() {
   ReplayBuffer buf(config(100));
   for (std::int64_t t = 0; t < 250; ++t) {
-    Rows r = make_rows(1, t, 0);
-    TransitionBatch b = r.batch(1);
-    b.env_ids = nullptr;
-    buf.extend(b);
+    buf.extend(make_rows(1, t, 0).batch(1, true));
   }
   CHECK(buf.size() == 100);
   CHECK(buf.total_added() == 250);
@@ -141,10 +139,7 @@ void test_n_step() {
 
 void test_prioritized() {
   ReplayBuffer buf(config(64, true));
-  Rows r = make_rows(64, 0, 0);
-  TransitionBatch b = r.batch(64);
-  b.env_ids = nullptr;
-  buf.extend(b);
+  buf.extend(make_rows(64, 0, 0).batch(64, true));
   const std::int64_t W = buf.layout().width(), n = 4096;
   std::vector<float> rows(n * W), weights(n);
   std::vector<std::int64_t> ids(n);
@@ -161,10 +156,7 @@ void test_prioritized() {
   CHECK(fives > n * 9 / 10);
   for (std::int64_t i = 0; i < n; ++i) CHECK(weights[i] > 0.0f && weights[i] <= 1.0f);
   const std::int64_t stale = 0;
-  Rows more = make_rows(64, 64, 0);
-  TransitionBatch mb = more.batch(64);
-  mb.env_ids = nullptr;
-  buf.extend(mb);
+  buf.extend(make_rows(64, 64, 0).batch(64, true));
   const double p = 1.0;
   CHECK_THROWS(pydpg::InvalidArgument, buf.update_priorities(1, &stale, &p));  // overwritten
   const std::int64_t future = 1000;
@@ -187,8 +179,7 @@ void test_bad_input() {
   CHECK_THROWS(pydpg::InvalidArgument, buf.sample(1, 0.0, rows.data(), nullptr, nullptr));  // empty
   Rows r = make_rows(2, 0, 0);
   r.obs[4] = std::numeric_limits<float>::quiet_NaN();
-  TransitionBatch b = r.batch(2);
-  b.env_ids = nullptr;
+  TransitionBatch b = r.batch(2, true);
   CHECK_THROWS(pydpg::InvalidArgument, buf.extend(b));
   CHECK(buf.size() == 0);  // all or nothing
   r.obs[4] = 0.0f;
@@ -208,11 +199,8 @@ void test_bad_input() {
 
 void test_save_load(const std::string& dir) {
   ReplayBuffer a(config(32, true, 2, 0.9));
-  Rows r = make_rows(40, 0, 0);
-  TransitionBatch b = r.batch(40);
-  b.env_ids = nullptr;
   // Row i of one extend is env i: 40 envs with one open 2-step return each.
-  a.extend(b);
+  a.extend(make_rows(40, 0, 0).batch(40, true));
   const std::string path = dir + "/buffer.bin";
   a.save(path);
   ReplayBuffer c(config(1));
@@ -243,21 +231,14 @@ void test_save_load(const std::string& dir) {
   CHECK(c.size() == a.size());  // a failed load leaves the buffer as it was
 }
 
-// Writers, samplers, a priority updater and save/load at once. The mutex is the contract:
+// Writers, samplers with priority updates, and saves at once. The mutex is the contract:
 // every sampled row must be a whole transition, never half of one being written.
 void test_threads(const std::string& dir) {
   ReplayBuffer buf(config(512, true, 3, 0.99));
-  {
-    Rows seed = make_rows(8, 0, 0);
-    TransitionBatch b = seed.batch(8);
-    b.env_ids = nullptr;
-    buf.extend(b);
-    Rows flush = make_rows(8, 8, 0, true);
-    for (int i = 0; i < 8; ++i) flush.term[i] = true;
-    TransitionBatch f = flush.batch(8);
-    f.env_ids = nullptr;
-    buf.extend(f);
-  }
+  buf.extend(make_rows(8, 0, 0).batch(8, true));
+  Rows flush = make_rows(8, 8, 0);
+  for (int i = 0; i < 8; ++i) flush.term[i] = true;  // every env's episode ends: all returns close
+  buf.extend(flush.batch(8, true));
   const std::int64_t W = buf.layout().width();
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w)
