@@ -226,9 +226,11 @@ def test_trained_policy_loads_with_default_options_and_matches_torchscript():
         p = Policy(TRAINED_PENDULUM, **kwargs)  # default warm-up: 64 calls
         assert p.backend == kwargs.get("backend", "mlp")
         got = np.stack([p.act(o) for o in obs])
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=str(kwargs))
+        # 1e-5 of the action half-range (±3): the bound the runtime itself checks at load. A batch of
+        # 200 runs other BLAS kernels than batch 1 (3e-6 apart here), so only a tolerance is honest.
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-5, err_msg=str(kwargs))
         batched = Policy(TRAINED_PENDULUM, max_batch=200, **kwargs).act(obs)
-        np.testing.assert_allclose(batched, want, rtol=0, atol=1e-5, err_msg=str(kwargs))
+        np.testing.assert_allclose(batched, want, rtol=0, atol=3e-5, err_msg=str(kwargs))
 
 
 @pytest.mark.parametrize("scale", [1.0, 10.0, 30.0, 100.0])
