@@ -2,7 +2,8 @@
 
 For each run directory (default: every run under runs/learning/, written by learning_runs.py,
 plus any directories given on the command line):
-1. export the final checkpoint with ``pydpg export`` (its own parity check against the actor);
+1. export the final checkpoint with ``pydpg export`` (its own parity check against the actor) into a
+   temporary directory;
 2. load it with ``pydpg.Policy`` and the default options (the runtime once refused trained policies
    at this step) and compare it with the TorchScript module on the observations the policy really
    meets (those of its own evaluation episodes), at batch 1 and in one batch;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "trained_policies.json"
 
 
-def check_run(run: Path, episodes: int) -> dict:
+def check_run(run: Path, episodes: int, scratch: Path) -> dict:
     from pydpg.checkpoint import load_model_any
     from pydpg.deploy import run_policy
     from pydpg.envs import evaluate, initial_states, make_env
@@ -45,7 +47,7 @@ def check_run(run: Path, episodes: int) -> dict:
     model, ckpt = load_model_any(run)
     meta = model["run"]
     env_id = meta["env_id"]
-    policy_path = run / "policy.pt"
+    policy_path = scratch / f"{run.parent.name}-{run.name}.pt"  # never over a user's own export
     exported = export_checkpoint(run, policy_path, verbose=False)
     agent, normalizer = agent_from_model(model, device="cpu")
     env = make_env(env_id, meta.get("env_kwargs") or {})
@@ -110,9 +112,10 @@ def main(argv=None) -> int:
         print("no trained runs found (train some with benchmarks/learning_runs.py, or name run directories)")
         return 1
     rows = []
-    for run in runs:
-        print(f"checking {run} ...", file=sys.stderr, flush=True)
-        rows.append(check_run(run.resolve(), args.episodes))
+    with tempfile.TemporaryDirectory(prefix="pydpg-trained-") as scratch:
+        for run in runs:
+            print(f"checking {run} ...", file=sys.stderr, flush=True)
+            rows.append(check_run(run.resolve(), args.episodes, Path(scratch)))
     print(table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=1) + "\n")

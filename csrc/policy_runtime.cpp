@@ -33,6 +33,15 @@
 
 #include "json.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define PYDPG_ASAN_POISON(p, bytes) ASAN_POISON_MEMORY_REGION(p, bytes)
+#define PYDPG_ASAN_UNPOISON(p, bytes) ASAN_UNPOISON_MEMORY_REGION(p, bytes)
+#else
+#define PYDPG_ASAN_POISON(p, bytes) ((void)(p), (void)(bytes))
+#define PYDPG_ASAN_UNPOISON(p, bytes) ((void)(p), (void)(bytes))
+#endif
+
 namespace pydpg {
 
 namespace {
@@ -95,11 +104,23 @@ std::vector<float> tensor_values(const at::Tensor& t) {
 // same kind of pointers torch does.
 class AlignedFloats {
  public:
+  AlignedFloats() = default;
+  // A copy would point into the source's storage; a move keeps the heap block, so data_ stays valid.
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  AlignedFloats(AlignedFloats&&) noexcept = default;
+  AlignedFloats& operator=(AlignedFloats&&) noexcept = default;
+
   void assign(std::int64_t n, float value) {
+    PYDPG_ASAN_UNPOISON(storage_.data(), storage_.size() * sizeof(float));
     storage_.assign(static_cast<std::size_t>(n) + kPad, value);
     const auto addr = reinterpret_cast<std::uintptr_t>(storage_.data());
     data_ = storage_.data() + ((64 - addr % 64) % 64) / sizeof(float);
     size_ = n;
+    // ASan builds: the alignment slack on either side is off limits, so an access one row past the
+    // end is reported instead of landing in padding.
+    PYDPG_ASAN_POISON(storage_.data(), (data_ - storage_.data()) * sizeof(float));
+    PYDPG_ASAN_POISON(data_ + n, (storage_.data() + storage_.size() - (data_ + n)) * sizeof(float));
   }
   float* data() { return data_; }
   const float* data() const { return data_; }

@@ -123,16 +123,15 @@ def _reference(actor: nn.Module, obs: np.ndarray, low: np.ndarray, high: np.ndar
     p = next(actor.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     dtype = p.dtype if p is not None else torch.float32
-    if norm is not None and not callable(getattr(normalizer, "normalize", None)):
-        # Statistics given as plain values normalize as the trainer's RunningNormalizer would (in
-        # float32, as the exported module does): one definition of normalization in Python.
-        from .normalizer import RunningNormalizer
-
-        normalizer = RunningNormalizer.from_dict({"mean": norm["mean"], "var": norm["var"], "count": 1.0,
-                                                  "eps": norm["eps"], "clip": norm.get("clip") or math.inf})
     with torch.no_grad():
-        if normalizer is not None and norm is not None:
+        if normalizer is not None and callable(getattr(normalizer, "normalize", None)):
             x = torch.as_tensor(normalizer.normalize(obs)).to(device, dtype)
+        elif norm is not None:
+            # Plain statistics normalize as RunningNormalizer does, in float32 like the exported module.
+            from .normalizer import standardize
+
+            x = standardize(torch.as_tensor(obs, dtype=torch.float32), norm["mean"], norm["var"], float(norm["eps"]),
+                            float(norm.get("clip") or 0.0)).to(device, dtype)
         else:
             x = torch.as_tensor(obs.astype(np.float64), dtype=dtype, device=device)
         a = np.clip(actor(x).double().cpu().numpy(), -1.0, 1.0)
@@ -582,7 +581,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         # from zero (a robot whose actions are in the hundreds) one float32 step alone exceeds a fixed
         # atol, so the check also allows the float32 resolution at the largest action.
         half_range = float(np.max((np.asarray(high, np.float64) - np.asarray(low, np.float64)) / 2, initial=1.0))
-        allowed = atol * max(1.0, half_range) + _float32_step(reference)
+        allowed = atol * half_range + _float32_step(reference)
         if not diff <= allowed:
             raise ParityError(f"parity check FAILED: the exported {format} policy differs from the actor by "
                               f"max |diff| = {diff:.3g} > {allowed:g} (atol {atol:g} x the action half-range + the "

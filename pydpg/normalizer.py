@@ -23,6 +23,15 @@ import torch
 from torch import nn
 
 
+def standardize(obs: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float, clip: float) -> torch.Tensor:
+    """(obs - mean) / sqrt(var + eps), clipped to ±clip (0: no clip), in ``obs``'s dtype with the
+    statistics' float64 std rounded once to it: what training, the exported module and the C++
+    runtime all compute."""
+    std = torch.sqrt(torch.as_tensor(var, dtype=torch.float64) + eps)
+    y = (obs - torch.as_tensor(mean, dtype=torch.float64).to(obs.dtype)) / std.to(obs.dtype)
+    return torch.clamp(y, -clip, clip) if clip > 0 else y
+
+
 class RunningNormalizer(nn.Module):
     def __init__(self, shape: Union[int, Sequence[int]], eps: float = 1e-8, clip: float = 10.0,
                  initial_count: float = 1e-4):
@@ -56,9 +65,7 @@ class RunningNormalizer(nn.Module):
         self.count.copy_(total)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        std = torch.sqrt(self.var + self.eps)
-        y = (obs - self.mean.to(obs.dtype)) / std.to(obs.dtype)
-        return torch.clamp(y, -self.clip, self.clip)
+        return standardize(obs, self.mean, self.var, self.eps, self.clip)
 
     def normalize(self, obs: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         """``forward`` on a numpy array or tensor, returned as a float32 tensor on this module's device."""

@@ -87,6 +87,28 @@ def test_action_scaling_to_asymmetric_bounds(tmp_path):
     assert read_metadata(tmp_path / "p.pt")["task"] is None
 
 
+def test_statistics_as_plain_values_and_actions_far_from_zero(tmp_path):
+    """Normalization given as plain statistics (eps may be 0, no clip) normalizes as training does,
+    and bounds far from zero pass the parity check: a float32 file resolves actions near 300 only
+    to 3e-5, which a fixed atol of 1e-5 would refuse."""
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(5, 2)
+    rng = np.random.default_rng(0)
+    norm = {"mean": rng.normal(0, 3, 5), "var": np.exp(rng.normal(0, 2, 5)), "eps": 0.0, "clip": 0.0}
+    res = export_policy(agent, tmp_path / "p.pt", action_low=[250.0, -0.01], action_high=[300.0, 0.01],
+                        normalizer=norm, verbose=False)
+    assert res.max_abs_diff <= res.tolerance
+    assert res.tolerance >= float(np.spacing(np.float32(300.0)))
+    obs = (norm["mean"] + np.sqrt(norm["var"]) * rng.normal(0, 2, (64, 5))).astype(np.float32)
+    with torch.no_grad():
+        got = jit_load(tmp_path / "p.pt")(torch.from_numpy(obs)).numpy()
+        x = (torch.from_numpy(obs) - torch.from_numpy(norm["mean"]).float()) / torch.sqrt(
+            torch.from_numpy(norm["var"])).float()
+        u = agent.actor(x).double().numpy()
+    want = np.array([250.0, -0.01]) + (u + 1) * 0.5 * np.array([50.0, 0.02])
+    np.testing.assert_allclose(got, want, rtol=0, atol=res.tolerance)
+
+
 def test_failed_parity_check_fails_export_and_writes_nothing(tmp_path):
     torch.manual_seed(0)
     agent = DDPG.from_dims(4, 1)

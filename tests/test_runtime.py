@@ -210,7 +210,8 @@ def test_thread_count_is_fixed(policy_file):
 # ---------------------------------------------------------------------------------------- trained policies
 # A policy trained for 30k steps on InvertedPendulum-v5 (noiseless eval 1000), exported as users do:
 #   pydpg train InvertedPendulum-v5 --steps 30000 --seed 0 --out run && pydpg export run -o policy.pt
-# Its weights are ~30x their initial scale. pydpg 0.1.0's runtime refused it: the mlp backend used its
+# (Its TorchScript *.debug_pkl records, which name the exporting machine's source paths, were
+# dropped from the zip; nothing loads them.) Its weights are ~30x their initial scale. pydpg 0.1.0's runtime refused it: the mlp backend used its
 # input buffer as scratch and warm-up fed each call's hidden activations back in as the observation,
 # which diverged to Inf with trained weights (and stayed finite with fresh ones).
 TRAINED_PENDULUM = Path(__file__).parent / "data" / "inverted_pendulum_30k.pt"

@@ -2,7 +2,8 @@
 module's own actions on random observations (the reference runtime_test compares against), and
 damaged copies that must be refused.
 
-    python tests/cpp/make_fixtures.py OUT_DIR     # prints the runtime_test command lines, one a line
+    python tests/cpp/make_fixtures.py OUT_DIR     # prints runtime_test's arguments, one case a line,
+                                                  # tab-separated
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ from pydpg.normalizer import RunningNormalizer
 HERE = Path(__file__).resolve().parent
 TRAINED_PENDULUM = HERE.parent / "data" / "inverted_pendulum_30k.pt"
 ROWS = 16
-TOL = 1e-5
 
 
 def write_reference(policy: Path, obs: np.ndarray, out: Path) -> None:
+    from pydpg.export import read_metadata
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(policy))
     with torch.no_grad():
         want = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs]).astype(np.float32)
+    # The runtime's own bound (checked at load): 1e-5 of the action half-range, plus one float32
+    # step at the largest bound. runtime_test compares batches of 16 with these batch-1 actions.
+    meta = read_metadata(policy)
+    low, high = np.array(meta["action_low"]), np.array(meta["action_high"])
+    top = np.float32(max(np.abs(low).max(), np.abs(high).max()))
+    tol = 1e-5 * max(1.0, float(np.max(high - low)) / 2) + float(np.spacing(top))
     n, d = obs.shape
-    out.write_bytes(struct.pack("<qqqf", n, d, want.shape[1], TOL) + obs.astype("<f4").tobytes()
+    out.write_bytes(struct.pack("<qqqf", n, d, want.shape[1], tol) + obs.astype("<f4").tobytes()
                     + want.astype("<f4").tobytes())
 
 
@@ -77,8 +85,8 @@ def main(out_dir: str) -> int:
     trained_magnitude_policy(scaled)
     write_reference(scaled, (rng.standard_normal((ROWS, 17)) * 3 + 1).astype(np.float32), out / "scaled_17x6.ref")
     bad = damaged_copies(scaled, out)
-    print(" ".join(map(str, [out / "pendulum_30k.ref", pendulum])))
-    print(" ".join(map(str, [out / "scaled_17x6.ref", scaled, *bad])))
+    print("\t".join(map(str, [out / "pendulum_30k.ref", pendulum])))
+    print("\t".join(map(str, [out / "scaled_17x6.ref", scaled, *bad])))
     return 0
 
 

@@ -198,9 +198,11 @@ void test_bad_input() {
 }
 
 void test_save_load(const std::string& dir) {
-  ReplayBuffer a(config(32, true, 2, 0.9));
-  // Row i of one extend is env i: 40 envs with one open 2-step return each.
+  ReplayBuffer a(config(128, true, 2, 0.9));
+  // Row i of one extend is env i: 40 envs, each with one stored 2-step return and one still open.
   a.extend(make_rows(40, 0, 0).batch(40, true));
+  a.extend(make_rows(40, 40, 0).batch(40, true));
+  CHECK(a.size() == 40 && a.pending() == 40);
   const std::string path = dir + "/buffer.bin";
   a.save(path);
   ReplayBuffer c(config(1));
@@ -209,11 +211,16 @@ void test_save_load(const std::string& dir) {
   const std::int64_t W = a.layout().width(), n = 64;
   std::vector<float> ra(n * W), rc(n * W), wa(n), wc(n);
   std::vector<std::int64_t> ia(n), ic(n);
-  if (a.size() > 0) {
-    a.sample(n, 0.5, ra.data(), wa.data(), ia.data());
-    c.sample(n, 0.5, rc.data(), wc.data(), ic.data());
-    CHECK(ra == rc && wa == wc && ia == ic);  // same state, same RNG: the same draws
-  }
+  a.sample(n, 0.5, ra.data(), wa.data(), ia.data());
+  c.sample(n, 0.5, rc.data(), wc.data(), ic.data());
+  CHECK(ra == rc && wa == wc && ia == ic);  // same state, same RNG: the same draws
+  // The open returns came along too: the same next transition closes them the same way.
+  a.extend(make_rows(40, 80, 0).batch(40, true));
+  c.extend(make_rows(40, 80, 0).batch(40, true));
+  CHECK(c.size() == a.size() && c.size() == 80);
+  a.sample(n, 0.5, ra.data(), wa.data(), ia.data());
+  c.sample(n, 0.5, rc.data(), wc.data(), ic.data());
+  CHECK(ra == rc && wa == wc && ia == ic);
   // Truncated, corrupt and foreign files are refused with FormatError, never read past their end.
   std::ifstream in(path, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -29,6 +29,7 @@ here="$root/tests/cpp"
 gen=()
 command -v ninja > /dev/null && gen=(-G Ninja)
 start=$(date +%s)
+mkdir -p "$build"
 cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE="$py" \
   -DPYDPG_SANITIZE="$flags" -DPYDPG_BUILD_TESTS=ON > "$build.configure.log" 2>&1 \
   || { cat "$build.configure.log"; exit 1; }
@@ -40,12 +41,16 @@ done
 echo "sanitize[$kind]: built in $((built - start)) s"
 
 fixtures="$build/fixtures"
-mapfile -t runtime_cases < <("$py" "$here/make_fixtures.py" "$fixtures")
+cases=$("$py" "$here/make_fixtures.py" "$fixtures")  # set -e: a failure here stops the run
+mapfile -t runtime_cases <<< "$cases"
+[ "${#runtime_cases[@]}" -eq 2 ] || { echo "sanitize[$kind]: make_fixtures.py printed no test cases" >&2; exit 1; }
 
 # Every finding is fatal (the drivers are also compiled with -fno-sanitize-recover=all). LeakSanitizer
 # is left on for pydpg's code; what libtorch, MKL and OpenMP keep allocated until exit is suppressed
-# by library (tests/cpp/lsan.supp). ASan's allocator returns address-poisoned memory to uninstrumented
-# libtorch too, so an overflow of a buffer pydpg hands to BLAS is still caught.
+# by library (tests/cpp/lsan.supp; a leak whose stack passes through libtorch is hidden with them).
+# Uninstrumented code (MKL, libtorch) is not checked: an overflow of a buffer pydpg hands to BLAS is
+# seen only when pydpg's own code touches the bytes, which is why the runtime's scratch buffers are
+# NaN-poisoned and their alignment slack ASan-poisoned in these builds.
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1:strict_init_order=1"
 export LSAN_OPTIONS="suppressions=$here/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -60,9 +65,9 @@ run() {
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 run "$build/replay_test" "$scratch"
-for case_args in "${runtime_cases[@]}"; do
-  # shellcheck disable=SC2086  # one fixture path per word
-  run "$build/runtime_test" $case_args
+for case_line in "${runtime_cases[@]}"; do
+  IFS=$'\t' read -ra case_args <<< "$case_line"  # tab-separated: paths may hold spaces
+  run "$build/runtime_test" "${case_args[@]}"
 done
 run "$build/pydpg_control_loop" "$fixtures/pendulum_30k.pt" --episodes 2 --max-steps 300 --no-sleep \
     --seed 3 --json "$scratch/loop.json" --quiet
