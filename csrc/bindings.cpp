@@ -11,6 +11,9 @@
 
 #include "policy_runtime.hpp"
 #include "replay_buffer.hpp"
+#ifdef PYDPG_WITH_MUJOCO
+#include "observation.hpp"
+#endif
 
 namespace py = pybind11;
 using pydpg::ReplayBuffer;
@@ -198,11 +201,13 @@ void convert(Transitions& t, const ReplayBuffer& buf, py::handle obs, py::handle
 
 namespace {
 void bind_policy_runtime(py::module_& m);
+void bind_observation(py::module_& m);
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pydpg's C++ core: replay buffer (see pydpg.ReplayBuffer for the documented API)";
   bind_policy_runtime(m);
+  bind_observation(m);
 
   py::register_exception<pydpg::FormatError>(m, "FormatError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr p) {
@@ -487,6 +492,48 @@ void bind_policy_runtime(py::module_& m) {
       .def_property_readonly("path", &PolicyRuntime::path)
       .def_property_readonly("action_low", [](const PolicyRuntime& s) { return s.metadata().action_low; })
       .def_property_readonly("action_high", [](const PolicyRuntime& s) { return s.metadata().action_high; });
+}
+
+
+// pydpg.observation.ObservationBuilder wraps this: it checks that `model`/`data` are mujoco.MjModel /
+// MjData objects and holds a reference to the model, so the raw addresses below stay valid.
+void bind_observation(py::module_& m) {
+#ifdef PYDPG_WITH_MUJOCO
+  using pydpg::ObservationBuilder;
+  py::register_exception<pydpg::ObservationError>(m, "ObservationError", PyExc_ValueError);
+  m.attr("OBSERVATION_SPEC_VERSION") = ObservationBuilder::kSpecVersion;
+  py::class_<ObservationBuilder>(m, "ObservationBuilder")
+      .def(py::init([](const std::string& spec, std::uintptr_t model_address) {
+             return std::make_unique<ObservationBuilder>(spec, reinterpret_cast<const mjModel*>(model_address));
+           }),
+           py::arg("spec_json"), py::arg("model_address"))
+      .def_property_readonly("size", &ObservationBuilder::size)
+      .def_property_readonly("input_names", &ObservationBuilder::input_names)
+      .def_property_readonly("terms",
+                             [](const ObservationBuilder& b) {
+                               py::list out;
+                               for (const auto& t : b.terms()) out.append(py::make_tuple(t.label, t.offset, t.size));
+                               return out;
+                             })
+      .def("input_size", &ObservationBuilder::input_size, py::arg("name"))
+      .def(
+          "set_input",
+          [](ObservationBuilder& b, const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> v) {
+            b.set_input(name, v.data(), static_cast<int>(v.size()));
+          },
+          py::arg("name"), py::arg("values"))
+      .def(
+          "build",
+          [](const ObservationBuilder& b, std::uintptr_t data_address) {
+            py::array_t<float> out(b.size());
+            b.build(reinterpret_cast<const mjData*>(data_address), out.mutable_data());
+            return out;
+          },
+          py::arg("data_address"));
+  m.attr("HAVE_MUJOCO") = true;
+#else
+  m.attr("HAVE_MUJOCO") = false;
+#endif
 }
 
 }  // namespace

@@ -1,10 +1,11 @@
 """Run configuration files: the per-task presets shipped here (``<env id>.toml``) and user TOML files.
 
-A file has up to three tables, every key optional::
+A file has up to four tables, every key optional::
 
     [agent]   # pydpg.DDPGConfig fields, e.g. hidden = [256, 256], learning_starts = 1000
     [train]   # pydpg.trainer.TrainConfig fields, e.g. total_steps = 300000, n_envs = 4
     [env]     # keyword arguments for gymnasium.make, e.g. xml_file = "my_cheetah.xml"
+    [observation]  # the observation spec (pydpg.observation): version = 1, [[observation.terms]]
 
 ``resolve`` layers the sources from general to specific, each overriding the one before:
 
@@ -27,7 +28,7 @@ from typing import Any, Optional, Union
 
 from ..config import DDPGConfig, _did_you_mean, learning_starts_for
 
-SECTIONS = ("agent", "train", "env")
+SECTIONS = ("agent", "train", "env", "observation")
 
 
 def _tomllib():
@@ -68,7 +69,7 @@ def text(name: str) -> str:
 
 
 def parse(source: str, content: str) -> dict[str, dict[str, Any]]:
-    """Parse TOML ``content`` (named ``source`` in errors) into its three tables."""
+    """Parse TOML ``content`` (named ``source`` in errors) into its tables."""
     try:
         data = _tomllib().loads(content)
     except ValueError as e:  # tomllib.TOMLDecodeError

@@ -1,0 +1,79 @@
+// The observation contract of a policy: which mjData values, in which order, with which operations.
+//
+// A spec (JSON, versioned, stored in the policy metadata) is an ordered list of terms. A term reads
+// one mjData array, optionally only the entries of named joints/actuators/bodies/sites/sensors
+// (resolved with mj_name2id when the spec is bound to a model, so editing the model cannot silently
+// shift an index), then a [start, stop) slice of what it selected, minus another selection of the
+// same width (Reacher's fingertip - target), times scale plus offset, then sin or cos, then a clip.
+// A term can instead be an external input: a named vector the caller sets (previous action, a
+// command or goal) that the simulator does not know.
+//
+// ObservationBuilder binds a spec to an mjModel once, precomputing every source index; build()
+// then writes the observation with no allocation. This is the one evaluator: the C++ control loop
+// and Python's export verification (through the binding) both use it.
+#pragma once
+
+#include <mujoco/mujoco.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace pydpg {
+
+// A spec that cannot be bound to the model (unknown field, name or operation, slice out of range,
+// newer version), or a call that breaks the builder's contract (unknown input, wrong size, input not
+// set before build). The bindings turn it into ValueError.
+struct ObservationError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class ObservationBuilder {
+ public:
+  static constexpr int kSpecVersion = 1;
+
+  struct Term {
+    std::string label;  // e.g. "qpos[2:15]" or "xpos(fingertip) - xpos(target)", for messages
+    int offset = 0;     // first observation index this term writes
+    int size = 0;
+  };
+
+  // Parses spec_json ({"version": 1, "terms": [...]}) and binds it to `model`, which must outlive
+  // the builder. Throws ObservationError naming the first offending term.
+  ObservationBuilder(const std::string& spec_json, const mjModel* model);
+
+  int size() const { return size_; }
+  const std::vector<Term>& terms() const { return terms_; }
+  const std::vector<std::string>& input_names() const { return input_names_; }
+  int input_size(const std::string& name) const;
+
+  // Copies `n` values into the named external input. Every input must be set before build().
+  void set_input(const std::string& name, const float* values, int n);
+
+  // obs[0 .. size()) from `data` (of the model the builder was bound to). No allocation.
+  void build(const mjData* data, float* obs) const;
+
+ private:
+  enum class Fn : std::uint8_t { None, Sin, Cos };
+  struct Part {
+    int field = -1;  // index into the field table; -1: external input
+    int input = -1;  // index of the external input
+    std::vector<int> src, minus;  // per output entry: index into the field (minus: -1 if none)
+    int minus_field = -1;
+    double scale = 1.0, offset = 0.0;
+    Fn fn = Fn::None;
+    bool clip = false;
+    double lo = 0.0, hi = 0.0;
+  };
+
+  const mjModel* model_;
+  std::vector<Part> parts_;
+  std::vector<Term> terms_;
+  std::vector<std::string> input_names_;
+  std::vector<std::vector<float>> inputs_;
+  std::vector<char> input_set_;
+  int size_ = 0;
+};
+
+}  // namespace pydpg

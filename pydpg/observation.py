@@ -1,0 +1,166 @@
+"""The observation contract: which mjData values a policy reads, in which order, with which operations.
+
+A spec is data (JSON-able, versioned) and travels with the policy: an ordered list of terms, each
+reading one mjData array (``qpos qvel qacc act ctrl qfrc_actuator qfrc_constraint cfrc_ext cinert
+cvel xpos xquat site_xpos sensordata``), optionally only the entries of named joints, actuators,
+bodies, sites or sensors (resolved by MuJoCo name when bound to a model), then:
+
+    start/stop   a slice of what was selected
+    minus        the same selection shape from another field/name, subtracted (fingertip - target)
+    scale/offset v * scale + offset
+    fn           "sin" or "cos"
+    clip         [low, high]
+
+or an external input ``{"input": "prev_action", "size": 6}`` that the caller sets. Example,
+Gymnasium's Reacher-v5::
+
+    {"version": 1, "terms": [
+        {"field": "qpos", "stop": 2, "fn": "cos"}, {"field": "qpos", "stop": 2, "fn": "sin"},
+        {"field": "qpos", "start": 2}, {"field": "qvel", "stop": 2},
+        {"field": "xpos", "names": "fingertip", "stop": 2,
+         "minus": {"field": "xpos", "names": "target", "stop": 2}}]}
+
+The evaluator is C++ (csrc/observation.*, the same code the C++ control loop links); this module
+binds it to Python's ``mujoco.MjModel``/``MjData`` and verifies a spec against a Gymnasium env.
+The specs of the 11 Gymnasium MuJoCo v5 tasks ship with their presets (``[observation]`` tables).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+
+SPEC_VERSION = 1
+ObservationError = getattr(_core, "ObservationError", ValueError)  # a ValueError naming the bad term
+
+
+class ObservationMismatch(ValueError):
+    """A spec that does not reproduce the env's observations; the message names the first wrong term."""
+
+
+def as_spec(spec: Union[dict, Sequence[dict]]) -> dict:
+    """The canonical ``{"version", "terms"}`` form of a spec given as such a dict or as a list of terms."""
+    if isinstance(spec, dict):
+        out = dict(spec)
+        out.setdefault("version", SPEC_VERSION)
+    elif isinstance(spec, (list, tuple)):
+        out = {"version": SPEC_VERSION, "terms": list(spec)}
+    else:
+        raise TypeError(f"an observation spec is a dict {{'version', 'terms'}} or a list of terms, got "
+                        f"{type(spec).__name__}")
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"an observation spec must be plain JSON-able data: {e}") from None
+    return out
+
+
+def _require_mujoco():
+    if not getattr(_core, "HAVE_MUJOCO", False):
+        raise RuntimeError("this pydpg was built without MuJoCo's headers: no observation builder")
+    import mujoco
+
+    return mujoco
+
+
+class ObservationBuilder:
+    """A spec bound to one ``mujoco.MjModel``: ``build(data)`` returns the float32 observation.
+
+    Raises ``ObservationError`` (a ValueError) for a spec the model cannot satisfy: an unknown
+    field, key, name or fn, a slice out of range, a ``minus`` of another width, a newer version.
+    """
+
+    def __init__(self, spec: Union[dict, Sequence[dict]], model: Any):
+        mujoco = _require_mujoco()
+        if not isinstance(model, mujoco.MjModel):
+            raise TypeError(f"model must be a mujoco.MjModel, got {type(model).__name__}")
+        self.spec = as_spec(spec)
+        self._model = model  # the C++ builder holds a raw pointer into it
+        self._b = _core.ObservationBuilder(json.dumps(self.spec), model._address)
+
+    @property
+    def size(self) -> int:
+        return self._b.size
+
+    @property
+    def terms(self) -> list[tuple[str, int, int]]:
+        """(label, first observation index, size) of every term, in order."""
+        return [tuple(t) for t in self._b.terms]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._b.input_names)
+
+    def set_input(self, name: str, values) -> None:
+        self._b.set_input(name, np.asarray(values, dtype=np.float32).reshape(-1))
+
+    def build(self, data: Any) -> np.ndarray:
+        mujoco = _require_mujoco()
+        if not isinstance(data, mujoco.MjData):
+            raise TypeError(f"data must be a mujoco.MjData, got {type(data).__name__}")
+        if data.model is not None and data.model._address != self._model._address and (
+                data.model.nq, data.model.nv, data.model.nbody) != (self._model.nq, self._model.nv, self._model.nbody):
+            raise ValueError("data belongs to another model than the one this builder is bound to")
+        return self._b.build(data._address)
+
+    def term_at(self, index: int) -> tuple[str, int]:
+        """The term holding observation ``index`` and the index within it."""
+        for label, offset, size in self.terms:
+            if offset <= index < offset + size:
+                return label, index - offset
+        raise IndexError(f"observation index {index} is outside [0, {self.size})")
+
+
+def task_spec(env_id: str) -> Optional[dict]:
+    """The observation spec shipped with the task preset for ``env_id``, or None."""
+    from . import presets
+
+    found = presets.find(env_id)
+    if found is None:
+        return None
+    table = presets.parse(f"preset {found}", presets.text(found)).get("observation") or None
+    return as_spec(table) if table else None
+
+
+def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: int = 0, rtol: float = 1e-5,
+           inputs: Optional[dict] = None) -> float:
+    """Check that ``spec`` reproduces ``env``'s observations: from ``env.reset(seed=seed)``, over
+    ``steps`` steps of uniformly random actions (new episodes as the old ones end), compare the
+    builder's observation with the env's. Returns the largest difference relative to
+    max(1, |observation|); raises ``ObservationMismatch`` naming the first wrong term, index, step
+    and both values when it exceeds ``rtol``, or when the widths differ."""
+    u = getattr(env, "unwrapped", env)
+    if not hasattr(u, "model") or not hasattr(u, "data"):
+        raise TypeError(f"{getattr(env, 'spec', None) and env.spec.id or type(u).__name__} is not a MuJoCo env")
+    builder = ObservationBuilder(spec, u.model)
+    for name, values in (inputs or {}).items():
+        builder.set_input(name, values)
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    width = int(np.prod(np.shape(obs)))
+    if builder.size != width:
+        raise ObservationMismatch(f"the spec builds {builder.size} values, the env observes {width} "
+                                  f"(terms: {', '.join(f'{label} [{size}]' for label, _, size in builder.terms)})")
+    worst = 0.0
+    for step in range(steps + 1):
+        want = np.asarray(obs, dtype=np.float64).reshape(-1)
+        got = builder.build(u.data).astype(np.float64)
+        err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+        err[np.isnan(got) & np.isnan(want)] = 0.0
+        bad = np.flatnonzero(~(err <= rtol))
+        if bad.size:
+            i = int(bad[0])
+            label, k = builder.term_at(i)
+            raise ObservationMismatch(f"observation index {i} (term '{label}', entry {k}) at step {step}: the spec "
+                                      f"gives {got[i]!r}, the env {want[i]!r}")
+        worst = max(worst, float(err.max(initial=0.0)))
+        if step == steps:
+            break
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return worst
