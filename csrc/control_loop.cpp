@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "json.hpp"
+#include "observation.hpp"
 #include "policy_runtime.hpp"
 
 namespace {
@@ -153,7 +154,7 @@ struct Task {
   int frame_skip = 1;
   double timestep = 0;
   long max_episode_steps = 1000;
-  std::vector<Slice> obs;
+  std::string observation_spec;  // JSON for pydpg::ObservationBuilder
   double forward_weight = 0, ctrl_cost_weight = 0, healthy_reward = 0;
   int x_index = 0;
   bool finite_obs_healthy = false, terminate_when_unhealthy = false;
@@ -188,6 +189,58 @@ Slice parse_slice(const pydpg::Json& j, const mjModel* m, const std::string& wha
   return s;
 }
 
+std::string quote(const std::string& raw) {
+  std::string s = "\"";
+  for (char c : raw) s += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+  return s + "\"";
+}
+
+// Json back to text: the observation spec travels to the builder as JSON.
+std::string to_text(const pydpg::Json& j) {
+  switch (j.type()) {
+    case pydpg::Json::Type::Null: return "null";
+    case pydpg::Json::Type::Bool: return j.boolean("") ? "true" : "false";
+    case pydpg::Json::Type::Number: {
+      char b[40];
+      std::snprintf(b, sizeof b, "%.17g", j.number(""));
+      return b;
+    }
+    case pydpg::Json::Type::String: return quote(j.string(""));
+    case pydpg::Json::Type::Array: {
+      std::string s;
+      for (const auto& x : j.items()) s += (s.empty() ? "" : ",") + to_text(x);
+      return "[" + s + "]";
+    }
+    case pydpg::Json::Type::Object: {
+      std::string s;
+      for (const auto& kv : j.members()) s += (s.empty() ? "" : ",") + quote(kv.first) + ":" + to_text(kv.second);
+      return "{" + s + "}";
+    }
+  }
+  return "null";
+}
+
+// The policy's observation spec (metadata "observation", pydpg >= 0.2) as JSON text. Files exported
+// by pydpg 0.1 carry the layout as task.observation slices {field, start, stop, clip, transform}
+// instead: the same terms under older key names, rewritten here so one evaluator serves both.
+std::string observation_spec_json(const pydpg::Json& meta) {
+  if (!meta["observation"].is_null()) return to_text(meta["observation"]);
+  const pydpg::Json& slices = meta["task"]["observation"];
+  if (!slices.is_array())
+    throw TaskError("the policy carries no observation spec (metadata 'observation'): export it with an env or "
+                    "an observation spec (pydpg.observation) so the loop can build its observations");
+  std::string terms;
+  for (const auto& s : slices.items()) {
+    std::string t = "{\"field\":" + to_text(s["field"]);
+    if (!s["start"].is_null()) t += ",\"start\":" + to_text(s["start"]);
+    if (!s["stop"].is_null()) t += ",\"stop\":" + to_text(s["stop"]);
+    if (!s["clip"].is_null()) t += ",\"clip\":" + to_text(s["clip"]);
+    if (s["transform"].is_string() && s["transform"].string("") != "none") t += ",\"fn\":" + to_text(s["transform"]);
+    terms += (terms.empty() ? "" : ",") + t + "}";
+  }
+  return "{\"version\":1,\"terms\":[" + terms + "]}";
+}
+
 Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   const pydpg::Json meta = pydpg::Json::parse(policy.metadata().json);
   const pydpg::Json& t = meta["task"];
@@ -199,14 +252,7 @@ Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   k.timestep = t["timestep"].number("task.timestep");
   if (k.frame_skip < 1) throw TaskError("task.frame_skip must be >= 1");
   if (!t["max_episode_steps"].is_null()) k.max_episode_steps = t["max_episode_steps"].integer("task.max_episode_steps");
-  int total = 0;
-  for (const auto& s : t["observation"].items()) {
-    k.obs.push_back(parse_slice(s, m, "task.observation[]"));
-    total += k.obs.back().stop - k.obs.back().start;
-  }
-  if (total != policy.obs_dim())
-    throw TaskError("the observation layout builds " + std::to_string(total) + " values from this model, the policy "
-                    "expects obs_dim " + std::to_string(policy.obs_dim()) + " (is --model the model it was trained on?)");
+  k.observation_spec = observation_spec_json(meta);
   const pydpg::Json& r = t["reward"];
   k.forward_weight = r["forward_weight"].is_null() ? 0.0 : r["forward_weight"].number("reward.forward_weight");
   k.ctrl_cost_weight = r["ctrl_cost_weight"].is_null() ? 0.0 : r["ctrl_cost_weight"].number("reward.ctrl_cost_weight");
@@ -232,19 +278,6 @@ Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
     k.qvel_scale = n["qvel"]["scale"].is_number() ? n["qvel"]["scale"].number("") : 0.0;
   }
   return k;
-}
-
-void build_obs(const Task& k, const mjModel* m, const mjData* d, float* obs) {
-  int o = 0;
-  for (const auto& s : k.obs) {
-    for (int i = s.start; i < s.stop; ++i) {
-      double v = field_value(m, d, s.field, i);
-      if (s.transform == Slice::Sin) v = std::sin(v);
-      else if (s.transform == Slice::Cos) v = std::cos(v);
-      if (s.clip) v = std::min(std::max(v, s.lo), s.hi);
-      obs[o++] = static_cast<float>(v);
-    }
-  }
 }
 
 bool healthy(const Task& k, const mjModel* m, const mjData* d, const float* obs, int obs_dim) {
@@ -366,6 +399,20 @@ int run(const Args& a) {
     throw TaskError("the model " + model_name + " has " + std::to_string(m->nu) + " actuators, the policy has act_dim " +
                     std::to_string(policy.act_dim()));
   const Task task = parse_task(policy, m);
+  pydpg::ObservationBuilder observe(task.observation_spec, m);
+  if (observe.size() != policy.obs_dim())
+    throw TaskError("the observation spec builds " + std::to_string(observe.size()) + " values from " + model_name +
+                    ", the policy expects obs_dim " + std::to_string(policy.obs_dim()) +
+                    " (is --model the model it was trained on?)");
+  // The loop fills one external input itself: the previous action (zeros at an episode's start).
+  bool feeds_prev_action = false;
+  for (const std::string& name : observe.input_names()) {
+    if (name == "prev_action" && observe.input_size(name) == policy.act_dim()) feeds_prev_action = true;
+    else
+      throw TaskError("the observation spec has an external input '" + name + "' that pydpg_control_loop cannot fill "
+                      "(it fills only prev_action of act_dim entries); a robot's own loop sets it with "
+                      "ObservationBuilder::set_input");
+  }
   if (std::fabs(m->opt.timestep - task.timestep) > 1e-12 && !a.quiet)
     std::fprintf(stderr, "warning: the model's timestep %g differs from the training env's %g\n", m->opt.timestep,
                  task.timestep);
@@ -420,7 +467,11 @@ int run(const Args& a) {
       for (int i = 0; i < m->nv; ++i) d->qvel[i] = noise(task.qvel_noise, task.qvel_scale);
     }
     mj_forward(m, d);
-    build_obs(task, m, d, obs.data());
+    if (feeds_prev_action) {
+      std::fill(action.begin(), action.end(), 0.0f);
+      observe.set_input("prev_action", action.data(), A);
+    }
+    observe.build(d, obs.data());
 
     double ret = 0.0;
     long t = 0;
@@ -436,7 +487,8 @@ int run(const Args& a) {
       for (int i = 0; i < substeps; ++i) mj_step(m, d);
       // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
       mj_rnePostConstraint(m, d);
-      build_obs(task, m, d, obs.data());
+      if (feeds_prev_action) observe.set_input("prev_action", action.data(), A);
+      observe.build(d, obs.data());
       const bool ok = healthy(task, m, d, obs.data(), D);
       double ctrl_cost = 0.0;
       for (int i = 0; i < A; ++i) ctrl_cost += static_cast<double>(action[i]) * action[i];

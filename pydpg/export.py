@@ -184,8 +184,9 @@ def _finite_or_none(x: float) -> Optional[float]:
 
 
 def task_spec(env) -> Optional[dict]:
-    """How the C++ control loop reproduces ``env`` from mjData: observation layout, reward terms,
-    health (termination) conditions, reset noise and timing. None for envs it cannot describe.
+    """How the C++ control loop reproduces ``env`` from mjData besides the observation (that is the
+    observation spec's job, pydpg.observation): reward terms, health (termination) conditions, reset
+    noise and timing. None for envs it cannot describe.
 
     Supported: Gymnasium v5 InvertedPendulum, HalfCheetah, Hopper, Walker2d, Swimmer.
     """
@@ -195,7 +196,6 @@ def task_spec(env) -> Optional[dict]:
         return None
     name = type(u).__name__
     nq, nv = u.model.nq, u.model.nv
-    exclude = getattr(u, "_exclude_current_positions_from_observation", True)
     noise = float(getattr(u, "_reset_noise_scale", 0.0))
     spec: dict[str, Any] = {"frame_skip": int(u.frame_skip), "timestep": float(u.model.opt.timestep),
                             "control_hz": 1.0 / float(u.dt),
@@ -203,7 +203,6 @@ def task_spec(env) -> Optional[dict]:
                             or 1000}
     uniform = {"qpos": {"dist": "uniform", "scale": noise}, "qvel": {"dist": "uniform", "scale": noise}}
     if name == "InvertedPendulumEnv":
-        spec["observation"] = [{"field": "qpos"}, {"field": "qvel"}]
         # v5: reward = int(not terminated); terminated = non-finite obs or |qpos[1]| > 0.2.
         spec["reward"] = {"healthy_reward": 1.0}
         spec["health"] = {"finite_obs": True, "terminate_when_unhealthy": True,
@@ -211,11 +210,6 @@ def task_spec(env) -> Optional[dict]:
                                           "strict": False}]}
         spec["reset_noise"] = uniform
     elif name in ("HalfCheetahEnv", "HopperEnv", "Walker2dEnv", "SwimmerEnv"):
-        skip = (2 if name == "SwimmerEnv" else 1) if exclude else 0
-        vel: dict[str, Any] = {"field": "qvel"}
-        if name in ("HopperEnv", "Walker2dEnv"):
-            vel["clip"] = [-10.0, 10.0]
-        spec["observation"] = [{"field": "qpos", "start": skip, "stop": nq}, vel]
         spec["reward"] = {"forward_weight": float(u._forward_reward_weight), "x_index": 0,
                           "ctrl_cost_weight": float(u._ctrl_cost_weight),
                           "healthy_reward": float(getattr(u, "_healthy_reward", 0.0))}
@@ -237,23 +231,6 @@ def task_spec(env) -> Optional[dict]:
     return spec
 
 
-def _spec_obs(spec: dict, data) -> np.ndarray:
-    """Python mirror of the control loop's build_obs, used to verify a spec against the env."""
-    fields = {"qpos": data.qpos, "qvel": data.qvel, "state": np.concatenate([data.qpos, data.qvel]),
-              "qfrc_constraint": data.qfrc_constraint, "cfrc_ext": data.cfrc_ext.ravel()}
-    parts = []
-    for s in spec["observation"]:
-        v = np.asarray(fields[s["field"]], dtype=np.float64)[s.get("start", 0):s.get("stop")]
-        if s.get("transform") == "sin":
-            v = np.sin(v)
-        elif s.get("transform") == "cos":
-            v = np.cos(v)
-        if s.get("clip"):
-            v = np.clip(v, *s["clip"])
-        parts.append(v)
-    return np.concatenate(parts)
-
-
 def _spec_healthy(spec: dict, data, obs: np.ndarray) -> bool:
     h = spec["health"]
     if h.get("finite_obs") and not np.isfinite(obs).all():
@@ -269,24 +246,26 @@ def _spec_healthy(spec: dict, data, obs: np.ndarray) -> bool:
     return True
 
 
-def verify_task_spec(spec: dict, env_spec, steps: int = 60, seed: int = 0) -> Optional[str]:
-    """Step a fresh copy of the env with random actions and check that the spec reproduces its
-    observations, rewards and terminations. Returns None when it does, else what differs."""
+def verify_task_spec(spec: dict, observation: dict, env_spec, steps: int = 60, seed: int = 0) -> Optional[str]:
+    """Step a fresh copy of the env with random actions and check that the task description (with
+    the observation spec, for the finite-observation health check) reproduces its rewards and
+    terminations. Returns None when it does, else what differs."""
     import gymnasium as gym
+
+    from .observation import ObservationBuilder
 
     env = gym.make(env_spec)
     try:
         u = env.unwrapped
+        builder = ObservationBuilder(observation, u.model)
         rng = np.random.default_rng(seed)
-        obs, _ = env.reset(seed=seed)
+        env.reset(seed=seed)
         r = spec["reward"]
         for t in range(steps):
-            if not np.allclose(_spec_obs(spec, u.data), obs, rtol=0, atol=1e-12):
-                return f"observation differs at step {t}"
             action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
             x0 = float(u.data.qpos[r.get("x_index", 0)])
-            obs, reward, terminated, truncated, _ = env.step(action)
-            ok = _spec_healthy(spec, u.data, _spec_obs(spec, u.data))
+            _, reward, terminated, truncated, _ = env.step(action)
+            ok = _spec_healthy(spec, u.data, builder.build(u.data))
             mine = (r.get("forward_weight", 0.0) * (u.data.qpos[r.get("x_index", 0)] - x0) / u.dt
                     + r.get("healthy_reward", 0.0) * ok
                     - r.get("ctrl_cost_weight", 0.0) * float(np.sum(np.square(action.astype(np.float64)))))
@@ -295,10 +274,50 @@ def verify_task_spec(spec: dict, env_spec, steps: int = 60, seed: int = 0) -> Op
             if bool(spec["health"].get("terminate_when_unhealthy") and not ok) != bool(terminated):
                 return f"termination differs at step {t}"
             if terminated or truncated:
-                obs, _ = env.reset(seed=seed + t + 1)
+                env.reset(seed=seed + t + 1)
         return None
     finally:
         env.close()
+
+
+def _checked_observation_spec(given, env_id: Optional[str], env_spec, env) -> Optional[dict]:
+    """The observation spec to store: ``given``, else the one shipped with ``env_id``'s preset;
+    verified against a fresh copy of the env (the env itself when it has no spec to copy)."""
+    from .observation import as_spec, task_spec as preset_observation, verify
+
+    spec = as_spec(given) if given is not None else (preset_observation(env_id) if env_id else None)
+    if spec is None:
+        return None
+    import gymnasium as gym
+
+    target = gym.make(env_spec) if env_spec is not None else env
+    if target is None:
+        return spec
+    try:
+        verify(spec, target, steps=200)
+    finally:
+        if target is not env:
+            target.close()
+    return spec
+
+
+def _task_of(env_spec, env, observation: Optional[dict]):
+    """The control loop's task description for the env (a fresh copy of ``env_spec`` when ``env`` is
+    None), verified; a string saying why it was left out; or None for envs it cannot describe."""
+    import gymnasium as gym
+
+    fresh = gym.make(env_spec) if env is None and env_spec is not None else None
+    try:
+        task = task_spec(fresh if fresh is not None else env) if (fresh or env) is not None else None
+    finally:
+        if fresh is not None:
+            fresh.close()
+    if task is None or env_spec is None:
+        return task
+    if observation is None:
+        return "task description left out: no observation spec to build the loop's observations with"
+    problem = verify_task_spec(task, observation, env_spec)
+    return f"task description left out: it does not reproduce {env_spec.id} ({problem})" if problem else task
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -449,13 +468,16 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
                   normalizer=None, obs_dim: Optional[int] = None, training_steps: Optional[int] = None,
                   eval_return: Optional[float] = None, format: str = "torchscript",
                   n_check: int = DEFAULT_N_CHECK, atol: float = DEFAULT_ATOL, model_xml: Optional[str] = None,
-                  verbose: bool = True) -> ExportResult:
+                  observation_spec=None, verbose: bool = True) -> ExportResult:
     """Write ``source``'s actor as a deployable policy file and check it against the actor.
 
     ``source``: a DDPG agent (``.actor``), an actor module, or an object holding an ``agent``.
     ``env``: a Gymnasium env (or ``env_id``) supplies the action bounds, env id, the MuJoCo model and
     the task description the C++ control loop needs; otherwise pass ``action_low``/``action_high``.
     ``normalizer``: observation statistics used in training (object or dict with mean, var, eps, clip).
+    ``observation_spec``: how the observation is built from mjData (``pydpg.observation``); defaults
+    to the spec shipped with the task preset of ``env_id``. With an env it is verified against the
+    env's observations over 200 steps (``ObservationMismatch`` names the first wrong term otherwise).
     Raises ``ParityError`` (nothing written) when the file and the actor differ by more than ``atol``.
     """
     if format not in FORMATS:
@@ -498,36 +520,25 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         spec = getattr(env, "spec", None)
         if env_id is None and spec is not None:
             env_id = spec.id
-        task, task_note, xml = None, None, model_xml
-        if env is not None and not hasattr(env, "num_envs"):
-            task = task_spec(env)
-            if task is not None and spec is not None:
-                problem = verify_task_spec(task, spec)
-                if problem:
-                    task, task_note = None, f"task description left out: it does not reproduce {env_id} ({problem})"
-            u = getattr(env, "unwrapped", env)
-            if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
-                xml = Path(u.fullpath).read_text()
-        elif env is not None and (getattr(env, "envs", None) or spec is not None or env_id is not None):
-            # A vector env: describe the task from one fresh single env of the same spec.
-            import gymnasium as gym
-
-            subs = getattr(env, "envs", None) or [None]
-            spec = getattr(subs[0], "spec", None) or spec
+        task, task_note, xml, observation = None, None, model_xml, None
+        if env is not None:
+            # A vector env is described by one fresh single env of the same spec.
+            subs = getattr(env, "envs", None)
+            single = subs[0] if subs else (None if hasattr(env, "num_envs") else env)
+            spec = getattr(single, "spec", None) or spec
             if env_id is None and spec is not None:
                 env_id = spec.id
-            single = gym.make(spec if spec is not None else env_id) if (spec or env_id) else None
-            spec = getattr(single, "spec", None)
-            try:
-                task = task_spec(single) if single is not None else None
-                if task is not None and verify_task_spec(task, spec):
-                    task = None
-                u = getattr(single, "unwrapped", None)
-                if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
-                    xml = Path(u.fullpath).read_text()
-            finally:
-                if single is not None:
-                    single.close()
+            u = getattr(single, "unwrapped", None)
+            if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
+                xml = Path(u.fullpath).read_text()
+            observation = _checked_observation_spec(observation_spec, env_id, spec, single)
+            task = _task_of(spec, single, observation)
+            if task is not None and isinstance(task, str):
+                task, task_note = None, task
+        elif observation_spec is not None:
+            from .observation import as_spec
+
+            observation = as_spec(observation_spec)  # no env to check it against
     finally:
         if own_env is not None:
             own_env.close()
@@ -555,7 +566,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         "action_low": low.tolist(), "action_high": high.tolist(), "normalization": norm,
         "training_steps": None if training_steps is None else int(training_steps),
         "eval_return": None if eval_return is None or not math.isfinite(eval_return) else float(eval_return),
-        "network": plan, "task": task,
+        "network": plan, "task": task, "observation": observation,
         "parity": {"n": int(n_check), "atol": float(atol)},
     }
     cpu_actor = copy.deepcopy(actor).float().cpu().eval()

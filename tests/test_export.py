@@ -17,6 +17,8 @@ from pydpg.envs import scale_action
 from pydpg.export import (FORMAT_VERSION, ParityError, PolicyModule, export_main, export_policy, read_metadata,
                           task_spec, verify_task_spec)
 from pydpg.normalizer import RunningNormalizer
+from pydpg.observation import ObservationMismatch
+from pydpg.observation import task_spec as observation_task_spec
 from pydpg.trainer import make_policy
 
 torch.set_num_threads(1)
@@ -145,7 +147,8 @@ def test_export_from_trainer_like_object(tmp_path):
     export_policy(trainer, tmp_path / "p.pt", verbose=False)
     meta = read_metadata(tmp_path / "p.pt")
     assert (meta["training_steps"], meta["eval_return"], meta["env_id"]) == (777, 12.5, "InvertedPendulum-v5")
-    assert meta["normalization"] is not None and meta["task"]["observation"] == [{"field": "qpos"}, {"field": "qvel"}]
+    assert meta["normalization"] is not None and meta["task"] is not None
+    assert meta["observation"] == {"version": 1, "terms": [{"field": "qpos"}, {"field": "qvel"}]}
     env.close()
 
 
@@ -180,7 +183,7 @@ def test_task_spec_reproduces_env(env_id):
     env = gym.make(env_id)
     spec = task_spec(env)
     assert spec is not None
-    assert verify_task_spec(spec, env.spec, steps=80) is None
+    assert verify_task_spec(spec, observation_task_spec(env_id), env.spec, steps=80) is None
     env.close()
 
 
@@ -224,4 +227,20 @@ def test_export_from_trainer_with_vector_env(tmp_path):
     export_policy(trainer, tmp_path / "p.pt", verbose=False)
     meta = read_metadata(tmp_path / "p.pt")
     assert meta["env_id"] == "InvertedPendulum-v5" and meta["task"] is not None
+    assert meta["observation"] == observation_task_spec("InvertedPendulum-v5")
     vec.close()
+
+
+def test_observation_spec_is_verified_at_export(tmp_path):
+    """A user's spec is checked against the env's own observations: a wrong one is refused naming
+    the first wrong term, and nothing is written; a right one travels in the metadata."""
+    env = gym.make("InvertedPendulum-v5")
+    agent = DDPG.from_dims(4, 1)
+    with pytest.raises(ObservationMismatch, match=r"term 'qvel', entry 0"):
+        export_policy(agent, tmp_path / "p.pt", env=env, observation_spec=[{"field": "qpos"}, {"field": "qvel", "scale": 2.0}],
+                      verbose=False)
+    assert not (tmp_path / "p.pt").exists()
+    spec = [{"field": "qpos", "names": ["slider", "hinge"]}, {"field": "qvel"}]
+    export_policy(agent, tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
+    assert read_metadata(tmp_path / "p.pt")["observation"]["terms"] == spec
+    env.close()

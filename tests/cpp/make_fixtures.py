@@ -85,6 +85,13 @@ def main(out_dir: str) -> int:
     trained_magnitude_policy(scaled)
     write_reference(scaled, (rng.standard_normal((ROWS, 17)) * 3 + 1).astype(np.float32), out / "scaled_17x6.ref")
     bad = damaged_copies(scaled, out)
+    # A policy in the current format (observation spec in the metadata) for the control loop.
+    import gymnasium as gym
+
+    env = gym.make("HalfCheetah-v5")
+    torch.manual_seed(1)
+    export_policy(DDPG.from_dims(17, 6), out / "cheetah.pt", env=env, verbose=False)
+    env.close()
     print("\t".join(map(str, [out / "pendulum_30k.ref", pendulum])))
     print("\t".join(map(str, [out / "scaled_17x6.ref", scaled, *bad])))
     return 0

@@ -77,6 +77,8 @@ out = json.load(open(sys.argv[1]))
 assert out["lengths"] == [300, 300] and out["returns"] == [300.0, 300.0], out
 print("sanitize: control loop balanced the pendulum for 2 x 300 steps")
 EOF
+# A policy whose metadata carries an observation spec (the pendulum's is the 0.1 slice layout).
+run "$build/pydpg_control_loop" "$fixtures/cheetah.pt" --episodes 1 --max-steps 200 --no-sleep --quiet
 # Bad input must end in a clean error (exit 1 with a message), never a sanitizer report.
 for bad in "$fixtures/truncated.pt" "$fixtures/empty.pt"; do
   if "$build/pydpg_control_loop" "$bad" --max-steps 5 --no-sleep > "$scratch/bad.log" 2>&1; then
