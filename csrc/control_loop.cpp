@@ -155,6 +155,7 @@ struct Task {
   double timestep = 0;
   long max_episode_steps = 1000;
   std::string observation_spec;  // JSON for pydpg::ObservationBuilder
+  bool has_reward = false;        // no reward terms: returns are left to the Python replay (--trace)
   double forward_weight = 0, ctrl_cost_weight = 0, healthy_reward = 0;
   int x_index = 0;
   bool finite_obs_healthy = false, terminate_when_unhealthy = false;
@@ -254,11 +255,12 @@ Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   if (!t["max_episode_steps"].is_null()) k.max_episode_steps = t["max_episode_steps"].integer("task.max_episode_steps");
   k.observation_spec = observation_spec_json(meta);
   const pydpg::Json& r = t["reward"];
+  k.has_reward = r.is_object();
   k.forward_weight = r["forward_weight"].is_null() ? 0.0 : r["forward_weight"].number("reward.forward_weight");
   k.ctrl_cost_weight = r["ctrl_cost_weight"].is_null() ? 0.0 : r["ctrl_cost_weight"].number("reward.ctrl_cost_weight");
   k.healthy_reward = r["healthy_reward"].is_null() ? 0.0 : r["healthy_reward"].number("reward.healthy_reward");
   k.x_index = r["x_index"].is_null() ? 0 : static_cast<int>(r["x_index"].integer("reward.x_index"));
-  if (k.x_index < 0 || k.x_index >= m->nq) throw TaskError("reward.x_index is outside qpos");
+  if (k.has_reward && (k.x_index < 0 || k.x_index >= m->nq)) throw TaskError("reward.x_index is outside qpos");
   const pydpg::Json& h = t["health"];
   k.finite_obs_healthy = h["finite_obs"].is_bool() && h["finite_obs"].boolean("");
   k.terminate_when_unhealthy = h["terminate_when_unhealthy"].is_bool() && h["terminate_when_unhealthy"].boolean("");
@@ -437,7 +439,11 @@ int run(const Args& a) {
   if (!a.trace_out.empty()) {
     trace = std::fopen(a.trace_out.c_str(), "w");
     if (!trace) throw UsageError("cannot write --trace file '" + a.trace_out + "'");
-    std::fputs("episode,step,reward,action...\n", trace);
+    // Enough to replay the run in the Gymnasium env (pydpg.deploy.replay_trace): each episode's
+    // initial qpos/qvel, then per step the observation the policy saw and the action it sent.
+    std::fprintf(trace, "# pydpg control loop trace 1: nq %d nv %d act_dim %ld obs_dim %ld\n", m->nq, m->nv,
+                 static_cast<long>(policy.act_dim()), static_cast<long>(policy.obs_dim()));
+    std::fputs("# init,episode,qpos...,qvel... | step,episode,t,reward,action...,observation...\n", trace);
   }
 
   std::mt19937_64 rng(a.seed);
@@ -448,7 +454,7 @@ int run(const Args& a) {
   };
 
   const int D = static_cast<int>(policy.obs_dim()), A = static_cast<int>(policy.act_dim());
-  std::vector<float> obs(D), action(A);
+  std::vector<float> obs(D), action(A), seen(D);
   std::vector<double> returns, step_us;
   std::vector<long> lengths;
   std::vector<int> terminated_flags;
@@ -467,6 +473,12 @@ int run(const Args& a) {
       for (int i = 0; i < m->nv; ++i) d->qvel[i] = noise(task.qvel_noise, task.qvel_scale);
     }
     mj_forward(m, d);
+    if (trace) {
+      std::fprintf(trace, "init,%ld", ep);
+      for (int i = 0; i < m->nq; ++i) std::fprintf(trace, ",%.17g", d->qpos[i]);
+      for (int i = 0; i < m->nv; ++i) std::fprintf(trace, ",%.17g", d->qvel[i]);
+      std::fputc('\n', trace);
+    }
     if (feeds_prev_action) {
       std::fill(action.begin(), action.end(), 0.0f);
       observe.set_input("prev_action", action.data(), A);
@@ -481,8 +493,9 @@ int run(const Args& a) {
     while (t < max_steps && !terminated) {
       timespec_add(deadline, period_ns);
       const auto s0 = std::chrono::steady_clock::now();
+      if (trace) std::copy(obs.begin(), obs.end(), seen.begin());
       policy.act(obs.data(), 1, action.data());
-      const double x_before = d->qpos[task.x_index];
+      const double x_before = task.has_reward ? d->qpos[task.x_index] : 0.0;
       for (int i = 0; i < A; ++i) d->ctrl[i] = action[i];
       for (int i = 0; i < substeps; ++i) mj_step(m, d);
       // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
@@ -492,15 +505,17 @@ int run(const Args& a) {
       const bool ok = healthy(task, m, d, obs.data(), D);
       double ctrl_cost = 0.0;
       for (int i = 0; i < A; ++i) ctrl_cost += static_cast<double>(action[i]) * action[i];
-      const double reward = task.forward_weight * (d->qpos[task.x_index] - x_before) / dt +
-                            task.healthy_reward * (ok ? 1.0 : 0.0) - task.ctrl_cost_weight * ctrl_cost;
+      const double reward = !task.has_reward ? std::nan("")
+                                             : task.forward_weight * (d->qpos[task.x_index] - x_before) / dt +
+                                                   task.healthy_reward * (ok ? 1.0 : 0.0) - task.ctrl_cost_weight * ctrl_cost;
       terminated = task.terminate_when_unhealthy && !ok;
       ret += reward;
       ++t;
       step_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s0).count());
       if (trace) {
-        std::fprintf(trace, "%ld,%ld,%.17g", ep, t - 1, reward);
+        std::fprintf(trace, "step,%ld,%ld,%.17g", ep, t - 1, reward);
         for (int i = 0; i < A; ++i) std::fprintf(trace, ",%.9g", action[i]);
+        for (int i = 0; i < D; ++i) std::fprintf(trace, ",%.9g", seen[i]);
         std::fputc('\n', trace);
       }
       if (a.sleep) {
@@ -519,8 +534,11 @@ int run(const Args& a) {
     returns.push_back(ret);
     lengths.push_back(t);
     terminated_flags.push_back(terminated ? 1 : 0);
-    if (!a.quiet)
-      std::printf("episode %ld: return %.3f over %ld steps%s\n", ep, ret, t, terminated ? " (terminated)" : "");
+    if (!a.quiet) {
+      char value[64] = "n/a (no reward terms in the task; replay the --trace in Python)";
+      if (task.has_reward) std::snprintf(value, sizeof value, "%.3f", ret);
+      std::printf("episode %ld: return %s over %ld steps%s\n", ep, value, t, terminated ? " (terminated)" : "");
+    }
   }
   if (trace) std::fclose(trace);
   const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();

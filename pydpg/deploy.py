@@ -159,6 +159,68 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
     return subprocess.call(cmd)
 
 
+# ---------------------------------------------------------------------------------------- replay
+def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
+    """The episodes of a ``pydpg run --trace`` file: initial qpos/qvel, and per step the observation
+    the policy saw, the action it sent and the loop's reward (NaN where it computes none)."""
+    episodes: list[dict] = []
+    nq = nv = act_dim = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith("# pydpg control loop trace"):
+                words = line.split()
+                nq, nv = int(words[words.index("nq") + 1]), int(words[words.index("nv") + 1])
+                act_dim = int(words[words.index("act_dim") + 1])
+                continue
+            if line.startswith("#") or not line.strip():
+                continue
+            kind, *rest = line.rstrip("\n").split(",")
+            if nq is None:
+                raise ValueError(f"{path} is not a pydpg control loop trace (no header line)")
+            if kind == "init":
+                values = np.array(rest[1:], dtype=np.float64)
+                episodes.append({"qpos": values[:nq], "qvel": values[nq:nq + nv], "obs": [], "action": [],
+                                 "reward": []})
+            elif kind == "step":
+                # float32 values printed with 9 digits: parsed as float32 they are exact, as float64
+                # they would be the decimal (the replay would then step with other actions).
+                values = np.array(rest[3:], dtype=np.float32).astype(np.float64)
+                ep = episodes[-1]
+                ep["reward"].append(float(rest[2]))
+                ep["action"].append(values[:act_dim])
+                ep["obs"].append(values[act_dim:])
+    for ep in episodes:
+        for key in ("obs", "action", "reward"):
+            ep[key] = np.array(ep[key])
+    return episodes
+
+
+def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
+    """Replay a control-loop trace through the Gymnasium ``env`` (no reward code in C++ needed):
+    each episode starts from the logged qpos/qvel and takes the logged actions. Per episode it
+    reports the largest observation difference relative to max(1, |obs|) between what the loop's
+    policy saw and what the env observes, the env's return up to its first termination, the
+    loop's return (None when the loop computes none), and the step the env terminated at."""
+    u = env.unwrapped
+    out = []
+    for ep in read_trace(path):
+        env.reset(seed=0)
+        u.set_state(ep["qpos"], ep["qvel"])
+        obs = u._get_obs()
+        worst, ret, ended = 0.0, 0.0, None
+        for t, (seen, action) in enumerate(zip(ep["obs"], ep["action"])):
+            worst = max(worst, float(np.max(np.abs(seen - obs) / np.maximum(1.0, np.abs(obs)), initial=0.0)))
+            obs, reward, terminated, truncated, _ = u.step(action)
+            if ended is None:
+                ret += float(reward)
+                if terminated:
+                    ended = t + 1
+        cpp = ep["reward"]
+        out.append({"steps": len(ep["action"]), "max_obs_diff": worst, "python_return": ret, "terminated_at": ended,
+                    "cpp_return": None if len(cpp) == 0 or np.isnan(cpp).any() else float(cpp.sum())})
+    return out
+
+
 # ---------------------------------------------------------------------------------------- the journey
 def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     """The main job: train briefly, export with the parity check, run the policy in the C++ control
