@@ -67,13 +67,9 @@ def throughput(fn, x) -> float:
 def cpp_bench(policy: Path, calls: int, backend: str) -> dict | None:
     if not (shutil.which("cmake") and shutil.which("c++")):
         return None
-    from pydpg.deploy import cmake_dir
+    from pydpg.deploy import build_cmake_project
 
-    build = Path(tempfile.mkdtemp(prefix="pydpg-bench-"))
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(ROOT / "benchmarks" / "cpp_runtime"), "-B", str(build), *gen,
-                    "-DCMAKE_BUILD_TYPE=Release", f"-Dpydpg_DIR={cmake_dir()}"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True)
+    build = build_cmake_project(ROOT / "benchmarks" / "cpp_runtime", tempfile.mkdtemp(prefix="pydpg-bench-"))
     out = subprocess.run([str(build / "bench_runtime"), str(policy), backend, str(calls), *map(str, BATCHES)],
                          check=True, capture_output=True, text=True)
     shutil.rmtree(build, ignore_errors=True)

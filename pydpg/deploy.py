@@ -52,6 +52,19 @@ def control_loop_path() -> str:
     return str(_find(f"bin/{CONTROL_LOOP}"))
 
 
+def build_cmake_project(source: Union[str, os.PathLike], build: Union[str, os.PathLike], timeout: float = 600) -> Path:
+    """Configure and build a CMake project that uses ``find_package(pydpg)`` against this installed
+    pydpg (Release; Ninja when available). Raises ``subprocess.CalledProcessError`` with the tool's
+    output on failure. Returns the build directory."""
+    import shutil
+
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(["cmake", "-S", os.fspath(source), "-B", os.fspath(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                    f"-Dpydpg_DIR={cmake_dir()}"], check=True, capture_output=True, text=True, timeout=timeout)
+    subprocess.run(["cmake", "--build", os.fspath(build)], check=True, capture_output=True, text=True, timeout=timeout)
+    return Path(build)
+
+
 def cmake_dir_main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m pydpg --cmake-dir``: print the CMake package directory (as ``pybind11 --cmakedir``)."""
     try:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +61,6 @@ def have_cmake() -> bool:
 
 def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
     """Configure and build a CMake project against the installed pydpg package."""
-    from pydpg.deploy import cmake_dir
+    from pydpg.deploy import build_cmake_project
 
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    env = dict(os.environ)
-    subprocess.run(["cmake", "-S", str(source), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
-                    f"-Dpydpg_DIR={cmake_dir()}"], check=True, capture_output=True, text=True, timeout=timeout, env=env)
-    subprocess.run(["cmake", "--build", str(build)], check=True, capture_output=True, text=True, timeout=timeout,
-                   env=env)
+    build_cmake_project(source, build, timeout)

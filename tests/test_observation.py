@@ -12,6 +12,7 @@ import mujoco
 import numpy as np
 import pytest
 
+from policy_helpers import cmake_build, have_cmake
 from pydpg.observation import ObservationBuilder, ObservationError, ObservationMismatch, as_spec, task_spec, verify
 
 TASKS = ["InvertedPendulum-v5", "InvertedDoublePendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5",
@@ -133,3 +134,23 @@ def test_bad_calls(reacher):
         as_spec("qpos")
     with pytest.raises(TypeError, match="not a MuJoCo env"):
         verify([{"field": "qpos"}], gym.make("CartPole-v1"))
+
+
+@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
+def test_build_does_not_allocate_and_cpp_users_link_it(tmp_path_factory):
+    """The installed pydpg::mujoco target builds a C++ program (tests/cpp/alloc_check), and build()
+    on Humanoid-v5's 348-wide observation makes no heap allocation anywhere in the process."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    build = tmp_path_factory.mktemp("alloc_check_obs")
+    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
+    env = gym.make("Humanoid-v5")
+    spec = tmp_path_factory.mktemp("spec") / "humanoid.json"
+    spec.write_text(json.dumps(task_spec("Humanoid-v5")))
+    out = subprocess.run([str(build / "alloc_check"), "--observation", env.unwrapped.fullpath, str(spec), "2000"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    env.close()
+    result = json.loads(out.stdout)
+    assert result["size"] == 348 and result["allocations"] == 0, result

@@ -5,8 +5,15 @@
 // every shared library; they count and forward to glibc's __libc_* entry points. operator new
 // reaches malloc through libstdc++, so it is counted too.
 //
-// usage: alloc_check POLICY BACKEND BATCH CALLS   -> prints one JSON line
+// usage: alloc_check POLICY BACKEND BATCH CALLS          -> one JSON line (PolicyRuntime::act)
+//        alloc_check --observation MODEL SPEC CALLS       -> one JSON line (ObservationBuilder::build,
+//                                                             with the mean time per call)
+#include <pydpg/observation.hpp>
 #include <pydpg/policy_runtime.hpp>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
 
 #include <atomic>
 #include <cstdio>
@@ -60,7 +67,44 @@ int posix_memalign(void** out, size_t a, size_t n) {
 }
 }
 
+// The observation builder bound to MODEL with the spec in file SPEC, on the model's initial state
+// after one mj_step (so contact and constraint fields are populated).
+int observation_mode(const char* model_path, const char* spec_path, long calls) {
+  char error[1000] = "";
+  mjModel* m = mj_loadXML(model_path, nullptr, error, sizeof error);
+  if (!m) {
+    std::fprintf(stderr, "error: %s\n", error);
+    return 1;
+  }
+  mjData* d = mj_makeData(m);
+  mj_step(m, d);
+  std::ifstream f(spec_path);
+  std::stringstream spec;
+  spec << f.rdbuf();
+  int rc = 0;
+  try {
+    pydpg::ObservationBuilder b(spec.str(), m);
+    std::vector<float> obs(b.size());
+    for (int i = 0; i < 1000; ++i) b.build(d, obs.data());  // warm caches
+    g_counting = true;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long i = 0; i < calls; ++i) b.build(d, obs.data());
+    const auto t1 = std::chrono::steady_clock::now();
+    g_counting = false;
+    const double ns = std::chrono::duration<double, std::nano>(t1 - t0).count() / calls;
+    std::printf("{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_build\": %.1f}\n", b.size(), calls,
+                g_allocs.load(), ns);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    rc = 1;
+  }
+  mj_deleteData(d);
+  mj_deleteModel(m);
+  return rc;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[1]) == "--observation") return observation_mode(argv[2], argv[3], std::atol(argv[4]));
   if (argc != 5) {
     std::fprintf(stderr, "usage: alloc_check POLICY BACKEND BATCH CALLS\n");
     return 2;

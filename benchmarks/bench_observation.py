@@ -1,0 +1,88 @@
+"""Observation building, side by side: pydpg's C++ ObservationBuilder (csrc/observation.*) against
+Gymnasium's own Python ``_get_obs()`` for the same task, state and observation, in one run.
+
+    C++ build()             ns per call and heap allocations per call, measured inside a C++ program
+                            linked against the installed pydpg::mujoco (tests/cpp/alloc_check)
+    Python binding          pydpg.observation.ObservationBuilder.build(data) (binding overhead included)
+    Gymnasium _get_obs()    the env's own numpy assembly of the observation (the peer)
+
+    python benchmarks/bench_observation.py [--calls 200000] [--json benchmarks/results/observation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("HalfCheetah-v5", "Ant-v5", "Humanoid-v5", "Reacher-v5")
+
+
+def per_call_us(fn, calls: int) -> float:
+    for _ in range(1000):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=200_000, help="C++ build() calls per task")
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "observation.json"))
+    args = p.parse_args(argv)
+
+    from pydpg.deploy import build_cmake_project
+    from pydpg.observation import ObservationBuilder, task_spec
+
+    tmp = Path(tempfile.mkdtemp(prefix="pydpg-bench-obs-"))
+    driver = build_cmake_project(ROOT / "tests" / "cpp" / "alloc_check", tmp / "build") / "alloc_check"
+    rows = {}
+    for env_id in TASKS:
+        env = gym.make(env_id)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        u = env.unwrapped
+        spec = task_spec(env_id)
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        out = subprocess.run([str(driver), "--observation", u.fullpath, str(tmp / "spec.json"), str(args.calls)],
+                             check=True, capture_output=True, text=True)
+        cpp = json.loads(out.stdout)
+        builder = ObservationBuilder(spec, u.model)
+        py_calls = max(2000, args.calls // 20)
+        rows[env_id] = {"size": cpp["size"], "cpp_us": cpp["ns_per_build"] / 1e3,
+                        "cpp_allocations_per_call": cpp["allocations"] / cpp["calls"],
+                        "binding_us": per_call_us(lambda: builder.build(u.data), py_calls),
+                        "gymnasium_us": per_call_us(u._get_obs, py_calls)}
+        env.close()
+        print(f"  {env_id}: {rows[env_id]['cpp_us']:.3f} us", file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    lines = ["| task | obs size | C++ build() µs | allocations / call | Python binding µs | Gymnasium _get_obs() µs |"
+             " Gymnasium / C++ |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for env_id, r in rows.items():
+        lines.append(f"| {env_id} | {r['size']} | {r['cpp_us']:.3f} | {r['cpp_allocations_per_call']:g} | "
+                     f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x |")
+    table = "\n".join(lines)
+    print(table)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    tmp_json = Path(args.json).with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps({"cpu": cpu, "calls": args.calls, "rows": rows, "table": table}, indent=1))
+    os.replace(tmp_json, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
