@@ -6,6 +6,9 @@ Gymnasium's own Python ``_get_obs()`` for the same task, state and observation, 
     Python binding          pydpg.observation.ObservationBuilder.build(data) (binding overhead included)
     Gymnasium _get_obs()    the env's own numpy assembly of the observation (the peer)
 
+and the whole control-loop step (act + physics + build) of `pydpg run`, free-running, for an
+untrained 256-256 policy on HalfCheetah-v5 and Humanoid-v5 (p50/p99 over 1000 steps).
+
     python benchmarks/bench_observation.py [--calls 200000] [--json benchmarks/results/observation.json]
 """
 
@@ -67,6 +70,21 @@ def main(argv=None) -> int:
                         "gymnasium_us": per_call_us(u._get_obs, py_calls)}
         env.close()
         print(f"  {env_id}: {rows[env_id]['cpp_us']:.3f} us", file=sys.stderr)
+    import torch
+
+    from pydpg.agent import DDPG
+    from pydpg.deploy import run_policy
+    from pydpg.export import export_policy
+
+    loop = {}
+    for env_id in ("HalfCheetah-v5", "Humanoid-v5"):
+        env = gym.make(env_id)
+        torch.manual_seed(0)
+        agent = DDPG.from_dims(env.observation_space.shape[0], env.action_space.shape[0])
+        export_policy(agent, tmp / "p.pt", env=env, verbose=False)
+        env.close()
+        out = run_policy(tmp / "p.pt", realtime=False, quiet=True, max_steps=1000, episodes=1, seed=0)
+        loop[env_id] = {"steps": out["steps"], "act": out["latency_us"], "step": out["step_us"]}
     shutil.rmtree(tmp, ignore_errors=True)
 
     lines = ["| task | obs size | C++ build() µs | allocations / call | Python binding µs | Gymnasium _get_obs() µs |"
@@ -74,12 +92,18 @@ def main(argv=None) -> int:
     for env_id, r in rows.items():
         lines.append(f"| {env_id} | {r['size']} | {r['cpp_us']:.3f} | {r['cpp_allocations_per_call']:g} | "
                      f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x |")
+    lines += ["", "| control loop, free-running | steps | act() p50 µs | act() p99 µs | step (act + physics + build) p50 µs |"
+              " step p99 µs |", "|---|---:|---:|---:|---:|---:|"]
+    for env_id, r in loop.items():
+        lines.append(f"| {env_id} | {r['steps']} | {r['act']['p50']:.2f} | {r['act']['p99']:.2f} | {r['step']['p50']:.2f} | "
+                     f"{r['step']['p99']:.2f} |")
     table = "\n".join(lines)
     print(table)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     tmp_json = Path(args.json).with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps({"cpu": cpu, "calls": args.calls, "rows": rows, "table": table}, indent=1))
+    tmp_json.write_text(json.dumps({"cpu": cpu, "calls": args.calls, "rows": rows, "loop": loop, "table": table},
+                                   indent=1))
     os.replace(tmp_json, args.json)
     return 0
 
