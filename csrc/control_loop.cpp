@@ -190,58 +190,6 @@ Slice parse_slice(const pydpg::Json& j, const mjModel* m, const std::string& wha
   return s;
 }
 
-std::string quote(const std::string& raw) {
-  std::string s = "\"";
-  for (char c : raw) s += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
-  return s + "\"";
-}
-
-// Json back to text: the observation spec travels to the builder as JSON.
-std::string to_text(const pydpg::Json& j) {
-  switch (j.type()) {
-    case pydpg::Json::Type::Null: return "null";
-    case pydpg::Json::Type::Bool: return j.boolean("") ? "true" : "false";
-    case pydpg::Json::Type::Number: {
-      char b[40];
-      std::snprintf(b, sizeof b, "%.17g", j.number(""));
-      return b;
-    }
-    case pydpg::Json::Type::String: return quote(j.string(""));
-    case pydpg::Json::Type::Array: {
-      std::string s;
-      for (const auto& x : j.items()) s += (s.empty() ? "" : ",") + to_text(x);
-      return "[" + s + "]";
-    }
-    case pydpg::Json::Type::Object: {
-      std::string s;
-      for (const auto& kv : j.members()) s += (s.empty() ? "" : ",") + quote(kv.first) + ":" + to_text(kv.second);
-      return "{" + s + "}";
-    }
-  }
-  return "null";
-}
-
-// The policy's observation spec (metadata "observation", pydpg >= 0.2) as JSON text. Files exported
-// by pydpg 0.1 carry the layout as task.observation slices {field, start, stop, clip, transform}
-// instead: the same terms under older key names, rewritten here so one evaluator serves both.
-std::string observation_spec_json(const pydpg::Json& meta) {
-  if (!meta["observation"].is_null()) return to_text(meta["observation"]);
-  const pydpg::Json& slices = meta["task"]["observation"];
-  if (!slices.is_array())
-    throw TaskError("the policy carries no observation spec (metadata 'observation'): export it with an env or "
-                    "an observation spec (pydpg.observation) so the loop can build its observations");
-  std::string terms;
-  for (const auto& s : slices.items()) {
-    std::string t = "{\"field\":" + to_text(s["field"]);
-    if (!s["start"].is_null()) t += ",\"start\":" + to_text(s["start"]);
-    if (!s["stop"].is_null()) t += ",\"stop\":" + to_text(s["stop"]);
-    if (!s["clip"].is_null()) t += ",\"clip\":" + to_text(s["clip"]);
-    if (s["transform"].is_string() && s["transform"].string("") != "none") t += ",\"fn\":" + to_text(s["transform"]);
-    terms += (terms.empty() ? "" : ",") + t + "}";
-  }
-  return "{\"version\":1,\"terms\":[" + terms + "]}";
-}
-
 Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   const pydpg::Json meta = pydpg::Json::parse(policy.metadata().json);
   const pydpg::Json& t = meta["task"];
@@ -253,7 +201,7 @@ Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   k.timestep = t["timestep"].number("task.timestep");
   if (k.frame_skip < 1) throw TaskError("task.frame_skip must be >= 1");
   if (!t["max_episode_steps"].is_null()) k.max_episode_steps = t["max_episode_steps"].integer("task.max_episode_steps");
-  k.observation_spec = observation_spec_json(meta);
+  k.observation_spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json);
   const pydpg::Json& r = t["reward"];
   k.has_reward = r.is_object();
   k.forward_weight = r["forward_weight"].is_null() ? 0.0 : r["forward_weight"].number("reward.forward_weight");

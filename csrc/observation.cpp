@@ -176,7 +176,67 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
   return std::vector<int>(idx.begin() + start, idx.begin() + stop);
 }
 
+std::string quote(const std::string& raw) {
+  std::string s = "\"";
+  for (char c : raw) s += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+  return s + "\"";
+}
+
+// Json back to text: the observation spec travels to the builder as JSON.
+std::string to_text(const Json& j) {
+  switch (j.type()) {
+    case Json::Type::Null: return "null";
+    case Json::Type::Bool: return j.boolean("") ? "true" : "false";
+    case Json::Type::Number: {
+      char b[40];
+      std::snprintf(b, sizeof b, "%.17g", j.number(""));
+      return b;
+    }
+    case Json::Type::String: return quote(j.string(""));
+    case Json::Type::Array: {
+      std::string s;
+      for (const auto& x : j.items()) s += (s.empty() ? "" : ",") + to_text(x);
+      return "[" + s + "]";
+    }
+    case Json::Type::Object: {
+      std::string s;
+      for (const auto& kv : j.members()) s += (s.empty() ? "" : ",") + quote(kv.first) + ":" + to_text(kv.second);
+      return "{" + s + "}";
+    }
+  }
+  return "null";
+}
+
+// The policy's observation spec (metadata "observation", pydpg >= 0.2) as JSON text. Files exported
+// by pydpg 0.1 carry the layout as task.observation slices {field, start, stop, clip, transform}
+// instead: the same terms under older key names, rewritten here so one evaluator serves both.
+std::string spec_json_from(const Json& meta) {
+  if (!meta["observation"].is_null()) return to_text(meta["observation"]);
+  const Json& slices = meta["task"]["observation"];
+  if (!slices.is_array())
+    throw ObservationError("the policy carries no observation spec (metadata 'observation'): export it with an env or "
+                    "an observation spec (pydpg.observation) so the loop can build its observations");
+  std::string terms;
+  for (const auto& s : slices.items()) {
+    std::string t = "{\"field\":" + to_text(s["field"]);
+    if (!s["start"].is_null()) t += ",\"start\":" + to_text(s["start"]);
+    if (!s["stop"].is_null()) t += ",\"stop\":" + to_text(s["stop"]);
+    if (!s["clip"].is_null()) t += ",\"clip\":" + to_text(s["clip"]);
+    if (s["transform"].is_string() && s["transform"].string("") != "none") t += ",\"fn\":" + to_text(s["transform"]);
+    terms += (terms.empty() ? "" : ",") + t + "}";
+  }
+  return "{\"version\":1,\"terms\":[" + terms + "]}";
+}
+
 }  // namespace
+
+std::string ObservationBuilder::spec_from_policy_metadata(const std::string& metadata_json) {
+  try {
+    return spec_json_from(Json::parse(metadata_json));
+  } catch (const JsonError& e) {
+    throw ObservationError(std::string("policy metadata: ") + e.what());
+  }
+}
 
 ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjModel* model) : model_(model) {
   if (model == nullptr) throw ObservationError("observation spec: no model to bind to");

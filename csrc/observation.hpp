@@ -43,6 +43,11 @@ class ObservationBuilder {
   // the builder. Throws ObservationError naming the first offending term.
   ObservationBuilder(const std::string& spec_json, const mjModel* model);
 
+  // The observation spec stored in a policy's metadata (PolicyRuntime::metadata().json), as the JSON
+  // text the constructor takes. Files exported by pydpg 0.1 carry the same terms as task.observation
+  // slices; they are rewritten to a spec here. Throws ObservationError when the policy has neither.
+  static std::string spec_from_policy_metadata(const std::string& metadata_json);
+
   int size() const { return size_; }
   const std::vector<Term>& terms() const { return terms_; }
   const std::vector<std::string>& input_names() const { return input_names_; }
