@@ -430,7 +430,8 @@ void bind_policy_runtime(py::module_& m) {
   py::class_<PolicyRuntime>(m, "PolicyRuntime")
       .def(py::init([](const std::string& path, std::int64_t max_batch, int num_threads, int warmup_calls,
                        const std::string& on_nonfinite, std::optional<std::vector<float>> safe_action,
-                       std::int64_t latency_window, const std::string& backend, bool batch_invariant) {
+                       std::int64_t latency_window, const std::string& backend, bool batch_invariant,
+                       const std::string& mlp_kernels) {
              pydpg::PolicyOptions o;
              o.max_batch = max_batch;
              o.num_threads = num_threads;
@@ -440,12 +441,14 @@ void bind_policy_runtime(py::module_& m) {
              o.latency_window = latency_window;
              o.backend = backend;
              o.batch_invariant = batch_invariant;
+             o.mlp_kernels = mlp_kernels;
              py::gil_scoped_release release;
              return std::make_unique<PolicyRuntime>(path, std::move(o));
            }),
            py::arg("path"), py::kw_only(), py::arg("max_batch") = 1, py::arg("num_threads") = 1,
            py::arg("warmup_calls") = 64, py::arg("on_nonfinite") = "raise", py::arg("safe_action") = py::none(),
-           py::arg("latency_window") = 1 << 16, py::arg("backend") = "auto", py::arg("batch_invariant") = false)
+           py::arg("latency_window") = 1 << 16, py::arg("backend") = "auto", py::arg("batch_invariant") = false,
+           py::arg("mlp_kernels") = "auto")
       .def(
           "act",
           [](PolicyRuntime& self, py::handle obs_arg, py::handle out_arg) {
@@ -488,6 +491,7 @@ void bind_policy_runtime(py::module_& m) {
       .def_property_readonly("num_threads", [](const PolicyRuntime& s) { return s.options().num_threads; })
       .def_property_readonly("on_nonfinite", [](const PolicyRuntime& s) { return pydpg::to_string(s.options().on_nonfinite); })
       .def_property_readonly("backend", &PolicyRuntime::backend)
+      .def_property_readonly("kernels", &PolicyRuntime::kernels)
       .def_property_readonly("batch_invariant", [](const PolicyRuntime& self) { return self.options().batch_invariant; })
       .def_property_readonly("path", &PolicyRuntime::path)
       .def_property_readonly("action_low", [](const PolicyRuntime& s) { return s.metadata().action_low; })

@@ -153,14 +153,14 @@ Activation parse_activation(const Json& j, const std::string& what) {
   throw PolicyFormatError(what + " '" + s + "' is not one of relu, tanh, identity");
 }
 
-void apply(Activation a, float* x, std::int64_t n) {
+void apply(Activation a, float* x, std::int64_t n, VmsTanhFn vml) {
   switch (a) {
     case Activation::ReLU:
       // `x < 0 ? 0 : x` keeps NaN as NaN, as torch.relu does, so the guard still sees it.
       for (std::int64_t i = 0; i < n; ++i) x[i] = x[i] < 0.0f ? 0.0f : x[i];
       break;
     case Activation::Tanh:
-      if (VmsTanhFn vml = find_vms_tanh()) {
+      if (vml) {
         for (std::int64_t i = 0; i < n; i += 1 << 30) {
           const int len = static_cast<int>(std::min<std::int64_t>(n - i, 1 << 30));
           vml(len, x + i, x + i, kVmlMode);
@@ -320,7 +320,8 @@ struct PolicyRuntime::Impl {
   float clip = 0.0f;
   std::vector<float> mean, stdev;
   std::vector<double> low_d, high_d;  // the module's float32 bounds, widened exactly
-  SgemmFn sgemm = nullptr;
+  SgemmFn sgemm = nullptr;     // MKL's, or null: at::addmm_ (allocates per call)
+  VmsTanhFn vms_tanh = nullptr;  // MKL VML's, or null: std::tanh
   std::int64_t width = 0;  // widest layer, sizes the hidden buffers
 
   // Buffers, sized once for max_batch. `obs_in` holds the guarded (and, for "mlp", normalized)
@@ -519,7 +520,10 @@ void PolicyRuntime::Impl::build_mlp() {
   }
   for (float v : tensor_values(get(buffers, "action_low", {meta.act_dim}))) low_d.push_back(v);
   for (float v : tensor_values(get(buffers, "action_high", {meta.act_dim}))) high_d.push_back(v);
-  sgemm = find_sgemm();
+  // "portable" ignores MKL even where torch has it: what the mlp backend computes on a torch build
+  // without MKL (aarch64 wheels), and how the tests keep that path honest on x86.
+  sgemm = opt.mlp_kernels == "portable" ? nullptr : find_sgemm();
+  vms_tanh = opt.mlp_kernels == "portable" ? nullptr : find_vms_tanh();
 }
 
 void PolicyRuntime::Impl::check_options() {
@@ -531,6 +535,8 @@ void PolicyRuntime::Impl::check_options() {
   if (opt.warmup_calls < 0) throw PolicyArgumentError("warmup_calls must be >= 0");
   if (opt.latency_window < 1 || opt.latency_window > (1 << 26))
     throw PolicyArgumentError("latency_window must be in [1, 2^26], got " + std::to_string(opt.latency_window));
+  if (opt.mlp_kernels != "auto" && opt.mlp_kernels != "portable")
+    throw PolicyArgumentError("mlp_kernels must be 'auto' or 'portable', got '" + opt.mlp_kernels + "'");
   if (opt.backend != "auto" && opt.backend != "mlp" && opt.backend != "torchscript")
     throw PolicyArgumentError("backend must be 'auto', 'mlp' or 'torchscript', got '" + opt.backend + "'");
   safe.assign(meta.act_dim, 0.0f);
@@ -587,7 +593,7 @@ void PolicyRuntime::Impl::mlp_rows(const float* x, std::int64_t n, float* out) {
       ht.addmm_(xt, L.weight_t);
     }
     const bool last_layer = l + 1 == layers.size();
-    apply(last_layer ? output_act : hidden_act, h, n * L.out);
+    apply(last_layer ? output_act : hidden_act, h, n * L.out, vms_tanh);
     in = h;
     h = (h == h0.data()) ? h1.data() : h0.data();
   }
@@ -862,6 +868,11 @@ const PolicyOptions& PolicyRuntime::options() const { return impl_->opt; }
 std::int64_t PolicyRuntime::obs_dim() const { return impl_->meta.obs_dim; }
 std::int64_t PolicyRuntime::act_dim() const { return impl_->meta.act_dim; }
 const std::string& PolicyRuntime::backend() const { return impl_->backend; }
+std::string PolicyRuntime::kernels() const {
+  const Impl& m = *impl_;
+  if (m.backend != "mlp") return "torchscript interpreter";
+  return std::string("sgemm: ") + (m.sgemm ? "mkl" : "aten addmm") + ", tanh: " + (m.vms_tanh ? "mkl vml" : "libm");
+}
 const std::string& PolicyRuntime::path() const { return impl_->path; }
 
 const std::string& PolicyRuntime::extra_file(const std::string& name) const {

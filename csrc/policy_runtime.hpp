@@ -68,6 +68,9 @@ struct PolicyOptions {
   // row alone, whatever the other rows hold or how many there are (a multi-robot controller gets
   // per-robot determinism); costs throughput at large batches (benchmarks/bench_inference.py).
   bool batch_invariant = false;
+  // The mlp backend's kernels: "auto" binds MKL's sgemm and VML tanh when libtorch exports them
+  // (x86 wheels), else at::addmm and std::tanh; "portable" always takes the latter.
+  std::string mlp_kernels = "auto";
 };
 
 struct PolicyMetadata {
@@ -120,6 +123,8 @@ class PolicyRuntime {
   std::int64_t obs_dim() const;
   std::int64_t act_dim() const;
   const std::string& backend() const;  // "mlp" or "torchscript"
+  // What the backend computes with, e.g. "sgemm: mkl, tanh: mkl vml" or "sgemm: aten addmm, tanh: libm".
+  std::string kernels() const;
   const std::string& path() const;
   // A named extra file stored beside the metadata ("model.xml": the MuJoCo model the policy was
   // trained on); empty when the file has none.

@@ -44,6 +44,9 @@ class Policy:
             ``act`` returns for that row alone, whatever else is in the batch. Off by default: one
             BLAS call per batch is faster, and BLAS picks its kernel by matrix shape, so a row can
             then differ in the last bits (~1e-7) between batch sizes.
+        mlp_kernels: ``"auto"`` (MKL's sgemm and VML tanh where libtorch exports them, as torch
+            itself calls them) or ``"portable"`` (at::addmm and std::tanh, what a torch build
+            without MKL gets; allocates per call). ``kernels`` says which were bound.
 
     Not thread-safe: one Policy per thread.
     """
@@ -51,7 +54,7 @@ class Policy:
     def __init__(self, path: Union[str, os.PathLike], *, max_batch: int = 1, num_threads: int = 1,
                  on_nonfinite: str = "raise", safe_action: Optional[Sequence[float]] = None,
                  warmup_calls: int = 64, latency_window: int = 1 << 16, backend: str = "auto",
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, mlp_kernels: str = "auto"):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"policy file {path!r} does not exist")
@@ -66,7 +69,8 @@ class Policy:
         self._rt = _core.PolicyRuntime(path, max_batch=int(max_batch), num_threads=int(num_threads),
                                        warmup_calls=int(warmup_calls), on_nonfinite=on_nonfinite,
                                        safe_action=safe_action, latency_window=int(latency_window),
-                                       backend=backend, batch_invariant=bool(batch_invariant))
+                                       backend=backend, batch_invariant=bool(batch_invariant),
+                                       mlp_kernels=mlp_kernels)
         self.metadata: dict[str, Any] = json.loads(self._rt.metadata_json)
 
     # ------------------------------------------------------------------ acting
@@ -122,6 +126,11 @@ class Policy:
     @property
     def backend(self) -> str:
         return self._rt.backend
+
+    @property
+    def kernels(self) -> str:
+        """What the backend computes with, e.g. ``"sgemm: mkl, tanh: mkl vml"``."""
+        return self._rt.kernels
 
     @property
     def batch_invariant(self) -> bool:

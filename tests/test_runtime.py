@@ -286,6 +286,24 @@ def test_batch_invariant(policy_file, backend):
         Policy(policy_file, batch_invariant="yes")
 
 
+def test_portable_kernels_still_pass_parity(policy_file):
+    """Without MKL (aarch64 torch wheels) the mlp backend runs at::addmm and std::tanh: forced here on
+    x86, it still reproduces the module to the load check's bound, so "auto" keeps the fast path."""
+    fast = Policy(policy_file, max_batch=64)
+    assert fast.kernels in ("sgemm: mkl, tanh: mkl vml", "sgemm: aten addmm, tanh: libm")
+    for path in (policy_file, TRAINED_PENDULUM):
+        p = Policy(path, max_batch=64, mlp_kernels="portable")
+        assert p.backend == "mlp" and p.kernels == "sgemm: aten addmm, tanh: libm"
+        obs = np.random.default_rng(6).standard_normal((64, p.obs_dim)).astype(np.float32)
+        with torch.no_grad():
+            want = module_of(path)(torch.from_numpy(obs)).numpy()
+        half = float(np.max(p.action_high - p.action_low)) / 2
+        np.testing.assert_allclose(p.act(obs), want, rtol=0, atol=1e-5 * max(1.0, half))
+    assert Policy(policy_file, backend="torchscript").kernels == "torchscript interpreter"
+    with pytest.raises(ValueError, match="mlp_kernels must be 'auto' or 'portable'"):
+        Policy(policy_file, mlp_kernels="fast")
+
+
 # ---------------------------------------------------------------------------------------- bad files
 def test_missing_empty_and_non_policy_files(tmp_path, policy_file):
     with pytest.raises(FileNotFoundError):

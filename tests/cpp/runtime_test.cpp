@@ -75,10 +75,11 @@ void test_default_options(const std::string& path, const Reference& ref) {
 }
 
 void test_parity_and_no_leaks(const std::string& path, const Reference& ref, const std::string& backend,
-                              bool invariant) {
+                              bool invariant, const std::string& kernels = "auto") {
   PolicyOptions o;
   o.max_batch = ref.n;
   o.backend = backend;
+  o.mlp_kernels = kernels;
   o.batch_invariant = invariant;
   o.on_nonfinite = pydpg::NonFinitePolicy::HoldLast;
   PolicyRuntime p(path, o);
@@ -194,6 +195,8 @@ int main(int argc, char** argv) {
     test_default_options(path, ref);
     for (const char* backend : {"mlp", "torchscript"})
       for (bool invariant : {false, true}) test_parity_and_no_leaks(path, ref, backend, invariant);
+    // The mlp backend without MKL (at::addmm, std::tanh), as on a torch build that has none.
+    test_parity_and_no_leaks(path, ref, "mlp", false, "portable");
     test_guards_and_arguments(path, ref);
     test_threads(path, ref);
     // Damaged files: a clean PolicyError each, never a crash or a policy that loads.
