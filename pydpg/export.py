@@ -679,6 +679,25 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
             env.close()
 
 
+def read_observation_spec(path: Union[str, os.PathLike]) -> dict:
+    """An observation spec from a JSON file, or from the [observation] table of a TOML file."""
+    from . import presets
+    from .observation import as_spec
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"observation spec file '{path}' does not exist")
+    if path.suffix == ".toml":
+        table = presets.read_file(path).get("observation")
+        if not table:
+            raise ValueError(f"{path} has no [observation] table")
+        return as_spec(table)
+    try:
+        return as_spec(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e}); a TOML file needs the .toml suffix") from None
+
+
 # ----------------------------------------------------------------------------------------- CLI
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
     """``pydpg export CHECKPOINT -o policy.pt [--format torchscript|onnx|pt2]``; returns the exit code."""
@@ -689,10 +708,15 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
                    help="default: from the output suffix (.onnx, .pt2), else torchscript")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="parity tolerance (default %(default)g)")
     p.add_argument("--n-check", type=int, default=DEFAULT_N_CHECK, help="observations in the parity check")
+    p.add_argument("--observation-spec", metavar="FILE", default=None,
+                   help="the observation spec (pydpg.observation) for your own env: a TOML file with an "
+                        "[observation] table (a run config works) or a JSON file; default: the task preset's")
     args = p.parse_args(argv)
     fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(Path(args.output).suffix, "torchscript")
     try:
-        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check)
+        spec = None if args.observation_spec is None else read_observation_spec(args.observation_spec)
+        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check,
+                          observation_spec=spec)
     except ParityError as e:
         print(f"pydpg export: {e}", file=sys.stderr)
         return 1

@@ -167,6 +167,20 @@ def test_cli_export_from_model_file(tmp_path, capsys):
     meta = read_metadata(tmp_path / "policy.pt")
     assert meta["env_id"] == "InvertedPendulum-v5" and meta["action_high"] == [3.0]
     assert meta["normalization"]["mean"] == pytest.approx(norm.mean.tolist())
+    # A user's spec from a run config's [observation] table: checked, stored; a wrong one refused.
+    (tmp_path / "run.toml").write_text('[agent]\nhidden = [64, 64]\n\n[observation]\nversion = 1\n'
+                                       '[[observation.terms]]\nfield = "qpos"\nnames = ["slider", "hinge"]\n'
+                                       '[[observation.terms]]\nfield = "qvel"\n')
+    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "p2.pt"), "--observation-spec",
+                        str(tmp_path / "run.toml")]) == 0
+    assert read_metadata(tmp_path / "p2.pt")["observation"]["terms"][0]["names"] == ["slider", "hinge"]
+    (tmp_path / "wrong.json").write_text('[{"field": "qvel"}, {"field": "qpos"}]')
+    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "p3.pt"), "--observation-spec",
+                        str(tmp_path / "wrong.json")]) == 2
+    assert "term 'qvel', entry 0" in capsys.readouterr().err and not (tmp_path / "p3.pt").exists()
+    (tmp_path / "none.toml").write_text("[agent]\n")
+    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "p4.pt"), "--observation-spec",
+                        str(tmp_path / "none.toml")]) == 2
 
 
 def test_cli_export_bad_input(tmp_path, capsys):
