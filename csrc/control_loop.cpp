@@ -503,7 +503,10 @@ int run(const Args& a) {
                 static_cast<int>(a.threads), a.threads == 1 ? "" : "s", model_name.c_str());
     std::printf("control rate %.2f Hz (period %.3f ms, %d physics steps of %g s)%s\n", hz, period_ns / 1e6, substeps,
                 m->opt.timestep, a.sleep ? "" : ", free-running (--no-sleep)");
-    std::printf("mean return %.3f over %ld episode(s), %ld steps in %.2f s\n\n", mean_ret, episodes, steps_total, wall_s);
+    char mean_text[32] = "n/a";
+    if (task.has_reward) std::snprintf(mean_text, sizeof mean_text, "%.3f", mean_ret);
+    std::printf("mean return %s over %ld episode(s), %ld steps in %.2f s\n\n", mean_text, episodes, steps_total,
+                wall_s);
     std::printf("%-22s %10s %10s %10s %10s %10s %10s\n", "latency (us)", "mean", "p50", "p90", "p99", "p99.9", "max");
     std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "policy act()", lat.mean_us, lat.p50_us,
                 lat.p90_us, lat.p99_us, lat.p999_us, lat.max_us);
