@@ -157,6 +157,10 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
       object_range(m, *field, id, &adr, &count);
       if (adr < 0 || count <= 0)
         throw ObservationError(where + ": " + kind_name(F.kind) + " '" + name + "' has no entries in " + F.name);
+      if (static_cast<std::int64_t>(adr) + count > field_size(m, *field))
+        throw ObservationError(where + ": the model places " + kind_name(F.kind) + " '" + name + "' at " + F.name + "[" +
+                               std::to_string(adr) + ":" + std::to_string(adr + count) + "], past its " +
+                               std::to_string(field_size(m, *field)) + " entries");
       for (int k = 0; k < count; ++k) idx.push_back(adr + k);
       joined += (joined.empty() ? "" : ",") + name;
     }
@@ -188,8 +192,12 @@ std::string to_text(const Json& j) {
     case Json::Type::Null: return "null";
     case Json::Type::Bool: return j.boolean("") ? "true" : "false";
     case Json::Type::Number: {
+      const double v = j.number("");
+      // The spellings Python's json module writes, which the parser reads back (a clip to ±inf).
+      if (std::isnan(v)) return "NaN";
+      if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
       char b[40];
-      std::snprintf(b, sizeof b, "%.17g", j.number(""));
+      std::snprintf(b, sizeof b, "%.17g", v);
       return b;
     }
     case Json::Type::String: return quote(j.string(""));
@@ -218,6 +226,11 @@ std::string spec_json_from(const Json& meta) {
                     "an observation spec (pydpg.observation) so the loop can build its observations");
   std::string terms;
   for (const auto& s : slices.items()) {
+    if (!s["start"].is_null() && !s["stop"].is_null() && s["start"].integer("start") == s["stop"].integer("stop"))
+      continue;  // 0.1 allowed empty slices; they contribute nothing
+    if (s["field"].is_string() && s["field"].string("") == "state")
+      throw ObservationError("this policy's 0.1 observation layout reads 'state' (qpos ++ qvel), which the observation "
+                             "spec states as two terms: export the policy again with this pydpg");
     std::string t = "{\"field\":" + to_text(s["field"]);
     if (!s["start"].is_null()) t += ",\"start\":" + to_text(s["start"]);
     if (!s["stop"].is_null()) t += ",\"stop\":" + to_text(s["stop"]);
@@ -267,7 +280,8 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         check_keys(j, {"input", "size"}, where);
         const std::string& name = j["input"].string(where + ".input");
         const std::int64_t n = j["size"].integer(where + ".size");
-        if (n < 1 || n > (1 << 20)) throw ObservationError(where + ": input '" + name + "' needs a size >= 1");
+        if (n < 1 || n > (1 << 20))
+          throw ObservationError(where + ": input '" + name + "' needs a size in [1, 2^20], got " + std::to_string(n));
         if (std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end())
           throw ObservationError(where + ": input '" + name + "' is declared twice");
         p.input = static_cast<int>(input_names_.size());
@@ -311,6 +325,8 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         }
         term.size = static_cast<int>(p.src.size());
       }
+      if (static_cast<std::int64_t>(size_) + term.size > (1 << 24))
+        throw ObservationError(where + ": the observation would exceed 2^24 values");
       size_ += term.size;
       terms_.push_back(term);
       parts_.push_back(std::move(p));

@@ -56,7 +56,8 @@ class ObservationBuilder {
   // Copies `n` values into the named external input. Every input must be set before build().
   void set_input(const std::string& name, const float* values, int n);
 
-  // obs[0 .. size()) from `data` (of the model the builder was bound to). No allocation.
+  // obs[0 .. size()) from `data` (of the model the builder was bound to). No allocation. Not for
+  // two threads at once (set_input writes what build reads): one builder per control thread.
   void build(const mjData* data, float* obs) const;
 
  private:

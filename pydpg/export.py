@@ -286,25 +286,32 @@ def verify_task_spec(spec: dict, observation: dict, env_spec, steps: int = 60, s
         env.close()
 
 
-def _checked_observation_spec(given, env_id: Optional[str], env_spec, env) -> Optional[dict]:
-    """The observation spec to store: ``given``, else the one shipped with ``env_id``'s preset;
-    verified against a fresh copy of the env (the env itself when it has no spec to copy)."""
-    from .observation import as_spec, task_spec as preset_observation, verify
+def _checked_observation_spec(given, env_id: Optional[str], env_spec, env) -> tuple[Optional[dict], Optional[str]]:
+    """The observation spec to store and a note: ``given``, else the one shipped with ``env_id``'s
+    preset; verified against a fresh copy of the env (the env itself, reset and stepped, when it has
+    no spec to copy). A wrong given spec raises ``ObservationMismatch``; a preset's that does not fit
+    this env (other env kwargs: another model, other observation switches) is left out, with a note."""
+    from .observation import ObservationError, ObservationMismatch, as_spec, task_spec as preset_observation, verify
 
     spec = as_spec(given) if given is not None else (preset_observation(env_id) if env_id else None)
     if spec is None:
-        return None
+        return None, None
     import gymnasium as gym
 
     target = gym.make(env_spec) if env_spec is not None else env
     if target is None:
-        return spec
+        return spec, None
     try:
         verify(spec, target, steps=200)
+    except (ObservationMismatch, ObservationError) as e:
+        if given is not None:
+            raise
+        return None, (f"observation spec left out: the {env_id} preset's does not fit this env ({e}); pass "
+                      "observation_spec= (or --observation-spec) so `pydpg run` can build its observations")
     finally:
         if target is not env:
             target.close()
-    return spec
+    return spec, None
 
 
 def _task_of(env_spec, env, observation: Optional[dict]):
@@ -526,7 +533,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         spec = getattr(env, "spec", None)
         if env_id is None and spec is not None:
             env_id = spec.id
-        task, task_note, xml, observation = None, None, model_xml, None
+        task, task_note, xml, observation, obs_model = None, None, model_xml, None, None
         if env is not None:
             # A vector env is described by one fresh single env of the same spec.
             subs = getattr(env, "envs", None)
@@ -537,10 +544,11 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
             u = getattr(single, "unwrapped", None)
             if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
                 xml = Path(u.fullpath).read_text()
-            observation = _checked_observation_spec(observation_spec, env_id, spec, single)
+            observation, task_note = _checked_observation_spec(observation_spec, env_id, spec, single)
             task = _task_of(spec, single, observation)
             if task is not None and isinstance(task, str):
-                task, task_note = None, task
+                task, task_note = None, task_note or task
+            obs_model = getattr(u, "model", None)
         elif observation_spec is not None:
             from .observation import as_spec
 
@@ -563,6 +571,13 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
 
     from . import __version__
 
+    if observation is not None and obs_model is not None:
+        from .observation import ObservationBuilder
+
+        width = ObservationBuilder(observation, obs_model).size
+        if width != int(obs_dim):
+            raise ValueError(f"the observation spec builds {width} values from the env's model, the policy reads "
+                             f"obs_dim {int(obs_dim)}")
     plan = _network_plan(actor)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pydpg_version": __version__,

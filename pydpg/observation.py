@@ -102,8 +102,8 @@ class ObservationBuilder:
         mujoco = _require_mujoco()
         if not isinstance(data, mujoco.MjData):
             raise TypeError(f"data must be a mujoco.MjData, got {type(data).__name__}")
-        if data.model is not None and data.model._address != self._model._address and (
-                data.model.nq, data.model.nv, data.model.nbody) != (self._model.nq, self._model.nv, self._model.nbody):
+        if data.model._address != self._model._address:
+            # Indices were resolved against this builder's model; another model's arrays may be shorter.
             raise ValueError("data belongs to another model than the one this builder is bound to")
         return self._b.build(data._address)
 
@@ -132,14 +132,32 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
     ``steps`` steps of uniformly random actions (new episodes as the old ones end), compare the
     builder's observation with the env's. Returns the largest difference relative to
     max(1, |observation|); raises ``ObservationMismatch`` naming the first wrong term, index, step
-    and both values when it exceeds ``rtol``, or when the widths differ."""
+    and both values when it exceeds ``rtol``, or when the widths differ.
+
+    External inputs: ``prev_action`` is filled with the action taken before (zeros after a reset),
+    as the control loop fills it; an input named in ``inputs`` gets that constant value; any other
+    input is filled from the env's own observation at its place (it is the caller's to feed, so
+    only the terms around it are checked)."""
     u = getattr(env, "unwrapped", env)
     if not hasattr(u, "model") or not hasattr(u, "data"):
         raise TypeError(f"{getattr(env, 'spec', None) and env.spec.id or type(u).__name__} is not a MuJoCo env")
     builder = ObservationBuilder(spec, u.model)
-    for name, values in (inputs or {}).items():
-        builder.set_input(name, values)
+    inputs = dict(inputs or {})
+    places = {label[len("input "):]: (offset, size) for label, offset, size in builder.terms
+              if label.startswith("input ")}
+    act_dim = int(np.prod(env.action_space.shape))
+
+    def feed(obs_now: np.ndarray, previous_action: np.ndarray) -> None:
+        for name, (offset, size) in places.items():
+            if name in inputs:
+                builder.set_input(name, inputs[name])
+            elif name == "prev_action" and size == act_dim:
+                builder.set_input(name, previous_action)
+            else:
+                builder.set_input(name, obs_now[offset:offset + size])
+
     obs, _ = env.reset(seed=seed)
+    action = np.zeros(act_dim)
     env.action_space.seed(seed)
     width = int(np.prod(np.shape(obs)))
     if builder.size != width:
@@ -148,6 +166,7 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
     worst = 0.0
     for step in range(steps + 1):
         want = np.asarray(obs, dtype=np.float64).reshape(-1)
+        feed(want, action)
         got = builder.build(u.data).astype(np.float64)
         err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
         err[np.isnan(got) & np.isnan(want)] = 0.0
@@ -160,7 +179,9 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
         worst = max(worst, float(err.max(initial=0.0)))
         if step == steps:
             break
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        action = env.action_space.sample()
+        obs, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             obs, _ = env.reset()
+            action = np.zeros(act_dim)
     return worst

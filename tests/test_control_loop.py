@@ -219,3 +219,49 @@ def test_loop_runs_every_task_and_replays_in_python(tmp_path, env_id):
             assert cpp_return == pytest.approx(r["cpp_return"], rel=1e-9, abs=1e-9)
             assert r["cpp_return"] == pytest.approx(r["python_return"], rel=1e-6, abs=1e-6), (env_id, r)
     env.close()
+
+
+def test_policy_files_of_pydpg_0_1_keep_running(tmp_path):
+    """0.1 files carry the observation as task.observation slices (start/stop, clip, transform; empty
+    slices allowed). The loop rewrites them to a spec and its observations equal the env's; a slice
+    of 'state', which the spec states otherwise, is refused with a clear error."""
+    import io
+    import warnings
+
+    from pydpg.deploy import ControlLoopError, replay_trace
+    from pydpg.export import read_metadata
+
+    env = gym.make("InvertedDoublePendulum-v5")
+    path = tmp_path / "p.pt"
+    torch.manual_seed(2)
+    export_policy(DDPG.from_dims(9, 1), path, env=env, verbose=False)
+    meta = read_metadata(path)
+    meta.pop("observation")
+    meta["task"]["observation"] = [
+        {"field": "qpos", "start": 0, "stop": 1}, {"field": "qvel", "start": 2, "stop": 2},
+        {"field": "qpos", "start": 1, "stop": 3, "transform": "sin"},
+        {"field": "qpos", "start": 1, "stop": 3, "transform": "cos"}, {"field": "qvel", "clip": [-10.0, 10.0]},
+        {"field": "qfrc_constraint", "start": 0, "stop": 1, "clip": [-10.0, 10.0], "transform": "none"}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))
+
+    def save(p, m):
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(module, buf, _extra_files={"pydpg_policy.json": json.dumps(m),
+                                                      "model.xml": Path(env.unwrapped.fullpath).read_text()})
+        p.write_bytes(buf.getvalue())
+
+    old = tmp_path / "old.pt"
+    save(old, meta)
+    run_policy(old, initial_states=start_states("InvertedDoublePendulum-v5", 4, 10), realtime=False, quiet=True,
+               max_steps=30, trace=tmp_path / "t.csv")
+    replay = replay_trace(tmp_path / "t.csv", env)
+    assert sum(r["steps"] for r in replay) == 300 and max(r["max_obs_diff"] for r in replay) <= 1e-5
+    meta["task"]["observation"][0]["field"] = "state"
+    save(tmp_path / "state.pt", meta)
+    with pytest.raises(ControlLoopError, match="reads 'state'"):
+        run_policy(tmp_path / "state.pt", realtime=False, quiet=True, max_steps=3)
+    env.close()

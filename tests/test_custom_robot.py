@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,37 @@ def test_cpp_example_builds_observations_from_mjdata(arm_policy, tmp_path):
                           str(Path(gym.make("Reacher-v5").unwrapped.fullpath)), "5"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and "no sensor named 'shoulder_pos'" in bad.stderr
+
+
+class ArmWithPrevAction(arm_env.ArmReachEnv):
+    """The arm whose observation also carries the previous action, as many robot policies do."""
+
+    def __init__(self, **kwargs):
+        self._prev = np.zeros(2)
+        super().__init__(**kwargs)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (16,), np.float64)
+
+    def _get_obs(self):
+        return np.concatenate([super()._get_obs(), self._prev])
+
+    def step(self, action):
+        self._prev = np.asarray(action, dtype=np.float64).copy()
+        return super().step(action)
+
+    def reset_model(self):
+        self._prev = np.zeros(2)
+        return super().reset_model()
+
+
+def test_prev_action_input_through_export_loop_and_replay(tmp_path):
+    if "ArmReachPrevAction-v0" not in gym.registry:
+        gym.register(id="ArmReachPrevAction-v0", entry_point=ArmWithPrevAction, max_episode_steps=50)
+    env = gym.make("ArmReachPrevAction-v0")
+    spec = {**arm_env.OBSERVATION_SPEC, "terms": [*arm_env.OBSERVATION_SPEC["terms"], {"input": "prev_action", "size": 2}]}
+    torch.manual_seed(1)
+    export_policy(DDPG.from_dims(16, 2), tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
+    out = run_policy(tmp_path / "p.pt", initial_states=initial_states(env, 2, seed=3), realtime=False, quiet=True,
+                     trace=tmp_path / "t.csv")
+    replay = replay_trace(tmp_path / "t.csv", env)
+    assert out["lengths"] == [50, 50] and all(r["max_obs_diff"] <= 1e-5 for r in replay), replay
+    env.close()

@@ -262,3 +262,25 @@ def test_observation_spec_is_verified_at_export(tmp_path):
     export_policy(agent, tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
     assert read_metadata(tmp_path / "p.pt")["observation"]["terms"] == spec
     env.close()
+
+
+def test_preset_spec_that_does_not_fit_the_env_kwargs_is_left_out(tmp_path, capsys):
+    """HalfCheetah made with exclude_current_positions_from_observation=False observes 18 values: the
+    preset's 17-value spec does not fit, so the policy is written without it, and the note says why."""
+    env = gym.make("HalfCheetah-v5", exclude_current_positions_from_observation=False)
+    export_policy(DDPG.from_dims(18, 6), tmp_path / "p.pt", env=env)
+    meta = read_metadata(tmp_path / "p.pt")
+    assert meta["observation"] is None and meta["task"] is None
+    assert "observation spec left out" in capsys.readouterr().err
+    env.close()
+
+
+def test_infinite_clip_bounds_survive_into_the_loop(tmp_path):
+    from pydpg.deploy import run_policy
+
+    env = gym.make("InvertedPendulum-v5")
+    spec = [{"field": "qpos", "clip": [float("-inf"), float("inf")]}, {"field": "qvel", "clip": [-1e9, float("inf")]}]
+    export_policy(DDPG.from_dims(4, 1), tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
+    out = run_policy(tmp_path / "p.pt", realtime=False, quiet=True, max_steps=10)
+    assert out["steps"] >= 1
+    env.close()

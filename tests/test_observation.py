@@ -154,3 +154,30 @@ def test_build_does_not_allocate_and_cpp_users_link_it(tmp_path_factory):
     env.close()
     result = json.loads(out.stdout)
     assert result["size"] == 348 and result["allocations"] == 0, result
+
+
+def test_data_of_another_model_and_corrupt_model_addresses_are_refused():
+    xml = """<mujoco><worldbody><body><joint name="h"/><geom size=".1" mass="1"/><site name="s"/></body></worldbody>
+             <sensor><jointpos name="p" joint="h"/><framepos name="f" objtype="site" objname="s"/></sensor></mujoco>"""
+    m = mujoco.MjModel.from_xml_string(xml)
+    fewer = mujoco.MjModel.from_xml_string(xml.replace('<framepos name="f" objtype="site" objname="s"/>', ""))
+    b = ObservationBuilder([{"field": "sensordata", "names": "f"}], m)
+    with pytest.raises(ValueError, match="another model"):
+        b.build(mujoco.MjData(fewer))  # same joints and bodies, fewer sensor values: would read past them
+    m.sensor_adr[1] = 1 << 28  # a model whose addresses lie outside its own arrays
+    with pytest.raises(ObservationError, match=r"past its 4 entries"):
+        ObservationBuilder([{"field": "sensordata", "names": "f"}], m)
+
+
+def test_external_inputs_are_verified_around_and_prev_action_follows_the_actions():
+    """verify fills prev_action with the previous action (zeros after reset), as the loop does; a
+    spec whose env does not carry the previous action there is caught."""
+    env = gym.make("InvertedPendulum-v5")
+    spec = [{"field": "qpos"}, {"field": "qvel"}, {"input": "prev_action", "size": 1}]
+    with pytest.raises(ObservationMismatch, match="builds 5 values, the env observes 4"):
+        verify(spec, env, steps=5)
+    # Other inputs are the caller's: filled from the env's own observation, the terms around checked.
+    assert verify([{"field": "qpos"}, {"input": "command", "size": 2}], env, steps=20) <= 1e-5
+    with pytest.raises(ObservationMismatch, match=r"term 'qpos', entry 0"):
+        verify([{"input": "command", "size": 2}, {"field": "qpos"}], env, steps=20)
+    env.close()
