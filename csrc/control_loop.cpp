@@ -102,6 +102,7 @@ Args parse_args(int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------------------- task spec
+// Health conditions read these mjData slices (the observation itself is pydpg::ObservationBuilder's).
 enum class Field { Qpos, Qvel, State, QfrcConstraint, CfrcExt };
 
 Field parse_field(const std::string& s) {
@@ -110,7 +111,7 @@ Field parse_field(const std::string& s) {
   if (s == "state") return Field::State;  // qpos ++ qvel, Gymnasium's state_vector()
   if (s == "qfrc_constraint") return Field::QfrcConstraint;
   if (s == "cfrc_ext") return Field::CfrcExt;
-  throw TaskError("unknown mjData field '" + s + "' in the observation layout");
+  throw TaskError("unknown mjData field '" + s + "' in a health condition");
 }
 
 int field_size(const mjModel* m, Field f) {
@@ -139,9 +140,6 @@ struct Slice {
   Field field = Field::Qpos;
   std::string name;
   int start = 0, stop = 0;
-  bool clip = false;
-  double lo = 0, hi = 0;
-  enum { None, Sin, Cos } transform = None;
 };
 
 struct Condition {
@@ -174,19 +172,6 @@ Slice parse_slice(const pydpg::Json& j, const mjModel* m, const std::string& wha
   if (s.start < 0 || s.stop > size || s.start > s.stop)
     throw TaskError(what + ": slice " + s.name + "[" + std::to_string(s.start) + ":" + std::to_string(s.stop) +
                     "] does not fit the model (" + s.name + " has " + std::to_string(size) + " entries)");
-  if (j["clip"].is_array()) {
-    const auto c = j["clip"].numbers(what + ".clip");
-    if (c.size() != 2) throw TaskError(what + ".clip must be [low, high]");
-    s.clip = true;
-    s.lo = c[0];
-    s.hi = c[1];
-  }
-  if (j["transform"].is_string()) {
-    const std::string& t = j["transform"].string("");
-    if (t == "sin") s.transform = Slice::Sin;
-    else if (t == "cos") s.transform = Slice::Cos;
-    else if (t != "none") throw TaskError(what + ".transform '" + t + "' is not sin, cos or none");
-  }
   return s;
 }
 

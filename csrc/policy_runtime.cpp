@@ -311,7 +311,8 @@ struct PolicyRuntime::Impl {
   PolicyMetadata meta;
   std::map<std::string, std::string> extras;
   torch::jit::Module module;
-  std::string backend;
+  std::string backend;  // "mlp" or "torchscript", for users; `mlp` below is what the hot path reads
+  bool mlp = false;
 
   // "mlp" backend
   std::vector<Layer> layers;
@@ -347,6 +348,24 @@ struct PolicyRuntime::Impl {
   void check_options();
   void allocate();
   void warm_up();
+  void use_backend(const char* name) {
+    backend = name;
+    mlp = backend == "mlp";
+  }
+  // One observation row, raw and finite, into the units the backend reads: normalized and clipped
+  // for "mlp" (the module does that itself for "torchscript").
+  void load_row(const float* raw, float* dst) const {
+    const std::int64_t D = meta.obs_dim;
+    if (!(mlp && normalize)) {
+      std::memcpy(dst, raw, sizeof(float) * D);
+      return;
+    }
+    for (std::int64_t k = 0; k < D; ++k) {
+      float v = (raw[k] - mean[k]) / stdev[k];
+      if (clip > 0) v = std::min(std::max(v, -clip), clip);
+      dst[k] = v;
+    }
+  }
   void mlp_rows(const float* x, std::int64_t n, float* out);
   void torchscript_rows(const float* x, std::int64_t n, float* out);
   void forward(std::int64_t batch);
@@ -633,7 +652,6 @@ void PolicyRuntime::Impl::forward(std::int64_t batch) {
   std::fill(h1.data(), h1.data() + h1.size(), std::numeric_limits<float>::quiet_NaN());
   std::fill(y.data(), y.data() + y.size(), std::numeric_limits<float>::quiet_NaN());
 #endif
-  const bool mlp = backend == "mlp";
   if (!opt.batch_invariant) {
     mlp ? mlp_rows(obs_in.data(), batch, y.data()) : torchscript_rows(obs_in.data(), batch, y.data());
     return;
@@ -657,16 +675,7 @@ double PolicyRuntime::Impl::compare_backends() {
   at::Tensor ref = module.forward({torch::from_blob(obs.data(), {B, D}).clone()}).toTensor().contiguous();
   const float* expect = ref.data_ptr<float>();
   double worst = 0.0;
-  for (std::int64_t r = 0; r < B; ++r) {
-    for (std::int64_t k = 0; k < D; ++k) {
-      float v = obs[r * D + k];
-      if (normalize) {
-        v = (v - mean[k]) / stdev[k];
-        if (clip > 0) v = std::min(std::max(v, -clip), clip);
-      }
-      obs_in[r * D + k] = v;
-    }
-  }
+  for (std::int64_t r = 0; r < B; ++r) load_row(obs.data() + r * D, obs_in.data() + r * D);
   forward(B);
   for (std::int64_t i = 0; i < B * A; ++i) {
     const float clamped = std::min(std::max(y[i], meta.action_low[i % A]), meta.action_high[i % A]);
@@ -685,7 +694,7 @@ void PolicyRuntime::Impl::warm_up() {
   const std::int64_t D = meta.obs_dim;
   for (std::int64_t r = 0; r < opt.max_batch; ++r)
     for (std::int64_t k = 0; k < D; ++k)
-      obs_in[r * D + k] = (backend == "mlp" && normalize) || !meta.normalized ? 0.0f : meta.obs_mean[k];
+      obs_in[r * D + k] = (mlp && normalize) || !meta.normalized ? 0.0f : meta.obs_mean[k];
   forward(1);
   if (!all_finite(y.data(), meta.act_dim))
     throw PolicyFormatError("policy file '" + path + "' produces NaN/Inf actions for the mean observation");
@@ -708,7 +717,7 @@ PolicyRuntime::PolicyRuntime(const std::string& path, PolicyOptions options) : i
   if (m.opt.backend != "torchscript") {
     try {
       m.build_mlp();
-      m.backend = "mlp";
+      m.use_backend("mlp");
     } catch (const std::exception& e) {
       why_not_mlp = e.what();
       m.layers.clear();
@@ -717,10 +726,10 @@ PolicyRuntime::PolicyRuntime(const std::string& path, PolicyOptions options) : i
   if (m.backend.empty()) {
     if (m.opt.backend == "mlp")
       throw PolicyFormatError("policy file '" + path + "' cannot run on the mlp backend: " + why_not_mlp);
-    m.backend = "torchscript";
+    m.use_backend("torchscript");
   }
   m.allocate();
-  if (m.backend == "mlp") {
+  if (m.mlp) {
     const double diff = m.compare_backends();
     // 1e-5 of the half range, plus one float32 step at the largest bound: actions in the hundreds
     // are only resolved to ~1e-5 by float32 itself.
@@ -735,7 +744,7 @@ PolicyRuntime::PolicyRuntime(const std::string& path, PolicyOptions options) : i
       if (m.opt.backend == "mlp")
         throw PolicyFormatError("policy file '" + path + "': its network plan does not reproduce forward() (max |diff| " +
                                 fmt(diff) + ")");
-      m.backend = "torchscript";
+      m.use_backend("torchscript");
       m.allocate();
     }
   }
@@ -768,14 +777,8 @@ void PolicyRuntime::act(const float* obs, std::int64_t batch, float* actions) {
     if (!ok) {
       ++bad_rows;
       std::fill(dst, dst + D, 0.0f);
-    } else if (m.backend == "mlp" && m.normalize) {
-      for (std::int64_t k = 0; k < D; ++k) {
-        float v = (in[k] - m.mean[k]) / m.stdev[k];
-        if (m.clip > 0) v = std::min(std::max(v, -m.clip), m.clip);
-        dst[k] = v;
-      }
     } else {
-      std::memcpy(dst, in, sizeof(float) * D);
+      m.load_row(in, dst);
     }
   }
   m.guard.nonfinite_obs_rows += bad_rows;
@@ -870,7 +873,7 @@ std::int64_t PolicyRuntime::act_dim() const { return impl_->meta.act_dim; }
 const std::string& PolicyRuntime::backend() const { return impl_->backend; }
 std::string PolicyRuntime::kernels() const {
   const Impl& m = *impl_;
-  if (m.backend != "mlp") return "torchscript interpreter";
+  if (!m.mlp) return "torchscript interpreter";
   return std::string("sgemm: ") + (m.sgemm ? "mkl" : "aten addmm") + ", tanh: " + (m.vms_tanh ? "mkl vml" : "libm");
 }
 const std::string& PolicyRuntime::path() const { return impl_->path; }

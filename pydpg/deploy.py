@@ -214,6 +214,8 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
     reports the largest observation difference relative to max(1, |obs|) between what the loop's
     policy saw and what the env observes, the env's return up to its first termination, the
     loop's return (None when the loop computes none), and the step the env terminated at."""
+    from .observation import observation_error
+
     u = env.unwrapped
     out = []
     for ep in read_trace(path):
@@ -222,7 +224,7 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
         obs = u._get_obs()
         worst, ret, ended = 0.0, 0.0, None
         for t, (seen, action) in enumerate(zip(ep["obs"], ep["action"])):
-            worst = max(worst, float(np.max(np.abs(seen - obs) / np.maximum(1.0, np.abs(obs)), initial=0.0)))
+            worst = max(worst, float(np.max(observation_error(seen, obs), initial=0.0)))
             obs, reward, terminated, truncated, _ = u.step(action)
             if ended is None:
                 ret += float(reward)

@@ -126,6 +126,16 @@ def task_spec(env_id: str) -> Optional[dict]:
     return as_spec(table) if table else None
 
 
+def observation_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Per entry |got - want| / max(1, |want|): how observation parity is measured everywhere (export's
+    check, the control loop's replay). Entries NaN on both sides count as equal."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    err[np.isnan(got) & np.isnan(want)] = 0.0
+    return err
+
+
 def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: int = 0, rtol: float = 1e-5,
            inputs: Optional[dict] = None) -> float:
     """Check that ``spec`` reproduces ``env``'s observations: from ``env.reset(seed=seed)``, over
@@ -168,8 +178,7 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
         want = np.asarray(obs, dtype=np.float64).reshape(-1)
         feed(want, action)
         got = builder.build(u.data).astype(np.float64)
-        err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
-        err[np.isnan(got) & np.isnan(want)] = 0.0
+        err = observation_error(got, want)
         bad = np.flatnonzero(~(err <= rtol))
         if bad.size:
             i = int(bad[0])
