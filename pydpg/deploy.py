@@ -177,24 +177,36 @@ def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
     """The episodes of a ``pydpg run --trace`` file: initial qpos/qvel, and per step the observation
     the policy saw, the action it sent and the loop's reward (NaN where it computes none)."""
     episodes: list[dict] = []
-    nq = nv = act_dim = None
-    with open(path) as f:
+    nq = nv = act_dim = obs_dim = None
+    with open(path) as f:  # FileNotFoundError names a missing path
         for line in f:
             if line.startswith("# pydpg control loop trace"):
                 words = line.split()
-                nq, nv = int(words[words.index("nq") + 1]), int(words[words.index("nv") + 1])
-                act_dim = int(words[words.index("act_dim") + 1])
+                try:
+                    nq, nv, act_dim, obs_dim = (int(words[words.index(k) + 1]) for k in ("nq", "nv", "act_dim", "obs_dim"))
+                except (ValueError, IndexError):
+                    raise ValueError(f"{path}: malformed trace header {line.strip()!r}") from None
                 continue
             if line.startswith("#") or not line.strip():
                 continue
             kind, *rest = line.rstrip("\n").split(",")
             if nq is None:
                 raise ValueError(f"{path} is not a pydpg control loop trace (no header line)")
+            try:
+                values = np.array(rest[1:] if kind == "init" else rest[3:], dtype=np.float64)
+            except ValueError:
+                raise ValueError(f"{path}: a corrupt trace line (not numbers): {line[:80]!r}") from None
             if kind == "init":
-                values = np.array(rest[1:], dtype=np.float64)
+                if values.size != nq + nv:
+                    raise ValueError(f"{path}: an init line holds {values.size} values, the header says nq + nv = {nq + nv}")
                 episodes.append({"qpos": values[:nq], "qvel": values[nq:nq + nv], "obs": [], "action": [],
                                  "reward": []})
             elif kind == "step":
+                if not episodes:
+                    raise ValueError(f"{path}: a step line before any init line")
+                if len(rest) < 3 or values.size != act_dim + obs_dim:
+                    raise ValueError(f"{path}: a step line holds {values.size} values, the header says act_dim + "
+                                     f"obs_dim = {act_dim + obs_dim}")
                 # float32 values printed with 9 digits: parsed as float32 they are exact, as float64
                 # they would be the decimal (the replay would then step with other actions).
                 values = np.array(rest[3:], dtype=np.float32).astype(np.float64)
@@ -202,6 +214,8 @@ def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
                 ep["reward"].append(float(rest[2]))
                 ep["action"].append(values[:act_dim])
                 ep["obs"].append(values[act_dim:])
+            else:
+                raise ValueError(f"{path}: unknown trace line kind {kind!r}")
     for ep in episodes:
         for key in ("obs", "action", "reward"):
             ep[key] = np.array(ep[key])
@@ -217,8 +231,13 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
     from .observation import observation_error
 
     u = env.unwrapped
+    if not hasattr(u, "set_state") or not hasattr(u, "_get_obs"):
+        raise TypeError(f"{type(u).__name__} is not a Gymnasium MuJoCo env: the trace cannot be replayed through it")
     out = []
     for ep in read_trace(path):
+        if ep["qpos"].size != u.model.nq or ep["qvel"].size != u.model.nv:
+            raise ValueError(f"the trace's states have nq {ep['qpos'].size}, nv {ep['qvel'].size}; this env's model has "
+                             f"nq {u.model.nq}, nv {u.model.nv} (a trace of another robot?)")
         env.reset(seed=0)
         u.set_state(ep["qpos"], ep["qvel"])
         obs = u._get_obs()

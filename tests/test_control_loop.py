@@ -265,3 +265,30 @@ def test_policy_files_of_pydpg_0_1_keep_running(tmp_path):
     with pytest.raises(ControlLoopError, match="reads 'state'"):
         run_policy(tmp_path / "state.pt", realtime=False, quiet=True, max_steps=3)
     env.close()
+
+
+def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
+    from pydpg.deploy import read_trace, replay_trace
+
+    trace = tmp_path / "t.csv"
+    run_policy(pendulum_policy, realtime=False, quiet=True, max_steps=5, trace=trace)
+    good = trace.read_text()
+    with pytest.raises(FileNotFoundError):
+        read_trace(tmp_path / "missing.csv")
+    for name, text, match in [
+        ("nohead.csv", "\n".join(good.splitlines()[1:]), "no header line"),
+        ("head.csv", good.replace("nq 2", "nq two"), "malformed trace header"),
+        ("short.csv", good.replace("init,0,", "init,0,1,", 1), "init line holds"),
+        ("garbage.csv", good + "step,0,9,x,y\n", "not numbers"),
+        ("cut.csv", good.rsplit(",", 2)[0] + "\n", "step line holds"),
+        ("kind.csv", good + "bogus,1\n", "unknown trace line kind"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_trace(tmp_path / name)
+    with pytest.raises(ValueError, match="another robot"):
+        replay_trace(trace, gym.make("Hopper-v5"))
+    with pytest.raises(TypeError, match="not a Gymnasium MuJoCo env"):
+        replay_trace(trace, gym.make("CartPole-v1"))
+    with pytest.raises(TypeError, match="not a MuJoCo env"):
+        initial_states(gym.make("CartPole-v1"), 1)
