@@ -1,0 +1,89 @@
+// Typed reads of nlohmann::json values for the JSON that travels inside policy files (metadata,
+// observation specs). Those files come from disk and may be corrupt or hostile, and a user who gets
+// "[json.exception.type_error.302] type must be number" cannot tell which field is wrong, so every
+// read here names its field. nlohmann's parser is iterative and its destructor too, so deeply nested
+// input ("[[[[...") cannot overflow the stack.
+//
+// Private to the libraries that read JSON: it is not installed, and nlohmann's headers stay out of
+// pydpg's public headers.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pydpg {
+
+using Json = nlohmann::json;
+
+struct JsonError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+namespace json {
+
+inline Json parse(const std::string& text) {
+  try {
+    return Json::parse(text);
+  } catch (const Json::exception& e) {
+    throw JsonError(std::string("malformed JSON: ") + e.what());
+  }
+}
+
+// Member `key`, or null when `j` is not an object or lacks it (const operator[] would be undefined).
+inline const Json& member(const Json& j, const std::string& key) {
+  static const Json null_value;
+  if (!j.is_object()) return null_value;
+  const auto it = j.find(key);
+  return it == j.end() ? null_value : *it;
+}
+
+inline double number(const Json& j, const std::string& what) {
+  if (!j.is_number()) throw JsonError(what + " must be a number");
+  return j.get<double>();
+}
+
+// Integers written as 3 or 3.0 are accepted; 3.5, 1e300 and non-numbers are not.
+inline std::int64_t integer(const Json& j, const std::string& what) {
+  if (j.is_number_integer()) {
+    if (j.is_number_unsigned() && j.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
+      throw JsonError(what + " must be an integer");
+    return j.get<std::int64_t>();
+  }
+  const double x = j.is_number_float() ? j.get<double>() : NAN;
+  if (!(std::fabs(x) < 9.0e15) || std::floor(x) != x) throw JsonError(what + " must be an integer");
+  return static_cast<std::int64_t>(x);
+}
+
+inline const std::string& string(const Json& j, const std::string& what) {
+  if (!j.is_string()) throw JsonError(what + " must be a string");
+  return j.get_ref<const std::string&>();
+}
+
+inline bool boolean(const Json& j, const std::string& what) {
+  if (!j.is_boolean()) throw JsonError(what + " must be true or false");
+  return j.get<bool>();
+}
+
+inline std::vector<double> numbers(const Json& j, const std::string& what) {
+  if (!j.is_array()) throw JsonError(what + " must be an array of numbers");
+  std::vector<double> out;
+  out.reserve(j.size());
+  for (const Json& v : j) out.push_back(number(v, what + "[]"));
+  return out;
+}
+
+// Array elements, or none when `j` is null (an optional list); anything else is an error.
+inline const Json& items(const Json& j, const std::string& what) {
+  static const Json empty = Json::array();
+  if (j.is_null()) return empty;
+  if (!j.is_array()) throw JsonError(what + " must be a list");
+  return j;
+}
+
+}  // namespace json
+}  // namespace pydpg
