@@ -26,10 +26,47 @@ struct JsonError : std::runtime_error {
 
 namespace json {
 
+// Python's json module writes float('inf') and float('nan') as the bare words Infinity and NaN,
+// which strict JSON (and nlohmann) refuses. pydpg >= 0.3 writes strict JSON; files of 0.2 may hold
+// such words (an observation clip to ±inf), so they are rewritten outside strings: ±Infinity to
+// ±DBL_MAX (which rounds to ±inf in float32, where observations live) and NaN to null.
+inline std::string without_python_nonfinite(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) out += text[++i];
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+      out += c;
+    } else if (text.compare(i, 8, "Infinity") == 0) {
+      out += "1.7976931348623157e308";
+      i += 7;
+    } else if (text.compare(i, 3, "NaN") == 0) {
+      out += "null";
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 inline Json parse(const std::string& text) {
   try {
     return Json::parse(text);
   } catch (const Json::exception& e) {
+    const std::string rewritten = without_python_nonfinite(text);
+    if (rewritten != text) {
+      try {
+        return Json::parse(rewritten);
+      } catch (const Json::exception&) {
+      }
+    }
     throw JsonError(std::string("malformed JSON: ") + e.what());
   }
 }
