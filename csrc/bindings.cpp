@@ -534,6 +534,30 @@ void bind_observation(py::module_& m) {
             return out;
           },
           py::arg("data_address"));
+  py::class_<pydpg::TerminationCheck>(m, "TerminationCheck")
+      .def(py::init([](const std::string& spec, std::uintptr_t model_address) {
+             return std::make_unique<pydpg::TerminationCheck>(spec, reinterpret_cast<const mjModel*>(model_address));
+           }),
+           py::arg("spec_json"), py::arg("model_address"))
+      .def_property_readonly("labels",
+                             [](const pydpg::TerminationCheck& c) {
+                               py::list out;
+                               for (const auto& k : c.conditions()) out.append(k.label);
+                               return out;
+                             })
+      .def(
+          "first_failure",
+          [](const pydpg::TerminationCheck& c, std::uintptr_t data_address) {
+            return c.first_failure(reinterpret_cast<const mjData*>(data_address));
+          },
+          py::arg("data_address"));
+  m.def(
+      "spec_from_policy_metadata",
+      [](const std::string& metadata_json, std::uintptr_t model_address) {
+        return ObservationBuilder::spec_from_policy_metadata(metadata_json,
+                                                             reinterpret_cast<const mjModel*>(model_address));
+      },
+      py::arg("metadata_json"), py::arg("model_address") = 0);
   m.attr("HAVE_MUJOCO") = true;
 #else
   m.attr("HAVE_MUJOCO") = false;

@@ -1,16 +1,19 @@
 // pydpg_control_loop: runs an exported policy against MuJoCo at a fixed control rate, no Python.
 //
-// Everything env-specific comes from the policy's metadata ("task"): which MuJoCo model, how many
-// physics steps per control step, how observations are assembled from mjData, the reward terms,
-// the health (termination) conditions and the reset noise. The exporter writes that block only
-// after checking it reproduces the Gymnasium env's observations, so this file has no per-env code.
+// Everything robot-specific is data in the policy's metadata: the MuJoCo model, the physics steps per
+// control step ("task": frame_skip, timestep, max_episode_steps), and the observation spec, which
+// says how pydpg::ObservationBuilder assembles observations from mjData and, optionally, when an
+// episode ends (pydpg::TerminationCheck). The exporter writes them only after checking them against
+// the Gymnasium env. There is no per-task code here: no reward, no reset noise. Episodes start from
+// --init-states (`pydpg run` samples them from the env's own reset) or from the model's qpos0, and
+// returns come from replaying the --trace through the env in Python (pydpg.deploy.replay_trace).
 //
 // Timing: each control period has an absolute deadline t0 + k * period (clock_nanosleep with
 // TIMER_ABSTIME), so jitter in one step does not shift later ones. A step whose work ends after its
 // deadline is a miss; after a miss the schedule restarts from "now" rather than bursting to catch up.
 //
 // Usage: pydpg_control_loop POLICY [--model XML] [--hz HZ] [--episodes N] [--max-steps N]
-//        [--seed S] [--no-sleep] [--threads N] [--on-nonfinite raise|hold|safe]
+//        [--no-sleep] [--threads N] [--on-nonfinite raise|hold|safe]
 //        [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]
 #include <mujoco/mujoco.h>
 #include <time.h>
@@ -23,13 +26,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "json.hpp"
+#include "json_access.hpp"
 #include "observation.hpp"
 #include "policy_runtime.hpp"
 
@@ -43,7 +45,7 @@ struct TaskError : std::runtime_error {
 };
 
 const char* kUsage =
-    "usage: pydpg_control_loop POLICY [--model XML] [--hz HZ] [--episodes N] [--max-steps N] [--seed S]\n"
+    "usage: pydpg_control_loop POLICY [--model XML] [--hz HZ] [--episodes N] [--max-steps N]\n"
     "                          [--no-sleep] [--threads N] [--on-nonfinite raise|hold|safe]\n"
     "                          [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]\n";
 
@@ -51,7 +53,6 @@ struct Args {
   std::string policy, model, json_out, trace_out, init_states, on_nonfinite = "hold";
   double hz = 0.0;  // 0: the env's own control rate
   long episodes = 1, max_steps = 0, threads = 1;
-  unsigned long long seed = 0;
   bool sleep = true, quiet = false;
 };
 
@@ -82,7 +83,6 @@ Args parse_args(int argc, char** argv) {
         throw UsageError("--hz expects a positive number, got '" + v + "'");
     } else if (s == "--episodes") a.episodes = parse_long(s, value(), 1);
     else if (s == "--max-steps") a.max_steps = parse_long(s, value(), 1);
-    else if (s == "--seed") a.seed = static_cast<unsigned long long>(parse_long(s, value(), 0));
     else if (s == "--threads") a.threads = parse_long(s, value(), 1);
     else if (s == "--on-nonfinite") a.on_nonfinite = value();
     else if (s == "--init-states") a.init_states = value();
@@ -101,131 +101,30 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-// ---------------------------------------------------------------------------------------- task spec
-// Health conditions read these mjData slices (the observation itself is pydpg::ObservationBuilder's).
-enum class Field { Qpos, Qvel, State, QfrcConstraint, CfrcExt };
-
-Field parse_field(const std::string& s) {
-  if (s == "qpos") return Field::Qpos;
-  if (s == "qvel") return Field::Qvel;
-  if (s == "state") return Field::State;  // qpos ++ qvel, Gymnasium's state_vector()
-  if (s == "qfrc_constraint") return Field::QfrcConstraint;
-  if (s == "cfrc_ext") return Field::CfrcExt;
-  throw TaskError("unknown mjData field '" + s + "' in a health condition");
-}
-
-int field_size(const mjModel* m, Field f) {
-  switch (f) {
-    case Field::Qpos: return m->nq;
-    case Field::Qvel: return m->nv;
-    case Field::State: return m->nq + m->nv;
-    case Field::QfrcConstraint: return m->nv;
-    case Field::CfrcExt: return 6 * m->nbody;
-  }
-  return 0;
-}
-
-double field_value(const mjModel* m, const mjData* d, Field f, int i) {
-  switch (f) {
-    case Field::Qpos: return d->qpos[i];
-    case Field::Qvel: return d->qvel[i];
-    case Field::State: return i < m->nq ? d->qpos[i] : d->qvel[i - m->nq];
-    case Field::QfrcConstraint: return d->qfrc_constraint[i];
-    case Field::CfrcExt: return d->cfrc_ext[i];
-  }
-  return 0.0;
-}
-
-struct Slice {
-  Field field = Field::Qpos;
-  std::string name;
-  int start = 0, stop = 0;
-};
-
-struct Condition {
-  Slice slice;
-  double lo = -HUGE_VAL, hi = HUGE_VAL;
-  bool strict = true;
-};
-
+// ---------------------------------------------------------------------------------------- task
 struct Task {
   int frame_skip = 1;
   double timestep = 0;
   long max_episode_steps = 1000;
-  std::string observation_spec;  // JSON for pydpg::ObservationBuilder
-  bool has_reward = false;        // no reward terms: returns are left to the Python replay (--trace)
-  double forward_weight = 0, ctrl_cost_weight = 0, healthy_reward = 0;
-  int x_index = 0;
-  bool finite_obs_healthy = false, terminate_when_unhealthy = false;
-  std::vector<Condition> health;
-  std::string qpos_noise = "uniform", qvel_noise = "uniform";
-  double qpos_scale = 0, qvel_scale = 0;
+  std::string spec;  // observation spec JSON, with its optional termination conditions
 };
 
-Slice parse_slice(const pydpg::Json& j, const mjModel* m, const std::string& what) {
-  Slice s;
-  s.name = j["field"].string(what + ".field");
-  s.field = parse_field(s.name);
-  const int size = field_size(m, s.field);
-  s.start = j["start"].is_null() ? 0 : static_cast<int>(j["start"].integer(what + ".start"));
-  s.stop = j["stop"].is_null() ? size : static_cast<int>(j["stop"].integer(what + ".stop"));
-  if (s.start < 0 || s.stop > size || s.start > s.stop)
-    throw TaskError(what + ": slice " + s.name + "[" + std::to_string(s.start) + ":" + std::to_string(s.stop) +
-                    "] does not fit the model (" + s.name + " has " + std::to_string(size) + " entries)");
-  return s;
-}
-
 Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
-  const pydpg::Json meta = pydpg::Json::parse(policy.metadata().json);
-  const pydpg::Json& t = meta["task"];
+  namespace json = pydpg::json;
+  const pydpg::Json meta = json::parse(policy.metadata().json);
+  const pydpg::Json& t = json::member(meta, "task");
   if (!t.is_object())
-    throw TaskError("the policy carries no task description (metadata 'task'): it was exported without a "
-                    "supported Gymnasium MuJoCo env, so the control loop cannot build its observations");
+    throw TaskError("the policy carries no task description (metadata 'task'): it was exported without a MuJoCo "
+                    "env, so the loop does not know its control rate; export it with env= (or --env)");
   Task k;
-  k.frame_skip = static_cast<int>(t["frame_skip"].integer("task.frame_skip"));
-  k.timestep = t["timestep"].number("task.timestep");
-  if (k.frame_skip < 1) throw TaskError("task.frame_skip must be >= 1");
-  if (!t["max_episode_steps"].is_null()) k.max_episode_steps = t["max_episode_steps"].integer("task.max_episode_steps");
-  k.observation_spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json);
-  const pydpg::Json& r = t["reward"];
-  k.has_reward = r.is_object();
-  k.forward_weight = r["forward_weight"].is_null() ? 0.0 : r["forward_weight"].number("reward.forward_weight");
-  k.ctrl_cost_weight = r["ctrl_cost_weight"].is_null() ? 0.0 : r["ctrl_cost_weight"].number("reward.ctrl_cost_weight");
-  k.healthy_reward = r["healthy_reward"].is_null() ? 0.0 : r["healthy_reward"].number("reward.healthy_reward");
-  k.x_index = r["x_index"].is_null() ? 0 : static_cast<int>(r["x_index"].integer("reward.x_index"));
-  if (k.has_reward && (k.x_index < 0 || k.x_index >= m->nq)) throw TaskError("reward.x_index is outside qpos");
-  const pydpg::Json& h = t["health"];
-  k.finite_obs_healthy = h["finite_obs"].is_bool() && h["finite_obs"].boolean("");
-  k.terminate_when_unhealthy = h["terminate_when_unhealthy"].is_bool() && h["terminate_when_unhealthy"].boolean("");
-  for (const auto& c : h["conditions"].items()) {
-    Condition cond;
-    cond.slice = parse_slice(c, m, "task.health.conditions[]");
-    if (!c["min"].is_null()) cond.lo = c["min"].number("min");
-    if (!c["max"].is_null()) cond.hi = c["max"].number("max");
-    cond.strict = !c["strict"].is_bool() || c["strict"].boolean("");
-    k.health.push_back(cond);
-  }
-  const pydpg::Json& n = t["reset_noise"];
-  if (n.is_object()) {
-    k.qpos_noise = n["qpos"]["dist"].is_string() ? n["qpos"]["dist"].string("") : "uniform";
-    k.qvel_noise = n["qvel"]["dist"].is_string() ? n["qvel"]["dist"].string("") : "uniform";
-    k.qpos_scale = n["qpos"]["scale"].is_number() ? n["qpos"]["scale"].number("") : 0.0;
-    k.qvel_scale = n["qvel"]["scale"].is_number() ? n["qvel"]["scale"].number("") : 0.0;
-  }
+  k.frame_skip = static_cast<int>(json::integer(json::member(t, "frame_skip"), "task.frame_skip"));
+  k.timestep = json::number(json::member(t, "timestep"), "task.timestep");
+  if (k.frame_skip < 1 || k.frame_skip > 1000000) throw TaskError("task.frame_skip must be in [1, 1e6]");
+  const pydpg::Json& limit = json::member(t, "max_episode_steps");
+  if (!limit.is_null()) k.max_episode_steps = json::integer(limit, "task.max_episode_steps");
+  if (k.max_episode_steps < 1) throw TaskError("task.max_episode_steps must be >= 1");
+  k.spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json, m);
   return k;
-}
-
-bool healthy(const Task& k, const mjModel* m, const mjData* d, const float* obs, int obs_dim) {
-  if (k.finite_obs_healthy)
-    for (int i = 0; i < obs_dim; ++i)
-      if (!std::isfinite(obs[i])) return false;
-  for (const auto& c : k.health)
-    for (int i = c.slice.start; i < c.slice.stop; ++i) {
-      const double v = field_value(m, d, c.slice.field, i);
-      const bool ok = c.strict ? (c.lo < v && v < c.hi) : (c.lo <= v && v <= c.hi);
-      if (!ok) return false;
-    }
-  return true;
 }
 
 // ---------------------------------------------------------------------------------------- statistics
@@ -252,13 +151,6 @@ Percentiles summarize(std::vector<double> v) {
   p.p999 = at(0.999);
   p.max = v.back();
   return p;
-}
-
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char b[40];
-  std::snprintf(b, sizeof b, "%.17g", v);
-  return b;
 }
 
 void timespec_add(timespec& t, long long ns) {
@@ -334,7 +226,8 @@ int run(const Args& a) {
     throw TaskError("the model " + model_name + " has " + std::to_string(m->nu) + " actuators, the policy has act_dim " +
                     std::to_string(policy.act_dim()));
   const Task task = parse_task(policy, m);
-  pydpg::ObservationBuilder observe(task.observation_spec, m);
+  pydpg::ObservationBuilder observe(task.spec, m);
+  const pydpg::TerminationCheck termination(task.spec, m);
   if (observe.size() != policy.obs_dim())
     throw TaskError("the observation spec builds " + std::to_string(observe.size()) + " values from " + model_name +
                     ", the policy expects obs_dim " + std::to_string(policy.obs_dim()) +
@@ -360,7 +253,6 @@ int run(const Args& a) {
   if (substeps != task.frame_skip && !a.quiet)
     std::fprintf(stderr, "warning: --hz %g gives %d physics steps per action; the policy was trained with %d\n", hz,
                  substeps, task.frame_skip);
-  const double dt = m->opt.timestep * substeps;
   const long long period_ns = static_cast<long long>(std::llround(1e9 / hz));
   const long max_steps = a.max_steps > 0 ? a.max_steps : task.max_episode_steps;
 
@@ -373,24 +265,19 @@ int run(const Args& a) {
     trace = std::fopen(a.trace_out.c_str(), "w");
     if (!trace) throw UsageError("cannot write --trace file '" + a.trace_out + "'");
     // Enough to replay the run in the Gymnasium env (pydpg.deploy.replay_trace): each episode's
-    // initial qpos/qvel, then per step the observation the policy saw and the action it sent.
-    std::fprintf(trace, "# pydpg control loop trace 1: nq %d nv %d act_dim %ld obs_dim %ld\n", m->nq, m->nv,
+    // initial qpos/qvel, per step the observation the policy saw and the action it sent, and how
+    // the episode ended (the failed termination condition's index, or -1).
+    std::fprintf(trace, "# pydpg control loop trace 2: nq %d nv %d act_dim %ld obs_dim %ld\n", m->nq, m->nv,
                  static_cast<long>(policy.act_dim()), static_cast<long>(policy.obs_dim()));
-    std::fputs("# init,episode,qpos...,qvel... | step,episode,t,reward,action...,observation...\n", trace);
+    std::fputs("# init,episode,qpos...,qvel... | step,episode,t,action...,observation... | end,episode,steps,failed\n",
+               trace);
   }
-
-  std::mt19937_64 rng(a.seed);
-  std::uniform_real_distribution<double> uniform(-1.0, 1.0);
-  std::normal_distribution<double> normal(0.0, 1.0);
-  auto noise = [&](const std::string& dist, double scale) {
-    return scale == 0.0 ? 0.0 : scale * (dist == "normal" ? normal(rng) : uniform(rng));
-  };
 
   const int D = static_cast<int>(policy.obs_dim()), A = static_cast<int>(policy.act_dim());
   std::vector<float> obs(D), action(A), seen(D);
-  std::vector<double> returns, step_us;
+  std::vector<double> step_us;
   std::vector<long> lengths;
-  std::vector<int> terminated_flags;
+  std::vector<int> failed_conditions;
   step_us.reserve(static_cast<std::size_t>(episodes * max_steps));
   long misses = 0, steps_total = 0;
   policy.reset_latency();
@@ -401,9 +288,6 @@ int run(const Args& a) {
     if (!init.empty()) {
       for (int i = 0; i < m->nq; ++i) d->qpos[i] = init[ep][i];
       for (int i = 0; i < m->nv; ++i) d->qvel[i] = init[ep][m->nq + i];
-    } else {
-      for (int i = 0; i < m->nq; ++i) d->qpos[i] = m->qpos0[i] + noise(task.qpos_noise, task.qpos_scale);
-      for (int i = 0; i < m->nv; ++i) d->qvel[i] = noise(task.qvel_noise, task.qvel_scale);
     }
     mj_forward(m, d);
     if (trace) {
@@ -418,35 +302,26 @@ int run(const Args& a) {
     }
     observe.build(d, obs.data());
 
-    double ret = 0.0;
     long t = 0;
-    bool terminated = false;
+    int failed = -1;
     timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
-    while (t < max_steps && !terminated) {
+    while (t < max_steps && failed < 0) {
       timespec_add(deadline, period_ns);
       const auto s0 = std::chrono::steady_clock::now();
       if (trace) std::copy(obs.begin(), obs.end(), seen.begin());
       policy.act(obs.data(), 1, action.data());
-      const double x_before = task.has_reward ? d->qpos[task.x_index] : 0.0;
       for (int i = 0; i < A; ++i) d->ctrl[i] = action[i];
       for (int i = 0; i < substeps; ++i) mj_step(m, d);
       // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
       mj_rnePostConstraint(m, d);
       if (feeds_prev_action) observe.set_input("prev_action", action.data(), A);
       observe.build(d, obs.data());
-      const bool ok = healthy(task, m, d, obs.data(), D);
-      double ctrl_cost = 0.0;
-      for (int i = 0; i < A; ++i) ctrl_cost += static_cast<double>(action[i]) * action[i];
-      const double reward = !task.has_reward ? std::nan("")
-                                             : task.forward_weight * (d->qpos[task.x_index] - x_before) / dt +
-                                                   task.healthy_reward * (ok ? 1.0 : 0.0) - task.ctrl_cost_weight * ctrl_cost;
-      terminated = task.terminate_when_unhealthy && !ok;
-      ret += reward;
+      failed = termination.first_failure(d);
       ++t;
       step_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s0).count());
       if (trace) {
-        std::fprintf(trace, "step,%ld,%ld,%.17g", ep, t - 1, reward);
+        std::fprintf(trace, "step,%ld,%ld", ep, t - 1);
         for (int i = 0; i < A; ++i) std::fprintf(trace, ",%.9g", action[i]);
         for (int i = 0; i < D; ++i) std::fprintf(trace, ",%.9g", seen[i]);
         std::fputc('\n', trace);
@@ -463,14 +338,14 @@ int run(const Args& a) {
         }
       }
     }
+    if (trace) std::fprintf(trace, "end,%ld,%ld,%d\n", ep, t, failed);
     steps_total += t;
-    returns.push_back(ret);
     lengths.push_back(t);
-    terminated_flags.push_back(terminated ? 1 : 0);
+    failed_conditions.push_back(failed);
     if (!a.quiet) {
-      char value[64] = "n/a (no reward terms in the task; replay the --trace in Python)";
-      if (task.has_reward) std::snprintf(value, sizeof value, "%.3f", ret);
-      std::printf("episode %ld: return %s over %ld steps%s\n", ep, value, t, terminated ? " (terminated)" : "");
+      std::printf("episode %ld: %ld steps", ep, t);
+      if (failed >= 0) std::printf(" (terminated: %s failed)", termination.conditions()[failed].label.c_str());
+      std::printf("\n");
     }
   }
   if (trace) std::fclose(trace);
@@ -479,19 +354,13 @@ int run(const Args& a) {
   const pydpg::LatencyStats lat = policy.latency();
   const Percentiles st = summarize(step_us);
   const pydpg::GuardStats g = policy.guard_stats();
-  double mean_ret = 0;
-  for (double r : returns) mean_ret += r;
-  mean_ret /= returns.size();
 
   if (!a.quiet) {
     std::printf("\npolicy %s (backend %s, %d thread%s) on %s\n", a.policy.c_str(), policy.backend().c_str(),
                 static_cast<int>(a.threads), a.threads == 1 ? "" : "s", model_name.c_str());
     std::printf("control rate %.2f Hz (period %.3f ms, %d physics steps of %g s)%s\n", hz, period_ns / 1e6, substeps,
                 m->opt.timestep, a.sleep ? "" : ", free-running (--no-sleep)");
-    char mean_text[32] = "n/a";
-    if (task.has_reward) std::snprintf(mean_text, sizeof mean_text, "%.3f", mean_ret);
-    std::printf("mean return %s over %ld episode(s), %ld steps in %.2f s\n\n", mean_text, episodes, steps_total,
-                wall_s);
+    std::printf("%ld episode(s), %ld steps in %.2f s\n\n", episodes, steps_total, wall_s);
     std::printf("%-22s %10s %10s %10s %10s %10s %10s\n", "latency (us)", "mean", "p50", "p90", "p99", "p99.9", "max");
     std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "policy act()", lat.mean_us, lat.p50_us,
                 lat.p90_us, lat.p99_us, lat.p999_us, lat.max_us);
@@ -506,27 +375,37 @@ int run(const Args& a) {
   }
 
   if (!a.json_out.empty()) {
+    using pydpg::Json;
+    // JSON has no NaN/Inf: a statistic that is not finite (no samples) is written as null.
+    auto num = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
+    Json terminated = Json::array(), terminated_by = Json::array();
+    for (int f : failed_conditions) {
+      terminated.push_back(f >= 0);
+      terminated_by.push_back(f >= 0 ? Json(termination.conditions()[f].label) : Json(nullptr));
+    }
+    const Json report = {
+        {"lengths", lengths},
+        {"terminated", terminated},
+        {"terminated_by", terminated_by},
+        {"steps", steps_total},
+        {"hz", num(hz)},
+        {"substeps", substeps},
+        {"realtime", a.sleep},
+        {"deadline_misses", misses},
+        {"wall_s", num(wall_s)},
+        {"backend", policy.backend()},
+        {"latency_us",
+         {{"count", lat.count}, {"mean", num(lat.mean_us)}, {"p50", num(lat.p50_us)}, {"p90", num(lat.p90_us)},
+          {"p99", num(lat.p99_us)}, {"p999", num(lat.p999_us)}, {"max", num(lat.max_us)}}},
+        {"step_us",
+         {{"count", st.n}, {"mean", num(st.mean)}, {"p50", num(st.p50)}, {"p90", num(st.p90)}, {"p99", num(st.p99)},
+          {"p999", num(st.p999)}, {"max", num(st.max)}}},
+        {"guard", {{"nonfinite_obs_rows", g.nonfinite_obs_rows}, {"nonfinite_action_rows", g.nonfinite_action_rows}}},
+    };
     std::ofstream j(a.json_out);
     if (!j) throw UsageError("cannot write --json file '" + a.json_out + "'");
-    j << "{\"returns\": [";
-    for (std::size_t i = 0; i < returns.size(); ++i) j << (i ? ", " : "") << json_number(returns[i]);
-    j << "], \"lengths\": [";
-    for (std::size_t i = 0; i < lengths.size(); ++i) j << (i ? ", " : "") << lengths[i];
-    j << "], \"terminated\": [";
-    for (std::size_t i = 0; i < terminated_flags.size(); ++i) j << (i ? ", " : "") << terminated_flags[i];
-    j << "], \"mean_return\": " << json_number(mean_ret) << ", \"steps\": " << steps_total
-      << ", \"hz\": " << json_number(hz) << ", \"substeps\": " << substeps << ", \"realtime\": " << (a.sleep ? "true" : "false")
-      << ", \"deadline_misses\": " << misses << ", \"wall_s\": " << json_number(wall_s)
-      << ", \"backend\": \"" << policy.backend() << "\""
-      << ", \"latency_us\": {\"count\": " << lat.count << ", \"mean\": " << json_number(lat.mean_us)
-      << ", \"p50\": " << json_number(lat.p50_us) << ", \"p90\": " << json_number(lat.p90_us)
-      << ", \"p99\": " << json_number(lat.p99_us) << ", \"p999\": " << json_number(lat.p999_us)
-      << ", \"max\": " << json_number(lat.max_us) << "}"
-      << ", \"step_us\": {\"count\": " << st.n << ", \"mean\": " << json_number(st.mean) << ", \"p50\": " << json_number(st.p50)
-      << ", \"p90\": " << json_number(st.p90) << ", \"p99\": " << json_number(st.p99) << ", \"p999\": " << json_number(st.p999)
-      << ", \"max\": " << json_number(st.max) << "}"
-      << ", \"guard\": {\"nonfinite_obs_rows\": " << g.nonfinite_obs_rows
-      << ", \"nonfinite_action_rows\": " << g.nonfinite_action_rows << "}}\n";
+    // error_handler replace: a model or file name that is not valid UTF-8 must not abort the report.
+    j << report.dump(1, ' ', false, Json::error_handler_t::replace) << "\n";
   }
   return 0;
 }

@@ -14,6 +14,10 @@
 #include <string>
 #include <vector>
 
+// Hidden: each library that reads JSON keeps its own copy of nlohmann's inline code and these
+// helpers, exports none of it, and cannot clash with another copy (or another nlohmann version) in
+// the same process. std's own declarations keep their explicit default visibility.
+#pragma GCC visibility push(hidden)
 #include <nlohmann/json.hpp>
 
 namespace pydpg {
@@ -124,3 +128,4 @@ inline const Json& items(const Json& j, const std::string& what) {
 
 }  // namespace json
 }  // namespace pydpg
+#pragma GCC visibility pop

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <set>
 
-#include "json.hpp"
+#include "json_access.hpp"
 
 namespace pydpg {
 
@@ -121,9 +121,9 @@ void object_range(const mjModel* m, int f, int id, int* adr, int* count) {
 std::vector<std::string> name_list(const Json& j, const std::string& where) {
   std::vector<std::string> names;
   if (j.is_string()) {
-    names.push_back(j.string(where));
+    names.push_back(json::string(j, where));
   } else if (j.is_array()) {
-    for (const Json& n : j.items()) names.push_back(n.string(where + ".names[]"));
+    for (const Json& n : j) names.push_back(json::string(n, where + ".names[]"));
     if (names.empty()) throw ObservationError(where + ": 'names' is empty");
   } else {
     throw ObservationError(where + ": 'names' must be a name or a list of names");
@@ -132,23 +132,24 @@ std::vector<std::string> name_list(const Json& j, const std::string& where) {
 }
 
 void check_keys(const Json& j, const std::set<std::string>& allowed, const std::string& where) {
-  for (const auto& kv : j.members())
-    if (!allowed.count(kv.first)) {
+  for (const auto& kv : j.items())
+    if (!allowed.count(kv.key())) {
       std::string list;
       for (const auto& a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-      throw ObservationError(where + ": unknown key '" + kv.first + "' (known: " + list + ")");
+      throw ObservationError(where + ": unknown key '" + kv.key() + "' (known: " + list + ")");
     }
 }
 
 // Source indices of one selection {field, names?, start?, stop?}; `label` describes it.
 std::vector<int> select(const mjModel* m, const Json& j, const std::string& where, int* field, std::string* label) {
-  *field = find_field(j["field"].string(where + ".field"), where);
+  *field = find_field(json::string(json::member(j, "field"), where + ".field"), where);
   const Field& F = kFields[*field];
   std::vector<int> idx;
   *label = F.name;
-  if (!j["names"].is_null()) {
+  const Json& names = json::member(j, "names");
+  if (!names.is_null()) {
     std::string joined;
-    for (const std::string& name : name_list(j["names"], where)) {
+    for (const std::string& name : name_list(names, where)) {
       const int id = mj_name2id(m, object_type(F.kind), name.c_str());
       if (id < 0)
         throw ObservationError(where + ": the model has no " + kind_name(F.kind) + " named '" + name + "' (field " +
@@ -170,82 +171,136 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
     for (int k = 0; k < n; ++k) idx.push_back(k);
   }
   const int n = static_cast<int>(idx.size());
-  const bool sliced = !j["start"].is_null() || !j["stop"].is_null();
-  const std::int64_t start = j["start"].is_null() ? 0 : j["start"].integer(where + ".start");
-  const std::int64_t stop = j["stop"].is_null() ? n : j["stop"].integer(where + ".stop");
+  const Json& js = json::member(j, "start");
+  const Json& je = json::member(j, "stop");
+  const std::int64_t start = js.is_null() ? 0 : json::integer(js, where + ".start");
+  const std::int64_t stop = je.is_null() ? n : json::integer(je, where + ".stop");
   if (start < 0 || stop > n || start >= stop)
     throw ObservationError(where + ": slice [" + std::to_string(start) + ":" + std::to_string(stop) + "] of " +
                            *label + " is out of range: it has " + std::to_string(n) + " entries");
-  if (sliced) *label += "[" + std::to_string(start) + ":" + std::to_string(stop) + "]";
+  if (!js.is_null() || !je.is_null()) *label += "[" + std::to_string(start) + ":" + std::to_string(stop) + "]";
   return std::vector<int>(idx.begin() + start, idx.begin() + stop);
 }
 
-std::string quote(const std::string& raw) {
-  std::string s = "\"";
-  for (char c : raw) s += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
-  return s + "\"";
+// A clip or termination bound: a number, or null for "unbounded" (strict JSON has no Infinity).
+double bound(const Json& j, double unbounded, const std::string& what) {
+  return j.is_null() ? unbounded : json::number(j, what);
 }
 
-// Json back to text: the observation spec travels to the builder as JSON.
-std::string to_text(const Json& j) {
-  switch (j.type()) {
-    case Json::Type::Null: return "null";
-    case Json::Type::Bool: return j.boolean("") ? "true" : "false";
-    case Json::Type::Number: {
-      const double v = j.number("");
-      // The spellings Python's json module writes, which the parser reads back (a clip to ±inf).
-      if (std::isnan(v)) return "NaN";
-      if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
-      char b[40];
-      std::snprintf(b, sizeof b, "%.17g", v);
-      return b;
-    }
-    case Json::Type::String: return quote(j.string(""));
-    case Json::Type::Array: {
-      std::string s;
-      for (const auto& x : j.items()) s += (s.empty() ? "" : ",") + to_text(x);
-      return "[" + s + "]";
-    }
-    case Json::Type::Object: {
-      std::string s;
-      for (const auto& kv : j.members()) s += (s.empty() ? "" : ",") + quote(kv.first) + ":" + to_text(kv.second);
-      return "{" + s + "}";
-    }
-  }
-  return "null";
+std::string fmt(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
 }
 
-// The policy's observation spec (metadata "observation", pydpg >= 0.2) as JSON text. Files exported
-// by pydpg 0.1 carry the layout as task.observation slices {field, start, stop, clip, transform}
-// instead: the same terms under older key names, rewritten here so one evaluator serves both.
-std::string spec_json_from(const Json& meta) {
-  if (!meta["observation"].is_null()) return to_text(meta["observation"]);
-  const Json& slices = meta["task"]["observation"];
-  if (!slices.is_array())
-    throw ObservationError("the policy carries no observation spec (metadata 'observation'): export it with an env or "
-                    "an observation spec (pydpg.observation) so the loop can build its observations");
-  std::string terms;
-  for (const auto& s : slices.items()) {
-    if (!s["start"].is_null() && !s["stop"].is_null() && s["start"].integer("start") == s["stop"].integer("stop"))
-      continue;  // 0.1 allowed empty slices; they contribute nothing
-    if (s["field"].is_string() && s["field"].string("") == "state")
-      throw ObservationError("this policy's 0.1 observation layout reads 'state' (qpos ++ qvel), which the observation "
-                             "spec states as two terms: export the policy again with this pydpg");
-    std::string t = "{\"field\":" + to_text(s["field"]);
-    if (!s["start"].is_null()) t += ",\"start\":" + to_text(s["start"]);
-    if (!s["stop"].is_null()) t += ",\"stop\":" + to_text(s["stop"]);
-    if (!s["clip"].is_null()) t += ",\"clip\":" + to_text(s["clip"]);
-    if (s["transform"].is_string() && s["transform"].string("") != "none") t += ",\"fn\":" + to_text(s["transform"]);
-    terms += (terms.empty() ? "" : ",") + t + "}";
+// pydpg <= 0.2 stored the termination as task.health: {terminate_when_unhealthy, finite_obs,
+// conditions: [{field: qpos|qvel|state|qfrc_constraint|cfrc_ext, start, stop, min, max, strict}]}.
+// Rewritten to termination conditions over spec terms; "state" (qpos ++ qvel) becomes one condition
+// on each part, which needs the model's nq.
+Json termination_from_health(const Json& health, const Json& terms, const mjModel* m) {
+  Json out = Json::array();
+  if (!health.is_object() || !json::member(health, "terminate_when_unhealthy").is_boolean() ||
+      !json::member(health, "terminate_when_unhealthy").get<bool>())
+    return out;
+  const Json& finite_obs = json::member(health, "finite_obs");
+  if (finite_obs.is_boolean() && finite_obs.get<bool>())
+    for (const Json& t : terms)
+      if (json::member(t, "input").is_null()) {
+        Json c = t;
+        c["finite"] = true;
+        out.push_back(c);
+      }
+  for (const Json& c : json::items(json::member(health, "conditions"), "task.health.conditions")) {
+    const std::string& field = json::string(json::member(c, "field"), "task.health.conditions[].field");
+    auto condition = [&](const std::string& f, const Json& start, const Json& stop) {
+      Json k = {{"field", f}, {"start", start}, {"stop", stop}, {"min", json::member(c, "min")},
+                {"max", json::member(c, "max")}, {"strict", json::member(c, "strict").is_boolean()
+                                                                 ? json::member(c, "strict").get<bool>() : true}};
+      out.push_back(k);
+    };
+    if (field != "state") {
+      condition(field, json::member(c, "start"), json::member(c, "stop"));
+      continue;
+    }
+    if (m == nullptr) throw ObservationError("task.health reads 'state': converting it needs the model");
+    const std::int64_t nq = m->nq, nv = m->nv;
+    const Json& js = json::member(c, "start");
+    const Json& je = json::member(c, "stop");
+    const std::int64_t a = js.is_null() ? 0 : json::integer(js, "start");
+    const std::int64_t b = je.is_null() ? nq + nv : json::integer(je, "stop");
+    if (a < std::min(b, nq)) condition("qpos", a, std::min(b, nq));
+    if (std::max(a, nq) < b) condition("qvel", std::max(a, nq) - nq, b - nq);
   }
-  return "{\"version\":1,\"terms\":[" + terms + "]}";
+  return out;
 }
+
+// The policy's observation spec (metadata "observation", pydpg >= 0.2). Files exported by pydpg 0.1
+// carry the layout as task.observation slices {field, start, stop, clip, transform} instead: the
+// same terms under older key names, rewritten here so one evaluator serves both.
+Json spec_from(const Json& meta, const mjModel* m) {
+  Json spec;
+  const Json& task = json::member(meta, "task");
+  if (!json::member(meta, "observation").is_null()) {
+    spec = json::member(meta, "observation");
+    if (!spec.is_object()) throw ObservationError("metadata 'observation' must be an object {\"version\", \"terms\"}");
+  } else {
+    const Json& slices = json::member(task, "observation");
+    if (!slices.is_array())
+      throw ObservationError("the policy carries no observation spec (metadata 'observation'): export it with an env "
+                             "or an observation spec (pydpg.observation) so the loop can build its observations");
+    Json terms = Json::array();
+    for (const Json& s : slices) {
+      const Json& start = json::member(s, "start");
+      const Json& stop = json::member(s, "stop");
+      if (!start.is_null() && !stop.is_null() && json::integer(start, "start") == json::integer(stop, "stop"))
+        continue;  // 0.1 allowed empty slices; they contribute nothing
+      const Json& field = json::member(s, "field");
+      if (field.is_string() && field.get<std::string>() == "state")
+        throw ObservationError("this policy's 0.1 observation layout reads 'state' (qpos ++ qvel), which the "
+                               "observation spec states as two terms: export the policy again with this pydpg");
+      Json t = {{"field", field}};
+      if (!start.is_null()) t["start"] = start;
+      if (!stop.is_null()) t["stop"] = stop;
+      if (!json::member(s, "clip").is_null()) t["clip"] = json::member(s, "clip");
+      const Json& fn = json::member(s, "transform");
+      if (fn.is_string() && fn.get<std::string>() != "none") t["fn"] = fn;
+      terms.push_back(t);
+    }
+    spec = {{"version", 1}, {"terms", terms}};
+  }
+  if (json::member(spec, "termination").is_null() && !json::member(task, "health").is_null()) {
+    Json conditions = termination_from_health(json::member(task, "health"), json::member(spec, "terms"), m);
+    if (!conditions.empty()) spec["termination"] = conditions;
+  }
+  return spec;
+}
+
+Json parse_spec(const std::string& spec_json) {
+  try {
+    return json::parse(spec_json);
+  } catch (const JsonError& e) {
+    throw ObservationError(std::string("observation spec is not valid JSON: ") + e.what());
+  }
+}
+
+// The spec's version and top-level keys, checked the same way for the builder and the termination.
+void check_spec(const Json& spec) {
+  if (!spec.is_object()) throw ObservationError("observation spec must be an object {\"version\", \"terms\"}");
+  check_keys(spec, {"version", "terms", "termination"}, "observation spec");
+  const std::int64_t version = json::integer(json::member(spec, "version"), "observation spec version");
+  if (version != ObservationBuilder::kSpecVersion)
+    throw ObservationError("observation spec version " + std::to_string(version) + "; this pydpg reads version " +
+                           std::to_string(ObservationBuilder::kSpecVersion) +
+                           (version > ObservationBuilder::kSpecVersion ? " (upgrade pydpg)" : ""));
+}
+
+const std::set<std::string> kTermKeys = {"field", "names", "start", "stop", "minus", "scale", "offset", "fn", "clip"};
 
 }  // namespace
 
-std::string ObservationBuilder::spec_from_policy_metadata(const std::string& metadata_json) {
+std::string ObservationBuilder::spec_from_policy_metadata(const std::string& metadata_json, const mjModel* model) {
   try {
-    return spec_json_from(Json::parse(metadata_json));
+    return spec_from(json::parse(metadata_json), model).dump();
   } catch (const JsonError& e) {
     throw ObservationError(std::string("policy metadata: ") + e.what());
   }
@@ -253,22 +308,12 @@ std::string ObservationBuilder::spec_from_policy_metadata(const std::string& met
 
 ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjModel* model) : model_(model) {
   if (model == nullptr) throw ObservationError("observation spec: no model to bind to");
-  Json spec;
+  const Json spec = parse_spec(spec_json);
   try {
-    spec = Json::parse(spec_json);
-  } catch (const JsonError& e) {
-    throw ObservationError(std::string("observation spec is not valid JSON: ") + e.what());
-  }
-  try {
-    if (!spec.is_object()) throw ObservationError("observation spec must be an object {\"version\", \"terms\"}");
-    check_keys(spec, {"version", "terms"}, "observation spec");
-    const std::int64_t version = spec["version"].integer("observation spec version");
-    if (version != kSpecVersion)
-      throw ObservationError("observation spec version " + std::to_string(version) + "; this pydpg reads version " +
-                             std::to_string(kSpecVersion) + (version > kSpecVersion ? " (upgrade pydpg)" : ""));
-    if (!spec["terms"].is_array() || spec["terms"].items().empty())
+    check_spec(spec);
+    const Json& items = json::member(spec, "terms");
+    if (!items.is_array() || items.empty())
       throw ObservationError("observation spec: 'terms' must be a non-empty list");
-    const auto& items = spec["terms"].items();
     for (std::size_t t = 0; t < items.size(); ++t) {
       const Json& j = items[t];
       const std::string where = "observation term " + std::to_string(t);
@@ -276,10 +321,10 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
       Part p;
       Term term;
       term.offset = size_;
-      if (!j["input"].is_null()) {
+      if (!json::member(j, "input").is_null()) {
         check_keys(j, {"input", "size"}, where);
-        const std::string& name = j["input"].string(where + ".input");
-        const std::int64_t n = j["size"].integer(where + ".size");
+        const std::string& name = json::string(json::member(j, "input"), where + ".input");
+        const std::int64_t n = json::integer(json::member(j, "size"), where + ".size");
         if (n < 1 || n > (1 << 20))
           throw ObservationError(where + ": input '" + name + "' needs a size in [1, 2^20], got " + std::to_string(n));
         if (std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end())
@@ -291,10 +336,10 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         term.label = "input " + name;
         term.size = static_cast<int>(n);
       } else {
-        check_keys(j, {"field", "names", "start", "stop", "minus", "scale", "offset", "fn", "clip"}, where);
+        check_keys(j, kTermKeys, where);
         p.src = select(model, j, where, &p.field, &term.label);
-        if (!j["minus"].is_null()) {
-          const Json& mj = j["minus"];
+        const Json& mj = json::member(j, "minus");
+        if (!mj.is_null()) {
           if (!mj.is_object()) throw ObservationError(where + ".minus: must be a selection {field, names, start, stop}");
           check_keys(mj, {"field", "names", "start", "stop"}, where + ".minus");
           std::string minus_label;
@@ -304,23 +349,26 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
                                    minus_label + " (minus) has " + std::to_string(p.minus.size()));
           term.label += " - " + minus_label;
         }
-        if (!j["scale"].is_null()) p.scale = j["scale"].number(where + ".scale");
-        if (!j["offset"].is_null()) p.offset = j["offset"].number(where + ".offset");
+        p.scale = bound(json::member(j, "scale"), 1.0, where + ".scale");
+        p.offset = bound(json::member(j, "offset"), 0.0, where + ".offset");
         if (!std::isfinite(p.scale) || !std::isfinite(p.offset))
           throw ObservationError(where + ": scale and offset must be finite");
-        if (!j["fn"].is_null()) {
-          const std::string& fn = j["fn"].string(where + ".fn");
+        const Json& fn_j = json::member(j, "fn");
+        if (!fn_j.is_null()) {
+          const std::string& fn = json::string(fn_j, where + ".fn");
           if (fn == "sin") p.fn = Fn::Sin;
           else if (fn == "cos") p.fn = Fn::Cos;
           else throw ObservationError(where + ": unknown fn '" + fn + "' (known: sin, cos)");
           term.label = fn + "(" + term.label + ")";
         }
-        if (!j["clip"].is_null()) {
-          const auto c = j["clip"].numbers(where + ".clip");
-          if (c.size() != 2 || !(c[0] <= c[1])) throw ObservationError(where + ": clip must be [low, high] with low <= high");
+        const Json& clip = json::member(j, "clip");
+        if (!clip.is_null()) {
+          if (!clip.is_array() || clip.size() != 2)
+            throw ObservationError(where + ": clip must be [low, high] (null for an unbounded side)");
+          p.lo = bound(clip[0], -HUGE_VAL, where + ".clip[0]");
+          p.hi = bound(clip[1], HUGE_VAL, where + ".clip[1]");
+          if (!(p.lo <= p.hi)) throw ObservationError(where + ": clip must be [low, high] with low <= high");
           p.clip = true;
-          p.lo = c[0];
-          p.hi = c[1];
           term.label = "clip(" + term.label + ")";
         }
         term.size = static_cast<int>(p.src.size());
@@ -358,15 +406,16 @@ void ObservationBuilder::set_input(const std::string& name, const float* values,
   throw ObservationError("the observation spec has no input named '" + name + "'");
 }
 
-void ObservationBuilder::build(const mjData* data, float* obs) const {
+template <typename T>
+void ObservationBuilder::build_into(const mjData* data, T* obs) const {
   if (data == nullptr || obs == nullptr) throw ObservationError("build: data and obs must not be null");
   for (std::size_t i = 0; i < input_set_.size(); ++i)
     if (!input_set_[i]) throw ObservationError("input '" + input_names_[i] + "' was not set before build()");
-  float* out = obs;
+  T* out = obs;
   for (const Part& p : parts_) {
     if (p.input >= 0) {
       const auto& v = inputs_[p.input];
-      std::memcpy(out, v.data(), sizeof(float) * v.size());
+      std::copy(v.begin(), v.end(), out);
       out += v.size();
       continue;
     }
@@ -381,10 +430,92 @@ void ObservationBuilder::build(const mjData* data, float* obs) const {
       if (p.fn == Fn::Sin) v = std::sin(v);
       else if (p.fn == Fn::Cos) v = std::cos(v);
       if (p.clip) v = std::min(std::max(v, p.lo), p.hi);
-      out[k] = static_cast<float>(v);
+      out[k] = static_cast<T>(v);
     }
     out += n;
   }
+}
+
+void ObservationBuilder::build(const mjData* data, float* obs) const { build_into(data, obs); }
+void ObservationBuilder::build(const mjData* data, double* values) const { build_into(data, values); }
+
+// ------------------------------------------------------------------------------------ termination
+TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* model) {
+  if (model == nullptr) throw ObservationError("termination: no model to bind to");
+  const Json spec = parse_spec(spec_json);
+  try {
+    check_spec(spec);
+    Json terms = Json::array();
+    const Json& list = json::items(json::member(spec, "termination"), "observation spec termination");
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      const Json& c = list[i];
+      const std::string where = "termination condition " + std::to_string(i);
+      if (!c.is_object()) throw ObservationError(where + ": must be an object");
+      if (!json::member(c, "input").is_null())
+        throw ObservationError(where + ": reads an external input; conditions read mjData only");
+      std::set<std::string> keys = kTermKeys;
+      keys.insert({"min", "max", "strict", "finite"});
+      check_keys(c, keys, where);
+      Condition k;
+      k.lo = bound(json::member(c, "min"), -HUGE_VAL, where + ".min");
+      k.hi = bound(json::member(c, "max"), HUGE_VAL, where + ".max");
+      const Json& strict = json::member(c, "strict");
+      k.strict = strict.is_null() ? true : json::boolean(strict, where + ".strict");
+      const Json& finite = json::member(c, "finite");
+      k.finite = !finite.is_null() && json::boolean(finite, where + ".finite");
+      if (std::isnan(k.lo) || std::isnan(k.hi) || !(k.lo <= k.hi))
+        throw ObservationError(where + ": needs min <= max");
+      if (!k.finite && k.lo == -HUGE_VAL && k.hi == HUGE_VAL)
+        throw ObservationError(where + ": states no bound (min, max or finite = true)");
+      Json term = c;
+      for (const char* key : {"min", "max", "strict", "finite"}) term.erase(key);
+      terms.push_back(term);
+      conditions_.push_back(k);  // its label, offset and size come from binding the terms, below
+    }
+    if (!terms.empty()) {
+      Json sub = {{"version", ObservationBuilder::kSpecVersion}, {"terms", terms}};
+      try {
+        terms_ = std::make_unique<ObservationBuilder>(sub.dump(), model);
+      } catch (const ObservationError& e) {
+        // "observation term i" in the sub-spec is termination condition i.
+        std::string msg = e.what();
+        const std::string from = "observation term ";
+        if (msg.compare(0, from.size(), from) == 0) msg = "termination condition " + msg.substr(from.size());
+        throw ObservationError(msg);
+      }
+      for (std::size_t i = 0; i < conditions_.size(); ++i) {
+        Condition& k = conditions_[i];
+        const auto& t = terms_->terms()[i];
+        k.offset = t.offset;
+        k.size = t.size;
+        const std::string lo = (k.strict ? " > " : " >= ") + fmt(k.lo), hi = (k.strict ? " < " : " <= ") + fmt(k.hi);
+        k.label = t.label + (k.finite ? " finite" : "");
+        if (k.lo > -HUGE_VAL) k.label += (k.finite ? "," : "") + lo;
+        if (k.hi < HUGE_VAL) k.label += (k.finite || k.lo > -HUGE_VAL ? "," : "") + hi;
+      }
+      values_.assign(static_cast<std::size_t>(terms_->size()), 0.0);
+    }
+  } catch (const JsonError& e) {
+    throw ObservationError(e.what());
+  }
+}
+
+TerminationCheck::~TerminationCheck() = default;
+
+int TerminationCheck::first_failure(const mjData* data) const {
+  if (!terms_) return -1;
+  terms_->build(data, values_.data());
+  for (std::size_t i = 0; i < conditions_.size(); ++i) {
+    const Condition& k = conditions_[i];
+    for (int e = k.offset; e < k.offset + k.size; ++e) {
+      const double v = values_[e];
+      // Plain comparisons, as Gymnasium's health checks make them: NaN fails every bound, and a value
+      // equal to an infinite bound fails a strict one.
+      const bool ok = (!k.finite || std::isfinite(v)) && (k.strict ? k.lo < v && v < k.hi : k.lo <= v && v <= k.hi);
+      if (!ok) return static_cast<int>(i);
+    }
+  }
+  return -1;
 }
 
 }  // namespace pydpg

@@ -16,6 +16,7 @@
 #include <mujoco/mujoco.h>
 
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,9 +45,11 @@ class ObservationBuilder {
   ObservationBuilder(const std::string& spec_json, const mjModel* model);
 
   // The observation spec stored in a policy's metadata (PolicyRuntime::metadata().json), as the JSON
-  // text the constructor takes. Files exported by pydpg 0.1 carry the same terms as task.observation
-  // slices; they are rewritten to a spec here. Throws ObservationError when the policy has neither.
-  static std::string spec_from_policy_metadata(const std::string& metadata_json);
+  // text the constructor takes (and TerminationCheck's). Older files are rewritten to a spec here:
+  // pydpg 0.1's task.observation slices become terms, and the task.health conditions of 0.1/0.2
+  // become termination conditions (those that read 'state' = qpos ++ qvel need `model` to be split).
+  // Throws ObservationError when the policy carries no observation layout.
+  static std::string spec_from_policy_metadata(const std::string& metadata_json, const mjModel* model = nullptr);
 
   int size() const { return size_; }
   const std::vector<Term>& terms() const { return terms_; }
@@ -59,8 +62,12 @@ class ObservationBuilder {
   // obs[0 .. size()) from `data` (of the model the builder was bound to). No allocation. Not for
   // two threads at once (set_input writes what build reads): one builder per control thread.
   void build(const mjData* data, float* obs) const;
+  // The same values unrounded, in float64 (what a bound on them is compared with).
+  void build(const mjData* data, double* values) const;
 
  private:
+  template <typename T>
+  void build_into(const mjData* data, T* out) const;
   enum class Fn : std::uint8_t { None, Sin, Cos };
   struct Part {
     int field = -1;  // index into the field table; -1: external input
@@ -80,6 +87,37 @@ class ObservationBuilder {
   std::vector<std::vector<float>> inputs_;
   std::vector<char> input_set_;
   int size_ = 0;
+};
+
+// When an episode ends: the spec's optional "termination" list, each a condition on one term (the
+// same term grammar as the observation's, external inputs excepted) with bounds
+// {"min", "max", "strict" (default true: min < v < max), "finite"}. A robot's loop uses it as a
+// safety stop ("torso below h"); the control loop ends an episode when a condition fails, as
+// Gymnasium's terminate_when_unhealthy does. Values are compared unrounded, in float64.
+class TerminationCheck {
+ public:
+  struct Condition {
+    std::string label;  // e.g. "qpos[1:2] > 0.7"
+    int offset = 0, size = 0;
+    double lo = 0, hi = 0;
+    bool strict = true, finite = false;
+  };
+
+  // Binds spec_json's "termination" list (absent or empty: no condition, never fails) to `model`,
+  // which must outlive the check. Throws ObservationError naming the first offending condition.
+  TerminationCheck(const std::string& spec_json, const mjModel* model);
+  ~TerminationCheck();
+
+  const std::vector<Condition>& conditions() const { return conditions_; }
+  // -1 while every condition holds, else the index of the first that fails. No allocation; one
+  // check per control thread (it evaluates into its own buffer).
+  int first_failure(const mjData* data) const;
+  bool holds(const mjData* data) const { return first_failure(data) < 0; }
+
+ private:
+  std::unique_ptr<ObservationBuilder> terms_;
+  std::vector<Condition> conditions_;
+  mutable std::vector<double> values_;
 };
 
 }  // namespace pydpg

@@ -77,10 +77,10 @@ def cmake_dir_main(argv: Optional[Sequence[str]] = None) -> int:
 
 # ---------------------------------------------------------------------------------------- pydpg run
 def control_loop_args(policy: Union[str, os.PathLike], *, model: Optional[str] = None, hz: Optional[float] = None,
-                      episodes: int = 1, max_steps: Optional[int] = None, seed: int = 0, realtime: bool = True,
+                      episodes: int = 1, max_steps: Optional[int] = None, realtime: bool = True,
                       threads: int = 1, on_nonfinite: str = "hold", init_states: Optional[str] = None,
                       json_out: Optional[str] = None, trace: Optional[str] = None, quiet: bool = False) -> list[str]:
-    args = [control_loop_path(), os.fspath(policy), "--episodes", str(int(episodes)), "--seed", str(int(seed)),
+    args = [control_loop_path(), os.fspath(policy), "--episodes", str(int(episodes)),
             "--threads", str(int(threads)), "--on-nonfinite", on_nonfinite]
     if model is not None:
         args += ["--model", os.fspath(model)]
@@ -105,13 +105,26 @@ class ControlLoopError(RuntimeError):
     """The control loop exited with an error; the message is its stderr."""
 
 
-def run_policy(policy: Union[str, os.PathLike], *, initial_states: Optional[np.ndarray] = None,
-               timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
-    """Run the C++ control loop and return its JSON report: returns, lengths, latency_us (policy
-    act()), step_us (act + physics), deadline_misses, ...
+def _env_for(env) -> Any:
+    """``env`` itself, or a fresh Gymnasium env for an id (``"module:EnvId"`` imports the module
+    that registers it, as ``gymnasium.make`` does)."""
+    if not isinstance(env, str):
+        return env
+    import gymnasium as gym
 
-    ``initial_states``: [episodes, nq + nv] qpos‖qvel to start each episode from (instead of the
-    env's reset noise), which makes a run comparable step for step with a Python evaluation.
+    return gym.make(env)
+
+
+def run_policy(policy: Union[str, os.PathLike], *, initial_states: Optional[np.ndarray] = None, replay=None,
+               timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the C++ control loop and return its JSON report: lengths, terminated (and by which
+    condition), latency_us (policy act()), step_us (act + physics), deadline_misses, ...
+
+    ``initial_states``: [episodes, nq + nv] qpos‖qvel to start each episode from (else the model's
+    qpos0), which makes a run comparable step for step with a Python evaluation.
+    ``replay``: a Gymnasium env (or env id) to replay the run through (``replay_trace``): the report
+    then also holds ``returns`` and ``mean_return`` (the env's rewards for the loop's actions, from
+    the same states), ``max_obs_diff`` and the per-episode ``replay``. The loop computes no rewards.
     Other keyword arguments are those of ``control_loop_args``.
     """
     with tempfile.TemporaryDirectory(prefix="pydpg-run-") as tmp:
@@ -121,113 +134,186 @@ def run_policy(policy: Union[str, os.PathLike], *, initial_states: Optional[np.n
             path = os.path.join(tmp, "init.txt")
             np.savetxt(path, states, fmt="%.17g")
             kwargs["init_states"] = path
+        if replay is not None and kwargs.get("trace") is None:
+            kwargs["trace"] = os.path.join(tmp, "trace.csv")
         proc = subprocess.run(control_loop_args(policy, json_out=out, **kwargs), capture_output=True, text=True,
                               timeout=timeout)
         if proc.returncode != 0:
             raise ControlLoopError(proc.stderr.strip() or f"control loop exited with {proc.returncode}")
         with open(out) as f:
             result = json.load(f)
+        if replay is not None:
+            env = _env_for(replay)
+            try:
+                episodes = replay_trace(kwargs["trace"], env)
+            finally:
+                if env is not replay:
+                    env.close()
+            result["replay"] = episodes
+            result["returns"] = [e["python_return"] for e in episodes]
+            result["mean_return"] = float(np.mean(result["returns"]))
+            result["max_obs_diff"] = max((e["max_obs_diff"] for e in episodes), default=0.0)
     result["stdout"] = proc.stdout
     return result
+
+
+def _policy_env_id(policy: Union[str, os.PathLike]) -> Optional[str]:
+    from .export import read_metadata
+
+    try:
+        return read_metadata(policy).get("env_id")
+    except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
+        return None
 
 
 def run_main(argv: Optional[Sequence[str]] = None) -> int:
     """``pydpg run POLICY [options]``: run the policy in the C++ control loop; returns the exit code."""
     p = argparse.ArgumentParser(
         prog="pydpg run",
-        description="Run an exported policy in the C++ control loop (MuJoCo C API, fixed rate, no Python).")
+        description="Run an exported policy in the C++ control loop (MuJoCo C API, fixed rate, no Python). "
+                    "Episodes start from the Gymnasium env's own initial states, and the run is replayed "
+                    "through the env afterwards for its returns and observation parity.")
     p.add_argument("policy", help="policy file written by `pydpg export`")
     p.add_argument("--model", help="MuJoCo XML to load instead of the model stored in the policy")
+    p.add_argument("--env", help="Gymnasium env id for initial states and the replay (default: the policy's "
+                                 "env_id; 'module:EnvId' imports the module that registers it)")
+    p.add_argument("--no-replay", action="store_true",
+                   help="no Gymnasium env: start from the model's qpos0 and report no returns")
     p.add_argument("--hz", type=float, help="control rate (default: the training env's, 1 / (timestep * frame_skip))")
     p.add_argument("--episodes", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="steps per episode (default: the env's time limit)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reset noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the env's reset that draws the initial states")
     p.add_argument("--no-sleep", action="store_true", help="run as fast as possible instead of at --hz")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the runtime (default 1)")
     p.add_argument("--on-nonfinite", choices=("raise", "hold", "safe"), default="hold",
                    help="NaN/Inf observation or action: stop, hold the last action, or output zeros")
     p.add_argument("--json", help="also write the report as JSON to this file")
     args = p.parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"pydpg run: error: {message}", file=sys.stderr)
+        return 2
+
     if not os.path.isfile(args.policy):
-        print(f"pydpg run: error: policy file {args.policy!r} does not exist", file=sys.stderr)
-        return 2
+        return fail(f"policy file {args.policy!r} does not exist")
     if args.model is not None and not os.path.isfile(args.model):
-        print(f"pydpg run: error: model file {args.model!r} does not exist", file=sys.stderr)
-        return 2
+        return fail(f"model file {args.model!r} does not exist")
     for name in ("episodes", "max_steps", "threads"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            print(f"pydpg run: error: --{name.replace('_', '-')} must be >= 1, got {v}", file=sys.stderr)
-            return 2
+            return fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.hz is not None and not args.hz > 0:
-        print(f"pydpg run: error: --hz must be > 0, got {args.hz}", file=sys.stderr)
-        return 2
+        return fail(f"--hz must be > 0, got {args.hz}")
     try:
-        cmd = control_loop_args(args.policy, model=args.model, hz=args.hz, episodes=args.episodes,
-                                max_steps=args.max_steps, seed=args.seed, realtime=not args.no_sleep,
-                                threads=args.threads, on_nonfinite=args.on_nonfinite, json_out=args.json)
+        control_loop_path()
     except FileNotFoundError as e:
-        print(f"pydpg run: error: {e}", file=sys.stderr)
-        return 2
-    return subprocess.call(cmd)
+        return fail(str(e))
+    loop = dict(model=args.model, hz=args.hz, episodes=args.episodes, max_steps=args.max_steps,
+                realtime=not args.no_sleep, threads=args.threads, on_nonfinite=args.on_nonfinite)
+    env_id = None if args.no_replay else (args.env or _policy_env_id(args.policy))
+    env = None
+    if env_id is not None:
+        try:
+            env = _env_for(env_id)
+        except Exception as e:  # noqa: BLE001 - any failure to make the env means: run without it
+            if args.env:
+                return fail(f"cannot make the env {env_id!r}: {e}")
+            print(f"pydpg run: note: cannot make the policy's env {env_id!r} ({type(e).__name__}: {e}); episodes start "
+                  "from the model's qpos0 and no returns are reported (pass --env module:EnvId)", file=sys.stderr)
+    if env is None:
+        return subprocess.call(control_loop_args(args.policy, json_out=args.json, **loop))
+    try:
+        from .envs import initial_states
+
+        states = initial_states(env, args.episodes, args.seed)
+        try:
+            result = run_policy(args.policy, initial_states=states, replay=env, **loop)
+        except ControlLoopError as e:
+            print(f"pydpg_control_loop: {e}", file=sys.stderr)
+            return 1
+    finally:
+        env.close()
+    print(result.pop("stdout").rstrip())
+    print(f"\nreplayed in {env_id} from the same initial states (the env's rewards for the loop's actions):")
+    for i, e in enumerate(result["replay"]):
+        ended = "" if e["terminated_at"] is None else f", env terminated at step {e['terminated_at']}"
+        agree = "" if e["termination_agrees"] else " (the loop ended the episode elsewhere!)"
+        print(f"episode {i}: return {e['python_return']:.3f} over {e['steps']} steps{ended}{agree}; max observation "
+              f"difference {e['max_obs_diff']:.2g}")
+    print(f"mean return {result['mean_return']:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- replay
 def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
-    """The episodes of a ``pydpg run --trace`` file: initial qpos/qvel, and per step the observation
-    the policy saw, the action it sent and the loop's reward (NaN where it computes none)."""
+    """The episodes of a control loop ``--trace`` file: initial qpos/qvel, per step the observation
+    the policy saw and the action it sent, and (trace version 2) how the episode ended: ``failed``,
+    the index of the termination condition that ended it, -1 when none did, None when not logged."""
     episodes: list[dict] = []
-    nq = nv = act_dim = obs_dim = None
+    nq = nv = act_dim = obs_dim = version = None
     with open(path) as f:  # FileNotFoundError names a missing path
         for line in f:
             if line.startswith("# pydpg control loop trace"):
-                words = line.split()
+                words = line.replace(":", " ").split()
                 try:
+                    version = int(words[5])
                     nq, nv, act_dim, obs_dim = (int(words[words.index(k) + 1]) for k in ("nq", "nv", "act_dim", "obs_dim"))
                 except (ValueError, IndexError):
                     raise ValueError(f"{path}: malformed trace header {line.strip()!r}") from None
+                if version not in (1, 2):
+                    raise ValueError(f"{path}: trace version {version}; this pydpg reads versions 1 and 2")
                 continue
             if line.startswith("#") or not line.strip():
                 continue
             kind, *rest = line.rstrip("\n").split(",")
             if nq is None:
                 raise ValueError(f"{path} is not a pydpg control loop trace (no header line)")
+            # version 1 logged a reward column after the step index; version 2 logs none.
+            skip = {"init": 1, "step": 3 if version == 1 else 2, "end": 1}.get(kind)
+            if skip is None:
+                raise ValueError(f"{path}: unknown trace line kind {kind!r}")
             try:
-                values = np.array(rest[1:] if kind == "init" else rest[3:], dtype=np.float64)
+                values = np.array(rest[skip:], dtype=np.float64)
             except ValueError:
                 raise ValueError(f"{path}: a corrupt trace line (not numbers): {line[:80]!r}") from None
             if kind == "init":
                 if values.size != nq + nv:
                     raise ValueError(f"{path}: an init line holds {values.size} values, the header says nq + nv = {nq + nv}")
                 episodes.append({"qpos": values[:nq], "qvel": values[nq:nq + nv], "obs": [], "action": [],
-                                 "reward": []})
-            elif kind == "step":
-                if not episodes:
-                    raise ValueError(f"{path}: a step line before any init line")
-                if len(rest) < 3 or values.size != act_dim + obs_dim:
-                    raise ValueError(f"{path}: a step line holds {values.size} values, the header says act_dim + "
-                                     f"obs_dim = {act_dim + obs_dim}")
-                # float32 values printed with 9 digits: parsed as float32 they are exact, as float64
-                # they would be the decimal (the replay would then step with other actions).
-                values = np.array(rest[3:], dtype=np.float32).astype(np.float64)
-                ep = episodes[-1]
-                ep["reward"].append(float(rest[2]))
-                ep["action"].append(values[:act_dim])
-                ep["obs"].append(values[act_dim:])
-            else:
-                raise ValueError(f"{path}: unknown trace line kind {kind!r}")
+                                 "failed": None})
+                continue
+            if not episodes:
+                raise ValueError(f"{path}: a {kind} line before any init line")
+            if kind == "end":
+                if values.size != 2:
+                    raise ValueError(f"{path}: an end line holds {values.size} values, expected steps and failed")
+                episodes[-1]["failed"] = int(values[1])
+                continue
+            if len(rest) < skip or values.size != act_dim + obs_dim:
+                raise ValueError(f"{path}: a step line holds {values.size} values, the header says act_dim + "
+                                 f"obs_dim = {act_dim + obs_dim}")
+            # float32 values printed with 9 digits: parsed as float32 they are exact, as float64
+            # they would be the decimal (the replay would then step with other actions). Actions
+            # stay float32, the dtype a policy hands the env, whose reward arithmetic follows it.
+            values = np.array(rest[skip:], dtype=np.float32)
+            episodes[-1]["action"].append(values[:act_dim])
+            episodes[-1]["obs"].append(values[act_dim:].astype(np.float64))
     for ep in episodes:
-        for key in ("obs", "action", "reward"):
+        for key in ("obs", "action"):
             ep[key] = np.array(ep[key])
     return episodes
 
 
 def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
-    """Replay a control-loop trace through the Gymnasium ``env`` (no reward code in C++ needed):
-    each episode starts from the logged qpos/qvel and takes the logged actions. Per episode it
-    reports the largest observation difference relative to max(1, |obs|) between what the loop's
-    policy saw and what the env observes, the env's return up to its first termination, the
-    loop's return (None when the loop computes none), and the step the env terminated at."""
+    """Replay a control-loop trace through the Gymnasium ``env``: each episode starts from the logged
+    qpos/qvel and takes the logged actions. Per episode it reports the largest observation
+    difference relative to max(1, |obs|) between what the loop's policy saw and what the env
+    observes, the env's return up to its first termination (``python_return``), the step the env
+    terminated at, and whether the loop ended the episode at that same step
+    (``termination_agrees``; None for traces that do not log it)."""
     from .observation import observation_error
 
     u = env.unwrapped
@@ -249,9 +335,10 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
                 ret += float(reward)
                 if terminated:
                     ended = t + 1
-        cpp = ep["reward"]
-        out.append({"steps": len(ep["action"]), "max_obs_diff": worst, "python_return": ret, "terminated_at": ended,
-                    "cpp_return": None if len(cpp) == 0 or np.isnan(cpp).any() else float(cpp.sum())})
+        steps = len(ep["action"])
+        agrees = None if ep["failed"] is None else (ended == steps if ep["failed"] >= 0 else ended is None)
+        out.append({"steps": steps, "max_obs_diff": worst, "python_return": ret, "terminated_at": ended,
+                    "termination_agrees": agrees})
     return out
 
 
@@ -299,11 +386,13 @@ def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     env.close()
     trainer.close()
     print("[3/4] running the policy in the C++ control loop (MuJoCo C API, no Python) ...", flush=True)
-    fast = run_policy(out / "policy.pt", initial_states=states, realtime=False, quiet=True)
-    live = run_policy(out / "policy.pt", realtime=True, max_steps=args.realtime_steps, seed=args.seed)
+    fast = run_policy(out / "policy.pt", initial_states=states, replay=args.env, realtime=False, quiet=True)
+    live = run_policy(out / "policy.pt", initial_states=states[:1], realtime=True, max_steps=args.realtime_steps)
     print("[4/4] results\n")
     print(f"return, Python evaluation : {np.round(python.returns, 3).tolist()} (mean {python.returns.mean():.3f})")
     print(f"return, C++ control loop  : {np.round(fast['returns'], 3).tolist()} (mean {fast['mean_return']:.3f}); "
-          f"max |difference| {np.max(np.abs(np.array(fast['returns']) - python.returns)):.2g}\n")
+          f"max |difference| {np.max(np.abs(np.array(fast['returns']) - python.returns)):.2g}")
+    print(f"  (the loop's actions replayed through {args.env} from the same initial states; largest observation "
+          f"difference {fast['max_obs_diff']:.2g})\n")
     print(live["stdout"].split("\n\n", 1)[-1].rstrip())
     return 0

@@ -116,6 +116,14 @@ class PolicyModule(nn.Module):
         return torch.minimum(torch.maximum(out, self.action_low), self.action_high)
 
 
+def metadata_json(meta: dict, indent: Optional[int] = None) -> str:
+    """The metadata as strict JSON (the C++ reader refuses Python's NaN/Infinity words)."""
+    try:
+        return json.dumps(meta, indent=indent, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"the policy metadata holds a non-finite number, which JSON cannot carry: {e}") from None
+
+
 def _reference(actor: nn.Module, obs: np.ndarray, low: np.ndarray, high: np.ndarray,
                norm: Optional[dict], normalizer=None) -> np.ndarray:
     """What the trained agent does in Python (trainer.make_policy + envs.scale_action), computed with
@@ -179,118 +187,30 @@ def _network_plan(actor: nn.Module) -> Optional[dict]:
 
 
 # ----------------------------------------------------------------------------------------- task spec
-def _finite_or_none(x: float) -> Optional[float]:
-    return float(x) if math.isfinite(x) else None
-
-
 def task_spec(env) -> Optional[dict]:
-    """How the C++ control loop reproduces ``env`` from mjData besides the observation (that is the
-    observation spec's job, pydpg.observation): reward terms, health (termination) conditions, reset
-    noise and timing. None for envs that are not MuJoCo envs.
+    """The C++ control loop's timing for ``env``: physics steps per control step, the physics
+    timestep, the control rate and the episode's time limit. None for envs that are not MuJoCo
+    envs (Gymnasium's MujocoEnv, or any env with ``model`` and ``frame_skip``).
 
-    Any MuJoCo env (Gymnasium's MujocoEnv or one with ``model`` and ``frame_skip``) gets its timing;
-    reward terms, health conditions and reset noise only the Gymnasium v5 InvertedPendulum,
-    HalfCheetah, Hopper, Walker2d and Swimmer (``reward``/``health``/``reset_noise`` are None for the
-    others: the loop then runs to the time limit and ``pydpg.deploy.replay_trace`` computes the
-    returns in Python).
+    It is all the loop needs besides the observation spec (``pydpg.observation``), which also
+    states when an episode ends: there is no reward or reset code in the loop. Returns come from
+    replaying its trace through the env (``pydpg.deploy.replay_trace``), and episodes start from the
+    env's own initial states (``pydpg run`` samples them).
     """
     u = getattr(env, "unwrapped", env)
     if not (hasattr(u, "model") and hasattr(u, "frame_skip") and hasattr(getattr(u, "model"), "opt")):
         return None
-    module = type(u).__module__
-    name = type(u).__name__ if module.startswith("gymnasium.envs.mujoco.") and module.endswith("_v5") else ""
-    nq, nv = u.model.nq, u.model.nv
-    noise = float(getattr(u, "_reset_noise_scale", 0.0))
-    spec: dict[str, Any] = {"frame_skip": int(u.frame_skip), "timestep": float(u.model.opt.timestep),
-                            "control_hz": 1.0 / float(u.dt),
-                            "max_episode_steps": getattr(getattr(env, "spec", None), "max_episode_steps", None)
-                            or 1000}
-    uniform = {"qpos": {"dist": "uniform", "scale": noise}, "qvel": {"dist": "uniform", "scale": noise}}
-    if name == "InvertedPendulumEnv":
-        # v5: reward = int(not terminated); terminated = non-finite obs or |qpos[1]| > 0.2.
-        spec["reward"] = {"healthy_reward": 1.0}
-        spec["health"] = {"finite_obs": True, "terminate_when_unhealthy": True,
-                          "conditions": [{"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2,
-                                          "strict": False}]}
-        spec["reset_noise"] = uniform
-    elif name in ("HalfCheetahEnv", "HopperEnv", "Walker2dEnv", "SwimmerEnv"):
-        spec["reward"] = {"forward_weight": float(u._forward_reward_weight), "x_index": 0,
-                          "ctrl_cost_weight": float(u._ctrl_cost_weight),
-                          "healthy_reward": float(getattr(u, "_healthy_reward", 0.0))}
-        conds = []
-        if name == "HopperEnv":
-            lo, hi = u._healthy_state_range
-            conds.append({"field": "state", "start": 2, "stop": nq + nv, "min": _finite_or_none(lo),
-                          "max": _finite_or_none(hi), "strict": True})
-        if name in ("HopperEnv", "Walker2dEnv"):
-            for idx, (lo, hi) in ((1, u._healthy_z_range), (2, u._healthy_angle_range)):
-                conds.append({"field": "qpos", "start": idx, "stop": idx + 1, "min": _finite_or_none(lo),
-                              "max": _finite_or_none(hi), "strict": True})
-        spec["health"] = {"finite_obs": False, "conditions": conds,
-                          "terminate_when_unhealthy": bool(getattr(u, "_terminate_when_unhealthy", False))}
-        spec["reset_noise"] = ({"qpos": {"dist": "uniform", "scale": noise}, "qvel": {"dist": "normal", "scale": noise}}
-                               if name == "HalfCheetahEnv" else uniform)
-    else:
-        spec.update(reward=None, health=None, reset_noise=None)
-    return spec
-
-
-def _spec_healthy(spec: dict, data, obs: np.ndarray) -> bool:
-    h = spec["health"]
-    if h.get("finite_obs") and not np.isfinite(obs).all():
-        return False
-    state = np.concatenate([data.qpos, data.qvel])
-    for c in h["conditions"]:
-        v = {"qpos": data.qpos, "qvel": data.qvel, "state": state}[c["field"]][c["start"]:c["stop"]]
-        lo = -np.inf if c["min"] is None else c["min"]
-        hi = np.inf if c["max"] is None else c["max"]
-        ok = ((lo < v) & (v < hi)) if c["strict"] else ((lo <= v) & (v <= hi))
-        if not ok.all():
-            return False
-    return True
-
-
-def verify_task_spec(spec: dict, observation: dict, env_spec, steps: int = 60, seed: int = 0) -> Optional[str]:
-    """Step a fresh copy of the env with random actions and check that the task description (with
-    the observation spec, for the finite-observation health check) reproduces its rewards and
-    terminations. Returns None when it does, else what differs."""
-    import gymnasium as gym
-
-    from .observation import ObservationBuilder
-
-    if spec.get("reward") is None:
-        return None  # timing only: nothing in it to compare with the env's steps
-    env = gym.make(env_spec)
-    try:
-        u = env.unwrapped
-        builder = ObservationBuilder(observation, u.model)
-        rng = np.random.default_rng(seed)
-        env.reset(seed=seed)
-        r = spec["reward"]
-        for t in range(steps):
-            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-            x0 = float(u.data.qpos[r.get("x_index", 0)])
-            _, reward, terminated, truncated, _ = env.step(action)
-            ok = _spec_healthy(spec, u.data, builder.build(u.data))
-            mine = (r.get("forward_weight", 0.0) * (u.data.qpos[r.get("x_index", 0)] - x0) / u.dt
-                    + r.get("healthy_reward", 0.0) * ok
-                    - r.get("ctrl_cost_weight", 0.0) * float(np.sum(np.square(action.astype(np.float64)))))
-            if abs(mine - reward) > 1e-6 * max(1.0, abs(reward)):
-                return f"reward differs at step {t}: spec {mine!r}, env {reward!r}"
-            if bool(spec["health"].get("terminate_when_unhealthy") and not ok) != bool(terminated):
-                return f"termination differs at step {t}"
-            if terminated or truncated:
-                env.reset(seed=seed + t + 1)
-        return None
-    finally:
-        env.close()
+    timestep = float(u.model.opt.timestep)
+    return {"frame_skip": int(u.frame_skip), "timestep": timestep, "control_hz": 1.0 / (timestep * int(u.frame_skip)),
+            "max_episode_steps": getattr(getattr(env, "spec", None), "max_episode_steps", None) or 1000}
 
 
 def _checked_observation_spec(given, env_id: Optional[str], env_spec, env) -> tuple[Optional[dict], Optional[str]]:
     """The observation spec to store and a note: ``given``, else the one shipped with ``env_id``'s
-    preset; verified against a fresh copy of the env (the env itself, reset and stepped, when it has
-    no spec to copy). A wrong given spec raises ``ObservationMismatch``; a preset's that does not fit
-    this env (other env kwargs: another model, other observation switches) is left out, with a note."""
+    preset; verified (observations and terminations) against a fresh copy of the env (the env
+    itself, reset and stepped, when it has no spec to copy). A wrong given spec raises
+    ``ObservationMismatch``; a preset's that does not fit this env (other env kwargs: another model,
+    other observation or termination switches) is left out, with a note."""
     from .observation import ObservationError, ObservationMismatch, as_spec, task_spec as preset_observation, verify
 
     spec = as_spec(given) if given is not None else (preset_observation(env_id) if env_id else None)
@@ -314,23 +234,21 @@ def _checked_observation_spec(given, env_id: Optional[str], env_spec, env) -> tu
     return spec, None
 
 
-def _task_of(env_spec, env, observation: Optional[dict]):
-    """The control loop's task description for the env (a fresh copy of ``env_spec`` when ``env`` is
-    None), verified; a string saying why it was left out; or None for envs it cannot describe."""
-    import gymnasium as gym
-
-    fresh = gym.make(env_spec) if env is None and env_spec is not None else None
-    try:
-        task = task_spec(fresh if fresh is not None else env) if (fresh or env) is not None else None
-    finally:
-        if fresh is not None:
-            fresh.close()
-    if task is None or env_spec is None:
-        return task
-    if observation is None:
-        return "task description left out: no observation spec to build the loop's observations with"
-    problem = verify_task_spec(task, observation, env_spec)
-    return f"task description left out: it does not reproduce {env_spec.id} ({problem})" if problem else task
+def _describe_env(env, env_id: Optional[str], observation_spec, xml: Optional[str]) -> dict:
+    """What the policy file records about ``env`` (a single env or a vector env, which one fresh
+    single env of the same spec stands for): env id, MuJoCo model XML and model, the verified
+    observation spec, the loop's timing, and a note on what was left out."""
+    subs = getattr(env, "envs", None)
+    single = subs[0] if subs else (None if hasattr(env, "num_envs") else env)
+    spec = getattr(single, "spec", None) or getattr(env, "spec", None)
+    if env_id is None and spec is not None:
+        env_id = spec.id
+    u = getattr(single, "unwrapped", None)
+    if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
+        xml = Path(u.fullpath).read_text()
+    observation, note = _checked_observation_spec(observation_spec, env_id, spec, single)
+    return {"env_id": env_id, "xml": xml, "model": getattr(u, "model", None), "observation": observation,
+            "task": task_spec(single) if single is not None else None, "note": note}
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -423,7 +341,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 def _write_torchscript(module: PolicyModule, tmp: Path, meta: dict, model_xml: Optional[str], obs: np.ndarray):
     with _quiet_torchscript():
         scripted = torch.jit.script(module)
-        extra = {METADATA_FILE: json.dumps(meta, indent=1)}
+        extra = {METADATA_FILE: metadata_json(meta, indent=1)}
         if model_xml is not None:
             extra[MODEL_FILE] = model_xml
         # Through memory: the archive's root folder is then "archive", not the temporary file's name.
@@ -449,7 +367,7 @@ def _write_onnx(module: PolicyModule, tmp: Path, meta: dict, obs: np.ndarray):
                           dynamo=False)
     model = onnx.load(str(tmp))
     entry = model.metadata_props.add()
-    entry.key, entry.value = "pydpg_policy", json.dumps(meta)
+    entry.key, entry.value = "pydpg_policy", metadata_json(meta)
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
     try:
@@ -470,7 +388,7 @@ def _write_pt2(module: PolicyModule, tmp: Path, meta: dict, obs: np.ndarray):
     ep = torch.export.export(module, example, dynamic_shapes={"obs": {0: batch}})
     # AOTInductor keeps string metadata inside the package; the loader's get_metadata() returns it.
     torch._inductor.aoti_compile_and_package(
-        ep, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": {"pydpg_policy": json.dumps(meta)}})
+        ep, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": {"pydpg_policy": metadata_json(meta)}})
     loaded = torch._inductor.aoti_load_package(str(tmp))
     with torch.inference_mode():
         return loaded(torch.from_numpy(obs)).numpy()
@@ -530,29 +448,14 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         high = np.asarray(action_high, dtype=np.float64).reshape(-1)
         if low.shape != high.shape or not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
             raise ValueError(f"action bounds must be finite with low < high, got low={low}, high={high}")
-        spec = getattr(env, "spec", None)
-        if env_id is None and spec is not None:
-            env_id = spec.id
-        task, task_note, xml, observation, obs_model = None, None, model_xml, None, None
+        described = {"env_id": env_id, "xml": model_xml, "model": None, "observation": None, "task": None,
+                     "note": None}
         if env is not None:
-            # A vector env is described by one fresh single env of the same spec.
-            subs = getattr(env, "envs", None)
-            single = subs[0] if subs else (None if hasattr(env, "num_envs") else env)
-            spec = getattr(single, "spec", None) or spec
-            if env_id is None and spec is not None:
-                env_id = spec.id
-            u = getattr(single, "unwrapped", None)
-            if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
-                xml = Path(u.fullpath).read_text()
-            observation, task_note = _checked_observation_spec(observation_spec, env_id, spec, single)
-            task = _task_of(spec, single, observation)
-            if task is not None and isinstance(task, str):
-                task, task_note = None, task_note or task
-            obs_model = getattr(u, "model", None)
+            described = _describe_env(env, env_id, observation_spec, model_xml)
         elif observation_spec is not None:
             from .observation import as_spec
 
-            observation = as_spec(observation_spec)  # no env to check it against
+            described["observation"] = as_spec(observation_spec)  # no env to check it against
     finally:
         if own_env is not None:
             own_env.close()
@@ -571,6 +474,8 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
 
     from . import __version__
 
+    env_id, task, observation, obs_model, xml, task_note = (described[k] for k in (
+        "env_id", "task", "observation", "model", "xml", "note"))
     if observation is not None and obs_model is not None:
         from .observation import ObservationBuilder
 
@@ -632,9 +537,9 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         print(result)
         if task_note:
             print(f"note: {task_note}", file=sys.stderr)
-        elif task is None and format == "torchscript":
-            print(f"note: no task description for {env_id or 'this policy'}: `pydpg run` needs a supported "
-                  "Gymnasium v5 MuJoCo env (InvertedPendulum, HalfCheetah, Hopper, Walker2d, Swimmer)", file=sys.stderr)
+        elif (task is None or observation is None) and format == "torchscript":
+            print(f"note: `pydpg run` cannot run this policy: it needs a MuJoCo env (env= or --env) and an "
+                  f"observation spec (a preset's, or observation_spec= / --observation-spec)", file=sys.stderr)
     return result
 
 

@@ -11,7 +11,16 @@ bodies, sites or sensors (resolved by MuJoCo name when bound to a model), then:
     fn           "sin" or "cos"
     clip         [low, high]
 
-or an external input ``{"input": "prev_action", "size": 6}`` that the caller sets. Example,
+or an external input ``{"input": "prev_action", "size": 6}`` that the caller sets.
+
+An optional ``termination`` list says when an episode ends (Gymnasium's terminate_when_unhealthy,
+or a real robot's safety stop): each entry is a term (as above, inputs excepted) with bounds
+``min``/``max`` (``strict``, default true: min < v < max) and/or ``finite = true``. The episode
+ends when any entry fails; values are compared in float64. Hopper-v5's z check, for example::
+
+    {"field": "qpos", "start": 1, "stop": 2, "min": 0.7, "strict": true}
+
+Infinite bounds (a clip or a min/max) are written as null: the spec is strict JSON. Example,
 Gymnasium's Reacher-v5::
 
     {"version": 1, "terms": [
@@ -28,6 +37,7 @@ The specs of the 11 Gymnasium MuJoCo v5 tasks ship with their presets (``[observ
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -52,11 +62,24 @@ def as_spec(spec: Union[dict, Sequence[dict]]) -> dict:
     else:
         raise TypeError(f"an observation spec is a dict {{'version', 'terms'}} or a list of terms, got "
                         f"{type(spec).__name__}")
+    out = _strict_json(out)
     try:
-        json.dumps(out)
+        json.dumps(out, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise TypeError(f"an observation spec must be plain JSON-able data: {e}") from None
     return out
+
+
+def _strict_json(x: Any) -> Any:
+    """``x`` with ±inf numbers as None (an unbounded clip side or bound), as the C++ reader takes
+    them; NaN stays, for ``as_spec`` to refuse."""
+    if isinstance(x, dict):
+        return {k: _strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict_json(v) for v in x]
+    if isinstance(x, float) and math.isinf(x):
+        return None
+    return x
 
 
 def _require_mujoco():
@@ -115,6 +138,32 @@ class ObservationBuilder:
         raise IndexError(f"observation index {index} is outside [0, {self.size})")
 
 
+class Termination:
+    """A spec's ``termination`` list bound to one ``mujoco.MjModel`` (the C++ check the control loop
+    runs): ``first_failure(data)`` is the index of the first condition that fails, or -1."""
+
+    def __init__(self, spec: Union[dict, Sequence[dict]], model: Any):
+        mujoco = _require_mujoco()
+        if not isinstance(model, mujoco.MjModel):
+            raise TypeError(f"model must be a mujoco.MjModel, got {type(model).__name__}")
+        self.spec = as_spec(spec)
+        self._model = model  # the C++ check holds a raw pointer into it
+        self._c = _core.TerminationCheck(json.dumps(self.spec), model._address)
+
+    @property
+    def labels(self) -> list[str]:
+        """One description per condition, e.g. ``qpos[1:2] > 0.7``."""
+        return list(self._c.labels)
+
+    def first_failure(self, data: Any) -> int:
+        mujoco = _require_mujoco()
+        if not isinstance(data, mujoco.MjData):
+            raise TypeError(f"data must be a mujoco.MjData, got {type(data).__name__}")
+        if data.model._address != self._model._address:
+            raise ValueError("data belongs to another model than the one this check is bound to")
+        return int(self._c.first_failure(data._address))
+
+
 def task_spec(env_id: str) -> Optional[dict]:
     """The observation spec shipped with the task preset for ``env_id``, or None."""
     from . import presets
@@ -142,7 +191,9 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
     ``steps`` steps of uniformly random actions (new episodes as the old ones end), compare the
     builder's observation with the env's. Returns the largest difference relative to
     max(1, |observation|); raises ``ObservationMismatch`` naming the first wrong term, index, step
-    and both values when it exceeds ``rtol``, or when the widths differ.
+    and both values when it exceeds ``rtol``, or when the widths differ. With a ``termination``
+    list, the env's ``terminated`` must agree with it after every step (the mismatch names the
+    condition).
 
     External inputs: ``prev_action`` is filled with the action taken before (zeros after a reset),
     as the control loop fills it; an input named in ``inputs`` gets that constant value; any other
@@ -152,6 +203,7 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
     if not hasattr(u, "model") or not hasattr(u, "data"):
         raise TypeError(f"{getattr(env, 'spec', None) and env.spec.id or type(u).__name__} is not a MuJoCo env")
     builder = ObservationBuilder(spec, u.model)
+    check = Termination(spec, u.model) if builder.spec.get("termination") else None
     inputs = dict(inputs or {})
     places = {label[len("input "):]: (offset, size) for label, offset, size in builder.terms
               if label.startswith("input ")}
@@ -190,6 +242,13 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
             break
         action = env.action_space.sample()
         obs, _, terminated, truncated, _ = env.step(action)
+        if check is not None:
+            failed = check.first_failure(u.data)
+            if (failed >= 0) != bool(terminated):
+                raise ObservationMismatch(
+                    f"termination at step {step + 1}: " + (
+                        f"condition {failed} '{check.labels[failed]}' fails but the env did not terminate"
+                        if failed >= 0 else "the env terminated but every termination condition holds"))
         if terminated or truncated:
             obs, _ = env.reset()
             action = np.zeros(act_dim)

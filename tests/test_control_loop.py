@@ -2,7 +2,10 @@
 
 The return-parity tests are the proof that the loop does what the training env did: the same
 policy, started from the same initial states, must earn the same return in the C++ loop (MuJoCo C
-API, no Python) as in the Python evaluation (pydpg.envs.evaluate)."""
+API, no Python) as in the Python evaluation (pydpg.envs.evaluate). The loop has no reward code: its
+return is the env's reward for the loop's actions, from its trace replayed through the env, which
+also measures its observations against the env's and checks it ended each episode where the env
+did."""
 
 from __future__ import annotations
 
@@ -46,9 +49,11 @@ def test_inverted_pendulum_return_matches_python(tmp_path):
     export_policy(agent, path, env=env, verbose=False)
     python = evaluate(make_policy(agent, None), env, 3, seed=11)
     assert (python.lengths == 1000).all()  # the controller balances: a non-trivial 1000-step run
-    cpp = run_policy(path, initial_states=start_states("InvertedPendulum-v5", 11, 3), realtime=False, quiet=True)
+    cpp = run_policy(path, initial_states=start_states("InvertedPendulum-v5", 11, 3), replay=env, realtime=False,
+                     quiet=True)
     assert cpp["lengths"] == python.lengths.tolist()
     np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-9)
+    assert cpp["max_obs_diff"] <= 1e-6 and all(r["termination_agrees"] for r in cpp["replay"])
     assert cpp["backend"] == "mlp" and cpp["latency_us"]["count"] == 3000
     env.close()
 
@@ -71,11 +76,10 @@ def test_half_cheetah_return_matches_python(tmp_path):
     policy = Policy(path)
     assert (env.action_space.low == -1).all() and (env.action_space.high == 1).all()  # env units = [-1, 1]
     python = evaluate(lambda obs: policy.act(obs.astype(np.float32)), env, 2, seed=5)
-    cpp = run_policy(path, initial_states=start_states("HalfCheetah-v5", 5, 2), realtime=False, quiet=True)
-    assert cpp["lengths"] == [1000, 1000]
-    # Same actions, same physics: what is left is the reward's ctrl cost, summed in float64 here and
-    # in float32 by Gymnasium.
-    np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-4)
+    cpp = run_policy(path, initial_states=start_states("HalfCheetah-v5", 5, 2), replay="HalfCheetah-v5",
+                     realtime=False, quiet=True)
+    assert cpp["lengths"] == [1000, 1000] and cpp["max_obs_diff"] <= 1e-5
+    np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-6)
     assert abs(python.returns[0] - python.returns[1]) > 1e-2  # the two episodes differ: a real check
     env.close()
 
@@ -96,21 +100,48 @@ def test_trained_policy_loop_return_matches_python():
             return module(torch.as_tensor(obs, dtype=torch.float32)[None])[0].double().numpy() / high
 
     python = evaluate(act, env, 3, seed=21)
-    cpp = run_policy(TRAINED_PENDULUM, initial_states=start_states("InvertedPendulum-v5", 21, 3), realtime=False,
-                     quiet=True)
+    cpp = run_policy(TRAINED_PENDULUM, initial_states=start_states("InvertedPendulum-v5", 21, 3), replay=env,
+                     realtime=False, quiet=True)
     assert python.lengths.tolist() == [1000] * 3 and cpp["lengths"] == [1000] * 3
     np.testing.assert_allclose(cpp["returns"], python.returns, rtol=0, atol=1e-9)
     assert cpp["backend"] == "mlp"
     env.close()
 
 
-def test_reset_noise_statistics_match(tmp_path):
-    """Without given initial states the loop draws its own reset noise (the env's distribution)."""
+def test_loop_starts_from_qpos0_without_initial_states(tmp_path):
+    """No reset code in the loop: without --init-states an episode starts from the model's qpos0 and
+    zero velocity (the trace logs it)."""
+    from pydpg.deploy import read_trace
+
+    env = gym.make("Hopper-v5")
+    export_policy(DDPG.from_dims(11, 3), tmp_path / "p.pt", env=env, verbose=False)
+    run_policy(tmp_path / "p.pt", episodes=2, realtime=False, max_steps=3, quiet=True, trace=tmp_path / "t.csv")
+    for ep in read_trace(tmp_path / "t.csv"):
+        np.testing.assert_array_equal(ep["qpos"], env.unwrapped.model.qpos0)
+        np.testing.assert_array_equal(ep["qvel"], 0.0)
+    env.close()
+
+
+def constant_actor(obs_dim: int, value: float) -> torch.nn.Module:
+    """An actor that always outputs `value` in [-1, 1] (a controller that drives the robot over)."""
+    layer = torch.nn.Linear(obs_dim, 1)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.fill_(float(np.arctanh(value)))
+    return torch.nn.Sequential(layer, torch.nn.Tanh())
+
+
+def test_termination_is_data_and_ends_episodes_where_the_env_does(tmp_path):
+    """The pendulum pushed one way falls: the loop ends the episode when the preset's termination
+    condition |qpos[1]| <= 0.2 fails, at the step the env terminates, and says which condition."""
     env = gym.make("InvertedPendulum-v5")
-    agent = DDPG(pendulum_actor(), [torch.nn.Linear(5, 1)])
-    export_policy(agent, tmp_path / "p.pt", env=env, verbose=False)
-    cpp = run_policy(tmp_path / "p.pt", episodes=3, seed=1, realtime=False, max_steps=200, quiet=True)
-    assert cpp["lengths"] == [200, 200, 200] and cpp["returns"] == [200.0, 200.0, 200.0]
+    export_policy(DDPG(constant_actor(4, 0.1), [torch.nn.Linear(5, 1)]), tmp_path / "p.pt", env=env, verbose=False)
+    cpp = run_policy(tmp_path / "p.pt", initial_states=start_states("InvertedPendulum-v5", 3, 3), replay=env,
+                     realtime=False, quiet=True)
+    assert all(3 < n < 200 for n in cpp["lengths"]) and cpp["terminated"] == [True] * 3
+    assert cpp["terminated_by"] == ["qpos[1:2] >= -0.2, <= 0.2"] * 3
+    assert [r["terminated_at"] for r in cpp["replay"]] == cpp["lengths"]
+    assert all(r["termination_agrees"] for r in cpp["replay"])
     env.close()
 
 
@@ -137,7 +168,14 @@ def test_realtime_run_reports_latency_and_deadlines(pendulum_policy):
 def test_cli_run(pendulum_policy, capfd):
     assert run_main([str(pendulum_policy), "--no-sleep", "--max-steps", "50", "--episodes", "2"]) == 0
     out = capfd.readouterr().out
-    assert "episode 1: return 50.000" in out and "mean return 50.000" in out
+    assert "episode 1: 50 steps" in out and "replayed in InvertedPendulum-v5" in out
+    assert "episode 1: return 50.000 over 50 steps" in out and "mean return 50.000" in out
+    # Without the env: from qpos0, no returns.
+    assert run_main([str(pendulum_policy), "--no-sleep", "--max-steps", "5", "--no-replay"]) == 0
+    out = capfd.readouterr().out
+    assert "episode 0: 5 steps" in out and "return" not in out
+    assert run_main([str(pendulum_policy), "--no-sleep", "--env", "NoSuchEnv-v0"]) == 2
+    assert "cannot make the env 'NoSuchEnv-v0'" in capfd.readouterr().err
 
 
 def test_cli_run_bad_input(tmp_path, pendulum_policy, capfd):
@@ -198,26 +236,65 @@ ALL_TASKS = ["InvertedPendulum-v5", "InvertedDoublePendulum-v5", "HalfCheetah-v5
 def test_loop_runs_every_task_and_replays_in_python(tmp_path, env_id):
     """`pydpg run` drives every Gymnasium MuJoCo v5 task from its exported observation spec; its trace,
     replayed through the Gymnasium env from the logged initial states with the logged actions, shows
-    the loop's observations equal the env's (relative 1e-5) over 200 steps, and where the loop
-    computes rewards they equal the env's."""
-    from pydpg.deploy import replay_trace
-
+    the loop's observations equal the env's (relative 1e-5) over >= 200 steps, and that the loop
+    ended each episode at the step the env terminated (or neither did)."""
     env = gym.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(0)
     path = tmp_path / "p.pt"
     export_policy(DDPG.from_dims(obs_dim, act_dim), path, env=env, verbose=False)
-    trace = tmp_path / "trace.csv"
-    # Random policies end some tasks within ~10 steps: enough episodes for >= 200 steps in all.
-    cpp = run_policy(path, initial_states=start_states(env_id, 7, 25), realtime=False, quiet=True, max_steps=40,
-                     trace=trace)
-    replay = replay_trace(trace, env)
+    # Random policies end some tasks within ~6 steps: enough episodes for >= 200 steps in all.
+    cpp = run_policy(path, initial_states=start_states(env_id, 7, 60), replay=env, realtime=False, quiet=True,
+                     max_steps=40)
+    replay = cpp["replay"]
     assert [r["steps"] for r in replay] == cpp["lengths"] and sum(cpp["lengths"]) >= 200
-    for r, cpp_return in zip(replay, cpp["returns"]):
-        assert r["max_obs_diff"] <= 1e-5, (env_id, r)
-        if r["cpp_return"] is not None:
-            assert cpp_return == pytest.approx(r["cpp_return"], rel=1e-9, abs=1e-9)
-            assert r["cpp_return"] == pytest.approx(r["python_return"], rel=1e-6, abs=1e-6), (env_id, r)
+    assert cpp["max_obs_diff"] <= 1e-5, (env_id, replay)
+    assert all(r["termination_agrees"] for r in replay), (env_id, replay, cpp["terminated_by"])
+    env.close()
+
+
+def with_metadata(path: Path, meta: dict, out: Path) -> None:
+    """A copy of the policy file `path` carrying `meta` (as an older pydpg wrote it) instead."""
+    import io
+    import warnings
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        xml = next(z.read(n) for n in z.namelist() if n.endswith("extra/model.xml")).decode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path))
+        buf = io.BytesIO()
+        torch.jit.save(module, buf, _extra_files={"pydpg_policy.json": json.dumps(meta), "model.xml": xml})
+    out.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("env_id, health", [
+    ("Hopper-v5", {"finite_obs": False, "terminate_when_unhealthy": True, "conditions": [
+        {"field": "state", "start": 2, "stop": 12, "min": -100.0, "max": 100.0, "strict": True},
+        {"field": "qpos", "start": 1, "stop": 2, "min": 0.7, "max": None, "strict": True},
+        {"field": "qpos", "start": 2, "stop": 3, "min": -0.2, "max": 0.2, "strict": True}]}),
+    ("InvertedPendulum-v5", {"finite_obs": True, "terminate_when_unhealthy": True, "conditions": [
+        {"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2, "strict": False}]}),
+])
+def test_health_of_older_files_ends_episodes_where_the_env_does(tmp_path, env_id, health):
+    """pydpg 0.2 files state termination as task.health (fields qpos/qvel/state, a finite-observation
+    flag), with reward and reset-noise blocks the loop no longer reads: the loop rewrites the
+    conditions to termination terms and ends episodes at the env's step."""
+    from pydpg.export import read_metadata
+
+    env = gym.make(env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    torch.manual_seed(1)
+    export_policy(DDPG.from_dims(obs_dim, act_dim), tmp_path / "new.pt", env=env, verbose=False)
+    meta = read_metadata(tmp_path / "new.pt")
+    meta["observation"].pop("termination")
+    meta["task"].update(health=health, reward={"healthy_reward": 1.0}, reset_noise={"qpos": {"scale": 0.01}})
+    with_metadata(tmp_path / "new.pt", meta, tmp_path / "old.pt")
+    cpp = run_policy(tmp_path / "old.pt", initial_states=start_states(env_id, 5, 8), replay=env, realtime=False,
+                     quiet=True, max_steps=60)
+    assert any(cpp["terminated"]), cpp["lengths"]
+    assert all(r["termination_agrees"] for r in cpp["replay"]), (cpp["replay"], cpp["terminated_by"])
     env.close()
 
 
@@ -225,9 +302,6 @@ def test_policy_files_of_pydpg_0_1_keep_running(tmp_path):
     """0.1 files carry the observation as task.observation slices (start/stop, clip, transform; empty
     slices allowed). The loop rewrites them to a spec and its observations equal the env's; a slice
     of 'state', which the spec states otherwise, is refused with a clear error."""
-    import io
-    import warnings
-
     from pydpg.deploy import ControlLoopError, replay_trace
     from pydpg.export import read_metadata
 
@@ -242,26 +316,14 @@ def test_policy_files_of_pydpg_0_1_keep_running(tmp_path):
         {"field": "qpos", "start": 1, "stop": 3, "transform": "sin"},
         {"field": "qpos", "start": 1, "stop": 3, "transform": "cos"}, {"field": "qvel", "clip": [-10.0, 10.0]},
         {"field": "qfrc_constraint", "start": 0, "stop": 1, "clip": [-10.0, 10.0], "transform": "none"}]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path))
-
-    def save(p, m):
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.jit.save(module, buf, _extra_files={"pydpg_policy.json": json.dumps(m),
-                                                      "model.xml": Path(env.unwrapped.fullpath).read_text()})
-        p.write_bytes(buf.getvalue())
-
     old = tmp_path / "old.pt"
-    save(old, meta)
+    with_metadata(path, meta, old)
     run_policy(old, initial_states=start_states("InvertedDoublePendulum-v5", 4, 10), realtime=False, quiet=True,
                max_steps=30, trace=tmp_path / "t.csv")
     replay = replay_trace(tmp_path / "t.csv", env)
     assert sum(r["steps"] for r in replay) == 300 and max(r["max_obs_diff"] for r in replay) <= 1e-5
     meta["task"]["observation"][0]["field"] = "state"
-    save(tmp_path / "state.pt", meta)
+    with_metadata(path, meta, tmp_path / "state.pt")
     with pytest.raises(ControlLoopError, match="reads 'state'"):
         run_policy(tmp_path / "state.pt", realtime=False, quiet=True, max_steps=3)
     env.close()
@@ -273,6 +335,8 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
     trace = tmp_path / "t.csv"
     run_policy(pendulum_policy, realtime=False, quiet=True, max_steps=5, trace=trace)
     good = trace.read_text()
+    lines = good.splitlines()
+    assert lines[-1] == "end,0,5,-1"
     with pytest.raises(FileNotFoundError):
         read_trace(tmp_path / "missing.csv")
     for name, text, match in [
@@ -280,12 +344,23 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
         ("head.csv", good.replace("nq 2", "nq two"), "malformed trace header"),
         ("short.csv", good.replace("init,0,", "init,0,1,", 1), "init line holds"),
         ("garbage.csv", good + "step,0,9,x,y\n", "not numbers"),
-        ("cut.csv", good.rsplit(",", 2)[0] + "\n", "step line holds"),
+        ("cut.csv", "\n".join(lines[:-2] + [lines[-2].rsplit(",", 2)[0]]) + "\n", "step line holds"),
+        ("end.csv", good + "end,0,5\n", "end line holds"),
         ("kind.csv", good + "bogus,1\n", "unknown trace line kind"),
+        ("version.csv", good.replace("trace 2:", "trace 3:"), "trace version 3"),
     ]:
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=match):
             read_trace(tmp_path / name)
+    # Traces of pydpg 0.2 (version 1) had a reward column and no end lines: still read.
+    v1 = [lines[0].replace("trace 2:", "trace 1:")] + [
+        ",".join(line.split(",")[:3] + ["nan"] + line.split(",")[3:]) if line.startswith("step") else line
+        for line in lines[1:-1]]
+    (tmp_path / "v1.csv").write_text("\n".join(v1) + "\n")
+    old, new = read_trace(tmp_path / "v1.csv"), read_trace(trace)
+    np.testing.assert_array_equal(old[0]["action"], new[0]["action"])
+    np.testing.assert_array_equal(old[0]["obs"], new[0]["obs"])
+    assert old[0]["failed"] is None and new[0]["failed"] == -1
     with pytest.raises(ValueError, match="another robot"):
         replay_trace(trace, gym.make("Hopper-v5"))
     with pytest.raises(TypeError, match="not a Gymnasium MuJoCo env"):

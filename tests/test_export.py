@@ -15,7 +15,7 @@ import torch
 from pydpg.agent import DDPG
 from pydpg.envs import scale_action
 from pydpg.export import (FORMAT_VERSION, ParityError, PolicyModule, export_main, export_policy, read_metadata,
-                          task_spec, verify_task_spec)
+                          task_spec)
 from pydpg.normalizer import RunningNormalizer
 from pydpg.observation import ObservationMismatch
 from pydpg.observation import task_spec as observation_task_spec
@@ -148,7 +148,9 @@ def test_export_from_trainer_like_object(tmp_path):
     meta = read_metadata(tmp_path / "p.pt")
     assert (meta["training_steps"], meta["eval_return"], meta["env_id"]) == (777, 12.5, "InvertedPendulum-v5")
     assert meta["normalization"] is not None and meta["task"] is not None
-    assert meta["observation"] == {"version": 1, "terms": [{"field": "qpos"}, {"field": "qvel"}]}
+    assert meta["observation"]["terms"] == [{"field": "qpos"}, {"field": "qvel"}]
+    assert meta["observation"]["termination"][-1] == {"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2,
+                                                      "strict": False}
     env.close()
 
 
@@ -192,21 +194,14 @@ def test_cli_export_bad_input(tmp_path, capsys):
     assert not (tmp_path / "p.pt").exists()
 
 
-@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5"])
-def test_task_spec_reproduces_env(env_id):
+@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "Hopper-v5", "Ant-v5", "Reacher-v5"])
+def test_task_spec_is_timing_only(env_id):
+    """The loop's task is timing, the same for every MuJoCo env: no class-name switch, no reward,
+    health or reset code (termination is in the observation spec; returns come from the replay)."""
     env = gym.make(env_id)
-    spec = task_spec(env)
-    assert spec is not None
-    assert verify_task_spec(spec, observation_task_spec(env_id), env.spec, steps=80) is None
-    env.close()
-
-
-def test_task_spec_of_other_envs():
-    """Other MuJoCo envs get their timing only (the loop runs them; returns come from the replay);
-    non-MuJoCo envs get nothing."""
-    env = gym.make("Ant-v5")
-    spec = task_spec(env)
-    assert spec["frame_skip"] == 5 and spec["reward"] is None and spec["health"] is None
+    u = env.unwrapped
+    assert task_spec(env) == {"frame_skip": u.frame_skip, "timestep": u.model.opt.timestep,
+                              "control_hz": pytest.approx(1 / u.dt), "max_episode_steps": env.spec.max_episode_steps}
     env.close()
     assert task_spec(gym.make("CartPole-v1")) is None
 
@@ -270,8 +265,20 @@ def test_preset_spec_that_does_not_fit_the_env_kwargs_is_left_out(tmp_path, caps
     env = gym.make("HalfCheetah-v5", exclude_current_positions_from_observation=False)
     export_policy(DDPG.from_dims(18, 6), tmp_path / "p.pt", env=env)
     meta = read_metadata(tmp_path / "p.pt")
-    assert meta["observation"] is None and meta["task"] is None
+    assert meta["observation"] is None and meta["task"]["frame_skip"] == 5  # timing stays: it is the env's
     assert "observation spec left out" in capsys.readouterr().err
+    env.close()
+
+
+def test_preset_termination_that_does_not_fit_the_env_kwargs_is_left_out(tmp_path, capsys):
+    """Hopper made with terminate_when_unhealthy=False never terminates: the preset's termination
+    conditions would end episodes the env does not, so the spec is left out and the note names the
+    first condition that disagreed."""
+    env = gym.make("Hopper-v5", terminate_when_unhealthy=False)
+    export_policy(DDPG.from_dims(11, 3), tmp_path / "p.pt", env=env)
+    assert read_metadata(tmp_path / "p.pt")["observation"] is None
+    err = capsys.readouterr().err
+    assert "observation spec left out" in err and "fails but the env did not terminate" in err
     env.close()
 
 

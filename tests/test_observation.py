@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from policy_helpers import cmake_build, have_cmake
-from pydpg.observation import ObservationBuilder, ObservationError, ObservationMismatch, as_spec, task_spec, verify
+from pydpg.observation import (ObservationBuilder, ObservationError, ObservationMismatch, Termination, as_spec, task_spec,
+                               verify)
 
 TASKS = ["InvertedPendulum-v5", "InvertedDoublePendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5",
          "Swimmer-v5", "Ant-v5", "Humanoid-v5", "HumanoidStandup-v5", "Reacher-v5", "Pusher-v5"]
@@ -134,6 +135,84 @@ def test_bad_calls(reacher):
         as_spec("qpos")
     with pytest.raises(TypeError, match="not a MuJoCo env"):
         verify([{"field": "qpos"}], gym.make("CartPole-v1"))
+
+
+# ---------------------------------------------------------------------------------------- termination
+TERMINATING = {"Hopper-v5": 4, "Walker2d-v5": 2, "Ant-v5": 3, "Humanoid-v5": 1, "InvertedPendulum-v5": 3,
+               "InvertedDoublePendulum-v5": 1}
+
+
+@pytest.mark.parametrize("env_id", TASKS)
+def test_shipped_termination_is_the_envs(env_id):
+    """The six tasks that terminate ship their conditions as data; the other five ship none. verify()
+    (above, 250 steps) already checks every step's `terminated` against them; here states are put on,
+    just inside and just outside each bound, and the check must agree with the env's is_healthy."""
+    spec = task_spec(env_id)
+    assert len(spec.get("termination", [])) == TERMINATING.get(env_id, 0)
+    if env_id not in TERMINATING:
+        return
+    env = gym.make(env_id)
+    u = env.unwrapped
+    check = Termination(spec, u.model)
+    env.reset(seed=0)
+    assert check.first_failure(u.data) == -1
+    if not hasattr(u, "is_healthy"):
+        env.close()
+        return  # InvertedPendulum's and InvertedDoublePendulum's checks live in step(): verify() covers them
+    for c in spec["termination"]:
+        if c.get("finite"):
+            continue
+        for bound in (c.get("min"), c.get("max")):
+            for nudge in (-1e-9, 0.0, 1e-9):
+                if bound is None:
+                    continue
+                env.reset(seed=0)
+                getattr(u.data, c["field"])[c.get("start", 0)] = bound + nudge
+                assert (check.first_failure(u.data) < 0) == bool(u.is_healthy), (env_id, c, nudge)
+    env.close()
+
+
+def test_termination_labels_nan_and_verify_mismatch():
+    env = gym.make("Hopper-v5")
+    u = env.unwrapped
+    spec = task_spec("Hopper-v5")
+    check = Termination(spec, u.model)
+    assert check.labels == ["qpos[1:2] > 0.7", "qpos[2:3] > -0.2, < 0.2", "qpos[2:6] > -100, < 100", "qvel > -100, < 100"]
+    env.reset(seed=0)
+    u.data.qvel[3] = np.nan  # NaN fails every bound, as in Gymnasium's comparisons
+    assert check.first_failure(u.data) == 3
+    # A condition the env does not have: refused, naming it.
+    tighter = {**spec, "termination": [{"field": "qpos", "start": 1, "stop": 2, "min": 1.3}]}
+    with pytest.raises(ObservationMismatch, match=r"condition 0 'qpos\[1:2\] > 1.3' fails but the env did not"):
+        verify(tighter, env, steps=50)
+    # A condition missing: the env terminates while the spec holds.
+    with pytest.raises(ObservationMismatch, match="the env terminated but every termination condition holds"):
+        verify({**spec, "termination": spec["termination"][2:]}, env, steps=300)
+    env.close()
+
+
+@pytest.mark.parametrize("conditions, match", [
+    ([{"input": "goal", "size": 1, "max": 1}], "reads an external input"),
+    ([{"field": "qpos"}], "states no bound"),
+    ([{"field": "qpos", "min": 1, "max": 0}], "min <= max"),
+    ([{"field": "qpos", "min": "low"}], "min must be a number"),
+    ([{"field": "qpos", "max": 1, "strict": "yes"}], "strict must be true or false"),
+    ([{"field": "qpos", "max": 1, "below": 2}], "unknown key 'below'"),
+    ([{"field": "xpos", "names": "hand", "max": 1}], "termination condition 0: the model has no body named 'hand'"),
+    ([{"field": "qpos", "start": 7, "max": 1}], r"termination condition 0: slice \[7:4\]"),
+    ({"field": "qpos", "max": 1}, "must be a list"),
+])
+def test_bad_termination_conditions(reacher, conditions, match):
+    with pytest.raises(ObservationError, match=match):
+        Termination({"version": 1, "terms": [{"field": "qpos"}], "termination": conditions}, reacher.model)
+
+
+def test_infinite_bounds_are_written_as_null():
+    spec = as_spec({"terms": [{"field": "qpos", "clip": [-np.inf, 1.0]}],
+                    "termination": [{"field": "qpos", "min": 0.5, "max": float("inf")}]})
+    assert spec["terms"][0]["clip"] == [None, 1.0] and spec["termination"][0]["max"] is None
+    with pytest.raises(TypeError, match="JSON-able"):
+        as_spec([{"field": "qpos", "scale": float("nan")}])
 
 
 @pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
