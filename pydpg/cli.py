@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("env_id", nargs="?", metavar="ENV_ID", help="Gymnasium environment id, e.g. HalfCheetah-v5")
     t.add_argument("--steps", type=_positive_int, help="total environment steps (default: the preset's)")
     t.add_argument("--seed", type=_nonneg_int, help="random seed (default 0)")
-    t.add_argument("--config", metavar="FILE.toml", help="TOML file with [agent], [train], [env] tables")
+    t.add_argument("--config", metavar="FILE.toml", help="TOML file with [agent], [train], [env] and [observation] tables")
     t.add_argument("--out", metavar="DIR", help="output directory (default runs/ENV_ID/seedS)")
     t.add_argument("--device", help="torch device: cpu or cuda (default cpu)")
     t.add_argument("--td3", action="store_true", help="switch on TD3's twin critics, delayed actor, target smoothing")

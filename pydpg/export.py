@@ -430,6 +430,8 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         eval_return = history[-1].get("eval_mean")
     if env_id is None and isinstance(getattr(source, "env_name", None), str):
         env_id = source.env_name
+    if observation_spec is None:  # a Trainer whose config file stated the observation
+        observation_spec = getattr(getattr(source, "train_cfg", None), "observation", None)
     norm = normalizer_stats(normalizer)
 
     env = _env_of(source, env)
@@ -570,7 +572,8 @@ def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
         if history and history[-1].get("eval_mean") is not None:
             eval_return = float(history[-1]["eval_mean"])
     return {"agent": agent, "normalizer": normalizer, "env_id": run.get("env_id"),
-            "env_kwargs": run.get("env_kwargs") or {}, "training_steps": steps, "eval_return": eval_return,
+            "env_kwargs": run.get("env_kwargs") or {}, "observation_spec": run.get("observation"),
+            "training_steps": steps, "eval_return": eval_return,
             "action_low": np.asarray(model["action_low"], dtype=np.float64),
             "action_high": np.asarray(model["action_high"], dtype=np.float64), "obs_dim": int(model["obs_dim"])}
 
@@ -588,7 +591,8 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
             print(f"note: cannot make {info['env_id']} here ({e}); exporting without a task description",
                   file=sys.stderr)
     try:
-        for k in ("normalizer", "env_id", "training_steps", "eval_return", "action_low", "action_high", "obs_dim"):
+        for k in ("normalizer", "env_id", "observation_spec", "training_steps", "eval_return", "action_low",
+                  "action_high", "obs_dim"):
             if info.get(k) is not None:
                 kwargs.setdefault(k, info[k])
         if env is not None:
@@ -630,13 +634,14 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--n-check", type=int, default=DEFAULT_N_CHECK, help="observations in the parity check")
     p.add_argument("--observation-spec", metavar="FILE", default=None,
                    help="the observation spec (pydpg.observation) for your own env: a TOML file with an "
-                        "[observation] table (a run config works) or a JSON file; default: the task preset's")
+                        "[observation] table (a run config works) or a JSON file; default: the one the run's "
+                        "config stated, else the task preset's")
     args = p.parse_args(argv)
     fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(Path(args.output).suffix, "torchscript")
     try:
         spec = None if args.observation_spec is None else read_observation_spec(args.observation_spec)
-        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check,
-                          observation_spec=spec)
+        extra = {} if spec is None else {"observation_spec": spec}  # else the run's own, or the preset's
+        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check, **extra)
     except ParityError as e:
         print(f"pydpg export: {e}", file=sys.stderr)
         return 1

@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_every: int = 50_000  # 0 = only the final checkpoint
     keep_checkpoints: int = 1  # the previous one is deleted only after the new one is complete
     target_return: Optional[float] = None  # stop early once an eval mean reaches it
+    # The observation spec (pydpg.observation) of a config file's [observation] table: stored with
+    # the run so that `pydpg export` of its checkpoints checks and ships it. None: the task preset's.
+    observation: Optional[dict] = None
 
     def validate(self) -> "TrainConfig":
         def check(name: str, ok: bool, want: str) -> None:
@@ -86,6 +89,13 @@ class TrainConfig:
         t = self.target_return
         check("target_return", t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t == t),
               "None or a number")
+        if self.observation is not None:
+            from .observation import as_spec
+
+            try:
+                self.observation = as_spec(self.observation)
+            except TypeError as e:
+                raise ValueError(f"TrainConfig.observation: {e}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -109,6 +109,28 @@ def test_train_writes_a_run(trained):
     assert not (trained / "tb").exists()  # --no-tensorboard
 
 
+def test_config_observation_table_travels_from_train_to_export(tmp_path, capsys):
+    """A config file's [observation] table is stored with the run; `pydpg export` of its checkpoint
+    checks it against the env and ships it (here the pendulum's observation, stated by joint name,
+    with a safety stop)."""
+    (tmp_path / "c.toml").write_text(
+        '[observation]\nversion = 1\n'
+        '[[observation.terms]]\nfield = "qpos"\nnames = ["slider", "hinge"]\n'
+        '[[observation.terms]]\nfield = "qvel"\n'
+        '[[observation.termination]]\nfield = "qpos"\nfinite = true\n'
+        '[[observation.termination]]\nfield = "qvel"\nfinite = true\n'
+        '[[observation.termination]]\nfield = "qpos"\nnames = "hinge"\nmin = -0.2\nmax = 0.2\nstrict = false\n')
+    out = tmp_path / "run"
+    assert main(["train", "InvertedPendulum-v5", "--steps", "300", "--config", str(tmp_path / "c.toml"), "--out",
+                 str(out), *SMALL]) == 0
+    assert main(["export", str(out), "-o", str(tmp_path / "p.pt")]) == 0
+    from pydpg.export import read_metadata
+
+    spec = read_metadata(tmp_path / "p.pt")["observation"]
+    assert spec["terms"][0] == {"field": "qpos", "names": ["slider", "hinge"]}
+    assert spec["termination"][2]["names"] == "hinge"
+
+
 def test_train_refuses_to_overwrite_a_run(capsys, trained):
     fails(capsys, ["train", "InvertedPendulum-v5", "--out", str(trained)], "already holds a run", "--resume")
 

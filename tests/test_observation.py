@@ -218,7 +218,8 @@ def test_infinite_bounds_are_written_as_null():
 @pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
 def test_build_does_not_allocate_and_cpp_users_link_it(tmp_path_factory):
     """The installed pydpg::mujoco target builds a C++ program (tests/cpp/alloc_check), and build()
-    on Humanoid-v5's 348-wide observation makes no heap allocation anywhere in the process."""
+    on Humanoid-v5's 348-wide observation, and its termination check, make no heap allocation
+    anywhere in the process."""
     import json
     import subprocess
     from pathlib import Path
@@ -233,6 +234,8 @@ def test_build_does_not_allocate_and_cpp_users_link_it(tmp_path_factory):
     env.close()
     result = json.loads(out.stdout)
     assert result["size"] == 348 and result["allocations"] == 0, result
+    # The termination check (Humanoid's z condition) allocates nothing either; z = 1.4 at qpos0 holds.
+    assert result["conditions"] == 1 and result["check_allocations"] == 0 and result["failed"] == -1, result
 
 
 def test_data_of_another_model_and_corrupt_model_addresses_are_refused():

@@ -1,5 +1,7 @@
 // The custom robot's policy driven from C++: pydpg::runtime computes actions, pydpg::mujoco builds
-// the observation from mjData with the spec stored in the policy file. No Python, no task code.
+// the observation from mjData with the spec stored in the policy file and checks the spec's
+// termination conditions (a safety stop; the arm's spec states none, Hopper's would stop a fallen
+// robot). No Python, no task code.
 //
 //   cmake -S examples/custom_robot -B build -Dpydpg_DIR="$(python -m pydpg --cmake-dir)"
 //   cmake --build build && ./build/robot_loop arm_policy.pt examples/custom_robot/arm.xml 200
@@ -13,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 int main(int argc, char** argv) {
@@ -31,7 +34,9 @@ int main(int argc, char** argv) {
   try {
     pydpg::PolicyRuntime policy(argv[1]);
     // Binds the spec to this model: names are resolved here, a missing sensor or site is an error now.
-    pydpg::ObservationBuilder observe(pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json), m);
+    const std::string spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json, m);
+    pydpg::ObservationBuilder observe(spec, m);
+    const pydpg::TerminationCheck safety_stop(spec, m);
     if (observe.size() != policy.obs_dim() || m->nu != policy.act_dim()) {
       std::fprintf(stderr, "the policy does not fit this model (obs %d vs %lld, actions %d vs %lld)\n", observe.size(),
                    static_cast<long long>(policy.obs_dim()), m->nu, static_cast<long long>(policy.act_dim()));
@@ -43,17 +48,23 @@ int main(int argc, char** argv) {
       std::vector<float> obs(observe.size()), action(policy.act_dim());
       const int frame_skip = 4;  // the env's: 0.04 s per action
       const long steps = std::atol(argv[3]);
-      for (long t = 0; t < steps; ++t) {
+      long t = 0;
+      int stopped_by = -1;
+      for (; t < steps && stopped_by < 0; ++t) {
         observe.build(d, obs.data());
         policy.act(obs.data(), 1, action.data());
         for (int i = 0; i < m->nu; ++i) d->ctrl[i] = action[i];
         for (int k = 0; k < frame_skip; ++k) mj_step(m, d);
+        stopped_by = safety_stop.first_failure(d);
       }
+      if (stopped_by >= 0)
+        std::fprintf(stderr, "safety stop after %ld steps: %s failed\n", t,
+                     safety_stop.conditions()[stopped_by].label.c_str());
       observe.build(d, obs.data());
       const int n = observe.size();
       const double dist = std::hypot(obs[n - 2], obs[n - 1]);  // the last term: fingertip - target
       const pydpg::LatencyStats lat = policy.latency();
-      std::printf("{\"steps\": %ld, \"obs_dim\": %d, \"final_distance\": %.6f, \"act_p50_us\": %.2f}\n", steps, n, dist,
+      std::printf("{\"steps\": %ld, \"obs_dim\": %d, \"final_distance\": %.6f, \"act_p50_us\": %.2f}\n", t, n, dist,
                   lat.p50_us);
     }
   } catch (const std::exception& e) {

@@ -112,6 +112,7 @@ def resolve(env_id: Optional[str] = None, *, preset: Optional[str] = None,
     agent_v: dict[str, Any] = {}
     train_v: dict[str, Any] = {}
     env_v: dict[str, Any] = {}
+    observation: Optional[dict] = None
     if env_id is not None:
         agent_v["learning_starts"] = learning_starts_for(env_id)
 
@@ -137,7 +138,11 @@ def resolve(env_id: Optional[str] = None, *, preset: Optional[str] = None,
     if algo is not None:
         apply(f"preset {algo}", {"agent": DDPGConfig.presets()[algo]})
     if config_file is not None:
-        apply(str(config_file), read_file(config_file))
+        layer = read_file(config_file)
+        apply(str(config_file), layer)
+        # A task preset's spec is found again by env id at export (and left out, with a note, where
+        # env kwargs change the observation); a user's own spec travels with the run.
+        observation = layer.get("observation") or None
     if td3:
         apply("--td3", {"agent": DDPGConfig.presets()["td3"]})
     apply("overrides", {"agent": dict(agent or {}), "train": dict(train or {}), "env": dict(env_kwargs or {})})
@@ -145,4 +150,6 @@ def resolve(env_id: Optional[str] = None, *, preset: Optional[str] = None,
     if env_id is not None:
         train_v["env_id"] = env_id
     train_v["env_kwargs"] = {**train_v.get("env_kwargs", {}), **env_v}
+    if observation is not None:
+        train_v["observation"] = observation
     return DDPGConfig.from_dict(agent_v), TrainConfig.from_dict(train_v)

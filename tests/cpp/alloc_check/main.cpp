@@ -6,11 +6,13 @@
 // reaches malloc through libstdc++, so it is counted too.
 //
 // usage: alloc_check POLICY BACKEND BATCH CALLS          -> one JSON line (PolicyRuntime::act)
-//        alloc_check --observation MODEL SPEC CALLS       -> one JSON line (ObservationBuilder::build,
-//                                                             with the mean time per call)
+//        alloc_check --observation MODEL SPEC CALLS       -> one JSON line (ObservationBuilder::build and
+//                                                          TerminationCheck::first_failure, with
+//                                                          the mean time per call)
 #include <pydpg/observation.hpp>
 #include <pydpg/policy_runtime.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -84,6 +86,7 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
   int rc = 0;
   try {
     pydpg::ObservationBuilder b(spec.str(), m);
+    const pydpg::TerminationCheck stop(spec.str(), m);
     std::vector<float> obs(b.size());
     for (int i = 0; i < 1000; ++i) b.build(d, obs.data());  // warm caches
     g_counting = true;
@@ -91,9 +94,18 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
     for (long i = 0; i < calls; ++i) b.build(d, obs.data());
     const auto t1 = std::chrono::steady_clock::now();
     g_counting = false;
+    const long build_allocs = g_allocs.exchange(0);
+    int failed = -1;
+    g_counting = true;
+    const auto t2 = std::chrono::steady_clock::now();
+    for (long i = 0; i < calls; ++i) failed = std::max(failed, stop.first_failure(d));
+    const auto t3 = std::chrono::steady_clock::now();
+    g_counting = false;
     const double ns = std::chrono::duration<double, std::nano>(t1 - t0).count() / calls;
-    std::printf("{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_build\": %.1f}\n", b.size(), calls,
-                g_allocs.load(), ns);
+    const double check_ns = std::chrono::duration<double, std::nano>(t3 - t2).count() / calls;
+    std::printf("{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_build\": %.1f, \"conditions\": %zu, "
+                "\"check_allocations\": %ld, \"ns_per_check\": %.1f, \"failed\": %d}\n",
+                b.size(), calls, build_allocs, ns, stop.conditions().size(), g_allocs.load(), check_ns, failed);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     rc = 1;
