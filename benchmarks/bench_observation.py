@@ -3,11 +3,15 @@ Gymnasium's own Python ``_get_obs()`` for the same task, state and observation, 
 
     C++ build()             ns per call and heap allocations per call, measured inside a C++ program
                             linked against the installed pydpg::mujoco (tests/cpp/alloc_check)
+    C++ termination check   the same for TerminationCheck::first_failure, where the task has conditions
     Python binding          pydpg.observation.ObservationBuilder.build(data) (binding overhead included)
     Gymnasium _get_obs()    the env's own numpy assembly of the observation (the peer)
 
-and the whole control-loop step (act + physics + build) of `pydpg run`, free-running, for an
-untrained 256-256 policy on HalfCheetah-v5 and Humanoid-v5 (p50/p99 over 1000 steps).
+for four Gymnasium tasks and the custom robot of examples/custom_robot (ArmReach-v0, sensors), and
+the whole control-loop step (act + physics + build + termination check) of `pydpg run`,
+free-running, for an untrained 256-256 policy on HalfCheetah-v5 and Humanoid-v5 (p50/p99 over at
+least 1000 steps; the untrained Humanoid falls within ~20 steps, so it runs many episodes from the
+env's own initial states).
 
     python benchmarks/bench_observation.py [--calls 200000] [--json benchmarks/results/observation.json]
 """
@@ -28,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("HalfCheetah-v5", "Ant-v5", "Humanoid-v5", "Reacher-v5")
+TASKS = ("HalfCheetah-v5", "Ant-v5", "Humanoid-v5", "Reacher-v5", "ArmReach-v0")
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -49,6 +53,12 @@ def main(argv=None) -> int:
     from pydpg.deploy import build_cmake_project
     from pydpg.observation import ObservationBuilder, task_spec
 
+    sys.path.insert(0, str(ROOT / "examples" / "custom_robot"))
+    import arm_env  # registers ArmReach-v0
+
+    def spec_of(env_id: str) -> dict:
+        return arm_env.OBSERVATION_SPEC if env_id == "ArmReach-v0" else task_spec(env_id)
+
     tmp = Path(tempfile.mkdtemp(prefix="pydpg-bench-obs-"))
     driver = build_cmake_project(ROOT / "tests" / "cpp" / "alloc_check", tmp / "build") / "alloc_check"
     rows = {}
@@ -57,7 +67,7 @@ def main(argv=None) -> int:
         env.reset(seed=0)
         env.step(env.action_space.sample())
         u = env.unwrapped
-        spec = task_spec(env_id)
+        spec = spec_of(env_id)
         (tmp / "spec.json").write_text(json.dumps(spec))
         out = subprocess.run([str(driver), "--observation", u.fullpath, str(tmp / "spec.json"), str(args.calls)],
                              check=True, capture_output=True, text=True)
@@ -66,6 +76,8 @@ def main(argv=None) -> int:
         py_calls = max(2000, args.calls // 20)
         rows[env_id] = {"size": cpp["size"], "cpp_us": cpp["ns_per_build"] / 1e3,
                         "cpp_allocations_per_call": cpp["allocations"] / cpp["calls"],
+                        "conditions": cpp["conditions"], "check_us": cpp["ns_per_check"] / 1e3,
+                        "check_allocations_per_call": cpp["check_allocations"] / cpp["calls"],
                         "binding_us": per_call_us(lambda: builder.build(u.data), py_calls),
                         "gymnasium_us": per_call_us(u._get_obs, py_calls)}
         env.close()
@@ -74,6 +86,7 @@ def main(argv=None) -> int:
 
     from pydpg.agent import DDPG
     from pydpg.deploy import run_policy
+    from pydpg.envs import initial_states
     from pydpg.export import export_policy
 
     loop = {}
@@ -82,21 +95,26 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         agent = DDPG.from_dims(env.observation_space.shape[0], env.action_space.shape[0])
         export_policy(agent, tmp / "p.pt", env=env, verbose=False)
+        episodes = 1 if not task_spec(env_id).get("termination") else 100
+        states = initial_states(env, episodes, seed=0)
         env.close()
-        out = run_policy(tmp / "p.pt", realtime=False, quiet=True, max_steps=1000, episodes=1, seed=0)
-        loop[env_id] = {"steps": out["steps"], "act": out["latency_us"], "step": out["step_us"]}
+        out = run_policy(tmp / "p.pt", initial_states=states, realtime=False, quiet=True, max_steps=1000)
+        loop[env_id] = {"steps": out["steps"], "episodes": episodes, "act": out["latency_us"], "step": out["step_us"]}
     shutil.rmtree(tmp, ignore_errors=True)
 
     lines = ["| task | obs size | C++ build() µs | allocations / call | Python binding µs | Gymnasium _get_obs() µs |"
-             " Gymnasium / C++ |", "|---|---:|---:|---:|---:|---:|---:|"]
+             " Gymnasium / C++ | termination conditions | C++ check µs | allocations / check |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for env_id, r in rows.items():
+        check = (f"{r['conditions']} | {r['check_us']:.3f} | {r['check_allocations_per_call']:g}" if r["conditions"]
+                 else "0 | – | –")
         lines.append(f"| {env_id} | {r['size']} | {r['cpp_us']:.3f} | {r['cpp_allocations_per_call']:g} | "
-                     f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x |")
-    lines += ["", "| control loop, free-running | steps | act() p50 µs | act() p99 µs | step (act + physics + build) p50 µs |"
-              " step p99 µs |", "|---|---:|---:|---:|---:|---:|"]
+                     f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x | {check} |")
+    lines += ["", "| control loop, free-running | episodes | steps | act() p50 µs | act() p99 µs |"
+              " step (act + physics + build + check) p50 µs | step p99 µs |", "|---|---:|---:|---:|---:|---:|---:|"]
     for env_id, r in loop.items():
-        lines.append(f"| {env_id} | {r['steps']} | {r['act']['p50']:.2f} | {r['act']['p99']:.2f} | {r['step']['p50']:.2f} | "
-                     f"{r['step']['p99']:.2f} |")
+        lines.append(f"| {env_id} | {r['episodes']} | {r['steps']} | {r['act']['p50']:.2f} | {r['act']['p99']:.2f} | "
+                     f"{r['step']['p50']:.2f} | {r['step']['p99']:.2f} |")
     table = "\n".join(lines)
     print(table)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")

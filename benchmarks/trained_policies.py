@@ -75,7 +75,7 @@ def check_run(run: Path, episodes: int, scratch: Path) -> dict:
         want = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs])
     single = np.stack([policy.act(o) for o in obs])
     batched = Policy(policy_path, max_batch=len(obs)).act(obs)
-    cpp = run_policy(policy_path, initial_states=states, realtime=False, quiet=True)
+    cpp = run_policy(policy_path, initial_states=states, replay=env_id, realtime=False, quiet=True)
     return {
         "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "env_id": env_id,
         "steps": ckpt.step if ckpt is not None else None, "export_max_diff": exported.max_abs_diff,

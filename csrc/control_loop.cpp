@@ -364,7 +364,7 @@ int run(const Args& a) {
     std::printf("%-22s %10s %10s %10s %10s %10s %10s\n", "latency (us)", "mean", "p50", "p90", "p99", "p99.9", "max");
     std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "policy act()", lat.mean_us, lat.p50_us,
                 lat.p90_us, lat.p99_us, lat.p999_us, lat.max_us);
-    std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "step (act + physics)", st.mean, st.p50, st.p90,
+    std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "step (act+physics+obs)", st.mean, st.p50, st.p90,
                 st.p99, st.p999, st.max);
     if (a.sleep)
       std::printf("\ndeadline misses: %ld of %ld periods\n", misses, steps_total);

@@ -108,3 +108,18 @@ def test_prev_action_input_through_export_loop_and_replay(tmp_path):
     replay = replay_trace(tmp_path / "t.csv", env)
     assert out["lengths"] == [50, 50] and all(r["max_obs_diff"] <= 1e-5 for r in replay), replay
     env.close()
+
+
+def test_train_and_deploy_script_runs_end_to_end(tmp_path, capsys):
+    """The README's steps 1-3 for the custom robot, briefly: train, export with the spec checked, run the
+    C++ loop and replay it; the loop's actions earn the Python evaluation's returns."""
+    import importlib
+
+    script = importlib.import_module("train_and_deploy")
+    assert script.main(["--steps", "1200", "--out", str(tmp_path / "arm"), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    python = out.split("return, Python evaluation : ")[1].split("\n")[0]
+    cpp = out.split("return, C++ loop (replay) : ")[1].split("\n")[0]
+    assert python == cpp, out
+    diff = float(out.split("largest observation difference, loop vs env: ")[1].split("\n")[0])
+    assert diff <= 1e-5

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import gymnasium as gym
 
     import pydpg
-    from pydpg.deploy import replay_trace, run_policy
+    from pydpg.deploy import run_policy
     from pydpg.envs import evaluate, initial_states
     from pydpg.export import export_policy
     from pydpg.trainer import make_policy
@@ -52,15 +52,14 @@ def main(argv=None) -> int:
 
     print("[3/4] the policy in the C++ control loop ...", flush=True)
     python = evaluate(make_policy(agent.trainer.agent, agent.trainer.normalizer), env, args.episodes, seed=7)
-    states = initial_states(env, args.episodes, seed=7)
-    loop = run_policy(out / "policy.pt", initial_states=states, realtime=False, quiet=True, trace=out / "trace.csv")
-
+    states = initial_states(env, args.episodes, seed=7)  # where those evaluation episodes started
     print("[4/4] replaying the loop's trace through the Gymnasium env ...\n", flush=True)
-    replay = replay_trace(out / "trace.csv", env)
+    loop = run_policy(out / "policy.pt", initial_states=states, replay=env, realtime=False, quiet=True,
+                      trace=out / "trace.csv")
     env.close()
     print(f"return, Python evaluation : {np.round(python.returns, 3).tolist()}")
-    print(f"return, C++ loop (replay) : {[round(r['python_return'], 3) for r in replay]}")
-    print(f"largest observation difference, loop vs env: {max(r['max_obs_diff'] for r in replay):.2g}")
+    print(f"return, C++ loop (replay) : {np.round(loop['returns'], 3).tolist()}")
+    print(f"largest observation difference, loop vs env: {loop['max_obs_diff']:.2g}")
     print(f"policy act() latency in the loop: p50 {loop['latency_us']['p50']:.2f} us")
     return 0
 
