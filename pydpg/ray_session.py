@@ -1,0 +1,72 @@
+"""Starting or joining Ray: the one place pydpg does it (distributed collection, sweeps).
+
+Ray is an optional extra (``pip install 'pydpg[ray]'``); without it the features that need it fail
+with a message naming the extra.
+
+Security. Ray has no authentication of its own: its docs require a cluster to sit on a trusted
+network, and exposed dashboards and job APIs were the way in for the 2023 "ShadowRay" attacks. So
+the local default (no address) starts no dashboard and keeps every Ray server on the loopback
+interface. Ray binds its gRPC servers to the node's IP, which it resolves to the loopback only in
+its local-only mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the mode it uses on macOS and
+Windows); that mode is set before Ray is imported, and tests/test_distributed.py checks that a local
+run listens on no other address. With ``address`` pydpg joins an existing cluster as it is
+configured: that cluster must be on a trusted network.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Optional
+
+EXTRA = "pip install 'pydpg[ray]'"
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def require_ray(feature: str) -> Any:
+    """The ``ray`` module, or an ImportError naming ``feature`` and the extra that provides it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"{feature} needs Ray, an optional extra of pydpg: {EXTRA}") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` for an address no GCS answers at: ray.init itself retries for minutes."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address must be HOST:PORT (the head node's GCS address), 'auto' or ray://..., "
+                         f"got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address} within {timeout:g} s ({e})") from None
+
+
+def init(address: Optional[str] = None, num_cpus: Optional[int] = None, timeout: float = 10.0) -> Any:
+    """Ray, initialized: joins ``address`` if given, else starts a local, loopback-only Ray with
+    ``num_cpus`` CPUs and no dashboard. A session that is already up is reused (tests share one)."""
+    if address is None and "ray" not in sys.modules:
+        os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
+    ray = require_ray("distributed training and sweeps")
+    if ray.is_initialized():
+        return ray
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    else:
+        _check_reachable(address, timeout)
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+def shutdown() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
