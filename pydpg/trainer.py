@@ -39,14 +39,15 @@ import torch
 from . import checkpoint as ckpt_io
 from .agent import DDPG as DDPGAgent
 from .config import DDPGConfig, _did_you_mean
-from .envs import (EnvLike, evaluate, get_env_state, make_env, make_vec_env, scale_action, set_env_state,
-                   EvalResult)
+from .collect import Chunk, LocalCollector, VectorStepper
+from .envs import EnvLike, EvalResult, evaluate, make_env, make_vec_env
 from .noise import make_noise
 from .normalizer import RunningNormalizer
 from .replay import ReplayBuffer
 
+# "episodes" stays last: a resumed run keeps the rows whose last column is complete.
 METRICS_COLUMNS = ("step", "wall_time", "sps", "eval_mean", "eval_std", "critic_loss", "actor_loss",
-                   "q_mean", "train_return", "episodes")
+                   "q_mean", "train_return", "replay_ratio", "episodes")
 PER_EPS = 1e-6  # added to |TD error| so no transition gets priority 0 (Schaul et al. 2016, §3.3)
 
 
@@ -69,6 +70,14 @@ class TrainConfig:
     # The observation spec (pydpg.observation) of a config file's [observation] table: stored with
     # the run so that `pydpg export` of its checkpoints checks and ships it. None: the task preset's.
     observation: Optional[dict] = None
+    # Distributed collection (pydpg.distributed): 0 = the envs are stepped in this process;
+    # N >= 1 = N Ray actors, each stepping n_envs envs with a CPU copy of the actor.
+    workers: int = 0
+    ray_address: Optional[str] = None  # None: a local Ray (loopback only); else join this cluster
+    broadcast_every: int = 100  # learner updates between weight broadcasts to the workers (Ape-X: 400)
+    worker_noise_spread: float = 0.0  # worker i's sigma = sigma * exp(spread * (2i/(N-1) - 1)); 0: all equal
+    worker_max_restarts: int = 3  # Ray restarts a dead worker this many times
+    worker_timeout_s: float = 60.0  # every worker gone for this long: the run stops with an error
 
     def validate(self) -> "TrainConfig":
         def check(name: str, ok: bool, want: str) -> None:
@@ -84,8 +93,15 @@ class TrainConfig:
         check("seed", is_int(self.seed) and 0 <= self.seed < 2**32, "an int in [0, 2**32)")
         for name in ("total_steps", "n_envs", "eval_episodes", "keep_checkpoints"):
             check(name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
-        for name in ("eval_every", "checkpoint_every", "eval_seed_offset"):
+        for name in ("eval_every", "checkpoint_every", "eval_seed_offset", "workers", "worker_max_restarts"):
             check(name, is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
+        check("broadcast_every", is_int(self.broadcast_every) and self.broadcast_every >= 1, "an int >= 1")
+        check("ray_address", self.ray_address is None or (isinstance(self.ray_address, str) and self.ray_address != ""),
+              "None or a non-empty string")
+        for name in ("worker_noise_spread", "worker_timeout_s"):
+            v = getattr(self, name)
+            check(name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+                  "a finite number >= 0")
         t = self.target_return
         check("target_return", t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t == t),
               "None or a number")
@@ -277,23 +293,31 @@ class Trainer:
 
         torch.manual_seed(seed)  # network initialization and the agent's target-noise generator
         rng_seq = np.random.SeedSequence(seed).spawn(3)
-        self.rng = np.random.default_rng(rng_seq[0])  # warm-up actions
-        self.vec = make_vec_env(env, train.n_envs, train.env_kwargs)
+        rng = np.random.default_rng(rng_seq[0])  # warm-up actions
+        if train.workers and not isinstance(env, str):
+            raise ValueError("workers > 0 needs an env id: each worker makes its own envs")
+        # The spaces come from the local vector env, or (workers) from one env made here, which
+        # also fails early and clearly for an env this machine cannot make.
+        vec = make_vec_env(env, train.n_envs, train.env_kwargs) if not train.workers else None
+        probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs)
         self.env_name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
-        box = self.vec.single_action_space
+        box = probe.single_action_space
         self.low, self.high = box.low.astype(np.float64), box.high.astype(np.float64)
-        self.obs_dim = int(self.vec.single_observation_space.shape[0])
+        self.obs_dim = int(probe.single_observation_space.shape[0])
         self.act_dim = int(box.shape[0])
+        if probe is not vec:
+            probe.close()
         try:
-            self.eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 else None
+            self.eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 and not train.workers else None
         except ValueError:
-            self.vec.close()
+            if vec is not None:
+                vec.close()
             raise
 
         self.agent = DDPGAgent.from_dims(self.obs_dim, self.act_dim, config)
         self.normalizer = RunningNormalizer(self.obs_dim).to(self.agent.device) if config.obs_normalization else None
         self.policy = make_policy(self.agent, self.normalizer)
-        self.noise = make_noise(config, self.act_dim, train.n_envs, np.random.default_rng(rng_seq[1]))
+        noise_rng = np.random.default_rng(rng_seq[1])
         self.buffer = ReplayBuffer(config.buffer_size, self.obs_dim, self.act_dim, prioritized=config.prioritized,
                                    alpha=config.per_alpha, n_step=config.n_step, gamma=config.gamma,
                                    seed=int(rng_seq[2].generate_state(1, np.uint64)[0]))
@@ -310,15 +334,32 @@ class Trainer:
         self.best: Optional[dict[str, float]] = None
         self.reached_target = False
         self._reset_interval()
-        self.obs, _ = self.vec.reset(seed=seed)
-        self.autoreset = np.zeros(train.n_envs, dtype=bool)
-        self.ep_return = np.zeros(train.n_envs)
-        self.ep_length = np.zeros(train.n_envs, dtype=np.int64)
-        if self.normalizer is not None:
-            self.normalizer.update(self.obs)
+        if vec is not None:
+            stepper = VectorStepper(vec, self.low, self.high, make_noise(config, self.act_dim, train.n_envs, noise_rng),
+                                    rng)
+            stepper.reset(seed)
+            if self.normalizer is not None:
+                self.normalizer.update(stepper.obs)
+            self.collector = LocalCollector(stepper, self._act)
         if model is not None:  # after the reset above, whose observations the model's statistics never saw
             self._load_model(model)
+        if vec is None:
+            from .distributed import RayCollector
+
+            self.collector = RayCollector(self, env, rng, noise_rng)
         self._last_ckpt_step: Optional[int] = None
+
+    def _act(self, obs: np.ndarray, noise) -> np.ndarray:
+        return self.agent.act(obs if self.normalizer is None else self.normalizer.normalize(obs), noise)
+
+    @property
+    def vec(self):
+        """The local vector env (None when workers collect)."""
+        return getattr(self.collector, "stepper", None) and self.collector.stepper.vec
+
+    @property
+    def noise(self):
+        return getattr(self.collector, "stepper", None) and self.collector.stepper.noise
 
     # ------------------------------------------------------------------ the loop
     def run(self, total_steps: Optional[int] = None, stop_at: Optional[int] = None) -> dict[str, Any]:
@@ -345,8 +386,9 @@ class Trainer:
                 if stop_at is not None and self.step >= stop_at:
                     self.train_time += time.perf_counter() - t_mark
                     return self.summary()
-                self._collect()
-                self._update()
+                self._insert(self.collector.collect(warmup=self.step < self.config.learning_starts))
+                if self._update():
+                    self.collector.weights_changed(self.n_grad)
                 if self.train_cfg.eval_every and self.step >= self.next_eval:
                     while self.next_eval <= self.step:
                         self.next_eval += self.train_cfg.eval_every
@@ -387,49 +429,26 @@ class Trainer:
             if logger is not None:
                 logger.close()
 
-    def _collect(self) -> None:
-        """One vector-env step; store the real transitions."""
-        n = self.train_cfg.n_envs
-        if self.step < self.config.learning_starts:
-            unit = self.rng.uniform(-1.0, 1.0, size=(n, self.act_dim)).astype(np.float32)
-        else:
-            obs = self.obs if self.normalizer is None else self.normalizer.normalize(self.obs)
-            unit = self.agent.act(obs, self.noise)
-        next_obs, reward, terminated, truncated, _ = self.vec.step(scale_action(unit, self.low, self.high))
-        # An env that ended its episode on the previous step was reset by this step instead of
-        # being stepped: (final obs, ignored action, reset obs) is not a transition of the MDP.
-        was_reset = self.autoreset
-        if not was_reset.any():
-            self.buffer.extend(self.obs, unit, reward, next_obs, terminated, truncated)
-            n_real = n
-        else:
-            real = np.flatnonzero(~was_reset)
-            if real.size:
-                self.buffer.extend(self.obs[real], unit[real], reward[real], next_obs[real], terminated[real],
-                                   truncated[real], env_ids=real)
-            n_real = real.size
-            if self.noise is not None:
-                self.noise.reset(np.flatnonzero(was_reset))  # a new episode starts its noise afresh
-        self.ep_return[~was_reset] += reward[~was_reset]
-        self.ep_length[~was_reset] += 1
-        ended = terminated | truncated
-        if ended.any():
-            for i in np.flatnonzero(ended):
-                self._interval["returns"].append(float(self.ep_return[i]))
-            self.episodes += int(ended.sum())
-            self.ep_return[ended] = 0.0
-            self.ep_length[ended] = 0
-        self.autoreset = ended
-        if self.normalizer is not None:
-            self.normalizer.update(next_obs)
-        self.obs = next_obs
-        self.step += n_real
+    def _insert(self, chunk: Chunk) -> None:
+        """Store a chunk's transitions (n-step per stream) and fold its observations in."""
+        if chunk.steps:
+            self.buffer.extend(chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated,
+                               chunk.truncated, env_ids=chunk.streams)
+        self._interval["returns"].extend(chunk.returns)
+        self.episodes += len(chunk.returns)
+        if self.normalizer is not None and len(chunk.seen_obs):
+            self.normalizer.update(chunk.seen_obs)
+        self.step += chunk.steps
 
-    def _update(self) -> None:
+    def _update(self) -> bool:
+        """The updates due at this step count: ``gradient_steps`` per ``train_freq`` steps after
+        ``learning_starts``. Collection waits for them (the learner consumes chunks only between
+        updates), so the replay ratio is the configured one however fast the collectors are, as
+        Reverb's SampleToInsertRatio holds it. True when any update ran."""
         cfg = self.config
         due = max(0, self.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
         if self.n_grad >= due or len(self.buffer) == 0:
-            return
+            return False
         device = self.agent.device
         acc = self._interval
         while self.n_grad < due:
@@ -450,6 +469,7 @@ class Trainer:
             if not math.isnan(info["actor_loss"]):
                 acc["n_actor"] += 1
                 acc["actor_loss"] += info["actor_loss"]
+        return True
 
     def _reset_interval(self) -> None:
         self._interval = {"n": 0, "n_actor": 0, "critic_loss": 0.0, "actor_loss": 0.0, "q_mean": 0.0,
@@ -458,11 +478,14 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and logging
     def evaluate(self, episodes: Optional[int] = None, seed: Optional[int] = None) -> EvalResult:
         """Noiseless episodes on the eval env, first reset with ``seed`` (default seed + 100)."""
-        if self.eval_env is None:
-            self.eval_env = make_env(self.train_cfg.env_id or self.vec.envs[0], self.train_cfg.env_kwargs)
         if seed is None:
             seed = self.train_cfg.seed + self.train_cfg.eval_seed_offset
-        return evaluate(self.policy, self.eval_env, episodes or self.train_cfg.eval_episodes, seed)
+        episodes = episodes or self.train_cfg.eval_episodes
+        if self.train_cfg.workers:
+            return self.collector.evaluate(episodes, seed)  # on its own worker
+        if self.eval_env is None:
+            self.eval_env = make_env(self.train_cfg.env_id or self.vec.envs[0], self.train_cfg.env_kwargs)
+        return evaluate(self.policy, self.eval_env, episodes, seed)
 
     def _evaluate_and_log(self, logger: Optional[RunLogger], progress: Progress, run_elapsed: float) -> None:
         result = self.evaluate()
@@ -478,6 +501,9 @@ class Trainer:
             "actor_loss": acc["actor_loss"] / acc["n_actor"] if acc["n_actor"] else math.nan,
             "q_mean": acc["q_mean"] / acc["n"] if acc["n"] else math.nan,
             "train_return": float(np.mean(acc["returns"])) if acc["returns"] else math.nan,
+            # Updates per stored transition over the interval, once learning has started.
+            "replay_ratio": (acc["n"] / (self.step - max(acc["step"], self.config.learning_starts))
+                             if self.step > max(acc["step"], self.config.learning_starts) else math.nan),
             "episodes": self.episodes,
         }
         self.history.append(row)
@@ -516,6 +542,7 @@ class Trainer:
             "best_eval": None if self.best is None else {"step": self.best["step"], "mean": self.best["eval_mean"],
                                                           "std": self.best["eval_std"]},
             "reached_target": self.reached_target,
+            "collector": {"kind": self.collector.kind, **self.collector.stats()},
             "config": self.config.to_dict(),
             "train": self.train_cfg.to_dict(),
             "pydpg_version": __version__,
@@ -570,20 +597,17 @@ class Trainer:
         """Checkpoint everything needed to resume exactly into ``out_dir/checkpoints``."""
         if self.out_dir is None:
             raise ValueError("this run has no output directory to checkpoint into")
-        envs = [get_env_state(e) for e in self.vec.envs]
         state = {
             "step": self.step, "n_grad": self.n_grad, "episodes": self.episodes,
             "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
             "elapsed": self.elapsed + _elapsed_in_run, "train_time": self.train_time,
             "history": self.history, "best": self.best, "reached_target": self.reached_target,
             "interval": self._interval,
-            "obs": ckpt_io.to_torch(np.asarray(self.obs)), "autoreset": ckpt_io.to_torch(self.autoreset),
-            "ep_return": ckpt_io.to_torch(self.ep_return), "ep_length": ckpt_io.to_torch(self.ep_length),
-            "rng": self.rng.bit_generator.state,
-            "noise": None if self.noise is None else self.noise.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.agent.device.type == "cuda" else None,
-            "envs": ckpt_io.to_torch(envs),
+            # The collector's own state (local: env states, observations, RNGs), flat, under the
+            # keys pydpg 0.2 used.
+            **self.collector.state_dict(),
         }
         meta = {"env_id": self.env_name, "seed": self.train_cfg.seed, "time": time.time()}
         path = ckpt_io.save_checkpoint(self.out_dir / "checkpoints", self.step, self.model_dict(), state,
@@ -623,48 +647,30 @@ class Trainer:
         self.elapsed, self.train_time = float(s["elapsed"]), float(s["train_time"])
         self.history, self.best, self.reached_target = list(s["history"]), s["best"], bool(s["reached_target"])
         self._interval = s["interval"]
-        self.obs = ckpt_io.to_numpy(s["obs"]).copy()
-        self.autoreset = ckpt_io.to_numpy(s["autoreset"]).copy()
-        self.ep_return = ckpt_io.to_numpy(s["ep_return"]).copy()
-        self.ep_length = ckpt_io.to_numpy(s["ep_length"]).copy()
-        self.rng.bit_generator.state = s["rng"]
-        if self.noise is not None:
-            self.noise.set_state(s["noise"])
+        self._interval.setdefault("returns", [])
         torch.set_rng_state(s["torch_rng"])
         if s["cuda_rng"] is not None and self.agent.device.type == "cuda":
             torch.cuda.set_rng_state_all(s["cuda_rng"])
-        env_states = ckpt_io.to_numpy(s["envs"])
-        if len(env_states) != len(self.vec.envs):
-            raise ckpt_io.CheckpointError(f"checkpoint has {len(env_states)} envs, this run {len(self.vec.envs)}")
-        lost = []
-        for i, (env, st) in enumerate(zip(self.vec.envs, env_states)):
-            if st is not None:
-                set_env_state(env, st)
-            else:
-                lost.append(i)
+        self._last_ckpt_step = self.step
+        if not isinstance(self.collector, LocalCollector):
+            return  # workers start new episodes: not an exact resume (docs/distributed.md)
+        stepper = self.collector.stepper
+        lost = stepper.load_state_dict(s)
         if lost:
             # Without simulator state the in-progress episodes cannot continue: start new ones,
             # seeded from (seed, step) so the resumed run is still reproducible.
             warnings.warn(f"env(s) {lost} of {self.env_name} cannot be captured (not MuJoCo, no state_dict()): "
                           "their episodes restart at the checkpoint, so this resume is not exact")
             for i in lost:
-                obs, _ = self.vec.envs[i].reset(seed=self.train_cfg.seed + 7919 * (self.step + i + 1))
-                self.obs[i] = obs
-                self.autoreset[i] = False
-                self.ep_return[i], self.ep_length[i] = 0.0, 0
+                obs = stepper.restart_episode(i, self.train_cfg.seed + 7919 * (self.step + i + 1))
                 # The old episode ended here, unseen by the buffer: close its open n-step returns
-                # as a truncation (else the new episode's rewards would complete them), and start
-                # the new episode as any other starts: fresh noise, its first obs in the statistics.
+                # as a truncation (else the new episode's rewards would complete them); the new
+                # episode's first observation goes into the statistics like any other's.
                 self.buffer.end_episode(i)
-                if self.noise is not None:
-                    self.noise.reset([i])
                 if self.normalizer is not None:
-                    self.normalizer.update(self.obs[i:i + 1])
-        # SyncVectorEnv's own record of which envs reset on their next step.
-        self.vec._autoreset_envs = self.autoreset.copy()
-        self._last_ckpt_step = self.step
+                    self.normalizer.update(obs[None])
 
     def close(self) -> None:
-        self.vec.close()
+        self.collector.close()
         if self.eval_env is not None:
             self.eval_env.close()

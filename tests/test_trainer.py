@@ -75,7 +75,7 @@ def test_episode_bookkeeping_counts_only_real_steps():
     tr = toy_trainer(n_envs=2, steps=60)
     tr.run()
     assert tr.episodes >= 10
-    assert np.all(tr.ep_length <= toy_env.MAX_STEPS)
+    assert np.all(tr.collector.stepper.ep_length <= toy_env.MAX_STEPS)
 
 
 # ---------------------------------------------------------------------------------------- seeding / resume
@@ -152,7 +152,7 @@ def test_resume_of_uncapturable_env_warns_and_restarts_episodes(tmp_path):
     Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False).run(stop_at=150)
     with pytest.warns(UserWarning, match="cannot be captured"):
         t = Trainer.resume(tmp_path, tensorboard=False)
-    assert t.step == 100 and not t.autoreset.any() and np.all(t.obs[:, 0] == 0)
+    assert t.step == 100 and not t.collector.stepper.autoreset.any() and np.all(t.collector.stepper.obs[:, 0] == 0)
     t.run()
     assert t.step >= 200
 
@@ -492,7 +492,7 @@ def test_normalizer_is_saved_with_the_agent(tmp_path):
     agent.learn(300)
     stats = agent.normalizer.to_dict()
     # Every observation the envs returned: the first reset, 300 real steps, one per autoreset step.
-    resets = agent.trainer.episodes - int(agent.trainer.autoreset.sum())
+    resets = agent.trainer.episodes - int(agent.trainer.collector.stepper.autoreset.sum())
     assert float(stats["count"]) == pytest.approx(1 + 300 + resets, abs=1e-3)
     agent.save(tmp_path / "m.pt")
     model = torch.load(tmp_path / "m.pt", weights_only=True)
