@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", metavar="NAME",
                    help="an algorithm preset (ddpg, paper, td3) or a task preset (see `pydpg presets`)")
     t.add_argument("--resume", metavar="DIR", help="continue the run (or checkpoint) in DIR exactly where it stopped")
-    t.add_argument("--n-envs", type=_positive_int, help="parallel environments (default 1)")
+    t.add_argument("--n-envs", type=_positive_int, help="parallel environments (default 1; per worker with --workers)")
+    t.add_argument("--workers", type=_positive_int,
+                   help="collect with N Ray actors feeding this learner (needs pydpg[ray]); default: no workers, "
+                        "the envs are stepped in this process")
+    t.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster (HOST:PORT of its head) instead of starting a local, loopback-only "
+                        "Ray. Ray has no authentication: the cluster must be on a trusted network")
     t.add_argument("--eval-every", type=_nonneg_int, help="evaluate every N steps (0: never)")
     t.add_argument("--eval-episodes", type=_positive_int, help="episodes per evaluation")
     t.add_argument("--checkpoint-every", type=_nonneg_int, help="checkpoint every N steps (0: only at the end)")
@@ -121,7 +127,7 @@ def _delegated(command: str):
 
 # ---------------------------------------------------------------------------------------- train
 _CONFIG_FLAGS = ("config", "td3", "preset", "n_envs", "eval_every", "eval_episodes", "checkpoint_every",
-                 "target_return", "seed", "env_kwarg", "sets")
+                 "target_return", "seed", "env_kwarg", "sets", "workers", "ray_address")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -156,7 +162,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             agent_over["device"] = args.device
         for flag, key in (("steps", "total_steps"), ("seed", "seed"), ("n_envs", "n_envs"),
                           ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes"),
-                          ("checkpoint_every", "checkpoint_every"), ("target_return", "target_return")):
+                          ("checkpoint_every", "checkpoint_every"), ("target_return", "target_return"),
+                          ("workers", "workers"), ("ray_address", "ray_address")):
             if getattr(args, flag) is not None:
                 train_over[key] = getattr(args, flag)
         config, train = presets.resolve(args.env_id, preset=args.preset, config_file=args.config, td3=args.td3,
@@ -319,6 +326,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # already names what is wrong.
         print(f"pydpg {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (ImportError, RuntimeError) as e:
+        # A missing optional extra (the message names it) or a failure of the Ray workers (the
+        # message is the worker's, naming the env).
+        print(f"pydpg {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise

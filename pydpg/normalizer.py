@@ -49,7 +49,10 @@ class RunningNormalizer(nn.Module):
     @torch.no_grad()
     def update(self, x: Union[np.ndarray, torch.Tensor]) -> None:
         """Fold a batch ``x`` of shape [N, *shape] into the running statistics."""
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if not isinstance(x, torch.Tensor):
+            # float64 numpy either way; a read-only array (a Ray worker's chunk, zero-copy from the
+            # object store) is copied by the conversion instead of being wrapped.
+            x = torch.from_numpy(np.array(x, dtype=np.float64, copy=not np.asarray(x).flags.writeable))
         x = x.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
         n = x.shape[0]
         if n == 0:

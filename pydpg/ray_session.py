@@ -51,12 +51,18 @@ def _check_reachable(address: str, timeout: float) -> None:
 def init(address: Optional[str] = None, num_cpus: Optional[int] = None, timeout: float = 10.0) -> Any:
     """Ray, initialized: joins ``address`` if given, else starts a local, loopback-only Ray with
     ``num_cpus`` CPUs and no dashboard. A session that is already up is reused (tests share one)."""
-    if address is None and "ray" not in sys.modules:
+    if address is None:
         os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
     ray = require_ray("distributed training and sweeps")
     if ray.is_initialized():
         return ray
     if address is None:
+        # Ray reads the switch when it is first imported; if something imported it earlier (a
+        # user's script, Ray Tune), set what it was read into, or the servers bind to all interfaces.
+        from ray._private import ray_constants
+
+        if os.environ.get(_LOCAL_ONLY_ENV) == "0":
+            ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         _check_reachable(address, timeout)

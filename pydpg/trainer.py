@@ -21,12 +21,15 @@ are restored (see ``envs.get_env_state`` for what env state is and which envs su
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -382,31 +385,19 @@ class Trainer:
         t_start = time.perf_counter()
         t_mark = t_start
         try:
-            while self.step < total and not self.reached_target:
-                if stop_at is not None and self.step >= stop_at:
-                    self.train_time += time.perf_counter() - t_mark
-                    return self.summary()
-                self._insert(self.collector.collect(warmup=self.step < self.config.learning_starts))
-                if self._update():
-                    self.collector.weights_changed(self.n_grad)
-                if self.train_cfg.eval_every and self.step >= self.next_eval:
-                    while self.next_eval <= self.step:
-                        self.next_eval += self.train_cfg.eval_every
-                    now = time.perf_counter()
-                    self.train_time += now - t_mark
-                    self._evaluate_and_log(logger, progress, now - t_start)
-                    t_mark = time.perf_counter()
-                if self.train_cfg.checkpoint_every and self.step >= self.next_ckpt and self.out_dir is not None:
-                    while self.next_ckpt <= self.step:
-                        self.next_ckpt += self.train_cfg.checkpoint_every
-                    now = time.perf_counter()
-                    self.train_time += now - t_mark
-                    self.save_checkpoint(_elapsed_in_run=now - t_start)
-                    t_mark = time.perf_counter()
-                if progress.bar is not None:
-                    span = self.train_time + (time.perf_counter() - t_mark)
-                    progress.update(self.step, self.step / span if span > 0 else 0.0,
-                                    None if not self.history else self.history[-1]["eval_mean"])
+            with self._sigint_between_steps():
+                while self.step < total and not self.reached_target:
+                    if stop_at is not None and self.step >= stop_at:
+                        self.train_time += time.perf_counter() - t_mark
+                        return self.summary()
+                    if self._interrupted:
+                        now = time.perf_counter()
+                        self.train_time += now - t_mark
+                        t_mark = now
+                        if self.out_dir is not None:
+                            self.save_checkpoint(_elapsed_in_run=now - t_start)
+                        raise KeyboardInterrupt
+                    t_mark = self._one_step(logger, progress, t_start, t_mark)
             now = time.perf_counter()
             self.train_time += now - t_mark
             final_eval = self.train_cfg.eval_every > 0 and (not self.history or self.history[-1]["step"] != self.step)
@@ -428,6 +419,54 @@ class Trainer:
             progress.close()
             if logger is not None:
                 logger.close()
+
+    def _one_step(self, logger, progress: "Progress", t_start: float, t_mark: float) -> float:
+        """Collect one chunk, make the updates it made due, and evaluate/checkpoint when due.
+        Returns the time training (not evaluation or checkpointing) resumed at."""
+        self._insert(self.collector.collect(warmup=self.step < self.config.learning_starts))
+        if self._update():
+            self.collector.weights_changed(self.n_grad)
+        if self.train_cfg.eval_every and self.step >= self.next_eval:
+            while self.next_eval <= self.step:
+                self.next_eval += self.train_cfg.eval_every
+            now = time.perf_counter()
+            self.train_time += now - t_mark
+            self._evaluate_and_log(logger, progress, now - t_start)
+            t_mark = time.perf_counter()
+        if self.train_cfg.checkpoint_every and self.step >= self.next_ckpt and self.out_dir is not None:
+            while self.next_ckpt <= self.step:
+                self.next_ckpt += self.train_cfg.checkpoint_every
+            now = time.perf_counter()
+            self.train_time += now - t_mark
+            self.save_checkpoint(_elapsed_in_run=now - t_start)
+            t_mark = time.perf_counter()
+        if progress.bar is not None:
+            span = self.train_time + (time.perf_counter() - t_mark)
+            progress.update(self.step, self.step / span if span > 0 else 0.0,
+                            None if not self.history else self.history[-1]["eval_mean"])
+        return t_mark
+
+    @contextlib.contextmanager
+    def _sigint_between_steps(self):
+        """Ctrl-C stops the run between two steps, after a checkpoint of that step (the state is
+        whole there; a KeyboardInterrupt raised inside an update or an insert would not leave it
+        so), then raises KeyboardInterrupt. A second Ctrl-C interrupts at once."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _insert(self, chunk: Chunk) -> None:
         """Store a chunk's transitions (n-step per stream) and fold its observations in."""
@@ -653,7 +692,9 @@ class Trainer:
             torch.cuda.set_rng_state_all(s["cuda_rng"])
         self._last_ckpt_step = self.step
         if not isinstance(self.collector, LocalCollector):
-            return  # workers start new episodes: not an exact resume (docs/distributed.md)
+            # Workers start new episodes: not an exact resume (pydpg.distributed).
+            self.collector.restarts = int(s.get("worker_restarts", 0))
+            return
         stepper = self.collector.stepper
         lost = stepper.load_state_dict(s)
         if lost:

@@ -1,0 +1,263 @@
+"""Distributed collection on Ray core: many collectors, one learner (the Ape-X DPG shape).
+
+``RayCollector`` is the Trainer's collector when ``TrainConfig.workers = N >= 1``:
+
+* N ``CollectorWorker`` Ray actors each step ``n_envs`` envs (their own SyncVectorEnv, through the
+  same ``VectorStepper`` as a local run: the autoreset step is never stored) with a CPU copy of the
+  actor, and return chunks of ``chunk_steps`` vector steps as NumPy arrays. Each env of each worker
+  is its own n-step stream in the learner's buffer.
+* Weights (and the normalizer's statistics) are broadcast every ``broadcast_every`` learner updates
+  with one ``ray.put`` of NumPy arrays: the same object reference goes with every worker's next
+  rollout request, so the object store holds one copy that every worker reads.
+* The learner asks each worker for one chunk at a time and consumes the chunks one by one, doing
+  the updates each chunk makes due before it takes the next (``Trainer._update``). A fast worker
+  therefore waits for the learner: the replay ratio is the configured one whatever the workers'
+  speed (Reverb's SampleToInsertRatio), and metrics.csv reports the achieved ratio.
+* The observation statistics live in the learner, which folds in every observation the workers
+  saw (``Chunk.seen_obs``); workers normalize with the statistics that came with the weights.
+* Evaluation runs noiselessly on its own ``EvalWorker``, seeded as a local run's.
+* A worker that dies is restarted by Ray (``max_restarts``); the learner closes its open n-step
+  returns (as truncations), counts the restart and carries on; nothing stored is lost. When no
+  worker delivers for ``worker_timeout_s`` the run stops with an error.
+
+Resume restores the learner, optimizers, buffer and normalizer; workers start new episodes, so a
+distributed resume is not bit-exact (a local one is).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from . import ray_session
+from .agent import DDPG as DDPGAgent
+from .collect import Chunk, VectorStepper
+from .config import DDPGConfig
+from .envs import EvalResult, evaluate, make_env, make_vec_env
+from .noise import make_noise
+from .normalizer import standardize
+
+CHUNK_STEPS = 50  # vector steps per chunk: ~50 updates of learner work per chunk at a replay ratio of 1
+
+
+def worker_sigma_scale(index: int, workers: int, spread: float) -> float:
+    """Worker ``index``'s multiplier of the exploration sigma: log-spaced over [e^-spread, e^spread]
+    across workers, so they explore at different scales (the idea of Ape-X's per-actor epsilon,
+    Horgan et al. 2018, for Gaussian/OU noise); 1 for every worker when ``spread`` is 0."""
+    if workers <= 1 or spread == 0:
+        return 1.0
+    return math.exp(spread * (2.0 * index / (workers - 1) - 1.0))
+
+
+def _cpu_agent(config: dict, obs_dim: int, act_dim: int) -> DDPGAgent:
+    torch.set_num_threads(1)  # a worker's actor is tiny; many workers share the machine's cores
+    cfg = DDPGConfig.from_dict({**config, "device": "cpu"})
+    return DDPGAgent.from_dims(obs_dim, act_dim, cfg, device="cpu")
+
+
+class _Acting:
+    """The worker side of a broadcast: loads weights and statistics, normalizes observations."""
+
+    def _load(self, weights: Optional[dict]) -> None:
+        if weights is None or weights["version"] == self.version:
+            return
+        self.agent.actor.load_state_dict({k: torch.from_numpy(v) for k, v in weights["actor"].items()})
+        self.norm = weights["norm"]
+        self.version = weights["version"]
+
+    def _normalized(self, obs: np.ndarray) -> np.ndarray:
+        if self.norm is None:
+            return obs
+        n = self.norm
+        return standardize(torch.as_tensor(obs, dtype=torch.float32), n["mean"], n["var"], n["eps"], n["clip"]).numpy()
+
+
+class CollectorWorker(_Acting):
+    """One Ray actor: ``n_envs`` envs, a CPU actor, its own noise and RNG streams."""
+
+    def __init__(self, index: int, env_id: str, env_kwargs: dict, n_envs: int, config: dict, obs_dim: int,
+                 act_dim: int, low: np.ndarray, high: np.ndarray, seed: int, sigma_scale: float):
+        try:
+            vec = make_vec_env(env_id, n_envs, env_kwargs)
+        except Exception as e:  # the learner re-raises it, naming the worker and the env
+            raise RuntimeError(f"worker {index} cannot make env {env_id!r}: {type(e).__name__}: {e}") from None
+        self.agent = _cpu_agent(config, obs_dim, act_dim)
+        noise_cfg = DDPGConfig.from_dict({**config, "device": "cpu",
+                                          "exploration_sigma": config["exploration_sigma"] * sigma_scale,
+                                          "ou_sigma": config["ou_sigma"] * sigma_scale})
+        self.index, self.seed = index, seed
+        seq = np.random.SeedSequence([seed, 1 + index])  # distinct from the learner's streams and each other's
+        rng, noise_rng = (np.random.default_rng(s) for s in seq.spawn(2))
+        self.stepper = VectorStepper(vec, low, high, make_noise(noise_cfg, act_dim, n_envs, noise_rng), rng,
+                                     stream_offset=index * n_envs)
+        self.version, self.norm, self.generation = -1, None, -1
+
+    def ready(self) -> bool:
+        return True
+
+    def rollout(self, steps: int, warmup: bool, weights: Optional[dict], generation: int) -> Chunk:
+        """``steps`` vector steps as one chunk. A new ``generation`` (the learner saw this worker
+        restart) starts new episodes from fresh seeds, so a restarted worker does not replay its
+        predecessor's episodes."""
+        first = None
+        if generation != self.generation:
+            first = self.stepper.reset(seed=self.seed + 104729 * (1 + self.index) + 7919 * generation)
+            self.generation = generation
+        self._load(weights)
+        act = lambda obs, noise: self.agent.act(self._normalized(obs), noise)  # noqa: E731
+        chunk = Chunk.concat([self.stepper.step(self.stepper.choose(warmup, act)) for _ in range(steps)])
+        if first is not None:  # the reset observations count in the statistics too
+            chunk.seen_obs = np.concatenate([first, chunk.seen_obs])
+        chunk.source = self.index
+        return chunk
+
+
+class EvalWorker(_Acting):
+    """Noiseless evaluation episodes on its own env, away from the learner's process."""
+
+    def __init__(self, env_id: str, env_kwargs: dict, config: dict, obs_dim: int, act_dim: int):
+        self.env = make_env(env_id, env_kwargs)
+        self.agent = _cpu_agent(config, obs_dim, act_dim)
+        self.version, self.norm = -1, None
+
+    def evaluate(self, weights: dict, episodes: int, seed: int) -> EvalResult:
+        self._load(weights)
+        return evaluate(lambda obs: self.agent.act(self._normalized(obs)), self.env, episodes, seed)
+
+
+def _actor_died(ray, e: BaseException) -> bool:
+    return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
+
+
+class RayCollector:
+    """The Trainer's collector over N Ray worker actors (see the module docstring)."""
+
+    kind = "ray"
+    exact_resume = False
+
+    def __init__(self, trainer, env_id: str, rng: np.random.Generator, noise_rng: np.random.Generator):
+        train = trainer.train_cfg
+        self.ray = ray = ray_session.init(train.ray_address)
+        self.trainer = trainer
+        self.n = train.workers
+        self.n_envs = train.n_envs
+        self.broadcast_every = train.broadcast_every
+        self.timeout = train.worker_timeout_s
+        config = trainer.config.to_dict()
+        dims = (trainer.obs_dim, trainer.act_dim)
+        worker = ray.remote(CollectorWorker).options(max_restarts=train.worker_max_restarts, max_task_retries=0)
+        # Distinct worker seeds from the run's seed, reproducible.
+        seeds = np.random.SeedSequence(train.seed).generate_state(self.n)
+        self.workers = [worker.remote(i, env_id, train.env_kwargs, train.n_envs, config, *dims, trainer.low,
+                                      trainer.high, int(seeds[i]),
+                                      worker_sigma_scale(i, self.n, train.worker_noise_spread))
+                        for i in range(self.n)]
+        self.eval_worker = (ray.remote(EvalWorker).options(max_restarts=train.worker_max_restarts)
+                            .remote(env_id, train.env_kwargs, config, *dims))
+        try:  # an env a worker cannot make is an error now, in the learner, naming it
+            ray.get([w.ready.remote() for w in self.workers], timeout=max(self.timeout, 60.0))
+        except Exception as e:
+            self.close()
+            raise RuntimeError(f"the Ray workers did not start: {_cause(e)}") from None
+        self.generation = [0] * self.n
+        self.restarts = 0
+        self.chunks = 0
+        self.broadcasts = 0
+        self.dead: set[int] = set()
+        self.pending: dict[Any, int] = {}
+        self.last_chunk_time = time.monotonic()
+        self._weights_at = -1
+        self.weights = None
+        self.weights_changed(0, force=True)
+
+    # ------------------------------------------------------------------ weights
+    def weights_changed(self, n_grad: int, force: bool = False) -> None:
+        """Broadcast every ``broadcast_every`` updates: one ray.put shared by every worker."""
+        if not force and n_grad - self._weights_at < self.broadcast_every:
+            return
+        t = self.trainer
+        actor = {k: v.detach().cpu().numpy() for k, v in t.agent.actor.state_dict().items()}
+        norm = None
+        if t.normalizer is not None:
+            d = t.normalizer.to_dict()
+            norm = {"mean": d["mean"].numpy(), "var": d["var"].numpy(), "eps": d["eps"], "clip": d["clip"]}
+        self.weights = self.ray.put({"actor": actor, "norm": norm, "version": n_grad})
+        self._weights_at = n_grad
+        self.broadcasts += 1
+
+    # ------------------------------------------------------------------ collection
+    def _request(self, i: int, warmup: bool) -> None:
+        ref = self.workers[i].rollout.remote(CHUNK_STEPS, warmup, self.weights, self.generation[i])
+        self.pending[ref] = i
+
+    def collect(self, warmup: bool) -> Chunk:
+        """The next chunk from whichever worker delivers first (an empty one after a worker died)."""
+        busy = set(self.pending.values())
+        for i in range(self.n):
+            if i not in busy and i not in self.dead:
+                self._request(i, warmup)
+        if not self.pending:
+            raise RuntimeError(f"all {self.n} Ray workers are gone (restarts exhausted: {self.restarts} restarts)")
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=self.timeout)
+        if not ready:
+            raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s "
+                               f"({len(self.dead)} of {self.n} gone after {self.restarts} restarts)")
+        i = self.pending.pop(ready[0])
+        try:
+            chunk = self.ray.get(ready[0])
+        except Exception as e:
+            if not _actor_died(self.ray, e):
+                raise RuntimeError(f"Ray worker {i} failed: {_cause(e)}") from None
+            return self._lost(i, e)
+        self.last_chunk_time = time.monotonic()
+        self.chunks += 1
+        self._request(i, warmup)  # keep the worker busy while the learner updates
+        return chunk
+
+    def _lost(self, i: int, error: BaseException) -> Chunk:
+        """Worker i died: its episodes ended unseen, so close their n-step returns (truncations)."""
+        for s in range(i * self.n_envs, (i + 1) * self.n_envs):
+            self.trainer.buffer.end_episode(s)
+        self.restarts += 1
+        self.generation[i] += 1
+        if self.generation[i] > self.trainer.train_cfg.worker_max_restarts:
+            self.dead.add(i)  # Ray will not bring it back
+        if time.monotonic() - self.last_chunk_time > self.timeout:
+            raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s; the last one lost: "
+                               f"{_cause(error)}")
+        empty = np.zeros((0, self.trainer.obs_dim), np.float32)
+        return Chunk(empty, np.zeros((0, self.trainer.act_dim), np.float32), np.zeros(0), empty, np.zeros(0, bool),
+                     np.zeros(0, bool), np.zeros(0, np.int64), empty, [], i)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, episodes: int, seed: int) -> EvalResult:
+        self.weights_changed(self.trainer.n_grad, force=self._weights_at != self.trainer.n_grad)
+        return self.ray.get(self.eval_worker.evaluate.remote(self.weights, episodes, seed))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def state_dict(self) -> dict[str, Any]:
+        return {"worker_restarts": self.restarts}
+
+    def stats(self) -> dict[str, Any]:
+        return {"workers": self.n, "worker_restarts": self.restarts, "chunks": self.chunks,
+                "broadcasts": self.broadcasts, "chunk_steps": CHUNK_STEPS}
+
+    def close(self) -> None:
+        for w in [*getattr(self, "workers", []), getattr(self, "eval_worker", None)]:
+            if w is not None:
+                try:
+                    self.ray.kill(w, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        self.pending = {}
+
+
+def _cause(e: BaseException) -> str:
+    """The message a user needs from a Ray error: the original exception's, where Ray wraps one."""
+    cause = getattr(e, "cause", None) or getattr(e, "__cause__", None)
+    text = str(cause if cause is not None else e)
+    return text.strip().splitlines()[-1] if text.strip() else type(e).__name__

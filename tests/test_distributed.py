@@ -1,0 +1,229 @@
+"""Distributed collection on Ray (pydpg.distributed): N worker actors, one learner.
+
+Everything here runs on a real local Ray with 2 CPUs (the `ray_local` fixture, one session for all
+tests); subprocess tests start their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from pydpg import presets  # noqa: E402
+from pydpg.trainer import Trainer, TrainConfig, read_metrics  # noqa: E402
+
+SMALL_AGENT = {"hidden": [16, 16], "batch_size": 16, "learning_starts": 100}
+
+
+def ray_trainer(tmp_path=None, *, env="InvertedPendulum-v5", steps=600, **train):
+    config, tc = presets.resolve(env, agent=SMALL_AGENT, train={
+        "total_steps": steps, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 0, "workers": 2,
+        "worker_timeout_s": 30.0, **train})
+    return Trainer(config, tc, out_dir=tmp_path, tensorboard=False)
+
+
+def test_workers_train_hold_the_replay_ratio_and_write_a_normal_run(ray_local, tmp_path):
+    t = ray_trainer(tmp_path / "run", gradient_steps=2) if False else None
+    config, tc = presets.resolve("InvertedPendulum-v5", agent={**SMALL_AGENT, "gradient_steps": 2}, train={
+        "total_steps": 600, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 0, "workers": 2})
+    t = Trainer(config, tc, out_dir=tmp_path / "run", tensorboard=False)
+    try:
+        summary = t.run()
+    finally:
+        t.close()
+    assert summary["steps"] >= 600 and len(t.buffer) == summary["steps"]
+    # Two updates per stored transition after learning_starts, however fast the workers were.
+    assert t.n_grad == 2 * (t.step - 100)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert len(rows) >= 2 and all(r["replay_ratio"] == pytest.approx(2.0) for r in rows[1:])
+    assert summary["collector"]["kind"] == "ray" and summary["collector"]["workers"] == 2
+    assert summary["collector"]["worker_restarts"] == 0 and summary["collector"]["broadcasts"] >= 2
+    assert summary["final_eval"] is not None
+    # Streams: each worker's env is its own n-step stream, and transitions came from both workers.
+    from pydpg.export import export_checkpoint
+
+    result = export_checkpoint(tmp_path / "run", tmp_path / "p.pt", verbose=False)
+    assert result.path.exists()
+
+
+def test_normalizer_folds_in_every_workers_observations(ray_local):
+    config, tc = presets.resolve("InvertedPendulum-v5", agent={**SMALL_AGENT, "obs_normalization": True}, train={
+        "total_steps": 300, "eval_every": 0, "checkpoint_every": 0, "workers": 2})
+    t = Trainer(config, tc, tensorboard=False)
+    try:
+        t.run()
+        count = float(t.normalizer.count)
+    finally:
+        t.close()
+    # Every stored transition's next observation plus each env's reset observations.
+    assert count >= t.step
+
+
+def test_a_killed_worker_is_restarted_and_nothing_stored_is_lost(ray_local):
+    t = ray_trainer(steps=1000, eval_every=0)
+    try:
+        t.run(stop_at=300)
+        stored = len(t.buffer)
+        ray_local.kill(t.collector.workers[0], no_restart=False)
+        summary = t.run()
+    finally:
+        t.close()
+    assert summary["collector"]["worker_restarts"] >= 1
+    assert summary["steps"] >= 1000 and len(t.buffer) >= stored
+
+
+def test_every_worker_gone_stops_the_run_clearly(ray_local):
+    t = ray_trainer(steps=5000, eval_every=0, worker_max_restarts=0)
+    try:
+        t.run(stop_at=200)
+        for w in t.collector.workers:
+            ray_local.kill(w, no_restart=True)
+        with pytest.raises(RuntimeError, match="Ray workers are gone|no Ray worker delivered"):
+            t.run()
+    finally:
+        t.close()
+
+
+class _DriverOnly(gym.Wrapper):
+    pass
+
+
+def test_an_env_the_workers_cannot_make_is_an_error_naming_it(ray_local):
+    # Registered in this process only: the worker processes do not know it.
+    if "DriverOnlyPendulum-v0" not in gym.registry:
+        gym.register("DriverOnlyPendulum-v0", entry_point="gymnasium.envs.mujoco.inverted_pendulum_v5:InvertedPendulumEnv",
+                     max_episode_steps=1000)
+    with pytest.raises(RuntimeError, match="worker 0 cannot make env 'DriverOnlyPendulum-v0'"):
+        ray_trainer(env="DriverOnlyPendulum-v0")
+
+
+def test_bad_worker_settings():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            TrainConfig(workers=bad).validate()
+    with pytest.raises(ValueError, match="broadcast_every"):
+        TrainConfig(broadcast_every=0).validate()
+    with pytest.raises(ValueError, match="env id"):
+        config, tc = presets.resolve("InvertedPendulum-v5", train={"workers": 1})
+        Trainer(config, tc, env=gym.make("InvertedPendulum-v5"))
+
+
+def _pydpg(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "pydpg", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_bad_input(tmp_path):
+    r = _pydpg("train", "InvertedPendulum-v5", "--workers", "0", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--workers" in r.stderr
+    t0 = time.monotonic()
+    r = _pydpg("train", "InvertedPendulum-v5", "--workers", "1", "--ray-address", "127.0.0.1:9",
+               "--out", str(tmp_path / "b"), "--no-progress")
+    assert r.returncode != 0 and "no Ray cluster answers at 127.0.0.1:9" in r.stderr
+    assert time.monotonic() - t0 < 60
+    # Without the extra: a clear message naming it.
+    code = ("import sys; sys.modules['ray'] = None; from pydpg.cli import main; "
+            "sys.exit(main(['train', 'InvertedPendulum-v5', '--workers', '1', '--no-progress', '--out', sys.argv[1]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "pip install 'pydpg[ray]'" in r.stderr
+
+
+def _tree(root: int) -> set[int]:
+    """``root`` and its descendants (the Ray processes a driver starts are its children)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return tree
+
+
+def _listening(pids: set[int]) -> set[tuple[str, int]]:
+    """(hex address, port) of the TCP sockets the processes ``pids`` listen on (/proc/net/tcp*)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            pass
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # LISTEN, ours
+                addr, port = f[1].split(":")
+                out.add((addr, int(port, 16)))
+    return out
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def test_a_local_ray_listens_on_loopback_only(tmp_path):
+    """Ray has no authentication: a local run must open no port on another interface."""
+    code = ("import json, sys, time; from pathlib import Path; from pydpg import ray_session; "
+            "Path(sys.argv[1]).write_text('up') if ray_session.init(num_cpus=1) else None; time.sleep(20)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "up")])
+    try:
+        deadline = time.monotonic() + 90
+        while not (tmp_path / "up").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert (tmp_path / "up").exists(), "Ray did not start"
+        time.sleep(2)
+        new = _listening(_tree(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(new) >= 3, "too few listening sockets seen: the check would prove nothing"
+    assert all(addr in LOOPBACK for addr, _ in new), sorted(new)
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pydpg", "train", "InvertedPendulum-v5", "--workers", "1", "--steps", "100000",
+         "--eval-every", "200", "--eval-episodes", "1", "--checkpoint-every", "0", "--no-progress",
+         "--no-tensorboard", "--set", "hidden=[16,16]", "--set", "learning_starts=100", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "metrics.csv").exists():
+            time.sleep(0.5)
+        while time.monotonic() < deadline and len((out / "metrics.csv").read_text().splitlines()) < 2:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err
+    t = Trainer.resume(out, tensorboard=False)
+    try:
+        assert t.step >= 200 and len(t.buffer) == t.step
+    finally:
+        t.close()
