@@ -52,7 +52,8 @@ class RunningNormalizer(nn.Module):
         if not isinstance(x, torch.Tensor):
             # float64 numpy either way; a read-only array (a Ray worker's chunk, zero-copy from the
             # object store) is copied by the conversion instead of being wrapped.
-            x = torch.from_numpy(np.array(x, dtype=np.float64, copy=not np.asarray(x).flags.writeable))
+            a = np.asarray(x, dtype=np.float64)
+            x = torch.from_numpy(a if a.flags.writeable else a.copy())
         x = x.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
         n = x.shape[0]
         if n == 0:
