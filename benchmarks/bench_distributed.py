@@ -1,0 +1,159 @@
+"""Distributed collection on Ray (pydpg.distributed), measured in one run:
+
+1. collection throughput with 1, 2, 4, 8 workers on an env whose step costs an artificial 2 ms
+   (benchmarks/slow_env.py: a simulator heavier than the learner). The learner makes no updates
+   (learning_starts beyond the run), so this is what the workers deliver through the chunk path.
+   Target: >= 0.8 x N x the one-worker throughput (the step is a sleep, so 2 cores are not the limit).
+2. the learner's update rate on HalfCheetah-v5 with 2 workers against the single-process trainer,
+   both at one update per stored transition (train_freq = gradient_steps = 1), 256-256 networks.
+3. Ray's overheads: start-up (a fresh process's ray_session.init), one weight broadcast (ray.put of
+   a 256-256 actor's NumPy arrays), and a worker's chunk round trip.
+
+    python benchmarks/bench_distributed.py [--workers 1 2 4 8] [--steps 4000] [--json ...]
+
+Run it from the repository root: Ray workers import ``benchmarks.slow_env`` from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = "benchmarks.slow_env:SlowPendulum-v0"
+
+
+def trainer(env: str, steps: int, workers: int, learning_starts: int, hidden=(256, 256)):
+    from pydpg import presets
+    from pydpg.trainer import Trainer
+
+    config, train = presets.resolve(env.split(":")[-1] if ":" not in env else None,
+                                    agent={"hidden": list(hidden), "learning_starts": learning_starts},
+                                    train={"total_steps": steps, "eval_every": 0, "checkpoint_every": 0,
+                                           "workers": workers, "env_id": env})
+    return Trainer(config, train, tensorboard=False)
+
+
+def timed_run(t) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    summary = t.run()
+    return time.perf_counter() - t0, summary
+
+
+def collection(workers_list, steps_per_worker: int) -> list[dict]:
+    rows = []
+    for n in workers_list:
+        t = trainer(SLOW, steps_per_worker * n, n, learning_starts=10**9, hidden=(16, 16))
+        try:
+            t.run(stop_at=200 * n)  # workers up, envs made, first chunks through: not part of the rate
+            s0, t0 = t.step, time.perf_counter()
+            t.run()
+            rate = (t.step - s0) / (time.perf_counter() - t0)
+        finally:
+            t.close()
+        rows.append({"workers": n, "steps_per_s": rate})
+        print(f"  collection, {n} worker(s): {rate:.0f} steps/s", file=sys.stderr)
+    return rows
+
+
+def learner(steps: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    for workers in (0, 2):
+        t = trainer("HalfCheetah-v5", steps, workers, learning_starts=1000)
+        try:
+            t.run(stop_at=1500)
+            g0, t0 = t.n_grad, time.perf_counter()
+            t.run()
+            rows.append({"workers": workers, "updates_per_s": (t.n_grad - g0) / (time.perf_counter() - t0),
+                         "updates": t.n_grad - g0, "replay_ratio": t.n_grad / max(1, t.step - 1000)})
+        finally:
+            t.close()
+        print(f"  HalfCheetah learner, workers={workers}: {rows[-1]['updates_per_s']:.0f} updates/s", file=sys.stderr)
+    return rows
+
+
+def overheads() -> dict:
+    import numpy as np
+    import torch
+
+    from pydpg import ray_session
+    from pydpg.networks import Actor
+
+    code = "import time; t = time.perf_counter(); from pydpg import ray_session; ray_session.init(num_cpus=2); " \
+           "print(time.perf_counter() - t)"
+    startup = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   cwd=ROOT).stdout.split()[-1])
+    ray = ray_session.init()
+    actor = Actor(17, 6, (256, 256))
+    weights = {k: v.detach().numpy() for k, v in actor.state_dict().items()}
+    n = 200
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ref = ray.put({"actor": weights, "norm": None, "version": 0})
+    put_ms = (time.perf_counter() - t0) / n * 1e3
+    del ref
+
+    @ray.remote
+    def echo(chunk):
+        return chunk.shape
+
+    chunk = np.zeros((50, 17 * 2 + 6 + 3), np.float32)
+    ray.get(echo.remote(chunk))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ray.get(echo.remote(chunk))
+    rtt_ms = (time.perf_counter() - t0) / n * 1e3
+    return {"startup_s": startup, "broadcast_put_ms": put_ms,
+            "actor_bytes": int(sum(v.nbytes for v in weights.values())), "task_round_trip_ms": rtt_ms,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--steps", type=int, default=1500, help="collected steps per worker, after the first chunks")
+    p.add_argument("--learner-steps", type=int, default=4000, help="HalfCheetah steps per learner run")
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "distributed.json"))
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    from pydpg import ray_session
+
+    ray_session.init(num_cpus=max(2, max(args.workers) + 1))
+    coll = collection(args.workers, args.steps)
+    learn = learner(args.learner_steps)
+    over = overheads()
+    one = coll[0]["steps_per_s"] / coll[0]["workers"]
+    lines = ["| workers | steps/s | vs N x one worker |", "|---:|---:|---:|"]
+    for r in coll:
+        lines.append(f"| {r['workers']} | {r['steps_per_s']:.0f} | {r['steps_per_s'] / (one * r['workers']):.2f} |")
+    lines += ["", "| HalfCheetah-v5, 1 update per step | learner updates/s | replay ratio |", "|---|---:|---:|"]
+    for r in learn:
+        name = "single process" if r["workers"] == 0 else f"{r['workers']} Ray workers"
+        lines.append(f"| {name} | {r['updates_per_s']:.0f} | {r['replay_ratio']:.3f} |")
+    base = learn[0]["updates_per_s"]
+    lines.append(f"| ratio (workers / single) | {learn[1]['updates_per_s'] / base:.2f} | |")
+    lines += ["", "| Ray overhead | value |", "|---|---:|",
+              f"| start-up of a local Ray (fresh process) | {over['startup_s']:.1f} s |",
+              f"| one weight broadcast (ray.put, 256-256 actor, {over['actor_bytes'] / 1e3:.0f} kB) | "
+              f"{over['broadcast_put_ms']:.2f} ms |",
+              f"| task round trip with a 50-step chunk | {over['task_round_trip_ms']:.2f} ms |"]
+    table = "\n".join(lines)
+    print(table)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"collection": coll, "learner": learn, "overheads": over, "table": table},
+                                          indent=1))
+    ray_session.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
