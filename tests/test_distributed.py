@@ -227,3 +227,11 @@ def test_ctrl_c_stops_the_workers_and_leaves_a_loadable_checkpoint(tmp_path):
         assert t.step >= 200 and len(t.buffer) == t.step
     finally:
         t.close()
+
+
+def test_worker_noise_spread():
+    from pydpg.distributed import worker_sigma_scale
+
+    assert worker_sigma_scale(0, 1, 2.0) == 1.0
+    assert [worker_sigma_scale(i, 4, 0.0) for i in range(4)] == [1.0] * 4
+    np.testing.assert_allclose([worker_sigma_scale(i, 3, 1.0) for i in range(3)], [np.exp(-1), 1.0, np.exp(1)])
