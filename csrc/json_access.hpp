@@ -8,15 +8,20 @@
 // pydpg's public headers.
 #pragma once
 
+#include <cassert>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 // Hidden: each library that reads JSON keeps its own copy of nlohmann's inline code and these
 // helpers, exports none of it, and cannot clash with another copy (or another nlohmann version) in
-// the same process. std's own declarations keep their explicit default visibility.
+// the same process. std's own declarations keep their explicit default visibility; the C library's
+// do not, so the headers nlohmann reaches it through come first (<cassert>: assert's __assert_fail
+// in builds without NDEBUG; <memory>: __libc_single_threaded), or a library whose first include of
+// them is nlohmann's would reference those symbols as hidden and fail to link.
 #pragma GCC visibility push(hidden)
 #include <nlohmann/json.hpp>
 
@@ -60,14 +65,27 @@ inline std::string without_python_nonfinite(const std::string& text) {
   return out;
 }
 
+// nlohmann's iterative parser needs no depth limit for the stack's sake, but nothing pydpg writes
+// nests past a handful of levels: a document that does is refused by name, as pydpg's own JSON
+// reader refused it, rather than surfacing later as a type error about some field.
+constexpr int kMaxDepth = 64;
+
+inline bool within_max_depth(int depth, Json::parse_event_t event, Json&) {
+  const bool opens_or_is_value = event == Json::parse_event_t::object_start ||
+                                 event == Json::parse_event_t::array_start || event == Json::parse_event_t::value;
+  if (opens_or_is_value && depth > kMaxDepth)
+    throw JsonError("malformed JSON: nested deeper than " + std::to_string(kMaxDepth) + " levels");
+  return true;
+}
+
 inline Json parse(const std::string& text) {
   try {
-    return Json::parse(text);
+    return Json::parse(text, within_max_depth);
   } catch (const Json::exception& e) {
     const std::string rewritten = without_python_nonfinite(text);
     if (rewritten != text) {
       try {
-        return Json::parse(rewritten);
+        return Json::parse(rewritten, within_max_depth);
       } catch (const Json::exception&) {
       }
     }

@@ -16,27 +16,36 @@
 #include <string>
 #include <vector>
 
+// libpydpg_runtime is built with hidden visibility; this marks what it exports. The error types are
+// marked too, so that the library and its users share one type_info for each and an exception
+// thrown inside the library is caught by its type in the user's code.
+#if defined(__GNUC__)
+#define PYDPG_RUNTIME_API __attribute__((visibility("default")))
+#else
+#define PYDPG_RUNTIME_API
+#endif
+
 namespace pydpg {
 
 // Base of every error the runtime throws.
-struct PolicyError : std::runtime_error {
+struct PYDPG_RUNTIME_API PolicyError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 // The file cannot be opened or read (missing, a directory, no permission).
-struct PolicyFileError : PolicyError {
+struct PYDPG_RUNTIME_API PolicyFileError : PolicyError {
   using PolicyError::PolicyError;
 };
 // The file is not a usable pydpg policy: empty, truncated, corrupt, not TorchScript, TorchScript
 // without pydpg metadata, an unsupported format version, or metadata that contradicts the module.
-struct PolicyFormatError : PolicyError {
+struct PYDPG_RUNTIME_API PolicyFormatError : PolicyError {
   using PolicyError::PolicyError;
 };
 // A call's arguments are wrong (batch out of range, options out of range, wrong vector sizes).
-struct PolicyArgumentError : PolicyError {
+struct PYDPG_RUNTIME_API PolicyArgumentError : PolicyError {
   using PolicyError::PolicyError;
 };
 // A NaN or Inf observation or action under NonFinitePolicy::Raise.
-struct NonFiniteError : PolicyError {
+struct PYDPG_RUNTIME_API NonFiniteError : PolicyError {
   using PolicyError::PolicyError;
 };
 
@@ -101,7 +110,7 @@ struct GuardStats {
   std::uint64_t raised = 0;                 // calls that threw NonFiniteError
 };
 
-class PolicyRuntime {
+class PYDPG_RUNTIME_API PolicyRuntime {
  public:
   static constexpr int kFormatVersion = 1;  // the policy file format this runtime reads
 
@@ -141,7 +150,7 @@ class PolicyRuntime {
 };
 
 // "raise" | "hold" | "safe" <-> NonFinitePolicy; throws PolicyArgumentError on anything else.
-NonFinitePolicy parse_nonfinite_policy(const std::string& name);
-const char* to_string(NonFinitePolicy policy);
+PYDPG_RUNTIME_API NonFinitePolicy parse_nonfinite_policy(const std::string& name);
+PYDPG_RUNTIME_API const char* to_string(NonFinitePolicy policy);
 
 }  // namespace pydpg

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 namespace pydpg {
-namespace {
 
 std::string shape_str(const std::vector<std::int64_t>& shape) {
   std::string s = "(";
@@ -26,6 +25,8 @@ std::string shape_str(const std::vector<std::int64_t>& shape) {
   }
   return s + ")";
 }
+
+namespace {
 
 std::int64_t numel(const std::vector<std::int64_t>& shape) {
   std::int64_t n = 1;

@@ -37,6 +37,10 @@ struct OutOfMemory : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A shape as Python prints a tuple: "(3,)", "(4, 2)", "()". Declared here so that every error
+// message about a shape, the core's and the bindings', is written by this one function.
+std::string shape_str(const std::vector<std::int64_t>& shape);
+
 struct ReplayBufferConfig {
   std::int64_t capacity = 0;
   std::vector<std::int64_t> obs_shape;

@@ -4,10 +4,9 @@
 // but the policy file; a real loop reads its sensors where read_sensors() is and writes actuators
 // where write_actuators() is. Everything inside the loop is allocation-free: buffers are sized
 // before it starts and PolicyRuntime::act() does not allocate after its warm-up.
+#include <pydpg/fixed_rate.hpp>
 #include <pydpg/policy_runtime.hpp>
-#include <time.h>
 
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -65,33 +64,19 @@ int main(int argc, char** argv) {
 
     std::vector<float> obs(o.robots * policy.obs_dim(), 0.0f), actions(o.robots * policy.act_dim());
     std::mt19937 rng(0);
-    const long long period_ns = static_cast<long long>(1e9 / o.hz);
     const long periods = static_cast<long>(o.seconds * o.hz);
-    long misses = 0;
-    timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    // A late step is counted and the schedule restarts from it; the loop never bursts to catch up.
+    pydpg::FixedRateClock clock(static_cast<long long>(1e9 / o.hz));
+    clock.start();
     for (long k = 0; k < periods; ++k) {
-      deadline.tv_nsec += period_ns;
-      while (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_nsec -= 1000000000L;
-        ++deadline.tv_sec;
-      }
       read_sensors(obs, rng);
       policy.act(obs.data(), o.robots, actions.data());
       write_actuators(actions);
-      timespec now;
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      if (now.tv_sec > deadline.tv_sec || (now.tv_sec == deadline.tv_sec && now.tv_nsec > deadline.tv_nsec)) {
-        ++misses;
-        deadline = now;  // late: restart the schedule from now instead of bursting to catch up
-      } else {
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, nullptr) == EINTR) {
-        }
-      }
+      clock.wait();
     }
 
     const pydpg::LatencyStats s = policy.latency();
-    std::printf("%ld periods at %.0f Hz, %ld robots, %ld deadline misses\n", periods, o.hz, o.robots, misses);
+    std::printf("%ld periods at %.0f Hz, %ld robots, %lld deadline misses\n", periods, o.hz, o.robots, clock.misses());
     std::printf("act() latency us: mean %.2f  p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (n=%llu)\n",
                 s.mean_us, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us,
                 static_cast<unsigned long long>(s.count));
