@@ -21,16 +21,7 @@ using pydpg::ReplayBuffer;
 namespace {
 
 using Shape = std::vector<std::int64_t>;
-
-std::string shape_str(const Shape& shape) {
-  std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    s += std::to_string(shape[i]);
-    if (shape.size() == 1 || i + 1 < shape.size()) s += ",";
-    if (i + 1 < shape.size()) s += " ";
-  }
-  return s + ")";
-}
+using pydpg::shape_str;  // Python's tuple spelling, "(3,)" and "(2, 3)", as the buffer's own errors use
 
 Shape shape_of(const py::array& a) {
   return Shape(a.shape(), a.shape() + a.ndim());

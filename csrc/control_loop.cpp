@@ -16,7 +16,6 @@
 //        [--no-sleep] [--threads N] [--on-nonfinite raise|hold|safe]
 //        [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]
 #include <mujoco/mujoco.h>
-#include <time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -31,8 +30,10 @@
 #include <string>
 #include <vector>
 
+#include "fixed_rate.hpp"
 #include "json_access.hpp"
 #include "observation.hpp"
+#include "percentiles.hpp"
 #include "policy_runtime.hpp"
 
 namespace {
@@ -125,44 +126,6 @@ Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   if (k.max_episode_steps < 1) throw TaskError("task.max_episode_steps must be >= 1");
   k.spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json, m);
   return k;
-}
-
-// ---------------------------------------------------------------------------------------- statistics
-struct Percentiles {
-  double mean = 0, p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;
-  std::size_t n = 0;
-};
-
-Percentiles summarize(std::vector<double> v) {
-  Percentiles p;
-  p.n = v.size();
-  if (v.empty()) return p;
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) {
-    std::size_t rank = static_cast<std::size_t>(std::ceil(q * v.size()));
-    return v[std::min(std::max<std::size_t>(rank, 1), v.size()) - 1];
-  };
-  double sum = 0;
-  for (double x : v) sum += x;
-  p.mean = sum / v.size();
-  p.p50 = at(0.5);
-  p.p90 = at(0.9);
-  p.p99 = at(0.99);
-  p.p999 = at(0.999);
-  p.max = v.back();
-  return p;
-}
-
-void timespec_add(timespec& t, long long ns) {
-  t.tv_nsec += ns;
-  while (t.tv_nsec >= 1000000000L) {
-    t.tv_nsec -= 1000000000L;
-    ++t.tv_sec;
-  }
-}
-
-bool later(const timespec& a, const timespec& b) {
-  return a.tv_sec != b.tv_sec ? a.tv_sec > b.tv_sec : a.tv_nsec > b.tv_nsec;
 }
 
 std::vector<std::vector<double>> read_init_states(const std::string& path, const mjModel* m) {
@@ -279,7 +242,8 @@ int run(const Args& a) {
   std::vector<long> lengths;
   std::vector<int> failed_conditions;
   step_us.reserve(static_cast<std::size_t>(episodes * max_steps));
-  long misses = 0, steps_total = 0;
+  long steps_total = 0;
+  pydpg::FixedRateClock clock(period_ns);
   policy.reset_latency();
   const auto wall0 = std::chrono::steady_clock::now();
 
@@ -304,10 +268,8 @@ int run(const Args& a) {
 
     long t = 0;
     int failed = -1;
-    timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    clock.start();
     while (t < max_steps && failed < 0) {
-      timespec_add(deadline, period_ns);
       const auto s0 = std::chrono::steady_clock::now();
       if (trace) std::copy(obs.begin(), obs.end(), seen.begin());
       policy.act(obs.data(), 1, action.data());
@@ -326,17 +288,7 @@ int run(const Args& a) {
         for (int i = 0; i < D; ++i) std::fprintf(trace, ",%.9g", seen[i]);
         std::fputc('\n', trace);
       }
-      if (a.sleep) {
-        timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (later(now, deadline)) {
-          ++misses;
-          deadline = now;  // restart the schedule instead of bursting to catch up
-        } else {
-          while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, nullptr) == EINTR) {
-          }
-        }
-      }
+      if (a.sleep) clock.wait();
     }
     if (trace) std::fprintf(trace, "end,%ld,%ld,%d\n", ep, t, failed);
     steps_total += t;
@@ -352,7 +304,8 @@ int run(const Args& a) {
   const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
 
   const pydpg::LatencyStats lat = policy.latency();
-  const Percentiles st = summarize(step_us);
+  const pydpg::Percentiles st = pydpg::summarize(step_us);
+  const long misses = static_cast<long>(clock.misses());
   const pydpg::GuardStats g = policy.guard_stats();
 
   if (!a.quiet) {
