@@ -90,7 +90,29 @@ def _require_mujoco():
     return mujoco
 
 
-class ObservationBuilder:
+class _BoundToModel:
+    """A C++ object built from a spec and bound to one ``mujoco.MjModel`` by raw pointer: the model
+    is kept alive here, and only mjData of that same model is passed on."""
+
+    def __init__(self, core_class, spec: Union[dict, Sequence[dict]], model: Any):
+        mujoco = _require_mujoco()
+        if not isinstance(model, mujoco.MjModel):
+            raise TypeError(f"model must be a mujoco.MjModel, got {type(model).__name__}")
+        self.spec = as_spec(spec)
+        self._model = model
+        self._core = core_class(json.dumps(self.spec), model._address)
+
+    def _data_address(self, data: Any) -> int:
+        mujoco = _require_mujoco()
+        if not isinstance(data, mujoco.MjData):
+            raise TypeError(f"data must be a mujoco.MjData, got {type(data).__name__}")
+        if data.model._address != self._model._address:
+            # Indices were resolved against this model; another model's arrays may be shorter.
+            raise ValueError(f"data belongs to another model than the one this {type(self).__name__} is bound to")
+        return data._address
+
+
+class ObservationBuilder(_BoundToModel):
     """A spec bound to one ``mujoco.MjModel``: ``build(data)`` returns the float32 observation.
 
     Raises ``ObservationError`` (a ValueError) for a spec the model cannot satisfy: an unknown
@@ -98,12 +120,8 @@ class ObservationBuilder:
     """
 
     def __init__(self, spec: Union[dict, Sequence[dict]], model: Any):
-        mujoco = _require_mujoco()
-        if not isinstance(model, mujoco.MjModel):
-            raise TypeError(f"model must be a mujoco.MjModel, got {type(model).__name__}")
-        self.spec = as_spec(spec)
-        self._model = model  # the C++ builder holds a raw pointer into it
-        self._b = _core.ObservationBuilder(json.dumps(self.spec), model._address)
+        super().__init__(_core.ObservationBuilder, spec, model)
+        self._b = self._core
 
     @property
     def size(self) -> int:
@@ -122,13 +140,7 @@ class ObservationBuilder:
         self._b.set_input(name, np.asarray(values, dtype=np.float32).reshape(-1))
 
     def build(self, data: Any) -> np.ndarray:
-        mujoco = _require_mujoco()
-        if not isinstance(data, mujoco.MjData):
-            raise TypeError(f"data must be a mujoco.MjData, got {type(data).__name__}")
-        if data.model._address != self._model._address:
-            # Indices were resolved against this builder's model; another model's arrays may be shorter.
-            raise ValueError("data belongs to another model than the one this builder is bound to")
-        return self._b.build(data._address)
+        return self._b.build(self._data_address(data))
 
     def term_at(self, index: int) -> tuple[str, int]:
         """The term holding observation ``index`` and the index within it."""
@@ -138,17 +150,13 @@ class ObservationBuilder:
         raise IndexError(f"observation index {index} is outside [0, {self.size})")
 
 
-class Termination:
+class Termination(_BoundToModel):
     """A spec's ``termination`` list bound to one ``mujoco.MjModel`` (the C++ check the control loop
     runs): ``first_failure(data)`` is the index of the first condition that fails, or -1."""
 
     def __init__(self, spec: Union[dict, Sequence[dict]], model: Any):
-        mujoco = _require_mujoco()
-        if not isinstance(model, mujoco.MjModel):
-            raise TypeError(f"model must be a mujoco.MjModel, got {type(model).__name__}")
-        self.spec = as_spec(spec)
-        self._model = model  # the C++ check holds a raw pointer into it
-        self._c = _core.TerminationCheck(json.dumps(self.spec), model._address)
+        super().__init__(_core.TerminationCheck, spec, model)
+        self._c = self._core
 
     @property
     def labels(self) -> list[str]:
@@ -156,12 +164,7 @@ class Termination:
         return list(self._c.labels)
 
     def first_failure(self, data: Any) -> int:
-        mujoco = _require_mujoco()
-        if not isinstance(data, mujoco.MjData):
-            raise TypeError(f"data must be a mujoco.MjData, got {type(data).__name__}")
-        if data.model._address != self._model._address:
-            raise ValueError("data belongs to another model than the one this check is bound to")
-        return int(self._c.first_failure(data._address))
+        return int(self._c.first_failure(self._data_address(data)))
 
 
 def task_spec(env_id: str) -> Optional[dict]:

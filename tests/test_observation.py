@@ -181,6 +181,11 @@ def test_termination_labels_nan_and_verify_mismatch():
     env.reset(seed=0)
     u.data.qvel[3] = np.nan  # NaN fails every bound, as in Gymnasium's comparisons
     assert check.first_failure(u.data) == 3
+    walker = gym.make("Walker2d-v5").unwrapped
+    with pytest.raises(ValueError, match="another model than the one this Termination is bound to"):
+        check.first_failure(walker.data)
+    with pytest.raises(TypeError, match="mujoco.MjData"):
+        check.first_failure(u.model)
     # A condition the env does not have: refused, naming it.
     tighter = {**spec, "termination": [{"field": "qpos", "start": 1, "stop": 2, "min": 1.3}]}
     with pytest.raises(ObservationMismatch, match=r"condition 0 'qpos\[1:2\] > 1.3' fails but the env did not"):
