@@ -1,6 +1,10 @@
 """The training run: collect with N envs, store real transitions, update, evaluate, log, checkpoint.
 
-One vector step of ``Trainer``:
+Collection is a collector's job (pydpg.collect): the envs of this process (``LocalCollector``), or
+Ray worker actors (``pydpg.distributed.RayCollector``, ``TrainConfig.workers``). The loop below is
+the same for both: take a chunk, store it, make the updates it made due, evaluate, checkpoint.
+
+One step of ``Trainer`` with the local collector:
 
 1. act: uniform random in [-1, 1] for the first ``learning_starts`` steps (sfujim/TD3 main.py,
    CleanRL), then ``mu(s) + noise``; ``envs.scale_action`` maps to the env's units;
