@@ -222,9 +222,14 @@ def test_ctrl_c_stops_the_workers_and_leaves_a_loadable_checkpoint(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted at step" in err
-    t = Trainer.resume(out, tensorboard=False)
+    # The checkpoint resumes: learner, optimizers and buffer restored, workers start new episodes.
+    t = Trainer.resume(out, total_steps=None, tensorboard=False)
     try:
-        assert t.step >= 200 and len(t.buffer) == t.step
+        assert t.step >= 200 and len(t.buffer) == t.step and t.train_cfg.workers == 1
+        stopped = t.step
+        summary = t.run(total_steps=stopped + 300)
+        assert summary["steps"] >= stopped + 300 and len(t.buffer) == t.step
+        assert [r["step"] for r in read_metrics(out / "metrics.csv")] == sorted({r["step"] for r in t.history})
     finally:
         t.close()
 
