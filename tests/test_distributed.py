@@ -240,3 +240,17 @@ def test_worker_noise_spread():
     assert worker_sigma_scale(0, 1, 2.0) == 1.0
     assert [worker_sigma_scale(i, 4, 0.0) for i in range(4)] == [1.0] * 4
     np.testing.assert_allclose([worker_sigma_scale(i, 3, 1.0) for i in range(3)], [np.exp(-1), 1.0, np.exp(1)])
+
+
+def test_python_api_takes_workers(ray_local):
+    import pydpg
+
+    agent = pydpg.DDPG("InvertedPendulum-v5", workers=1, hidden=[16, 16], learning_starts=100, batch_size=16,
+                       eval_every=0)
+    try:
+        agent.learn(300)
+        assert agent.trainer.collector.kind == "ray" and agent.trainer.step >= 300
+        action, _ = agent.predict(np.zeros(4, np.float32))
+        assert action.shape == (1,)
+    finally:
+        agent.trainer.close()
