@@ -81,6 +81,8 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
         with pytest.raises(ValueError) as e:
             load_spec(spec)
         assert fragment in str(e.value), (fragment, str(e.value))
+    example = load_spec(Path(__file__).parent.parent / "examples" / "sweeps" / "pendulum.toml").trials()
+    assert len(example) == 6 and {t.agent["twin_critics"] for t in example if t.setting == "td3"} == {True}
     # A TOML file through the CLI: one line, exit 2, the file and the key named.
     bad = tmp_path / "bad.toml"
     bad.write_text(SPEC_TOML.replace("[settings.fast_tau]", "[settings.fast_tau]\nimpl_ = 'sb3'"))
