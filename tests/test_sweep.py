@@ -92,6 +92,21 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_help_and_flag_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Ray has no authentication" in help_text and "must be on a trusted network" in help_text
+    assert "127.0.0.1 only and starts no dashboard" in help_text
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC_TOML)
+    assert main(["sweep", str(spec), "--ray-address", "127.0.0.1:1", "--num-cpus", "2"]) == 2
+    assert "--num-cpus sizes a local Ray" in capsys.readouterr().err
+    assert main(["sweep", "--summarize", str(tmp_path), "--resume"]) == 2
+    assert "--resume cannot be given with it" in capsys.readouterr().err
+    assert main(["sweep"]) == 2 and "sweep needs SPEC.toml" in capsys.readouterr().err
+
+
 def test_without_ray_the_error_names_the_extra(tmp_path, capsys, monkeypatch):
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC_TOML)
