@@ -10,7 +10,7 @@ plus any directories given on the command line):
 3. run it in the C++ control loop (``pydpg run``: MuJoCo C API, no Python) from the initial states
    of a Python evaluation of the trained actor (``pydpg eval``'s arithmetic) and compare the returns.
 
-    python benchmarks/trained_policies.py                       # runs/learning/*/*
+    python benchmarks/trained_policies.py                       # runs/learning/<env>/<setting>/seed<k>
     python benchmarks/trained_policies.py runs/my_run --episodes 3
 
 Prints a markdown table and writes benchmarks/results/trained_policies.json. On chaotic tasks
@@ -103,11 +103,15 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", type=Path, help="run directories (default: runs/learning/*/*)")
+    p.add_argument("runs", nargs="*", type=Path,
+                   help="run directories (default: every pydpg run under runs/learning/)")
     p.add_argument("--episodes", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    runs = args.runs or sorted(d for d in (ROOT / "runs" / "learning").glob("*/*") if (d / "checkpoints").is_dir())
+    learning = ROOT / "runs" / "learning"
+    # <env>/<setting>/seed<k> since learning_runs.py runs sweeps; <env>/seed<k> (and the like) before.
+    runs = args.runs or sorted(d for d in [*learning.glob("*/*/seed*"), *learning.glob("*/*")]
+                               if (d / "checkpoints").is_dir())
     if not runs:
         print("no trained runs found (train some with benchmarks/learning_runs.py, or name run directories)")
         return 1

@@ -21,6 +21,7 @@ _EXPORTS = {
     "TrainConfig": "trainer",
     "Policy": "runtime",
     "export_policy": "export",
+    "run_sweep": "sweep",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

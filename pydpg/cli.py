@@ -1,4 +1,4 @@
-"""The ``pydpg`` command line: ``train``, ``eval`` and ``presets``.
+"""The ``pydpg`` command line: ``train``, ``eval``, ``sweep`` and ``presets``.
 
 Only argparse is imported at module level: ``pydpg --help`` must not pay for torch, gymnasium or
 MuJoCo. Each subcommand imports what it needs.
@@ -7,6 +7,7 @@ MuJoCo. Each subcommand imports what it needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -98,6 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--env", metavar="ENV_ID", help="evaluate on this env id instead of the training env")
     e.add_argument("--render-video", metavar="FILE", help="write the episodes as a video (.mp4 or .gif)")
     e.add_argument("--device", help="torch device (default cpu)")
+
+    s = sub.add_parser("sweep", help="run tasks x settings x seeds as trials on Ray Tune; summarize a sweep",
+                       description=(
+        "Run every (task, setting, seed) of SPEC.toml as a Ray Tune trial, each a normal run directory "
+        "OUT/<task>/<setting>/seed<k>/, then print the table (final, tail and best eval, mean +/- std over "
+        "seeds) and write OUT/sweep_summary.md, OUT/sweep_summary.json and OUT/curves_<task>.png. See "
+        "docs/sweeps.md for the spec format. Needs the optional extra: pip install 'pydpg[ray]'."))
+    s.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep spec")
+    s.add_argument("--out", metavar="DIR", help="output directory (default runs/sweeps/<SPEC name>)")
+    s.add_argument("--ray-address", metavar="ADDR", help=(
+        "join the Ray cluster whose head is at ADDR (HOST:PORT, 'auto' or ray://...) instead of starting a "
+        "local Ray. Ray has no authentication: anyone who can reach the cluster can run code on it, so it "
+        "must be on a trusted network. DIR must be on a filesystem every node can write. Without it, a "
+        "local Ray listens on 127.0.0.1 only and starts no dashboard"))
+    s.add_argument("--num-cpus", type=_positive_int,
+                   help="CPUs of the local Ray (default: all); each trial takes one")
+    s.add_argument("--resume", action="store_true", help=(
+        "continue an interrupted sweep: unfinished trials continue from their checkpoints, finished ones "
+        "are not run again"))
+    s.add_argument("--summarize", metavar="DIR", help="only aggregate the sweep in DIR again (no Ray needed)")
+    s.add_argument("--quiet", action="store_true", help="no Tune status output")
 
     p = sub.add_parser("presets", help="list the shipped presets, or print one")
     p.add_argument("name", nargs="?", help="preset to print")
@@ -274,6 +296,54 @@ def write_video(frames: Sequence[Any], path: str, fps: int) -> None:
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------------------- sweep
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.summarize is not None:
+        given = [f for f, v in (("SPEC.toml", args.spec), ("--out", args.out), ("--ray-address", args.ray_address),
+                                ("--num-cpus", args.num_cpus), ("--resume", args.resume)) if v]
+        if given:
+            raise CLIError(f"--summarize DIR only reads DIR; {', '.join(given)} cannot be given with it")
+        from .sweep_summary import summarize
+
+        summary = summarize(args.summarize)
+        print(summary.markdown, end="")
+        print(f"written in {summary.out_dir}: sweep_summary.md, sweep_summary.json"
+              + "".join(f", {p.name}" for p in summary.pngs), file=sys.stderr)
+        return 0
+    if args.spec is None:
+        raise CLIError("sweep needs SPEC.toml (or --summarize DIR)")
+    if args.ray_address is not None and args.num_cpus is not None:
+        raise CLIError("--num-cpus sizes a local Ray; a cluster joined with --ray-address has its own CPUs")
+    from .sweep import SweepError, check_ray, run_sweep
+
+    try:
+        check_ray()
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / Path(args.spec).stem
+    resume_hint = f"`pydpg sweep {args.spec} --out {out} --resume` continues it"
+    try:
+        # Tune writes its status to stdout; there it would mix with the table, which is the output.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_sweep(args.spec, out, address=args.ray_address, num_cpus=args.num_cpus,
+                               resume=args.resume, verbose=0 if args.quiet else 1)
+    except SweepError as e:
+        print(e.result.summary.markdown, end="")
+        print(f"pydpg sweep: error: {e}\n{resume_hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {resume_hint}", file=sys.stderr)
+        return 130
+    print(result.summary.markdown, end="")
+    print(f"{len(result.trials)} trials in {result.wall_time_s:.0f} s; written in {result.out_dir}: sweep_summary.md, "
+          "sweep_summary.json" + "".join(f", {p.name}" for p in result.summary.pngs), file=sys.stderr)
+    if result.unfinished:
+        print(f"{len(result.unfinished)} trial(s) did not finish (Tune was stopped); {resume_hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- presets
 def cmd_presets(args: argparse.Namespace) -> int:
     from . import presets
@@ -314,7 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except PackageNotFoundError:
             print("0+unknown")
         return 0
-    commands = {"train": cmd_train, "eval": cmd_eval, "presets": cmd_presets}
+    commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "presets": cmd_presets}
     if args.command not in commands:
         parser.print_help()
         return EXIT_USAGE

@@ -45,10 +45,14 @@ def plot_learning_curve(metrics: Union[PathLike, Sequence[Mapping[str, float]]],
 
 
 def plot_seed_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], out_png: PathLike,
-                     title: str = "", anchors: Optional[Mapping[str, float]] = None) -> Optional[str]:
+                     title: str = "", anchors: Optional[Mapping[str, float]] = None,
+                     band: str = "minmax") -> Optional[str]:
     """Several labelled groups of (steps, eval mean) curves, one per seed: each group's mean over
-    seeds as a line, min..max over seeds shaded (seeds are cut to their common length).
-    ``anchors`` draws reference returns as dashed horizontal lines."""
+    seeds as a line, shaded over seeds by ``band``: "minmax" (min..max) or "std" (mean +/- the
+    population std); seeds are cut to their common length. ``anchors`` draws reference returns as
+    dashed horizontal lines."""
+    if band not in ("minmax", "std"):
+        raise ValueError(f"band must be 'minmax' or 'std', got {band!r}")
     plt = _pyplot()
     if plt is None or not curves:
         return None
@@ -62,12 +66,13 @@ def plot_seed_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]
         ys = np.stack([m[:n] for _, m in runs])
         line, = ax.plot(steps, ys.mean(0), lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
-            ax.fill_between(steps, ys.min(0), ys.max(0), alpha=0.2, lw=0, color=line.get_color())
+            lo, hi = (ys.min(0), ys.max(0)) if band == "minmax" else (ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0))
+            ax.fill_between(steps, lo, hi, alpha=0.2, lw=0, color=line.get_color())
     for name, value in (anchors or {}).items():
         ax.axhline(value, ls="--", lw=1, color="gray")
         ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, color="gray", va="bottom")
     ax.legend(fontsize=7, loc="best", framealpha=0.8)  # several groups: let matplotlib find the emptiest corner
-    _style(ax, title, "eval return (mean over seeds; min..max shaded)")
+    _style(ax, title, "eval return (mean over seeds; " + ("min..max" if band == "minmax" else "+/- std") + " shaded)")
     return _save(fig, plt, out_png)
 
 

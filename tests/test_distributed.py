@@ -17,8 +17,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-pytest.importorskip("ray")
-
 from pydpg import presets  # noqa: E402
 from pydpg.trainer import Trainer, TrainConfig, read_metrics  # noqa: E402
 

@@ -1,0 +1,211 @@
+"""A sweep's results, aggregated over seeds from its run directories (no Ray needed).
+
+``summarize(out_dir)`` reads every ``<task>/<setting>/seed<k>/metrics.csv`` under ``out_dir`` (the
+layout ``pydpg.sweep`` writes) and gives, per task x setting, over seeds: the final evaluation, the
+mean of the evaluations over the last 100k steps of each run (the last 10% for runs shorter than
+that), and each run's best evaluation, each as mean +/- std over seeds with the number of seeds. It
+writes ``sweep_summary.md``, ``sweep_summary.json`` and one ``curves_<task>.png`` per task (mean over
+seeds +/- std, one line per setting).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+from .sweep_spec import task_dir
+
+SUMMARY_MD = "sweep_summary.md"
+SUMMARY_JSON = "sweep_summary.json"
+SETTING_FILE = "setting.json"  # written by pydpg.sweep beside a setting's seed directories
+# The steadier number of the learning benchmark (docs/benchmarks_training.md): a single evaluation
+# of a MuJoCo task swings by hundreds, so the evaluations of the run's last 100k steps are averaged.
+TAIL_STEPS = 100_000
+TAIL_FRACTION = 0.1  # runs shorter than TAIL_STEPS average over their last 10% instead
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+@dataclass
+class Run:
+    """One run directory's evaluations (rows with an eval_mean)."""
+
+    seed: int
+    path: Path
+    steps: np.ndarray
+    evals: np.ndarray
+    wall_time_s: float
+    finished: bool
+
+
+@dataclass
+class Group:
+    """The runs of one task x setting."""
+
+    task: str
+    setting: str
+    label: str
+    impl: str
+    runs: list[Run] = field(default_factory=list)
+
+
+def read_run(run_dir: Union[str, os.PathLike], seed: int) -> Optional[Run]:
+    """The run in ``run_dir``, or None while it has no evaluation yet."""
+    from .trainer import read_metrics
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    rows = [r for r in read_metrics(path) if not math.isnan(r["eval_mean"])]
+    if not rows:
+        return None
+    summary = _read_json(run_dir / "summary.json")
+    finished = False
+    if summary is not None:
+        total = (summary.get("train") or {}).get("total_steps")
+        finished = total is None or summary.get("steps", 0) >= total or bool(summary.get("reached_target"))
+    return Run(seed, run_dir, np.array([r["step"] for r in rows]), np.array([r["eval_mean"] for r in rows]),
+               float(rows[-1]["wall_time"]), finished)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def collect(out_dir: Union[str, os.PathLike]) -> list[Group]:
+    """Every task x setting under ``out_dir`` that has a run with an evaluation, sorted by name."""
+    out_dir = Path(out_dir)
+    groups = []
+    for tdir in sorted(p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        for setting_dir in sorted(p for p in tdir.iterdir() if p.is_dir()):
+            runs = []
+            for d in sorted(setting_dir.iterdir()):
+                m = _SEED_DIR.match(d.name)
+                run = read_run(d, int(m.group(1))) if m and d.is_dir() else None
+                if run is not None:
+                    runs.append(run)
+            if not runs:
+                continue
+            meta = _read_json(setting_dir / SETTING_FILE) or {}
+            first = _read_json(runs[0].path / "summary.json") or {}
+            task = meta.get("task") or first.get("env_id") or tdir.name
+            groups.append(Group(task, setting_dir.name, meta.get("label") or setting_dir.name,
+                                meta.get("impl") or first.get("impl") or "pydpg", sorted(runs, key=lambda r: r.seed)))
+    return groups
+
+
+def tail_window(steps: float) -> tuple[int, str]:
+    """(window in steps, rule) for a run of ``steps`` steps."""
+    if steps > TAIL_STEPS:
+        return TAIL_STEPS, f"last {TAIL_STEPS // 1000}k"
+    return max(1, int(round(TAIL_FRACTION * steps))), f"last {TAIL_FRACTION:.0%}"
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    # Population std (ddof 0), as the learning benchmark has always reported it.
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def group_stats(group: Group) -> dict[str, Any]:
+    """One table row: final, tail and best evaluation, each mean +/- std over the group's seeds."""
+    window, rule = tail_window(max(float(r.steps[-1]) for r in group.runs))
+    tails = [float(np.mean(r.evals[r.steps > r.steps[-1] - window])) for r in group.runs]
+    return {
+        "task": group.task, "setting": group.setting, "label": group.label, "impl": group.impl,
+        "seeds": [r.seed for r in group.runs], "n_seeds": len(group.runs),
+        "finished": sum(r.finished for r in group.runs),
+        "steps": int(min(r.steps[-1] for r in group.runs)),
+        "final": _mean_std([float(r.evals[-1]) for r in group.runs]),
+        "tail": {**_mean_std(tails), "window": window, "rule": rule},
+        "best": _mean_std([float(r.evals.max()) for r in group.runs]),
+        "wall_time_s": float(np.mean([r.wall_time_s for r in group.runs])),
+    }
+
+
+def format_pm(d: Mapping[str, float]) -> str:
+    return f"{d['mean']:.1f} ± {d['std']:.1f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def tail_header(rows: list[dict[str, Any]]) -> str:
+    """The tail column's header: its rule and window when every row shares them."""
+    kinds = {(r["tail"]["rule"], r["tail"]["window"]) for r in rows}
+    if len(kinds) != 1:
+        return "tail mean (window per row)"
+    rule, window = kinds.pop()
+    return f"{rule} steps" if rule.endswith("k") else f"{rule} ({window:,} steps)"
+
+
+def tail_cell(row: dict[str, Any], header: str) -> str:
+    """The tail column's cell, with the row's window when the header cannot say it."""
+    per_row = header.startswith("tail")
+    return format_pm(row["tail"]) + (f" ({row['tail']['rule']}: {row['tail']['window']:,})" if per_row else "")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = tail_header(rows)
+    lines = [f"Eval return, mean ± std over seeds (population std). *final*: each run's last evaluation; "
+             f"*{header}*: the mean of each run's evaluations over its last {TAIL_STEPS // 1000}k steps, or its "
+             f"last {TAIL_FRACTION:.0%} if it is shorter than that; *best*: each run's best evaluation. "
+             "*seeds*: runs with an evaluation (how many of them are still running).", "",
+             f"| task | setting | seeds | steps | final eval | {header} | best eval | wall time per seed |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        running = r["n_seeds"] - r["finished"]
+        seeds = f"{r['n_seeds']}" + (f" ({running} running)" if running else "")
+        lines.append(f"| {r['task']} | {r['label']} | {seeds} | {r['steps']:,} | {format_pm(r['final'])} | "
+                     f"{tail_cell(r, header)} | "
+                     f"{format_pm(r['best'])} | {_duration(r['wall_time_s'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_task(groups: list[Group], out_png: Union[str, os.PathLike], title: str,
+              anchors: Optional[Mapping[str, float]] = None) -> Optional[str]:
+    """One task's learning curves: a line per setting, mean over seeds +/- std shaded."""
+    from .plotting import plot_seed_curves
+
+    curves = {g.label: [(r.steps, r.evals) for r in g.runs] for g in groups}
+    return plot_seed_curves(curves, out_png, title=title, anchors=anchors, band="std")
+
+
+@dataclass
+class SweepSummary:
+    rows: list[dict[str, Any]]
+    markdown: str
+    pngs: list[Path]
+    out_dir: Path
+
+
+def summarize(out_dir: Union[str, os.PathLike], write: bool = True) -> SweepSummary:
+    """Aggregate ``out_dir``'s runs; with ``write``, also ``sweep_summary.md``/``.json`` and the PNGs."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ValueError(f"'{out_dir}' is not a directory")
+    groups = collect(out_dir)
+    rows = [group_stats(g) for g in groups]
+    md = markdown_table(rows) if rows else "no run under this directory has an evaluation yet\n"
+    pngs: list[Path] = []
+    if write:
+        from .checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(out_dir / SUMMARY_MD, md.encode())
+        atomic_write_bytes(out_dir / SUMMARY_JSON, json.dumps({"rows": rows}, indent=2).encode())
+        for task in dict.fromkeys(g.task for g in groups):
+            png = out_dir / f"curves_{task_dir(task)}.png"
+            if plot_task([g for g in groups if g.task == task], png, title=task):
+                pngs.append(png)
+    return SweepSummary(rows, md, pngs, out_dir)
+

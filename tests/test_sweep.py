@@ -1,0 +1,282 @@
+"""`pydpg sweep`: specs, aggregation, real sweeps on a local Ray (the shared ``ray_local``), resume
+after a killed driver, the SB3 peer trial, and the message without Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pydpg import presets
+from pydpg.cli import main
+from pydpg.config import DDPGConfig
+from pydpg.sweep_spec import load_spec
+from pydpg.sweep_summary import summarize
+from pydpg.trainer import METRICS_COLUMNS, read_metrics
+
+torch.set_num_threads(1)
+TASK = "InvertedPendulum-v5"
+# tests/test_cli.py's SMALL settings: runs of a few hundred steps that learn something.
+SMALL_AGENT = {"hidden": [16, 16], "batch_size": 16, "learning_starts": 100}
+SMALL_TRAIN = {"eval_every": 100, "eval_episodes": 2, "checkpoint_every": 200}
+
+SPEC_TOML = f"""
+name = "tiny"
+tasks = ["{TASK}"]
+seeds = [0, 1]
+total_steps = 400
+
+[agent]
+hidden = [16, 16]
+batch_size = 16
+learning_starts = 100
+
+[train]
+eval_every = 100
+eval_episodes = 2
+checkpoint_every = 200
+
+[settings.base]
+[settings.fast_tau]
+label = "tau 0.02"
+agent = {{ tau = 0.02 }}
+"""
+
+
+def evals(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for r in read_metrics(run_dir / "metrics.csv") if not np.isnan(r["eval_mean"])]
+    return np.array([r["step"] for r in rows]), np.array([r["eval_mean"] for r in rows])
+
+
+def write_metrics(path: Path, steps, means) -> None:
+    path.mkdir(parents=True)
+    lines = [",".join(METRICS_COLUMNS)] + [f"{s},1.0,100,{m},0,,,,,1" for s, m in zip(steps, means)]
+    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- specs
+def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
+    base = {"tasks": [TASK], "seeds": [0]}
+    cases = [
+        ({**base, "setings": {}}, "unknown key 'setings' (did you mean 'settings'?)"),
+        ({**base, "settings": {"a": {"agnet": {}}}}, "[settings.a]: unknown key 'agnet' (did you mean 'agent'?)"),
+        ({**base, "settings": {"a": {"agent": {"tua": 0.1}}}}, "[settings.a]: [agent] unknown DDPGConfig key(s): 'tua' (did you mean 'tau'?)"),
+        ({**base, "train": {"eval_evry": 10}}, "[train] unknown TrainConfig key(s): 'eval_evry' (did you mean 'eval_every'?)"),
+        ({**base, "settings": {"a": {"train": {"seed": 3}}}}, "'seed' is set by the sweep (its seeds)"),
+        ({**base, "settings": {"a": {"impl": "sb4"}}}, "impl must be one of 'pydpg', 'sb3', got 'sb4' (did you mean 'sb3'?)"),
+        ({**base, "settings": {"a": {"preset": "td4"}}}, "setting 'a' on InvertedPendulum-v5: unknown preset 'td4'"),
+        ({**base, "settings": {"a": {"agent": {"tau": 5}}}}, "[settings.a]: [agent] DDPGConfig.tau must be in (0, 1], got 5"),
+        ({**base, "settings": {"a": {"impl": "sb3", "agent": {"prioritized": True}}}},
+         "Stable-Baselines3 cannot run prioritized = True"),
+        ({"tasks": [TASK], "seeds": [0, 0]}, "seeds repeats 0"),
+        ({"tasks": [], "seeds": [0]}, "'tasks' must be a non-empty list"),
+    ]
+    for spec, fragment in cases:
+        with pytest.raises(ValueError) as e:
+            load_spec(spec)
+        assert fragment in str(e.value), (fragment, str(e.value))
+    example = load_spec(Path(__file__).parent.parent / "examples" / "sweeps" / "pendulum.toml").trials()
+    assert len(example) == 6 and {t.agent["twin_critics"] for t in example if t.setting == "td3"} == {True}
+    # A TOML file through the CLI: one line, exit 2, the file and the key named.
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPEC_TOML.replace("[settings.fast_tau]", "[settings.fast_tau]\nimpl_ = 'sb3'"))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "[settings.fast_tau]: unknown key 'impl_' (did you mean 'impl'?)" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_and_flag_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Ray has no authentication" in help_text and "must be on a trusted network" in help_text
+    assert "127.0.0.1 only and starts no dashboard" in help_text
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC_TOML)
+    assert main(["sweep", str(spec), "--ray-address", "127.0.0.1:1", "--num-cpus", "2"]) == 2
+    assert "--num-cpus sizes a local Ray" in capsys.readouterr().err
+    assert main(["sweep", "--summarize", str(tmp_path), "--resume"]) == 2
+    assert "--resume cannot be given with it" in capsys.readouterr().err
+    assert main(["sweep"]) == 2 and "sweep needs SPEC.toml" in capsys.readouterr().err
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC_TOML)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 2
+    assert "pydpg sweep needs Ray, an optional extra of pydpg: pip install 'pydpg[ray]'" in capsys.readouterr().err
+    from pydpg.sweep import run_sweep
+
+    with pytest.raises(ImportError, match=r"pip install 'pydpg\[ray\]'"):
+        run_sweep(str(spec), tmp_path / "o")
+    # Aggregating what is on disk needs no Ray.
+    write_metrics(tmp_path / "s" / TASK / "base" / "seed0", [100, 200], [1.0, 3.0])
+    assert main(["sweep", "--summarize", str(tmp_path / "s")]) == 0
+    assert "| InvertedPendulum-v5 | base | 1 (1 running) | 200 | 3.0 ± 0.0 |" in capsys.readouterr().out
+
+
+def test_summary_statistics_and_tail_rule(tmp_path):
+    # 200k-step runs average their last 100k steps; 5k-step runs their last 10% (500 steps).
+    steps = np.arange(1, 41) * 5_000
+    a, b = np.linspace(0, 390, 40), np.linspace(100, 490, 40) ** 1.1
+    write_metrics(tmp_path / "Hopper-v5" / "long" / "seed0", steps, a)
+    write_metrics(tmp_path / "Hopper-v5" / "long" / "seed3", steps, b)
+    short_steps = np.arange(1, 11) * 500
+    write_metrics(tmp_path / "Hopper-v5" / "short" / "seed0", short_steps, np.arange(10.0))
+    s = summarize(tmp_path)
+    long, short = s.rows
+    tail = lambda y: y[steps > 200_000 - 100_000].mean()  # noqa: E731
+    assert long["seeds"] == [0, 3] and long["tail"]["window"] == 100_000 and long["tail"]["rule"] == "last 100k"
+    assert long["final"]["mean"] == pytest.approx(np.mean([a[-1], b[-1]]))
+    assert long["final"]["std"] == pytest.approx(np.std([a[-1], b[-1]]))
+    assert long["tail"]["mean"] == pytest.approx(np.mean([tail(a), tail(b)]))
+    assert long["tail"]["std"] == pytest.approx(np.std([tail(a), tail(b)]))
+    assert long["best"]["mean"] == pytest.approx(np.mean([a.max(), b.max()]))
+    assert short["tail"] == {"mean": pytest.approx(9.0), "std": 0.0, "window": 500, "rule": "last 10%"}  # only step 5000 > 4500
+    assert "tail mean (window per row)" in s.markdown and "(last 10%: 500)" in s.markdown
+    assert (tmp_path / "sweep_summary.md").read_text() == s.markdown
+    assert json.loads((tmp_path / "sweep_summary.json").read_text())["rows"][0]["n_seeds"] == 2
+    assert s.pngs == [tmp_path / "curves_Hopper-v5.png"] and s.pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------- on Ray
+def test_sweep_on_local_ray(ray_local, tmp_path, capsys):
+    spec, out = tmp_path / "spec.toml", tmp_path / "out"
+    spec.write_text(SPEC_TOML)
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out  # the table only: Tune's own output goes to stderr
+    assert printed.startswith("Eval return, mean ± std over seeds")
+
+    rows = {r["setting"]: r for r in json.loads((out / "sweep_summary.json").read_text())["rows"]}
+    assert set(rows) == {"base", "fast_tau"}
+    preset_tau = presets.resolve(TASK)[0].tau
+    for setting, tau in (("base", preset_tau), ("fast_tau", 0.02)):
+        finals, tails, bests = [], [], []
+        for seed in (0, 1):
+            run = out / TASK / setting / f"seed{seed}"
+            summary = json.loads((run / "summary.json").read_text())  # a normal, finished run directory
+            assert summary["steps"] == 400 and summary["seed"] == seed and summary["config"]["tau"] == tau
+            assert summary["config"]["hidden"] == [16, 16] and summary["train"]["eval_every"] == 100
+            assert (run / "learning_curve.png").is_file() and any((run / "checkpoints").iterdir())
+            steps, means = evals(run)
+            assert list(steps) == [100, 200, 300, 400]
+            finals.append(means[-1])
+            tails.append(means[steps > 400 - 40].mean())  # last 10% of a 400-step run
+            bests.append(means.max())
+        r = rows[setting]
+        assert r["n_seeds"] == 2 and r["finished"] == 2 and r["steps"] == 400 and r["tail"]["window"] == 40
+        for key, values in (("final", finals), ("tail", tails), ("best", bests)):
+            assert r[key]["mean"] == pytest.approx(np.mean(values)) and r[key]["std"] == pytest.approx(np.std(values))
+        label = "tau 0.02" if setting == "fast_tau" else "base"
+        assert f"| {TASK} | {label} | 2 | 400 | {np.mean(finals):.1f} ± {np.std(finals):.1f} |" in printed
+    assert "last 10% (40 steps)" in printed
+    assert (out / f"curves_{TASK}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Summarizing again gives the same table; running it again needs --resume; a resume must be
+    # of the same trials; a setting name cannot be reused for other values in the same directory.
+    assert main(["sweep", "--summarize", str(out)]) == 0 and capsys.readouterr().out == printed
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2
+    assert "already holds this sweep (tiny); continue it with resume=True (--resume)" in capsys.readouterr().err
+    spec.write_text(SPEC_TOML.replace("total_steps = 400", "total_steps = 500"))
+    assert main(["sweep", str(spec), "--out", str(out), "--resume"]) == 2
+    assert "holds a sweep named 'tiny' with other trials" in capsys.readouterr().err
+    spec.write_text(SPEC_TOML.replace('name = "tiny"', "").replace("tau = 0.02", "tau = 0.03"))
+    assert main(["sweep", str(spec), "--out", str(out), "--resume"]) == 2
+    assert "setting 'fast_tau' of InvertedPendulum-v5" in capsys.readouterr().err
+
+
+def test_killed_sweep_resumes_unfinished_trials(ray_local, tmp_path):
+    """The driver is killed (SIGKILL) once one trial has finished and a longer one has checkpointed;
+    a resume continues the unfinished trials from their checkpoints and leaves the finished alone."""
+    from pydpg.sweep import run_sweep
+
+    out = tmp_path / "out"
+    spec = {"tasks": [TASK], "seeds": [0, 1], "agent": SMALL_AGENT, "train": {**SMALL_TRAIN, "checkpoint_every": 100},
+            "settings": {"short": {"train": {"total_steps": 300}}, "long": {"train": {"total_steps": 1200}}}}
+    address = ray_local.get_runtime_context().gcs_address
+    # The session listens on the loopback only; a second driver joins it in the same local-only mode
+    # (the variable ray_session.init sets before it starts a local Ray; os.environ holds it now).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys; from pydpg.sweep import run_sweep; "
+         "run_sweep(json.loads(sys.argv[1]), sys.argv[2], address=sys.argv[3], verbose=0)",
+         json.dumps(spec), str(out), address], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def driver_output() -> str:
+        driver.kill()
+        return driver.communicate()[0][-3000:]
+
+    def progress():
+        runs = {f"{d.parent.name}/{d.name}": d for d in out.glob(f"{TASK}/*/seed*")}
+        done = {k: d for k, d in runs.items() if (d / "summary.json").exists()}
+        partial = {k: max(int(c.name.split("_")[1]) for c in cs) for k, d in runs.items()
+                   if k not in done and (cs := list(d.glob("checkpoints/step_*")))}
+        return done, partial
+
+    deadline = time.monotonic() + 90
+    while True:
+        done, partial = progress()
+        if done and any(k.startswith("long") for k in partial):
+            break
+        if driver.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the driver ended or took too long before the state to kill it in:\n{driver_output()}")
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done, partial = progress()  # as the kill left them
+    assert "long/seed1" not in done and "long/seed0" not in done and any(k.startswith("long") for k in partial)
+    before = {k: ((d / "metrics.csv").read_bytes(), (d / "summary.json").stat().st_mtime_ns) for k, d in done.items()}
+    # Ray ends the dead driver's trials; wait until their CPUs are free so that nothing still writes.
+    while ray_local.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    result = run_sweep(spec, out, resume=True, verbose=0)
+    last = {r.config["trial"].replace(f"{TASK}-", "").replace("-seed", "/seed"): r.metrics for r in result.results}
+    for k, (metrics_csv, mtime) in before.items():  # finished before the kill: not trained again
+        d = out / TASK / k
+        assert (d / "metrics.csv").read_bytes() == metrics_csv and (d / "summary.json").stat().st_mtime_ns == mtime
+    for k, step in partial.items():  # interrupted: continued from its checkpoint, not restarted
+        assert step > 0 and last[k]["resumed_from"] >= step, (k, step, last[k])
+    for setting, total in (("short", 300), ("long", 1200)):
+        for seed in (0, 1):
+            run = out / TASK / setting / f"seed{seed}"
+            assert json.loads((run / "summary.json").read_text())["steps"] == total
+            assert list(evals(run)[0]) == list(range(100, total + 1, 100))  # every eval once, none lost
+    assert {r["setting"]: r["finished"] for r in result.summary.rows} == {"short": 2, "long": 2}
+
+
+# ---------------------------------------------------------------------------------------- SB3 peer
+def test_sb3_peer_has_the_same_hyper_parameters_and_metrics(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from pydpg.sb3_peer import run_sb3, sb3_model, unsupported
+
+    cfg = DDPGConfig(hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3, batch_size=64, tau=0.01, gamma=0.98,
+                     buffer_size=5000, learning_starts=100, exploration_sigma=0.2, train_freq=2, gradient_steps=3)
+    m = sb3_model(TASK, cfg, seed=0)
+    assert type(m).__name__ == "DDPG"
+    assert (m.learning_rate, m.batch_size, m.tau, m.gamma, m.buffer_size, m.learning_starts) == (1e-3, 64, 0.01, 0.98, 5000, 100)
+    assert (m.train_freq.frequency, m.gradient_steps, m.policy_delay) == (2, 3, 1)
+    assert m.policy.net_arch == [32, 32] and np.allclose(m.action_noise._sigma, 0.2)
+    td3 = sb3_model(TASK, DDPGConfig.preset("td3"), seed=0)
+    assert type(td3).__name__ == "TD3" and td3.policy_delay == 2 and td3.target_policy_noise == 0.2
+    assert td3.policy.critic.n_critics == 2
+    assert unsupported(DDPGConfig(critic_lr=1e-3, n_step=3)) == ["n_step = 3", "actor_lr = 0.0003 with critic_lr = 0.001 "
+                                                                             "(SB3 has one learning rate)"]
+    spec = load_spec({"tasks": [TASK], "seeds": [0], "total_steps": 300, "agent": SMALL_AGENT, "train": SMALL_TRAIN,
+                      "settings": {"sb3": {"impl": "sb3"}}})
+    trial = spec.trials()[0]
+    out = tmp_path / TASK / "sb3" / "seed0"
+    summary = run_sb3(trial.agent, trial.train, out)
+    assert summary["steps"] == 300 and summary["impl"] == "sb3"
+    assert (out / "metrics.csv").read_text().splitlines()[0] == ",".join(METRICS_COLUMNS)
+    assert list(evals(out)[0]) == [100, 200, 300]
+    assert summarize(tmp_path).rows[0]["finished"] == 1
