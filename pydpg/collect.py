@@ -40,6 +40,7 @@ class Chunk:
     seen_obs: np.ndarray  # every observation the envs produced (reset ones too): normalizer statistics
     returns: list  # returns of the episodes that ended in this chunk
     source: int = 0  # the collector (worker) it came from
+    incarnation: str = ""  # which life of that worker made it (a Ray restart starts a new one)
 
     @property
     def steps(self) -> int:
@@ -49,7 +50,8 @@ class Chunk:
     def concat(chunks: list["Chunk"]) -> "Chunk":
         fields = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "streams", "seen_obs")
         out = {f: np.concatenate([getattr(c, f) for c in chunks]) for f in fields}
-        return Chunk(**out, returns=[r for c in chunks for r in c.returns], source=chunks[0].source)
+        return Chunk(**out, returns=[r for c in chunks for r in c.returns], source=chunks[0].source,
+                     incarnation=chunks[0].incarnation)
 
 
 class VectorStepper:

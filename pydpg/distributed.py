@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Any, Optional
 
 import numpy as np
@@ -90,6 +91,13 @@ class CollectorWorker(_Acting):
                                           "exploration_sigma": config["exploration_sigma"] * sigma_scale,
                                           "ou_sigma": config["ou_sigma"] * sigma_scale})
         self.index, self.seed = index, seed
+        import ray
+
+        # A Ray restart runs __init__ again with the same arguments: a fresh incarnation tells the
+        # learner (whose pending request may have finished before the death, so it saw no error),
+        # and its episodes must not replay its predecessor's.
+        self.incarnation = uuid.uuid4().hex
+        self.reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         seq = np.random.SeedSequence([seed, 1 + index])  # distinct from the learner's streams and each other's
         rng, noise_rng = (np.random.default_rng(s) for s in seq.spawn(2))
         self.stepper = VectorStepper(vec, low, high, make_noise(noise_cfg, act_dim, n_envs, noise_rng), rng,
@@ -105,14 +113,15 @@ class CollectorWorker(_Acting):
         predecessor's episodes."""
         first = None
         if generation != self.generation:
-            first = self.stepper.reset(seed=self.seed + 104729 * (1 + self.index) + 7919 * generation)
+            salt = int(self.incarnation[:8], 16) if self.reconstructed else 0
+            first = self.stepper.reset(seed=(self.seed + 104729 * (1 + self.index) + 7919 * generation + salt) % 2**32)
             self.generation = generation
         self._load(weights)
         act = lambda obs, noise: self.agent.act(self._normalized(obs), noise)  # noqa: E731
         chunk = Chunk.concat([self.stepper.step(self.stepper.choose(warmup, act)) for _ in range(steps)])
         if first is not None:  # the reset observations count in the statistics too
             chunk.seen_obs = np.concatenate([first, chunk.seen_obs])
-        chunk.source = self.index
+        chunk.source, chunk.incarnation = self.index, self.incarnation
         return chunk
 
 
@@ -164,6 +173,7 @@ class RayCollector:
             self.close()
             raise RuntimeError(f"the Ray workers did not start: {_cause(e)}") from None
         self.generation = [0] * self.n
+        self.incarnation: list[Optional[str]] = [None] * self.n
         self.restarts = 0
         self.chunks = 0
         self.broadcasts = 0
@@ -213,15 +223,26 @@ class RayCollector:
             if not _actor_died(self.ray, e):
                 raise RuntimeError(f"Ray worker {i} failed: {_cause(e)}") from None
             return self._lost(i, e)
+        if self.incarnation[i] is not None and chunk.incarnation != self.incarnation[i]:
+            # Restarted between two requests: its old episodes ended unseen, before this chunk's.
+            self._close_streams(i)
+            self.restarts += 1
+        self.incarnation[i] = chunk.incarnation
         self.last_chunk_time = time.monotonic()
         self.chunks += 1
         self._request(i, warmup)  # keep the worker busy while the learner updates
         return chunk
 
-    def _lost(self, i: int, error: BaseException) -> Chunk:
-        """Worker i died: its episodes ended unseen, so close their n-step returns (truncations)."""
+    def _close_streams(self, i: int) -> None:
+        """Worker i's episodes ended unseen: close their open n-step returns (as truncations), or the
+        next episode's rewards would complete them."""
         for s in range(i * self.n_envs, (i + 1) * self.n_envs):
             self.trainer.buffer.end_episode(s)
+
+    def _lost(self, i: int, error: BaseException) -> Chunk:
+        """Worker i died with a request pending."""
+        self._close_streams(i)
+        self.incarnation[i] = None  # its next life's chunks are expected, not a second restart
         self.restarts += 1
         self.generation[i] += 1
         if self.generation[i] > self.trainer.train_cfg.worker_max_restarts:

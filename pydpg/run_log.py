@@ -119,4 +119,5 @@ def _csv_bytes(rows: list[dict]) -> bytes:
 def read_metrics(path: Union[str, os.PathLike]) -> list[dict[str, float]]:
     """metrics.csv rows as dicts of floats (NaN for empty cells)."""
     with open(path, newline="") as f:
-        return [{k: float(v) if v != "" else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
+        # A cell missing from a short row (a run killed mid-write) reads as None: NaN like an empty one.
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]

@@ -56,7 +56,9 @@ def evals(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_metrics(path: Path, steps, means) -> None:
     path.mkdir(parents=True)
-    lines = [",".join(METRICS_COLUMNS)] + [f"{s},1.0,100,{m},0,,,,,1" for s, m in zip(steps, means)]
+    rows = [{"step": s, "wall_time": 1.0, "sps": 100, "eval_mean": m, "eval_std": 0, "episodes": 1}
+            for s, m in zip(steps, means)]
+    lines = [",".join(METRICS_COLUMNS)] + [",".join(str(r.get(c, "")) for c in METRICS_COLUMNS) for r in rows]
     (path / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
