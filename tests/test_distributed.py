@@ -31,7 +31,6 @@ def ray_trainer(tmp_path=None, *, env="InvertedPendulum-v5", steps=600, **train)
 
 
 def test_workers_train_hold_the_replay_ratio_and_write_a_normal_run(ray_local, tmp_path):
-    t = ray_trainer(tmp_path / "run", gradient_steps=2) if False else None
     config, tc = presets.resolve("InvertedPendulum-v5", agent={**SMALL_AGENT, "gradient_steps": 2}, train={
         "total_steps": 600, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 0, "workers": 2})
     t = Trainer(config, tc, out_dir=tmp_path / "run", tensorboard=False)
@@ -47,7 +46,6 @@ def test_workers_train_hold_the_replay_ratio_and_write_a_normal_run(ray_local, t
     assert summary["collector"]["kind"] == "ray" and summary["collector"]["workers"] == 2
     assert summary["collector"]["worker_restarts"] == 0 and summary["collector"]["broadcasts"] >= 2
     assert summary["final_eval"] is not None
-    # Streams: each worker's env is its own n-step stream, and transitions came from both workers.
     from pydpg.export import export_checkpoint
 
     result = export_checkpoint(tmp_path / "run", tmp_path / "p.pt", verbose=False)
@@ -90,10 +88,6 @@ def test_every_worker_gone_stops_the_run_clearly(ray_local):
             t.run()
     finally:
         t.close()
-
-
-class _DriverOnly(gym.Wrapper):
-    pass
 
 
 def test_an_env_the_workers_cannot_make_is_an_error_naming_it(ray_local):
