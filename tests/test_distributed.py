@@ -5,7 +5,6 @@ tests); subprocess tests start their own."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
