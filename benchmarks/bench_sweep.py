@@ -5,7 +5,8 @@
 
 Every trial of the spec runs one after another in this process (``pydpg.sweep.run_trial``, one
 torch thread, as each trial has), and the same spec runs as a sweep (``run_sweep``, one CPU per
-trial, local Ray); ``--rounds`` rounds of both, alternating which goes first. Prints the sweep's
+trial, local Ray), and, as a control without Ray, in as many plain processes as the sweep has CPUs;
+``--rounds`` rounds of the three, each round in the reverse order of the one before. Prints the sweep's
 table, the wall times (the sweep's is Tuner.fit's; starting Ray is timed once, apart) and the ratio
 of their means, checks that every phase produced the same evaluations (CPU runs are deterministic
 per seed), and saves benchmarks/results/sweep.json. Outputs stay under --out.
@@ -19,10 +20,15 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "examples" / "sweeps" / "pendulum.toml"
+# "processes" is a control: the same trials on as many plain processes as the sweep has CPUs, no
+# Ray; it shows what running trials side by side gives on this machine, apart from Tune's overhead.
+KINDS = ("sequential", "processes", "sweep")
 
 
 def main(argv=None) -> int:
@@ -47,15 +53,21 @@ def main(argv=None) -> int:
     trials = spec.trials()
     ray_start = None
     phases = []  # (kind, directory, seconds, load average before, after)
-    # Rounds alternate their order (sequential, sweep | sweep, sequential | ...): on a shared machine
-    # load changes by the minute, and the alternation spreads it over both.
+    # Each round runs the kinds in the reverse order of the one before: on a shared machine load
+    # changes by the minute, and the alternation spreads it over all of them.
     for r in range(args.rounds):
-        for kind in (("sequential", "sweep") if r % 2 == 0 else ("sweep", "sequential")):
+        for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
             where, load = args.out / f"{kind}{r}", os.getloadavg()
             if kind == "sequential":
                 t0 = time.perf_counter()
                 for trial in trials:
                     run_trial(trial, where)
+                seconds = time.perf_counter() - t0
+            elif kind == "processes":
+                t0 = time.perf_counter()
+                with ProcessPoolExecutor(args.num_cpus, mp_context=get_context("spawn"),
+                                         initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                    list(pool.map(run_trial, trials, [where] * len(trials)))
                 seconds = time.perf_counter() - t0
             else:
                 if ray_start is None:  # Ray starts once per process: timed apart from the sweeps
@@ -72,23 +84,29 @@ def main(argv=None) -> int:
                 if not np.isnan(r["eval_mean"])]
 
     same = all(evals(phases[0][1], t) == evals(where, t) for _, where, *_ in phases[1:] for t in trials)
-    mean = {k: float(np.mean([s for kind, _, s, *_ in phases if kind == k])) for k in ("sequential", "sweep")}
+    mean = {k: float(np.mean([s for kind, _, s, *_ in phases if kind == k])) for k in KINDS}
     report = {
         "spec": args.spec.resolve().relative_to(ROOT).as_posix() if args.spec.resolve().is_relative_to(ROOT)
         else str(args.spec), "trials": len(trials), "num_cpus": args.num_cpus,
         "phases": [{"kind": k, "seconds": round(s, 1), "loadavg_before": lb, "loadavg_after": la}
                    for k, _, s, lb, la in phases],
         "mean_s": {k: round(v, 1) for k, v in mean.items()}, "ray_start_s": round(ray_start, 1),
-        "speedup": round(mean["sequential"] / mean["sweep"], 2), "same_evaluations": same, "table": table,
+        "speedup": round(mean["sequential"] / mean["sweep"], 2),
+        "speedup_processes": round(mean["sequential"] / mean["processes"], 2), "same_evaluations": same, "table": table,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["python benchmarks/bench_sweep.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     print(table)
-    print(f"{len(trials)} trials, {args.rounds} rounds: one after another "
-          f"{', '.join(f'{s:.0f}' for k, _, s, *_ in phases if k == 'sequential')} s; as a sweep on {args.num_cpus} "
-          f"CPUs {', '.join(f'{s:.0f}' for k, _, s, *_ in phases if k == 'sweep')} s (Tuner.fit; starting Ray took "
-          f"{ray_start:.0f} s once); sweep {report['speedup']:.2f}x faster on the means; same evaluations: {same}")
+
+    def times(k: str) -> str:
+        return ", ".join(f"{s:.0f}" for kind, _, s, *_ in phases if kind == k) + " s"
+
+    print(f"{len(trials)} trials, {args.rounds} rounds: one after another {times('sequential')}; as a sweep on "
+          f"{args.num_cpus} CPUs {times('sweep')} (Tuner.fit; starting Ray took {ray_start:.0f} s once); in "
+          f"{args.num_cpus} plain processes {times('processes')}. On the means the sweep takes "
+          f"{1 / report['speedup']:.2f}x and the processes {1 / report['speedup_processes']:.2f}x the sequential "
+          f"time; same evaluations everywhere: {same}")
     out = ROOT / "benchmarks" / "results" / "sweep.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"saved {out}", file=sys.stderr)
