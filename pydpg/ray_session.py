@@ -5,7 +5,8 @@ with a message naming the extra.
 
 Security. Ray has no authentication of its own: its docs require a cluster to sit on a trusted
 network, and exposed dashboards and job APIs were the way in for the 2023 "ShadowRay" attacks. So
-the local default (no address) starts no dashboard and keeps every Ray server on the loopback
+the local default (no address) starts no dashboard UI (Ray still runs its minimal dashboard
+process, for its own agents) and keeps every Ray server, that one included, on the loopback
 interface. Ray binds its gRPC servers to the node's IP, which it resolves to the loopback only in
 its local-only mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the mode it uses on macOS and
 Windows); that mode is set before Ray is imported, and tests/test_distributed.py checks that a local
@@ -51,18 +52,21 @@ def _check_reachable(address: str, timeout: float) -> None:
 def init(address: Optional[str] = None, num_cpus: Optional[int] = None, timeout: float = 10.0) -> Any:
     """Ray, initialized: joins ``address`` if given, else starts a local, loopback-only Ray with
     ``num_cpus`` CPUs and no dashboard. A session that is already up is reused (tests share one)."""
-    if address is None:
+    # A local Ray, or joining one on this machine's loopback (a second process of a local run),
+    # runs in Ray's local-only mode.
+    local = address is None or address.rpartition(":")[0].strip("[]") in ("127.0.0.1", "localhost", "::1")
+    if local:
         os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
     ray = require_ray("distributed training and sweeps")
     if ray.is_initialized():
         return ray
-    if address is None:
+    if local and os.environ.get(_LOCAL_ONLY_ENV) == "0":
         # Ray reads the switch when it is first imported; if something imported it earlier (a
         # user's script, Ray Tune), set what it was read into, or the servers bind to all interfaces.
         from ray._private import ray_constants
 
-        if os.environ.get(_LOCAL_ONLY_ENV) == "0":
-            ray_constants.ENABLE_RAY_CLUSTER = False
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         _check_reachable(address, timeout)

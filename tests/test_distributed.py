@@ -70,6 +70,16 @@ def test_a_killed_worker_is_restarted_and_nothing_stored_is_lost(ray_local):
         t.run(stop_at=300)
         stored = len(t.buffer)
         ray_local.kill(t.collector.workers[0], no_restart=False)
+        # Back before the run goes on, so that it delivers in what is left of the run: the learner
+        # sees the restart either as a failed request or as a chunk of the worker's new life.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ray_local.get(t.collector.workers[0].ready.remote(), timeout=30)
+                break
+            except (ray_local.exceptions.ActorUnavailableError, ray_local.exceptions.RayActorError):
+                assert time.monotonic() < deadline, "the killed worker did not come back"
+                time.sleep(0.5)
         summary = t.run()
     finally:
         t.close()
