@@ -151,14 +151,9 @@ class LocalCollector:
     """The envs stepped in the learner's process: one vector step per ``collect`` call."""
 
     kind = "local"
-    exact_resume = True
 
     def __init__(self, stepper: VectorStepper, act: Callable[[np.ndarray, Any], np.ndarray]):
         self.stepper, self.act = stepper, act
-
-    @property
-    def n_streams(self) -> int:
-        return self.stepper.n
 
     def collect(self, warmup: bool) -> Chunk:
         return self.stepper.step(self.stepper.choose(warmup, self.act))

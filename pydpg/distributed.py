@@ -146,7 +146,6 @@ class RayCollector:
     """The Trainer's collector over N Ray worker actors (see the module docstring)."""
 
     kind = "ray"
-    exact_resume = False
 
     def __init__(self, trainer, env_id: str, rng: np.random.Generator, noise_rng: np.random.Generator):
         train = trainer.train_cfg
@@ -205,33 +204,36 @@ class RayCollector:
         self.pending[ref] = i
 
     def collect(self, warmup: bool) -> Chunk:
-        """The next chunk from whichever worker delivers first (an empty one after a worker died)."""
-        busy = set(self.pending.values())
-        for i in range(self.n):
-            if i not in busy and i not in self.dead:
-                self._request(i, warmup)
-        if not self.pending:
-            raise RuntimeError(f"all {self.n} Ray workers are gone (restarts exhausted: {self.restarts} restarts)")
-        ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=self.timeout)
-        if not ready:
-            raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s "
-                               f"({len(self.dead)} of {self.n} gone after {self.restarts} restarts)")
-        i = self.pending.pop(ready[0])
-        try:
-            chunk = self.ray.get(ready[0])
-        except Exception as e:
-            if not _actor_died(self.ray, e):
-                raise RuntimeError(f"Ray worker {i} failed: {_cause(e)}") from None
-            return self._lost(i, e)
-        if self.incarnation[i] is not None and chunk.incarnation != self.incarnation[i]:
-            # Restarted between two requests: its old episodes ended unseen, before this chunk's.
-            self._close_streams(i)
-            self.restarts += 1
-        self.incarnation[i] = chunk.incarnation
-        self.last_chunk_time = time.monotonic()
-        self.chunks += 1
-        self._request(i, warmup)  # keep the worker busy while the learner updates
-        return chunk
+        """The next chunk from whichever worker delivers first. A worker found dead on the way has
+        its streams closed and its restart counted, and the wait goes on for the others."""
+        while True:
+            busy = set(self.pending.values())
+            for i in range(self.n):
+                if i not in busy and i not in self.dead:
+                    self._request(i, warmup)
+            if not self.pending:
+                raise RuntimeError(f"all {self.n} Ray workers are gone (restarts exhausted: {self.restarts} restarts)")
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=self.timeout)
+            if not ready:
+                raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s "
+                                   f"({len(self.dead)} of {self.n} gone after {self.restarts} restarts)")
+            i = self.pending.pop(ready[0])
+            try:
+                chunk = self.ray.get(ready[0])
+            except Exception as e:
+                if not _actor_died(self.ray, e):
+                    raise RuntimeError(f"Ray worker {i} failed: {_cause(e)}") from None
+                self._lost(i, e)
+                continue
+            if self.incarnation[i] is not None and chunk.incarnation != self.incarnation[i]:
+                # Restarted between two requests: its old episodes ended unseen, before this chunk's.
+                self._close_streams(i)
+                self.restarts += 1
+            self.incarnation[i] = chunk.incarnation
+            self.last_chunk_time = time.monotonic()
+            self.chunks += 1
+            self._request(i, warmup)  # keep the worker busy while the learner updates
+            return chunk
 
     def _close_streams(self, i: int) -> None:
         """Worker i's episodes ended unseen: close their open n-step returns (as truncations), or the
@@ -239,7 +241,7 @@ class RayCollector:
         for s in range(i * self.n_envs, (i + 1) * self.n_envs):
             self.trainer.buffer.end_episode(s)
 
-    def _lost(self, i: int, error: BaseException) -> Chunk:
+    def _lost(self, i: int, error: BaseException) -> None:
         """Worker i died with a request pending."""
         self._close_streams(i)
         self.incarnation[i] = None  # its next life's chunks are expected, not a second restart
@@ -250,9 +252,6 @@ class RayCollector:
         if time.monotonic() - self.last_chunk_time > self.timeout:
             raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s; the last one lost: "
                                f"{_cause(error)}")
-        empty = np.zeros((0, self.trainer.obs_dim), np.float32)
-        return Chunk(empty, np.zeros((0, self.trainer.act_dim), np.float32), np.zeros(0), empty, np.zeros(0, bool),
-                     np.zeros(0, bool), np.zeros(0, np.int64), empty, [], i)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, seed: int) -> EvalResult:
