@@ -8,8 +8,13 @@
    both at one update per stored transition (train_freq = gradient_steps = 1), 256-256 networks.
 3. Ray's overheads: start-up (a fresh process's ray_session.init), one weight broadcast (ray.put of
    a 256-256 actor's NumPy arrays), and a worker's chunk round trip.
+4. with --learning: what the learner learns. HalfCheetah-v5 trained for real (task preset, 1 update per
+   step) with 2 Ray workers and in a single process, for each seed; a seed's two runs go side by side
+   (1 torch thread each) so both see the same machine load. The table is the eval return at the last
+   step and the updates/s over the whole run. A run that exists is resumed, a finished one reused.
 
     python benchmarks/bench_distributed.py [--workers 1 2 4 8] [--steps 4000] [--json ...]
+    python benchmarks/bench_distributed.py --learning [--learning-steps 100000] [--seeds 0 1]
 
 Run it from the repository root: Ray workers import ``benchmarks.slow_env`` from there.
 """
@@ -116,15 +121,73 @@ def overheads() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def learning(steps: int, seeds, runs_dir: Path, workers: int = 2) -> list[dict]:
+    from pydpg.run_log import read_metrics
+
+    def out(seed, w):
+        return runs_dir / ("single" if w == 0 else f"workers{w}") / f"seed{seed}"
+
+    def command(seed, w):
+        d = out(seed, w)
+        if (d / "summary.json").exists() and json.loads((d / "summary.json").read_text())["steps"] >= steps:
+            return None
+        cmd = [sys.executable, "-m", "pydpg", "train", "HalfCheetah-v5", "--steps", str(steps), "--seed", str(seed),
+               "--threads", "1", "--no-progress", "--no-tensorboard"]
+        cmd += ["--resume", str(d)] if (d / "checkpoints" / "latest").exists() else ["--out", str(d)]
+        return cmd + (["--workers", str(workers)] if w else [])
+
+    rows = []
+    for seed in seeds:
+        procs = [subprocess.Popen(c, cwd=ROOT) for c in (command(seed, w) for w in (0, workers)) if c]
+        if any(p.wait() for p in procs):
+            raise RuntimeError(f"a HalfCheetah run of seed {seed} failed")
+        for w in (0, workers):
+            summary = json.loads((out(seed, w) / "summary.json").read_text())
+            evals = [r for r in read_metrics(out(seed, w) / "metrics.csv") if r["eval_mean"] == r["eval_mean"]]
+            rows.append({"workers": w, "seed": seed, "eval_return": summary["final_eval"]["mean"],
+                         "eval_step": summary["final_eval"]["step"], "best_eval": summary["best_eval"]["mean"],
+                         "updates_per_s": summary["gradient_steps"] / summary["wall_time_s"],
+                         "last3_eval_mean": sum(r["eval_mean"] for r in evals[-3:]) / len(evals[-3:])})
+    return rows
+
+
+def learning_table(rows) -> str:
+    import numpy as np
+
+    lines = ["| HalfCheetah-v5 | seed | eval return at the end | mean of the last 3 evals | best eval | "
+             "updates/s over the run |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        name = "single process" if r["workers"] == 0 else f"{r['workers']} Ray workers"
+        lines.append(f"| {name} | {r['seed']} | {r['eval_return']:.0f} | {r['last3_eval_mean']:.0f} | "
+                     f"{r['best_eval']:.0f} | {r['updates_per_s']:.0f} |")
+    for w in sorted({r["workers"] for r in rows}):
+        ev = np.array([r["eval_return"] for r in rows if r["workers"] == w])
+        name = "single process" if w == 0 else f"{w} Ray workers"
+        lines.append(f"| {name}, mean ± std over seeds | | {ev.mean():.0f} ± {ev.std():.0f} | | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--steps", type=int, default=1500, help="collected steps per worker, after the first chunks")
     p.add_argument("--learner-steps", type=int, default=4000, help="HalfCheetah steps per learner run")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "distributed.json"))
+    p.add_argument("--learning", action="store_true", help="only part 4: train HalfCheetah-v5 for real")
+    p.add_argument("--learning-steps", type=int, default=100_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "distributed_learning"))
     args = p.parse_args(argv)
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
+    if args.learning:
+        rows = learning(args.learning_steps, args.seeds, Path(args.runs_dir))
+        table = learning_table(rows)
+        print(table)
+        path = Path(args.json).with_name("distributed_learning.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"runs": rows, "table": table}, indent=1))
+        return 0
     from pydpg import ray_session
 
     ray_session.init(num_cpus=max(2, max(args.workers) + 1))
