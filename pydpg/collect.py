@@ -17,6 +17,7 @@ the MDP, so it is never stored.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -163,6 +164,25 @@ class LocalCollector:
 
     def state_dict(self) -> dict[str, Any]:
         return self.stepper.state_dict()
+
+    def load_state_dict(self, s: dict[str, Any], *, buffer, normalizer, seed: int, step: int) -> None:
+        """Continue exactly where the checkpoint stopped, each env in its own episode. An env whose
+        simulator state could not be captured starts a new episode, seeded from (seed, step) so the
+        resumed run is still reproducible."""
+        stepper = self.stepper
+        lost = stepper.load_state_dict(s)
+        if not lost:
+            return
+        warnings.warn(f"env(s) {lost} cannot be captured (not MuJoCo, no state_dict()): "
+                      "their episodes restart at the checkpoint, so this resume is not exact")
+        for i in lost:
+            obs = stepper.restart_episode(i, seed + 7919 * (step + i + 1))
+            # The old episode ended here, unseen by the buffer: close its open n-step returns as a
+            # truncation (else the new episode's rewards would complete them); the new episode's
+            # first observation goes into the statistics like any other's.
+            buffer.end_episode(i)
+            if normalizer is not None:
+                normalizer.update(obs[None])
 
     def stats(self) -> dict[str, Any]:
         return {}

@@ -164,12 +164,19 @@ class RayCollector:
                                       trainer.high, int(seeds[i]),
                                       worker_sigma_scale(i, self.n, train.worker_noise_spread))
                         for i in range(self.n)]
-        self.eval_worker = (ray.remote(EvalWorker).options(max_restarts=train.worker_max_restarts)
+        # An evaluation is idempotent (the same weights object, the same seed), so one whose worker
+        # died is run again, whole, on the restarted worker.
+        self.eval_worker = (ray.remote(EvalWorker).options(max_restarts=train.worker_max_restarts,
+                                                           max_task_retries=train.worker_max_restarts)
                             .remote(env_id, train.env_kwargs, config, *dims))
+        # A worker's start imports torch, Gymnasium and MuJoCo: seconds, minutes on a loaded machine.
+        start_timeout = max(self.timeout, 180.0)
         try:  # an env a worker cannot make is an error now, in the learner, naming it
-            ray.get([w.ready.remote() for w in self.workers], timeout=max(self.timeout, 60.0))
+            ray.get([w.ready.remote() for w in self.workers], timeout=start_timeout)
         except Exception as e:
             self.close()
+            if isinstance(e, ray.exceptions.GetTimeoutError):
+                raise RuntimeError(f"the Ray workers did not start within {start_timeout:g} s") from None
             raise RuntimeError(f"the Ray workers did not start: {_cause(e)}") from None
         self.generation = [0] * self.n
         self.incarnation: list[Optional[str]] = [None] * self.n
@@ -206,6 +213,7 @@ class RayCollector:
     def collect(self, warmup: bool) -> Chunk:
         """The next chunk from whichever worker delivers first. A worker found dead on the way has
         its streams closed and its restart counted, and the wait goes on for the others."""
+        waiting_since = time.monotonic()  # a pause of the learner's (between run calls) is no worker's fault
         while True:
             busy = set(self.pending.values())
             for i in range(self.n):
@@ -223,7 +231,7 @@ class RayCollector:
             except Exception as e:
                 if not _actor_died(self.ray, e):
                     raise RuntimeError(f"Ray worker {i} failed: {_cause(e)}") from None
-                self._lost(i, e)
+                self._lost(i, e, waiting_since)
                 continue
             if self.incarnation[i] is not None and chunk.incarnation != self.incarnation[i]:
                 # Restarted between two requests: its old episodes ended unseen, before this chunk's.
@@ -241,7 +249,7 @@ class RayCollector:
         for s in range(i * self.n_envs, (i + 1) * self.n_envs):
             self.trainer.buffer.end_episode(s)
 
-    def _lost(self, i: int, error: BaseException) -> None:
+    def _lost(self, i: int, error: BaseException, waiting_since: float) -> None:
         """Worker i died with a request pending."""
         self._close_streams(i)
         self.incarnation[i] = None  # its next life's chunks are expected, not a second restart
@@ -249,18 +257,27 @@ class RayCollector:
         self.generation[i] += 1
         if self.generation[i] > self.trainer.train_cfg.worker_max_restarts:
             self.dead.add(i)  # Ray will not bring it back
-        if time.monotonic() - self.last_chunk_time > self.timeout:
+        if time.monotonic() - max(self.last_chunk_time, waiting_since) > self.timeout:
             raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s; the last one lost: "
                                f"{_cause(error)}")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, seed: int) -> EvalResult:
         self.weights_changed(self.trainer.n_grad, force=self._weights_at != self.trainer.n_grad)
-        return self.ray.get(self.eval_worker.evaluate.remote(self.weights, episodes, seed))
+        try:
+            return self.ray.get(self.eval_worker.evaluate.remote(self.weights, episodes, seed))
+        except Exception as e:
+            if _actor_died(self.ray, e):
+                raise RuntimeError(f"the evaluation worker is gone (restarts exhausted): {_cause(e)}") from e
+            raise RuntimeError(f"evaluation on the Ray eval worker failed: {_cause(e)}") from e
 
     # ------------------------------------------------------------------ bookkeeping
     def state_dict(self) -> dict[str, Any]:
         return {"worker_restarts": self.restarts}
+
+    def load_state_dict(self, s: dict[str, Any], **_: Any) -> None:
+        """Only the restart count comes back: workers start new episodes (not an exact resume)."""
+        self.restarts = int(s.get("worker_restarts", 0))
 
     def stats(self) -> dict[str, Any]:
         return {"workers": self.n, "worker_restarts": self.restarts, "chunks": self.chunks,

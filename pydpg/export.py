@@ -39,7 +39,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -540,8 +540,8 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         if task_note:
             print(f"note: {task_note}", file=sys.stderr)
         elif (task is None or observation is None) and format == "torchscript":
-            print(f"note: `pydpg run` cannot run this policy: it needs a MuJoCo env (env= or --env) and an "
-                  f"observation spec (a preset's, or observation_spec= / --observation-spec)", file=sys.stderr)
+            print("note: `pydpg run` cannot run this policy: it needs a MuJoCo env (env= or --env) and an "
+                  "observation spec (a preset's, or observation_spec= / --observation-spec)", file=sys.stderr)
     return result
 
 

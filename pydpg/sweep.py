@@ -92,21 +92,15 @@ def _run_pydpg(trial: dict, out: Path, on_eval: Callable[[dict], None]) -> tuple
         resolve_checkpoint(out)
     except CheckpointError:  # none yet: a fresh run
         trainer = Trainer(DDPGConfig.from_dict(trial["agent"]), TrainConfig.from_dict(trial["train"]), out_dir=out,
-                          verbose=True, tensorboard=False)
+                          verbose=True)
     else:
-        trainer = Trainer.resume(out, total_steps=trial["train"]["total_steps"], verbose=True, tensorboard=False)
+        trainer = Trainer.resume(out, total_steps=trial["train"]["total_steps"], verbose=True)
         _check_same_run(trainer.config.to_dict(), trainer.train_cfg.to_dict(), trial, out)
-    resumed_from, reported = trainer.step, len(trainer.history)
+    resumed_from = trainer.step
     try:
-        # Trainer.run(stop_at=) hands control back after each evaluation, so that every evaluation
-        # reaches Tune as it happens; each call continues where the last one stopped.
-        while True:
-            trainer.run(stop_at=trainer.next_eval if trainer.train_cfg.eval_every else None)
-            for row in trainer.history[reported:]:
-                on_eval(row)
-            reported = len(trainer.history)
-            if trainer.step >= trainer.train_cfg.total_steps or trainer.reached_target:
-                return trainer.summary(), resumed_from
+        # Every evaluation reaches Tune as it happens; the run writes metrics, TensorBoard,
+        # checkpoints and summary like any other.
+        return trainer.run(on_eval=on_eval), resumed_from
     finally:
         trainer.close()
 

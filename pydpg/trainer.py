@@ -21,6 +21,7 @@ Steps count real transitions, summed over envs. On CPU a run is a deterministic 
 seed, and ``Trainer.resume`` continues a checkpoint exactly as the uninterrupted run would have:
 agent, optimizers, normalizer, buffer, every RNG stream, counters and each env's simulator state
 are restored (see ``envs.get_env_state`` for what env state is and which envs support it).
+What a checkpoint holds, and how each part goes back, is ``pydpg.run_state``'s.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import os
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -50,6 +50,8 @@ from .noise import make_noise
 from .normalizer import RunningNormalizer
 from .replay import ReplayBuffer
 from .run_log import METRICS_COLUMNS, Progress, RunLogger, read_metrics  # noqa: F401  (re-exported)
+from .run_state import (RunCounters, agent_from_model, load_matching_buffer, load_model,  # noqa: F401
+                        make_policy, model_dict, restore_run_state, run_state)
 
 PER_EPS = 1e-6  # added to |TD error| so no transition gets priority 0 (Schaul et al. 2016, §3.3)
 
@@ -130,43 +132,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------- policies
-def make_policy(agent: DDPGAgent, normalizer: Optional[RunningNormalizer]) -> Callable[[np.ndarray], np.ndarray]:
-    """The noiseless policy obs -> action in [-1, 1] (one obs or a batch); ``envs.scale_action``
-    gives env units. Used by training, evaluation, the CLI and ``pydpg.DDPG.predict``."""
-    if normalizer is None:
-        return agent.act
-    return lambda obs: agent.act(normalizer.normalize(obs))
-
-
-def agent_from_model(model: dict[str, Any], device: Union[str, torch.device, None] = None
-                     ) -> tuple[DDPGAgent, Optional[RunningNormalizer]]:
-    """Rebuild the agent (and normalizer) stored in a model dict (``pydpg.checkpoint``)."""
-    config = DDPGConfig.from_dict(model["config"])
-    if device is not None:
-        config.device = str(device)
-    agent = DDPGAgent.from_dims(int(model["obs_dim"]), int(model["act_dim"]), config)
-    agent.load_state_dict(model["agent"])
-    normalizer = None
-    if model["normalizer"] is not None:
-        normalizer = RunningNormalizer.from_dict(model["normalizer"]).to(agent.device)
-    return agent, normalizer
-
-
-# ---------------------------------------------------------------------------------------- output
-def _load_matching_buffer(path: Path, like: ReplayBuffer) -> ReplayBuffer:
-    """The checkpoint's replay buffer, refused unless it is laid out as the run's own (``like``)."""
-    try:
-        loaded = ReplayBuffer.load(path)
-    except (ValueError, OSError) as e:
-        raise ckpt_io.CheckpointError(f"replay buffer {path}: {e}") from e
-    fields = ("obs_shape", "action_shape", "capacity", "prioritized", "n_step", "gamma")
-    wrong = [f"{f} {getattr(loaded, f)} (the run has {getattr(like, f)})"
-             for f in fields if getattr(loaded, f) != getattr(like, f)]
-    if wrong:
-        raise ckpt_io.CheckpointError(f"replay buffer {path} does not belong to this run: {', '.join(wrong)}")
-    return loaded
-
-
 # ---------------------------------------------------------------------------------------- trainer
 class Trainer:
     """A DDPG training run on ``env`` (an id or a gymnasium.Env; default ``train.env_id``).
@@ -221,18 +186,8 @@ class Trainer:
                                    alpha=config.per_alpha, n_step=config.n_step, gamma=config.gamma,
                                    seed=int(rng_seq[2].generate_state(1, np.uint64)[0]))
 
-        # Counters and per-env episode state: all of it goes into checkpoints.
-        self.step = 0
-        self.n_grad = 0
-        self.episodes = 0
-        self.next_eval = train.eval_every
-        self.next_ckpt = train.checkpoint_every
-        self.elapsed = 0.0  # wall time of all run() calls, evaluation included
-        self.train_time = 0.0  # the same without evaluation and checkpointing
-        self.history: list[dict[str, Any]] = []
-        self.best: Optional[dict[str, float]] = None
-        self.reached_target = False
-        self._reset_interval()
+        # Where the run is (checkpointed with the model, the buffer and the collector's state).
+        self.counters = RunCounters(next_eval=train.eval_every, next_ckpt=train.checkpoint_every)
         if vec is not None:
             stepper = VectorStepper(vec, self.low, self.high, make_noise(config, self.act_dim, train.n_envs, noise_rng),
                                     rng)
@@ -241,12 +196,22 @@ class Trainer:
                 self.normalizer.update(stepper.obs)
             self.collector = LocalCollector(stepper, self._act)
         if model is not None:  # after the reset above, whose observations the model's statistics never saw
-            self._load_model(model)
+            load_model(model, self.agent, self.normalizer, self.obs_dim, self.act_dim)
         if vec is None:
             from .distributed import RayCollector
 
             self.collector = RayCollector(self, env, rng, noise_rng)
         self._last_ckpt_step: Optional[int] = None
+        self._on_eval: Optional[Callable[[dict[str, Any]], None]] = None
+
+    # Where the run is, read-only (``counters`` is the one place it lives and is checkpointed).
+    step = property(lambda self: self.counters.step, doc="environment steps stored so far")
+    n_grad = property(lambda self: self.counters.n_grad, doc="gradient updates made so far")
+    episodes = property(lambda self: self.counters.episodes, doc="training episodes ended so far")
+    history = property(lambda self: self.counters.history, doc="the metrics rows, one per evaluation")
+    best = property(lambda self: self.counters.best, doc="the best evaluation so far")
+    reached_target = property(lambda self: self.counters.reached_target, doc="an eval reached target_return")
+    next_eval = property(lambda self: self.counters.next_eval, doc="the step count of the next evaluation")
 
     def _act(self, obs: np.ndarray, noise) -> np.ndarray:
         return self.agent.act(obs if self.normalizer is None else self.normalizer.normalize(obs), noise)
@@ -261,20 +226,23 @@ class Trainer:
         return getattr(self.collector, "stepper", None) and self.collector.stepper.noise
 
     # ------------------------------------------------------------------ the loop
-    def run(self, total_steps: Optional[int] = None, stop_at: Optional[int] = None) -> dict[str, Any]:
+    def run(self, total_steps: Optional[int] = None, stop_at: Optional[int] = None,
+            on_eval: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
         """Train until ``total_steps`` (default ``train.total_steps``) or an eval mean reaches
         ``target_return``; then a final evaluation, checkpoint, ``summary.json`` and plot.
 
         ``stop_at`` returns early, once ``step >= stop_at``, with none of the end-of-run work (as an
         interrupted run would); ``Trainer.resume`` or another ``run`` call continues from there.
+        ``on_eval`` sees each new metrics row as it is logged (``pydpg.sweep`` reports them to Tune).
         """
         if total_steps is not None:
             self.train_cfg.total_steps = int(total_steps)
             self.train_cfg.validate()
         total = self.train_cfg.total_steps
         logger = self._open_logger()
+        self._on_eval = on_eval
         progress = Progress(total, bar=self.progress_enabled, lines=self.verbose)
-        if self.step == 0 and self.verbose:
+        if self.counters.step == 0 and self.verbose:
             progress.write(f"training {self.env_name} for {total} steps, seed {self.train_cfg.seed}, "
                            f"{self.train_cfg.n_envs} env(s), device {self.agent.device}"
                            + (f", output in {self.out_dir}" if self.out_dir else ""))
@@ -282,27 +250,27 @@ class Trainer:
         t_mark = t_start
         try:
             with self._sigint_between_steps():
-                while self.step < total and not self.reached_target:
-                    if stop_at is not None and self.step >= stop_at:
-                        self.train_time += time.perf_counter() - t_mark
+                while self.counters.step < total and not self.counters.reached_target:
+                    if stop_at is not None and self.counters.step >= stop_at:
+                        self.counters.train_time += time.perf_counter() - t_mark
                         return self.summary()
                     if self._interrupted:
                         now = time.perf_counter()
-                        self.train_time += now - t_mark
+                        self.counters.train_time += now - t_mark
                         t_mark = now
                         if self.out_dir is not None:
                             self.save_checkpoint(_elapsed_in_run=now - t_start)
                         raise KeyboardInterrupt
                     t_mark = self._one_step(logger, progress, t_start, t_mark)
             now = time.perf_counter()
-            self.train_time += now - t_mark
-            final_eval = self.train_cfg.eval_every > 0 and (not self.history or self.history[-1]["step"] != self.step)
+            self.counters.train_time += now - t_mark
+            final_eval = self.train_cfg.eval_every > 0 and (not self.counters.history or self.counters.history[-1]["step"] != self.counters.step)
             if final_eval:
                 self._evaluate_and_log(logger, progress, now - t_start)
-            self.elapsed += time.perf_counter() - t_start
+            self.counters.elapsed += time.perf_counter() - t_start
             t_start = None
             if self.out_dir is not None:
-                if final_eval or self._last_ckpt_step != self.step:  # the checkpoint holds the final row too
+                if final_eval or self._last_ckpt_step != self.counters.step:  # the checkpoint holds the final row too
                     self.save_checkpoint()
                 self._finish_outputs()
             summary = self.summary()
@@ -310,8 +278,9 @@ class Trainer:
                 progress.write(self._summary_line(summary))
             return summary
         finally:
+            self._on_eval = None
             if t_start is not None:
-                self.elapsed += time.perf_counter() - t_start
+                self.counters.elapsed += time.perf_counter() - t_start
             progress.close()
             if logger is not None:
                 logger.close()
@@ -319,27 +288,27 @@ class Trainer:
     def _one_step(self, logger, progress: "Progress", t_start: float, t_mark: float) -> float:
         """Collect one chunk, make the updates it made due, and evaluate/checkpoint when due.
         Returns the time training (not evaluation or checkpointing) resumed at."""
-        self._insert(self.collector.collect(warmup=self.step < self.config.learning_starts))
+        self._insert(self.collector.collect(warmup=self.counters.step < self.config.learning_starts))
         if self._update():
-            self.collector.weights_changed(self.n_grad)
-        if self.train_cfg.eval_every and self.step >= self.next_eval:
-            while self.next_eval <= self.step:
-                self.next_eval += self.train_cfg.eval_every
+            self.collector.weights_changed(self.counters.n_grad)
+        if self.train_cfg.eval_every and self.counters.step >= self.counters.next_eval:
+            while self.counters.next_eval <= self.counters.step:
+                self.counters.next_eval += self.train_cfg.eval_every
             now = time.perf_counter()
-            self.train_time += now - t_mark
+            self.counters.train_time += now - t_mark
             self._evaluate_and_log(logger, progress, now - t_start)
             t_mark = time.perf_counter()
-        if self.train_cfg.checkpoint_every and self.step >= self.next_ckpt and self.out_dir is not None:
-            while self.next_ckpt <= self.step:
-                self.next_ckpt += self.train_cfg.checkpoint_every
+        if self.train_cfg.checkpoint_every and self.counters.step >= self.counters.next_ckpt and self.out_dir is not None:
+            while self.counters.next_ckpt <= self.counters.step:
+                self.counters.next_ckpt += self.train_cfg.checkpoint_every
             now = time.perf_counter()
-            self.train_time += now - t_mark
+            self.counters.train_time += now - t_mark
             self.save_checkpoint(_elapsed_in_run=now - t_start)
             t_mark = time.perf_counter()
         if progress.bar is not None:
-            span = self.train_time + (time.perf_counter() - t_mark)
-            progress.update(self.step, self.step / span if span > 0 else 0.0,
-                            None if not self.history else self.history[-1]["eval_mean"])
+            span = self.counters.train_time + (time.perf_counter() - t_mark)
+            progress.update(self.counters.step, self.counters.step / span if span > 0 else 0.0,
+                            None if not self.counters.history else self.counters.history[-1]["eval_mean"])
         return t_mark
 
     @contextlib.contextmanager
@@ -369,11 +338,11 @@ class Trainer:
         if chunk.steps:
             self.buffer.extend(chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated,
                                chunk.truncated, env_ids=chunk.streams)
-        self._interval["returns"].extend(chunk.returns)
-        self.episodes += len(chunk.returns)
+        self.counters.interval["returns"].extend(chunk.returns)
+        self.counters.episodes += len(chunk.returns)
         if self.normalizer is not None and len(chunk.seen_obs):
             self.normalizer.update(chunk.seen_obs)
-        self.step += chunk.steps
+        self.counters.step += chunk.steps
 
     def _update(self) -> bool:
         """The updates due at this step count: ``gradient_steps`` per ``train_freq`` steps after
@@ -381,14 +350,14 @@ class Trainer:
         updates), so the replay ratio is the configured one however fast the collectors are, as
         Reverb's SampleToInsertRatio holds it. True when any update ran."""
         cfg = self.config
-        due = max(0, self.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
-        if self.n_grad >= due or len(self.buffer) == 0:
+        due = max(0, self.counters.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
+        if self.counters.n_grad >= due or len(self.buffer) == 0:
             return False
         device = self.agent.device
-        acc = self._interval
-        while self.n_grad < due:
+        acc = self.counters.interval
+        while self.counters.n_grad < due:
             if cfg.prioritized:  # importance-sampling exponent annealed to 1 over the run (Schaul et al. 2016)
-                frac = min(1.0, self.step / self.train_cfg.total_steps)
+                frac = min(1.0, self.counters.step / self.train_cfg.total_steps)
                 batch = self.buffer.sample(cfg.batch_size, cfg.per_beta0 + (1.0 - cfg.per_beta0) * frac, device)
             else:
                 batch = self.buffer.sample(cfg.batch_size, device=device)
@@ -397,7 +366,7 @@ class Trainer:
             info = self.agent.update(batch)
             if cfg.prioritized:
                 self.buffer.update_priorities(batch.indices, info["td_errors"] + PER_EPS)
-            self.n_grad += 1
+            self.counters.n_grad += 1
             acc["n"] += 1
             acc["critic_loss"] += info["critic_loss"]
             acc["q_mean"] += info["q_mean"]
@@ -405,10 +374,6 @@ class Trainer:
                 acc["n_actor"] += 1
                 acc["actor_loss"] += info["actor_loss"]
         return True
-
-    def _reset_interval(self) -> None:
-        self._interval = {"n": 0, "n_actor": 0, "critic_loss": 0.0, "actor_loss": 0.0, "q_mean": 0.0,
-                          "returns": [], "step": getattr(self, "step", 0), "train_time": getattr(self, "train_time", 0.0)}
 
     # ------------------------------------------------------------------ evaluation and logging
     def evaluate(self, episodes: Optional[int] = None, seed: Optional[int] = None) -> EvalResult:
@@ -424,12 +389,13 @@ class Trainer:
 
     def _evaluate_and_log(self, logger: Optional[RunLogger], progress: Progress, run_elapsed: float) -> None:
         result = self.evaluate()
-        acc = self._interval
-        span = self.train_time - acc["train_time"]
+        c = self.counters
+        acc = c.interval
+        span = c.train_time - acc["train_time"]
         row = {
-            "step": self.step,
-            "wall_time": round(self.elapsed + run_elapsed, 3),
-            "sps": (self.step - acc["step"]) / span if span > 0 else math.nan,
+            "step": c.step,
+            "wall_time": round(c.elapsed + run_elapsed, 3),
+            "sps": (c.step - acc["step"]) / span if span > 0 else math.nan,
             "eval_mean": result.mean,
             "eval_std": result.std,
             "critic_loss": acc["critic_loss"] / acc["n"] if acc["n"] else math.nan,
@@ -437,46 +403,48 @@ class Trainer:
             "q_mean": acc["q_mean"] / acc["n"] if acc["n"] else math.nan,
             "train_return": float(np.mean(acc["returns"])) if acc["returns"] else math.nan,
             # Updates per stored transition over the interval, once learning has started.
-            "replay_ratio": (acc["n"] / (self.step - max(acc["step"], self.config.learning_starts))
-                             if self.step > max(acc["step"], self.config.learning_starts) else math.nan),
-            "episodes": self.episodes,
+            "replay_ratio": (acc["n"] / (c.step - max(acc["step"], self.config.learning_starts))
+                             if c.step > max(acc["step"], self.config.learning_starts) else math.nan),
+            "episodes": c.episodes,
         }
-        self.history.append(row)
-        if self.best is None or result.mean > self.best["eval_mean"]:
-            self.best = {"step": self.step, "eval_mean": result.mean, "eval_std": result.std}
+        c.history.append(row)
+        if c.best is None or result.mean > c.best["eval_mean"]:
+            c.best = {"step": c.step, "eval_mean": result.mean, "eval_std": result.std}
         target = self.train_cfg.target_return
         if target is not None and result.mean >= target:
-            self.reached_target = True
-        self._reset_interval()
+            c.reached_target = True
+        c.new_interval()
         if logger is not None:
             logger.log(row)
-        progress.write(f"step {self.step:>9} | eval {result.mean:9.2f} +/- {result.std:7.2f} | "
+        progress.write(f"step {c.step:>9} | eval {result.mean:9.2f} +/- {result.std:7.2f} | "
                        f"{row['sps']:6.0f} sps | critic {row['critic_loss']:.4g} | q {row['q_mean']:.4g}")
+        if self._on_eval is not None:
+            self._on_eval(row)
 
     def _open_logger(self) -> Optional[RunLogger]:
         if self.out_dir is None:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resume_step = self.step if (self.step > 0 or self.history) else None
+        resume_step = self.counters.step if (self.counters.step > 0 or self.counters.history) else None
         return RunLogger(self.out_dir, resume_step, self.tensorboard)
 
     def summary(self) -> dict[str, Any]:
-        last = self.history[-1] if self.history else None
+        last = self.counters.history[-1] if self.counters.history else None
         from . import __version__
 
         return {
             "env_id": self.env_name,
             "seed": self.train_cfg.seed,
-            "steps": self.step,
-            "gradient_steps": self.n_grad,
-            "episodes": self.episodes,
-            "wall_time_s": round(self.elapsed, 3),
-            "sps": round(self.step / self.train_time, 2) if self.train_time > 0 else None,
+            "steps": self.counters.step,
+            "gradient_steps": self.counters.n_grad,
+            "episodes": self.counters.episodes,
+            "wall_time_s": round(self.counters.elapsed, 3),
+            "sps": round(self.counters.step / self.counters.train_time, 2) if self.counters.train_time > 0 else None,
             "final_eval": None if last is None else {"step": last["step"], "mean": last["eval_mean"],
                                                       "std": last["eval_std"]},
-            "best_eval": None if self.best is None else {"step": self.best["step"], "mean": self.best["eval_mean"],
-                                                          "std": self.best["eval_std"]},
-            "reached_target": self.reached_target,
+            "best_eval": None if self.counters.best is None else {"step": self.counters.best["step"], "mean": self.counters.best["eval_mean"],
+                                                          "std": self.counters.best["eval_std"]},
+            "reached_target": self.counters.reached_target,
             "collector": {"kind": self.collector.kind, **self.collector.stats()},
             "config": self.config.to_dict(),
             "train": self.train_cfg.to_dict(),
@@ -492,7 +460,7 @@ class Trainer:
     def _finish_outputs(self) -> None:
         summary = self.summary()
         ckpt_io.atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
-        if (self.out_dir / "metrics.csv").exists() and self.history:
+        if (self.out_dir / "metrics.csv").exists() and self.counters.history:
             from .plotting import plot_learning_curve
 
             plot_learning_curve(self.out_dir / "metrics.csv", self.out_dir / "learning_curve.png",
@@ -501,28 +469,8 @@ class Trainer:
     # ------------------------------------------------------------------ model / checkpoint
     def model_dict(self) -> dict[str, Any]:
         """The agent as a model dict (``pydpg.checkpoint`` describes the keys)."""
-        return {
-            "config": self.config.to_dict(),
-            "run": self.train_cfg.to_dict(),
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "action_low": torch.as_tensor(self.low, dtype=torch.float64),
-            "action_high": torch.as_tensor(self.high, dtype=torch.float64),
-            "agent": self.agent.state_dict(),
-            "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
-        }
-
-    def _load_model(self, model: dict[str, Any]) -> None:
-        if (int(model["obs_dim"]), int(model["act_dim"])) != (self.obs_dim, self.act_dim):
-            raise ValueError(f"model has obs/act dims ({model['obs_dim']}, {model['act_dim']}), this env has "
-                             f"({self.obs_dim}, {self.act_dim})")
-        self.agent.load_state_dict(model["agent"])
-        if (model["normalizer"] is None) != (self.normalizer is None):
-            raise ValueError("model and config disagree on obs_normalization")
-        if self.normalizer is not None:
-            src = RunningNormalizer.from_dict(model["normalizer"])
-            self.normalizer.load_state_dict(src.state_dict())
-            self.normalizer.eps, self.normalizer.clip = src.eps, src.clip
+        return model_dict(self.config, self.train_cfg.to_dict(), self.obs_dim, self.act_dim, self.low, self.high,
+                          self.agent, self.normalizer)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the model file (weights, optimizers, normalizer, config; no replay buffer)."""
@@ -532,22 +480,11 @@ class Trainer:
         """Checkpoint everything needed to resume exactly into ``out_dir/checkpoints``."""
         if self.out_dir is None:
             raise ValueError("this run has no output directory to checkpoint into")
-        state = {
-            "step": self.step, "n_grad": self.n_grad, "episodes": self.episodes,
-            "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
-            "elapsed": self.elapsed + _elapsed_in_run, "train_time": self.train_time,
-            "history": self.history, "best": self.best, "reached_target": self.reached_target,
-            "interval": self._interval,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.agent.device.type == "cuda" else None,
-            # The collector's own state (local: env states, observations, RNGs), flat, under the
-            # keys pydpg 0.2 used.
-            **self.collector.state_dict(),
-        }
+        state = run_state(self.counters, self.agent.device, self.collector.state_dict(), _elapsed_in_run)
         meta = {"env_id": self.env_name, "seed": self.train_cfg.seed, "time": time.time()}
-        path = ckpt_io.save_checkpoint(self.out_dir / "checkpoints", self.step, self.model_dict(), state,
+        path = ckpt_io.save_checkpoint(self.out_dir / "checkpoints", self.counters.step, self.model_dict(), state,
                                        self.buffer, meta, keep=self.train_cfg.keep_checkpoints)
-        self._last_ckpt_step = self.step
+        self._last_ckpt_step = self.counters.step
         return path
 
     @classmethod
@@ -570,42 +507,17 @@ class Trainer:
         if out_dir is None and ckpt.path.parent.name == "checkpoints":
             out_dir = ckpt.path.parent.parent
         t = cls(config, train, env, out_dir, model=model, **kwargs)
-        t.buffer = _load_matching_buffer(ckpt.buffer_path, like=t.buffer)
+        t.buffer = load_matching_buffer(ckpt.buffer_path, like=t.buffer)
         # Only now (everything read): a checkpoint a killed save had moved aside goes back home.
         ckpt_io.clean_partial(ckpt.path.parent)
         t._load_state(state)
         return t
 
     def _load_state(self, s: dict[str, Any]) -> None:
-        for key in ("step", "n_grad", "episodes", "next_eval", "next_ckpt"):
-            setattr(self, key, int(s[key]))
-        self.elapsed, self.train_time = float(s["elapsed"]), float(s["train_time"])
-        self.history, self.best, self.reached_target = list(s["history"]), s["best"], bool(s["reached_target"])
-        self._interval = s["interval"]
-        self._interval.setdefault("returns", [])
-        torch.set_rng_state(s["torch_rng"])
-        if s["cuda_rng"] is not None and self.agent.device.type == "cuda":
-            torch.cuda.set_rng_state_all(s["cuda_rng"])
-        self._last_ckpt_step = self.step
-        if not isinstance(self.collector, LocalCollector):
-            # Workers start new episodes: not an exact resume (pydpg.distributed).
-            self.collector.restarts = int(s.get("worker_restarts", 0))
-            return
-        stepper = self.collector.stepper
-        lost = stepper.load_state_dict(s)
-        if lost:
-            # Without simulator state the in-progress episodes cannot continue: start new ones,
-            # seeded from (seed, step) so the resumed run is still reproducible.
-            warnings.warn(f"env(s) {lost} of {self.env_name} cannot be captured (not MuJoCo, no state_dict()): "
-                          "their episodes restart at the checkpoint, so this resume is not exact")
-            for i in lost:
-                obs = stepper.restart_episode(i, self.train_cfg.seed + 7919 * (self.step + i + 1))
-                # The old episode ended here, unseen by the buffer: close its open n-step returns
-                # as a truncation (else the new episode's rewards would complete them); the new
-                # episode's first observation goes into the statistics like any other's.
-                self.buffer.end_episode(i)
-                if self.normalizer is not None:
-                    self.normalizer.update(obs[None])
+        restore_run_state(s, self.counters, self.agent.device)
+        self._last_ckpt_step = self.counters.step
+        self.collector.load_state_dict(s, buffer=self.buffer, normalizer=self.normalizer,
+                                       seed=self.train_cfg.seed, step=self.counters.step)
 
     def close(self) -> None:
         self.collector.close()

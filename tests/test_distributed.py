@@ -87,6 +87,27 @@ def test_a_killed_worker_is_restarted_and_nothing_stored_is_lost(ray_local):
     assert summary["steps"] >= 1000 and len(t.buffer) >= stored
 
 
+def test_an_evaluation_whose_worker_is_killed_runs_again_on_the_restarted_worker(ray_local):
+    import threading
+
+    t = ray_trainer(env="Pendulum-v1", steps=400, eval_every=0)
+    try:
+        t.run(stop_at=200)
+        reference = t.evaluate(episodes=40, seed=11)  # 8000 noiseless steps: long enough to be killed in
+        out = {}
+        job = threading.Thread(target=lambda: out.setdefault("result", t.evaluate(episodes=40, seed=11)))
+        job.start()
+        time.sleep(0.5)
+        assert job.is_alive(), "the evaluation ended before the kill: make it longer"
+        ray_local.kill(t.collector.eval_worker, no_restart=False)
+        job.join(timeout=180)
+        assert not job.is_alive()
+    finally:
+        t.close()
+    # The same weights object and seed: the retried evaluation is the reference one, on this machine.
+    np.testing.assert_array_equal(out["result"].returns, reference.returns)
+
+
 def test_every_worker_gone_stops_the_run_clearly(ray_local):
     t = ray_trainer(steps=5000, eval_every=0, worker_max_restarts=0)
     try:

@@ -168,6 +168,7 @@ def test_sweep_on_local_ray(ray_local, tmp_path, capsys):
             assert summary["steps"] == 400 and summary["seed"] == seed and summary["config"]["tau"] == tau
             assert summary["config"]["hidden"] == [16, 16] and summary["train"]["eval_every"] == 100
             assert (run / "learning_curve.png").is_file() and any((run / "checkpoints").iterdir())
+            assert any((run / "tb").glob("events.out.tfevents.*"))  # TensorBoard, as a plain run writes
             steps, means = evals(run)
             assert list(steps) == [100, 200, 300, 400]
             finals.append(means[-1])
