@@ -13,6 +13,10 @@
   the updates each chunk makes due before it takes the next (``Trainer._update``). A fast worker
   therefore waits for the learner: the replay ratio is the configured one whatever the workers'
   speed (Reverb's SampleToInsertRatio), and metrics.csv reports the achieved ratio.
+* The chunks are taken from the workers in turn (``worker_order = "fixed"``): each worker's next
+  request leaves at a fixed point of the learner's sequence, with the weights of that point, so a
+  run is a function of its seed and not of the workers' speeds. ``"arrival"`` takes whichever
+  chunk comes first (Ape-X), for workers of unequal speed, and gives up that reproducibility.
 * The observation statistics live in the learner, which folds in every observation the workers
   saw (``Chunk.seen_obs``); workers normalize with the statistics that came with the weights.
 * Evaluation runs noiselessly on its own ``EvalWorker``, seeded as a local run's.
@@ -184,6 +188,7 @@ class RayCollector:
         self.chunks = 0
         self.broadcasts = 0
         self.dead: set[int] = set()
+        self.fixed_order, self._turn = train.worker_order == "fixed", 0
         self.pending: dict[Any, int] = {}
         self.last_chunk_time = time.monotonic()
         self._weights_at = -1
@@ -221,7 +226,13 @@ class RayCollector:
                     self._request(i, warmup)
             if not self.pending:
                 raise RuntimeError(f"all {self.n} Ray workers are gone (restarts exhausted: {self.restarts} restarts)")
-            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=self.timeout)
+            if self.fixed_order:
+                while self._turn in self.dead:
+                    self._turn = (self._turn + 1) % self.n
+                waiting_for = [ref for ref, w in self.pending.items() if w == self._turn]
+            else:
+                waiting_for = list(self.pending)
+            ready, _ = self.ray.wait(waiting_for, num_returns=1, timeout=self.timeout)
             if not ready:
                 raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s "
                                    f"({len(self.dead)} of {self.n} gone after {self.restarts} restarts)")
@@ -238,6 +249,7 @@ class RayCollector:
                 self._close_streams(i)
                 self.restarts += 1
             self.incarnation[i] = chunk.incarnation
+            self._turn = (i + 1) % self.n
             self.last_chunk_time = time.monotonic()
             self.chunks += 1
             self._request(i, warmup)  # keep the worker busy while the learner updates

@@ -83,6 +83,10 @@ class TrainConfig:
     worker_noise_spread: float = 0.0  # worker i's sigma = sigma * exp(spread * (2i/(N-1) - 1)); 0: all equal
     worker_max_restarts: int = 3  # Ray restarts a dead worker this many times
     worker_timeout_s: float = 60.0  # every worker gone for this long: the run stops with an error
+    # "fixed": chunks are taken from the workers in turn, so a run is a function of its seed, not of
+    # the workers' speeds (a slow worker holds the others back). "arrival": whichever comes first,
+    # Ape-X's way, for workers of unequal speed; runs then differ with timing.
+    worker_order: str = "fixed"
 
     def validate(self) -> "TrainConfig":
         def check(name: str, ok: bool, want: str) -> None:
@@ -107,6 +111,7 @@ class TrainConfig:
             v = getattr(self, name)
             check(name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
                   "a finite number >= 0")
+        check("worker_order", self.worker_order in ("fixed", "arrival"), '"fixed" or "arrival"')
         t = self.target_return
         check("target_return", t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t == t),
               "None or a number")
