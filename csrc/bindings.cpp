@@ -62,6 +62,17 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_array(py::handle h,
   return Arr::ensure(raw);
 }
 
+// Transition ids: integers only (a float id would be truncated to another transition's).
+py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> as_ids(py::handle h, const char* name) {
+  if (!h.is_none()) {
+    py::array raw = py::array::ensure(h);
+    if (raw && raw.size() > 0 && raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u')
+      throw py::type_error(std::string(name) + " must hold integer ids, got dtype " +
+                           std::string(py::str(raw.dtype())));
+  }
+  return as_array<std::int64_t>(h, name);
+}
+
 bool has_shape(const py::array& a, const Shape& expected) {
   if (static_cast<std::size_t>(a.ndim()) != expected.size()) return false;
   for (std::size_t i = 0; i < expected.size(); ++i)
@@ -292,7 +303,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "_update_priorities",
           [](ReplayBuffer& self, py::handle indices, py::handle priorities) {
-            auto ids = as_array<std::int64_t>(indices, "indices");
+            auto ids = as_ids(indices, "indices");
             auto p = as_array<double>(priorities, "priorities");
             if (ids.ndim() != 1)
               throw py::value_error("indices has shape " + shape_str(shape_of(ids)) +
@@ -304,6 +315,23 @@ PYBIND11_MODULE(_core, m) {
             self.update_priorities(ids.shape(0), id, pr);
           },
           py::arg("indices"), py::arg("priorities"))
+      .def(
+          "_get_rows",
+          [](const ReplayBuffer& self, py::handle indices) {
+            auto ids = as_ids(indices, "indices");
+            if (ids.ndim() != 1)
+              throw py::value_error("indices has shape " + shape_str(shape_of(ids)) +
+                                    ", expected (N,)");
+            py::array_t<float> rows({ids.shape(0), self.layout().width()});
+            float* out = rows.mutable_data();
+            const std::int64_t* id = ids.data();
+            {
+              py::gil_scoped_release release;
+              self.get(ids.shape(0), id, out);
+            }
+            return rows;
+          },
+          py::arg("indices"))
       .def(
           "save",
           [](const ReplayBuffer& self, const std::string& path) {

@@ -395,6 +395,26 @@ void ReplayBuffer::sample(std::int64_t batch_size, double beta, float* rows, flo
     std::memcpy(rows + b * W, base + slots[b] * S, W * sizeof(float));
 }
 
+void ReplayBuffer::check_ids(std::int64_t n, const std::int64_t* ids, const char* source) const {
+  const std::int64_t oldest = total_ - size_;
+  const std::string valid = " (valid ids are in [" + std::to_string(oldest) + ", " + std::to_string(total_) + "))";
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= total_)
+      throw InvalidArgument("indices[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " " + source + valid);
+    if (ids[i] < oldest)
+      throw InvalidArgument("indices[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+                            " is stale: that transition has been overwritten" + valid);
+  }
+}
+
+void ReplayBuffer::get(std::int64_t n, const std::int64_t* ids, float* rows) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_ids(n, ids, "was never stored");
+  const std::int64_t W = layout_.width(), S = layout_.stride();
+  for (std::int64_t i = 0; i < n; ++i)
+    std::memcpy(rows + i * W, storage_.data() + (ids[i] % config_.capacity) * S, W * sizeof(float));
+}
+
 void ReplayBuffer::update_priorities(std::int64_t n, const std::int64_t* ids,
                                      const double* priorities) {
   if (!config_.prioritized)
@@ -404,17 +424,7 @@ void ReplayBuffer::update_priorities(std::int64_t n, const std::int64_t* ids,
       throw InvalidArgument("priorities must be finite and >= 0, got " +
                             std::to_string(priorities[i]) + " at position " + std::to_string(i));
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::int64_t oldest = total_ - size_;
-  for (std::int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || ids[i] >= total_)
-      throw InvalidArgument("indices[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
-                            " was never returned by sample (valid ids are in [" +
-                            std::to_string(oldest) + ", " + std::to_string(total_) + "))");
-    if (ids[i] < oldest)
-      throw InvalidArgument("indices[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
-                            " is stale: that transition has been overwritten (valid ids are in [" +
-                            std::to_string(oldest) + ", " + std::to_string(total_) + "))");
-  }
+  check_ids(n, ids, "was never returned by sample");
   for (std::int64_t i = 0; i < n; ++i) {
     const double p = std::max(priorities[i], kMinPriority);
     max_priority_ = std::max(max_priority_, p);

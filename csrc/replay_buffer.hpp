@@ -118,6 +118,11 @@ class ReplayBuffer {
   // Priorities are raw (e.g. |TD error|); stored as max(p, kMinPriority)^alpha.
   void update_priorities(std::int64_t n, const std::int64_t* ids, const double* priorities);
 
+  // Copies the stored transitions with these ids (insertion numbers, as sample returns them; those
+  // in the buffer are [total_added - size, total_added)) into `rows` ([n, width]): what a buffer
+  // holds, for inspection and tests, without drawing anything.
+  void get(std::int64_t n, const std::int64_t* ids, float* rows) const;
+
   void save(const std::string& path) const;
   // Replaces this buffer's whole state (configuration included) by the file's. Unlike every other
   // member, not for a buffer other threads are using: it may change the row layout their calls were
@@ -157,6 +162,7 @@ class ReplayBuffer {
   float* append_row();
   std::int64_t pending_unlocked() const;
   std::int64_t slot_to_id(std::int64_t slot) const;
+  void check_ids(std::int64_t n, const std::int64_t* ids, const char* source) const;  // mutex held
 
   ReplayBufferConfig config_;
   RowLayout layout_;

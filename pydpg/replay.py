@@ -117,6 +117,15 @@ class ReplayBuffer(_core.ReplayBuffer):
             rows, weights, ids = self._sample_prioritized(batch_size, beta)
         else:
             rows = self._sample_rows(batch_size)
+        batch = self._as_batch(rows, device)
+        if not self._per:
+            return batch
+        weights, ids = torch.from_numpy(weights), torch.from_numpy(ids)
+        if device is not None:
+            weights, ids = weights.to(device), ids.to(device)
+        return batch._replace(weights=weights, indices=ids)
+
+    def _as_batch(self, rows: np.ndarray, device: Optional[Union[str, torch.device]] = None) -> Batch:
         block = torch.from_numpy(rows)
         if device is not None:
             block = block.to(device, non_blocking=True)
@@ -126,12 +135,17 @@ class ReplayBuffer(_core.ReplayBuffer):
             next_obs = next_obs.unflatten(1, self._obs_view)
         if self._act_view is not None:
             action = action.unflatten(1, self._act_view)
-        if not self._per:
-            return Batch(obs, action, reward, next_obs, done, discount)
-        weights, ids = torch.from_numpy(weights), torch.from_numpy(ids)
-        if device is not None:
-            weights, ids = weights.to(device), ids.to(device)
-        return Batch(obs, action, reward, next_obs, done, discount, weights, ids)
+        return Batch(obs, action, reward, next_obs, done, discount)
+
+    def get(self, indices=None) -> Batch:
+        """The stored transitions with these ids (insertion numbers, as ``sample`` returns them),
+        default all of them, oldest first, as a Batch without weights: what the buffer holds,
+        for inspection and tests. Ids never stored, or since overwritten, raise ValueError."""
+        if indices is None:
+            indices = np.arange(self.total_added - len(self), self.total_added, dtype=np.int64)
+        elif isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        return self._as_batch(self._get_rows(indices))
 
     def update_priorities(self, indices, priorities) -> None:
         """Set the raw priorities (e.g. |TD error|) of sampled transitions, by the ids ``sample``

@@ -57,6 +57,37 @@ def test_sample_fields_and_layout():
     assert b.weights is None and b.indices is None
 
 
+def test_get_reads_stored_transitions_by_id_oldest_first():
+    buf = ReplayBuffer(10, 3, 2, gamma=0.9, seed=0)
+    assert buf.get().obs.shape == (0, 3)  # empty: an empty batch, not an error
+    fill(buf, 25)  # wrapped around: ids 15..24 are left
+    every = buf.get()
+    assert torch.equal(every.reward[:, 0], torch.arange(15, 25, dtype=torch.float32))
+    torch.testing.assert_close(every.next_obs, every.obs + 1000)
+    some = buf.get(np.array([24, 15, 20]))
+    assert torch.equal(some.reward[:, 0], torch.tensor([24.0, 15.0, 20.0]))
+    assert torch.equal(buf.get(torch.tensor([16])).action, torch.full((1, 2), 16.5))
+    assert buf.get([]).obs.shape == (0, 3)
+    before = buf.sample(4)
+    buf.get()  # draws nothing: the sampler's stream is where it was
+    fill(buf, 0)
+    again = ReplayBuffer(10, 3, 2, gamma=0.9, seed=0)
+    fill(again, 25)
+    again.sample(4)
+    assert torch.equal(buf.sample(4).reward, again.sample(4).reward) and before.reward.shape == (4, 1)
+
+
+@pytest.mark.parametrize("ids, message", [
+    (np.array([14]), "stale"), (np.array([25]), "never stored"), (np.array([-1]), "never stored"),
+    (np.array([[15]]), "shape"), (np.array([15.5]), "indices"), ("15", "indices"),
+])
+def test_get_rejects_ids_it_does_not_hold(ids, message):
+    buf = ReplayBuffer(10, 3, 2, seed=0)
+    fill(buf, 25)
+    with pytest.raises((ValueError, TypeError), match=message):
+        buf.get(ids)
+
+
 def test_multidimensional_shapes():
     buf = ReplayBuffer(10, (2, 3), (2, 2), seed=0)
     obs = np.arange(6, dtype=np.float32).reshape(2, 3)
