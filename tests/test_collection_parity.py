@@ -45,8 +45,7 @@ Test-only plumbing: pydpg's warm-up RNG and noise (``VectorStepper.rng`` / ``.no
 ``action_space.sample`` / ``action_noise`` are replaced by scripted draws. The warm-up draws lie on
 the 2**-23 grid, where SB3's float32 round trip is exact: pydpg's own draws (float32 of a float64
 uniform) are finer near 0, and SB3 would round them. That rounding is no part of either algorithm.
-pydpg's stored rows are read from a ``ReplayBuffer.save`` file, because the buffer has no accessor
-for stored items.
+pydpg's stored rows are read with ``ReplayBuffer.get``.
 SB3 comes with the ``test`` extra.
 """
 
@@ -153,24 +152,11 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 
 
 # ---------------------------------------------------------------------------------------- reading buffers
-def _stored_rows(buffer, tmp_path) -> dict:
-    """Every transition in pydpg's buffer, in insertion order (the buffer has not wrapped).
-
-    ``ReplayBuffer.save`` (csrc/replay_buffer.cpp) ends with the stored rows (float32, width from
-    ``_row_layout``) followed by a uint64 checksum (no n-step streams, not prioritized)."""
+def _stored_rows(buffer) -> dict:
+    """Every transition in pydpg's buffer, in insertion order (the buffer has not wrapped)."""
     assert buffer.n_step == 1 and not buffer.prioritized and buffer.total_added == len(buffer)
-    path = tmp_path / "buffer.bin"
-    buffer.save(path)
-    raw = path.read_bytes()
-    obs_dim, act_dim, width = buffer._row_layout
-    n = len(buffer)
-    rows = np.frombuffer(raw[len(raw) - 8 - n * width * 4:len(raw) - 8], dtype=np.float32).reshape(n, width)
-    # The parse is right if what the sampler hands out is among the rows read.
-    known = {r.tobytes() for r in rows}
-    assert all(r.tobytes() in known for r in buffer._sample_rows(256))
-    a, r = obs_dim, obs_dim + act_dim
-    return {"obs": rows[:, :a], "action": rows[:, a:r], "reward": rows[:, r],
-            "next_obs": rows[:, r + 1:r + 1 + obs_dim], "done": rows[:, -2], "discount": rows[:, -1]}
+    rows = {k: v.numpy() for k, v in buffer.get()._asdict().items() if v is not None}
+    return {**rows, "reward": rows["reward"][:, 0], "done": rows["done"][:, 0], "discount": rows["discount"][:, 0]}
 
 
 def _sb3_rows(model) -> dict:
@@ -185,7 +171,7 @@ def _sb3_rows(model) -> dict:
 
 # ---------------------------------------------------------------------------------------- the two runs
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs():
     config, train = presets.resolve(ENV, agent={"learning_starts": WARMUP},
                                     train={"seed": SEED, "total_steps": HORIZON, "eval_every": 0},
                                     env_kwargs={"max_episode_steps": TIME_LIMIT})
@@ -226,7 +212,7 @@ def runs(tmp_path_factory):
     model.learn(HORIZON, log_interval=None)
 
     return {"config": config, "warm": warm, "trainer": trainer, "model": model, "actor_before": actor_before,
-            "pydpg": _stored_rows(trainer.buffer, tmp_path_factory.mktemp("buf")), "sb3": _sb3_rows(model),
+            "pydpg": _stored_rows(trainer.buffer), "sb3": _sb3_rows(model),
             "pydpg_applied": np.array(pydpg_applied), "sb3_applied": np.array(sb3_applied),
             "time_limits": (trainer.vec.envs[0].spec.max_episode_steps, model.env.envs[0].spec.max_episode_steps)}
 
