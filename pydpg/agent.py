@@ -128,15 +128,6 @@ class DDPG:
         # Flat (online, target) parameter lists, built once, for the single fused Polyak call.
         self._online = [*self.actor.parameters(), *self.critics.parameters()]
         self._target = [*self.actor_target.parameters(), *self.critic_targets.parameters()]
-        self._critic_loss, self._actor_loss = self.critic_loss, self.actor_loss
-        if cfg.compile:
-            # The loss functions only: their forward graphs and (through AOTAutograd) the backward
-            # graphs become compiled kernels with the elementwise ops fused around the matmuls. The
-            # optimizer and Polyak steps stay eager: each is already one or two fused kernels, and
-            # compiling them with the backward made the whole step slower. The modules themselves
-            # stay plain, so state_dict, checkpoints and export see no difference.
-            self._critic_loss = torch.compile(self.critic_loss, fullgraph=True, dynamic=False)
-            self._actor_loss = torch.compile(self.actor_loss, dynamic=False)
 
     @classmethod
     def from_dims(cls, obs_dim: int, act_dim: int, config: Optional[DDPGConfig] = None, *,
@@ -232,7 +223,9 @@ class DDPG:
         """
         if batch.obs.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
-        critic_loss, info = self._critic_loss(batch, self.target_noise(batch))
+        # The noise is drawn here, outside the loss, so that the loss is a function of tensors only
+        # (a generator argument stops torch.compile's graph capture; see bench_update.py --compile).
+        critic_loss, info = self.critic_loss(batch, self.target_noise(batch))
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         _adam_step(self.critic_opt)
@@ -240,7 +233,7 @@ class DDPG:
 
         critic_loss = critic_loss.detach()
         if self.n_updates % self.config.policy_delay == 0:
-            actor_loss = self._actor_loss(batch.obs)
+            actor_loss = self.actor_loss(batch.obs)
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             _adam_step(self.actor_opt)

@@ -64,9 +64,6 @@ class DDPGConfig:
 
     obs_normalization: bool = False
     device: str = "cpu"
-    # torch.compile the critic and actor losses (forward + backward graphs; not the optimizer).
-    # Off by default: the first update pays the compile time (see docs/benchmarks.md).
-    compile: bool = False
 
     # ------------------------------------------------------------------ presets
     @staticmethod
@@ -144,7 +141,7 @@ class DDPGConfig:
         check("learning_starts", is_int(self.learning_starts) and self.learning_starts >= 0, "an int >= 0")
         check("exploration_noise", self.exploration_noise in NOISE_TYPES, f"one of {NOISE_TYPES}",
               _did_you_mean(self.exploration_noise, NOISE_TYPES))
-        for f in ("twin_critics", "prioritized", "obs_normalization", "compile"):
+        for f in ("twin_critics", "prioritized", "obs_normalization"):
             check(f, isinstance(getattr(self, f), bool), "a bool")
         check("device", isinstance(self.device, str) and self.device != "", "a torch device string")
         return self

@@ -334,7 +334,6 @@ def test_importance_weights_multiply_the_loss():
     ("actor_lr", -1e-3), ("critic_lr", 0.0), ("tau", 0.0), ("tau", 1.5), ("gamma", -0.1), ("gamma", 1.01),
     ("batch_size", 0), ("batch_size", 2.5), ("policy_delay", 0), ("hidden", (256, -1)), ("n_step", 0),
     ("exploration_noise", "gausian"), ("critic_l2", -1.0), ("per_beta0", 2.0), ("learning_starts", -1),
-    ("compile", 1),
 ])
 def test_validate_names_field_and_value(field, value):
     with pytest.raises(ValueError) as e:
