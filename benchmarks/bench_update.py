@@ -274,6 +274,44 @@ def profile(contenders: dict, n: int) -> dict[str, dict]:
     return out
 
 
+def matmul_floor(rounds: int, n: int = 30) -> dict[str, dict[str, float]]:
+    """The matrix products of one DDPG update alone, back to back, no autograd: torch.mm calls
+    against one jitted JAX program of the same products. What no cut in framework overhead can
+    go below."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    h = HIDDEN[0]
+    layers = lambda i, o: [(B, i, h), (B, h, h), (B, h, o)]  # noqa: E731  (m, k, n) per forward layer
+    grads = lambda i, o, w_in: [(B, o, h), (o, B, h), (B, h, h), (h, B, h)] + ([(B, h, i)] if w_in else []) \
+        + [(h, B, i)]  # noqa: E731  input and weight gradients, last to first layer
+    shapes = (layers(OBS, ACT) + layers(OBS + ACT, 1)                  # critic target
+              + layers(OBS + ACT, 1) + grads(OBS + ACT, 1, False)     # critic step
+              + layers(OBS, ACT) + layers(OBS + ACT, 1)               # actor loss
+              + [(B, 1, h), (B, h, h), (B, h, OBS + ACT)] + grads(OBS, ACT, False))  # dQ/da, actor grads
+    g = torch.Generator().manual_seed(0)
+    ts = [(torch.randn(m, k, generator=g), torch.randn(k, nn, generator=g)) for m, k, nn in shapes]
+    js = [(jnp.asarray(a.numpy()), jnp.asarray(b.numpy())) for a, b in ts]
+    products = jax.jit(lambda xs: [a @ b for a, b in xs])
+    fns = {"torch.mm": lambda: [torch.mm(a, b) for a, b in ts],
+           "jax (one jit)": lambda: jax.block_until_ready(products(js))}
+    ms = {k: [] for k in fns}
+    for _ in range(3):
+        for f in fns.values():
+            f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            ms[k].append((time.perf_counter() - t0) / n * 1e3)
+    out = {k: summarize(v) for k, v in ms.items()}
+    print(f"\n{len(shapes)} matrix products of one DDPG update ({sum(2 * a * b * c for a, b, c in shapes) / 1e6:.0f} "
+          "MFLOP): " + ", ".join(f"{k} {v['median']:.2f} ms ({v['min']:.2f}-{v['max']:.2f})" for k, v in out.items()))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -363,7 +401,9 @@ def main(argv=None) -> int:
                 row["ratio_to_jax"] = row["median"] / statistics.median(ms[peer(k)])
                 row["paired_ratio_median"] = statistics.median(a / b for a, b in zip(ms[k], ms[peer(k)]))
             rows[k] = row
+        floor = matmul_floor(args.rounds) if "JAX DDPG" in c else None
         result = {
+            "matmul_floor_ms": floor,
             "benchmark": "ms per DDPG/TD3 update (critic step, actor step, Polyak), same fixed batch",
             "shapes": {"batch": B, "obs": OBS, "act": ACT, "hidden": list(HIDDEN)}, "threads": args.threads,
             "xla_flags": os.environ["XLA_FLAGS"], "rounds": args.rounds, "updates_per_round": args.updates,
