@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pydpg.agent import DDPG, frozen
+from pydpg.agent import DDPG, _adam, _adam_step, frozen
 from pydpg.batch import Batch
 from pydpg.config import DDPGConfig, learning_starts_for
 from pydpg.networks import Actor, Critic
@@ -257,6 +257,53 @@ def test_target_policy_smoothing_noise_is_clipped():
     agent = DDPG.from_dims(2, 1, cfg, actor=actor, critic=copy.deepcopy(q_is_action))
     y = agent.critic_target(batch).numpy().ravel()
     assert agent.action_bound == 1.0 and y.max() == 1.0 and y.min() >= math.tanh(2.0) - 0.5 - 1e-12
+
+
+def test_explicit_smoothing_noise_is_the_noise_the_update_draws():
+    """``update`` draws ``target_noise`` first and hands it to the critic loss; the result is the
+    target ``critic_target`` computes when it draws the noise itself from the same stream."""
+    agent = DDPG.from_dims(4, 2, small("td3"))
+    batch = random_batch(16, 4, 2)
+    state = agent.generator.get_state()
+    y_drawn = agent.critic_target(batch)
+    agent.generator.set_state(state)
+    noise = agent.target_noise(batch)
+    assert noise.shape == batch.action.shape and noise.abs().max() <= agent.config.target_noise_clip
+    assert torch.equal(agent.critic_target(batch, noise), y_drawn)
+    assert DDPG.from_dims(4, 2, small()).target_noise(batch) is None  # DDPG: no smoothing
+
+
+# ---------------------------------------------------------------- optimizer step
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_direct_adam_step_is_adam_step(weight_decay):
+    """``_adam_step`` calls the kernels ``Adam.step`` calls (fused), on the optimizer's own state:
+    the same arithmetic in the same order, so parameters and state agree exactly."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [_adam(n.parameters(), 1e-2, torch.device("cpu"), weight_decay) for n in nets]
+    for i in range(5):
+        x = torch.randn(16, 5)
+        for n, opt, step in zip(nets, opts, (lambda o: o.step(), _adam_step)):
+            opt.zero_grad(set_to_none=True)
+            n(x).square().mean().backward()
+            step(opt)  # the first _adam_step (no state yet) is an opt.step()
+    assert same(params(nets[0]), params(nets[1]))
+    s0, s1 = opts[0].state_dict()["state"], opts[1].state_dict()["state"]
+    assert s0.keys() == s1.keys() and all(torch.equal(s0[k][f], s1[k][f]) for k in s0 for f in s0[k])
+    assert all(s["step"].item() == 5 for s in s1.values())
+
+
+def test_direct_adam_step_runs_step_hooks():
+    net = nn.Linear(3, 2)
+    opt = _adam(net.parameters(), 1e-2, torch.device("cpu"))
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(4, 3)).sum().backward()
+        _adam_step(opt)
+    assert len(calls) == 3
 
 
 # ---------------------------------------------------------------- PER

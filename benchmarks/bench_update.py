@@ -1,0 +1,444 @@
+"""One DDPG/TD3 gradient update, side by side: pydpg, Stable-Baselines3, and a jitted JAX update.
+
+Shapes are HalfCheetah's with pydpg's defaults: batch 256, obs 17, act 6, 256-256 ReLU MLPs for
+actor and critic(s), Adam 3e-4, Polyak tau 0.005, gamma 0.99. Every contender updates on the same
+fixed batch (random data of the right shapes, seed 0), so only the update's own cost is timed: no
+replay sampling, no environment.
+
+Contenders:
+
+* ``pydpg DDPG`` / ``pydpg TD3``: ``pydpg.agent.DDPG.update`` (TD3: twin critics, actor and
+  targets every 2nd critic step, target smoothing noise 0.2 clipped at 0.5).
+* ``SB3 DDPG``: Stable-Baselines3's ``DDPG.train(gradient_steps=1)`` with its replay sampling
+  replaced by the fixed batch.
+* ``JAX DDPG`` / ``JAX TD3``: the peer, written here in the structure of CleanRL's
+  ``ddpg_continuous_action_jax.py`` / ``td3_continuous_action_jax.py`` (Flax MLPs, optax Adam,
+  the critic step, actor step and Polyak averaging of both targets in jitted functions; TD3
+  jits a critic-only step for the calls that skip the actor). It is XLA compiling the whole
+  update, optimizer included, into one program: the fastest CPU peer we know of.
+
+The contenders run interleaved: each round times ``--updates`` updates of each, in a rotating
+order, so load from other processes hits all alike; each cell is the median over rounds with the
+min-max range, and the ratio is to the JAX peer of the same algorithm (per-round ratios' median in
+brackets). Absolute milliseconds depend on the machine; compare ratios.
+
+Threads: ``--threads N`` sets torch's intra-op threads, XLA's CPU thread pools
+(``XLA_FLAGS=--xla_cpu_multi_thread_eigen=... intra_op_parallelism_threads=N``, set before jax is
+imported) and pins the process to N CPUs, so that no contender can use more cores than another.
+
+    pip install -e .[bench]                          # SB3, jax[cpu], flax, optax
+    python benchmarks/bench_update.py                # 1 thread, ~2 minutes
+    python benchmarks/bench_update.py --threads 2
+    python benchmarks/bench_update.py --profile 200  # torch.profiler of pydpg's update: ops, matmul vs rest
+    python benchmarks/bench_update.py --compile default   # adds pydpg with torch.compile'd losses
+    git worktree add ../pydpg-old <rev>; python benchmarks/bench_update.py --baseline ../pydpg-old
+                                                     # adds that revision's agent, same run
+
+Writes benchmarks/results/update.json (``--out``) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+B, OBS, ACT, HIDDEN = 256, 17, 6, (256, 256)
+LR, TAU, GAMMA = 3e-4, 0.005, 0.99
+TD3 = dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5)
+
+
+def fixed_batch(seed: int = 0) -> dict[str, np.ndarray]:
+    """One batch of transitions of HalfCheetah's shapes: some terminations, actions in the box."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    return dict(obs=rng.standard_normal((B, OBS), dtype=f32), action=rng.uniform(-1, 1, (B, ACT)).astype(f32),
+                reward=rng.standard_normal((B, 1), dtype=f32), next_obs=rng.standard_normal((B, OBS), dtype=f32),
+                done=(rng.random((B, 1)) < 0.05).astype(f32), discount=np.full((B, 1), GAMMA, f32))
+
+
+# ---------------------------------------------------------------------------------------- pydpg
+def load_pydpg(src: Path | None):
+    """``pydpg.agent`` and friends from this install, or (``src``) from another checkout's pure-Python
+    agent files, imported as a separate package so both can run in one process."""
+    if src is None:
+        from pydpg import agent, batch, config
+        return agent, batch, config
+    name = "pydpg_baseline"
+    spec = importlib.util.spec_from_file_location(name, src / "pydpg" / "__init__.py",
+                                                  submodule_search_locations=[str(src / "pydpg")])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pkg
+    spec.loader.exec_module(pkg)
+    return tuple(importlib.import_module(f"{name}.{m}") for m in ("agent", "batch", "config"))
+
+
+class Pydpg:
+    def __init__(self, data, td3: bool, src: Path | None = None, compile_mode: str | None = None):
+        import torch
+
+        agent, batch, config = load_pydpg(src)
+        conf = config.DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
+                                 **(TD3 if td3 else {}))
+        self.agent = agent.DDPG.from_dims(OBS, ACT, conf)
+        if compile_mode is not None:
+            # torch.compile done the recommended way: the loss functions (forward graphs and, via
+            # AOTAutograd, their backward graphs), not the optimizer. The instance attributes shadow
+            # the methods that ``update`` calls. The actor loss breaks its graph at ``frozen``.
+            import torch
+
+            opts = {} if compile_mode == "default" else {"mode": compile_mode}
+            self.agent.critic_loss = torch.compile(self.agent.critic_loss, fullgraph=True, dynamic=False, **opts)
+            self.agent.actor_loss = torch.compile(self.agent.actor_loss, dynamic=False, **opts)
+        self.batch = batch.Batch(*(torch.from_numpy(data[k]) for k in
+                                   ("obs", "action", "reward", "next_obs", "done", "discount")))
+
+    def step(self) -> None:
+        self.agent.update(self.batch)
+
+
+# ------------------------------------------------------------------------------------------ SB3
+class SB3:
+    def __init__(self, data):
+        import gymnasium as gym
+        import torch
+        from stable_baselines3.common.logger import configure
+        from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+        from pydpg.config import DDPGConfig
+        from pydpg.sb3_peer import sb3_model
+
+        class Shapes(gym.Env):  # SB3 builds its networks from the spaces; nothing is ever stepped
+            observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+            action_space = gym.spaces.Box(-1, 1, (ACT,), np.float32)
+
+        cfg = DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
+                         learning_starts=0, buffer_size=B)
+        self.model = sb3_model(Shapes(), cfg, seed=0)
+        self.model.set_logger(configure(None, []))
+        t = {k: torch.from_numpy(v) for k, v in data.items()}
+        samples = ReplayBufferSamples(t["obs"], t["action"], t["next_obs"], t["done"], t["reward"])
+        self.model.replay_buffer.sample = lambda batch_size, env=None: samples
+
+    def step(self) -> None:
+        self.model.train(gradient_steps=1, batch_size=B)
+
+
+# ------------------------------------------------------------------------------------------ JAX
+class Jax:
+    """The JAX peer. Structure as in CleanRL's JAX DDPG/TD3: Flax ``Actor`` (tanh output) and
+    ``QNetwork`` (observation and action concatenated at the input), one optax Adam per network,
+    the critic loss on y = r + gamma * (1 - done) * Q'(s', mu'(s')), the actor loss -Q(s, mu(s)),
+    and Polyak averaging of all targets after the actor step. The whole update is one jitted
+    function (TD3: a second, critic-only one for the steps without an actor update)."""
+
+    def __init__(self, data, td3: bool, seed: int = 0):
+        import flax.linen as nn
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        class Actor(nn.Module):
+            @nn.compact
+            def __call__(self, s):
+                for w in HIDDEN:
+                    s = nn.relu(nn.Dense(w)(s))
+                return jnp.tanh(nn.Dense(ACT)(s))
+
+        class QNetwork(nn.Module):
+            @nn.compact
+            def __call__(self, s, a):
+                x = jnp.concatenate([s, a], -1)
+                for w in HIDDEN:
+                    x = nn.relu(nn.Dense(w)(x))
+                return nn.Dense(1)(x)
+
+        actor, qnet, opt = Actor(), QNetwork(), optax.adam(LR)
+        n_q = 2 if td3 else 1
+        keys = jax.random.split(jax.random.PRNGKey(seed), 2 + n_q)
+        s0, a0 = jnp.zeros((1, OBS)), jnp.zeros((1, ACT))
+        pi = actor.init(keys[0], s0)
+        qs = tuple(qnet.init(k, s0, a0) for k in keys[2:])
+        # Targets start as copies of the online parameters (a fresh buffer each).
+        self.state = dict(pi=pi, pi_t=jax.tree_util.tree_map(jnp.array, pi), pi_opt=opt.init(pi),
+                          qs=qs, qs_t=jax.tree_util.tree_map(jnp.array, qs), q_opt=opt.init(qs), key=keys[1])
+        self.data = {k: jnp.asarray(v) for k, v in data.items()}
+        noise, clip = (TD3["target_policy_noise"], TD3["target_noise_clip"]) if td3 else (0.0, 0.0)
+
+        def critic_step(st, d):
+            key, k = jax.random.split(st["key"])
+            a2 = actor.apply(st["pi_t"], d["next_obs"])
+            if noise > 0:  # target policy smoothing
+                eps = jnp.clip(noise * jax.random.normal(k, a2.shape), -clip, clip)
+                a2 = jnp.clip(a2 + eps, -1.0, 1.0)
+            q2 = jnp.min(jnp.stack([qnet.apply(p, d["next_obs"], a2) for p in st["qs_t"]]), axis=0)
+            y = jax.lax.stop_gradient(d["reward"] + d["discount"] * (1.0 - d["done"]) * q2)
+
+            def loss(qs):
+                return sum(jnp.mean((qnet.apply(p, d["obs"], d["action"]) - y) ** 2) for p in qs)
+
+            value, grads = jax.value_and_grad(loss)(st["qs"])
+            upd, q_opt = opt.update(grads, st["q_opt"], st["qs"])
+            return {**st, "qs": optax.apply_updates(st["qs"], upd), "q_opt": q_opt, "key": key}, value
+
+        def full_step(st, d):
+            st, q_loss = critic_step(st, d)
+
+            def loss(pi):
+                return -jnp.mean(qnet.apply(st["qs"][0], d["obs"], actor.apply(pi, d["obs"])))
+
+            value, grads = jax.value_and_grad(loss)(st["pi"])
+            upd, pi_opt = opt.update(grads, st["pi_opt"], st["pi"])
+            pi = optax.apply_updates(st["pi"], upd)
+            polyak = lambda online, target: jax.tree_util.tree_map(  # noqa: E731
+                lambda p, t: TAU * p + (1.0 - TAU) * t, online, target)
+            return {**st, "pi": pi, "pi_opt": pi_opt, "pi_t": polyak(pi, st["pi_t"]),
+                    "qs_t": polyak(st["qs"], st["qs_t"])}, (q_loss, value)
+
+        self.full = jax.jit(full_step)
+        self.critic_only = jax.jit(critic_step)
+        self.delay = TD3["policy_delay"] if td3 else 1
+        self.n = 0
+        for _ in range(2 * self.delay):  # compile both programs outside the timing
+            self.step()
+
+    def step(self) -> None:
+        self.n += 1
+        fn = self.full if self.n % self.delay == 0 else self.critic_only
+        self.state, losses = fn(self.state, self.data)
+        # Wait for the result, as pydpg's update does when it returns its losses as floats.
+        import jax
+        jax.block_until_ready((self.state, losses))
+
+
+# ------------------------------------------------------------------------------------- timing
+def per_update_ms(c, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        c.step()
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def profile(contenders: dict, n: int) -> dict[str, dict]:
+    """torch.profiler over ``n`` updates of each torch contender: aten ops per update, time in
+    matrix products (addmm/mm/bmm/...) against everything else (self CPU time), the top ops."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    matmul = {"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul",
+              "aten::linear", "aten::_addmm_activation", "aten::mkldnn_linear"}
+    out = {}
+    for name, c in contenders.items():
+        if name.startswith("JAX"):
+            continue
+        for _ in range(10):
+            c.step()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                c.step()
+            wall = (time.perf_counter() - t0) / n * 1e3
+        events = prof.key_averages()
+        aten = [e for e in events if e.key.startswith("aten::")]
+        self_ms = {e.key: e.self_cpu_time_total / 1e3 / n for e in events}
+        total = sum(self_ms.values())
+        mm = sum(v for k, v in self_ms.items() if k in matmul)
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+        out[name] = {
+            "updates": n, "ms_per_update_under_profiler": wall,
+            "aten_ops_per_update": sum(e.count for e in aten) / n,
+            "self_cpu_ms_per_update": total, "matmul_ms": mm, "other_ms": total - mm,
+            "top_ops": [{"op": e.key, "calls_per_update": e.count / n, "self_ms_per_update": e.self_cpu_time_total / 1e3 / n}
+                        for e in top],
+        }
+        r = out[name]
+        print(f"\n### {name}: {r['aten_ops_per_update']:.0f} aten ops/update, {wall:.2f} ms/update under the "
+              f"profiler; self CPU {total:.2f} ms = matmul {mm:.2f} ms ({100 * mm / total:.0f} %) + other "
+              f"{total - mm:.2f} ms\n")
+        print("| op | calls/update | self ms/update |\n|---|---:|---:|")
+        for t in r["top_ops"]:
+            print(f"| {t['op']} | {t['calls_per_update']:.1f} | {t['self_ms_per_update']:.3f} |")
+    return out
+
+
+def matmul_floor(rounds: int, n: int = 30) -> dict[str, dict[str, float]]:
+    """The matrix products of one DDPG update alone, back to back, no autograd: torch.mm calls
+    against one jitted JAX program of the same products. What no cut in framework overhead can
+    go below."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    h = HIDDEN[0]
+    layers = lambda i, o: [(B, i, h), (B, h, h), (B, h, o)]  # noqa: E731  (m, k, n) per forward layer
+    grads = lambda i, o, w_in: [(B, o, h), (o, B, h), (B, h, h), (h, B, h)] + ([(B, h, i)] if w_in else []) \
+        + [(h, B, i)]  # noqa: E731  input and weight gradients, last to first layer
+    shapes = (layers(OBS, ACT) + layers(OBS + ACT, 1)                  # critic target
+              + layers(OBS + ACT, 1) + grads(OBS + ACT, 1, False)     # critic step
+              + layers(OBS, ACT) + layers(OBS + ACT, 1)               # actor loss
+              + [(B, 1, h), (B, h, h), (B, h, OBS + ACT)] + grads(OBS, ACT, False))  # dQ/da, actor grads
+    g = torch.Generator().manual_seed(0)
+    ts = [(torch.randn(m, k, generator=g), torch.randn(k, nn, generator=g)) for m, k, nn in shapes]
+    js = [(jnp.asarray(a.numpy()), jnp.asarray(b.numpy())) for a, b in ts]
+    products = jax.jit(lambda xs: [a @ b for a, b in xs])
+    fns = {"torch.mm": lambda: [torch.mm(a, b) for a, b in ts],
+           "jax (one jit)": lambda: jax.block_until_ready(products(js))}
+    ms = {k: [] for k in fns}
+    for _ in range(3):
+        for f in fns.values():
+            f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            ms[k].append((time.perf_counter() - t0) / n * 1e3)
+    out = {k: summarize(v) for k, v in ms.items()}
+    print(f"\n{len(shapes)} matrix products of one DDPG update ({sum(2 * a * b * c for a, b, c in shapes) / 1e6:.0f} "
+          "MFLOP): " + ", ".join(f"{k} {v['median']:.2f} ms ({v['min']:.2f}-{v['max']:.2f})" for k, v in out.items()))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--updates", type=int, default=40, help="updates per contender per round (even: TD3's delay)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed updates per contender first")
+    p.add_argument("--skip-sb3", action="store_true")
+    p.add_argument("--skip-jax", action="store_true")
+    p.add_argument("--compile", metavar="MODE", help="also pydpg with its losses torch.compile'd in MODE "
+                   "(default, max-autotune-no-cudagraphs, ...); compile time is reported")
+    p.add_argument("--cpp-wrapper", action="store_true", help="with --compile: inductor's C++ wrapper")
+    p.add_argument("--baseline", type=Path, help="checkout of another pydpg revision: its agent runs too")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N updates instead of timing")
+    p.add_argument("--out", type=Path, default=RESULTS / "update.json")
+    args = p.parse_args(argv)
+
+    if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    multi = "true" if args.threads > 1 else "false"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen={multi}"
+                               f" intra_op_parallelism_threads={args.threads}").strip()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = fixed_batch()
+    load_before = os.getloadavg()
+
+    c: dict[str, object] = {}
+    t0 = time.perf_counter()
+    if args.baseline:
+        c["pydpg DDPG (baseline)"] = Pydpg(data, td3=False, src=args.baseline)
+        c["pydpg TD3 (baseline)"] = Pydpg(data, td3=True, src=args.baseline)
+    c["pydpg DDPG"] = Pydpg(data, td3=False)
+    c["pydpg TD3"] = Pydpg(data, td3=True)
+    compile_s = {}
+    if args.compile and args.cpp_wrapper:
+        import torch._inductor.config
+
+        torch._inductor.config.cpp_wrapper = True
+    if args.compile:
+        for name, td3 in (("pydpg DDPG compiled", False), ("pydpg TD3 compiled", True)):
+            t = time.perf_counter()
+            c[name] = Pydpg(data, td3=td3, compile_mode=args.compile)
+            for _ in range(4):  # first calls compile (critic-only and full steps)
+                c[name].step()
+            compile_s[name] = time.perf_counter() - t
+            print(f"{name}: compiled in {compile_s[name]:.1f} s", file=sys.stderr)
+    if not args.skip_sb3:
+        try:
+            c["SB3 DDPG"] = SB3(data)
+        except ImportError as e:
+            print(f"SB3 skipped ({e}); pip install -e .[bench]", file=sys.stderr)
+    if not args.skip_jax:
+        try:
+            t = time.perf_counter()
+            c["JAX DDPG"] = Jax(data, td3=False)
+            c["JAX TD3"] = Jax(data, td3=True)
+            compile_s["JAX (both)"] = time.perf_counter() - t
+        except ImportError as e:
+            print(f"JAX peer skipped ({e}); pip install -e .[bench]", file=sys.stderr)
+
+    if args.profile:
+        result = {"benchmark": "torch.profiler of one update", "threads": args.threads,
+                  "profile": profile(c, args.profile)}
+        out = args.out.with_name(args.out.stem + "_profile.json")
+    else:
+        for x in c.values():
+            for _ in range(args.warmup):
+                x.step()
+        names = list(c)
+        ms = {k: [] for k in names}
+        for r in range(args.rounds):
+            # Rotate the order each round so no contender always runs right after the same one.
+            for k in names[r % len(names):] + names[: r % len(names)]:
+                ms[k].append(per_update_ms(c[k], args.updates))
+            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in ms.items()) + " ms", file=sys.stderr,
+                  flush=True)
+
+        def peer(k):
+            return ("JAX TD3" if "TD3" in k else "JAX DDPG") if "JAX DDPG" in ms else None
+
+        rows = {}
+        for k in names:
+            row = summarize(ms[k])
+            if peer(k) and peer(k) != k:
+                row["ratio_to_jax"] = row["median"] / statistics.median(ms[peer(k)])
+                row["paired_ratio_median"] = statistics.median(a / b for a, b in zip(ms[k], ms[peer(k)]))
+            rows[k] = row
+        floor = matmul_floor(args.rounds) if "JAX DDPG" in c else None
+        result = {
+            "matmul_floor_ms": floor,
+            "benchmark": "ms per DDPG/TD3 update (critic step, actor step, Polyak), same fixed batch",
+            "shapes": {"batch": B, "obs": OBS, "act": ACT, "hidden": list(HIDDEN)}, "threads": args.threads,
+            "xla_flags": os.environ["XLA_FLAGS"], "rounds": args.rounds, "updates_per_round": args.updates,
+            "ms_per_update": rows, "samples_ms": ms, "compile_s": compile_s,
+        }
+        print(f"\nms per update, {args.threads} thread(s), batch {B}, obs {OBS}, act {ACT}, 256-256 MLPs; "
+              f"median over {args.rounds} rounds of {args.updates} updates (min-max); ratio = median / JAX "
+              "peer's median (median of per-round ratios)\n")
+        print("| contender | ms/update | min-max | ratio to JAX |\n|---|---:|---:|---:|")
+        for k, r in rows.items():
+            ratio = f"{r['ratio_to_jax']:.2f} ({r['paired_ratio_median']:.2f})" if "ratio_to_jax" in r else "—"
+            print(f"| {k} | {r['median']:.2f} | {r['min']:.2f}–{r['max']:.2f} | {ratio} |")
+
+    import importlib.metadata as md
+
+    def version(dist):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    result.update(versions={"python": platform.python_version(), **{d: version(d) for d in
+                            ("torch", "jax", "jaxlib", "flax", "optax", "stable-baselines3", "pydpg")}},
+                  machine={"cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+                           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                           "platform": platform.platform()},
+                  setup_s=time.perf_counter() - t0, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    out = out if args.profile else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
