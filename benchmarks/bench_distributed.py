@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SLOW = "benchmarks.slow_env:SlowPendulum-v0"
 
 
-def trainer(env: str, steps: int, workers: int, learning_starts: int, hidden=(256, 256)):
+def trainer(env: str, steps: int, workers: int, learning_starts: int, hidden=(256, 256), order: str = "fixed"):
     from pydpg import presets
     from pydpg.trainer import Trainer
 
     config, train = presets.resolve(env.split(":")[-1] if ":" not in env else None,
                                     agent={"hidden": list(hidden), "learning_starts": learning_starts},
                                     train={"total_steps": steps, "eval_every": 0, "checkpoint_every": 0,
-                                           "workers": workers, "env_id": env})
+                                           "workers": workers, "env_id": env, "worker_order": order})
     return Trainer(config, train, tensorboard=False)
 
 
@@ -51,18 +51,22 @@ def timed_run(t) -> tuple[float, dict]:
 
 
 def collection(workers_list, steps_per_worker: int) -> list[dict]:
+    """Both chunk orders (pydpg.distributed): "fixed" takes the workers' chunks in turn (the default,
+    reproducible), "arrival" whichever comes first (Ape-X)."""
     rows = []
     for n in workers_list:
-        t = trainer(SLOW, steps_per_worker * n, n, learning_starts=10**9, hidden=(16, 16))
-        try:
-            t.run(stop_at=200 * n)  # workers up, envs made, first chunks through: not part of the rate
-            s0, t0 = t.step, time.perf_counter()
-            t.run()
-            rate = (t.step - s0) / (time.perf_counter() - t0)
-        finally:
-            t.close()
-        rows.append({"workers": n, "steps_per_s": rate})
-        print(f"  collection, {n} worker(s): {rate:.0f} steps/s", file=sys.stderr)
+        row = {"workers": n}
+        for order in ("fixed", "arrival"):
+            t = trainer(SLOW, steps_per_worker * n, n, learning_starts=10**9, hidden=(16, 16), order=order)
+            try:
+                t.run(stop_at=200 * n)  # workers up, envs made, first chunks through: not part of the rate
+                s0, t0 = t.step, time.perf_counter()
+                t.run()
+                row[order] = (t.step - s0) / (time.perf_counter() - t0)
+            finally:
+                t.close()
+            print(f"  collection, {n} worker(s), {order} order: {row[order]:.0f} steps/s", file=sys.stderr)
+        rows.append(row)
     return rows
 
 
@@ -194,10 +198,12 @@ def main(argv=None) -> int:
     coll = collection(args.workers, args.steps)
     learn = learner(args.learner_steps)
     over = overheads()
-    one = coll[0]["steps_per_s"] / coll[0]["workers"]
-    lines = ["| workers | steps/s | vs N x one worker |", "|---:|---:|---:|"]
+    one = {o: coll[0][o] / coll[0]["workers"] for o in ("fixed", "arrival")}
+    lines = ["| workers | fixed order: steps/s | vs N x one worker | arrival order: steps/s | vs N x one worker |",
+             "|---:|---:|---:|---:|---:|"]
     for r in coll:
-        lines.append(f"| {r['workers']} | {r['steps_per_s']:.0f} | {r['steps_per_s'] / (one * r['workers']):.2f} |")
+        lines.append(f"| {r['workers']} | " + " | ".join(f"{r[o]:.0f} | {r[o] / (one[o] * r['workers']):.2f}"
+                                                         for o in ("fixed", "arrival")) + " |")
     lines += ["", "| HalfCheetah-v5, 1 update per step | learner updates/s | replay ratio |", "|---|---:|---:|"]
     for r in learn:
         name = "single process" if r["workers"] == 0 else f"{r['workers']} Ray workers"
