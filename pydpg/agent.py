@@ -141,7 +141,8 @@ class DDPG:
         if actor is None:
             actor = Actor(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init)
         if critic is None:
-            critics = [Critic(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init) for _ in range(n_critics)]
+            critics = [Critic(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init, layer_norm=cfg.critic_layer_norm)
+                       for _ in range(n_critics)]
         else:
             critics = [critic] + [copy.deepcopy(critic) for _ in range(n_critics - 1)]
         return cls(actor, critics, cfg, device)

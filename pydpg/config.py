@@ -25,6 +25,9 @@ class DDPGConfig:
     # Networks. 256-256 as in OurDDPG / CleanRL; the paper used 400-300 with final_init=3e-3.
     hidden: tuple[int, ...] = (256, 256)
     final_init: Optional[float] = None  # U(±final_init) last layer (Lillicrap §7); None = PyTorch default
+    # LayerNorm after each hidden layer of the critic(s) (RLPD, Ball et al. 2023; Nauman et al. 2024).
+    # Off: neither OurDDPG, CleanRL nor the paper normalizes (the paper's batch norm is not kept).
+    critic_layer_norm: bool = False
 
     # Optimization. Adam 3e-4 for both networks: OurDDPG and CleanRL (paper: 1e-4 actor, 1e-3 critic).
     actor_lr: float = 3e-4
@@ -141,7 +144,7 @@ class DDPGConfig:
         check("learning_starts", is_int(self.learning_starts) and self.learning_starts >= 0, "an int >= 0")
         check("exploration_noise", self.exploration_noise in NOISE_TYPES, f"one of {NOISE_TYPES}",
               _did_you_mean(self.exploration_noise, NOISE_TYPES))
-        for f in ("twin_critics", "prioritized", "obs_normalization"):
+        for f in ("twin_critics", "prioritized", "obs_normalization", "critic_layer_norm"):
             check(f, isinstance(getattr(self, f), bool), "a bool")
         check("device", isinstance(self.device, str) and self.device != "", "a torch device string")
         return self

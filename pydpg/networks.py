@@ -25,12 +25,15 @@ def mlp(
     hidden: Sequence[int] = (256, 256),
     activation: Type[nn.Module] = nn.ReLU,
     final_init: Optional[float] = None,
+    layer_norm: bool = False,
 ) -> nn.Sequential:
-    """Linear layers of widths ``hidden`` with ``activation`` between them; no output activation."""
+    """Linear layers of widths ``hidden`` with ``activation`` between them; no output activation.
+    ``layer_norm``: a LayerNorm (with its affine gain and bias) after each hidden Linear, before the
+    activation, as RLPD's critic has it (Ball et al. 2023)."""
     widths = [in_dim, *hidden]
     layers: list[nn.Module] = []
     for w_in, w_out in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(w_in, w_out), activation()]
+        layers += [nn.Linear(w_in, w_out), *([nn.LayerNorm(w_out)] if layer_norm else []), activation()]
     final = nn.Linear(widths[-1], out_dim)
     if final_init is not None:
         # Lillicrap et al. §7: a near-zero last layer makes the initial policy output ~0 and the
@@ -66,7 +69,14 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """Action-value Q(s, a) -> [B, 1] on the concatenation of observation and action."""
+    """Action-value Q(s, a) -> [B, 1] on the concatenation of observation and action.
+
+    ``layer_norm`` normalizes each hidden layer's pre-activations (``mlp``). A normalized critic
+    keeps its features bounded however far bootstrapped targets drift, which limits the
+    extrapolation that feeds overestimation, and keeps units from dying, which preserves the
+    critic's plasticity over a long run (Nauman et al. 2024 found it among the most effective single
+    interventions; Ball et al. 2023, RLPD). It changes Q's function class, not the DDPG target or
+    the actor gradient: docs/theory.md."""
 
     def __init__(
         self,
@@ -75,9 +85,10 @@ class Critic(nn.Module):
         hidden: Sequence[int] = (256, 256),
         activation: Type[nn.Module] = nn.ReLU,
         final_init: Optional[float] = None,
+        layer_norm: bool = False,
     ):
         super().__init__()
-        self.net = mlp(obs_dim + act_dim, 1, hidden, activation, final_init)
+        self.net = mlp(obs_dim + act_dim, 1, hidden, activation, final_init, layer_norm)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], dim=-1))

@@ -329,6 +329,49 @@ def test_importance_weights_multiply_the_loss():
     np.testing.assert_allclose(stats["q_mean"], q.mean(), rtol=1e-12)
 
 
+def test_critic_layer_norm_normalizes_each_hidden_layer_and_leaves_the_target_formula():
+    cfg = small("td3", critic_layer_norm=True)
+    agent = DDPG.from_dims(5, 2, cfg)
+    for net in [c.net for c in (*agent.critics, *agent.critic_targets)]:
+        kinds = [type(m) for m in net]
+        assert kinds == [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]
+    assert not any(isinstance(m, nn.LayerNorm) for m in agent.actor.modules())  # the actor is untouched
+    # Each hidden layer's pre-activations leave the LayerNorm at mean 0, variance 1 per transition
+    # (gain 1, bias 0 at init): recorded by hooks on a forward pass.
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+             for m in agent.critic.net if isinstance(m, nn.LayerNorm)]
+    b = random_batch(64, 5, 2)
+    agent.critic(b.obs, b.action)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 2
+    for out in seen:
+        torch.testing.assert_close(out.mean(1), torch.zeros(64), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.var(1, unbiased=False), torch.ones(64), atol=1e-3, rtol=0)
+    # The switch changes Q's function class only: y = r + discount (1 - done) min_j Q'_j(s', mu'(s') + eps).
+    noise = agent.target_noise(b)
+    with torch.no_grad():
+        a2 = (agent.actor_target(b.next_obs) + noise).clamp(-1, 1)
+        q2 = torch.minimum(*[q(b.next_obs, a2) for q in agent.critic_targets])
+        want = b.reward + b.discount * (1 - b.done) * q2
+    torch.testing.assert_close(agent.critic_target(b, noise), want)
+    before = params(agent.critic)
+    agent.update(b)
+    assert not same(before, params(agent.critic))  # LayerNorm's gain and bias are trained too
+    assert any(n.endswith("1.weight") for n, _ in agent.critic.named_parameters())
+
+
+def test_critic_layer_norm_is_a_bool_and_sb3_cannot_run_it():
+    with pytest.raises(ValueError, match="critic_layer_norm"):
+        DDPGConfig(critic_layer_norm="yes").validate()
+    from pydpg.sb3_peer import unsupported
+
+    assert unsupported(DDPGConfig(critic_layer_norm=True)) == ["critic_layer_norm = True"]
+    assert DDPGConfig.from_dict({k: v for k, v in DDPGConfig().to_dict().items() if k != "critic_layer_norm"}) \
+        == DDPGConfig()  # configs written before the switch existed still load
+
+
 # ---------------------------------------------------------------- config
 @pytest.mark.parametrize("field,value", [
     ("actor_lr", -1e-3), ("critic_lr", 0.0), ("tau", 0.0), ("tau", 1.5), ("gamma", -0.1), ("gamma", 1.01),
