@@ -216,8 +216,10 @@ class RayCollector:
         self.pending[ref] = i
 
     def collect(self, warmup: bool) -> Chunk:
-        """The next chunk from whichever worker delivers first. A worker found dead on the way has
-        its streams closed and its restart counted, and the wait goes on for the others."""
+        """The next chunk: the next worker's in turn (``worker_order = "fixed"``), or whichever
+        worker's comes first ("arrival"). A worker found dead on the way has its streams closed and
+        its restart counted; the wait goes on for its next life's chunk, or (gone for good) for the
+        others'."""
         waiting_since = time.monotonic()  # a pause of the learner's (between run calls) is no worker's fault
         while True:
             busy = set(self.pending.values())

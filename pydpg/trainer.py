@@ -136,7 +136,6 @@ class TrainConfig:
         return cls(**d).validate()
 
 
-# ---------------------------------------------------------------------------------------- policies
 # ---------------------------------------------------------------------------------------- trainer
 class Trainer:
     """A DDPG training run on ``env`` (an id or a gymnasium.Env; default ``train.env_id``).
