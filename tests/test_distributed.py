@@ -156,6 +156,9 @@ def test_bad_worker_settings():
             TrainConfig(workers=bad).validate()
     with pytest.raises(ValueError, match="broadcast_every"):
         TrainConfig(broadcast_every=0).validate()
+    for bad in ("first", "", None, 1):
+        with pytest.raises(ValueError, match=r'worker_order must be "fixed" or "arrival"'):
+            TrainConfig(worker_order=bad).validate()
     with pytest.raises(ValueError, match="env id"):
         config, tc = presets.resolve("InvertedPendulum-v5", train={"workers": 1})
         Trainer(config, tc, env=gym.make("InvertedPendulum-v5"))
