@@ -94,8 +94,6 @@ class Pydpg:
             # torch.compile done the recommended way: the loss functions (forward graphs and, via
             # AOTAutograd, their backward graphs), not the optimizer. The instance attributes shadow
             # the methods that ``update`` calls. The actor loss breaks its graph at ``frozen``.
-            import torch
-
             opts = {} if compile_mode == "default" else {"mode": compile_mode}
             self.agent.critic_loss = torch.compile(self.agent.critic_loss, fullgraph=True, dynamic=False, **opts)
             self.agent.actor_loss = torch.compile(self.agent.actor_loss, dynamic=False, **opts)
@@ -221,10 +219,12 @@ class Jax:
 
 
 # ------------------------------------------------------------------------------------- timing
-def per_update_ms(c, n: int) -> float:
+def ms_per_call(f, n: int, warmup: int = 0) -> float:
+    for _ in range(warmup):
+        f()
     t0 = time.perf_counter()
     for _ in range(n):
-        c.step()
+        f()
     return (time.perf_counter() - t0) / n * 1e3
 
 
@@ -235,7 +235,6 @@ def summarize(samples: list[float]) -> dict[str, float]:
 def profile(contenders: dict, n: int) -> dict[str, dict]:
     """torch.profiler over ``n`` updates of each torch contender: aten ops per update, time in
     matrix products (addmm/mm/bmm/...) against everything else (self CPU time), the top ops."""
-    import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     matmul = {"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul",
@@ -307,12 +306,7 @@ def matmul_floor(rounds: int, n: int = 30) -> dict[str, dict[str, float]]:
     products = jax.jit(lambda xs: [a @ b for a, b in xs])
 
     def timed(f, reps):
-        for _ in range(3):
-            f()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            f()
-        return (time.perf_counter() - t0) / reps * 1e3
+        return ms_per_call(f, reps, warmup=3)
 
     ms = {"torch.mm, hot": [], "jax, hot": [], "torch.mm, back to back": [], "jax (one jit), back to back": []}
     for _ in range(rounds):
@@ -402,7 +396,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             # Rotate the order each round so no contender always runs right after the same one.
             for k in names[r % len(names):] + names[: r % len(names)]:
-                ms[k].append(per_update_ms(c[k], args.updates))
+                ms[k].append(ms_per_call(c[k].step, args.updates))
             print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in ms.items()) + " ms", file=sys.stderr,
                   flush=True)
 

@@ -64,6 +64,8 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_array(py::handle h,
 
 // Transition ids: integers only (a float id would be truncated to another transition's).
 py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> as_ids(py::handle h, const char* name) {
+  using Ids = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+  if (Ids::check_(h)) return py::reinterpret_borrow<Ids>(h);  // what sample returns: no second look
   if (!h.is_none()) {
     py::array raw = py::array::ensure(h);
     if (raw && raw.size() > 0 && raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u')
