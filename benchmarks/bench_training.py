@@ -1,8 +1,17 @@
-"""Training throughput: pydpg against Stable-Baselines3's DDPG, same settings, same process.
+"""Training throughput: pydpg against Stable-Baselines3's DDPG and a jitted JAX DDPG loop, same
+settings, same process.
 
-Both get the same work: HalfCheetah-v5, actor and critic 256-256, batch 256, Adam, one gradient
+All get the same work: HalfCheetah-v5, actor and critic 256-256, batch 256, Adam, one gradient
 update per env step, Gaussian exploration noise, 1M-transition buffer, one env, CPU, the same
-number of torch threads. ``--learning-starts`` random steps come first (not timed); then
+number of threads (torch's and XLA's). The contenders:
+
+* ``pydpg``: ``Trainer`` with the default ``update_backend`` (the C++ update here);
+* ``pydpg autograd``: the same with ``update_backend="torch"``;
+* ``SB3 DDPG``: ``peers.sb3_ddpg``;
+* ``JAX DDPG``: CleanRL's ``ddpg_continuous_action_jax.py`` loop (``JaxRunner``) around
+  ``peers.JaxDDPG``: jitted actor and update, a NumPy ring buffer, the update dispatched
+  asynchronously so it can overlap the buffer work as it does in CleanRL.
+ ``--learning-starts`` random steps come first (not timed); then
 ``--measure`` env steps per library, each with its update, are timed in chunks of ``--chunk``
 steps, the two libraries alternating chunk by chunk, so that load from other processes on a
 shared machine hits both alike; the median chunk rate is reported (and the fastest chunk).
@@ -29,11 +38,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class PydpgRunner:
-    def __init__(self, env_id: str, learning_starts: int, seed: int):
+    def __init__(self, env_id: str, learning_starts: int, seed: int, backend: str = "auto"):
         from pydpg.config import DDPGConfig
         from pydpg.trainer import TrainConfig, Trainer
 
-        cfg = DDPGConfig(hidden=(256, 256), batch_size=256, learning_starts=learning_starts, buffer_size=1_000_000)
+        cfg = DDPGConfig(hidden=(256, 256), batch_size=256, learning_starts=learning_starts, buffer_size=1_000_000,
+                         update_backend=backend)
         train = TrainConfig(env_id=env_id, total_steps=10**9, eval_every=0, checkpoint_every=0, seed=seed)
         self.trainer = Trainer(cfg, train)  # no out_dir and no evaluation: collection + updates only
         self.trainer.run(stop_at=learning_starts)
@@ -57,6 +67,54 @@ class SB3Runner:
         assert self.model.num_timesteps - before == n
 
 
+class JaxRunner:
+    """CleanRL's JAX DDPG loop: act with the jitted actor plus N(0, 0.1) noise (uniform actions
+    during warm-up), step the env, store in a ring buffer, sample 256 uniformly, update."""
+
+    def __init__(self, env_id: str, learning_starts: int, seed: int, capacity: int = 1_000_000):
+        import gymnasium as gym
+        import numpy as np
+
+        from peers import JaxDDPG
+
+        self.np = np
+        self.env = gym.make(env_id)
+        space = self.env.action_space
+        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
+        od, self.ad = self.env.observation_space.shape[0], space.shape[0]
+        self.peer = JaxDDPG(od, self.ad, seed=seed)
+        self.rng = np.random.default_rng(seed)
+        f32 = np.float32
+        self.buf = dict(obs=np.zeros((capacity, od), f32), action=np.zeros((capacity, self.ad), f32),
+                        reward=np.zeros((capacity, 1), f32), next_obs=np.zeros((capacity, od), f32),
+                        done=np.zeros((capacity, 1), f32))
+        self.discount = np.full((256, 1), 0.99, f32)
+        self.capacity, self.size, self.learning_starts = capacity, 0, learning_starts
+        self.obs, _ = self.env.reset(seed=seed)
+        self.steps(learning_starts)
+
+    def steps(self, n: int) -> None:
+        np = self.np
+        for _ in range(n):
+            if self.size < self.learning_starts:
+                a = self.rng.uniform(-1.0, 1.0, self.ad)
+            else:
+                a = np.clip(self.peer.act(self.obs[None].astype(np.float32))[0] + self.rng.normal(0.0, 0.1, self.ad),
+                            -1.0, 1.0)
+            next_obs, r, term, trunc, _ = self.env.step(self.low + (a + 1.0) * 0.5 * (self.high - self.low))
+            i = self.size % self.capacity
+            for k, v in (("obs", self.obs), ("action", a), ("reward", r), ("next_obs", next_obs), ("done", term)):
+                self.buf[k][i] = v
+            self.size += 1
+            self.obs = self.env.reset()[0] if term or trunc else next_obs
+            if self.size > self.learning_starts:
+                idx = self.rng.integers(0, min(self.size, self.capacity), 256)
+                self.peer.update({**{k: v[idx] for k, v in self.buf.items()}, "discount": self.discount})
+        import jax
+
+        jax.block_until_ready(self.peer.state)  # the chunk's last update is part of its time
+
+
 def timed(runner, n: int) -> float:
     t0 = time.perf_counter()
     runner.steps(n)
@@ -72,9 +130,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-sb3", action="store_true")
+    p.add_argument("--skip-jax", action="store_true")
+    p.add_argument("--skip-autograd", action="store_true", help="leave out pydpg with update_backend='torch'")
     p.add_argument("--out", type=Path, default=RESULTS / "training.json")
     args = p.parse_args(argv)
 
+    from peers import xla_threads
+
+    xla_threads(args.threads)  # before anything imports jax
     import torch
 
     torch.set_num_threads(args.threads)
@@ -87,8 +150,19 @@ def main(argv=None) -> int:
             have_sb3 = False
     load_before = os.getloadavg()
     runners = {"pydpg": PydpgRunner(args.env, args.learning_starts, args.seed)}
+    if not args.skip_autograd:
+        runners["pydpg autograd"] = PydpgRunner(args.env, args.learning_starts, args.seed, backend="torch")
     if have_sb3:
         runners["sb3"] = SB3Runner(args.env, args.learning_starts, args.seed)
+    jax_version = None
+    if not args.skip_jax:
+        try:
+            import jax
+
+            jax_version = jax.__version__
+            runners["jax"] = JaxRunner(args.env, args.learning_starts, args.seed)
+        except ImportError as e:
+            print(f"JAX peer skipped ({e}); pip install -e .[bench]", file=sys.stderr)
     sps = {k: [] for k in runners}
     for i in range(args.measure // args.chunk):
         # Alternate short chunks: a burst of load from other processes hits both libraries alike,
@@ -98,8 +172,13 @@ def main(argv=None) -> int:
         print(f"chunk {i}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in sps.items()) + " steps/s",
               file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in sps.items()}
-    ratio = med["pydpg"] / med["sb3"] if "sb3" in med else None
-    paired = statistics.median(a / b for a, b in zip(sps["pydpg"], sps["sb3"])) if "sb3" in sps else None
+
+    def ratios(peer):  # pydpg's rate over the peer's: ratio of medians, median of per-chunk ratios
+        if peer not in sps:
+            return None, None
+        return med["pydpg"] / med[peer], statistics.median(a / b for a, b in zip(sps["pydpg"], sps[peer]))
+
+    ratio, paired = ratios("sb3")
 
     result = {
         "benchmark": "training throughput, env steps/s after learning starts (one update per step)",
@@ -107,8 +186,9 @@ def main(argv=None) -> int:
         "measured_steps": args.measure, "chunk": args.chunk, "torch_threads": args.threads,
         "sps_per_chunk": sps, "median_sps": med, "max_sps": {k: max(v) for k, v in sps.items()},
         "ratio_pydpg_over_sb3": ratio, "median_paired_ratio": paired,
+        "ratios_pydpg_over": {k: ratios(k) for k in sps if k != "pydpg"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "sb3": stable_baselines3.__version__ if have_sb3 else None},
+                     "sb3": stable_baselines3.__version__ if have_sb3 else None, "jax": jax_version},
         "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                     "platform": platform.platform()},
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -121,12 +201,13 @@ def main(argv=None) -> int:
     print(f"\nTraining throughput on {args.env}, {args.threads} CPU threads, 256-256 nets, batch 256, "
           f"1 update/step: {args.measure} steps per library after {args.learning_starts} random steps, "
           f"in alternating chunks of {args.chunk}\n")
-    print("| library | env steps/s (median over chunks) | fastest chunk |")
-    print("|---|---:|---:|")
+    print("| contender | env steps/s (median over chunks) | fastest chunk | pydpg / it (paired) |")
+    print("|---|---:|---:|---:|")
+    names = {"pydpg": "pydpg", "pydpg autograd": "pydpg, autograd update", "sb3": "SB3 DDPG", "jax": "JAX DDPG (jitted)"}
     for k, v in sps.items():
-        print(f"| {'pydpg' if k == 'pydpg' else 'SB3 DDPG'} | {med[k]:.1f} | {max(v):.1f} |")
-    if ratio is not None:
-        print(f"\npydpg / SB3 = {ratio:.2f}x (ratio of medians; median of per-chunk-pair ratios {paired:.2f}x)")
+        r, pr = ratios(k) if k != "pydpg" else (None, None)
+        cell = f"{r:.2f}x ({pr:.2f}x)" if r is not None else "—"
+        print(f"| {names[k]} | {med[k]:.1f} | {max(v):.1f} | {cell} |")
     print(f"\nwritten: {args.out}")
     return 0
 

@@ -7,8 +7,10 @@ replay sampling, no environment.
 
 Contenders:
 
-* ``pydpg DDPG`` / ``pydpg TD3``: ``pydpg.agent.DDPG.update`` (TD3: twin critics, actor and
-  targets every 2nd critic step, target smoothing noise 0.2 clipped at 0.5).
+* ``pydpg DDPG`` / ``pydpg TD3``: ``pydpg.agent.DDPG.update`` with the C++ update
+  (``update_backend="cpp"``, the default's choice here) (TD3: twin critics, actor and targets every
+  2nd critic step, target smoothing noise 0.2 clipped at 0.5).
+* ``pydpg DDPG autograd`` / ``pydpg TD3 autograd``: the same with ``update_backend="torch"``.
 * ``SB3 DDPG``: Stable-Baselines3's ``DDPG.train(gradient_steps=1)`` with its replay sampling
   replaced by the fixed batch.
 * ``JAX DDPG`` / ``JAX TD3``: the peer, written here in the structure of CleanRL's
@@ -51,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from peers import xla_threads
+
 RESULTS = Path(__file__).resolve().parent / "results"
 B, OBS, ACT, HIDDEN = 256, 17, 6, (256, 256)
 LR, TAU, GAMMA = 3e-4, 0.005, 0.99
@@ -83,12 +87,18 @@ def load_pydpg(src: Path | None):
 
 
 class Pydpg:
-    def __init__(self, data, td3: bool, src: Path | None = None, compile_mode: str | None = None):
+    def __init__(self, data, td3: bool, src: Path | None = None, compile_mode: str | None = None,
+                 backend: str | None = None):
         import torch
 
         agent, batch, config = load_pydpg(src)
+        # backend: DDPGConfig.update_backend ("cpp": the C++ update, "torch": autograd); None leaves the
+        # default (and works with a baseline checkout older than the field). torch.compile wraps the
+        # autograd path's losses, so it needs "torch".
+        extra = {"update_backend": "torch" if compile_mode is not None else backend} \
+            if (backend or compile_mode is not None) else {}
         conf = config.DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
-                                 **(TD3 if td3 else {}))
+                                 **(TD3 if td3 else {}), **extra)
         self.agent = agent.DDPG.from_dims(OBS, ACT, conf)
         if compile_mode is not None:
             # torch.compile done the recommended way: the loss functions (forward graphs and, via
@@ -133,89 +143,23 @@ class SB3:
 
 # ------------------------------------------------------------------------------------------ JAX
 class Jax:
-    """The JAX peer. Structure as in CleanRL's JAX DDPG/TD3: Flax ``Actor`` (tanh output) and
-    ``QNetwork`` (observation and action concatenated at the input), one optax Adam per network,
-    the critic loss on y = r + gamma * (1 - done) * Q'(s', mu'(s')), the actor loss -Q(s, mu(s)),
-    and Polyak averaging of all targets after the actor step. The whole update is one jitted
-    function (TD3: a second, critic-only one for the steps without an actor update)."""
+    """The JAX peer (``peers.JaxDDPG``, CleanRL's structure) updating on the fixed batch."""
 
     def __init__(self, data, td3: bool, seed: int = 0):
-        import flax.linen as nn
-        import jax
         import jax.numpy as jnp
-        import optax
 
-        class Actor(nn.Module):
-            @nn.compact
-            def __call__(self, s):
-                for w in HIDDEN:
-                    s = nn.relu(nn.Dense(w)(s))
-                return jnp.tanh(nn.Dense(ACT)(s))
+        from peers import JaxDDPG
 
-        class QNetwork(nn.Module):
-            @nn.compact
-            def __call__(self, s, a):
-                x = jnp.concatenate([s, a], -1)
-                for w in HIDDEN:
-                    x = nn.relu(nn.Dense(w)(x))
-                return nn.Dense(1)(x)
-
-        actor, qnet, opt = Actor(), QNetwork(), optax.adam(LR)
-        n_q = 2 if td3 else 1
-        keys = jax.random.split(jax.random.PRNGKey(seed), 2 + n_q)
-        s0, a0 = jnp.zeros((1, OBS)), jnp.zeros((1, ACT))
-        pi = actor.init(keys[0], s0)
-        qs = tuple(qnet.init(k, s0, a0) for k in keys[2:])
-        # Targets start as copies of the online parameters (a fresh buffer each).
-        self.state = dict(pi=pi, pi_t=jax.tree_util.tree_map(jnp.array, pi), pi_opt=opt.init(pi),
-                          qs=qs, qs_t=jax.tree_util.tree_map(jnp.array, qs), q_opt=opt.init(qs), key=keys[1])
+        self.peer = JaxDDPG(OBS, ACT, td3=td3, seed=seed)
         self.data = {k: jnp.asarray(v) for k, v in data.items()}
-        noise, clip = (TD3["target_policy_noise"], TD3["target_noise_clip"]) if td3 else (0.0, 0.0)
-
-        def critic_step(st, d):
-            key, k = jax.random.split(st["key"])
-            a2 = actor.apply(st["pi_t"], d["next_obs"])
-            if noise > 0:  # target policy smoothing
-                eps = jnp.clip(noise * jax.random.normal(k, a2.shape), -clip, clip)
-                a2 = jnp.clip(a2 + eps, -1.0, 1.0)
-            q2 = jnp.min(jnp.stack([qnet.apply(p, d["next_obs"], a2) for p in st["qs_t"]]), axis=0)
-            y = jax.lax.stop_gradient(d["reward"] + d["discount"] * (1.0 - d["done"]) * q2)
-
-            def loss(qs):
-                return sum(jnp.mean((qnet.apply(p, d["obs"], d["action"]) - y) ** 2) for p in qs)
-
-            value, grads = jax.value_and_grad(loss)(st["qs"])
-            upd, q_opt = opt.update(grads, st["q_opt"], st["qs"])
-            return {**st, "qs": optax.apply_updates(st["qs"], upd), "q_opt": q_opt, "key": key}, value
-
-        def full_step(st, d):
-            st, q_loss = critic_step(st, d)
-
-            def loss(pi):
-                return -jnp.mean(qnet.apply(st["qs"][0], d["obs"], actor.apply(pi, d["obs"])))
-
-            value, grads = jax.value_and_grad(loss)(st["pi"])
-            upd, pi_opt = opt.update(grads, st["pi_opt"], st["pi"])
-            pi = optax.apply_updates(st["pi"], upd)
-            polyak = lambda online, target: jax.tree_util.tree_map(  # noqa: E731
-                lambda p, t: TAU * p + (1.0 - TAU) * t, online, target)
-            return {**st, "pi": pi, "pi_opt": pi_opt, "pi_t": polyak(pi, st["pi_t"]),
-                    "qs_t": polyak(st["qs"], st["qs_t"])}, (q_loss, value)
-
-        self.full = jax.jit(full_step)
-        self.critic_only = jax.jit(critic_step)
-        self.delay = TD3["policy_delay"] if td3 else 1
-        self.n = 0
-        for _ in range(2 * self.delay):  # compile both programs outside the timing
+        for _ in range(2 * self.peer.delay):  # compile both programs outside the timing
             self.step()
 
     def step(self) -> None:
-        self.n += 1
-        fn = self.full if self.n % self.delay == 0 else self.critic_only
-        self.state, losses = fn(self.state, self.data)
         # Wait for the result, as pydpg's update does when it returns its losses as floats.
         import jax
-        jax.block_until_ready((self.state, losses))
+
+        jax.block_until_ready(self.peer.update(self.data))
 
 
 # ------------------------------------------------------------------------------------- timing
@@ -339,9 +283,7 @@ def main(argv=None) -> int:
 
     if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
-    multi = "true" if args.threads > 1 else "false"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen={multi}"
-                               f" intra_op_parallelism_threads={args.threads}").strip()
+    xla_threads(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -354,8 +296,10 @@ def main(argv=None) -> int:
     if args.baseline:
         c["pydpg DDPG (baseline)"] = Pydpg(data, td3=False, src=args.baseline)
         c["pydpg TD3 (baseline)"] = Pydpg(data, td3=True, src=args.baseline)
-    c["pydpg DDPG"] = Pydpg(data, td3=False)
-    c["pydpg TD3"] = Pydpg(data, td3=True)
+    c["pydpg DDPG"] = Pydpg(data, td3=False, backend="cpp")
+    c["pydpg TD3"] = Pydpg(data, td3=True, backend="cpp")
+    c["pydpg DDPG autograd"] = Pydpg(data, td3=False, backend="torch")
+    c["pydpg TD3 autograd"] = Pydpg(data, td3=True, backend="torch")
     compile_s = {}
     if args.compile and args.cpp_wrapper:
         import torch._inductor.config

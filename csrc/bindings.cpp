@@ -1,6 +1,7 @@
 // The only file that knows about Python: converts arguments, releases the GIL around real work, and
 // maps the core's exceptions to Python ones. Arrays cross as NumPy buffers; a float32 C-contiguous
-// array (or a CPU torch tensor, through its zero-copy __array__) is read in place.
+// array (or a CPU torch tensor, through its zero-copy __array__) is read in place. The C++ update takes
+// torch tensors themselves, through DLPack: it works on the modules' own parameter storage.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include <ATen/DLConvertor.h>
+
+#include "mlp_update.hpp"
 #include "policy_runtime.hpp"
 #include "replay_buffer.hpp"
 #ifdef PYDPG_WITH_MUJOCO
@@ -206,12 +210,14 @@ void convert(Transitions& t, const ReplayBuffer& buf, py::handle obs, py::handle
 namespace {
 void bind_policy_runtime(py::module_& m);
 void bind_observation(py::module_& m);
+void bind_mlp_update(py::module_& m);
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pydpg's C++ core: replay buffer (see pydpg.ReplayBuffer for the documented API)";
   bind_policy_runtime(m);
   bind_observation(m);
+  bind_mlp_update(m);
 
   py::register_exception<pydpg::FormatError>(m, "FormatError", PyExc_ValueError);
   py::register_exception_translator([](std::exception_ptr p) {
@@ -583,6 +589,102 @@ void bind_observation(py::module_& m) {
 #else
   m.attr("HAVE_MUJOCO") = false;
 #endif
+}
+
+// A torch tensor (anything with __dlpack__) as an at::Tensor on the same memory, holding a
+// reference to it; None is an undefined tensor. A tensor that requires grad is refused by torch
+// itself ("use tensor.detach()").
+at::Tensor tensor_arg(py::handle h, const std::string& name) {
+  if (h.is_none()) return at::Tensor();
+  if (!py::hasattr(h, "__dlpack__")) throw py::type_error(name + " must be a torch tensor, got " + type_name(h));
+  py::object exported;
+  try {
+    exported = h.attr("__dlpack__")();
+  } catch (py::error_already_set& e) {  // e.g. a tensor that requires grad: say which argument it was
+    throw py::type_error(name + ": " + e.what());
+  }
+  py::capsule cap = py::reinterpret_borrow<py::capsule>(exported);
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  if (!managed) throw py::error_already_set();
+  at::Tensor t = at::fromDLPack(managed);
+  PyCapsule_SetName(cap.ptr(), "used_dltensor");  // the tensor owns it now (the DLPack protocol)
+  return t;
+}
+
+std::vector<at::Tensor> tensor_list(py::handle seq, const std::string& name) {
+  std::vector<at::Tensor> out;
+  std::size_t i = 0;
+  for (py::handle h : py::reinterpret_borrow<py::sequence>(seq)) out.push_back(tensor_arg(h, name + "[" + std::to_string(i++) + "]"));
+  return out;
+}
+
+// [w0, b0, w1, b1, ...] as Module.parameters() lists an nn.Sequential of Linear layers.
+pydpg::MlpParams mlp_params(py::handle seq, const std::string& name) {
+  std::vector<at::Tensor> flat = tensor_list(seq, name);
+  if (flat.size() % 2) throw py::value_error(name + ": expected weight, bias pairs, got " + std::to_string(flat.size()) + " tensors");
+  pydpg::MlpParams p;
+  for (std::size_t i = 0; i < flat.size(); i += 2) {
+    p.weight.push_back(flat[i]);
+    p.bias.push_back(flat[i + 1]);
+  }
+  return p;
+}
+
+pydpg::AdamState adam_state(const py::dict& d, const std::string& name) {
+  for (const char* key : {"grad", "exp_avg", "exp_avg_sq", "step", "beta1", "beta2", "eps", "weight_decay"})
+    if (!d.contains(key)) throw py::value_error(name + " has no '" + key + "'");
+  pydpg::AdamState s;
+  s.grad = tensor_list(d["grad"], name + ".grad");
+  s.exp_avg = tensor_list(d["exp_avg"], name + ".exp_avg");
+  s.exp_avg_sq = tensor_list(d["exp_avg_sq"], name + ".exp_avg_sq");
+  s.step = tensor_list(d["step"], name + ".step");
+  s.beta1 = d["beta1"].cast<double>();
+  s.beta2 = d["beta2"].cast<double>();
+  s.eps = d["eps"].cast<double>();
+  s.weight_decay = d["weight_decay"].cast<double>();
+  return s;
+}
+
+void bind_mlp_update(py::module_& m) {
+  using pydpg::MlpUpdate;
+  py::class_<MlpUpdate>(m, "MlpUpdate")
+      .def(py::init([](py::handle actor, py::handle actor_target, py::sequence critics, py::sequence critic_targets,
+                       py::dict actor_opt, py::dict critic_opt, double action_bound, bool portable) {
+             std::vector<pydpg::MlpParams> cs, cts;
+             for (std::size_t k = 0; k < critics.size(); ++k) cs.push_back(mlp_params(critics[k], "critics[" + std::to_string(k) + "]"));
+             for (std::size_t k = 0; k < critic_targets.size(); ++k)
+               cts.push_back(mlp_params(critic_targets[k], "critic_targets[" + std::to_string(k) + "]"));
+             return std::make_unique<MlpUpdate>(mlp_params(actor, "actor"), mlp_params(actor_target, "actor_target"),
+                                                std::move(cs), std::move(cts), adam_state(actor_opt, "actor_opt"),
+                                                adam_state(critic_opt, "critic_opt"), action_bound, portable);
+           }),
+           py::arg("actor"), py::arg("actor_target"), py::arg("critics"), py::arg("critic_targets"), py::arg("actor_opt"),
+           py::arg("critic_opt"), py::arg("action_bound") = 1.0, py::arg("portable") = false)
+      .def(
+          "critic_step",
+          [](MlpUpdate& u, py::handle obs, py::handle action, py::handle reward, py::handle next_obs, py::handle done,
+             py::handle discount, py::handle weights, py::handle noise, double lr, py::handle td_errors) {
+            pydpg::UpdateBatch b{tensor_arg(obs, "obs"),           tensor_arg(action, "action"),
+                                 tensor_arg(reward, "reward"),     tensor_arg(next_obs, "next_obs"),
+                                 tensor_arg(done, "done"),         tensor_arg(discount, "discount"),
+                                 tensor_arg(weights, "weights"),   tensor_arg(noise, "noise")};
+            const at::Tensor td = tensor_arg(td_errors, "td_errors");
+            py::gil_scoped_release release;
+            const pydpg::CriticStepStats s = u.critic_step(b, lr, td);
+            return std::make_pair(s.loss, s.q_mean);
+          },
+          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"), py::arg("done"), py::arg("discount"),
+          py::arg("weights"), py::arg("noise"), py::arg("lr"), py::arg("td_errors"))
+      .def(
+          "actor_step",
+          [](MlpUpdate& u, py::handle obs, double lr) {
+            const at::Tensor o = tensor_arg(obs, "obs");
+            py::gil_scoped_release release;
+            return u.actor_step(o, lr);
+          },
+          py::arg("obs"), py::arg("lr"))
+      .def("soft_update", &MlpUpdate::soft_update, py::arg("tau"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("kernels", &MlpUpdate::kernels);
 }
 
 }  // namespace

@@ -1,7 +1,5 @@
 #include "mlp_backend.hpp"
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,25 +11,12 @@ namespace pydpg {
 
 namespace {
 
-// Resolved at run time, not linked: a torch build without MKL (aarch64 wheels) lacks the symbol,
-// and the backend then falls back to at::addmm_ on tensor views (which allocates per call).
-SgemmFn find_sgemm() {
-  static SgemmFn fn = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
-  return fn;
-}
-
-// torch.tanh on float CPU tensors is MKL VML's vmsTanh with these flags (ATen/cpu/vml.h); glibc's
-// tanhf differs from it in the last bit for ~40% of inputs, and a last-bit difference per step is
-// enough to make a chaotic task (HalfCheetah) drift away from the trajectory it had in training.
-// Calling the same functions torch calls, with the same shapes, keeps the deployed actions as close
-// to the trainer's as this machine's arithmetic allows; what the runtime guarantees, and checks at
-// load, is agreement with the module to 1e-5 (compare_backends).
-constexpr long long kVmlMode = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
-
-VmsTanhFn find_vms_tanh() {
-  static VmsTanhFn fn = reinterpret_cast<VmsTanhFn>(dlsym(RTLD_DEFAULT, "vmsTanh"));
-  return fn;
-}
+// torch.tanh on float CPU tensors is MKL VML's vmsTanh (blas.hpp); glibc's tanhf differs from it in
+// the last bit for ~40% of inputs, and a last-bit difference per step is enough to make a chaotic task
+// (HalfCheetah) drift away from the trajectory it had in training. Calling the same functions torch
+// calls, with the same shapes, keeps the deployed actions as close to the trainer's as this machine's
+// arithmetic allows; what the runtime guarantees, and checks at load, is agreement with the module to
+// 1e-5 (compare_backends).
 
 std::vector<float> tensor_values(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kFloat).contiguous().reshape({-1});
@@ -120,8 +105,6 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
     if (!all_finite(L.weight.data(), L.weight.size()) || !all_finite(L.bias.data(), L.bias.size()))
       throw PolicyFormatError("the weights of layer '" + json::string(json::member(s, "weight"), "") +
                               "' are not all finite");
-    L.weight_t = w.detach().t();
-    L.bias_t = b.detach();
     net.layers.push_back(std::move(L));
     in = w.size(0);
     net.width = std::max(net.width, in);
@@ -155,16 +138,8 @@ void forward_mlp(const MlpNetwork& net, const float* x, std::int64_t n, float* h
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
     const MlpLayer& L = net.layers[l];
     // h = bias, then h += x W^T: the same BLAS call torch makes for nn.Linear (addmm(bias, x, W^T)).
-    // Row-major h[n, out] is column-major h^T = W x^T, with W (row-major [out, in]) read as the
-    // transpose of a column-major [in, out] matrix.
     for (std::int64_t r = 0; r < n; ++r) std::memcpy(h + r * L.out, L.bias.data(), sizeof(float) * L.out);
-    if (net.sgemm) {
-      net.sgemm("T", "N", &L.out, &rows, &L.in, &one, L.weight.data(), &L.in, in, &L.in, &one, h, &L.out);
-    } else {
-      at::Tensor xt = at::from_blob(const_cast<float*>(in), {n, L.in});
-      at::Tensor ht = at::from_blob(h, {n, L.out});
-      ht.addmm_(xt, L.weight_t);
-    }
+    gemm(net.sgemm, false, true, rows, L.out, L.in, one, in, L.in, L.weight.data(), L.in, one, h, L.out);
     const bool last_layer = l + 1 == net.layers.size();
     apply(last_layer ? net.output_act : net.hidden_act, h, n * L.out, net.vms_tanh);
     in = h;

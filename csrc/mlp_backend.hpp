@@ -12,6 +12,7 @@
 
 #include <torch/script.h>
 
+#include "blas.hpp"
 #include "policy_runtime.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -24,13 +25,6 @@
 #endif
 
 namespace pydpg {
-
-// MKL's Fortran sgemm, which the x86 torch wheels export from libtorch_cpu.
-using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
-                         const float*, const int*, const float*, const int*, const float*, float*,
-                         const int*);
-// MKL VML's vmsTanh(n, in, out, mode).
-using VmsTanhFn = void (*)(int, const float*, float*, long long);
 
 // A float buffer whose data starts on a 64-byte boundary, as torch's CPU allocator aligns tensors:
 // BLAS kernels may treat an unaligned head differently, and the mlp backend should hand MKL the
@@ -74,8 +68,6 @@ struct MlpLayer {
   int in = 0, out = 0;
   std::vector<float> weight;  // [out, in] row-major, as nn.Linear stores it
   std::vector<float> bias;    // [out]
-  at::Tensor weight_t;        // fallback when no sgemm: the module's own parameter, transposed view
-  at::Tensor bias_t;
 };
 
 struct MlpNetwork {

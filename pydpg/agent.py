@@ -24,6 +24,7 @@ from torch import nn
 
 from .batch import Batch
 from .config import DDPGConfig
+from .mlp_update import MlpUpdater, why_not
 from .networks import Actor, Critic
 
 
@@ -128,6 +129,15 @@ class DDPG:
         # Flat (online, target) parameter lists, built once, for the single fused Polyak call.
         self._online = [*self.actor.parameters(), *self.critics.parameters()]
         self._target = [*self.actor_target.parameters(), *self.critic_targets.parameters()]
+        # The C++ update bound to these tensors (pydpg.mlp_update), or why it can't run them, for the
+        # tensors identified by _updater_key.
+        self._updater: Optional[MlpUpdater] = None
+        self._updater_key: Optional[tuple] = None
+        self._updater_reason: Optional[str] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The C++ update holds raw views of this agent's tensors: a copy (deepcopy, pickle) rebuilds its own.
+        return {**self.__dict__, "_updater": None, "_updater_key": None, "_updater_reason": None}
 
     @classmethod
     def from_dims(cls, obs_dim: int, act_dim: int, config: Optional[DDPGConfig] = None, *,
@@ -216,14 +226,41 @@ class DDPG:
         """
         torch._foreach_lerp_(self._target, self._online, self.config.tau)
 
+    def mlp_updater(self) -> Optional[MlpUpdater]:
+        """The C++ update for this agent as it is now, or None for the autograd path.
+
+        None while ``update_backend`` is "torch", before both optimizers have state (their first
+        autograd step creates it), and whenever ``pydpg.mlp_update`` finds a reason the C++ update
+        would not compute what autograd does; with "cpp" that reason is raised as a ValueError.
+        """
+        backend = self.config.update_backend
+        if backend == "torch" or not MlpUpdater.ready(self):
+            return None
+        key = MlpUpdater.current_key(self)
+        if key != self._updater_key:  # first use, or tensors replaced (a loaded optimizer state, ...)
+            self._updater_key, self._updater = key, None
+            self._updater_reason = why_not(self)
+            if self._updater_reason is None:
+                self._updater = MlpUpdater(self)
+        reason = self._updater_reason or (self._updater.runtime_issue() if self._updater else None)
+        if reason is not None:
+            if backend == "cpp":
+                raise ValueError(f"DDPGConfig.update_backend='cpp' but the C++ update can't run this agent: {reason}")
+            return None
+        return self._updater
+
     def update(self, batch: Batch) -> dict[str, Any]:
         """One critic step; every ``policy_delay``-th call also an actor step and a Polyak update.
 
         Returns floats ``critic_loss``, ``actor_loss`` (NaN when the actor step was skipped),
-        ``q_mean``, and ``td_errors`` (tensor [B], on the agent's device) for PER.
+        ``q_mean``, and ``td_errors`` (tensor [B], on the agent's device) for PER. The C++ update
+        (``mlp_updater``) runs it when it can; otherwise autograd, below.
         """
         if batch.obs.device != self.device:
             batch = batch.to(self.device, non_blocking=True)
+        updater = self.mlp_updater()
+        if updater is not None:
+            return updater.update(batch)
         # The noise is drawn here, outside the loss, so that the loss is a function of tensors only
         # (a generator argument stops torch.compile's graph capture; see bench_update.py --compile).
         critic_loss, info = self.critic_loss(batch, self.target_noise(batch))

@@ -55,18 +55,20 @@ def _batches(n: int, seed: int = 0) -> list[Batch]:
     return out
 
 
-def _pair(td3: bool):
-    """An SB3 model and a pydpg agent with identical weights (online and target) and settings."""
+def _pair(td3: bool, backend: str = "auto"):
+    """An SB3 model and a pydpg agent with identical weights (online and target) and settings.
+    ``backend``: pydpg's ``update_backend`` (its C++ update takes over from the second update)."""
     common = dict(learning_rate=3e-4, batch_size=BATCH, tau=0.005, gamma=0.99, learning_starts=0,
                   policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=0, buffer_size=1000)
     if td3:
         # Target smoothing draws noise from two different RNGs, so it is off on both sides; the
         # other two switches (twin critics, actor delay 2) are compared.
         model = sb3.TD3("MlpPolicy", ENV, target_policy_noise=0.0, policy_delay=2, **common)
-        cfg = DDPGConfig(twin_critics=True, policy_delay=2, target_policy_noise=0.0, batch_size=BATCH)
+        cfg = DDPGConfig(twin_critics=True, policy_delay=2, target_policy_noise=0.0, batch_size=BATCH,
+                         update_backend=backend)
     else:
         model = sb3.DDPG("MlpPolicy", ENV, **common)
-        cfg = DDPGConfig(batch_size=BATCH)
+        cfg = DDPGConfig(batch_size=BATCH, update_backend=backend)
     model.set_logger(configure(None, []))
     agent = DDPG.from_dims(OBS, ACT, cfg)
     _copy_weights(model.actor, agent.actor)
@@ -96,9 +98,10 @@ def _assert_close(sb3_module: nn.Module, ours: nn.Module, what: str) -> None:
             torch.testing.assert_close(b, a, rtol=1e-5, atol=5e-7, msg=lambda m: f"{what} layer {i} {name}: {m}")
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
 @pytest.mark.parametrize("td3", [False, True], ids=["ddpg", "td3"])
-def test_update_matches_sb3(td3):
-    model, agent = _pair(td3)
+def test_update_matches_sb3(td3, backend):
+    model, agent = _pair(td3, backend)
     start = [p.detach().clone() for p in agent.actor.parameters()]
     batches = _batches(UPDATES)
     _run_sb3(model, batches)
@@ -115,6 +118,7 @@ def test_update_matches_sb3(td3):
         _assert_close(model.critic.q_networks[i], agent.critics[i], f"critic {i}")
         _assert_close(model.critic_target.q_networks[i], agent.critic_targets[i], f"critic target {i}")
     assert agent.n_updates == model._n_updates == UPDATES
+    assert (agent.mlp_updater() is not None) == (backend == "cpp")
 
 
 def test_parity_check_detects_a_wrong_target():

@@ -29,4 +29,4 @@ def test_cpp_tests_pass_under_sanitizers(kind):
         pytest.skip("ThreadSanitizer cannot run on this kernel: " + out.strip().splitlines()[-1])
     assert proc.returncode == 0, out[-6000:]
     assert f"sanitize[{kind}]: all C++ tests passed" in out
-    assert "replay_test: " in out and "runtime_test: " in out and "0 failed" in out
+    assert "replay_test: " in out and "runtime_test: " in out and "update_test: " in out and "0 failed" in out

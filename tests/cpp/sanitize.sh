@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds csrc/ and the C++ test drivers with sanitizers and runs the C++ tests under them:
-# the replay buffer (tests/cpp/replay_test.cpp), the policy runtime (tests/cpp/runtime_test.cpp)
-# and the MuJoCo control loop (pydpg_control_loop on a trained policy). Any finding fails the run.
+# the replay buffer (tests/cpp/replay_test.cpp), the policy runtime (tests/cpp/runtime_test.cpp),
+# the C++ update (tests/cpp/update_test.cpp) and the MuJoCo control loop (pydpg_control_loop on a
+# trained policy). Any finding fails the run.
 #
 #   tests/cpp/sanitize.sh address     # AddressSanitizer + UndefinedBehaviorSanitizer (default)
 #   tests/cpp/sanitize.sh thread      # ThreadSanitizer
@@ -35,7 +36,7 @@ cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPyt
   || { cat "$build.configure.log"; exit 1; }
 cmake --build "$build" -j "$(nproc)" > "$build.build.log" 2>&1 || { tail -50 "$build.build.log"; exit 1; }
 built=$(date +%s)
-for exe in replay_test runtime_test pydpg_control_loop; do
+for exe in replay_test runtime_test update_test pydpg_control_loop; do
   [ -x "$build/$exe" ] || { echo "sanitize[$kind]: $exe was not built (is torch/mujoco importable by $py?)" >&2; exit 1; }
 done
 echo "sanitize[$kind]: built in $((built - start)) s"
@@ -65,6 +66,7 @@ run() {
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 run "$build/replay_test" "$scratch"
+run "$build/update_test"
 for case_line in "${runtime_cases[@]}"; do
   IFS=$'\t' read -ra case_args <<< "$case_line"  # tab-separated: paths may hold spaces
   run "$build/runtime_test" "${case_args[@]}"

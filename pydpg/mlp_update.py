@@ -1,0 +1,161 @@
+"""The C++ update (csrc/mlp_update.*) for agents whose networks it can run, and when it may run.
+
+``DDPG.update`` calls ``MlpUpdater.update`` instead of its autograd path when
+``DDPGConfig.update_backend`` allows it and ``why_not`` finds nothing against it. The C++ side
+computes the same equations (``pydpg.agent``'s docstring) with a hand-written backward pass; it works
+in place on the modules' parameters and on the optimizers' own state, so checkpoints, export and
+``state_dict`` see no difference. Only float rounding differs from the autograd path (summation
+order), which ``tests/test_mlp_update.py`` bounds.
+
+It runs what an ``Actor`` / ``Critic`` of Linear layers and ReLUs computes. Anything it would not
+reproduce exactly (another activation, LayerNorm, a custom module, hooks, a GPU, a non-fused or
+AMSGrad Adam, autocast, frozen parameters) sends the update down the autograd path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import nn
+
+from .networks import Actor, Critic
+
+if TYPE_CHECKING:
+    from .agent import DDPG
+    from .batch import Batch
+
+
+def _plain_mlp(net: nn.Module) -> Optional[str]:
+    """None if ``net`` is nn.Sequential(Linear, ReLU, ..., Linear) with biases, else what differs."""
+    mods = list(net.children()) if type(net) is nn.Sequential else None
+    if not mods or len(mods) % 2 == 0:
+        return "it is not an nn.Sequential of Linear layers with ReLU between them"
+    for i, m in enumerate(mods):
+        want = nn.Linear if i % 2 == 0 else nn.ReLU
+        if type(m) is not want:
+            return f"layer {i} is {type(m).__name__}, the C++ update runs only Linear and ReLU"
+        if want is nn.Linear and m.bias is None:
+            return f"layer {i} has no bias"
+    return None
+
+
+def _optimizer_issue(opt: torch.optim.Optimizer, params: list[nn.Parameter], name: str) -> Optional[str]:
+    from .agent import _has_step_hooks
+
+    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
+        return f"{name} is not a torch.optim.Adam with one parameter group"
+    g = opt.param_groups[0]
+    if not g.get("fused") or g["amsgrad"] or g["maximize"] or g.get("decoupled_weight_decay") \
+            or g.get("differentiable") or torch.is_tensor(g["lr"]):
+        return f"{name} is not a plain fused Adam (amsgrad, maximize, decoupled decay or a tensor lr)"
+    if len(g["params"]) != len(params) or any(a is not b for a, b in zip(g["params"], params)):
+        return f"{name}'s parameters are not its networks' parameters in module order"
+    if _has_step_hooks(opt):
+        return f"{name} has step hooks, which only opt.step() runs"
+    return None
+
+
+def why_not(agent: "DDPG") -> Optional[str]:
+    """None when the C++ update can run ``agent``'s networks as they are, else the first reason not.
+
+    The optimizer state is not required here: it exists after the first autograd step of each
+    optimizer (``MlpUpdater.ready``).
+    """
+    if agent.device.type != "cpu":
+        return f"the agent is on {agent.device}; the C++ update runs on the CPU"
+    if type(agent.actor) is not Actor or any(type(c) is not Critic for c in agent.critics):
+        return "the networks are not pydpg.networks.Actor and Critic"
+    for name, net in [("actor", agent.actor.net), *((f"critic {k}", c.net) for k, c in enumerate(agent.critics))]:
+        issue = _plain_mlp(net)
+        if issue:
+            return f"the {name}: {issue}"
+    params = [p for m in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets) for p in m.parameters()]
+    if any(p.dtype != torch.float32 or not p.is_contiguous() for p in params):
+        return "not every parameter is a contiguous float32 tensor"
+    if agent.action_bound is None:
+        return "the agent has no action bound"
+    for opt, mod, name in ((agent.actor_opt, agent.actor, "actor_opt"), (agent.critic_opt, agent.critics, "critic_opt")):
+        issue = _optimizer_issue(opt, list(mod.parameters()), name)
+        if issue:
+            return issue
+    return None
+
+
+def _adam_tensors(opt: torch.optim.Adam) -> dict[str, Any]:
+    group = opt.param_groups[0]
+    params = group["params"]
+    states = [opt.state[p] for p in params]
+    grads = []
+    for p in params:
+        # The C++ update writes each gradient into p.grad, so p.grad holds the last update's gradient
+        # as it does after the autograd path.
+        if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
+            p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        grads.append(p.grad)
+    return {"grad": grads, "exp_avg": [s["exp_avg"] for s in states],
+            "exp_avg_sq": [s["exp_avg_sq"] for s in states], "step": [s["step"] for s in states],
+            "beta1": group["betas"][0], "beta2": group["betas"][1], "eps": group["eps"],
+            "weight_decay": group["weight_decay"]}
+
+
+class MlpUpdater:
+    """The C++ update bound to one agent's tensors. Rebuilt (``DDPG.mlp_updater``) whenever the
+    tensors it holds may have been replaced: a loaded optimizer state, reassigned parameter data."""
+
+    def __init__(self, agent: "DDPG", portable: bool = False):
+        from . import _core
+
+        self.agent = agent
+        det = [[p.detach() for p in m.parameters()] for m in (agent.actor, agent.actor_target)]
+        self._core = _core.MlpUpdate(
+            det[0], det[1], [[p.detach() for p in c.parameters()] for c in agent.critics],
+            [[p.detach() for p in c.parameters()] for c in agent.critic_targets],
+            _adam_tensors(agent.actor_opt), _adam_tensors(agent.critic_opt), float(agent.action_bound), portable)
+        self.key = self.current_key(agent)
+        self._modules = [m for net in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets)
+                         for m in net.modules()]
+
+    @staticmethod
+    def ready(agent: "DDPG") -> bool:
+        """Both optimizers hold state for every parameter (after their first autograd step)."""
+        return all(len(o.state) == len(o.param_groups[0]["params"]) for o in (agent.actor_opt, agent.critic_opt))
+
+    @staticmethod
+    def current_key(agent: "DDPG") -> tuple:
+        """What the bound tensors depend on: the optimizers' state dicts (load_state_dict replaces them)
+        and param groups, and every parameter's storage."""
+        return (id(agent.actor_opt.state), id(agent.critic_opt.state), id(agent.actor_opt.param_groups[0]),
+                id(agent.critic_opt.param_groups[0]), tuple(p.data_ptr() for p in agent._online),
+                tuple(p.data_ptr() for p in agent._target))
+
+    def runtime_issue(self) -> Optional[str]:
+        """What, set since the last update, the C++ update would silently skip past: a module hook
+        (forward or backward, on a module or global), a frozen parameter, CPU autocast."""
+        from torch.nn.modules import module as m
+
+        if (m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks):
+            return "global module hooks are registered"
+        if any(mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks
+               for mod in self._modules):
+            return "a module of the networks has hooks"
+        if not all(p.requires_grad for p in self.agent._online):
+            return "a parameter is frozen (requires_grad=False)"
+        if torch.is_autocast_enabled("cpu"):
+            return "CPU autocast is on"
+        return None
+
+    def update(self, batch: "Batch") -> dict[str, Any]:
+        """``DDPG.update`` on the C++ side: the same statistics, the same policy delay."""
+        agent = self.agent
+        b = [None if t is None else t.contiguous() for t in batch[:7]]
+        noise = agent.target_noise(batch)
+        td = torch.empty(b[0].shape[0], dtype=torch.float32)
+        critic_loss, q_mean = self._core.critic_step(*b, noise, agent.critic_opt.param_groups[0]["lr"], td)
+        agent.n_updates += 1
+        actor_loss = float("nan")
+        if agent.n_updates % agent.config.policy_delay == 0:
+            actor_loss = self._core.actor_step(b[0], agent.actor_opt.param_groups[0]["lr"])
+            self._core.soft_update(agent.config.tau)
+        return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q_mean": q_mean, "td_errors": td}
