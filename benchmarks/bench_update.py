@@ -150,7 +150,7 @@ class Jax:
 
         from peers import JaxDDPG
 
-        self.peer = JaxDDPG(OBS, ACT, td3=td3, seed=seed)
+        self.peer = JaxDDPG(OBS, ACT, td3=td3, seed=seed, hidden=HIDDEN)
         self.data = {k: jnp.asarray(v) for k, v in data.items()}
         for _ in range(2 * self.peer.delay):  # compile both programs outside the timing
             self.step()
@@ -278,8 +278,13 @@ def main(argv=None) -> int:
     p.add_argument("--cpp-wrapper", action="store_true", help="with --compile: inductor's C++ wrapper")
     p.add_argument("--baseline", type=Path, help="checkout of another pydpg revision: its agent runs too")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N updates instead of timing")
+    p.add_argument("--hidden", type=lambda v: tuple(int(w) for w in v.split(",")), default=HIDDEN,
+                   help="hidden widths, e.g. 64,64 (default 256,256; the matmul floor assumes 2 equal layers)")
+    p.add_argument("--batch", type=int, default=B)
     p.add_argument("--out", type=Path, default=RESULTS / "update.json")
     args = p.parse_args(argv)
+    global B, HIDDEN  # the shapes every contender reads
+    B, HIDDEN = args.batch, args.hidden
 
     if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
@@ -362,7 +367,8 @@ def main(argv=None) -> int:
             "xla_flags": os.environ["XLA_FLAGS"], "rounds": args.rounds, "updates_per_round": args.updates,
             "ms_per_update": rows, "samples_ms": ms, "compile_s": compile_s,
         }
-        print(f"\nms per update, {args.threads} thread(s), batch {B}, obs {OBS}, act {ACT}, 256-256 MLPs; "
+        print(f"\nms per update, {args.threads} thread(s), batch {B}, obs {OBS}, act {ACT}, "
+              f"{'-'.join(map(str, HIDDEN))} MLPs; "
               f"median over {args.rounds} rounds of {args.updates} updates (min-max); ratio = median / JAX "
               "peer's median (median of per-round ratios)\n")
         print("| contender | ms/update | min-max | ratio to JAX |\n|---|---:|---:|---:|")

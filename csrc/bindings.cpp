@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -611,6 +612,29 @@ at::Tensor tensor_arg(py::handle h, const std::string& name) {
   return t;
 }
 
+// A CPU torch tensor of a batch as an at::Tensor viewing its memory through NumPy (cheaper per call
+// than DLPack); `keep` holds the array, which must outlive the view. None is an undefined tensor.
+// A non-contiguous input is read from a contiguous copy, as the autograd update would accept it;
+// an output (`copy_ok` false) is viewed as it is, so that what is written lands in it.
+at::Tensor batch_tensor(py::handle h, const char* name, std::vector<py::array>& keep, bool copy_ok = true) {
+  if (h.is_none()) return at::Tensor();
+  if (!py::hasattr(h, "numpy")) throw py::type_error(std::string(name) + " must be a torch tensor, got " + type_name(h));
+  py::array a;
+  try {
+    a = py::reinterpret_borrow<py::array>(h.attr("numpy")());
+  } catch (py::error_already_set& e) {  // a CUDA tensor, one that requires grad, ...
+    throw py::type_error(std::string(name) + ": " + e.what());
+  }
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw py::value_error(std::string(name) + " must be a float32 CPU tensor, got dtype " + std::string(py::str(a.dtype())));
+  if (copy_ok && !(a.flags() & py::array::c_style)) a = py::array::ensure(a, py::array::c_style);
+  std::vector<std::int64_t> shape(a.shape(), a.shape() + a.ndim()), strides;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) strides.push_back(a.strides(i) / static_cast<py::ssize_t>(sizeof(float)));
+  at::Tensor t = at::from_blob(a.mutable_data(), shape, strides, at::kFloat);
+  keep.push_back(std::move(a));
+  return t;
+}
+
 std::vector<at::Tensor> tensor_list(py::handle seq, const std::string& name) {
   std::vector<at::Tensor> out;
   std::size_t i = 0;
@@ -661,29 +685,35 @@ void bind_mlp_update(py::module_& m) {
            py::arg("actor"), py::arg("actor_target"), py::arg("critics"), py::arg("critic_targets"), py::arg("actor_opt"),
            py::arg("critic_opt"), py::arg("action_bound") = 1.0, py::arg("portable") = false)
       .def(
-          "critic_step",
+          "update",
           [](MlpUpdate& u, py::handle obs, py::handle action, py::handle reward, py::handle next_obs, py::handle done,
-             py::handle discount, py::handle weights, py::handle noise, double lr, py::handle td_errors) {
-            pydpg::UpdateBatch b{tensor_arg(obs, "obs"),           tensor_arg(action, "action"),
-                                 tensor_arg(reward, "reward"),     tensor_arg(next_obs, "next_obs"),
-                                 tensor_arg(done, "done"),         tensor_arg(discount, "discount"),
-                                 tensor_arg(weights, "weights"),   tensor_arg(noise, "noise")};
-            const at::Tensor td = tensor_arg(td_errors, "td_errors");
-            py::gil_scoped_release release;
-            const pydpg::CriticStepStats s = u.critic_step(b, lr, td);
-            return std::make_pair(s.loss, s.q_mean);
+             py::handle discount, py::handle weights, py::handle noise, double critic_lr, py::object actor_lr, double tau,
+             py::handle td_errors) {
+            std::vector<py::array> keep;  // the arrays the views below read, alive until the call returns
+            pydpg::UpdateBatch b{batch_tensor(obs, "obs", keep),           batch_tensor(action, "action", keep),
+                                 batch_tensor(reward, "reward", keep),     batch_tensor(next_obs, "next_obs", keep),
+                                 batch_tensor(done, "done", keep),         batch_tensor(discount, "discount", keep),
+                                 batch_tensor(weights, "weights", keep),   batch_tensor(noise, "noise", keep)};
+            const at::Tensor td = batch_tensor(td_errors, "td_errors", keep, /*copy_ok=*/false);
+            const bool with_actor = !actor_lr.is_none();
+            const double alr = with_actor ? actor_lr.cast<double>() : 0.0;
+            pydpg::CriticStepStats s;
+            double actor_loss = std::numeric_limits<double>::quiet_NaN();
+            {
+              py::gil_scoped_release release;
+              s = u.critic_step(b, critic_lr, td);
+              if (with_actor) {
+                actor_loss = u.actor_step(b.obs, alr);
+                u.soft_update(tau);
+              }
+            }
+            return py::make_tuple(s.loss, s.q_mean, actor_loss);  // with the GIL again
           },
           py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"), py::arg("done"), py::arg("discount"),
-          py::arg("weights"), py::arg("noise"), py::arg("lr"), py::arg("td_errors"))
-      .def(
-          "actor_step",
-          [](MlpUpdate& u, py::handle obs, double lr) {
-            const at::Tensor o = tensor_arg(obs, "obs");
-            py::gil_scoped_release release;
-            return u.actor_step(o, lr);
-          },
-          py::arg("obs"), py::arg("lr"))
-      .def("soft_update", &MlpUpdate::soft_update, py::arg("tau"), py::call_guard<py::gil_scoped_release>())
+          py::arg("weights"), py::arg("noise"), py::arg("critic_lr"), py::arg("actor_lr"), py::arg("tau"),
+          py::arg("td_errors"),
+          "One critic step; with actor_lr (not None) also the actor step and the Polyak update. Returns "
+          "(critic_loss, q_mean, actor_loss), actor_loss NaN without the actor step.")
       .def_property_readonly("kernels", &MlpUpdate::kernels);
 }
 

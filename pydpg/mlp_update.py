@@ -14,6 +14,7 @@ AMSGrad Adam, autocast, frozen parameters) sends the update down the autograd pa
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -24,6 +25,8 @@ from .networks import Actor, Critic
 if TYPE_CHECKING:
     from .agent import DDPG
     from .batch import Batch
+
+_requires_grad = attrgetter("requires_grad")
 
 
 def _plain_mlp(net: nn.Module) -> Optional[str]:
@@ -113,8 +116,10 @@ class MlpUpdater:
             [[p.detach() for p in c.parameters()] for c in agent.critic_targets],
             _adam_tensors(agent.actor_opt), _adam_tensors(agent.critic_opt), float(agent.action_bound), portable)
         self.key = self.current_key(agent)
-        self._modules = [m for net in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets)
-                         for m in net.modules()]
+        # Every module's hook dicts, which register_*_hook fills in place: one any() per update.
+        self._hook_dicts = [d for net in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets)
+                            for m in net.modules() for d in (m._forward_hooks, m._forward_pre_hooks,
+                                                             m._backward_hooks, m._backward_pre_hooks)]
 
     @staticmethod
     def ready(agent: "DDPG") -> bool:
@@ -137,10 +142,9 @@ class MlpUpdater:
         if (m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
                 or m._global_backward_pre_hooks):
             return "global module hooks are registered"
-        if any(mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks
-               for mod in self._modules):
+        if any(self._hook_dicts):
             return "a module of the networks has hooks"
-        if not all(p.requires_grad for p in self.agent._online):
+        if not all(map(_requires_grad, self.agent._online)):
             return "a parameter is frozen (requires_grad=False)"
         if torch.is_autocast_enabled("cpu"):
             return "CPU autocast is on"
@@ -149,13 +153,14 @@ class MlpUpdater:
     def update(self, batch: "Batch") -> dict[str, Any]:
         """``DDPG.update`` on the C++ side: the same statistics, the same policy delay."""
         agent = self.agent
-        b = [None if t is None else t.contiguous() for t in batch[:7]]
-        noise = agent.target_noise(batch)
-        td = torch.empty(b[0].shape[0], dtype=torch.float32)
-        critic_loss, q_mean = self._core.critic_step(*b, noise, agent.critic_opt.param_groups[0]["lr"], td)
+        td = torch.empty(batch.obs.shape[0], dtype=torch.float32)
         agent.n_updates += 1
-        actor_loss = float("nan")
-        if agent.n_updates % agent.config.policy_delay == 0:
-            actor_loss = self._core.actor_step(b[0], agent.actor_opt.param_groups[0]["lr"])
-            self._core.soft_update(agent.config.tau)
+        actor_lr = agent.actor_opt.param_groups[0]["lr"] if agent.n_updates % agent.config.policy_delay == 0 else None
+        try:
+            critic_loss, q_mean, actor_loss = self._core.update(
+                *batch[:7], agent.target_noise(batch), agent.critic_opt.param_groups[0]["lr"], actor_lr,
+                agent.config.tau, td)
+        except BaseException:
+            agent.n_updates -= 1  # refused before any step was taken (bad shapes, dtypes)
+            raise
         return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q_mean": q_mean, "td_errors": td}
