@@ -266,6 +266,7 @@ def matmul_floor(rounds: int, n: int = 30) -> dict[str, dict[str, float]]:
 
 
 def main(argv=None) -> int:
+    global B, HIDDEN  # the shapes every contender reads (--batch, --hidden)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=15)
@@ -283,7 +284,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=B)
     p.add_argument("--out", type=Path, default=RESULTS / "update.json")
     args = p.parse_args(argv)
-    global B, HIDDEN  # the shapes every contender reads
     B, HIDDEN = args.batch, args.hidden
 
     if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
