@@ -137,14 +137,18 @@ def test_resume_is_exact_on_mujoco_with_obs_normalization(tmp_path):
     assert torch.equal(ref.normalizer.mean, resumed.normalizer.mean)
 
 
-def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path):
-    """Every RNG stream at once: PER sampling, target-smoothing noise, OU state, n-step pending returns
-    (and LayerNorm critics, whose gains and biases are parameters and optimizer state too)."""
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["cpp-update", "layernorm-autograd"])
+def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, layer_norm):
+    """Every RNG stream at once: PER sampling, target-smoothing noise, OU state, n-step pending returns;
+    on the C++ update, and on autograd with LayerNorm critics (whose gains and biases are parameters
+    and optimizer state too)."""
     cfg = DDPGConfig.preset("td3", hidden=(16, 16), batch_size=16, buffer_size=5000, learning_starts=100,
-                            prioritized=True, n_step=2, exploration_noise="ou", critic_layer_norm=True)
+                            prioritized=True, n_step=2, exploration_noise="ou", critic_layer_norm=layer_norm)
     tc = TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=1000, eval_every=250, eval_episodes=2,
                      checkpoint_every=400, seed=5)
-    _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out, tensorboard=False))
+    ref, resumed = _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out,
+                                                                 tensorboard=False))
+    assert (resumed.agent.mlp_updater() is None) == layer_norm
 
 
 def test_resume_of_uncapturable_env_warns_and_restarts_episodes(tmp_path):
