@@ -30,6 +30,7 @@ float* ptr(const at::Tensor& t) { return t.data_ptr<float>(); }
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
     !defined(__SANITIZE_THREAD__)
 #define PYDPG_CLONES __attribute__((target_clones("avx2", "default")))
+#define PYDPG_CLONES_ON
 #else
 #define PYDPG_CLONES
 #endif
@@ -63,6 +64,18 @@ PYDPG_CLONES void relu_backward(float* g, const float* h, int n, int cols, float
     if (db)
       for (int j = 0; j < cols; ++j) db[j] += row[j];
   }
+}
+
+// t <- t + w (o - t), as torch.lerp(t, o, w) computes it for a small weight (one fused multiply-add
+// where the CPU has FMA, as torch's vectorized lerp does), without a dispatch per tensor.
+#if defined(PYDPG_CLONES_ON)
+__attribute__((target("arch=x86-64-v3"))) void polyak(float* t, const float* o, std::int64_t n, float w) {
+  for (std::int64_t i = 0; i < n; ++i) t[i] = std::fma(w, o[i] - t[i], t[i]);
+}
+__attribute__((target("default")))
+#endif
+void polyak(float* t, const float* o, std::int64_t n, float w) {
+  for (std::int64_t i = 0; i < n; ++i) t[i] = t[i] + w * (o[i] - t[i]);
 }
 
 // dst[r] = [a[r], b[r]]: the critic's input, the observation then the action.
@@ -245,8 +258,10 @@ void MlpUpdate::backward(const Net& net, const float* x, int n, const std::vecto
 }
 
 void MlpUpdate::adam(AdamState& s, std::vector<at::Tensor>& params, double lr) {
-  // What torch.optim.Adam(fused=True).step() runs (see _adam_step in pydpg/agent.py).
-  at::_foreach_add_(s.step, 1);
+  // What torch.optim.Adam(fused=True).step() runs (see _adam_step in pydpg/agent.py): the step counts
+  // + 1 (float32 scalars, as _foreach_add_(steps, 1) adds; one dispatch per tensor saved), then the
+  // fused kernel.
+  for (at::Tensor& t : s.step) *ptr(t) += 1.0f;
   at::_fused_adam_(params, s.grad, s.exp_avg, s.exp_avg_sq, {}, s.step, lr, s.beta1, s.beta2, s.weight_decay, s.eps,
                    /*amsgrad=*/false, /*maximize=*/false);
 }
@@ -341,6 +356,9 @@ double MlpUpdate::actor_step(const at::Tensor& obs, double lr) {
   return -q_sum / n;
 }
 
-void MlpUpdate::soft_update(double tau) { at::_foreach_lerp_(target_, online_, tau); }
+void MlpUpdate::soft_update(double tau) {
+  const float w = static_cast<float>(tau);
+  for (std::size_t i = 0; i < target_.size(); ++i) polyak(ptr(target_[i]), ptr(online_[i]), target_[i].numel(), w);
+}
 
 }  // namespace pydpg
