@@ -176,6 +176,22 @@ def _setting_record(t: Trial, spec: SweepSpec) -> dict[str, Any]:
             "agent": t.agent, "train": train}
 
 
+def _canonical(kind: str, values: Any) -> str:
+    """``values`` of a setting record as comparable JSON. A field that a later pydpg added to
+    DDPGConfig or TrainConfig is missing from an older record; it takes its default there, so that a
+    sweep started before the field existed still resumes."""
+    if kind in ("agent", "train") and isinstance(values, dict):
+        import dataclasses
+
+        from .config import DDPGConfig
+        from .trainer import TrainConfig
+
+        cls = DDPGConfig if kind == "agent" else TrainConfig
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        values = {**{k: v for k, v in defaults.items() if k not in ("seed", "total_steps")}, **values}
+    return json.dumps(values, sort_keys=True, default=list)
+
+
 def _write_setting_files(trials: list[Trial], spec: SweepSpec, out: Path) -> None:
     """``<task>/<setting>/setting.json``: what the setting is, for the summary and for later sweeps.
     A setting name already used in ``out`` for other values is refused: its runs would mix."""
@@ -189,7 +205,7 @@ def _write_setting_files(trials: list[Trial], spec: SweepSpec, out: Path) -> Non
         if path.is_file():
             old = json.loads(path.read_text())
             for kind in ("impl", "agent", "train"):
-                if json.dumps(old.get(kind), sort_keys=True) != json.dumps(rec[kind], sort_keys=True):
+                if _canonical(kind, old.get(kind)) != _canonical(kind, rec[kind]):
                     raise ValueError(f"setting {rec['setting']!r} of {rec['task']} in {out} was run with other "
                                      f"{kind} values ({path}); give the setting another name or use another out_dir")
     for d, rec in records.items():

@@ -283,3 +283,23 @@ def test_sb3_peer_has_the_same_hyper_parameters_and_metrics(tmp_path):
     assert (out / "metrics.csv").read_text().splitlines()[0] == ",".join(METRICS_COLUMNS)
     assert list(evals(out)[0]) == [100, 200, 300]
     assert summarize(tmp_path).rows[0]["finished"] == 1
+
+
+def test_setting_records_of_an_older_pydpg_still_match(tmp_path):
+    """A sweep started before a config field existed (its setting.json lacks it) resumes: the missing
+    field counts as its default. A value that really differs is still refused by name."""
+    from pydpg.sweep import _write_setting_files
+
+    (tmp_path / "spec.toml").write_text(SPEC_TOML)
+    spec = load_spec(tmp_path / "spec.toml")
+    trials = spec.trials()
+    _write_setting_files(trials, spec, tmp_path)
+    path = next(tmp_path.glob("*/*/setting.json"))
+    rec = json.loads(path.read_text())
+    del rec["agent"]["update_backend"]  # what a setting.json written before the field existed holds
+    path.write_text(json.dumps(rec))
+    _write_setting_files(trials, spec, tmp_path)  # accepted
+    rec["agent"]["tau"] = 0.5
+    path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="was run with other agent values"):
+        _write_setting_files(trials, spec, tmp_path)
