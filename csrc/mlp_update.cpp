@@ -66,16 +66,25 @@ PYDPG_CLONES void relu_backward(float* g, const float* h, int n, int cols, float
   }
 }
 
-// t <- t + w (o - t), as torch.lerp(t, o, w) computes it for a small weight (one fused multiply-add
-// where the CPU has FMA, as torch's vectorized lerp does), without a dispatch per tensor.
+// t <- lerp(t, o, w) as torch.lerp computes it: t + w (o - t) for w < 0.5, o - (1 - w)(o - t) above
+// (so w = 1 copies exactly), with one fused multiply-add where the CPU has FMA, as torch's vectorized
+// lerp does; without torch's dispatch per tensor.
 #if defined(PYDPG_CLONES_ON)
 __attribute__((target("arch=x86-64-v3"))) void polyak(float* t, const float* o, std::int64_t n, float w) {
-  for (std::int64_t i = 0; i < n; ++i) t[i] = std::fma(w, o[i] - t[i], t[i]);
+  if (w < 0.5f) {
+    for (std::int64_t i = 0; i < n; ++i) t[i] = std::fma(w, o[i] - t[i], t[i]);
+  } else {
+    for (std::int64_t i = 0; i < n; ++i) t[i] = std::fma(w - 1.0f, o[i] - t[i], o[i]);
+  }
 }
 __attribute__((target("default")))
 #endif
 void polyak(float* t, const float* o, std::int64_t n, float w) {
-  for (std::int64_t i = 0; i < n; ++i) t[i] = t[i] + w * (o[i] - t[i]);
+  if (w < 0.5f) {
+    for (std::int64_t i = 0; i < n; ++i) t[i] = t[i] + w * (o[i] - t[i]);
+  } else {
+    for (std::int64_t i = 0; i < n; ++i) t[i] = o[i] - (o[i] - t[i]) * (1.0f - w);
+  }
 }
 
 // dst[r] = [a[r], b[r]]: the critic's input, the observation then the action.

@@ -121,6 +121,16 @@ def test_lr_changes_are_read_every_update():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_hard_target_update_copies_exactly():
+    """tau = 1 (a hard target update) copies the online networks into the targets bit for bit, as
+    torch.lerp does."""
+    agent, _, g = _pair(tau=1.0)
+    agent.update(_batch(g))
+    for p, q in zip([*agent.actor.parameters(), *agent.critics.parameters()],
+                    [*agent.actor_target.parameters(), *agent.critic_targets.parameters()]):
+        assert torch.equal(p, q)
+
+
 def test_checkpoint_resume_is_exact_on_the_cpp_path():
     """A state_dict round trip mid-run (the optimizers' state tensors are replaced): the resumed agent
     rebinds the C++ update and continues bit for bit as the uninterrupted one."""
