@@ -239,6 +239,8 @@ class Trainer:
         interrupted run would); ``Trainer.resume`` or another ``run`` call continues from there.
         ``on_eval`` sees each new metrics row as it is logged (``pydpg.sweep`` reports them to Tune).
         """
+        if on_eval is not None and not callable(on_eval):
+            raise TypeError(f"on_eval must be a callable taking a metrics row, got {type(on_eval).__name__}")
         if total_steps is not None:
             self.train_cfg.total_steps = int(total_steps)
             self.train_cfg.validate()

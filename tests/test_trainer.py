@@ -508,3 +508,13 @@ def test_normalizer_is_saved_with_the_agent(tmp_path):
     # predict normalizes: the raw actor on raw observations gives other actions.
     raw = scale_action(agent.agent.act(obs.astype(np.float32)), agent.trainer.low, agent.trainer.high)
     assert not np.allclose(raw, agent.predict(obs)[0])
+
+
+def test_run_calls_on_eval_with_each_row_and_refuses_a_non_callable():
+    cfg, tc = pendulum_configs()
+    tr = Trainer(cfg, tc, tensorboard=False)
+    with pytest.raises(TypeError, match="on_eval must be a callable"):
+        tr.run(on_eval="print")
+    rows = []
+    tr.run(on_eval=rows.append)
+    assert rows and [r["step"] for r in rows] == [r["step"] for r in tr.history]
