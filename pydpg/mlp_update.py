@@ -115,7 +115,6 @@ class MlpUpdater:
             det[0], det[1], [[p.detach() for p in c.parameters()] for c in agent.critics],
             [[p.detach() for p in c.parameters()] for c in agent.critic_targets],
             _adam_tensors(agent.actor_opt), _adam_tensors(agent.critic_opt), float(agent.action_bound), portable)
-        self.key = self.current_key(agent)
         # Every module's hook dicts, which register_*_hook fills in place: one any() per update.
         self._hook_dicts = [d for net in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets)
                             for m in net.modules() for d in (m._forward_hooks, m._forward_pre_hooks,
