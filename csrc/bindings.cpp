@@ -1,7 +1,8 @@
 // The only file that knows about Python: converts arguments, releases the GIL around real work, and
 // maps the core's exceptions to Python ones. Arrays cross as NumPy buffers; a float32 C-contiguous
 // array (or a CPU torch tensor, through its zero-copy __array__) is read in place. The C++ update takes
-// torch tensors themselves, through DLPack: it works on the modules' own parameter storage.
+// the modules' parameters and the optimizers' state as torch tensors through DLPack (it keeps owning
+// references and works on their storage), and each batch as NumPy views for the call.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
