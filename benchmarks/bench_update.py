@@ -95,8 +95,8 @@ class Pydpg:
         # backend: DDPGConfig.update_backend ("cpp": the C++ update, "torch": autograd); None leaves the
         # default (and works with a baseline checkout older than the field). torch.compile wraps the
         # autograd path's losses, so it needs "torch".
-        extra = {"update_backend": "torch" if compile_mode is not None else backend} \
-            if (backend or compile_mode is not None) else {}
+        backend = "torch" if compile_mode is not None else backend
+        extra = {"update_backend": backend} if backend else {}
         conf = config.DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
                                  **(TD3 if td3 else {}), **extra)
         self.agent = agent.DDPG.from_dims(OBS, ACT, conf)

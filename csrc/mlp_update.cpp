@@ -25,6 +25,14 @@ void check_tensor(const at::Tensor& t, at::IntArrayRef shape, const std::string&
 
 float* ptr(const at::Tensor& t) { return t.data_ptr<float>(); }
 
+// The batch size B of obs [B, obs_dim], checked to be one the scratch (int-indexed BLAS) can take.
+std::int64_t batch_rows(const at::Tensor& obs) {
+  if (!obs.defined() || obs.dim() != 2) throw std::invalid_argument("obs must be a 2-D [B, obs_dim] tensor");
+  const std::int64_t B = obs.size(0);
+  if (B < 1 || B > (1 << 24)) throw std::invalid_argument("batch size " + std::to_string(B) + " is out of range");
+  return B;
+}
+
 // The element-wise passes between the products, compiled for AVX2 and for the baseline x86-64, the
 // right one picked at load time (the wheel itself must run on any x86-64).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
@@ -212,8 +220,8 @@ void MlpUpdate::reserve(std::int64_t rows) {
   critic_acts_.assign(critics_.size(), {});
   q_.clear();
   for (std::size_t k = 0; k < critics_.size(); ++k) {
-    const std::size_t hidden = std::max(critics_[k].depth(), critic_targets_[k].depth()) - 1;
-    for (std::size_t l = 0; l < hidden; ++l) critic_acts_[k].push_back(buffer(rows * W));
+    // A target critic has its critic's widths (the constructor checks), so it shares these buffers.
+    for (std::size_t l = 0; l + 1 < critics_[k].depth(); ++l) critic_acts_[k].push_back(buffer(rows * W));
     q_.push_back(buffer(rows));
   }
   rows_ = rows;
@@ -276,9 +284,7 @@ void MlpUpdate::adam(AdamState& s, std::vector<at::Tensor>& params, double lr) {
 }
 
 CriticStepStats MlpUpdate::critic_step(const UpdateBatch& bt, double lr, const at::Tensor& td_errors) {
-  if (!bt.obs.defined() || bt.obs.dim() != 2) throw std::invalid_argument("obs must be a 2-D [B, obs_dim] tensor");
-  const std::int64_t B = bt.obs.size(0);
-  if (B < 1 || B > (1 << 24)) throw std::invalid_argument("batch size " + std::to_string(B) + " is out of range");
+  const std::int64_t B = batch_rows(bt.obs);
   check_tensor(bt.obs, {B, obs_dim_}, "obs");
   check_tensor(bt.action, {B, act_dim_}, "action");
   check_tensor(bt.next_obs, {B, obs_dim_}, "next_obs");
@@ -341,9 +347,7 @@ CriticStepStats MlpUpdate::critic_step(const UpdateBatch& bt, double lr, const a
 }
 
 double MlpUpdate::actor_step(const at::Tensor& obs, double lr) {
-  if (!obs.defined() || obs.dim() != 2) throw std::invalid_argument("obs must be a 2-D [B, obs_dim] tensor");
-  const std::int64_t B = obs.size(0);
-  if (B < 1 || B > (1 << 24)) throw std::invalid_argument("batch size " + std::to_string(B) + " is out of range");
+  const std::int64_t B = batch_rows(obs);
   check_tensor(obs, {B, obs_dim_}, "obs");
   reserve(B);
   const int n = static_cast<int>(B);

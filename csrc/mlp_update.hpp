@@ -105,7 +105,7 @@ class MlpUpdate {
   std::vector<at::Tensor> scratch_;
   float *z_ = nullptr, *a_ = nullptr, *da_ = nullptr, *g0_ = nullptr, *g1_ = nullptr, *y_ = nullptr;
   std::vector<float*> actor_acts_;
-  std::vector<std::vector<float*>> critic_acts_;  // per critic, its hidden layers; then its output
+  std::vector<std::vector<float*>> critic_acts_;  // per critic, its hidden layers (targets reuse them)
   std::vector<float*> q_;                         // per critic [B]
 };
 

@@ -72,6 +72,22 @@ def _has_step_hooks(opt: torch.optim.Optimizer) -> bool:
                 or optim_module._global_optimizer_pre_hooks or optim_module._global_optimizer_post_hooks)
 
 
+def fused_adam_issue(opt: torch.optim.Optimizer) -> Optional[str]:
+    """None if ``opt`` is a plain fused Adam whose step is its two kernels and nothing else (one
+    parameter group; no AMSGrad, maximize, decoupled decay, differentiable or tensor lr; no step
+    hooks), else what is not, as a predicate ("is not ...", "has ..."). Callers that run those kernels themselves (``_adam_step``, the C++
+    update) need exactly this."""
+    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
+        return "is not a torch.optim.Adam with one parameter group"
+    g = opt.param_groups[0]
+    if not g.get("fused") or g["amsgrad"] or g["maximize"] or g.get("decoupled_weight_decay") \
+            or g.get("differentiable") or torch.is_tensor(g["lr"]):
+        return "is not a plain fused Adam (amsgrad, maximize, decoupled decay or a tensor lr)"
+    if _has_step_hooks(opt):
+        return "has step hooks, which only opt.step() runs"
+    return None
+
+
 def _adam_step(opt: torch.optim.Adam) -> None:
     """``opt.step()`` without its Python bookkeeping: the same two kernels on the same state.
 
@@ -85,9 +101,8 @@ def _adam_step(opt: torch.optim.Adam) -> None:
     group = opt.param_groups[0]
     params = [p for p in group["params"] if p.grad is not None]
     states = [opt.state.get(p) for p in params]
-    if (len(opt.param_groups) != 1 or not group["fused"] or group["amsgrad"] or group["maximize"]
-            or group["decoupled_weight_decay"] or not params or any(not s for s in states)
-            or len({(p.device, p.dtype) for p in params}) != 1 or _has_step_hooks(opt)):
+    if (fused_adam_issue(opt) or not params or any(not s for s in states)
+            or len({(p.device, p.dtype) for p in params}) != 1):
         opt.step()
         return
     steps = [s["step"] for s in states]

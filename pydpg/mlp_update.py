@@ -44,18 +44,14 @@ def _plain_mlp(net: nn.Module) -> Optional[str]:
 
 
 def _optimizer_issue(opt: torch.optim.Optimizer, params: list[nn.Parameter], name: str) -> Optional[str]:
-    from .agent import _has_step_hooks
+    from .agent import fused_adam_issue
 
-    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
-        return f"{name} is not a torch.optim.Adam with one parameter group"
+    issue = fused_adam_issue(opt)
+    if issue:
+        return f"{name} {issue}"
     g = opt.param_groups[0]
-    if not g.get("fused") or g["amsgrad"] or g["maximize"] or g.get("decoupled_weight_decay") \
-            or g.get("differentiable") or torch.is_tensor(g["lr"]):
-        return f"{name} is not a plain fused Adam (amsgrad, maximize, decoupled decay or a tensor lr)"
     if len(g["params"]) != len(params) or any(a is not b for a, b in zip(g["params"], params)):
         return f"{name}'s parameters are not its networks' parameters in module order"
-    if _has_step_hooks(opt):
-        return f"{name} has step hooks, which only opt.step() runs"
     return None
 
 
