@@ -365,6 +365,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("env_id") = 0,
           "Close env_id's open n-step returns as a truncation would (done = 0, shorter returns): for an "
           "episode that ended without a transition saying so, e.g. an environment restarted by its owner.")
+      .def("reset_max_priority", &ReplayBuffer::reset_max_priority,
+           "Lower the priority new transitions get to the largest one stored now (LAP, as TD7 does it "
+           "at every target update).", py::call_guard<py::gil_scoped_release>())
       .def("clear", &ReplayBuffer::clear, "Forget every transition, open n-step returns included.")
       .def("__len__", [](const ReplayBuffer& self) { return self.size(); })
       .def("__repr__", &ReplayBuffer::describe)

@@ -432,6 +432,18 @@ void ReplayBuffer::update_priorities(std::int64_t n, const std::int64_t* ids,
   }
 }
 
+void ReplayBuffer::reset_max_priority() {
+  if (!config_.prioritized)
+    throw InvalidArgument("reset_max_priority needs a buffer made with prioritized=True");
+  std::lock_guard<std::mutex> lock(mutex_);
+  // With alpha = 0 every stored value is p^0 = 1, so the raw maximum is neither known nor used.
+  if (config_.alpha == 0.0) return;
+  double top = 0.0;
+  for (std::int64_t slot = 0; slot < config_.capacity; ++slot)
+    top = std::max(top, tree_.get(static_cast<std::size_t>(slot)));
+  max_priority_ = top > 0.0 ? std::max(std::pow(top, 1.0 / config_.alpha), kMinPriority) : 1.0;
+}
+
 void ReplayBuffer::clear() {
   std::lock_guard<std::mutex> lock(mutex_);
   size_ = 0;

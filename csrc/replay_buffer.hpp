@@ -118,6 +118,11 @@ class ReplayBuffer {
   // Priorities are raw (e.g. |TD error|); stored as max(p, kMinPriority)^alpha.
   void update_priorities(std::int64_t n, const std::int64_t* ids, const double* priorities);
 
+  // The priority new transitions get is the largest ever set; this lowers it to the largest stored
+  // now. LAP (Fujimoto et al. 2020) as TD7 runs it does so at every target update, so one early,
+  // huge TD error does not make every later transition a favourite. O(capacity).
+  void reset_max_priority();
+
   // Copies the stored transitions with these ids (insertion numbers, as sample returns them; those
   // in the buffer are [total_added - size, total_added)) into `rows` ([n, width]): what a buffer
   // holds, for inspection and tests, without drawing anything.

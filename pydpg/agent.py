@@ -1,4 +1,5 @@
-"""The DDPG update (Lillicrap et al. 2015), with TD3's switches (Fujimoto et al. 2018).
+"""The DDPG update (Lillicrap et al. 2015), with TD3's switches (Fujimoto et al. 2018) and TD7's
+(Fujimoto et al. 2023: SALE embeddings, LAP, hard targets, value clipping).
 
 Notation follows docs/theory.md: actor mu_theta, critic Q_phi, targets mu', Q'. One ``update`` is
 
@@ -15,17 +16,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from functools import reduce
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .batch import Batch
 from .config import DDPGConfig
 from .mlp_update import MlpUpdater, why_not
 from .networks import Actor, Critic
+from .sale import Encoder, fixed_encoder, sale_networks
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -125,17 +127,37 @@ class DDPG:
     """
 
     def __init__(self, actor: nn.Module, critics: list[nn.Module], config: Optional[DDPGConfig] = None,
-                 device: Union[str, torch.device, None] = None):
+                 device: Union[str, torch.device, None] = None, encoder: Optional[Encoder] = None):
         self.config = cfg = (config if config is not None else DDPGConfig()).validate()
         self.device = resolve_device(device if device is not None else cfg.device)
         self.actor = actor.to(self.device)
         self.critics = nn.ModuleList(critics).to(self.device)
-        # Targets never receive gradients; they move only through soft_update.
+        # SALE: ``encoder`` is the one trained (by its own loss, before each critic step); actor and
+        # critics read a frozen copy, ``fixed_encoder``, which no optimizer holds.
+        self.encoder: Optional[Encoder] = None
+        fixed = fixed_encoder(actor)
+        if cfg.sale:
+            if encoder is None or fixed is None or any(fixed_encoder(c) is not fixed for c in self.critics):
+                raise ValueError("DDPGConfig.sale needs pydpg.sale's networks sharing one fixed encoder, and the "
+                                 "trained encoder: build the agent with DDPG.from_dims")
+            self.encoder = encoder.to(self.device)
+            self.encoder_opt = _adam(self.encoder.parameters(), cfg.encoder_lr, self.device)
+        elif encoder is not None:
+            raise ValueError("an encoder was given but DDPGConfig.sale is False")
+        frozen_ids = {id(p) for p in fixed.parameters()} if cfg.sale else set()
+        # Targets never receive gradients; they move only through soft_update / update_targets.
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_targets = copy.deepcopy(self.critics).requires_grad_(False)
-        self.actor_opt = _adam(self.actor.parameters(), cfg.actor_lr, self.device)
-        self.critic_opt = _adam(self.critics.parameters(), cfg.critic_lr, self.device, cfg.critic_l2)
-        self.action_bound: Optional[float] = 1.0 if isinstance(actor, Actor) else None
+        self.actor_opt = _adam([p for p in self.actor.parameters() if id(p) not in frozen_ids], cfg.actor_lr,
+                               self.device)
+        self.critic_opt = _adam([p for p in self.critics.parameters() if id(p) not in frozen_ids], cfg.critic_lr,
+                                self.device, cfg.critic_l2)
+        self.action_bound: Optional[float] = 1.0 if isinstance(actor, Actor) or cfg.sale else None
+        # Value clipping (TD7): Q' in the target is clamped to value_range, the [min, max] of the
+        # targets seen (value_seen) when the targets last moved. TD7 starts both bounds at 0.
+        if cfg.value_clip:
+            self.value_range = torch.zeros(2, device=self.device)
+            self.value_seen = torch.tensor([math.inf, -math.inf], device=self.device)
         self.n_updates = 0
         # Target-smoothing noise has its own stream (seeded from the global one) so a checkpoint can
         # restore it and a resumed run draws exactly what the uninterrupted one would have.
@@ -162,6 +184,11 @@ class DDPG:
         ``config.device``. With twin critics, a custom ``critic`` is deep-copied for the second one;
         default critics are initialized independently (as in TD3)."""
         cfg = (config if config is not None else DDPGConfig()).validate()
+        if cfg.sale:
+            if actor is not None or critic is not None:
+                raise ValueError("DDPGConfig.sale builds its own networks (pydpg.sale); it takes no custom actor or critic")
+            encoder, actor, critic = sale_networks(obs_dim, act_dim, cfg.twin_critics, cfg.sale_dim, cfg.hidden[0])
+            return cls(actor, [critic], cfg, device, encoder=encoder)
         n_critics = 2 if cfg.twin_critics else 1
         if actor is None:
             actor = Actor(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init)
@@ -175,6 +202,18 @@ class DDPG:
     @property
     def critic(self) -> nn.Module:
         return self.critics[0]
+
+    @property
+    def fixed_encoder(self) -> Optional[Encoder]:
+        """SALE's frozen encoder that actor and critics read (None without SALE)."""
+        return fixed_encoder(self.actor) if self.encoder is not None else None
+
+    @staticmethod
+    def q_values(critics: nn.ModuleList, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Every critic head's Q(s, a) as the columns of one [B, heads] tensor: one column per
+        default ``Critic``, and one per head of a multi-head critic (SALE's twin)."""
+        qs = [q(obs, action) for q in critics]
+        return qs[0] if len(qs) == 1 else torch.cat(qs, dim=-1)
 
     # ------------------------------------------------------------------ the update
     def target_noise(self, batch: Batch) -> Optional[torch.Tensor]:
@@ -205,23 +244,35 @@ class DDPG:
             next_action = next_action + noise
             if self.action_bound is not None:
                 next_action = next_action.clamp_(-self.action_bound, self.action_bound)
-        next_q = reduce(torch.minimum, [q(batch.next_obs, next_action) for q in self.critic_targets])
+        next_q = self.q_values(self.critic_targets, batch.next_obs, next_action).amin(-1, keepdim=True)
+        if self.config.value_clip:  # TD7: Q' may not leave the range of the targets seen so far
+            next_q = next_q.clamp(self.value_range[0], self.value_range[1])
         return batch.reward + batch.discount * (1.0 - batch.done) * next_q
 
     def critic_loss(self, batch: Batch, noise: Optional[torch.Tensor] = None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Sum over critics of the (importance-weighted) mean squared TD error.
+        """Sum over critic heads of the (importance-weighted) mean squared TD error; with
+        ``config.lap`` the Huber loss (threshold 1) instead.
 
-        ``info``: ``td_errors`` = |Q_1(s, a) - y|, shape [B], detached (new PER priorities) and
-        ``q_mean`` = mean Q_1(s, a), a detached scalar tensor. ``noise``: see ``critic_target``.
+        ``info`` (all detached): ``td_errors``, shape [B], the new PER priorities: |Q_1(s, a) - y|,
+        or LAP's max(max_k |Q_k(s, a) - y|, 1); ``q_mean`` = mean Q_1(s, a), a scalar tensor; and
+        ``target``, y itself. ``noise``: see ``critic_target``.
         """
         y = self.critic_target(batch, noise)
-        qs = [q(batch.obs, batch.action) for q in self.critics]
-        td = [q - y for q in qs]
-        sq_err = reduce(torch.add, [d.square() for d in td])
+        q = self.q_values(self.critics, batch.obs, batch.action)
+        td = q - y
+        if self.config.lap:
+            # LAP (Fujimoto et al. 2020): sampling with probability ~ max(|delta|, 1)^alpha and
+            # training on the Huber loss has the expected gradient of uniform sampling with the MSE
+            # on the |delta| < 1 part, and of a gradient clipped to 1 elsewhere, without weights.
+            per_row = F.huber_loss(q, y.expand_as(q), reduction="none", delta=1.0).sum(-1, keepdim=True)
+            priorities = td.detach().abs().amax(-1).clamp_(min=1.0)
+        else:
+            per_row = td.square().sum(-1, keepdim=True)
+            priorities = td.detach()[:, 0].abs()
         # PER: weights w_i correct the bias of sampling transitions with probability != 1/N.
-        loss = (sq_err if batch.weights is None else batch.weights * sq_err).mean()
-        return loss, {"td_errors": td[0].detach().abs().reshape(-1), "q_mean": qs[0].detach().mean()}
+        loss = (per_row if batch.weights is None else batch.weights * per_row).mean()
+        return loss, {"td_errors": priorities, "q_mean": q.detach()[:, 0].mean(), "target": y}
 
     def actor_loss(self, obs: torch.Tensor) -> torch.Tensor:
         """J = -mean Q_1(s, mu_theta(s)); its theta-gradient is the deterministic policy gradient
@@ -240,6 +291,16 @@ class DDPG:
         lerp_(target, online, tau) = target + tau * (online - target): one fused multi-tensor call.
         """
         torch._foreach_lerp_(self._target, self._online, self.config.tau)
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """The hard target update (``hard_target_interval``; TD7, as DQN): every target <- its
+        online network. Then SALE's fixed encoder <- the trained one, so the targets read the fixed
+        encoder of the previous interval (TD7's fixed_encoder_target) and the online networks the
+        newest."""
+        torch._foreach_copy_(self._target, self._online)
+        if self.encoder is not None:
+            torch._foreach_copy_(list(self.fixed_encoder.parameters()), list(self.encoder.parameters()))
 
     def mlp_updater(self) -> Optional[MlpUpdater]:
         """The C++ update for this agent as it is now, or None for the autograd path.
@@ -276,27 +337,44 @@ class DDPG:
         updater = self.mlp_updater()
         if updater is not None:
             return updater.update(batch)
+        cfg = self.config
+        if self.encoder is not None:  # SALE: the encoder learns the dynamics first, as in TD7
+            self._step(self.encoder_opt, self.encoder.loss(batch.obs, batch.action, batch.next_obs))
         # The noise is drawn here, outside the loss, so that the loss is a function of tensors only
         # (a generator argument stops torch.compile's graph capture; see bench_update.py --compile).
         critic_loss, info = self.critic_loss(batch, self.target_noise(batch))
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        _adam_step(self.critic_opt)
+        self._step(self.critic_opt, critic_loss)
         self.n_updates += 1
 
         critic_loss = critic_loss.detach()
-        if self.n_updates % self.config.policy_delay == 0:
+        actor_step = self.n_updates % cfg.policy_delay == 0
+        if actor_step:
             actor_loss = self.actor_loss(batch.obs)
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            _adam_step(self.actor_opt)
-            self.soft_update()
+            self._step(self.actor_opt, actor_loss)
+            if not cfg.hard_target_interval:
+                self.soft_update()
             actor_loss = actor_loss.detach()
         else:
             actor_loss = critic_loss.new_full((), math.nan)
+        targets_updated = bool(cfg.hard_target_interval) and self.n_updates % cfg.hard_target_interval == 0
+        if targets_updated:
+            self.update_targets()
+        if cfg.value_clip:
+            y = info["target"]
+            torch.minimum(self.value_seen[:1], y.min().reshape(1), out=self.value_seen[:1])
+            torch.maximum(self.value_seen[1:], y.max().reshape(1), out=self.value_seen[1:])
+            if targets_updated or (actor_step and not cfg.hard_target_interval):  # whenever targets move
+                self.value_range.copy_(self.value_seen)
         # One device->host transfer for all statistics.
         c, a, q = torch.stack([critic_loss, actor_loss, info["q_mean"]]).tolist()
-        return {"critic_loss": c, "actor_loss": a, "q_mean": q, "td_errors": info["td_errors"]}
+        return {"critic_loss": c, "actor_loss": a, "q_mean": q, "td_errors": info["td_errors"],
+                "targets_updated": targets_updated}
+
+    @staticmethod
+    def _step(opt: torch.optim.Adam, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _adam_step(opt)
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -331,6 +409,11 @@ class DDPG:
             "critic_opt": self.critic_opt.state_dict(),
             "n_updates": self.n_updates,
             "generator": self.generator.get_state(),
+            # Only with the switches that have them, so checkpoints of agents without stay loadable.
+            **({"encoder": self.encoder.state_dict(), "encoder_opt": self.encoder_opt.state_dict()}
+               if self.encoder is not None else {}),
+            **({"value_range": self.value_range.clone(), "value_seen": self.value_seen.clone()}
+               if self.config.value_clip else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,8 +421,15 @@ class DDPG:
         if set(state) != expected:
             raise ValueError(f"DDPG state: missing keys {sorted(expected - set(state))}, "
                              f"unexpected keys {sorted(set(state) - expected)}")
-        for name in ("actor", "critics", "actor_target", "critic_targets", "actor_opt", "critic_opt"):
+        for name in ("actor", "critics", "actor_target", "critic_targets", "actor_opt", "critic_opt",
+                     *(("encoder", "encoder_opt") if self.encoder is not None else ())):
             getattr(self, name).load_state_dict(state[name])
+        if self.config.value_clip:
+            for name in ("value_range", "value_seen"):
+                value = torch.as_tensor(state[name])
+                if value.shape != (2,):
+                    raise ValueError(f"DDPG state: {name} must have shape (2,), got {tuple(value.shape)}")
+                getattr(self, name).copy_(value)
         self.n_updates = int(state["n_updates"])
         saved = state["generator"].cpu()
         if saved.numel() == self.generator.get_state().numel():

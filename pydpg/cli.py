@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="torch device: cpu or cuda (default cpu)")
     t.add_argument("--td3", action="store_true", help="switch on TD3's twin critics, delayed actor, target smoothing")
     t.add_argument("--preset", metavar="NAME",
-                   help="an algorithm preset (ddpg, paper, td3) or a task preset (see `pydpg presets`)")
+                   help="an algorithm preset (ddpg, paper, td3, td7) or a task preset (see `pydpg presets`)")
     t.add_argument("--resume", metavar="DIR", help="continue the run (or checkpoint) in DIR exactly where it stopped")
     t.add_argument("--n-envs", type=_positive_int, help="parallel environments (default 1; per worker with --workers)")
     t.add_argument("--workers", type=_positive_int,

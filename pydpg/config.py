@@ -60,6 +60,23 @@ class DDPGConfig:
     target_policy_noise: float = 0.0  # std of Gaussian noise on mu'(s') in the critic target
     target_noise_clip: float = 0.5  # that noise is clipped to ±target_noise_clip
 
+    # TD7's switches (Fujimoto et al. 2023, github.com/sfujim/TD7); off = DDPG. TD7 values: True,
+    # 250, True, True (with prioritized=True, per_alpha=0.4). Its policy checkpoints are not here.
+    # SALE (pydpg.sale): an encoder learns zs = f(s), zsa = g(zs, a) from the dynamics; actor and
+    # critic read them beside s and a. Network width is hidden[0] (TD7: 256); needs hard targets.
+    sale: bool = False
+    sale_dim: int = 256  # zs / zsa width, TD7's zs_dim
+    encoder_lr: float = 3e-4  # TD7
+    # Copy online -> target every N critic steps instead of Polyak averaging (0: Polyak, tau, after each
+    # actor step). TD7 target_update_rate=250; SALE's fixed encoders are refreshed at the same moments.
+    hard_target_interval: int = 0
+    # Clamp Q'(s', a') in the target to the range of targets seen before the last target update (TD7).
+    value_clip: bool = False
+    # LAP (Fujimoto et al. 2020): priorities max(|delta|, 1) (the max over critics), no importance
+    # weights, and the Huber critic loss that makes that sampling unbiased for the mean squared error.
+    # Needs prioritized=True; TD7 uses per_alpha=0.4.
+    lap: bool = False
+
     # Replay.
     prioritized: bool = False  # proportional PER (Schaul et al. 2016)
     per_alpha: float = 0.6  # Schaul et al. 2016, proportional variant
@@ -84,6 +101,11 @@ class DDPGConfig:
                           tau=1e-3, batch_size=64, exploration_noise="ou"),
             # Fujimoto et al. 2018, Algorithm 1 / §6.1 and sfujim/TD3 main.py.
             "td3": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5),
+            # TD7 without its policy checkpoints: TD3 + SALE + LAP + hard targets + value clipping.
+            # Fujimoto et al. 2023, Table 6, and sfujim/TD7 TD7.py Hyperparameters.
+            "td7": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5,
+                        sale=True, sale_dim=256, encoder_lr=3e-4, hard_target_interval=250, value_clip=True,
+                        lap=True, prioritized=True, per_alpha=0.4),
         }
 
     @classmethod
@@ -137,7 +159,7 @@ class DDPGConfig:
               "a sequence of positive ints")
         check("final_init", self.final_init is None or (is_num(self.final_init) and self.final_init > 0),
               "None or > 0")
-        for f in ("actor_lr", "critic_lr", "ou_dt"):
+        for f in ("actor_lr", "critic_lr", "encoder_lr", "ou_dt"):
             check(f, is_num(getattr(self, f)) and getattr(self, f) > 0, "> 0")
         for f in ("critic_l2", "exploration_sigma", "ou_theta", "ou_sigma", "target_policy_noise",
                   "target_noise_clip", "per_alpha"):
@@ -145,13 +167,21 @@ class DDPGConfig:
         check("tau", is_num(self.tau) and 0 < self.tau <= 1, "in (0, 1]")
         check("gamma", is_num(self.gamma) and 0 <= self.gamma <= 1, "in [0, 1]")
         check("per_beta0", is_num(self.per_beta0) and 0 <= self.per_beta0 <= 1, "in [0, 1]")
-        for f in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "policy_delay", "n_step"):
+        for f in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "policy_delay", "n_step", "sale_dim"):
             check(f, is_int(getattr(self, f)) and getattr(self, f) >= 1, "an int >= 1")
+        check("hard_target_interval", is_int(self.hard_target_interval) and self.hard_target_interval >= 0,
+              "an int >= 0")
         check("learning_starts", is_int(self.learning_starts) and self.learning_starts >= 0, "an int >= 0")
         check("exploration_noise", self.exploration_noise in NOISE_TYPES, f"one of {NOISE_TYPES}",
               _did_you_mean(self.exploration_noise, NOISE_TYPES))
-        for f in ("twin_critics", "prioritized", "obs_normalization", "critic_layer_norm"):
+        for f in ("twin_critics", "prioritized", "obs_normalization", "critic_layer_norm", "sale", "value_clip", "lap"):
             check(f, isinstance(getattr(self, f), bool), "a bool")
+        check("sale", not self.sale or self.hard_target_interval > 0, "False unless hard_target_interval > 0",
+              " (SALE's fixed encoders are refreshed at hard target updates; TD7 uses 250)")
+        check("sale", not (self.sale and self.critic_layer_norm), "False with critic_layer_norm",
+              " (SALE's critic has its own normalization, AvgL1Norm)")
+        check("lap", not self.lap or self.prioritized, "False unless prioritized=True",
+              " (LAP samples through the prioritized buffer)")
         check("device", isinstance(self.device, str) and self.device != "", "a torch device string")
         check("update_backend", self.update_backend in UPDATE_BACKENDS, f"one of {UPDATE_BACKENDS}",
               _did_you_mean(self.update_backend, UPDATE_BACKENDS))

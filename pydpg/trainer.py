@@ -369,8 +369,14 @@ class Trainer:
                 batch = self.buffer.sample(cfg.batch_size, device=device)
             if self.normalizer is not None:
                 batch = batch._replace(obs=self.normalizer(batch.obs), next_obs=self.normalizer(batch.next_obs))
+            if cfg.lap:  # LAP corrects its sampling through the Huber loss, not weights
+                batch = batch._replace(weights=None)
             info = self.agent.update(batch)
-            if cfg.prioritized:
+            if cfg.lap:  # its priorities are >= 1 already
+                self.buffer.update_priorities(batch.indices, info["td_errors"])
+                if info.get("targets_updated"):
+                    self.buffer.reset_max_priority()
+            elif cfg.prioritized:
                 self.buffer.update_priorities(batch.indices, info["td_errors"] + PER_EPS)
             self.counters.n_grad += 1
             acc["n"] += 1

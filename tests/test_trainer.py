@@ -137,13 +137,17 @@ def test_resume_is_exact_on_mujoco_with_obs_normalization(tmp_path):
     assert torch.equal(ref.normalizer.mean, resumed.normalizer.mean)
 
 
-@pytest.mark.parametrize("layer_norm", [False, True], ids=["cpp-update", "layernorm-autograd"])
-def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, layer_norm):
+@pytest.mark.parametrize("variant", ["cpp-update", "layernorm-autograd", "td7"])
+def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, variant):
     """Every RNG stream at once: PER sampling, target-smoothing noise, OU state, n-step pending returns;
-    on the C++ update, and on autograd with LayerNorm critics (whose gains and biases are parameters
-    and optimizer state too)."""
-    cfg = DDPGConfig.preset("td3", hidden=(16, 16), batch_size=16, buffer_size=5000, learning_starts=100,
-                            prioritized=True, n_step=2, exploration_noise="ou", critic_layer_norm=layer_norm)
+    on the C++ update, on autograd with LayerNorm critics (whose gains and biases are parameters
+    and optimizer state too), and with TD7's switches (encoder and its optimizer, the value range,
+    LAP's reset maximum priority, hard targets between checkpoints)."""
+    extra = (dict(critic_layer_norm=True) if variant == "layernorm-autograd" else
+             {**DDPGConfig.presets()["td7"], "sale_dim": 8, "hard_target_interval": 70} if variant == "td7" else {})
+    layer_norm = variant != "cpp-update"  # both others run on autograd
+    cfg = DDPGConfig.preset("td3", **{**dict(hidden=(16, 16), batch_size=16, buffer_size=5000, learning_starts=100,
+                                             prioritized=True, n_step=2, exploration_noise="ou"), **extra})
     tc = TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=1000, eval_every=250, eval_episodes=2,
                      checkpoint_every=400, seed=5)
     ref, resumed = _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out,

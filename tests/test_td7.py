@@ -1,0 +1,286 @@
+"""TD7's switches (Fujimoto et al. 2023) pinned to what they claim: SALE's encoder, its fixed
+copies and their refresh order; hard target updates; value clipping; LAP's Huber loss, its
+priorities and the unbiasedness that justifies them; and the preset, export and the C++ update's
+refusal around them."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pydpg.agent import DDPG
+from pydpg.batch import Batch
+from pydpg.config import DDPGConfig
+from pydpg.mlp_update import why_not
+from pydpg.networks import Actor
+from pydpg.replay import ReplayBuffer
+from pydpg.sale import Encoder, SaleActor, SaleCritic, avg_l1_norm
+
+OBS, ACT = 7, 3
+SMALL = dict(hidden=(16, 16), sale_dim=8)
+
+
+def _batch(g: torch.Generator, n: int = 32, weights: bool = False) -> Batch:
+    return Batch(obs=torch.randn(n, OBS, generator=g), action=torch.rand(n, ACT, generator=g) * 2 - 1,
+                 reward=torch.randn(n, 1, generator=g) * 3, next_obs=torch.randn(n, OBS, generator=g),
+                 done=(torch.rand(n, 1, generator=g) < 0.2).float(), discount=torch.full((n, 1), 0.99),
+                 weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None)
+
+
+def _td7(**kw) -> DDPG:
+    torch.manual_seed(0)
+    return DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7", **{**SMALL, **kw}))
+
+
+def _flat(module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def test_avg_l1_norm_gives_rows_of_mean_magnitude_one():
+    x = torch.randn(5, 9) * torch.tensor([[1e-3], [1.0], [10.0], [1e4], [3.0]])
+    assert torch.allclose(avg_l1_norm(x).abs().mean(-1), torch.ones(5))
+    assert torch.equal(avg_l1_norm(torch.zeros(2, 4)), torch.zeros(2, 4))  # eps: no NaN on a zero row
+
+
+def test_sale_networks_share_one_frozen_fixed_encoder_no_optimizer_holds():
+    a = _td7()
+    fixed = a.fixed_encoder
+    assert isinstance(a.actor, SaleActor) and isinstance(a.critic, SaleCritic) and len(a.critics) == 1
+    assert a.actor.encoder is fixed and a.critic.encoder is fixed and fixed is not a.encoder
+    assert torch.equal(_flat(fixed), _flat(a.encoder))  # TD7 starts all encoder copies equal
+    assert not any(p.requires_grad for p in fixed.parameters())
+    held = {id(p) for o in (a.actor_opt, a.critic_opt) for g in o.param_groups for p in g["params"]}
+    assert not held & {id(p) for p in fixed.parameters()}
+    assert {id(p) for p in a.encoder_opt.param_groups[0]["params"]} == {id(p) for p in a.encoder.parameters()}
+    # Twin critics are two heads of one module: one column each.
+    g = torch.Generator().manual_seed(0)
+    b = _batch(g)
+    assert a.critic(b.obs, b.action).shape == (32, 2)
+    assert DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7", twin_critics=False, **SMALL)).critic(
+        b.obs, b.action).shape == (32, 1)
+    assert a.action_bound == 1.0 and a.act(np.zeros(OBS, np.float32)).shape == (ACT,)
+
+
+def test_encoder_loss_is_next_state_prediction_with_a_constant_target():
+    enc = Encoder(OBS, ACT, zs_dim=8, hidden=16)
+    g = torch.Generator().manual_seed(0)
+    b = _batch(g)
+    loss = enc.loss(b.obs, b.action, b.next_obs)
+    want = ((enc.zsa(enc.zs(b.obs), b.action) - enc.zs(b.next_obs).detach()) ** 2).mean()
+    assert torch.allclose(loss, want)
+    # The gradient flows through zs(s) and g, never through the target zs(s'): zero the obs and
+    # the action path still trains, while zeroing next_obs's influence changes nothing.
+    grads = torch.autograd.grad(loss, list(enc.parameters()))
+    moved = torch.autograd.grad(F.mse_loss(enc.zsa(enc.zs(b.obs), b.action), enc.zs(b.next_obs).detach()),
+                                list(enc.parameters()))
+    assert all(torch.allclose(x, y) for x, y in zip(grads, moved))
+
+
+def test_each_update_trains_encoder_critic_and_actor_but_never_the_fixed_encoder():
+    a = _td7(hard_target_interval=1000)
+    g = torch.Generator().manual_seed(1)
+    before = {n: _flat(m).clone() for n, m in
+              [("enc", a.encoder), ("fixed", a.fixed_encoder), ("actor", a.actor.l1), ("critic", a.critic.heads)]}
+    a.update(_batch(g))
+    a.update(_batch(g))  # policy_delay 2: the actor steps on the second
+    after = {n: _flat(m) for n, m in
+             [("enc", a.encoder), ("fixed", a.fixed_encoder), ("actor", a.actor.l1), ("critic", a.critic.heads)]}
+    assert torch.equal(before["fixed"], after["fixed"])
+    for n in ("enc", "actor", "critic"):
+        assert not torch.equal(before[n], after[n]), n
+
+
+def test_hard_targets_move_only_at_the_interval_in_td7s_order():
+    a = _td7(hard_target_interval=4)
+    g = torch.Generator().manual_seed(2)
+    target0 = _flat(a.actor_target).clone()
+    for k in range(1, 4):
+        info = a.update(_batch(g))
+        assert not info["targets_updated"] and torch.equal(_flat(a.actor_target), target0), k  # no Polyak
+    fixed_before = _flat(a.fixed_encoder).clone()
+    online_actor = copy.deepcopy(a.actor)
+    online_critics = copy.deepcopy(a.critics)
+    info = a.update(_batch(g))
+    assert info["targets_updated"]
+    # TD7: actor_target <- actor and critic_target <- critic (both reading the fixed encoder as it
+    # was, which becomes fixed_encoder_target), then fixed_encoder <- encoder.
+    assert torch.equal(_flat(a.actor_target.encoder), fixed_before)
+    assert torch.equal(_flat(a.critic_targets[0].encoder), fixed_before)
+    assert torch.equal(_flat(a.fixed_encoder), _flat(a.encoder))
+    assert not torch.equal(_flat(a.fixed_encoder), fixed_before)
+    # The other target weights are the online ones of this update (its actor step included).
+    assert torch.equal(_flat(a.actor_target.l1), _flat(a.actor.l1)) and not torch.equal(
+        _flat(online_actor.l1), _flat(a.actor.l1))
+    assert torch.equal(_flat(a.critic_targets[0].heads), _flat(a.critics[0].heads))
+    assert not torch.equal(_flat(online_critics[0].heads), _flat(a.critics[0].heads))
+
+
+def test_value_clipping_clamps_q_prime_to_the_targets_seen_before_the_last_target_update():
+    a = _td7(hard_target_interval=3)
+    g = torch.Generator().manual_seed(3)
+    b = _batch(g)
+    # Before any target update the range is TD7's [0, 0]: y = r exactly.
+    assert torch.equal(a.critic_target(b), b.reward + b.discount * (1 - b.done) * 0.0)
+    ys = []
+    for k in range(1, 4):
+        bb = _batch(g)
+        rng = a.generator.get_state()
+        ys.append(a.critic_target(bb, a.target_noise(bb)))  # the very target the update computes:
+        a.generator.set_state(rng)  # same noise draw, and the encoder step does not touch the targets
+        before = a.value_range.clone()
+        a.update(bb)
+        if k < 3:  # between target updates the range in force does not move
+            assert torch.equal(a.value_range, before)
+    # At the target update the range in force becomes the [min, max] of every target computed so far.
+    seen = torch.cat(ys)
+    assert torch.equal(a.value_range, torch.stack([seen.min(), seen.max()]))
+    # The target clamps the min-over-heads Q' to the range, and does nothing else.
+    a.value_range.copy_(torch.tensor([-0.1, 0.02]))
+    noise = a.target_noise(b)
+    next_action = (a.actor_target(b.next_obs) + noise).clamp(-1, 1)
+    q_prime = a.q_values(a.critic_targets, b.next_obs, next_action).amin(-1, keepdim=True)
+    assert (q_prime < -0.1).any() and (q_prime > 0.02).any()  # both bounds in play
+    want = b.reward + b.discount * (1 - b.done) * q_prime.clamp(-0.1, 0.02)
+    assert torch.allclose(a.critic_target(b, noise), want, atol=1e-6)
+
+
+def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_error():
+    a = _td7()
+    g = torch.Generator().manual_seed(4)
+    b = _batch(g)
+    noise = a.target_noise(b)
+    loss, info = a.critic_loss(b, noise)
+    q = a.q_values(a.critics, b.obs, b.action)
+    y = a.critic_target(b, noise)
+    delta = (q - y).detach()
+    assert delta.abs().max() > 1 and delta.abs().min() < 1  # both branches of the Huber loss in play
+    want = torch.where(delta.abs() < 1, 0.5 * delta ** 2, delta.abs() - 0.5).sum(-1).mean()
+    assert torch.allclose(loss, want)
+    # d loss / d Q_ik = clamp(delta_ik, -1, 1) / B: LAP's clipped gradient (its section 4).
+    qq = q.detach().requires_grad_(True)
+    grad, = torch.autograd.grad(F.huber_loss(qq, y.expand_as(qq), reduction="none").sum(-1).mean(), qq)
+    assert torch.allclose(grad, delta.clamp(-1, 1) / len(delta))
+    assert torch.equal(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0))
+
+
+def test_lap_sampling_with_the_huber_loss_has_the_uniform_mse_gradient():
+    """LAP's claim (Fujimoto et al. 2020, Theorem 2), with alpha = 1: sampling i with probability
+    max(|d_i|, 1) / sum_j max(|d_j|, 1) and stepping on the Huber loss has, in expectation, the
+    gradient of the uniform mean of d_i^2 / 2, times N / sum_j max(|d_j|, 1). Exact, per parameter."""
+    torch.manual_seed(5)
+    critic = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(40, 4), torch.randn(40, 1) * 4
+    d = (critic(x) - y).detach().reshape(-1)
+    assert (d.abs() > 1).any() and (d.abs() < 1).any()
+    p = d.abs().clamp(min=1)
+    p = p / p.sum()
+    per_sample = [torch.autograd.grad(F.huber_loss(critic(x[i:i + 1]), y[i:i + 1]), list(critic.parameters()))
+                  for i in range(40)]
+    expected = [sum(p[i] * per_sample[i][k] for i in range(40)) for k in range(4)]
+    uniform = torch.autograd.grad(0.5 * ((critic(x) - y) ** 2).mean(), list(critic.parameters()))
+    scale = 40 / d.abs().clamp(min=1).sum()
+    for e, u in zip(expected, uniform):
+        assert torch.allclose(e, scale * u, atol=1e-6)
+
+
+def test_replay_max_priority_resets_to_the_largest_stored():
+    buf = ReplayBuffer(64, 2, 1, prioritized=True, alpha=0.4)
+    z = np.zeros((8, 2), np.float32)
+    buf.extend(z, np.zeros((8, 1), np.float32), np.zeros(8, np.float32), z, np.zeros(8, bool), np.zeros(8, bool))
+    b = buf.sample(8)
+    ids = np.unique(b.indices.numpy())
+    buf.update_priorities(ids, np.full(len(ids), 1000.0))  # one huge early error...
+    buf.update_priorities(np.arange(8), np.full(8, 1.0))  # ...since forgotten
+    buf.extend(z[:1], np.zeros((1, 1), np.float32), np.zeros(1, np.float32), z[:1], np.zeros(1, bool),
+               np.zeros(1, bool))
+    # Without the reset, the new transition enters at priority 1000: P = 1000^0.4 / (8 + 1000^0.4).
+    share = lambda: np.mean(buf.sample(4000).indices.numpy() == 8)  # noqa: E731
+    assert share() > 0.6
+    buf.update_priorities([8], [1.0])
+    buf.reset_max_priority()
+    buf.extend(z[:1], np.zeros((1, 1), np.float32), np.zeros(1, np.float32), z[:1], np.zeros(1, bool),
+               np.zeros(1, bool))
+    assert 0.05 < np.mean(buf.sample(4000).indices.numpy() == 9) < 0.2  # priority 1 of 10: ~0.1
+    with pytest.raises(ValueError, match="prioritized=True"):
+        ReplayBuffer(8, 2, 1).reset_max_priority()
+
+
+def test_checkpoint_round_trip_keeps_encoder_and_value_range_and_old_checkpoints_load():
+    a = _td7(hard_target_interval=2)
+    g = torch.Generator().manual_seed(6)
+    for _ in range(5):
+        a.update(_batch(g))
+    state = a.state_dict()
+    assert {"encoder", "encoder_opt", "value_range", "value_seen"} <= set(state)
+    b = _td7(hard_target_interval=2)
+    b.load_state_dict(copy.deepcopy(state))
+    c = copy.deepcopy(a)
+    for _ in range(3):  # one more target update included
+        bb = _batch(g)
+        assert a.update(bb)["critic_loss"] == b.update(bb)["critic_loss"] == c.update(bb)["critic_loss"]
+    for x in (b, c):
+        assert torch.equal(_flat(a.encoder), _flat(x.encoder)) and torch.equal(a.value_range, x.value_range)
+        assert torch.equal(_flat(a.actor_target), _flat(x.actor_target))
+    bad = dict(state, value_range=torch.zeros(3))
+    with pytest.raises(ValueError, match="value_range"):
+        b.load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing keys.*encoder"):
+        b.load_state_dict({k: v for k, v in state.items() if k != "encoder"})
+    # A plain DDPG agent's state has none of the new keys, as before the switches existed.
+    plain = DDPG.from_dims(OBS, ACT, DDPGConfig(hidden=(8,)))
+    assert set(plain.state_dict()) == {"actor", "critics", "actor_target", "critic_targets", "actor_opt",
+                                       "critic_opt", "n_updates", "generator"}
+
+
+def test_config_refuses_switches_that_cannot_combine():
+    with pytest.raises(ValueError, match="sale.*hard_target_interval"):
+        DDPGConfig(sale=True).validate()
+    with pytest.raises(ValueError, match="lap.*prioritized"):
+        DDPGConfig(lap=True).validate()
+    with pytest.raises(ValueError, match="sale.*critic_layer_norm"):
+        DDPGConfig.preset("td7", critic_layer_norm=True)
+    for field, value in [("sale_dim", 0), ("encoder_lr", -1.0), ("hard_target_interval", -1), ("value_clip", 1)]:
+        with pytest.raises(ValueError, match=field):
+            DDPGConfig.preset("td7", **{field: value})
+    with pytest.raises(ValueError, match="no custom actor"):
+        DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7", **SMALL), actor=Actor(OBS, ACT, (8,)))
+    with pytest.raises(ValueError, match="sale needs"):
+        DDPG(Actor(OBS, ACT, (8,)), [torch.nn.Linear(1, 1)], DDPGConfig.preset("td7", **SMALL))
+    with pytest.raises(ValueError, match="sale is False"):
+        DDPG(Actor(OBS, ACT, (8,)), [torch.nn.Linear(1, 1)], DDPGConfig(), encoder=Encoder(OBS, ACT, 4, 4))
+
+
+@pytest.mark.parametrize("switch", [dict(lap=True, prioritized=True), dict(value_clip=True),
+                                    dict(hard_target_interval=10), "td7"])
+def test_the_cpp_update_steps_aside_for_td7s_switches(switch):
+    cfg = (DDPGConfig.preset("td7", update_backend="cpp", **SMALL) if switch == "td7"
+           else DDPGConfig(hidden=(16, 16), update_backend="cpp", **switch))
+    a = DDPG.from_dims(OBS, ACT, cfg)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(cfg.policy_delay):  # the first actor step creates the optimizers' state, on autograd
+        a.update(_batch(g))
+    assert why_not(a) is not None
+    with pytest.raises(ValueError, match="update_backend='cpp'"):
+        a.update(_batch(g))
+    a.config.update_backend = "auto"
+    assert a.mlp_updater() is None and np.isfinite(a.update(_batch(g))["critic_loss"])
+
+
+def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
+    import pydpg
+    from pydpg.export import export_policy
+
+    a = _td7()
+    g = torch.Generator().manual_seed(8)
+    for _ in range(3):
+        a.update(_batch(g))
+    low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
+    res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS)
+    policy = pydpg.Policy(str(tmp_path / "td7.pt"))
+    obs = torch.randn(16, OBS, generator=g)
+    want = low + (a.actor(obs).detach().numpy() + 1) * (high - low) / 2
+    got = np.stack([policy.act(o) for o in obs.numpy()])
+    assert np.max(np.abs(got - want)) <= 1e-5, res
+    assert policy.backend != "mlp"  # the mlp backend runs plain MLP actors only; this one is TorchScript
