@@ -69,7 +69,16 @@ class ExportResult:
 
     def __str__(self) -> str:
         return (f"exported {self.format} policy to {self.path}: parity check passed on {self.n_checked} observations, "
-                f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g})")
+                f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}); "
+                f"pydpg.Policy runs it on its {self.runtime_backend} backend")
+
+    @property
+    def runtime_backend(self) -> str:
+        """What ``pydpg.Policy`` / the C++ runtime runs this file on by default: "mlp" for pydpg's
+        plain MLP actor (described in the metadata), else "torchscript" (the module's forward())."""
+        if self.format != "torchscript":
+            return "none (the runtime loads TorchScript files)"
+        return "mlp" if self.metadata.get("network") else "torchscript"
 
 
 # ----------------------------------------------------------------------------------------- the module

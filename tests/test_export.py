@@ -50,7 +50,7 @@ def test_export_matches_training_policy_and_carries_metadata(tmp_path, cheetah, 
     path = tmp_path / "policy.pt"
     res = export_policy(agent, path, env=cheetah, normalizer=norm, training_steps=1234, eval_return=56.5)
     assert "parity check passed on 1024 observations" in capsys.readouterr().out
-    assert res.max_abs_diff <= 1e-5
+    assert res.max_abs_diff <= 1e-5 and res.runtime_backend == "mlp"
 
     meta = read_metadata(path)
     assert meta["format"] == "pydpg-policy" and meta["format_version"] == FORMAT_VERSION
