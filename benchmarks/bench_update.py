@@ -11,6 +11,9 @@ Contenders:
   (``update_backend="cpp"``, the default's choice here) (TD3: twin critics, actor and targets every
   2nd critic step, target smoothing noise 0.2 clipped at 0.5).
 * ``pydpg DDPG autograd`` / ``pydpg TD3 autograd``: the same with ``update_backend="torch"``.
+* ``pydpg TD7`` (``--td7``): ``--preset td7``'s update (TD3 + SALE's encoder step and embeddings,
+  LAP's Huber loss, hard targets every 250, value clipping; autograd, which the C++ update does not
+  cover). Its ratio is to the JAX TD3 peer: the cost of TD7's additions over TD3.
 * ``SB3 DDPG``: Stable-Baselines3's ``DDPG.train(gradient_steps=1)`` with its replay sampling
   replaced by the fixed batch.
 * ``JAX DDPG`` / ``JAX TD3``: the peer, written here in the structure of CleanRL's
@@ -31,6 +34,7 @@ imported) and pins the process to N CPUs, so that no contender can use more core
     pip install -e .[bench]                          # SB3, jax[cpu], flax, optax
     python benchmarks/bench_update.py                # 1 thread, ~2 minutes
     python benchmarks/bench_update.py --threads 2
+    python benchmarks/bench_update.py --td7          # adds --preset td7's update
     python benchmarks/bench_update.py --profile 200  # torch.profiler of pydpg's update: ops, matmul vs rest
     python benchmarks/bench_update.py --compile default   # adds pydpg with torch.compile'd losses
     git worktree add ../pydpg-old <rev>; python benchmarks/bench_update.py --baseline ../pydpg-old
@@ -88,7 +92,7 @@ def load_pydpg(src: Path | None):
 
 class Pydpg:
     def __init__(self, data, td3: bool, src: Path | None = None, compile_mode: str | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, preset: str | None = None):
         import torch
 
         agent, batch, config = load_pydpg(src)
@@ -97,8 +101,9 @@ class Pydpg:
         # autograd path's losses, so it needs "torch".
         backend = "torch" if compile_mode is not None else backend
         extra = {"update_backend": backend} if backend else {}
+        switches = config.DDPGConfig.presets()[preset] if preset else TD3 if td3 else {}
         conf = config.DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
-                                 **(TD3 if td3 else {}), **extra)
+                                 **switches, **extra)
         self.agent = agent.DDPG.from_dims(OBS, ACT, conf)
         if compile_mode is not None:
             # torch.compile done the recommended way: the loss functions (forward graphs and, via
@@ -273,6 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, default=40, help="updates per contender per round (even: TD3's delay)")
     p.add_argument("--warmup", type=int, default=20, help="untimed updates per contender first")
     p.add_argument("--skip-sb3", action="store_true")
+    p.add_argument("--td7", action="store_true", help="also --preset td7's update (autograd)")
     p.add_argument("--skip-jax", action="store_true")
     p.add_argument("--compile", metavar="MODE", help="also pydpg with its losses torch.compile'd in MODE "
                    "(default, max-autotune-no-cudagraphs, ...); compile time is reported")
@@ -305,6 +311,8 @@ def main(argv=None) -> int:
     c["pydpg TD3"] = Pydpg(data, td3=True, backend="cpp")
     c["pydpg DDPG autograd"] = Pydpg(data, td3=False, backend="torch")
     c["pydpg TD3 autograd"] = Pydpg(data, td3=True, backend="torch")
+    if args.td7:
+        c["pydpg TD7"] = Pydpg(data, td3=True, preset="td7")
     compile_s = {}
     if args.compile and args.cpp_wrapper:
         import torch._inductor.config
@@ -350,7 +358,7 @@ def main(argv=None) -> int:
                   flush=True)
 
         def peer(k):
-            return ("JAX TD3" if "TD3" in k else "JAX DDPG") if "JAX DDPG" in ms else None
+            return ("JAX TD3" if "TD3" in k or "TD7" in k else "JAX DDPG") if "JAX DDPG" in ms else None
 
         rows = {}
         for k in names:
