@@ -123,7 +123,9 @@ class DDPG:
     or two with ``config.twin_critics``; ``critic`` is ``critics[0]``), ``actor_opt``, ``critic_opt``,
     ``n_updates`` (critic steps so far) and ``action_bound``: the box actions live in, used to clamp
     smoothed target actions and noisy ``act`` outputs; 1.0 for the tanh ``Actor``, None (no clamp) for
-    other actor modules. Set it explicitly for a custom bounded actor.
+    other actor modules. Set it explicitly for a custom bounded actor. With ``config.sale``:
+    ``encoder`` and ``encoder_opt`` (the trained encoder; ``fixed_encoder`` is the frozen copy inside
+    actor and critic); with ``config.value_clip``: ``value_range`` and ``value_seen``.
     """
 
     def __init__(self, actor: nn.Module, critics: list[nn.Module], config: Optional[DDPGConfig] = None,
@@ -327,10 +329,14 @@ class DDPG:
 
     def update(self, batch: Batch) -> dict[str, Any]:
         """One critic step; every ``policy_delay``-th call also an actor step and a Polyak update.
+        With SALE an encoder step comes first; with ``hard_target_interval`` the targets are copied
+        every that many calls instead of averaged.
 
         Returns floats ``critic_loss``, ``actor_loss`` (NaN when the actor step was skipped),
-        ``q_mean``, and ``td_errors`` (tensor [B], on the agent's device) for PER. The C++ update
-        (``mlp_updater``) runs it when it can; otherwise autograd, below.
+        ``q_mean``, ``td_errors`` (tensor [B], on the agent's device) for PER, and
+        ``targets_updated`` (a hard target update happened; LAP's replay resets its maximum
+        priority then). The C++ update (``mlp_updater``) runs it when it can; otherwise autograd,
+        below.
         """
         if batch.obs.device != self.device:
             batch = batch.to(self.device, non_blocking=True)

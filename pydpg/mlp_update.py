@@ -162,4 +162,5 @@ class MlpUpdater:
         except BaseException:
             agent.n_updates -= 1  # refused before any step was taken (bad shapes, dtypes)
             raise
-        return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q_mean": q_mean, "td_errors": td}
+        return {"critic_loss": critic_loss, "actor_loss": actor_loss, "q_mean": q_mean, "td_errors": td,
+                "targets_updated": False}  # hard target updates (TD7) take autograd

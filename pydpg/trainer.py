@@ -374,7 +374,7 @@ class Trainer:
             info = self.agent.update(batch)
             if cfg.lap:  # its priorities are >= 1 already
                 self.buffer.update_priorities(batch.indices, info["td_errors"])
-                if info.get("targets_updated"):
+                if info["targets_updated"]:
                     self.buffer.reset_max_priority()
             elif cfg.prioritized:
                 self.buffer.update_priorities(batch.indices, info["td_errors"] + PER_EPS)
