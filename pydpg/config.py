@@ -102,7 +102,7 @@ class DDPGConfig:
             # Fujimoto et al. 2018, Algorithm 1 / §6.1 and sfujim/TD3 main.py.
             "td3": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5),
             # TD7 without its policy checkpoints: TD3 + SALE + LAP + hard targets + value clipping.
-            # Fujimoto et al. 2023, Table 6, and sfujim/TD7 TD7.py Hyperparameters.
+            # Fujimoto et al. 2023; values from sfujim/TD7 TD7.py Hyperparameters (and main.py: 25k random steps).
             "td7": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5,
                         sale=True, sale_dim=256, encoder_lr=3e-4, hard_target_interval=250, value_clip=True,
                         lap=True, prioritized=True, per_alpha=0.4),
