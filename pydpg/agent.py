@@ -27,6 +27,7 @@ from .batch import Batch
 from .config import DDPGConfig
 from .mlp_update import MlpUpdater, why_not
 from .networks import Actor, Critic
+from .policy_checkpoints import PolicyCheckpoints
 from .sale import Encoder, fixed_encoder, sale_networks
 
 
@@ -125,7 +126,8 @@ class DDPG:
     smoothed target actions and noisy ``act`` outputs; 1.0 for the tanh ``Actor``, None (no clamp) for
     other actor modules. Set it explicitly for a custom bounded actor. With ``config.sale``:
     ``encoder`` and ``encoder_opt`` (the trained encoder; ``fixed_encoder`` is the frozen copy inside
-    actor and critic); with ``config.value_clip``: ``value_range`` and ``value_seen``.
+    actor and critic); with ``config.value_clip``: ``value_range`` and ``value_seen``; with
+    ``config.policy_checkpoints``: ``checkpoint_actor`` (= ``policy_actor``) and ``checkpoints``.
     """
 
     def __init__(self, actor: nn.Module, critics: list[nn.Module], config: Optional[DDPGConfig] = None,
@@ -160,6 +162,11 @@ class DDPG:
         if cfg.value_clip:
             self.value_range = torch.zeros(2, device=self.device)
             self.value_seen = torch.tensor([math.inf, -math.inf], device=self.device)
+        # TD7's policy checkpoints (pydpg.policy_checkpoints): the policy deployed and evaluated is a
+        # frozen copy of the actor taken at the end of a successful assessment; until the first, the
+        # initial actor (as in TD7).
+        self.checkpoints = PolicyCheckpoints() if cfg.policy_checkpoints else None
+        self.checkpoint_actor = copy.deepcopy(self.actor).requires_grad_(False) if cfg.policy_checkpoints else None
         self.n_updates = 0
         # Target-smoothing noise has its own stream (seeded from the global one) so a checkpoint can
         # restore it and a resumed run draws exactly what the uninterrupted one would have.
@@ -204,6 +211,17 @@ class DDPG:
     @property
     def critic(self) -> nn.Module:
         return self.critics[0]
+
+    @property
+    def policy_actor(self) -> nn.Module:
+        """The actor to deploy and evaluate: the policy checkpoint with ``config.policy_checkpoints``,
+        else the actor itself."""
+        return self.checkpoint_actor if self.checkpoint_actor is not None else self.actor
+
+    @torch.no_grad()
+    def save_policy_checkpoint(self) -> None:
+        """The current actor (with SALE, its fixed encoder inside) becomes the policy checkpoint."""
+        torch._foreach_copy_(list(self.checkpoint_actor.parameters()), list(self.actor.parameters()))
 
     @property
     def fixed_encoder(self) -> Optional[Encoder]:
@@ -384,16 +402,19 @@ class DDPG:
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: Union[np.ndarray, torch.Tensor], noise=None) -> np.ndarray:
+    def act(self, obs: Union[np.ndarray, torch.Tensor], noise=None, deploy: bool = False) -> np.ndarray:
         """mu(obs) (+ ``noise.sample()``, then clamped to ``action_bound``) as a numpy array.
 
         ``obs`` is [n, obs_dim] (returns [n, act_dim]) or a single [obs_dim] (returns [act_dim]).
+        ``deploy``: act with ``policy_actor`` (the policy checkpoint, where there is one) instead of
+        the actor being trained, which exploration uses.
         """
-        param = next(self.actor.parameters(), None)
+        actor = self.policy_actor if deploy else self.actor
+        param = next(actor.parameters(), None)
         dtype = param.dtype if param is not None else torch.get_default_dtype()
         x = torch.as_tensor(obs, dtype=dtype, device=self.device)
         single = x.ndim == 1
-        action = self.actor(x.unsqueeze(0) if single else x).cpu().numpy()
+        action = actor(x.unsqueeze(0) if single else x).cpu().numpy()
         if noise is not None:
             eps = noise.sample()
             if eps.size != action.size:
@@ -420,6 +441,8 @@ class DDPG:
                if self.encoder is not None else {}),
             **({"value_range": self.value_range.clone(), "value_seen": self.value_seen.clone()}
                if self.config.value_clip else {}),
+            **({"checkpoint_actor": self.checkpoint_actor.state_dict(), "checkpoints": self.checkpoints.state_dict()}
+               if self.checkpoints is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -428,7 +451,8 @@ class DDPG:
             raise ValueError(f"DDPG state: missing keys {sorted(expected - set(state))}, "
                              f"unexpected keys {sorted(set(state) - expected)}")
         for name in ("actor", "critics", "actor_target", "critic_targets", "actor_opt", "critic_opt",
-                     *(("encoder", "encoder_opt") if self.encoder is not None else ())):
+                     *(("encoder", "encoder_opt") if self.encoder is not None else ()),
+                     *(("checkpoint_actor", "checkpoints") if self.checkpoints is not None else ())):
             getattr(self, name).load_state_dict(state[name])
         if self.config.value_clip:
             for name in ("value_range", "value_seen"):

@@ -205,8 +205,9 @@ class DDPG:
 
     @property
     def policy(self):
-        """The actor network mu(s) -> [-1, 1]^act_dim (observations normalized first, if configured)."""
-        return self.agent.actor
+        """The actor network mu(s) -> [-1, 1]^act_dim (observations normalized first, if configured):
+        the TD7 policy checkpoint with ``policy_checkpoints``."""
+        return self.agent.policy_actor
 
     @property
     def env(self):

@@ -61,7 +61,7 @@ class DDPGConfig:
     target_noise_clip: float = 0.5  # that noise is clipped to ±target_noise_clip
 
     # TD7's switches (Fujimoto et al. 2023, github.com/sfujim/TD7); off = DDPG. TD7 values: True,
-    # 250, True, True (with prioritized=True, per_alpha=0.4). Its policy checkpoints are not here.
+    # 250, True, True (with prioritized=True, per_alpha=0.4), True.
     # SALE (pydpg.sale): an encoder learns zs = f(s), zsa = g(zs, a) from the dynamics; actor and
     # critic read them beside s and a. Network width is hidden[0] (TD7: 256); needs hard targets.
     sale: bool = False
@@ -76,6 +76,10 @@ class DDPGConfig:
     # weights, and the Huber critic loss that makes that sampling unbiased for the mean squared error.
     # Needs prioritized=True; TD7 uses per_alpha=0.4.
     lap: bool = False
+    # TD7's policy checkpoints (pydpg.policy_checkpoints): deploy and evaluate the last policy whose
+    # worst training-episode return beat the previous checkpoint's; updates wait for episode ends.
+    # One local env only (n_envs=1, no workers): an assessment is of one fixed policy's episodes.
+    policy_checkpoints: bool = False
 
     # Replay.
     prioritized: bool = False  # proportional PER (Schaul et al. 2016)
@@ -101,11 +105,11 @@ class DDPGConfig:
                           tau=1e-3, batch_size=64, exploration_noise="ou"),
             # Fujimoto et al. 2018, Algorithm 1 / §6.1 and sfujim/TD3 main.py.
             "td3": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5),
-            # TD7 without its policy checkpoints: TD3 + SALE + LAP + hard targets + value clipping.
+            # TD7: TD3 + SALE + LAP + hard targets + value clipping + policy checkpoints.
             # Fujimoto et al. 2023; values from sfujim/TD7 TD7.py Hyperparameters (and main.py: 25k random steps).
             "td7": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5,
                         sale=True, sale_dim=256, encoder_lr=3e-4, hard_target_interval=250, value_clip=True,
-                        lap=True, prioritized=True, per_alpha=0.4),
+                        lap=True, prioritized=True, per_alpha=0.4, policy_checkpoints=True),
         }
 
     @classmethod
@@ -174,7 +178,8 @@ class DDPGConfig:
         check("learning_starts", is_int(self.learning_starts) and self.learning_starts >= 0, "an int >= 0")
         check("exploration_noise", self.exploration_noise in NOISE_TYPES, f"one of {NOISE_TYPES}",
               _did_you_mean(self.exploration_noise, NOISE_TYPES))
-        for f in ("twin_critics", "prioritized", "obs_normalization", "critic_layer_norm", "sale", "value_clip", "lap"):
+        for f in ("twin_critics", "prioritized", "obs_normalization", "critic_layer_norm", "sale", "value_clip", "lap",
+                  "policy_checkpoints"):
             check(f, isinstance(getattr(self, f), bool), "a bool")
         check("sale", not self.sale or self.hard_target_interval > 0, "False unless hard_target_interval > 0",
               " (SALE's fixed encoders are refreshed at hard target updates; TD7 uses 250)")

@@ -290,12 +290,11 @@ def normalizer_stats(normalizer) -> Optional[dict]:
 def _resolve_actor(source) -> nn.Module:
     if isinstance(source, nn.Module):
         return source
-    for attr in ("actor",):
-        if isinstance(getattr(source, attr, None), nn.Module):
-            return getattr(source, attr)
-    agent = getattr(source, "agent", None)
-    if agent is not None and isinstance(getattr(agent, "actor", None), nn.Module):
-        return agent.actor
+    # An agent's policy_actor is what it deploys: its TD7 policy checkpoint, where it keeps one.
+    for holder in (source, getattr(source, "agent", None)):
+        for attr in ("policy_actor", "actor"):
+            if isinstance(getattr(holder, attr, None), nn.Module):
+                return getattr(holder, attr)
     raise TypeError(f"cannot find an actor in {type(source).__name__}: pass a DDPG agent, an actor module, "
                     "or a checkpoint path")
 
@@ -411,7 +410,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
                   observation_spec=None, verbose: bool = True) -> ExportResult:
     """Write ``source``'s actor as a deployable policy file and check it against the actor.
 
-    ``source``: a DDPG agent (``.actor``), an actor module, or an object holding an ``agent``.
+    ``source``: a DDPG agent (``.policy_actor``), an actor module, or an object holding an ``agent``.
     ``env``: a Gymnasium env (or ``env_id``) supplies the action bounds, env id, the MuJoCo model and
     the task description the C++ control loop needs; otherwise pass ``action_low``/``action_high``.
     ``normalizer``: observation statistics used in training (object or dict with mean, var, eps, clip).

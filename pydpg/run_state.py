@@ -36,8 +36,8 @@ def make_policy(agent: DDPGAgent, normalizer: Optional[RunningNormalizer]) -> Ca
     """The noiseless policy obs -> action in [-1, 1] (one obs or a batch); ``envs.scale_action``
     gives env units. Used by training, evaluation, the CLI and ``pydpg.DDPG.predict``."""
     if normalizer is None:
-        return agent.act
-    return lambda obs: agent.act(normalizer.normalize(obs))
+        return lambda obs: agent.act(obs, deploy=True)
+    return lambda obs: agent.act(normalizer.normalize(obs), deploy=True)
 
 
 def model_dict(config: DDPGConfig, run: dict[str, Any], obs_dim: int, act_dim: int, low: np.ndarray,

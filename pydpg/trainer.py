@@ -164,6 +164,9 @@ class Trainer:
         rng = np.random.default_rng(rng_seq[0])  # warm-up actions
         if train.workers and not isinstance(env, str):
             raise ValueError("workers > 0 needs an env id: each worker makes its own envs")
+        if config.policy_checkpoints and (train.n_envs != 1 or train.workers):
+            raise ValueError("DDPGConfig.policy_checkpoints needs one local env (n_envs=1, workers=0): it assesses "
+                             f"one fixed policy on whole episodes; got n_envs={train.n_envs}, workers={train.workers}")
         # The spaces come from the local vector env, or (workers) from one env made here, which
         # also fails early and clearly for an env this machine cannot make.
         vec = make_vec_env(env, train.n_envs, train.env_kwargs) if not train.workers else None
@@ -206,6 +209,7 @@ class Trainer:
 
             self.collector = RayCollector(self, env, rng, noise_rng)
         self._last_ckpt_step: Optional[int] = None
+        self._burst = False  # policy checkpoints: an assessment ended, the owed updates are due
         self._on_eval: Optional[Callable[[dict[str, Any]], None]] = None
 
     # Where the run is, read-only (``counters`` is the one place it lives and is checkpointed).
@@ -345,6 +349,13 @@ class Trainer:
             self.buffer.extend(chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated,
                                chunk.truncated, env_ids=chunk.streams)
         self.counters.interval["returns"].extend(chunk.returns)
+        checkpoints = self.agent.checkpoints
+        if checkpoints is not None and self.counters.step + chunk.steps >= self.config.learning_starts:
+            for ret in chunk.returns:  # TD7: assess the current policy on each training episode
+                train, save = checkpoints.episode_ended(ret)
+                if save:
+                    self.agent.save_policy_checkpoint()
+                self._burst = self._burst or train
         self.counters.episodes += len(chunk.returns)
         if self.normalizer is not None and len(chunk.seen_obs):
             self.normalizer.update(chunk.seen_obs)
@@ -354,11 +365,19 @@ class Trainer:
         """The updates due at this step count: ``gradient_steps`` per ``train_freq`` steps after
         ``learning_starts``. Collection waits for them (the learner consumes chunks only between
         updates), so the replay ratio is the configured one however fast the collectors are, as
-        Reverb's SampleToInsertRatio holds it. True when any update ran."""
+        Reverb's SampleToInsertRatio holds it. With TD7's policy checkpoints they wait for the end
+        of an assessment (``_insert`` marks it), then all run. True when any update ran."""
         cfg = self.config
         due = max(0, self.counters.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
+        checkpoints = self.agent.checkpoints
+        if checkpoints is not None:  # TD7: the updates owed wait for the end of an assessment
+            burst, self._burst = self._burst, False
+            if not burst:
+                return False
         if self.counters.n_grad >= due or len(self.buffer) == 0:
             return False
+        if checkpoints is not None:
+            checkpoints.updates_made(self.counters.n_grad, due)
         device = self.agent.device
         acc = self.counters.interval
         while self.counters.n_grad < due:

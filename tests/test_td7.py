@@ -15,6 +15,7 @@ from pydpg.batch import Batch
 from pydpg.config import DDPGConfig
 from pydpg.mlp_update import why_not
 from pydpg.networks import Actor
+from pydpg.policy_checkpoints import EPISODES_LATE, LATE_AFTER_UPDATES, PolicyCheckpoints
 from pydpg.replay import ReplayBuffer
 from pydpg.sale import Encoder, SaleActor, SaleCritic, avg_l1_norm
 
@@ -276,6 +277,9 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     g = torch.Generator().manual_seed(8)
     for _ in range(3):
         a.update(_batch(g))
+    a.save_policy_checkpoint()  # what is exported is the checkpoint: make it the trained actor
+    assert all(torch.equal(x, y) for x, y in zip(a.checkpoint_actor.state_dict().values(),
+                                                 a.actor.state_dict().values()))
     low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
     res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS)
     policy = pydpg.Policy(str(tmp_path / "td7.pt"))
@@ -285,3 +289,85 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     assert np.max(np.abs(got - want)) <= 1e-5, res
     # The mlp backend runs plain MLP actors only; the export says so, and the runtime agrees.
     assert res.runtime_backend == policy.backend == "torchscript" and "torchscript backend" in str(res)
+
+
+# ---------------------------------------------------------------------------- policy checkpoints
+def test_policy_checkpoint_assessment_follows_td7():
+    pc = PolicyCheckpoints()
+    assert pc.episode_ended(-50.0) == (True, True)  # the first assessment always beats -inf
+    assert pc.best_min_return == -50.0
+    assert pc.episode_ended(-80.0) == (True, False)  # worse: stop assessing, train, keep the checkpoint
+    assert pc.episode_ended(-50.0) == (True, True)  # as good: becomes the checkpoint (TD7 compares <)
+    assert pc.episode_ended(10.0) == (True, True) and pc.best_min_return == 10.0
+    pc.updates_made(0, LATE_AFTER_UPDATES)  # TD7 switches just before update LATE_AFTER_UPDATES + 1
+    assert pc.episodes_per_assessment == 1
+    pc.updates_made(LATE_AFTER_UPDATES, LATE_AFTER_UPDATES + 5)
+    assert pc.episodes_per_assessment == EPISODES_LATE and pc.best_min_return == pytest.approx(9.0)
+    for k in range(EPISODES_LATE - 1):  # late: a policy is assessed on 20 episodes...
+        assert pc.episode_ended(12.0 + k) == (False, False)
+    assert pc.episode_ended(9.5) == (True, True) and pc.best_min_return == 9.5  # ...its minimum is its score
+    assert pc.episode_ended(20.0) == (False, False)
+    assert pc.episode_ended(9.0) == (True, False) and pc.episodes == 0  # below the bar: cut short
+    state = pc.state_dict()
+    fresh = PolicyCheckpoints()
+    fresh.load_state_dict(state)
+    assert fresh == pc
+    with pytest.raises(ValueError, match="expected keys"):
+        fresh.load_state_dict({**state, "extra": 1})
+
+
+def _checkpointed_trainer(out, total=900, **kw):
+    import toy_env
+    from pydpg.trainer import TrainConfig, Trainer
+
+    cfg = DDPGConfig.preset("td7", hidden=(16, 16), sale_dim=8, batch_size=16, buffer_size=5000,
+                            learning_starts=100, hard_target_interval=40, **kw)
+    tc = TrainConfig(env_id=toy_env.ID, n_envs=1, total_steps=total, eval_every=300, eval_episodes=2,
+                     checkpoint_every=400, seed=3)
+    return Trainer(cfg, tc, out_dir=out, tensorboard=False)
+
+
+def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_path):
+    tr = _checkpointed_trainer(tmp_path)
+    ends, grads = [], []
+    orig_insert = tr._insert
+
+    def insert(chunk):
+        orig_insert(chunk)
+        ends.append(bool(chunk.returns))
+
+    tr._insert = insert
+    orig_update = tr._update
+
+    def update():
+        before = tr.n_grad
+        ran = orig_update()
+        grads.append((tr.step, before, tr.n_grad))
+        return ran
+
+    tr._update = update
+    tr.run(stop_at=600)
+    # Past the warm-up, updates run only on steps that ended an episode, and then all the owed ones.
+    bursts = [(s, b, a) for (s, b, a), end in zip(grads, ends) if a > b]
+    assert bursts and all(end for (s, b, a), end in zip(grads, ends) if a > b)
+    assert all(a == s - 100 for s, b, a in bursts)
+    a = tr.agent
+    assert a.policy_actor is a.checkpoint_actor and not torch.equal(_flat(a.checkpoint_actor), _flat(a.actor))
+    obs = np.zeros((4, 3), np.float32)
+    want = a.checkpoint_actor(torch.as_tensor(obs)).numpy()
+    assert np.array_equal(tr.policy(obs), want) and not np.array_equal(a.act(obs), want)
+    from pydpg.export import _resolve_actor
+    assert _resolve_actor(a) is a.checkpoint_actor and _resolve_actor(tr) is a.checkpoint_actor
+    with pytest.raises(ValueError, match="policy_checkpoints needs one local env.*n_envs=2"):
+        from pydpg.trainer import TrainConfig, Trainer
+        import toy_env
+        Trainer(DDPGConfig.preset("td7", **SMALL), TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=10),
+                tensorboard=False)
+
+
+def test_resume_with_policy_checkpoints_is_exact(tmp_path):
+    from test_trainer import _resume_matches
+
+    ref, resumed = _resume_matches(tmp_path, lambda out: _checkpointed_trainer(out, total=1000))
+    assert ref.agent.checkpoints == resumed.agent.checkpoints
+    assert torch.equal(_flat(ref.agent.checkpoint_actor), _flat(resumed.agent.checkpoint_actor))
