@@ -220,8 +220,9 @@ class DDPG:
 
     @torch.no_grad()
     def save_policy_checkpoint(self) -> None:
-        """The current actor (with SALE, its fixed encoder inside) becomes the policy checkpoint."""
-        torch._foreach_copy_(list(self.checkpoint_actor.parameters()), list(self.actor.parameters()))
+        """The current actor (with SALE, its fixed encoder inside) becomes the policy checkpoint,
+        buffers included."""
+        self.checkpoint_actor.load_state_dict(self.actor.state_dict())
 
     @property
     def fixed_encoder(self) -> Optional[Encoder]:
