@@ -70,14 +70,16 @@ class ExportResult:
     def __str__(self) -> str:
         return (f"exported {self.format} policy to {self.path}: parity check passed on {self.n_checked} observations, "
                 f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}); "
-                f"pydpg.Policy runs it on its {self.runtime_backend} backend")
+                + (f"pydpg.Policy runs it on its {self.runtime_backend} backend" if self.runtime_backend
+                   else "pydpg.Policy loads TorchScript files only"))
 
     @property
-    def runtime_backend(self) -> str:
+    def runtime_backend(self) -> Optional[str]:
         """What ``pydpg.Policy`` / the C++ runtime runs this file on by default: "mlp" for pydpg's
-        plain MLP actor (described in the metadata), else "torchscript" (the module's forward())."""
+        plain MLP actor (described in the metadata), else "torchscript" (the module's forward());
+        None for the formats the runtime does not load (ONNX, pt2)."""
         if self.format != "torchscript":
-            return "none (the runtime loads TorchScript files)"
+            return None
         return "mlp" if self.metadata.get("network") else "torchscript"
 
 
