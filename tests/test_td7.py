@@ -136,7 +136,7 @@ def test_value_clipping_clamps_q_prime_to_the_targets_seen_before_the_last_targe
             assert torch.equal(a.value_range, before)
     # At the target update the range in force becomes the [min, max] of every target computed so far.
     seen = torch.cat(ys)
-    assert torch.equal(a.value_range, torch.stack([seen.min(), seen.max()]))
+    assert torch.allclose(a.value_range, torch.stack([seen.min(), seen.max()]), rtol=1e-6, atol=1e-6)
     # The target clamps the min-over-heads Q' to the range, and does nothing else.
     a.value_range.copy_(torch.tensor([-0.1, 0.02]))
     noise = a.target_noise(b)
@@ -163,7 +163,8 @@ def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_
     qq = q.detach().requires_grad_(True)
     grad, = torch.autograd.grad(F.huber_loss(qq, y.expand_as(qq), reduction="none").sum(-1).mean(), qq)
     assert torch.allclose(grad, delta.clamp(-1, 1) / len(delta))
-    assert torch.equal(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0))
+    # (Q recomputed here: equal to rounding, which MKL may vary with memory alignment.)
+    assert torch.allclose(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0), rtol=1e-6, atol=1e-6)
 
 
 def test_lap_sampling_with_the_huber_loss_has_the_uniform_mse_gradient():
