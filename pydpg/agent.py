@@ -284,8 +284,9 @@ class DDPG:
         td = q - y
         if self.config.lap:
             # LAP (Fujimoto et al. 2020): sampling with probability ~ max(|delta|, 1)^alpha and
-            # training on the Huber loss has the expected gradient of uniform sampling with the MSE
-            # on the |delta| < 1 part, and of a gradient clipped to 1 elsewhere, without weights.
+            # training on the Huber loss: at alpha = 1 the uniform MSE's expected gradient, without
+            # weights (docs/theory.md §7). Its value is |delta| - 1/2 beyond 1 where TD7 logs |delta|:
+            # the gradient is the same.
             per_row = F.huber_loss(q, y.expand_as(q), reduction="none", delta=1.0).sum(-1, keepdim=True)
             priorities = td.detach().abs().amax(-1).clamp_(min=1.0)
         else:
@@ -296,7 +297,8 @@ class DDPG:
         return loss, {"td_errors": priorities, "q_mean": q.detach()[:, 0].mean(), "target": y}
 
     def actor_loss(self, obs: torch.Tensor) -> torch.Tensor:
-        """J = -mean Q_1(s, mu_theta(s)); its theta-gradient is the deterministic policy gradient
+        """J = -mean Q_1(s, mu_theta(s)) (over all heads of a multi-head critic, as TD7); its
+        theta-gradient is the deterministic policy gradient
         grad_a Q(s, a)|_{a = mu(s)} * grad_theta mu(s) (Silver et al. 2014), averaged over the batch.
 
         The critic is frozen while the graph is built, so backward computes only d/da through the

@@ -73,8 +73,8 @@ class DDPGConfig:
     # Clamp Q'(s', a') in the target to the range of targets seen before the last target update (TD7).
     value_clip: bool = False
     # LAP (Fujimoto et al. 2020): priorities max(|delta|, 1) (the max over critics), no importance
-    # weights, and the Huber critic loss that makes that sampling unbiased for the mean squared error.
-    # Needs prioritized=True; TD7 uses per_alpha=0.4.
+    # weights, and the Huber critic loss; with per_alpha=1 that has the uniform MSE's expected gradient
+    # (docs/theory.md §7). Needs prioritized=True; TD7 uses per_alpha=0.4.
     lap: bool = False
     # TD7's policy checkpoints (pydpg.policy_checkpoints): deploy and evaluate the last policy whose
     # worst training-episode return beat the previous checkpoint's; updates wait for episode ends.
@@ -187,6 +187,9 @@ class DDPGConfig:
               " (SALE's critic has its own normalization, AvgL1Norm)")
         check("lap", not self.lap or self.prioritized, "False unless prioritized=True",
               " (LAP samples through the prioritized buffer)")
+        check("policy_checkpoints", not (self.policy_checkpoints and self.obs_normalization),
+              "False with obs_normalization", " (a checkpoint would run under statistics that kept moving after "
+              "it was assessed)")
         check("device", isinstance(self.device, str) and self.device != "", "a torch device string")
         check("update_backend", self.update_backend in UPDATE_BACKENDS, f"one of {UPDATE_BACKENDS}",
               _did_you_mean(self.update_backend, UPDATE_BACKENDS))

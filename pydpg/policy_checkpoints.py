@@ -35,9 +35,15 @@ class PolicyCheckpoints:
     best_min_return: float = -math.inf  # the checkpoint's minimum (TD7 starts at -1e8)
     min_return: float = math.inf  # this assessment's minimum so far
     episodes: int = 0  # in this assessment
+    started: bool = False  # an episode has ended since learning started
 
     def episode_ended(self, episode_return: float) -> tuple[bool, bool]:
-        """(train now, checkpoint the current policy first)."""
+        """(train now, checkpoint the current policy first), for an episode that ended after
+        learning started. The first such episode is not assessed: it began with random warm-up
+        actions (TD7 allows training only from the episode after)."""
+        if not self.started:
+            self.started = True
+            return False, False
         self.episodes += 1
         self.min_return = min(self.min_return, float(episode_return))
         if self.min_return < self.best_min_return:
@@ -68,4 +74,5 @@ class PolicyCheckpoints:
         if set(state) != fields:
             raise ValueError(f"policy checkpoint state: expected keys {sorted(fields)}, got {sorted(state)}")
         self.episodes_per_assessment, self.episodes = int(state["episodes_per_assessment"]), int(state["episodes"])
+        self.started = bool(state["started"])
         self.best_min_return, self.min_return = float(state["best_min_return"]), float(state["min_return"])

@@ -51,5 +51,4 @@ def test_td7_preset_learns_inverted_pendulum_within_budget():
     summary = trainer.run()
     curve = [(r["step"], round(r["eval_mean"])) for r in trainer.history]
     assert summary["reached_target"], f"no eval reached {TARGET} within {TD7_STEP_BUDGET} steps: {curve}"
-    assert trainer.agent.policy_actor is trainer.agent.checkpoint_actor
     assert trainer.evaluate(5, seed=12345).mean >= TARGET

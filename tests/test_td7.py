@@ -4,6 +4,7 @@ priorities and the unbiasedness that justifies them; and the preset, export and 
 refusal around them."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -68,15 +69,16 @@ def test_encoder_loss_is_next_state_prediction_with_a_constant_target():
     enc = Encoder(OBS, ACT, zs_dim=8, hidden=16)
     g = torch.Generator().manual_seed(0)
     b = _batch(g)
-    loss = enc.loss(b.obs, b.action, b.next_obs)
-    want = ((enc.zsa(enc.zs(b.obs), b.action) - enc.zs(b.next_obs).detach()) ** 2).mean()
+    next_obs = b.next_obs.clone().requires_grad_(True)
+    loss = enc.loss(b.obs, b.action, next_obs)
+    want = ((enc.zsa(enc.zs(b.obs), b.action) - enc.zs(b.next_obs)) ** 2).mean()
     assert torch.allclose(loss, want)
-    # The gradient flows through zs(s) and g, never through the target zs(s'): zero the obs and
-    # the action path still trains, while zeroing next_obs's influence changes nothing.
-    grads = torch.autograd.grad(loss, list(enc.parameters()))
-    moved = torch.autograd.grad(F.mse_loss(enc.zsa(enc.zs(b.obs), b.action), enc.zs(b.next_obs).detach()),
-                                list(enc.parameters()))
-    assert all(torch.allclose(x, y) for x, y in zip(grads, moved))
+    # The target f(s') is a constant: no gradient reaches s' through it, while f's and g's weights
+    # get one through the prediction g(f(s), a).
+    params = list(enc.parameters())
+    *grads, g_next = torch.autograd.grad(loss, params + [next_obs], allow_unused=True)
+    assert g_next is None
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_each_update_trains_encoder_critic_and_actor_but_never_the_fixed_encoder():
@@ -159,10 +161,11 @@ def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_
     assert delta.abs().max() > 1 and delta.abs().min() < 1  # both branches of the Huber loss in play
     want = torch.where(delta.abs() < 1, 0.5 * delta ** 2, delta.abs() - 0.5).sum(-1).mean()
     assert torch.allclose(loss, want)
-    # d loss / d Q_ik = clamp(delta_ik, -1, 1) / B: LAP's clipped gradient (its section 4).
-    qq = q.detach().requires_grad_(True)
-    grad, = torch.autograd.grad(F.huber_loss(qq, y.expand_as(qq), reduction="none").sum(-1).mean(), qq)
-    assert torch.allclose(grad, delta.clamp(-1, 1) / len(delta))
+    # d loss / d Q_ik = clamp(delta_ik, -1, 1) / B, so the gradient of the agent's loss for head k's
+    # output bias (dQ_ik / db_k = 1) is the batch mean of the clipped TD errors of that head.
+    for k, head in enumerate(a.critic.heads):
+        grad, = torch.autograd.grad(loss, head.l3.bias, retain_graph=True)
+        assert torch.allclose(grad, delta[:, k].clamp(-1, 1).mean().reshape(1), atol=1e-6)
     # (Q recomputed here: equal to rounding, which MKL may vary with memory alignment.)
     assert torch.allclose(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0), rtol=1e-6, atol=1e-6)
 
@@ -243,6 +246,8 @@ def test_config_refuses_switches_that_cannot_combine():
         DDPGConfig(lap=True).validate()
     with pytest.raises(ValueError, match="sale.*critic_layer_norm"):
         DDPGConfig.preset("td7", critic_layer_norm=True)
+    with pytest.raises(ValueError, match="policy_checkpoints.*obs_normalization"):
+        DDPGConfig.preset("td7", obs_normalization=True)
     for field, value in [("sale_dim", 0), ("encoder_lr", -1.0), ("hard_target_interval", -1), ("value_clip", 1)]:
         with pytest.raises(ValueError, match=field):
             DDPGConfig.preset("td7", **{field: value})
@@ -295,6 +300,7 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
 # ---------------------------------------------------------------------------- policy checkpoints
 def test_policy_checkpoint_assessment_follows_td7():
     pc = PolicyCheckpoints()
+    assert pc.episode_ended(1e9) == (False, False) and pc.best_min_return == -math.inf  # warm-up: not assessed
     assert pc.episode_ended(-50.0) == (True, True)  # the first assessment always beats -inf
     assert pc.best_min_return == -50.0
     assert pc.episode_ended(-80.0) == (True, False)  # worse: stop assessing, train, keep the checkpoint
@@ -347,13 +353,45 @@ def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_pa
         return ran
 
     tr._update = update
+    # LAP's wiring: batches reach the update without weights, priorities go back as the agent gave
+    # them (>= 1, nothing added), and the maximum priority is reset at each hard target update.
+    calls = {"saves": 0, "resets": 0, "targets": 0, "weighted": 0, "priorities": []}
+    agent_update, save, reset = tr.agent.update, tr.agent.save_policy_checkpoint, tr.buffer.reset_max_priority
+    set_priorities = tr.buffer.update_priorities
+
+    def spy_update(batch):
+        calls["weighted"] += batch.weights is not None
+        info = agent_update(batch)
+        calls["targets"] += info["targets_updated"]
+        return info
+
+    def spy_save():
+        calls["saves"] += 1
+        save()
+
+    def spy_reset():
+        calls["resets"] += 1
+        reset()
+
+    def spy_priorities(ids, p):
+        calls["priorities"].append(torch.as_tensor(p).clone())
+        set_priorities(ids, p)
+
+    tr.agent.update, tr.agent.save_policy_checkpoint = spy_update, spy_save
+    tr.buffer.reset_max_priority, tr.buffer.update_priorities = spy_reset, spy_priorities
+    initial = _flat(tr.agent.actor).clone()
     tr.run(stop_at=600)
     # Past the warm-up, updates run only on steps that ended an episode, and then all the owed ones.
     bursts = [(s, b, a) for (s, b, a), end in zip(grads, ends) if a > b]
     assert bursts and all(end for (s, b, a), end in zip(grads, ends) if a > b)
     assert all(a == s - 100 for s, b, a in bursts)
+    assert calls["weighted"] == 0 and calls["targets"] == tr.n_grad // 40 == calls["resets"] > 0
+    p = torch.cat(calls["priorities"])
+    assert len(p) == 16 * tr.n_grad and p.min() == 1.0
     a = tr.agent
-    assert a.policy_actor is a.checkpoint_actor and not torch.equal(_flat(a.checkpoint_actor), _flat(a.actor))
+    # Checkpoints were taken, of trained actors; evaluation runs the last one, exploration the actor.
+    assert calls["saves"] > 0 and not torch.equal(_flat(a.checkpoint_actor), initial)
+    assert not torch.equal(_flat(a.checkpoint_actor), _flat(a.actor))
     obs = np.zeros((4, 3), np.float32)
     want = a.checkpoint_actor(torch.as_tensor(obs)).numpy()
     assert np.array_equal(tr.policy(obs), want) and not np.array_equal(a.act(obs), want)
