@@ -374,23 +374,25 @@ class DDPG:
         self.n_updates += 1
 
         critic_loss = critic_loss.detach()
-        actor_step = self.n_updates % cfg.policy_delay == 0
-        if actor_step:
+        targets_moved = False
+        if self.n_updates % cfg.policy_delay == 0:
             actor_loss = self.actor_loss(batch.obs)
             self._step(self.actor_opt, actor_loss)
             if not cfg.hard_target_interval:
                 self.soft_update()
+                targets_moved = True
             actor_loss = actor_loss.detach()
         else:
             actor_loss = critic_loss.new_full((), math.nan)
         targets_updated = bool(cfg.hard_target_interval) and self.n_updates % cfg.hard_target_interval == 0
         if targets_updated:
             self.update_targets()
+            targets_moved = True
         if cfg.value_clip:
             y = info["target"]
             torch.minimum(self.value_seen[:1], y.min().reshape(1), out=self.value_seen[:1])
             torch.maximum(self.value_seen[1:], y.max().reshape(1), out=self.value_seen[1:])
-            if targets_updated or (actor_step and not cfg.hard_target_interval):  # whenever targets move
+            if targets_moved:
                 self.value_range.copy_(self.value_seen)
         # One device->host transfer for all statistics.
         c, a, q = torch.stack([critic_loss, actor_loss, info["q_mean"]]).tolist()

@@ -35,9 +35,8 @@ from .replay import ReplayBuffer
 def make_policy(agent: DDPGAgent, normalizer: Optional[RunningNormalizer]) -> Callable[[np.ndarray], np.ndarray]:
     """The noiseless policy obs -> action in [-1, 1] (one obs or a batch); ``envs.scale_action``
     gives env units. Used by training, evaluation, the CLI and ``pydpg.DDPG.predict``."""
-    if normalizer is None:
-        return lambda obs: agent.act(obs, deploy=True)
-    return lambda obs: agent.act(normalizer.normalize(obs), deploy=True)
+    normalize = normalizer.normalize if normalizer is not None else (lambda obs: obs)
+    return lambda obs: agent.act(normalize(obs), deploy=True)
 
 
 def model_dict(config: DDPGConfig, run: dict[str, Any], obs_dim: int, act_dim: int, low: np.ndarray,
