@@ -512,7 +512,10 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
                           None if norm is None else norm["mean"], None if norm is None else norm["var"],
                           0.0 if norm is None else norm["eps"], 0.0 if norm is None else norm["clip"], obs_dim)
     obs = _check_observations(obs_dim, norm, n_check)
-    reference = _reference(actor, obs, low, high, norm, normalizer)
+    try:
+        reference = _reference(actor, obs, low, high, norm, normalizer)
+    except RuntimeError as e:  # a shape mismatch inside the network: name the input that caused it
+        raise ValueError(f"the actor cannot run on [{n_check}, {obs_dim}] observations (obs_dim={obs_dim}): {e}") from e
     if reference.shape != (n_check, act_dim):
         raise ValueError(f"the actor maps [{n_check}, {obs_dim}] observations to {list(reference.shape)}, "
                          f"expected [{n_check}, {act_dim}] (action bounds have {act_dim} entries)")

@@ -287,6 +287,8 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.checkpoint_actor.state_dict().values(),
                                                  a.actor.state_dict().values()))
     low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
+    with pytest.raises(ValueError, match=f"obs_dim={OBS + 1}"):
+        export_policy(a, tmp_path / "bad.pt", action_low=low, action_high=high, obs_dim=OBS + 1)
     res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS)
     policy = pydpg.Policy(str(tmp_path / "td7.pt"))
     obs = torch.randn(16, OBS, generator=g)
