@@ -73,10 +73,16 @@ def _finished(summary_path: Path, total_steps: int) -> Optional[dict]:
     return s if s.get("steps", 0) >= total_steps or s.get("reached_target") else None
 
 
+# What a run may differ in from its trial and still be that trial: the step count may grow, and how
+# often it checkpoints changes nothing it learns (a resume is exact), so a trial started by hand
+# with `pydpg train --checkpoint-every` into the sweep's directory is continued by the sweep.
+_BOOKKEEPING = frozenset({"total_steps", "checkpoint_every", "keep_checkpoints"})
+
+
 def _check_same_run(found_agent: dict, found_train: dict, trial: dict, where: Path) -> None:
-    """Refuse to continue a run made with other settings (only total_steps may grow)."""
+    """Refuse to continue a run made with other settings (bookkeeping aside, ``_BOOKKEEPING``)."""
     for kind, found, want in (("agent", found_agent, trial["agent"]), ("train", found_train, trial["train"])):
-        for key in sorted(set(found) & set(want) - {"total_steps"}):
+        for key in sorted(set(found) & set(want) - _BOOKKEEPING):
             if found[key] != want[key]:
                 raise ValueError(f"{where} holds a run with {kind}.{key} = {found[key]!r}, but this trial has "
                                  f"{want[key]!r}; give the setting another name or the sweep another out_dir")

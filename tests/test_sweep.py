@@ -303,3 +303,19 @@ def test_setting_records_of_an_older_pydpg_still_match(tmp_path):
     path.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="was run with other agent values"):
         _write_setting_files(trials, spec, tmp_path)
+
+
+def test_a_run_checkpointed_at_another_interval_is_still_the_trial(tmp_path):
+    """A trial started by hand (`pydpg train --checkpoint-every`) into the sweep's directory is
+    continued by the sweep: checkpoint bookkeeping and the step count are not settings. Anything that
+    changes what is learned is refused by name."""
+    from pydpg.sweep import _check_same_run
+
+    (tmp_path / "spec.toml").write_text(SPEC_TOML)
+    trial = load_spec(tmp_path / "spec.toml").trials()[0].to_dict()
+    agent, train = dict(trial["agent"]), dict(trial["train"])
+    _check_same_run(agent, {**train, "checkpoint_every": 7, "keep_checkpoints": 3, "total_steps": 10**9}, trial, tmp_path)
+    with pytest.raises(ValueError, match=r"train.eval_every = 7, but this trial has"):
+        _check_same_run(agent, {**train, "eval_every": 7}, trial, tmp_path)
+    with pytest.raises(ValueError, match=r"agent.tau = 0.5, but this trial has"):
+        _check_same_run({**agent, "tau": 0.5}, train, trial, tmp_path)
