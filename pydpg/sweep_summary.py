@@ -129,6 +129,9 @@ def group_stats(group: Group) -> dict[str, Any]:
         "tail": {**_mean_std(tails), "window": window, "rule": rule},
         "best": _mean_std([float(r.evals.max()) for r in group.runs]),
         "wall_time_s": float(np.mean([r.wall_time_s for r in group.runs])),
+        # What a step costs, evaluations included: each run's steps over its wall time.
+        "env_steps_per_s": float(np.mean([r.steps[-1] / r.wall_time_s if r.wall_time_s > 0 else math.nan
+                                          for r in group.runs])),
     }
 
 
@@ -160,15 +163,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"Eval return, mean ± std over seeds (population std). *final*: each run's last evaluation; "
              f"*{header}*: the mean of each run's evaluations over its last {TAIL_STEPS // 1000}k steps, or its "
              f"last {TAIL_FRACTION:.0%} if it is shorter than that; *best*: each run's best evaluation. "
-             "*seeds*: runs with an evaluation (how many of them are still running).", "",
-             f"| task | setting | seeds | steps | final eval | {header} | best eval | wall time per seed |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "*seeds*: runs with an evaluation (how many of them are still running). *env steps/s*: steps over wall "
+             "time, evaluations included, mean over seeds.", "",
+             f"| task | setting | seeds | steps | final eval | {header} | best eval | wall time per seed | env steps/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         running = r["n_seeds"] - r["finished"]
         seeds = f"{r['n_seeds']}" + (f" ({running} running)" if running else "")
         lines.append(f"| {r['task']} | {r['label']} | {seeds} | {r['steps']:,} | {format_pm(r['final'])} | "
                      f"{tail_cell(r, header)} | "
-                     f"{format_pm(r['best'])} | {_duration(r['wall_time_s'])} |")
+                     f"{format_pm(r['best'])} | {_duration(r['wall_time_s'])} | "
+                     f"{r['env_steps_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

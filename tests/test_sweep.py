@@ -56,7 +56,7 @@ def evals(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_metrics(path: Path, steps, means) -> None:
     path.mkdir(parents=True)
-    rows = [{"step": s, "wall_time": 1.0, "sps": 100, "eval_mean": m, "eval_std": 0, "episodes": 1}
+    rows = [{"step": s, "wall_time": s / 250, "sps": 250, "eval_mean": m, "eval_std": 0, "episodes": 1}
             for s, m in zip(steps, means)]
     lines = [",".join(METRICS_COLUMNS)] + [",".join(str(r.get(c, "")) for c in METRICS_COLUMNS) for r in rows]
     (path / "metrics.csv").write_text("\n".join(lines) + "\n")
@@ -143,6 +143,8 @@ def test_summary_statistics_and_tail_rule(tmp_path):
     assert long["tail"]["std"] == pytest.approx(np.std([tail(a), tail(b)]))
     assert long["best"]["mean"] == pytest.approx(np.mean([a.max(), b.max()]))
     assert short["tail"] == {"mean": pytest.approx(9.0), "std": 0.0, "window": 500, "rule": "last 10%"}  # only step 5000 > 4500
+    assert long["env_steps_per_s"] == pytest.approx(250) and long["wall_time_s"] == pytest.approx(800)
+    assert "| 250 |" in s.markdown.splitlines()[-1] and "env steps/s |" in s.markdown
     assert "tail mean (window per row)" in s.markdown and "(last 10%: 500)" in s.markdown
     assert (tmp_path / "sweep_summary.md").read_text() == s.markdown
     assert json.loads((tmp_path / "sweep_summary.json").read_text())["rows"][0]["n_seeds"] == 2
