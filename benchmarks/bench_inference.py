@@ -10,8 +10,10 @@ normalization and action scaling, in every way pydpg can run it:
     ONNX Runtime              the --format onnx export, one intra-op thread (if installed)
 
 All in one run on the same machine, same shapes, one thread each; ratios are against eager torch.
+``--actor td7`` measures TD7's actor instead (preset td7: the frozen state encoder, AvgL1Norm and
+ELU inside the policy; 17 -> [256 | 256-256-256 encoder] -> 256 -> 256 -> 6).
 
-    python benchmarks/bench_inference.py [--calls 20000] [--json benchmarks/results/inference.json]
+    python benchmarks/bench_inference.py [--calls 20000] [--actor default|td7] [--json FILE]
 """
 
 from __future__ import annotations
@@ -79,17 +81,25 @@ def cpp_bench(policy: Path, calls: int, backend: str) -> dict | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=20_000, help="batch-1 calls per method")
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "inference.json"))
+    p.add_argument("--actor", choices=("default", "td7"), default="default",
+                   help="pydpg's default actor, or TD7's (preset td7)")
+    p.add_argument("--json", default=None,
+                   help="default benchmarks/results/inference.json (inference_td7.json with --actor td7)")
     args = p.parse_args(argv)
+    if args.json is None:
+        name = "inference.json" if args.actor == "default" else "inference_td7.json"
+        args.json = str(ROOT / "benchmarks" / "results" / name)
     torch.set_num_threads(1)
 
     from pydpg.agent import DDPG
+    from pydpg.config import DDPGConfig
     from pydpg.export import PolicyModule, export_policy
     from pydpg.normalizer import RunningNormalizer
     from pydpg.runtime import Policy
 
     torch.manual_seed(0)
-    agent = DDPG.from_dims(17, 6)
+    agent = DDPG.from_dims(17, 6, DDPGConfig.preset("td7") if args.actor == "td7" else None)
+    actor = agent.policy_actor
     norm = RunningNormalizer(17)
     norm.update(np.random.default_rng(0).standard_normal((4096, 17)) * 2)
     tmp = Path(tempfile.mkdtemp(prefix="pydpg-bench-"))
@@ -114,6 +124,7 @@ def main(argv=None) -> int:
             rows[f"C++ runtime from C++ ({backend})"] = {**r["batch1"],
                                                          "throughput": {int(k): v for k, v in r["throughput"].items()}}
     pol = Policy(pt, max_batch=max(BATCHES))
+    print(f"  {args.actor} actor: runtime backend {pol.backend}", file=sys.stderr)
     out = {b: np.empty((b, 6), np.float32) for b in (1, *BATCHES)}
     record("C++ runtime from Python (mlp)", lambda x: pol.act(x, out=out[x.shape[0]]))
     pol.reset_latency()
@@ -124,7 +135,7 @@ def main(argv=None) -> int:
     inv = Policy(pt, max_batch=max(BATCHES), batch_invariant=True)
     record("C++ runtime from Python (mlp, batch_invariant)", lambda x: inv.act(x, out=out[x.shape[0]]))
 
-    module = PolicyModule(agent.actor, np.array(low), np.array(high), norm.mean.numpy(), norm.var.numpy(),
+    module = PolicyModule(actor, np.array(low), np.array(high), norm.mean.numpy(), norm.var.numpy(),
                           norm.eps, norm.clip).eval()
 
     def eager(x):
@@ -135,7 +146,7 @@ def main(argv=None) -> int:
 
     def eager_actor(x):  # the bare network, as the issue's reference figures measured it
         with torch.inference_mode():
-            return agent.actor(x)
+            return actor(x)
 
     record("Python eager torch (actor only)", eager_actor, torch.from_numpy)
     with warnings.catch_warnings():
@@ -172,8 +183,8 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    result = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "calls": args.calls, "rows": rows,
-              "table": table}
+    result = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "calls": args.calls,
+              "actor": args.actor, "rows": rows, "table": table}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     tmp_json = Path(args.json).with_suffix(".json.tmp")
     tmp_json.write_text(json.dumps(result, indent=1))

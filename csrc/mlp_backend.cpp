@@ -1,11 +1,13 @@
 #include "mlp_backend.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <unordered_map>
 
 #include "json_access.hpp"
+#include "metadata.hpp"
 
 namespace pydpg {
 
@@ -27,8 +29,9 @@ Activation parse_activation(const Json& j, const std::string& what) {
   const std::string& s = json::string(j, what);
   if (s == "relu") return Activation::ReLU;
   if (s == "tanh") return Activation::Tanh;
+  if (s == "elu") return Activation::ELU;
   if (s == "identity") return Activation::Identity;
-  throw PolicyFormatError(what + " '" + s + "' is not one of relu, tanh, identity");
+  throw PolicyFormatError(what + " '" + s + "' is not one of relu, tanh, elu, identity");
 }
 
 void apply(Activation a, float* x, std::int64_t n, VmsTanhFn vml) {
@@ -47,8 +50,101 @@ void apply(Activation a, float* x, std::int64_t n, VmsTanhFn vml) {
         for (std::int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
       }
       break;
+    case Activation::ELU:
+      // F.elu with alpha 1: expm1 below 0, NaN stays NaN. torch's vectorized expm1 is within an ulp
+      // of the exact value; the double expm1 rounded once is the exact value's float.
+      for (std::int64_t i = 0; i < n; ++i)
+        x[i] = x[i] > 0.0f ? x[i] : static_cast<float>(std::expm1(static_cast<double>(x[i])));
+      break;
     case Activation::Identity:
       break;
+  }
+}
+
+// out[r, :L.out] = x[r] W^T + b for n rows, rows `ld_in` / `ld_out` floats apart (a column block of
+// a wider matrix is its pointer and the parent's stride): the BLAS call torch makes for nn.Linear.
+void linear(const MlpNetwork& net, const MlpLayer& L, const float* x, int ld_in, std::int64_t n, float* out,
+            int ld_out) {
+  for (std::int64_t r = 0; r < n; ++r) std::memcpy(out + r * ld_out, L.bias.data(), sizeof(float) * L.out);
+  gemm(net.sgemm, false, true, static_cast<int>(n), L.out, L.in, 1.0f, x, ld_in, L.weight.data(), L.in, 1.0f, out,
+       ld_out);
+}
+
+// AvgL1Norm divides a whole row by one mean, and a trained SALE actor amplifies a last-bit change of
+// that mean past the runtime's 1e-5 load check. So the mean is summed in the order torch's CPU sum
+// kernel uses (ATen SumKernel.cpp: four interleaved partial sums, a 4-level cascade, 8-float vectors,
+// rows shorter than a vector summed as scalars), so that it rounds as torch's does on x86 (an
+// AVX-512 CPU runs the 8-float kernel too). Elsewhere the load check decides, as for every plan.
+constexpr int kSumLanes = 8;
+using Lanes = std::array<float, kSumLanes>;
+inline void add_to(float& a, float b) { a += b; }
+inline void add_to(Lanes& a, const Lanes& b) {
+  for (int q = 0; q < kSumLanes; ++q) a[q] += b[q];
+}
+
+std::int64_t ceil_log2(std::int64_t x) {
+  if (x <= 2) return 1;
+  std::int64_t bits = 0;
+  for (std::uint64_t v = static_cast<std::uint64_t>(x - 1); v != 0; v >>= 1) ++bits;
+  return bits;
+}
+
+// `size` steps of 4 interleaved sums (load(i, k): step i, sum k), cascaded so that each level adds
+// partial sums of similar size.
+template <typename T, typename Load>
+std::array<T, 4> interleaved_sums(std::int64_t size, Load load) {
+  constexpr int kLevels = 4, kRows = 4;
+  const std::int64_t power = std::max<std::int64_t>(4, ceil_log2(size) / kLevels);
+  const std::int64_t step = std::int64_t{1} << power, mask = step - 1;
+  T acc[kLevels][kRows] = {};
+  std::int64_t i = 0;
+  while (i + step <= size) {
+    for (std::int64_t j = 0; j < step; ++j, ++i)
+      for (int k = 0; k < kRows; ++k) add_to(acc[0][k], load(i, k));
+    for (int j = 1; j < kLevels; ++j) {
+      for (int k = 0; k < kRows; ++k) {
+        add_to(acc[j][k], acc[j - 1][k]);
+        acc[j - 1][k] = T{};
+      }
+      if ((i & (mask << (j * power))) != 0) break;
+    }
+  }
+  for (; i < size; ++i)
+    for (int k = 0; k < kRows; ++k) add_to(acc[0][k], load(i, k));
+  for (int j = 1; j < kLevels; ++j)
+    for (int k = 0; k < kRows; ++k) add_to(acc[0][k], acc[j][k]);
+  return {acc[0][0], acc[0][1], acc[0][2], acc[0][3]};
+}
+
+template <typename T, typename Load>
+T row_sum(std::int64_t size, Load load) {
+  auto part = interleaved_sums<T>(size / 4, [&](std::int64_t i, int k) { return load(i * 4 + k); });
+  for (std::int64_t i = size / 4 * 4; i < size; ++i) add_to(part[0], load(i));
+  for (int k = 1; k < 4; ++k) add_to(part[0], part[k]);
+  return part[0];
+}
+
+float sum_abs(const float* x, std::int64_t len) {
+  if (len < kSumLanes) return row_sum<float>(len, [&](std::int64_t i) { return std::fabs(x[i]); });
+  const std::int64_t vectors = len / kSumLanes;
+  const Lanes v = row_sum<Lanes>(vectors, [&](std::int64_t i) {
+    Lanes l;
+    for (int q = 0; q < kSumLanes; ++q) l[q] = std::fabs(x[i * kSumLanes + q]);
+    return l;
+  });
+  float total = 0.0f;
+  for (std::int64_t k = vectors * kSumLanes; k < len; ++k) total += std::fabs(x[k]);
+  for (int q = 0; q < kSumLanes; ++q) total += v[q];
+  return total;
+}
+
+// TD7's AvgL1Norm on a [n, len] block with row stride ld: x / max(mean|x|, eps), as pydpg.sale.avg_l1_norm.
+void avg_l1_rows(float* x, std::int64_t n, int len, int ld, float eps) {
+  for (std::int64_t r = 0; r < n; ++r) {
+    float* row = x + r * ld;
+    float m = sum_abs(row, len) / static_cast<float>(len);
+    m = m < eps ? eps : m;  // clamp(min=eps) that keeps NaN, as torch's does
+    for (int i = 0; i < len; ++i) row[i] = row[i] / m;
   }
 }
 
@@ -69,8 +165,9 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
   const Json j = json::parse(meta.json);
   const Json& plan = json::member(j, "network");
   const Json& kind = json::member(plan, "kind");
-  if (!plan.is_object() || kind.is_null() || json::string(kind, "network.kind") != "mlp")
-    throw PolicyFormatError("the metadata describes no MLP network");
+  const std::string kind_name = plan.is_object() && !kind.is_null() ? json::string(kind, "network.kind") : "";
+  if (kind_name != "mlp" && kind_name != "sale")
+    throw PolicyFormatError("the metadata describes no network the mlp backend runs (network.kind mlp or sale)");
   net.hidden_act = parse_activation(json::member(plan, "hidden_activation"), "network.hidden_activation");
   net.output_act = parse_activation(json::member(plan, "output_activation"), "network.output_activation");
 
@@ -89,26 +186,50 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
     return t;
   };
 
-  std::int64_t in = meta.obs_dim;
   net.width = std::max(meta.obs_dim, meta.act_dim);
-  const Json& specs = json::member(plan, "layers");
-  if (!specs.is_array() || specs.empty()) throw PolicyFormatError("network.layers is empty");
-  for (const Json& s : specs) {
-    const at::Tensor w = get(params, json::string(json::member(s, "weight"), "network.layers[].weight"),
-                             {json::integer(json::member(s, "out"), "out"), in});
-    const at::Tensor b = get(params, json::string(json::member(s, "bias"), "network.layers[].bias"), {w.size(0)});
+  // One layer of the plan, reading `in` features; widens net.width to its output.
+  auto read_layer = [&](const Json& s, std::int64_t in, const std::string& where) {
+    const std::int64_t out = json::integer(json::member(s, "out"), where + ".out");
+    if (out < 1 || out > kMaxDim) throw PolicyFormatError(where + ".out must be in [1, " + std::to_string(kMaxDim) + "]");
+    const at::Tensor w = get(params, json::string(json::member(s, "weight"), where + ".weight"), {out, in});
+    const at::Tensor b = get(params, json::string(json::member(s, "bias"), where + ".bias"), {out});
     MlpLayer L;
     L.in = static_cast<int>(in);
-    L.out = static_cast<int>(w.size(0));
+    L.out = static_cast<int>(out);
     L.weight = tensor_values(w);
     L.bias = tensor_values(b);
     if (!all_finite(L.weight.data(), L.weight.size()) || !all_finite(L.bias.data(), L.bias.size()))
       throw PolicyFormatError("the weights of layer '" + json::string(json::member(s, "weight"), "") +
                               "' are not all finite");
-    net.layers.push_back(std::move(L));
-    in = w.size(0);
+    net.width = std::max<std::int64_t>(net.width, out);
+    return L;
+  };
+  // A chain of layers from `in` features; returns the last one's width.
+  auto read_chain = [&](const Json& specs, std::int64_t in, std::vector<MlpLayer>& into, const std::string& where) {
+    if (!specs.is_array() || specs.empty()) throw PolicyFormatError(where + " is empty");
+    for (const Json& s : specs) {
+      into.push_back(read_layer(s, in, where + "[]"));
+      in = into.back().out;
+    }
+    return in;
+  };
+
+  std::int64_t in = meta.obs_dim;
+  if (kind_name == "sale") {
+    net.state = read_layer(json::member(plan, "state_layer"), meta.obs_dim, "network.state_layer");
+    const Json& enc = json::member(plan, "encoder");
+    const std::int64_t zs = read_chain(json::member(enc, "layers"), meta.obs_dim, net.encoder, "network.encoder.layers");
+    net.encoder_act = parse_activation(json::member(enc, "hidden_activation"), "network.encoder.hidden_activation");
+    const Json& norm = json::member(plan, "norm");
+    if (json::string(json::member(norm, "kind"), "network.norm.kind") != "avg_l1")
+      throw PolicyFormatError("network.norm.kind must be avg_l1");
+    const double eps = json::number(json::member(norm, "eps"), "network.norm.eps");
+    if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError("network.norm.eps must be in (0, 1)");
+    net.norm_eps = static_cast<float>(eps);
+    in = net.state.out + zs;  // the first layer reads the concatenation [state, zs]
     net.width = std::max(net.width, in);
   }
+  in = read_chain(json::member(plan, "layers"), in, net.layers, "network.layers");
   if (in != meta.act_dim)
     throw PolicyFormatError("the last layer has " + std::to_string(in) + " outputs, act_dim is " +
                             std::to_string(meta.act_dim));
@@ -131,15 +252,36 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
 // x is read and never written; every hidden layer goes into scratch (h0, h1) that this call writes
 // before it reads, so a call's result depends on its input alone.
 void forward_mlp(const MlpNetwork& net, const float* x, std::int64_t n, float* h0, float* h1, float* out) {
-  const int rows = static_cast<int>(n);
-  const float one = 1.0f;
   const float* in = x;
   float* h = h0;
+  if (!net.encoder.empty()) {
+    // SALE: the encoder alternates h0/h1; its last layer writes zs straight into the concatenation
+    // [state, zs] (row stride C) in the buffer it is not reading, and the state layer fills the rest.
+    float* bufs[2] = {h0, h1};
+    const std::size_t E = net.encoder.size();
+    float* cat = bufs[(E - 1) % 2];
+    const int S = net.state.out, C = S + net.encoder.back().out;
+    const float* e_in = x;
+    int ld = net.state.in;
+    for (std::size_t e = 0; e < E; ++e) {
+      const MlpLayer& L = net.encoder[e];
+      const bool last = e + 1 == E;
+      float* dst = last ? cat + S : bufs[e % 2];
+      linear(net, L, e_in, ld, n, dst, last ? C : L.out);
+      if (!last) apply(net.encoder_act, dst, n * L.out, net.vms_tanh);
+      e_in = dst;
+      ld = L.out;
+    }
+    avg_l1_rows(cat + S, n, C - S, C, net.norm_eps);
+    linear(net, net.state, x, net.state.in, n, cat, C);
+    avg_l1_rows(cat, n, S, C, net.norm_eps);
+    in = cat;
+    h = cat == h0 ? h1 : h0;
+  }
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
     const MlpLayer& L = net.layers[l];
     // h = bias, then h += x W^T: the same BLAS call torch makes for nn.Linear (addmm(bias, x, W^T)).
-    for (std::int64_t r = 0; r < n; ++r) std::memcpy(h + r * L.out, L.bias.data(), sizeof(float) * L.out);
-    gemm(net.sgemm, false, true, rows, L.out, L.in, one, in, L.in, L.weight.data(), L.in, one, h, L.out);
+    linear(net, L, in, L.in, n, h, L.out);
     const bool last_layer = l + 1 == net.layers.size();
     apply(last_layer ? net.output_act : net.hidden_act, h, n * L.out, net.vms_tanh);
     in = h;

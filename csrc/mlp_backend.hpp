@@ -1,7 +1,8 @@
 // The runtime's "mlp" backend: the actor as the metadata's network plan describes it (Linear layers
-// and an activation), with the weights copied out of the TorchScript module and run by plain loops
-// and one BLAS call per layer into preallocated buffers. No tensor, no interpreter, no allocation.
-// The runtime accepts it only after it reproduces the module's own forward at load time.
+// and an activation; for TD7's actor also its frozen state encoder and AvgL1Norm), with the weights
+// copied out of the TorchScript module and run by plain loops and one BLAS call per layer into
+// preallocated buffers. No tensor, no interpreter, no allocation. The runtime accepts it only after
+// it reproduces the module's own forward at load time.
 //
 // Private to pydpg_runtime (not installed): it exposes libtorch types.
 #pragma once
@@ -62,7 +63,7 @@ class AlignedFloats {
   std::int64_t size_ = 0;
 };
 
-enum class Activation { ReLU, Tanh, Identity };
+enum class Activation { ReLU, Tanh, ELU, Identity };
 
 struct MlpLayer {
   int in = 0, out = 0;
@@ -73,13 +74,19 @@ struct MlpLayer {
 struct MlpNetwork {
   std::vector<MlpLayer> layers;
   Activation hidden_act = Activation::ReLU, output_act = Activation::Tanh;
+  // TD7's SaleActor (plan kind "sale"): layers[0] reads [AvgL1Norm(state x), AvgL1Norm(encoder(x))]
+  // instead of x, the encoder's hidden layers with encoder_act. Empty encoder: a plain MLP.
+  MlpLayer state;
+  std::vector<MlpLayer> encoder;
+  Activation encoder_act = Activation::ELU;
+  float norm_eps = 0.0f;
   bool normalize = false;
   float clip = 0.0f;
   std::vector<float> mean, stdev;
   std::vector<double> low_d, high_d;  // the module's float32 bounds, widened exactly
   SgemmFn sgemm = nullptr;            // MKL's, or null: at::addmm_ (allocates per call)
   VmsTanhFn vms_tanh = nullptr;       // MKL VML's, or null: std::tanh
-  std::int64_t width = 0;             // widest layer, sizes the hidden buffers
+  std::int64_t width = 0;             // widest layer (or SALE's concatenation), sizes the hidden buffers
 
   // What it computes with, e.g. "sgemm: mkl, tanh: mkl vml" or "sgemm: aten addmm, tanh: libm".
   std::string kernels() const;

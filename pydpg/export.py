@@ -171,11 +171,23 @@ def _check_observations(obs_dim: int, norm: Optional[dict], n: int, seed: int = 
 
 
 # ----------------------------------------------------------------------------------------- the plan
-def _network_plan(actor: nn.Module) -> Optional[dict]:
-    """Describe pydpg's Actor (Linear/activation stack + tanh) so the C++ runtime can run it without
-    the TorchScript interpreter. None for any other actor: the runtime then calls forward()."""
-    from .networks import Actor
+def _linear_spec(mod: nn.Linear, name: str) -> Optional[dict]:
+    if type(mod) is not nn.Linear or mod.bias is None:
+        return None
+    return {"weight": f"actor.{name}.weight", "bias": f"actor.{name}.bias", "in": mod.in_features,
+            "out": mod.out_features}
 
+
+def _network_plan(actor: nn.Module) -> Optional[dict]:
+    """Describe the actor so the C++ runtime can run it without the TorchScript interpreter: pydpg's
+    Actor (Linear/activation stack + tanh, kind "mlp") or TD7's SaleActor (kind "sale"). None for
+    any other actor: the runtime then calls forward(). The runtime accepts a plan only after it
+    reproduces forward() at load, so a plan that lies costs speed, never correctness."""
+    from .networks import Actor
+    from .sale import SaleActor
+
+    if type(actor) is SaleActor:
+        return _sale_plan(actor)
     if type(actor) is not Actor or not isinstance(getattr(actor, "net", None), nn.Sequential):
         return None
     acts = {nn.ReLU: "relu", nn.Tanh: "tanh"}
@@ -183,10 +195,10 @@ def _network_plan(actor: nn.Module) -> Optional[dict]:
     mods = list(actor.net.named_children())
     for i, (name, mod) in enumerate(mods):
         if isinstance(mod, nn.Linear):
-            if mod.bias is None:
+            spec = _linear_spec(mod, f"net.{name}")
+            if spec is None:
                 return None
-            layers.append({"weight": f"actor.net.{name}.weight", "bias": f"actor.net.{name}.bias",
-                           "in": mod.in_features, "out": mod.out_features})
+            layers.append(spec)
         elif type(mod) in acts and i + 1 < len(mods):
             hidden.add(acts[type(mod)])
         else:
@@ -195,6 +207,23 @@ def _network_plan(actor: nn.Module) -> Optional[dict]:
         return None
     return {"kind": "mlp", "layers": layers, "hidden_activation": hidden.pop() if hidden else "identity",
             "output_activation": "tanh"}
+
+
+def _sale_plan(actor: nn.Module) -> Optional[dict]:
+    """SaleActor.forward as a plan: h = [AvgL1Norm(l0 s), zs(s)], zs = AvgL1Norm(zs3 elu(zs2 elu(zs1 s)))
+    from the frozen encoder, then relu layers l1, l2 and tanh(l3)."""
+    from .sale import AVG_L1_EPS
+
+    enc = actor.encoder
+    specs = [_linear_spec(m, n) for m, n in ((actor.l0, "l0"), (enc.zs1, "encoder.zs1"), (enc.zs2, "encoder.zs2"),
+                                             (enc.zs3, "encoder.zs3"), (actor.l1, "l1"), (actor.l2, "l2"),
+                                             (actor.l3, "l3"))]
+    if any(s is None for s in specs):
+        return None
+    return {"kind": "sale", "state_layer": specs[0],
+            "encoder": {"layers": specs[1:4], "hidden_activation": "elu"},
+            "norm": {"kind": "avg_l1", "eps": AVG_L1_EPS},
+            "layers": specs[4:], "hidden_activation": "relu", "output_activation": "tanh"}
 
 
 # ----------------------------------------------------------------------------------------- task spec

@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def avg_l1_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+AVG_L1_EPS = 1e-8  # TD7's AvgL1Norm floor; the runtime's mlp backend reads it from the export's plan
+
+
+def avg_l1_norm(x: torch.Tensor, eps: float = AVG_L1_EPS) -> torch.Tensor:
     """x / mean(|x|) over the last dimension: every row's features average magnitude 1 (TD7's
     AvgL1Norm), so concatenated inputs of different origins enter the next layer on one scale."""
     return x / x.abs().mean(-1, keepdim=True).clamp(min=eps)

@@ -25,10 +25,12 @@ torch.set_num_threads(1)
 OBS, ACT = 17, 6
 
 
-@pytest.fixture(scope="module")
-def policy_file(tmp_path_factory):
+@pytest.fixture(scope="module", params=["mlp_actor", "td7_actor"])
+def policy_file(request, tmp_path_factory):
+    """HalfCheetah's shapes with normalization and scaling; every test runs on pydpg's default actor
+    and on TD7's (SaleActor: its frozen encoder, AvgL1Norm and ELU inside the policy)."""
     torch.manual_seed(0)
-    agent = DDPG.from_dims(OBS, ACT)
+    agent = DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7") if request.param == "td7_actor" else None)
     norm = RunningNormalizer(OBS)
     norm.update(np.random.default_rng(0).standard_normal((256, OBS)) * 2 + 0.5)
     path = tmp_path_factory.mktemp("policy") / "policy.pt"
@@ -387,6 +389,54 @@ def test_lying_network_plan_is_refused(tmp_path, policy_file):
     assert Policy(path).backend == "torchscript"
     with pytest.raises(PolicyFormatError, match="does not reproduce forward"):
         Policy(path, backend="mlp")
+
+
+def _with_plan(src, dst, edit):
+    """A copy of the policy file at ``src`` whose metadata's network plan ``edit`` changed."""
+    import io
+
+    from pydpg.export import read_metadata
+
+    meta = read_metadata(src)
+    edit(meta["network"])
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module_of(src), buf, _extra_files={"pydpg_policy.json": json.dumps(meta)})
+    dst.write_bytes(buf.getvalue())
+    return dst
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda n: n.pop("state_layer"), "state_layer"),
+    (lambda n: n["norm"].update(kind="l2"), "network.norm.kind must be avg_l1"),
+    (lambda n: n["norm"].update(eps=0), r"network.norm.eps must be in \(0, 1\)"),
+    (lambda n: n["norm"].update(eps="x"), "network.norm.eps"),
+    (lambda n: n["encoder"].update(hidden_activation="gelu"), "is not one of relu, tanh, elu, identity"),
+    (lambda n: n["encoder"].update(layers=[]), "network.encoder.layers is empty"),
+    (lambda n: n["encoder"]["layers"].pop(), r"does not reproduce forward\(\)"),  # fits, but lies
+    (lambda n: n["encoder"]["layers"].pop(0), r"tensor 'actor.encoder.zs2.weight' is \[256, 256\]"),
+    (lambda n: n["state_layer"].update(out=-1), r"network.state_layer.out must be in \[1, "),
+    (lambda n: n["state_layer"].update(weight="actor.nope"), "the module has no tensor 'actor.nope'"),
+    (lambda n: n.update(kind="transformer"), "no network the mlp backend runs"),
+])
+def test_bad_sale_plans_are_refused_by_name(tmp_path, edit, match):
+    """A TD7 policy whose plan is damaged: backend="mlp" names what is wrong; "auto" runs the
+    module on the interpreter instead, still agreeing with it."""
+    torch.manual_seed(3)
+    good = tmp_path / "td7.pt"
+    export_policy(DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7")), good, action_low=[-1] * ACT,
+                  action_high=[1] * ACT, verbose=False)
+    assert Policy(good).backend == "mlp"
+    bad = _with_plan(good, tmp_path / "bad.pt", edit)
+    with pytest.raises(PolicyFormatError, match=match):
+        Policy(bad, backend="mlp")
+    p = Policy(bad)
+    assert p.backend == "torchscript"
+    obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
+    with torch.no_grad():
+        want = module_of(bad)(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(np.stack([p.act(o) for o in obs]), want, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- allocations

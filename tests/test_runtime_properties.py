@@ -1,6 +1,7 @@
 """Property tests (hypothesis) of the C++ policy runtime against the TorchScript module it loads.
 
-Over random actor shapes and widths, activations, weight scales from fresh to well past trained
+Over random actor shapes and widths (plain MLP actors and TD7's SaleActor with its frozen encoder),
+activations, weight scales from fresh to well past trained
 magnitudes (a 30k-step InvertedPendulum actor's weights are ~30x their initial scale), observation
 normalizations, action bounds and batch sizes:
 - ``Policy`` (default options, auto backend) loads every policy whose TorchScript output is finite,
@@ -25,6 +26,7 @@ from pydpg.agent import DDPG
 from pydpg.export import export_policy
 from pydpg.networks import Actor
 from pydpg.runtime import Policy
+from pydpg.sale import Encoder, SaleActor
 
 torch.set_num_threads(1)
 
@@ -46,8 +48,10 @@ def policies(draw):
     width = np.array(draw(st.lists(st.floats(1e-3, 200), min_size=act_dim, max_size=act_dim)))
     batch = draw(st.integers(1, 64))
     seed = draw(st.integers(0, 2**31 - 1))
+    sale = draw(st.booleans())  # TD7's actor: width hidden[0], zs of zs_dim (activation unused)
+    zs_dim = draw(st.integers(1, 64))
     return dict(obs_dim=obs_dim, act_dim=act_dim, hidden=hidden, activation=activation, scale=scale,
-                normalized=normalized, low=low, high=low + width, batch=batch, seed=seed)
+                normalized=normalized, low=low, high=low + width, batch=batch, seed=seed, sale=sale, zs_dim=zs_dim)
 
 
 class Stats:
@@ -66,12 +70,20 @@ TRAINED = dict(obs_dim=17, act_dim=6, hidden=(256, 256), activation=nn.ReLU, sca
                low=np.full(6, -1.0), high=np.full(6, 1.0), batch=64, seed=1)
 BEYOND = dict(obs_dim=11, act_dim=3, hidden=(64, 32, 16), activation=nn.Tanh, scale=60.0, normalized=False,
               low=np.array([100.0, -5.0, 0.0]), high=np.array([300.0, 5.0, 0.01]), batch=37, seed=2)
+# TD7's actor at its own sizes on Walker2d's shapes, at trained scale.
+TD7 = dict(obs_dim=17, act_dim=6, hidden=(256,), activation=nn.ReLU, scale=30.0, normalized=False,
+           low=np.full(6, -1.0), high=np.full(6, 1.0), batch=64, seed=3, sale=True, zs_dim=256)
 
 
 def build(tmp_path, case):
     torch.manual_seed(case["seed"] % 10_000)
     rng = np.random.default_rng(case["seed"])
-    actor = Actor(case["obs_dim"], case["act_dim"], hidden=case["hidden"], activation=case["activation"])
+    if case.get("sale"):
+        h = case["hidden"][0]
+        actor = SaleActor(case["obs_dim"], case["act_dim"], Encoder(case["obs_dim"], case["act_dim"], case["zs_dim"], h),
+                          case["zs_dim"], h)
+    else:
+        actor = Actor(case["obs_dim"], case["act_dim"], hidden=case["hidden"], activation=case["activation"])
     with torch.no_grad():
         for p in actor.parameters():
             p.mul_(case["scale"])
@@ -106,6 +118,7 @@ def tolerance(case):
 @given(case=policies())
 @example(case=TRAINED)
 @example(case=BEYOND)
+@example(case=TD7)
 def test_policy_agrees_with_torchscript_and_never_refuses_a_finite_one(tmp_path, case):
     path, obs, _ = build(tmp_path, case)
     want = module_actions(path, obs)
@@ -121,6 +134,7 @@ def test_policy_agrees_with_torchscript_and_never_refuses_a_finite_one(tmp_path,
 @given(case=policies())
 @example(case=TRAINED)
 @example(case=BEYOND)
+@example(case=TD7)
 def test_act_has_no_memory_between_calls(tmp_path, case):
     path, obs, rng = build(tmp_path, case)
     for backend in ("mlp", "torchscript"):
@@ -142,6 +156,7 @@ def test_act_has_no_memory_between_calls(tmp_path, case):
 @given(case=policies())
 @example(case=TRAINED)
 @example(case=BEYOND)
+@example(case=TD7)
 def test_batch_invariant_rows_are_their_own(tmp_path, case):
     path, obs, _ = build(tmp_path, case)
     p = Policy(path, max_batch=case["batch"], batch_invariant=True)

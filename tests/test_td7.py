@@ -295,8 +295,10 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     want = low + (a.actor(obs).detach().numpy() + 1) * (high - low) / 2
     got = np.stack([policy.act(o) for o in obs.numpy()])
     assert np.max(np.abs(got - want)) <= 1e-5, res
-    # The mlp backend runs plain MLP actors only; the export says so, and the runtime agrees.
-    assert res.runtime_backend == policy.backend == "torchscript" and "torchscript backend" in str(res)
+    # The runtime runs TD7's actor on its allocation-free mlp backend (tests/test_runtime.py runs
+    # every runtime test on a TD7 policy too); the export says so, and the runtime agrees.
+    assert res.runtime_backend == policy.backend == "mlp" and "mlp backend" in str(res)
+    assert res.metadata["network"]["kind"] == "sale"
 
 
 # ---------------------------------------------------------------------------- policy checkpoints

@@ -58,6 +58,14 @@ def trained_magnitude_policy(path: Path, scale: float = 30.0) -> None:
     export_policy(agent, path, action_low=[-1.0] * 6, action_high=[1.0] * 6, normalizer=norm, verbose=False)
 
 
+def td7_policy(path: Path) -> None:
+    """TD7's actor (preset td7): the mlp backend's SALE plan, whose encoder writes into the
+    concatenation through a row stride, is what the sanitizers should watch."""
+    torch.manual_seed(2)
+    agent = DDPG.from_dims(17, 6, DDPGConfig.preset("td7"))
+    export_policy(agent, path, action_low=[-1.0] * 6, action_high=[1.0] * 6, verbose=False)
+
+
 def damaged_copies(src: Path, out: Path) -> list[Path]:
     data = src.read_bytes()
     files = {"empty.pt": b"", "text.pt": b"not a policy", "truncated.pt": data[: len(data) // 2],
@@ -85,6 +93,9 @@ def main(out_dir: str) -> int:
     trained_magnitude_policy(scaled)
     write_reference(scaled, (rng.standard_normal((ROWS, 17)) * 3 + 1).astype(np.float32), out / "scaled_17x6.ref")
     bad = damaged_copies(scaled, out)
+    td7 = out / "td7_17x6.pt"
+    td7_policy(td7)
+    write_reference(td7, (rng.standard_normal((ROWS, 17)) * 3).astype(np.float32), out / "td7_17x6.ref")
     # A policy in the current format (observation spec in the metadata) for the control loop.
     import gymnasium as gym
 
@@ -94,6 +105,7 @@ def main(out_dir: str) -> int:
     env.close()
     print("\t".join(map(str, [out / "pendulum_30k.ref", pendulum])))
     print("\t".join(map(str, [out / "scaled_17x6.ref", scaled, *bad])))
+    print("\t".join(map(str, [out / "td7_17x6.ref", td7])))
     return 0
 
 
