@@ -44,7 +44,7 @@ echo "sanitize[$kind]: built in $((built - start)) s"
 fixtures="$build/fixtures"
 cases=$("$py" "$here/make_fixtures.py" "$fixtures")  # set -e: a failure here stops the run
 mapfile -t runtime_cases <<< "$cases"
-[ "${#runtime_cases[@]}" -eq 2 ] || { echo "sanitize[$kind]: make_fixtures.py printed no test cases" >&2; exit 1; }
+[ "${#runtime_cases[@]}" -eq 3 ] || { echo "sanitize[$kind]: make_fixtures.py printed no test cases" >&2; exit 1; }
 
 # Every finding is fatal (the drivers are also compiled with -fno-sanitize-recover=all). LeakSanitizer
 # is left on for pydpg's code; what libtorch, MKL and OpenMP keep allocated until exit is suppressed
