@@ -23,6 +23,28 @@ using VmsTanhFn = void (*)(int, const float*, float*, long long);
 inline SgemmFn find_sgemm() { return reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_")); }
 inline VmsTanhFn find_vms_tanh() { return reinterpret_cast<VmsTanhFn>(dlsym(RTLD_DEFAULT, "vmsTanh")); }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+// Sleef's 8-float expm1 (1-ulp), which torch's vectorized F.elu calls for float on x86 (libtorch_cpu
+// exports Sleef). Takes and returns an AVX register: only called from code compiled for AVX2.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+using Expm1x8Fn = __m256 (*)(__m256);
+#pragma GCC diagnostic pop
+inline Expm1x8Fn find_expm1x8() {
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return nullptr;
+  return reinterpret_cast<Expm1x8Fn>(dlsym(RTLD_DEFAULT, "Sleef_expm1f8_u10avx2"));
+}
+// out[0:8] = expm1(in[0:8]) through Sleef.
+__attribute__((target("avx2,fma"))) inline void expm1x8(Expm1x8Fn fn, const float* in, float* out) {
+  _mm256_storeu_ps(out, fn(_mm256_loadu_ps(in)));
+}
+#else
+using Expm1x8Fn = void*;
+inline Expm1x8Fn find_expm1x8() { return nullptr; }
+inline void expm1x8(Expm1x8Fn, const float*, float*) {}
+#endif
+
 // torch.tanh on float CPU tensors is vmsTanh with these flags (ATen/cpu/vml.h); glibc's tanhf differs
 // from it in the last bit for ~40% of inputs.
 constexpr long long kVmlMode = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE

@@ -86,6 +86,7 @@ struct MlpNetwork {
   std::vector<double> low_d, high_d;  // the module's float32 bounds, widened exactly
   SgemmFn sgemm = nullptr;            // MKL's, or null: at::addmm_ (allocates per call)
   VmsTanhFn vms_tanh = nullptr;       // MKL VML's, or null: std::tanh
+  Expm1x8Fn expm1x8 = nullptr;        // ELU's: Sleef's (x86, what torch calls), or null: exact expm1
   std::int64_t width = 0;             // widest layer (or SALE's concatenation), sizes the hidden buffers
 
   // What it computes with, e.g. "sgemm: mkl, tanh: mkl vml" or "sgemm: aten addmm, tanh: libm".

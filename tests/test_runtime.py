@@ -3,6 +3,7 @@ guard, clamping, latency statistics, bad policy files, and no heap allocation pe
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import warnings
@@ -17,7 +18,7 @@ from torch import nn
 from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, write_raw_policy
 from pydpg.agent import DDPG
 from pydpg.config import DDPGConfig
-from pydpg.export import export_policy
+from pydpg.export import export_policy, read_metadata
 from pydpg.normalizer import RunningNormalizer
 from pydpg.runtime import NonFiniteError, Policy, PolicyFormatError
 
@@ -292,10 +293,13 @@ def test_portable_kernels_still_pass_parity(policy_file):
     """Without MKL (aarch64 torch wheels) the mlp backend runs at::addmm and std::tanh: forced here on
     x86, it still reproduces the module to the load check's bound, so "auto" keeps the fast path."""
     fast = Policy(policy_file, max_batch=64)
-    assert fast.kernels in ("sgemm: mkl, tanh: mkl vml", "sgemm: aten addmm, tanh: libm")
+    sale = read_metadata(policy_file)["network"]["kind"] == "sale"
+    expm1 = (", expm1: sleef", ", expm1: libm double") if sale else ("",)
+    assert fast.kernels in [k + e for k in ("sgemm: mkl, tanh: mkl vml", "sgemm: aten addmm, tanh: libm") for e in expm1]
     for path in (policy_file, TRAINED_PENDULUM):
         p = Policy(path, max_batch=64, mlp_kernels="portable")
-        assert p.backend == "mlp" and p.kernels == "sgemm: aten addmm, tanh: libm"
+        portable = "sgemm: aten addmm, tanh: libm" + (", expm1: libm double" if path == policy_file and sale else "")
+        assert p.backend == "mlp" and p.kernels == portable
         obs = np.random.default_rng(6).standard_normal((64, p.obs_dim)).astype(np.float32)
         with torch.no_grad():
             want = module_of(path)(torch.from_numpy(obs)).numpy()
@@ -371,32 +375,8 @@ def test_malformed_metadata_json(tmp_path):
         Policy(path)
 
 
-def test_lying_network_plan_is_refused(tmp_path, policy_file):
-    """A network plan that does not reproduce forward() falls back to the interpreter (auto) or is
-    refused (backend="mlp"): the fast path can never silently compute something else."""
-    from pydpg.export import read_metadata
-
-    meta = read_metadata(policy_file)
-    meta["network"]["hidden_activation"] = "tanh"  # the module uses relu
-    module = module_of(policy_file)
-    path = tmp_path / "lie.pt"
-    import io
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(module, buf, _extra_files={"pydpg_policy.json": json.dumps(meta)})
-    path.write_bytes(buf.getvalue())
-    assert Policy(path).backend == "torchscript"
-    with pytest.raises(PolicyFormatError, match="does not reproduce forward"):
-        Policy(path, backend="mlp")
-
-
 def _with_plan(src, dst, edit):
     """A copy of the policy file at ``src`` whose metadata's network plan ``edit`` changed."""
-    import io
-
-    from pydpg.export import read_metadata
-
     meta = read_metadata(src)
     edit(meta["network"])
     buf = io.BytesIO()
@@ -405,6 +385,15 @@ def _with_plan(src, dst, edit):
         torch.jit.save(module_of(src), buf, _extra_files={"pydpg_policy.json": json.dumps(meta)})
     dst.write_bytes(buf.getvalue())
     return dst
+
+
+def test_lying_network_plan_is_refused(tmp_path, policy_file):
+    """A network plan that does not reproduce forward() falls back to the interpreter (auto) or is
+    refused (backend="mlp"): the fast path can never silently compute something else."""
+    path = _with_plan(policy_file, tmp_path / "lie.pt", lambda n: n.update(hidden_activation="tanh"))  # it is relu
+    assert Policy(path).backend == "torchscript"
+    with pytest.raises(PolicyFormatError, match="does not reproduce forward"):
+        Policy(path, backend="mlp")
 
 
 @pytest.mark.parametrize("edit, match", [
