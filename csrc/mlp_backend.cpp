@@ -34,9 +34,11 @@ Activation parse_activation(const Json& j, const std::string& what) {
   throw PolicyFormatError(what + " '" + s + "' is not one of relu, tanh, elu, identity");
 }
 
-// F.elu (alpha 1) on n floats: x above 0, expm1(x) below; NaN stays NaN. torch computes whole
-// vectors with Sleef's expm1 and the rest with libm's; so does this, where Sleef is found. Without
-// it (portable kernels, other CPUs), expm1 in double rounded once: the exact value's float, which
+// F.elu (alpha 1) on n floats: x above 0, expm1(x) below; NaN stays NaN. torch's kernel computes
+// whole vectors with Sleef's expm1 and leftover elements with libm's; this does the same in 8-float
+// steps where Sleef is found (torch's step may be longer, so a layer whose size is not a multiple of
+// 16 can round a leftover differently: the load check covers that; TD7's 256 splits alike). Without
+// Sleef (portable kernels, other CPUs): expm1 in double rounded once, the exact value's float, which
 // torch's agrees with to the last bit for all but ~0.05% of inputs.
 void elu(float* x, std::int64_t n, Expm1x8Fn sleef) {
   std::int64_t i = 0;

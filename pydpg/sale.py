@@ -68,6 +68,8 @@ class SaleActor(nn.Module):
         self.l3 = nn.Linear(hidden, act_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        # pydpg.export._sale_plan describes this forward to the C++ runtime: change both together
+        # (a plan that no longer matches fails the runtime's load check and runs on the interpreter).
         h = torch.cat([avg_l1_norm(self.l0(obs)), self.encoder.zs(obs)], dim=-1)
         return torch.tanh(self.l3(F.relu(self.l2(F.relu(self.l1(h))))))
 
