@@ -21,6 +21,7 @@ A spec is a TOML file (``pydpg sweep SPEC.toml``) or the same structure as a dic
     preset = "td3"                 # an algorithm preset (pydpg presets)
     [settings.sb3]
     impl = "sb3"                   # Stable-Baselines3's DDPG with the same hyper-parameters
+    tasks = ["Hopper-v5"]          # optional: only these of the sweep's tasks (default: all)
 
 Each (task, setting, seed) is one trial, configured as ``pydpg.presets.resolve`` does for a run: the
 task preset, then the setting's ``preset``, then the sweep's tables, then the setting's tables.
@@ -42,7 +43,7 @@ from .config import _did_you_mean
 
 IMPLS = ("pydpg", "sb3")
 TOP_KEYS = ("tasks", "seeds", "total_steps", "name", "agent", "train", "env", "settings")
-SETTING_KEYS = ("impl", "label", "preset", "agent", "train", "env")
+SETTING_KEYS = ("impl", "label", "preset", "tasks", "agent", "train", "env")
 TABLES = ("agent", "train", "env")
 # Trial keys that the sweep sets itself; a [train] table may not.
 _SWEEP_OWNED = {"seed": "seeds", "env_id": "tasks", "env_kwargs": "[env]"}
@@ -66,6 +67,12 @@ class Setting:
     agent: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    # A subset of the sweep's tasks, or None for all of them. A setting leaves out the tasks whose
+    # runs exist already (a baseline measured before) rather than paying for them twice.
+    tasks: Optional[tuple[str, ...]] = None
+
+    def runs_on(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,8 @@ class SweepSpec:
         for seed in self.seeds:
             for task in self.tasks:
                 for s in self.settings.values():
-                    out.append(self.resolve(task, s, seed))
+                    if s.runs_on(task):
+                        out.append(self.resolve(task, s, seed))
         names: dict[str, Trial] = {}
         for t in out:  # names join task and setting with '-', which both may contain
             other = names.setdefault(t.name, t)
@@ -233,12 +241,25 @@ def parse_spec(data: dict, source: str = "sweep spec") -> SweepSpec:
         for key in ("label", "preset"):
             if key in body and not isinstance(body[key], str):
                 raise ValueError(f"{where}: {key} must be a string, got {body[key]!r}")
+        own_tasks = body.get("tasks")
+        if own_tasks is not None:
+            if (not isinstance(own_tasks, list) or not own_tasks
+                    or not all(isinstance(t, str) for t in own_tasks) or len(set(own_tasks)) != len(own_tasks)):
+                raise ValueError(f"{where}: tasks must be a non-empty list of distinct environment ids, "
+                                 f"got {own_tasks!r}")
+            stray = [t for t in own_tasks if t not in tasks]
+            if stray:
+                raise ValueError(f"{where}: tasks {', '.join(map(repr, stray))} are not among the sweep's tasks "
+                                 f"({', '.join(tasks)})")
+            own_tasks = tuple(own_tasks)
         tables = {k: _table(f"{where}.{k}", body.get(k, {})) for k in TABLES}
         _check_tables(where, tables)
-        settings[sname] = Setting(sname, impl, body.get("label", ""), body.get("preset"), **tables)
+        settings[sname] = Setting(sname, impl, body.get("label", ""), body.get("preset"), **tables,
+                                  tasks=own_tasks)
 
     spec = SweepSpec(tuple(tasks), tuple(seeds), settings, total, name, source=source, **common)
     for task in spec.tasks:
         for s in settings.values():
-            spec.resolve(task, s, spec.seeds[0])
+            if s.runs_on(task):
+                spec.resolve(task, s, spec.seeds[0])
     return spec

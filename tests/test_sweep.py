@@ -78,6 +78,11 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
          "Stable-Baselines3 cannot run prioritized = True"),
         ({"tasks": [TASK], "seeds": [0, 0]}, "seeds repeats 0"),
         ({"tasks": [], "seeds": [0]}, "'tasks' must be a non-empty list"),
+        ({**base, "settings": {"a": {"tasks": ["Hopper-v5"]}}},
+         "[settings.a]: tasks 'Hopper-v5' are not among the sweep's tasks (InvertedPendulum-v5)"),
+        ({**base, "settings": {"a": {"tasks": []}}}, "[settings.a]: tasks must be a non-empty list"),
+        ({**base, "settings": {"a": {"tasks": TASK}}}, "[settings.a]: tasks must be a non-empty list"),
+        ({**base, "settings": {"a": {"tasks": [TASK, TASK]}}}, "list of distinct environment ids"),
     ]
     for spec, fragment in cases:
         with pytest.raises(ValueError) as e:
@@ -85,6 +90,13 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
         assert fragment in str(e.value), (fragment, str(e.value))
     example = load_spec(Path(__file__).parent.parent / "examples" / "sweeps" / "pendulum.toml").trials()
     assert len(example) == 6 and {t.agent["twin_critics"] for t in example if t.setting == "td3"} == {True}
+    # A setting limited to some of the sweep's tasks has trials on those only, and is resolved
+    # (checked) on those only.
+    limited = load_spec({"tasks": [TASK, "Hopper-v5"], "seeds": [0, 1],
+                         "settings": {"all": {}, "some": {"tasks": ["Hopper-v5"], "preset": "td3"}}}).trials()
+    assert [(t.task, t.setting, t.seed) for t in limited] == [
+        (TASK, "all", 0), ("Hopper-v5", "all", 0), ("Hopper-v5", "some", 0),
+        (TASK, "all", 1), ("Hopper-v5", "all", 1), ("Hopper-v5", "some", 1)]
     # A TOML file through the CLI: one line, exit 2, the file and the key named.
     bad = tmp_path / "bad.toml"
     bad.write_text(SPEC_TOML.replace("[settings.fast_tau]", "[settings.fast_tau]\nimpl_ = 'sb3'"))
