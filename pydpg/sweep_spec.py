@@ -113,12 +113,7 @@ class SweepSpec:
 
     def trials(self) -> list[Trial]:
         """Every (task, setting, seed), seed-major so that an early stop has seen every setting."""
-        out = []
-        for seed in self.seeds:
-            for task in self.tasks:
-                for s in self.settings.values():
-                    if s.runs_on(task):
-                        out.append(self.resolve(task, s, seed))
+        out = [self.resolve(task, s, seed) for seed in self.seeds for task, s in self.cells()]
         names: dict[str, Trial] = {}
         for t in out:  # names join task and setting with '-', which both may contain
             other = names.setdefault(t.name, t)
@@ -126,6 +121,11 @@ class SweepSpec:
                 raise ValueError(f"{self.source}: {other.task} with setting {other.setting!r} and {t.task} with "
                                  f"setting {t.setting!r} would both be trial {t.name!r}; rename a setting")
         return out
+
+    def cells(self) -> list[tuple[str, Setting]]:
+        """Every (task, setting) the sweep runs, task-major: a setting limited to some tasks
+        (``Setting.tasks``) has cells on those only."""
+        return [(task, s) for task in self.tasks for s in self.settings.values() if s.runs_on(task)]
 
     def resolve(self, task: str, s: Setting, seed: int) -> Trial:
         train = {**({} if self.total_steps is None else {"total_steps": self.total_steps}), **self.train,
@@ -258,8 +258,6 @@ def parse_spec(data: dict, source: str = "sweep spec") -> SweepSpec:
                                   tasks=own_tasks)
 
     spec = SweepSpec(tuple(tasks), tuple(seeds), settings, total, name, source=source, **common)
-    for task in spec.tasks:
-        for s in settings.values():
-            if s.runs_on(task):
-                spec.resolve(task, s, spec.seeds[0])
+    for task, s in spec.cells():
+        spec.resolve(task, s, spec.seeds[0])
     return spec
