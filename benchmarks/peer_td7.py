@@ -313,6 +313,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, nargs="?", const=RESULTS, default=None)
     args = p.parse_args(argv)
+    for name in ("updates", "episodes", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     td7 = load_authors(args.td7_repo)
     ckpt = check_checkpoints(td7, args.episodes, args.seed)
