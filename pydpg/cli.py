@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description=(
         "Run every (task, setting, seed) of SPEC.toml as a Ray Tune trial, each a normal run directory "
         "OUT/<task>/<setting>/seed<k>/, then print the table (final, tail and best eval, mean +/- std over "
-        "seeds) and write OUT/sweep_summary.md, OUT/sweep_summary.json and OUT/curves_<task>.png. See "
+        "seeds) and write OUT/sweep_summary.md, OUT/sweep_summary.json, OUT/sweep_runs.json and "
+        "OUT/curves_<task>.png. See "
         "docs/sweeps.md for the spec format. Needs the optional extra: pip install 'pydpg[ray]'."))
     s.add_argument("spec", nargs="?", metavar="SPEC.toml", help="the sweep spec")
     s.add_argument("--out", metavar="DIR", help="output directory (default runs/sweeps/<SPEC name>)")
@@ -118,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help=(
         "continue an interrupted sweep: unfinished trials continue from their checkpoints, finished ones "
         "are not run again"))
-    s.add_argument("--summarize", metavar="DIR", help="only aggregate the sweep in DIR again (no Ray needed)")
+    s.add_argument("--summarize", metavar="DIR", help=(
+        "only aggregate the sweep in DIR again (no Ray needed); also writes DIR/sweep_runs.json, every "
+        "run's evaluation curve, small enough to keep where run directories are not"))
+    s.add_argument("--add-runs", metavar="FILE", action="append", default=[], help=(
+        "with --summarize: also count the runs of FILE (a sweep_runs.json of an earlier summary) whose "
+        "task, setting and seed DIR has no run of; may be repeated"))
     s.add_argument("--quiet", action="store_true", help="no Tune status output")
 
     p = sub.add_parser("presets", help="list the shipped presets, or print one")
@@ -305,11 +311,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise CLIError(f"--summarize DIR only reads DIR; {', '.join(given)} cannot be given with it")
         from .sweep_summary import summarize
 
-        summary = summarize(args.summarize)
+        summary = summarize(args.summarize, add_runs=args.add_runs)
         print(summary.markdown, end="")
-        print(f"written in {summary.out_dir}: sweep_summary.md, sweep_summary.json"
+        print(f"written in {summary.out_dir}: sweep_summary.md, sweep_summary.json, sweep_runs.json"
               + "".join(f", {p.name}" for p in summary.pngs), file=sys.stderr)
         return 0
+    if args.add_runs:
+        raise CLIError("--add-runs FILE goes with --summarize DIR")
     if args.spec is None:
         raise CLIError("sweep needs SPEC.toml (or --summarize DIR)")
     if args.ray_address is not None and args.num_cpus is not None:
@@ -337,7 +345,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 130
     print(result.summary.markdown, end="")
     print(f"{len(result.trials)} trials in {result.wall_time_s:.0f} s; written in {result.out_dir}: sweep_summary.md, "
-          "sweep_summary.json" + "".join(f", {p.name}" for p in result.summary.pngs), file=sys.stderr)
+          "sweep_summary.json, sweep_runs.json" + "".join(f", {p.name}" for p in result.summary.pngs), file=sys.stderr)
     if result.unfinished:
         print(f"{len(result.unfinished)} trial(s) did not finish (Tune was stopped); {resume_hint}", file=sys.stderr)
         return 130

@@ -6,6 +6,11 @@ mean of the evaluations over the last 100k steps of each run (the last 10% for r
 that), and each run's best evaluation, each as mean +/- std over seeds with the number of seeds. It
 writes ``sweep_summary.md``, ``sweep_summary.json`` and one ``curves_<task>.png`` per task (mean over
 seeds +/- std, one line per setting).
+
+It also writes ``sweep_runs.json``: every run's evaluation curve, small enough to commit. Run
+directories (replay buffers, checkpoints) are too large to keep, yet a study's seeds may be run on
+different machines or days; ``summarize(out_dir, add_runs=[record])`` counts the runs of earlier
+records beside the ones on disk, so a table over seeds survives the directories it came from.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,6 +29,9 @@ from .sweep_spec import task_dir
 
 SUMMARY_MD = "sweep_summary.md"
 SUMMARY_JSON = "sweep_summary.json"
+RUNS_JSON = "sweep_runs.json"
+RUNS_FORMAT = "pydpg.sweep_runs"
+RUNS_VERSION = 1
 SETTING_FILE = "setting.json"  # written by pydpg.sweep beside a setting's seed directories
 # The steadier number of the learning benchmark (docs/benchmarks_training.md): a single evaluation
 # of a MuJoCo task swings by hundreds, so the evaluations of the run's last 100k steps are averaged.
@@ -102,6 +110,70 @@ def collect(out_dir: Union[str, os.PathLike]) -> list[Group]:
             groups.append(Group(task, setting_dir.name, meta.get("label") or setting_dir.name,
                                 meta.get("impl") or first.get("impl") or "pydpg", sorted(runs, key=lambda r: r.seed)))
     return groups
+
+
+def runs_record(groups: list[Group]) -> dict[str, Any]:
+    """Every run's curve, in the form ``read_runs_record`` reads back."""
+    return {"format": RUNS_FORMAT, "version": RUNS_VERSION, "runs": [
+        {"task": g.task, "setting": g.setting, "label": g.label, "impl": g.impl, "seed": r.seed,
+         "finished": r.finished, "wall_time_s": r.wall_time_s,
+         "steps": [int(x) for x in r.steps], "evals": [float(x) for x in r.evals]}
+        for g in groups for r in g.runs]}
+
+
+def read_runs_record(path: Union[str, os.PathLike]) -> list[Group]:
+    """The groups of a ``sweep_runs.json``; ValueError naming the file, the run and the field if it is bad."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the runs record '{path}': {e}") from None
+    if not isinstance(record, dict) or record.get("format") != RUNS_FORMAT:
+        raise ValueError(f"'{path}' is not a runs record (no \"format\": \"{RUNS_FORMAT}\")")
+    if record.get("version") != RUNS_VERSION:
+        raise ValueError(f"'{path}' is a runs record of version {record.get('version')!r}; "
+                         f"this pydpg reads version {RUNS_VERSION}")
+    if not isinstance(record.get("runs"), list):
+        raise ValueError(f"'{path}': \"runs\" must be a list")
+    groups: dict[tuple[str, str], Group] = {}
+    for i, run in enumerate(record["runs"]):
+        where = f"'{path}', run {i}"
+        if not isinstance(run, dict):
+            raise ValueError(f"{where}: must be an object")
+        for key in ("task", "setting", "label", "impl"):
+            if not isinstance(run.get(key), str) or not run[key]:
+                raise ValueError(f"{where}: {key!r} must be a non-empty string")
+        seed = run.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"{where}: 'seed' must be an integer >= 0, not {seed!r}")
+        if not isinstance(run.get("finished"), bool):
+            raise ValueError(f"{where}: 'finished' must be true or false")
+        wall = run.get("wall_time_s")
+        if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not math.isfinite(wall) or wall < 0:
+            raise ValueError(f"{where}: 'wall_time_s' must be a finite number >= 0, not {wall!r}")
+        steps, evals = run.get("steps"), run.get("evals")
+        if not isinstance(steps, list) or not isinstance(evals, list) or not steps or len(steps) != len(evals):
+            raise ValueError(f"{where}: 'steps' and 'evals' must be non-empty lists of the same length")
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in steps) or \
+                any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"{where}: 'steps' must be increasing integers >= 0")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in evals):
+            raise ValueError(f"{where}: 'evals' must be finite numbers")
+        g = groups.setdefault((run["task"], run["setting"]), Group(run["task"], run["setting"], run["label"], run["impl"]))
+        if any(r.seed == seed for r in g.runs):
+            raise ValueError(f"{where}: {run['task']} / {run['setting']} seed {seed} is recorded twice")
+        g.runs.append(Run(seed, path, np.array(steps), np.array(evals, dtype=float), float(wall), run["finished"]))
+    return list(groups.values())
+
+
+def merge_groups(found: list[Group], added: list[Group]) -> list[Group]:
+    """``found`` with the runs of ``added`` whose task, setting and seed ``found`` has no run of."""
+    by_key = {(g.task, g.setting): g for g in found}
+    for a in added:
+        g = by_key.setdefault((a.task, a.setting), Group(a.task, a.setting, a.label, a.impl))
+        seeds = {r.seed for r in g.runs}
+        g.runs = sorted(g.runs + [r for r in a.runs if r.seed not in seeds], key=lambda r: r.seed)
+    return sorted(by_key.values(), key=lambda g: (task_dir(g.task), g.setting))
 
 
 def tail_window(steps: float) -> tuple[int, str]:
@@ -194,12 +266,17 @@ class SweepSummary:
     out_dir: Path
 
 
-def summarize(out_dir: Union[str, os.PathLike], write: bool = True) -> SweepSummary:
-    """Aggregate ``out_dir``'s runs; with ``write``, also ``sweep_summary.md``/``.json`` and the PNGs."""
+def summarize(out_dir: Union[str, os.PathLike], write: bool = True,
+              add_runs: Sequence[Union[str, os.PathLike]] = ()) -> SweepSummary:
+    """Aggregate ``out_dir``'s runs, and those of the ``add_runs`` records that ``out_dir`` has no run of the
+    same task, setting and seed for (the first record wins among them); with ``write``, also
+    ``sweep_summary.md``/``.json``, ``sweep_runs.json`` and the PNGs."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ValueError(f"'{out_dir}' is not a directory")
     groups = collect(out_dir)
+    for record in add_runs:
+        groups = merge_groups(groups, read_runs_record(record))
     rows = [group_stats(g) for g in groups]
     md = markdown_table(rows) if rows else "no run under this directory has an evaluation yet\n"
     pngs: list[Path] = []
@@ -208,6 +285,7 @@ def summarize(out_dir: Union[str, os.PathLike], write: bool = True) -> SweepSumm
 
         atomic_write_bytes(out_dir / SUMMARY_MD, md.encode())
         atomic_write_bytes(out_dir / SUMMARY_JSON, json.dumps({"rows": rows}, indent=2).encode())
+        atomic_write_bytes(out_dir / RUNS_JSON, json.dumps(runs_record(groups)).encode())
         for task in dict.fromkeys(g.task for g in groups):
             png = out_dir / f"curves_{task_dir(task)}.png"
             if plot_task([g for g in groups if g.task == task], png, title=task):

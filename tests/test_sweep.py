@@ -163,6 +163,75 @@ def test_summary_statistics_and_tail_rule(tmp_path):
     assert s.pngs == [tmp_path / "curves_Hopper-v5.png"] and s.pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_record_carries_seeds_across_directories(tmp_path, capsys):
+    # Seed 0 was run (and its directory deleted) elsewhere; its curve survives in sweep_runs.json,
+    # and a later directory with seed 1 summarizes over both as if they had run side by side.
+    steps = np.arange(1, 41) * 5_000
+    a, b = np.linspace(0, 390, 40), np.linspace(100, 490, 40)
+    first, second, both = tmp_path / "first", tmp_path / "second", tmp_path / "both"
+    write_metrics(first / "Hopper-v5" / "td7" / "seed0", steps, a)
+    write_metrics(first / "Hopper-v5" / "td3" / "seed0", steps, b)
+    summarize(first)
+    record = first / "sweep_runs.json"
+    assert [(r["setting"], r["seed"], len(r["steps"])) for r in json.loads(record.read_text())["runs"]] == \
+        [("td3", 0, 40), ("td7", 0, 40)]
+    write_metrics(second / "Hopper-v5" / "td7" / "seed1", steps, b)
+    write_metrics(second / "Hopper-v5" / "td3" / "seed0", steps, a)  # on disk: wins over the record's seed 0
+    write_metrics(both / "Hopper-v5" / "td7" / "seed0", steps, a)
+    write_metrics(both / "Hopper-v5" / "td7" / "seed1", steps, b)
+    write_metrics(both / "Hopper-v5" / "td3" / "seed0", steps, a)
+    assert main(["sweep", "--summarize", str(second), "--add-runs", str(record)]) == 0
+    merged = capsys.readouterr().out
+    assert "Hopper-v5 | td7 | 2 (2 running)" in merged
+    assert merged == summarize(both).markdown
+    # The merged record holds every run, so it can be carried on again.
+    runs = json.loads((second / "sweep_runs.json").read_text())["runs"]
+    assert [(r["setting"], r["seed"]) for r in runs] == [("td3", 0), ("td7", 0), ("td7", 1)]
+    assert runs[0]["evals"] == pytest.approx(list(a))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: "{not json", "cannot read the runs record"),
+    (lambda r: json.dumps({"runs": []}), 'is not a runs record'),
+    (lambda r: json.dumps({**r, "version": 2}), "of version 2; this pydpg reads version 1"),
+    (lambda r: json.dumps({**r, "runs": {}}), '"runs" must be a list'),
+    (lambda r: json.dumps({**r, "runs": [7]}), "run 0: must be an object"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "task": ""}]}), "run 0: 'task' must be a non-empty"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "seed": -1}]}), "'seed' must be an integer >= 0"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "seed": True}]}), "'seed' must be an integer >= 0"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "finished": "yes"}]}), "'finished' must be true or false"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "wall_time_s": -1}]}), "'wall_time_s' must be a finite"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0]}]}), "lists of the same length"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [], "evals": []}]}), "non-empty lists"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [200, 100]}]}), "'steps' must be increasing"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [100, 2.5]}]}), "'steps' must be increasing"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0, float("nan")]}]}), "'evals' must be finite"),
+    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0, "2"]}]}), "'evals' must be finite"),
+    (lambda r: json.dumps({**r, "runs": r["runs"] * 2}), "run 1: Hopper-v5 / base seed 0 is recorded twice"),
+    (lambda r: json.dumps(r)[: len(json.dumps(r)) // 2], "cannot read the runs record"),
+])
+def test_bad_runs_records_are_refused_by_name(tmp_path, capsys, damage, message):
+    write_metrics(tmp_path / "good" / "Hopper-v5" / "base" / "seed0", [100, 200], [1.0, 3.0])
+    summarize(tmp_path / "good")
+    bad = tmp_path / "bad.json"
+    bad.write_text(damage(json.loads((tmp_path / "good" / "sweep_runs.json").read_text())))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as e:
+        summarize(tmp_path / "good", add_runs=[bad])
+    assert str(bad) in str(e.value)
+    assert main(["sweep", "--summarize", str(tmp_path / "good"), "--add-runs", str(bad)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_add_runs_goes_with_summarize(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC_TOML)
+    assert main(["sweep", str(spec), "--add-runs", str(tmp_path / "r.json")]) == 2
+    assert "--add-runs FILE goes with --summarize DIR" in capsys.readouterr().err
+    (tmp_path / "s").mkdir()
+    assert main(["sweep", "--summarize", str(tmp_path / "s"), "--add-runs", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the runs record" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------- on Ray
 def test_sweep_on_local_ray(ray_local, tmp_path, capsys):
     spec, out = tmp_path / "spec.toml", tmp_path / "out"
