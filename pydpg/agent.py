@@ -219,10 +219,11 @@ class DDPG:
         return self.checkpoint_actor if self.checkpoint_actor is not None else self.actor
 
     @torch.no_grad()
-    def save_policy_checkpoint(self) -> None:
+    def save_policy_checkpoint(self, step: int) -> None:
         """The current actor (with SALE, its fixed encoder inside) becomes the policy checkpoint,
-        buffers included."""
+        buffers included, taken at env step ``step``."""
         self.checkpoint_actor.load_state_dict(self.actor.state_dict())
+        self.checkpoints.saved_at_step = int(step)
 
     @property
     def fixed_encoder(self) -> Optional[Encoder]:

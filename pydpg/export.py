@@ -71,7 +71,14 @@ class ExportResult:
         return (f"exported {self.format} policy to {self.path}: parity check passed on {self.n_checked} observations, "
                 f"max |exported - actor| = {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}); "
                 + (f"pydpg.Policy runs it on its {self.runtime_backend} backend" if self.runtime_backend
-                   else "pydpg.Policy loads TorchScript files only"))
+                   else "pydpg.Policy loads TorchScript files only") + self._dated())
+
+    def _dated(self) -> str:
+        """Said only when the policy is older than the run (a TD7 policy checkpoint)."""
+        step, run = self.metadata.get("policy_step"), self.metadata.get("training_steps")
+        if step is None or run is None or step == run:
+            return ""
+        return f"; the policy is the checkpoint taken at step {step} of the run's {run}"
 
     @property
     def runtime_backend(self) -> Optional[str]:
@@ -330,6 +337,18 @@ def _resolve_actor(source) -> nn.Module:
                     "or a checkpoint path")
 
 
+def _policy_step(source, training_steps: Optional[int]) -> Optional[int]:
+    """The env step the exported policy comes from: a TD7 policy checkpoint's own (it can be far
+    behind the run), else the run's."""
+    if isinstance(source, nn.Module):
+        return None  # a bare actor: no run to date it
+    for holder in (source, getattr(source, "agent", None)):
+        checkpoints = getattr(holder, "checkpoints", None)
+        if hasattr(checkpoints, "saved_at_step"):
+            return checkpoints.saved_at_step
+    return training_steps
+
+
 def _first_linear(actor: nn.Module) -> Optional[nn.Linear]:
     return next((m for m in actor.modules() if isinstance(m, nn.Linear)), None)
 
@@ -436,7 +455,7 @@ def _write_pt2(module: PolicyModule, tmp: Path, meta: dict, obs: np.ndarray):
 def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Optional[str] = None,
                   action_low: Optional[Sequence[float]] = None, action_high: Optional[Sequence[float]] = None,
                   normalizer=None, obs_dim: Optional[int] = None, training_steps: Optional[int] = None,
-                  eval_return: Optional[float] = None, format: str = "torchscript",
+                  policy_step: Optional[int] = None, eval_return: Optional[float] = None, format: str = "torchscript",
                   n_check: int = DEFAULT_N_CHECK, atol: float = DEFAULT_ATOL, model_xml: Optional[str] = None,
                   observation_spec=None, verbose: bool = True) -> ExportResult:
     """Write ``source``'s actor as a deployable policy file and check it against the actor.
@@ -464,6 +483,8 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         action_low, action_high = source.low, source.high
     if training_steps is None and isinstance(getattr(source, "step", None), int):
         training_steps = source.step
+    if policy_step is None:
+        policy_step = _policy_step(source, training_steps)
     history = getattr(source, "history", None)
     if eval_return is None and isinstance(history, list) and history and isinstance(history[-1], dict):
         eval_return = history[-1].get("eval_mean")
@@ -532,6 +553,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         "env_id": env_id, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
         "action_low": low.tolist(), "action_high": high.tolist(), "normalization": norm,
         "training_steps": None if training_steps is None else int(training_steps),
+        "policy_step": None if policy_step is None else int(policy_step),
         "eval_return": None if eval_return is None or not math.isfinite(eval_return) else float(eval_return),
         "network": plan, "task": task, "observation": observation,
         "parity": {"n": int(n_check), "atol": float(atol)},

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 EPISODES_LATE = 20  # TD7 max_eps_when_checkpointing
 LATE_AFTER_UPDATES = 750_000  # TD7 steps_before_checkpointing
@@ -36,6 +37,10 @@ class PolicyCheckpoints:
     min_return: float = math.inf  # this assessment's minimum so far
     episodes: int = 0  # in this assessment
     started: bool = False  # an episode has ended since learning started
+    # The env step at which the checkpoint was taken (0: the initial actor; None: unknown, a run
+    # checkpointed before this was recorded). An export reports it, since the deployed policy can
+    # be many steps older than the run.
+    saved_at_step: Optional[int] = 0
 
     def episode_ended(self, episode_return: float) -> tuple[bool, bool]:
         """(train now, checkpoint the current policy first), for an episode that ended after
@@ -71,8 +76,10 @@ class PolicyCheckpoints:
 
     def load_state_dict(self, state: dict) -> None:
         fields = set(asdict(self))
-        if set(state) != fields:
+        if set(state) not in (fields, fields - {"saved_at_step"}):  # without it: saved before it was kept
             raise ValueError(f"policy checkpoint state: expected keys {sorted(fields)}, got {sorted(state)}")
+        saved_at = state.get("saved_at_step")
+        self.saved_at_step = None if saved_at is None else int(saved_at)
         self.episodes_per_assessment, self.episodes = int(state["episodes_per_assessment"]), int(state["episodes"])
         self.started = bool(state["started"])
         self.best_min_return, self.min_return = float(state["best_min_return"]), float(state["min_return"])

@@ -353,8 +353,8 @@ class Trainer:
         if checkpoints is not None and self.counters.step + chunk.steps >= self.config.learning_starts:
             for ret in chunk.returns:  # TD7: assess the current policy on each training episode
                 train, save = checkpoints.episode_ended(ret)
-                if save:
-                    self.agent.save_policy_checkpoint()
+                if save:  # policy checkpoints run one local env: a chunk is one step, so this is the episode's end
+                    self.agent.save_policy_checkpoint(self.counters.step + chunk.steps)
                 self._burst = self._burst or train
         self.counters.episodes += len(chunk.returns)
         if self.normalizer is not None and len(chunk.seen_obs):

@@ -147,6 +147,7 @@ def test_export_from_trainer_like_object(tmp_path):
     export_policy(trainer, tmp_path / "p.pt", verbose=False)
     meta = read_metadata(tmp_path / "p.pt")
     assert (meta["training_steps"], meta["eval_return"], meta["env_id"]) == (777, 12.5, "InvertedPendulum-v5")
+    assert meta["policy_step"] == 777  # without TD7's policy checkpoints the policy is the run's latest
     assert meta["normalization"] is not None and meta["task"] is not None
     assert meta["observation"]["terms"] == [{"field": "qpos"}, {"field": "qvel"}]
     assert meta["observation"]["termination"][-1] == {"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2,

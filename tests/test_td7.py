@@ -283,13 +283,17 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     g = torch.Generator().manual_seed(8)
     for _ in range(3):
         a.update(_batch(g))
-    a.save_policy_checkpoint()  # what is exported is the checkpoint: make it the trained actor
+    a.save_policy_checkpoint(1234)  # what is exported is the checkpoint: make it the trained actor
     assert all(torch.equal(x, y) for x, y in zip(a.checkpoint_actor.state_dict().values(),
                                                  a.actor.state_dict().values()))
     low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
     with pytest.raises(ValueError, match=f"obs_dim={OBS + 1}"):
         export_policy(a, tmp_path / "bad.pt", action_low=low, action_high=high, obs_dim=OBS + 1)
-    res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS)
+    res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS,
+                        training_steps=5000)
+    # The file dates the policy by its checkpoint, not by how long the run went on after it.
+    assert (res.metadata["training_steps"], res.metadata["policy_step"]) == (5000, 1234)
+    assert str(res).endswith("the policy is the checkpoint taken at step 1234 of the run's 5000")
     policy = pydpg.Policy(str(tmp_path / "td7.pt"))
     obs = torch.randn(16, OBS, generator=g)
     want = low + (a.actor(obs).detach().numpy() + 1) * (high - low) / 2
@@ -325,6 +329,10 @@ def test_policy_checkpoint_assessment_follows_td7():
     assert fresh == pc
     with pytest.raises(ValueError, match="expected keys"):
         fresh.load_state_dict({**state, "extra": 1})
+    # A run checkpointed before the checkpoint's step was kept still resumes; its step is unknown.
+    older = {k: v for k, v in state.items() if k != "saved_at_step"}
+    fresh.load_state_dict(older)
+    assert fresh.saved_at_step is None and PolicyCheckpoints().saved_at_step == 0
 
 
 def _checkpointed_trainer(out, total=900, **kw):
@@ -369,9 +377,10 @@ def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_pa
         calls["targets"] += info["targets_updated"]
         return info
 
-    def spy_save():
+    def spy_save(step):
         calls["saves"] += 1
-        save()
+        calls.setdefault("saved_at", []).append((step, tr.step))
+        save(step)
 
     def spy_reset():
         calls["resets"] += 1
@@ -396,6 +405,14 @@ def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_pa
     # Checkpoints were taken, of trained actors; evaluation runs the last one, exploration the actor.
     assert calls["saves"] > 0 and not torch.equal(_flat(a.checkpoint_actor), initial)
     assert not torch.equal(_flat(a.checkpoint_actor), _flat(a.actor))
+    # Each is dated by the step that ended its assessment (one env: one step per chunk), the step
+    # at which the updates owed then ran; the export reports the last one's, behind the run's.
+    assert all(step == now + 1 for step, now in calls["saved_at"])
+    assert {step for step, _ in calls["saved_at"]} <= {s for s, b, a in bursts}
+    assert a.checkpoints.saved_at_step == calls["saved_at"][-1][0] < tr.step
+    from pydpg.export import export_policy
+    res = export_policy(tr, tmp_path / "td7.pt", verbose=False)
+    assert (res.metadata["training_steps"], res.metadata["policy_step"]) == (tr.step, a.checkpoints.saved_at_step)
     obs = np.zeros((4, 3), np.float32)
     want = a.checkpoint_actor(torch.as_tensor(obs)).numpy()
     assert np.array_equal(tr.policy(obs), want) and not np.array_equal(a.act(obs), want)
