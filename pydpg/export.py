@@ -340,9 +340,7 @@ def _resolve_actor(source) -> nn.Module:
 def _policy_step(source, training_steps: Optional[int]) -> Optional[int]:
     """The env step the exported policy comes from: a TD7 policy checkpoint's own (it can be far
     behind the run), else the run's."""
-    if isinstance(source, nn.Module):
-        return None  # a bare actor: no run to date it
-    for holder in (source, getattr(source, "agent", None)):
+    for holder in () if isinstance(source, nn.Module) else (source, getattr(source, "agent", None)):
         checkpoints = getattr(holder, "checkpoints", None)
         if hasattr(checkpoints, "saved_at_step"):
             return checkpoints.saved_at_step
@@ -464,6 +462,8 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
     ``env``: a Gymnasium env (or ``env_id``) supplies the action bounds, env id, the MuJoCo model and
     the task description the C++ control loop needs; otherwise pass ``action_low``/``action_high``.
     ``normalizer``: observation statistics used in training (object or dict with mean, var, eps, clip).
+    ``training_steps``: the run's env steps (a Trainer's own by default); ``policy_step``: the step
+    the policy comes from, by default a TD7 policy checkpoint's, else ``training_steps``.
     ``observation_spec``: how the observation is built from mjData (``pydpg.observation``); defaults
     to the spec shipped with the task preset of ``env_id``. With an env it is verified against the
     env's observations over 200 steps (``ObservationMismatch`` names the first wrong term otherwise).

@@ -56,7 +56,7 @@ def test_export_matches_training_policy_and_carries_metadata(tmp_path, cheetah, 
     assert meta["format"] == "pydpg-policy" and meta["format_version"] == FORMAT_VERSION
     assert (meta["obs_dim"], meta["act_dim"], meta["env_id"]) == (17, 6, "HalfCheetah-v5")
     assert meta["action_low"] == [-1.0] * 6 and meta["action_high"] == [1.0] * 6
-    assert meta["training_steps"] == 1234 and meta["eval_return"] == 56.5
+    assert meta["training_steps"] == meta["policy_step"] == 1234 and meta["eval_return"] == 56.5
     np.testing.assert_allclose(meta["normalization"]["mean"], norm.mean.numpy())
     assert meta["normalization"]["clip"] == 10.0 and meta["pydpg_version"]
     assert meta["network"]["kind"] == "mlp" and meta["task"]["frame_skip"] == 5
