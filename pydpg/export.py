@@ -325,11 +325,17 @@ def normalizer_stats(normalizer) -> Optional[dict]:
     return {"mean": mean.tolist(), "var": var.tolist(), "eps": eps, "clip": clip}
 
 
+def _holders(source) -> tuple:
+    """Where an agent's parts are: ``source`` itself (an agent) or its ``agent`` (a Trainer, the
+    API's object); nothing for a bare actor module."""
+    return () if isinstance(source, nn.Module) else (source, getattr(source, "agent", None))
+
+
 def _resolve_actor(source) -> nn.Module:
     if isinstance(source, nn.Module):
         return source
     # An agent's policy_actor is what it deploys: its TD7 policy checkpoint, where it keeps one.
-    for holder in (source, getattr(source, "agent", None)):
+    for holder in _holders(source):
         for attr in ("policy_actor", "actor"):
             if isinstance(getattr(holder, attr, None), nn.Module):
                 return getattr(holder, attr)
@@ -340,7 +346,7 @@ def _resolve_actor(source) -> nn.Module:
 def _policy_step(source, training_steps: Optional[int]) -> Optional[int]:
     """The env step the exported policy comes from: a TD7 policy checkpoint's own (it can be far
     behind the run), else the run's."""
-    for holder in () if isinstance(source, nn.Module) else (source, getattr(source, "agent", None)):
+    for holder in _holders(source):
         checkpoints = getattr(holder, "checkpoints", None)
         if hasattr(checkpoints, "saved_at_step"):
             return checkpoints.saved_at_step
