@@ -32,6 +32,7 @@ import datetime
 import io
 import json
 import math
+import numbers
 import os
 import sys
 import tempfile
@@ -353,6 +354,15 @@ def _policy_step(source, training_steps: Optional[int]) -> Optional[int]:
     return training_steps
 
 
+def _step_count(name: str, value) -> Optional[int]:
+    """An env step count as metadata holds it: None (unknown) or a whole number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a whole number of env steps >= 0 (or None), got {value!r}")
+    return int(value)
+
+
 def _first_linear(actor: nn.Module) -> Optional[nn.Linear]:
     return next((m for m in actor.modules() if isinstance(m, nn.Linear)), None)
 
@@ -491,6 +501,9 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         training_steps = source.step
     if policy_step is None:
         policy_step = _policy_step(source, training_steps)
+    training_steps, policy_step = _step_count("training_steps", training_steps), _step_count("policy_step", policy_step)
+    if None not in (training_steps, policy_step) and policy_step > training_steps:
+        raise ValueError(f"policy_step {policy_step} is after the run's training_steps {training_steps}")
     history = getattr(source, "history", None)
     if eval_return is None and isinstance(history, list) and history and isinstance(history[-1], dict):
         eval_return = history[-1].get("eval_mean")
@@ -558,8 +571,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "env_id": env_id, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
         "action_low": low.tolist(), "action_high": high.tolist(), "normalization": norm,
-        "training_steps": None if training_steps is None else int(training_steps),
-        "policy_step": None if policy_step is None else int(policy_step),
+        "training_steps": training_steps, "policy_step": policy_step,
         "eval_return": None if eval_return is None or not math.isfinite(eval_return) else float(eval_return),
         "network": plan, "task": task, "observation": observation,
         "parity": {"n": int(n_check), "atol": float(atol)},

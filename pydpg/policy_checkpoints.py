@@ -79,7 +79,9 @@ class PolicyCheckpoints:
         if set(state) not in (fields, fields - {"saved_at_step"}):  # without it: saved before it was kept
             raise ValueError(f"policy checkpoint state: expected keys {sorted(fields)}, got {sorted(state)}")
         saved_at = state.get("saved_at_step")
-        self.saved_at_step = None if saved_at is None else int(saved_at)
+        if saved_at is not None and (isinstance(saved_at, bool) or not isinstance(saved_at, int) or saved_at < 0):
+            raise ValueError(f"policy checkpoint state: saved_at_step must be an env step >= 0 or None, got {saved_at!r}")
+        self.saved_at_step = saved_at
         self.episodes_per_assessment, self.episodes = int(state["episodes_per_assessment"]), int(state["episodes"])
         self.started = bool(state["started"])
         self.best_min_return, self.min_return = float(state["best_min_return"]), float(state["min_return"])

@@ -148,6 +148,17 @@ def test_export_from_trainer_like_object(tmp_path):
     meta = read_metadata(tmp_path / "p.pt")
     assert (meta["training_steps"], meta["eval_return"], meta["env_id"]) == (777, 12.5, "InvertedPendulum-v5")
     assert meta["policy_step"] == 777  # without TD7's policy checkpoints the policy is the run's latest
+    # Step counts are whole numbers >= 0, and a policy cannot come from after the run's last step.
+    for kw, what in (({"policy_step": -5}, "policy_step must be a whole number"),
+                     ({"policy_step": 1.5}, "policy_step must be a whole number"),
+                     ({"training_steps": "10"}, "training_steps must be a whole number"),
+                     ({"training_steps": True}, "training_steps must be a whole number"),
+                     ({"policy_step": 800}, "policy_step 800 is after the run's training_steps 777")):
+        with pytest.raises(ValueError, match=what):
+            export_policy(trainer, tmp_path / "bad.pt", verbose=False, **kw)
+    assert not (tmp_path / "bad.pt").exists()
+    export_policy(trainer, tmp_path / "q.pt", verbose=False, policy_step=np.int64(700))
+    assert read_metadata(tmp_path / "q.pt")["policy_step"] == 700
     assert meta["normalization"] is not None and meta["task"] is not None
     assert meta["observation"]["terms"] == [{"field": "qpos"}, {"field": "qvel"}]
     assert meta["observation"]["termination"][-1] == {"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2,

@@ -333,6 +333,9 @@ def test_policy_checkpoint_assessment_follows_td7():
     older = {k: v for k, v in state.items() if k != "saved_at_step"}
     fresh.load_state_dict(older)
     assert fresh.saved_at_step is None and PolicyCheckpoints().saved_at_step == 0
+    for bad in (-3, "12", 1.0, True):
+        with pytest.raises(ValueError, match="saved_at_step must be an env step"):
+            fresh.load_state_dict({**state, "saved_at_step": bad})
 
 
 def _checkpointed_trainer(out, total=900, **kw):
