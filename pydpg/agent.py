@@ -1,5 +1,6 @@
-"""The DDPG update (Lillicrap et al. 2015), with TD3's switches (Fujimoto et al. 2018) and TD7's
-(Fujimoto et al. 2023: SALE embeddings, LAP, hard targets, value clipping).
+"""The DDPG update (Lillicrap et al. 2015), with TD3's switches (Fujimoto et al. 2018), TD7's
+(Fujimoto et al. 2023: SALE embeddings, LAP, hard targets, value clipping) and CrossQ's (Bhatt et al.
+2024: batch renormalization, no target networks).
 
 Notation follows docs/theory.md: actor mu_theta, critic Q_phi, targets mu', Q'. One ``update`` is
 
@@ -7,6 +8,9 @@ Notation follows docs/theory.md: actor mu_theta, critic Q_phi, targets mu', Q'. 
     L(phi) = mean_i w_i * (Q_phi(s_i, a_i) - y_i)^2                 critic_loss
     J(theta) = -mean_i Q_phi(s_i, mu_theta(s_i))                    actor_loss
     theta', phi' <- tau * (theta, phi) + (1 - tau) * (theta', phi')  soft_update
+
+Without target networks (CrossQ) mu' and Q' are the online mu and Q, and Q(s, a) and Q(s', mu(s'))
+come from one forward pass over both batches (``critic_loss``).
 
 The core works on tensors and torch modules only: no gymnasium, no replay buffer.
 """
@@ -26,7 +30,7 @@ from torch import nn
 from .batch import Batch
 from .config import DDPGConfig
 from .mlp_update import MlpUpdater, why_not
-from .networks import Actor, Critic
+from .networks import Actor, BatchRenorm, Critic
 from .policy_checkpoints import PolicyCheckpoints
 from .sale import Encoder, fixed_encoder, sale_networks
 
@@ -39,6 +43,20 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
         if dev.index is None:  # pin the index so tensor.device == agent.device comparisons hold
             dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+@contextlib.contextmanager
+def batch_statistics(module: nn.Module, on: bool = True):
+    """Train mode for the block (normalization layers use and update their batch statistics), then
+    back to evaluation mode, in which batch-renormalized networks live: acting, targets, the actor
+    loss's critic and every export read the running statistics. ``on`` False: no change."""
+    if on:
+        module.train()
+    try:
+        yield module
+    finally:
+        if on:
+            module.eval()
 
 
 @contextlib.contextmanager
@@ -59,12 +77,12 @@ def frozen(module: nn.Module):
             p.requires_grad_(True)
 
 
-def _adam(params, lr: float, device: torch.device, weight_decay: float = 0.0) -> torch.optim.Adam:
+def _adam(params, lr: float, device: torch.device, weight_decay: float = 0.0, beta1: float = 0.9) -> torch.optim.Adam:
     # Fused Adam (one kernel for all parameters) on CUDA and CPU, where it was ~10% faster per whole
     # DDPG update than foreach=True for 256-256 nets on one CPU thread; multi-tensor foreach elsewhere.
     # Adam's weight_decay is the coupled L2 penalty (added to the gradient), as in Lillicrap et al. §7.
     kernel = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernel)
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), weight_decay=weight_decay, **kernel)
 
 
 def _has_step_hooks(opt: torch.optim.Optimizer) -> bool:
@@ -121,7 +139,8 @@ class DDPG:
     """Actor, critic(s), their Polyak targets and optimizers, and the DDPG/TD3 update.
 
     Attributes: ``actor``, ``actor_target``, ``critics`` / ``critic_targets`` (``nn.ModuleList`` of one,
-    or two with ``config.twin_critics``; ``critic`` is ``critics[0]``), ``actor_opt``, ``critic_opt``,
+    or two with ``config.twin_critics``; ``critic`` is ``critics[0]``; the targets are None with
+    ``config.target_networks`` off), ``actor_opt``, ``critic_opt``,
     ``n_updates`` (critic steps so far) and ``action_bound``: the box actions live in, used to clamp
     smoothed target actions and noisy ``act`` outputs; 1.0 for the tanh ``Actor``, None (no clamp) for
     other actor modules. Set it explicitly for a custom bounded actor. With ``config.sale``:
@@ -149,13 +168,19 @@ class DDPG:
         elif encoder is not None:
             raise ValueError("an encoder was given but DDPGConfig.sale is False")
         frozen_ids = {id(p) for p in fixed.parameters()} if cfg.sale else set()
+        if cfg.batch_renorm:  # normalized networks live in evaluation mode; the update switches (batch_statistics)
+            self.actor.eval()
+            self.critics.eval()
         # Targets never receive gradients; they move only through soft_update / update_targets.
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_targets = copy.deepcopy(self.critics).requires_grad_(False)
+        self.actor_target: Optional[nn.Module] = None
+        self.critic_targets: Optional[nn.ModuleList] = None
+        if cfg.target_networks:
+            self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+            self.critic_targets = copy.deepcopy(self.critics).requires_grad_(False)
         self.actor_opt = _adam([p for p in self.actor.parameters() if id(p) not in frozen_ids], cfg.actor_lr,
-                               self.device)
+                               self.device, beta1=cfg.adam_beta1)
         self.critic_opt = _adam([p for p in self.critics.parameters() if id(p) not in frozen_ids], cfg.critic_lr,
-                                self.device, cfg.critic_l2)
+                                self.device, cfg.critic_l2, beta1=cfg.adam_beta1)
         self.action_bound: Optional[float] = 1.0 if isinstance(actor, Actor) or cfg.sale else None
         # Value clipping (TD7): Q' in the target is clamped to value_range, the [min, max] of the
         # targets seen (value_seen) when the targets last moved. TD7 starts both bounds at 0.
@@ -173,8 +198,9 @@ class DDPG:
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(int(torch.randint(2**62, ())))
         # Flat (online, target) parameter lists, built once, for the single fused Polyak call.
-        self._online = [*self.actor.parameters(), *self.critics.parameters()]
-        self._target = [*self.actor_target.parameters(), *self.critic_targets.parameters()]
+        self._online = [*self.actor.parameters(), *self.critics.parameters()] if cfg.target_networks else []
+        self._target = ([*self.actor_target.parameters(), *self.critic_targets.parameters()]
+                        if cfg.target_networks else [])
         # The C++ update bound to these tensors (pydpg.mlp_update), or why it can't run them, for the
         # tensors identified by _updater_key.
         self._updater: Optional[MlpUpdater] = None
@@ -199,10 +225,15 @@ class DDPG:
             encoder, actor, critic = sale_networks(obs_dim, act_dim, cfg.twin_critics, cfg.sale_dim, cfg.hidden[0])
             return cls(actor, [critic], cfg, device, encoder=encoder)
         n_critics = 2 if cfg.twin_critics else 1
+        brn = None
+        if cfg.batch_renorm:
+            def brn(width: int) -> BatchRenorm:
+                return BatchRenorm(width, cfg.batch_renorm_momentum, cfg.batch_renorm_warmup)
         if actor is None:
-            actor = Actor(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init)
+            actor = Actor(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init, batch_renorm=brn)
         if critic is None:
-            critics = [Critic(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init, layer_norm=cfg.critic_layer_norm)
+            critics = [Critic(obs_dim, act_dim, cfg.critic_hidden or cfg.hidden, final_init=cfg.final_init,
+                              layer_norm=cfg.critic_layer_norm, batch_renorm=brn)
                        for _ in range(n_critics)]
         else:
             critics = [critic] + [copy.deepcopy(critic) for _ in range(n_critics - 1)]
@@ -259,14 +290,28 @@ class DDPG:
         smoothing; ``noise`` defaults to a fresh ``target_noise(batch)``) and takes the min over two
         target critics (clipped double Q-learning).
         """
+        if self.actor_target is None:
+            raise ValueError("with DDPGConfig.target_networks off the target comes from the same forward pass as "
+                             "Q(s, a): read it from critic_loss(batch)[1]['target']")
+        next_action = self.next_action(self.actor_target, batch, noise)
+        return self.bootstrap(batch, self.q_values(self.critic_targets, batch.next_obs, next_action))
+
+    @torch.no_grad()
+    def next_action(self, actor: nn.Module, batch: Batch, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """a' = ``actor``(s') + noise, clamped to the action bound (TD3's target policy smoothing;
+        ``noise`` defaults to a fresh ``target_noise(batch)``, None when smoothing is off)."""
         if noise is None:
             noise = self.target_noise(batch)
-        next_action = self.actor_target(batch.next_obs)
+        next_action = actor(batch.next_obs)
         if noise is not None:
             next_action = next_action + noise
             if self.action_bound is not None:
                 next_action = next_action.clamp_(-self.action_bound, self.action_bound)
-        next_q = self.q_values(self.critic_targets, batch.next_obs, next_action).amin(-1, keepdim=True)
+        return next_action
+
+    def bootstrap(self, batch: Batch, next_q: torch.Tensor) -> torch.Tensor:
+        """y = r + discount * (1 - done) * min over heads of ``next_q`` ([B, heads]), held constant."""
+        next_q = next_q.detach().amin(-1, keepdim=True)
         if self.config.value_clip:  # TD7: Q' may not leave the range of the targets seen so far
             next_q = next_q.clamp(self.value_range[0], self.value_range[1])
         return batch.reward + batch.discount * (1.0 - batch.done) * next_q
@@ -280,8 +325,23 @@ class DDPG:
         or LAP's max(max_k |Q_k(s, a) - y|, 1); ``q_mean`` = mean Q_1(s, a), a scalar tensor; and
         ``target``, y itself. ``noise``: see ``critic_target``.
         """
-        y = self.critic_target(batch, noise)
-        q = self.q_values(self.critics, batch.obs, batch.action)
+        if self.actor_target is not None:
+            y = self.critic_target(batch, noise)
+            with batch_statistics(self.critics, self.config.batch_renorm):
+                q = self.q_values(self.critics, batch.obs, batch.action)
+        else:
+            # CrossQ: Q(s, a) and Q(s', a') in one forward pass, so that the critic's batch
+            # statistics are those of the mixture of both batches. Run apart, (s', a') (a' from the
+            # current policy) would be normalized with statistics of the replayed (s, a) only, a
+            # distribution it is not from (Bhatt et al. 2024, §3.2). a' is the actor's with its running
+            # statistics, as every action the agent takes.
+            n = batch.obs.shape[0]
+            next_action = self.next_action(self.actor, batch, noise)
+            with batch_statistics(self.critics, self.config.batch_renorm):
+                q_both = self.q_values(self.critics, torch.cat([batch.obs, batch.next_obs]),
+                                       torch.cat([batch.action, next_action]))
+            q = q_both[:n]
+            y = self.bootstrap(batch, q_both[n:])
         td = q - y
         if self.config.lap:
             # LAP (Fujimoto et al. 2020): sampling with probability ~ max(|delta|, 1)^alpha and
@@ -305,7 +365,9 @@ class DDPG:
         The critic is frozen while the graph is built, so backward computes only d/da through the
         critic and never the critic's weight gradients (which the actor step would throw away).
         """
-        with frozen(self.critic):
+        with frozen(self.critic), batch_statistics(self.actor, self.config.batch_renorm):
+            # With batch renormalization the actor uses (and updates) its batch statistics; the
+            # critic, frozen, reads its running ones (CrossQ; sb3-contrib's CrossQ does the same).
             return -self.critic(obs, self.actor(obs)).mean()
 
     @torch.no_grad()
@@ -379,7 +441,7 @@ class DDPG:
         if self.n_updates % cfg.policy_delay == 0:
             actor_loss = self.actor_loss(batch.obs)
             self._step(self.actor_opt, actor_loss)
-            if not cfg.hard_target_interval:
+            if not cfg.hard_target_interval and cfg.target_networks:
                 self.soft_update()
                 targets_moved = True
             actor_loss = actor_loss.detach()
@@ -436,8 +498,8 @@ class DDPG:
         return {
             "actor": self.actor.state_dict(),
             "critics": self.critics.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic_targets": self.critic_targets.state_dict(),
+            **({"actor_target": self.actor_target.state_dict(), "critic_targets": self.critic_targets.state_dict()}
+               if self.actor_target is not None else {}),
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
             "n_updates": self.n_updates,
@@ -456,7 +518,8 @@ class DDPG:
         if set(state) != expected:
             raise ValueError(f"DDPG state: missing keys {sorted(expected - set(state))}, "
                              f"unexpected keys {sorted(set(state) - expected)}")
-        for name in ("actor", "critics", "actor_target", "critic_targets", "actor_opt", "critic_opt",
+        for name in ("actor", "critics", *(("actor_target", "critic_targets") if self.actor_target is not None else ()),
+                     "actor_opt", "critic_opt",
                      *(("encoder", "encoder_opt") if self.encoder is not None else ()),
                      *(("checkpoint_actor", "checkpoints") if self.checkpoints is not None else ())):
             getattr(self, name).load_state_dict(state[name])

@@ -29,10 +29,14 @@ class DDPGConfig:
     # LayerNorm after each hidden layer of the critic(s) (RLPD, Ball et al. 2023; Nauman et al. 2024).
     # Off: neither OurDDPG, CleanRL nor the paper normalizes (the paper's batch norm is not kept).
     critic_layer_norm: bool = False
+    # The critics' widths where they differ from the actor's; () = ``hidden``. CrossQ widens the critic
+    # to 2048-2048 (Bhatt et al. 2024, §4.3; sb3-contrib's CrossQ uses 1024-1024 to save compute).
+    critic_hidden: tuple[int, ...] = ()
 
     # Optimization. Adam 3e-4 for both networks: OurDDPG and CleanRL (paper: 1e-4 actor, 1e-3 critic).
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
+    adam_beta1: float = 0.9  # Adam's first-moment decay: torch's default; CrossQ uses 0.5 (its code, sb3-contrib)
     batch_size: int = 256  # OurDDPG / CleanRL (paper: 64)
     tau: float = 0.005  # Polyak rate, OurDDPG / CleanRL (paper: 0.001)
     gamma: float = 0.99  # all three sources
@@ -81,6 +85,18 @@ class DDPGConfig:
     # One local env only (n_envs=1, no workers): an assessment is of one fixed policy's episodes.
     policy_checkpoints: bool = False
 
+    # CrossQ's switches (Bhatt et al. 2024, "CrossQ: Batch Normalization in Deep Reinforcement Learning
+    # for Greater Sample Efficiency and Simplicity"; github.com/adityab/CrossQ, sb3-contrib's CrossQ).
+    # batch_renorm: a BatchRenorm layer before every Linear of actor and critics (pydpg.networks).
+    # target_networks=False: no target networks; the critic target reads the online critic, and
+    # (s, a) and (s', mu(s')) go through the critic in one joint batch so that its batch statistics
+    # are those of both distributions (docs/theory.md). CrossQ values: True, False, momentum 0.01,
+    # warmup 100k forward passes (sb3-contrib's renorm_warmup_steps).
+    batch_renorm: bool = False
+    batch_renorm_momentum: float = 0.01
+    batch_renorm_warmup: int = 100_000
+    target_networks: bool = True
+
     # Replay.
     prioritized: bool = False  # proportional PER (Schaul et al. 2016)
     per_alpha: float = 0.6  # Schaul et al. 2016, proportional variant
@@ -110,6 +126,15 @@ class DDPGConfig:
             "td7": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5,
                         sale=True, sale_dim=256, encoder_lr=3e-4, hard_target_interval=250, value_clip=True,
                         lap=True, prioritized=True, per_alpha=0.4, policy_checkpoints=True),
+            # CrossQ on TD3's deterministic actor (Bhatt et al. 2024 apply it to TD3 as well as SAC):
+            # TD3's clipped double Q and target smoothing, batch renormalization, no target networks,
+            # a 2048-2048 critic, Adam lr 1e-3 with beta1 0.5 and an actor step every 3 critic steps
+            # (the paper's Table 3 / sb3-contrib CrossQ: learning_rate 1e-3, betas (0.5, 0.999),
+            # policy_delay 3). The wide critic is for a GPU: on one CPU core an update takes ~30x a
+            # 256-256 one (critic_hidden=(256, 256) is the paper's narrow ablation).
+            "crossq": dict(twin_critics=True, policy_delay=3, target_policy_noise=0.2, target_noise_clip=0.5,
+                           batch_renorm=True, target_networks=False, critic_hidden=(2048, 2048),
+                           actor_lr=1e-3, critic_lr=1e-3, adam_beta1=0.5),
         }
 
     @classmethod
@@ -128,6 +153,7 @@ class DDPGConfig:
         """Plain JSON-able values (``hidden`` as a list)."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["critic_hidden"] = list(self.critic_hidden)
         return d
 
     @classmethod
@@ -138,8 +164,9 @@ class DDPGConfig:
             named = ", ".join(f"{k!r}{_did_you_mean(k, known)}" for k in unknown)
             raise ValueError(f"unknown DDPGConfig key(s): {named}")
         d = dict(d)
-        if "hidden" in d and not isinstance(d["hidden"], int):
-            d["hidden"] = tuple(d["hidden"])
+        for key in ("hidden", "critic_hidden"):
+            if key in d and not isinstance(d[key], int):
+                d[key] = tuple(d[key])
         cfg = cls(**d)
         cfg.validate()
         return cfg
@@ -161,6 +188,9 @@ class DDPGConfig:
         h = self.hidden
         check("hidden", isinstance(h, (tuple, list)) and all(is_int(w) and w > 0 for w in h),
               "a sequence of positive ints")
+        ch = self.critic_hidden
+        check("critic_hidden", isinstance(ch, (tuple, list)) and all(is_int(w) and w > 0 for w in ch),
+              "a sequence of positive ints (empty: the same as hidden)")
         check("final_init", self.final_init is None or (is_num(self.final_init) and self.final_init > 0),
               "None or > 0")
         for f in ("actor_lr", "critic_lr", "encoder_lr", "ou_dt"):
@@ -170,6 +200,10 @@ class DDPGConfig:
             check(f, is_num(getattr(self, f)) and getattr(self, f) >= 0, ">= 0")
         check("tau", is_num(self.tau) and 0 < self.tau <= 1, "in (0, 1]")
         check("gamma", is_num(self.gamma) and 0 <= self.gamma <= 1, "in [0, 1]")
+        check("adam_beta1", is_num(self.adam_beta1) and 0 <= self.adam_beta1 < 1, "in [0, 1)")
+        check("batch_renorm_momentum", is_num(self.batch_renorm_momentum) and 0 < self.batch_renorm_momentum <= 1,
+              "in (0, 1]")
+        check("batch_renorm_warmup", is_int(self.batch_renorm_warmup) and self.batch_renorm_warmup >= 0, "an int >= 0")
         check("per_beta0", is_num(self.per_beta0) and 0 <= self.per_beta0 <= 1, "in [0, 1]")
         for f in ("batch_size", "buffer_size", "train_freq", "gradient_steps", "policy_delay", "n_step", "sale_dim"):
             check(f, is_int(getattr(self, f)) and getattr(self, f) >= 1, "an int >= 1")
@@ -179,12 +213,19 @@ class DDPGConfig:
         check("exploration_noise", self.exploration_noise in NOISE_TYPES, f"one of {NOISE_TYPES}",
               _did_you_mean(self.exploration_noise, NOISE_TYPES))
         for f in ("twin_critics", "prioritized", "obs_normalization", "critic_layer_norm", "sale", "value_clip", "lap",
-                  "policy_checkpoints"):
+                  "policy_checkpoints", "batch_renorm", "target_networks"):
             check(f, isinstance(getattr(self, f), bool), "a bool")
         check("sale", not self.sale or self.hard_target_interval > 0, "False unless hard_target_interval > 0",
               " (SALE's fixed encoders are refreshed at hard target updates; TD7 uses 250)")
         check("sale", not (self.sale and self.critic_layer_norm), "False with critic_layer_norm",
               " (SALE's critic has its own normalization, AvgL1Norm)")
+        check("critic_hidden", not (self.sale and self.critic_hidden), "() with sale",
+              " (SALE's networks are all hidden[0] wide)")
+        check("batch_renorm", not (self.batch_renorm and (self.sale or self.critic_layer_norm)),
+              "False with sale or critic_layer_norm", " (one normalization per network)")
+        for f in ("hard_target_interval", "value_clip", "sale"):
+            check(f, self.target_networks or not getattr(self, f), "off with target_networks=False",
+                  " (it acts on the target networks)")
         check("lap", not self.lap or self.prioritized, "False unless prioritized=True",
               " (LAP samples through the prioritized buffer)")
         check("policy_checkpoints", not (self.policy_checkpoints and self.obs_normalization),

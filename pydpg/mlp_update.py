@@ -64,9 +64,11 @@ def why_not(agent: "DDPG") -> Optional[str]:
     if agent.device.type != "cpu":
         return f"the agent is on {agent.device}; the C++ update runs on the CPU"
     cfg = agent.config
-    on = [name for name in ("sale", "lap", "value_clip", "hard_target_interval") if getattr(cfg, name)]
+    on = [name for name in ("sale", "lap", "value_clip", "hard_target_interval", "batch_renorm") if getattr(cfg, name)]
     if on:
         return f"DDPGConfig.{on[0]} is on; the C++ update has DDPG's and TD3's switches only"
+    if not cfg.target_networks:
+        return "DDPGConfig.target_networks is off; the C++ update has DDPG's and TD3's switches only"
     if type(agent.actor) is not Actor or any(type(c) is not Critic for c in agent.critics):
         return "the networks are not pydpg.networks.Actor and Critic"
     for name, net in [("actor", agent.actor.net), *((f"critic {k}", c.net) for k, c in enumerate(agent.critics))]:

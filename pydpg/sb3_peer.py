@@ -18,7 +18,8 @@ from .config import DDPGConfig
 
 # pydpg fields that SB3's DDPG/TD3 has no way to match, with the value that it does match.
 _NOT_IN_SB3 = {"final_init": None, "critic_l2": 0.0, "prioritized": False, "n_step": 1,
-               "obs_normalization": False, "critic_layer_norm": False}
+               "obs_normalization": False, "critic_layer_norm": False, "critic_hidden": (),
+               "adam_beta1": 0.9, "batch_renorm": False, "target_networks": True}
 
 
 def unsupported(config: DDPGConfig, n_envs: int = 1) -> list[str]:

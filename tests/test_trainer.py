@@ -137,15 +137,18 @@ def test_resume_is_exact_on_mujoco_with_obs_normalization(tmp_path):
     assert torch.equal(ref.normalizer.mean, resumed.normalizer.mean)
 
 
-@pytest.mark.parametrize("variant", ["cpp-update", "layernorm-autograd", "td7"])
+@pytest.mark.parametrize("variant", ["cpp-update", "layernorm-autograd", "td7", "crossq"])
 def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, variant):
     """Every RNG stream at once: PER sampling, target-smoothing noise, OU state, n-step pending returns;
     on the C++ update, on autograd with LayerNorm critics (whose gains and biases are parameters
-    and optimizer state too), and with TD7's switches (encoder and its optimizer, the value range,
-    LAP's reset maximum priority, hard targets between checkpoints)."""
+    and optimizer state too), with TD7's switches (encoder and its optimizer, the value range,
+    LAP's reset maximum priority, hard targets between checkpoints) and with CrossQ's (the running
+    statistics and step counts of every batch renormalization layer, past its warmup)."""
     extra = (dict(critic_layer_norm=True) if variant == "layernorm-autograd" else
              {**DDPGConfig.presets()["td7"], "sale_dim": 8, "hard_target_interval": 70, "policy_checkpoints": False}
-             if variant == "td7" else {})  # checkpoints take one env: test_td7.py resumes those
+             if variant == "td7" else  # policy checkpoints take one env: test_td7.py resumes those
+             {**DDPGConfig.presets()["crossq"], "critic_hidden": (16, 16), "batch_renorm_warmup": 300}
+             if variant == "crossq" else {})
     layer_norm = variant != "cpp-update"  # both others run on autograd
     cfg = DDPGConfig.preset("td3", **{**dict(hidden=(16, 16), batch_size=16, buffer_size=5000, learning_starts=100,
                                              prioritized=True, n_step=2, exploration_noise="ou"), **extra})
