@@ -14,6 +14,9 @@ Contenders:
 * ``pydpg TD7`` (``--td7``): ``--preset td7``'s update (TD3 + SALE's encoder step and embeddings,
   LAP's Huber loss, hard targets every 250, value clipping; autograd, which the C++ update does not
   cover). Its ratio is to the JAX TD3 peer: the cost of TD7's additions over TD3.
+* ``pydpg CrossQ`` (``--crossq``): ``--preset crossq``'s update (TD3 + batch renormalization, no
+  targets, the joint critic pass over 2B rows, a 2048-2048 critic; autograd), and the same with a
+  256-256 critic. Ratio to the JAX TD3 peer.
 * ``SB3 DDPG``: Stable-Baselines3's ``DDPG.train(gradient_steps=1)`` with its replay sampling
   replaced by the fixed batch.
 * ``JAX DDPG`` / ``JAX TD3``: the peer, written here in the structure of CleanRL's
@@ -35,6 +38,7 @@ imported) and pins the process to N CPUs, so that no contender can use more core
     python benchmarks/bench_update.py                # 1 thread, ~2 minutes
     python benchmarks/bench_update.py --threads 2
     python benchmarks/bench_update.py --td7          # adds --preset td7's update
+    python benchmarks/bench_update.py --crossq       # adds --preset crossq's update (2048 and 256 critics)
     python benchmarks/bench_update.py --profile 200  # torch.profiler of pydpg's update: ops, matmul vs rest
     python benchmarks/bench_update.py --compile default   # adds pydpg with torch.compile'd losses
     git worktree add ../pydpg-old <rev>; python benchmarks/bench_update.py --baseline ../pydpg-old
@@ -92,7 +96,7 @@ def load_pydpg(src: Path | None):
 
 class Pydpg:
     def __init__(self, data, td3: bool, src: Path | None = None, compile_mode: str | None = None,
-                 backend: str | None = None, preset: str | None = None):
+                 backend: str | None = None, preset: str | None = None, agent_overrides: dict | None = None):
         import torch
 
         agent, batch, config = load_pydpg(src)
@@ -102,8 +106,8 @@ class Pydpg:
         backend = "torch" if compile_mode is not None else backend
         extra = {"update_backend": backend} if backend else {}
         switches = config.DDPGConfig.presets()[preset] if preset else TD3 if td3 else {}
-        conf = config.DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
-                                 **switches, **extra)
+        conf = config.DDPGConfig(**{**dict(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU,
+                                           gamma=GAMMA), **switches, **(agent_overrides or {}), **extra})
         self.agent = agent.DDPG.from_dims(OBS, ACT, conf)
         if compile_mode is not None:
             # torch.compile done the recommended way: the loss functions (forward graphs and, via
@@ -279,6 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="untimed updates per contender first")
     p.add_argument("--skip-sb3", action="store_true")
     p.add_argument("--td7", action="store_true", help="also --preset td7's update (autograd)")
+    p.add_argument("--crossq", action="store_true", help="also --preset crossq's update (autograd), with its "
+                   "2048-2048 critic and with a 256-256 one")
     p.add_argument("--skip-jax", action="store_true")
     p.add_argument("--compile", metavar="MODE", help="also pydpg with its losses torch.compile'd in MODE "
                    "(default, max-autotune-no-cudagraphs, ...); compile time is reported")
@@ -313,6 +319,10 @@ def main(argv=None) -> int:
     c["pydpg TD3 autograd"] = Pydpg(data, td3=True, backend="torch")
     if args.td7:
         c["pydpg TD7"] = Pydpg(data, td3=True, preset="td7")
+    if args.crossq:
+        c["pydpg CrossQ"] = Pydpg(data, td3=True, preset="crossq")
+        c["pydpg CrossQ, 256-256 critic"] = Pydpg(data, td3=True, preset="crossq",
+                                                 agent_overrides={"critic_hidden": HIDDEN})
     compile_s = {}
     if args.compile and args.cpp_wrapper:
         import torch._inductor.config
@@ -358,7 +368,7 @@ def main(argv=None) -> int:
                   flush=True)
 
         def peer(k):
-            return ("JAX TD3" if "TD3" in k or "TD7" in k else "JAX DDPG") if "JAX DDPG" in ms else None
+            return ("JAX TD3" if "TD3" in k or "TD7" in k or "CrossQ" in k else "JAX DDPG") if "JAX DDPG" in ms else None
 
         rows = {}
         for k in names:
