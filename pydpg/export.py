@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .networks import BatchRenorm, fold_batch_renorm
+
 FORMAT = "pydpg-policy"
 FORMAT_VERSION = 1  # bump on any change a deployed runtime could misread; csrc/policy_runtime.hpp kFormatVersion
 METADATA_FILE = "pydpg_policy.json"
@@ -564,6 +566,25 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         if width != int(obs_dim):
             raise ValueError(f"the observation spec builds {width} values from the env's model, the policy reads "
                              f"obs_dim {int(obs_dim)}")
+    # A batch-renormalized actor (CrossQ) deploys as the plain MLP it is in evaluation mode, which the
+    # runtime's mlp backend runs; kept only if it matches the layered actor (below, before the plan).
+    folded = fold_batch_renorm(actor)
+    obs = _check_observations(obs_dim, norm, n_check)
+    if actor.training and any(isinstance(m, BatchRenorm) for m in actor.modules()):
+        # A batch-normalized actor in training mode would normalize the check batch by its own
+        # statistics and move its running ones: the policy is its evaluation-mode function.
+        actor = copy.deepcopy(actor).eval()
+    try:
+        reference = _reference(actor, obs, low, high, norm, normalizer)
+    except RuntimeError as e:  # a shape mismatch inside the network: name the input that caused it
+        raise ValueError(f"the actor cannot run on [{n_check}, {obs_dim}] observations (obs_dim={obs_dim}): {e}") from e
+    if reference.shape != (n_check, act_dim):
+        raise ValueError(f"the actor maps [{n_check}, {obs_dim}] observations to {list(reference.shape)}, "
+                         f"expected [{n_check}, {act_dim}] (action bounds have {act_dim} entries)")
+    half_range = float(np.max((np.asarray(high, np.float64) - np.asarray(low, np.float64)) / 2, initial=1.0))
+    allowed = atol * half_range + _float32_step(reference)
+    if folded is not None and _max_diff(_reference(folded, obs, low, high, norm, normalizer), reference) <= allowed / 2:
+        actor = folded
     plan = _network_plan(actor)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pydpg_version": __version__,
@@ -580,14 +601,6 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
     module = PolicyModule(cpu_actor, low, high,
                           None if norm is None else norm["mean"], None if norm is None else norm["var"],
                           0.0 if norm is None else norm["eps"], 0.0 if norm is None else norm["clip"], obs_dim)
-    obs = _check_observations(obs_dim, norm, n_check)
-    try:
-        reference = _reference(actor, obs, low, high, norm, normalizer)
-    except RuntimeError as e:  # a shape mismatch inside the network: name the input that caused it
-        raise ValueError(f"the actor cannot run on [{n_check}, {obs_dim}] observations (obs_dim={obs_dim}): {e}") from e
-    if reference.shape != (n_check, act_dim):
-        raise ValueError(f"the actor maps [{n_check}, {obs_dim}] observations to {list(reference.shape)}, "
-                         f"expected [{n_check}, {act_dim}] (action bounds have {act_dim} entries)")
 
     tmp = _tmp_beside(path, ".tmp.pt2" if format == "pt2" else ".tmp")  # AOTInductor insists on .pt2
     try:
@@ -601,8 +614,6 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         # the action half-range. The file returns float32 actions and the reference is float64: far
         # from zero (a robot whose actions are in the hundreds) one float32 step alone exceeds a fixed
         # atol, so the check also allows the float32 resolution at the largest action.
-        half_range = float(np.max((np.asarray(high, np.float64) - np.asarray(low, np.float64)) / 2, initial=1.0))
-        allowed = atol * half_range + _float32_step(reference)
         if not diff <= allowed:
             raise ParityError(f"parity check FAILED: the exported {format} policy differs from the actor by "
                               f"max |diff| = {diff:.3g} > {allowed:g} (atol {atol:g} x the action half-range + the "

@@ -150,3 +150,48 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, action], dim=-1))
+
+
+@torch.no_grad()
+def fold_batch_renorm(actor: nn.Module) -> Optional[Actor]:
+    """The plain ``Actor`` that computes what ``actor`` (an ``Actor`` with ``BatchRenorm`` layers)
+    computes in evaluation mode, or None for any other actor.
+
+    In evaluation mode a BatchRenorm layer is the affine map x -> a * x + c per feature (a = weight /
+    sqrt(running_var + eps), c = bias - running_mean * a), and the Linear after it absorbs it:
+    W (a * x + c) + b = (W diag(a)) x + (W c + b). Folded in float64, rounded once to float32, so the
+    result differs from the layered forward by float32 rounding; the export's parity check measures
+    it. The point is deployment: the runtime's allocation-free mlp backend runs plain MLPs."""
+    if type(actor) is not Actor or not isinstance(getattr(actor, "net", None), nn.Sequential):
+        return None
+    mods = list(actor.net)
+    if not any(isinstance(m, BatchRenorm) for m in mods):
+        return None
+    linears, acts, pending = [], [], None
+    for m in mods:
+        if isinstance(m, BatchRenorm):
+            if pending is not None:
+                return None
+            pending = m
+        elif type(m) is nn.Linear and m.bias is not None:
+            w, b = m.weight.double(), m.bias.double()
+            if pending is not None:
+                a = pending.weight.double() * torch.rsqrt(pending.running_var.double() + pending.eps)
+                c = pending.bias.double() - pending.running_mean.double() * a
+                w, b = w * a, b + m.weight.double() @ c
+                pending = None
+            linears.append((w, b))
+        elif type(m) in (nn.ReLU, nn.Tanh, nn.ELU) and pending is None:
+            acts.append(type(m))
+        else:
+            return None
+    if pending is not None or not isinstance(mods[-1], nn.Linear) or len(set(acts)) > 1:
+        return None
+    hidden = [w.shape[0] for w, _ in linears[:-1]]
+    ref = next(actor.parameters())
+    plain = Actor(linears[0][0].shape[1], linears[-1][0].shape[0], hidden, acts[0] if acts else nn.ReLU)
+    plain = plain.to(device=ref.device, dtype=ref.dtype).eval()
+    for layer, (w, b) in zip([m for m in plain.net if isinstance(m, nn.Linear)], linears):
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    return plain

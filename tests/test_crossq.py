@@ -222,22 +222,37 @@ def test_config_refuses_what_cannot_combine_or_make_sense():
 
 
 # ---------------------------------------------------------------------------- deployment
-def test_a_crossq_policy_exports_on_the_torchscript_backend_with_its_running_statistics(tmp_path):
+def test_a_crossq_policy_deploys_folded_into_a_plain_mlp_on_the_allocation_free_backend(tmp_path):
+    """In evaluation mode each BatchRenorm layer is an affine map that the next Linear absorbs
+    (networks.fold_batch_renorm): the file holds a plain MLP, the runtime's mlp backend runs it, and
+    the parity check against the layered actor holds."""
     import pydpg
     from pydpg.export import export_policy
+    from pydpg.networks import fold_batch_renorm
 
     a = _crossq()
     g = torch.Generator().manual_seed(10)
     for _ in range(6):
         a.update(_batch(g))
-    low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
-    res = export_policy(a, tmp_path / "crossq.pt", action_low=low, action_high=high, obs_dim=OBS)
-    policy = pydpg.Policy(str(tmp_path / "crossq.pt"))
+    with torch.no_grad():  # statistics far from the init's, so that folding has something to fold
+        for m in _layers(a.actor):
+            m.running_mean.normal_(0, 2, generator=g)
+            m.running_var.uniform_(0.1, 5, generator=g)
     obs = torch.randn(16, OBS, generator=g) * 2
+    plain = fold_batch_renorm(a.actor)
+    assert not _layers(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(obs), a.actor(obs), atol=2e-6, rtol=0)
+    assert fold_batch_renorm(_crossq(batch_renorm=False, target_networks=True).actor) is None  # nothing to fold
+
+    low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
+    a.actor.train()  # a caller's actor left in training mode: exported as its evaluation-mode function
+    res = export_policy(a, tmp_path / "crossq.pt", action_low=low, action_high=high, obs_dim=OBS)
+    assert a.actor.training and all(int(m.steps) == 2 for m in _layers(a.actor))  # the export moved no statistic
+    a.actor.eval()
+    policy = pydpg.Policy(str(tmp_path / "crossq.pt"))
     with torch.no_grad():
         want = low + (a.actor(obs).numpy() + 1) * (high - low) / 2
     got = np.stack([policy.act(o) for o in obs.numpy()])
     assert np.max(np.abs(got - want)) <= 1e-5, res
-    # No plan for BatchRenorm layers in the runtime's mlp backend: the export says which backend runs it.
-    assert res.runtime_backend == policy.backend == "torchscript" and "torchscript" in str(res)
-    assert not a.actor.training  # exporting did not switch the agent's actor to train mode
+    assert res.runtime_backend == policy.backend == "mlp" and res.metadata["network"]["kind"] == "mlp"
