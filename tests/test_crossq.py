@@ -256,3 +256,26 @@ def test_a_crossq_policy_deploys_folded_into_a_plain_mlp_on_the_allocation_free_
     got = np.stack([policy.act(o) for o in obs.numpy()])
     assert np.max(np.abs(got - want)) <= 1e-5, res
     assert res.runtime_backend == policy.backend == "mlp" and res.metadata["network"]["kind"] == "mlp"
+
+
+def test_distributed_workers_act_with_the_learners_running_statistics():
+    """A Ray worker rebuilds the actor from the config and loads the broadcast state dict: the
+    batch renormalization statistics travel with the weights, and the worker acts in evaluation
+    mode, exactly as the learner would."""
+    from pydpg.distributed import _Acting, _cpu_agent
+
+    a = _crossq()
+    g = torch.Generator().manual_seed(11)
+    for _ in range(6):
+        a.update(_batch(g))
+
+    class Worker(_Acting):
+        def __init__(self):
+            self.agent, self.version, self.norm = _cpu_agent(a.config.to_dict(), OBS, ACT), None, None
+
+    w = Worker()
+    w._load({"actor": {k: v.detach().cpu().numpy() for k, v in a.actor.state_dict().items()}, "norm": None,
+             "version": 1})
+    obs = np.random.default_rng(3).standard_normal((9, OBS)).astype(np.float32)
+    assert not w.agent.actor.training
+    np.testing.assert_array_equal(w.agent.act(obs), a.act(obs))
