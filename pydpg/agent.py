@@ -333,7 +333,7 @@ class DDPG:
             # CrossQ: Q(s, a) and Q(s', a') in one forward pass, so that the critic's batch
             # statistics are those of the mixture of both batches. Run apart, (s', a') (a' from the
             # current policy) would be normalized with statistics of the replayed (s, a) only, a
-            # distribution it is not from (Bhatt et al. 2024, §3.2). a' is the actor's with its running
+            # distribution it is not from (Bhatt et al. 2024). a' is the actor's with its running
             # statistics, as every action the agent takes.
             n = batch.obs.shape[0]
             next_action = self.next_action(self.actor, batch, noise)

@@ -30,7 +30,7 @@ class DDPGConfig:
     # Off: neither OurDDPG, CleanRL nor the paper normalizes (the paper's batch norm is not kept).
     critic_layer_norm: bool = False
     # The critics' widths where they differ from the actor's; () = ``hidden``. CrossQ widens the critic
-    # to 2048-2048 (Bhatt et al. 2024, §4.3; sb3-contrib's CrossQ uses 1024-1024 to save compute).
+    # to 2048-2048 (Bhatt et al. 2024; sb3-contrib's CrossQ uses 1024-1024 to save compute).
     critic_hidden: tuple[int, ...] = ()
 
     # Optimization. Adam 3e-4 for both networks: OurDDPG and CleanRL (paper: 1e-4 actor, 1e-3 critic).
@@ -126,11 +126,11 @@ class DDPGConfig:
             "td7": dict(twin_critics=True, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5,
                         sale=True, sale_dim=256, encoder_lr=3e-4, hard_target_interval=250, value_clip=True,
                         lap=True, prioritized=True, per_alpha=0.4, policy_checkpoints=True),
-            # CrossQ on TD3's deterministic actor (Bhatt et al. 2024 apply it to TD3 as well as SAC):
-            # TD3's clipped double Q and target smoothing, batch renormalization, no target networks,
-            # a 2048-2048 critic, Adam lr 1e-3 with beta1 0.5 and an actor step every 3 critic steps
-            # (the paper's Table 3 / sb3-contrib CrossQ: learning_rate 1e-3, betas (0.5, 0.999),
-            # policy_delay 3). The wide critic is for a GPU: on one CPU core an update takes ~30x a
+            # CrossQ on TD3's deterministic actor (CrossQ is SAC-based; its first version, CrossNorm,
+            # arXiv:1902.05605v2, applied the joint normalization to DDPG and TD3): TD3's clipped
+            # double Q and target smoothing, batch renormalization, no target networks, a 2048-2048
+            # critic (the paper's), and sb3-contrib CrossQ's defaults from the authors' code:
+            # learning_rate 1e-3, Adam betas (0.5, 0.999), policy_delay 3. The wide critic is for a GPU: on one CPU core an update takes ~30x a
             # 256-256 one (critic_hidden=(256, 256) is the paper's narrow ablation).
             "crossq": dict(twin_critics=True, policy_delay=3, target_policy_noise=0.2, target_noise_clip=0.5,
                            batch_renorm=True, target_networks=False, critic_hidden=(2048, 2048),
