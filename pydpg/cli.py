@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--add-runs", metavar="FILE", action="append", default=[], help=(
         "with --summarize: also count the runs of FILE (a sweep_runs.json of an earlier summary) whose "
         "task, setting and seed DIR has no run of; may be repeated"))
+    s.add_argument("--until", metavar="STEP", type=int, help=(
+        "with --summarize: the table and plots see every run up to STEP only, so that runs of different "
+        "lengths compare at equal steps (sweep_runs.json keeps the whole curves)"))
     s.add_argument("--quiet", action="store_true", help="no Tune status output")
 
     p = sub.add_parser("presets", help="list the shipped presets, or print one")
@@ -311,13 +314,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise CLIError(f"--summarize DIR only reads DIR; {', '.join(given)} cannot be given with it")
         from .sweep_summary import summarize
 
-        summary = summarize(args.summarize, add_runs=args.add_runs)
+        summary = summarize(args.summarize, add_runs=args.add_runs, until=args.until)
         print(summary.markdown, end="")
         print(f"written in {summary.out_dir}: sweep_summary.md, sweep_summary.json, sweep_runs.json"
               + "".join(f", {p.name}" for p in summary.pngs), file=sys.stderr)
         return 0
-    if args.add_runs:
-        raise CLIError("--add-runs FILE goes with --summarize DIR")
+    if args.add_runs or args.until is not None:
+        raise CLIError(f"{'--add-runs FILE' if args.add_runs else '--until STEP'} goes with --summarize DIR")
     if args.spec is None:
         raise CLIError("sweep needs SPEC.toml (or --summarize DIR)")
     if args.ray_address is not None and args.num_cpus is not None:

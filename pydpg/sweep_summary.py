@@ -176,6 +176,28 @@ def merge_groups(found: list[Group], added: list[Group]) -> list[Group]:
     return sorted(by_key.values(), key=lambda g: (task_dir(g.task), g.setting))
 
 
+def cut_at(groups: list[Group], until: int) -> list[Group]:
+    """Every run's evaluations at steps <= ``until``, so that runs of different lengths compare at
+    equal steps; runs with none are left out. A run cut short has no wall time to report (its
+    directory or record keeps only the whole run's): NaN. A run that went past ``until`` counts as
+    finished for this view."""
+    if isinstance(until, bool) or not isinstance(until, int) or until < 1:
+        raise ValueError(f"until must be a step count >= 1, not {until!r}")
+    out = []
+    for g in groups:
+        runs = []
+        for r in g.runs:
+            keep = r.steps <= until
+            if not keep.any():
+                continue
+            cut = not keep.all()
+            runs.append(Run(r.seed, r.path, r.steps[keep], r.evals[keep], math.nan if cut else r.wall_time_s,
+                            r.finished or cut))
+        if runs:
+            out.append(Group(g.task, g.setting, g.label, g.impl, runs))
+    return out
+
+
 def tail_window(steps: float) -> tuple[int, str]:
     """(window in steps, rule) for a run of ``steps`` steps."""
     if steps > TAIL_STEPS:
@@ -212,6 +234,8 @@ def format_pm(d: Mapping[str, float]) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "—"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
@@ -245,7 +269,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['task']} | {r['label']} | {seeds} | {r['steps']:,} | {format_pm(r['final'])} | "
                      f"{tail_cell(r, header)} | "
                      f"{format_pm(r['best'])} | {_duration(r['wall_time_s'])} | "
-                     f"{r['env_steps_per_s']:.0f} |")
+                     f"{r['env_steps_per_s']:.0f} |".replace("| nan |", "| — |"))
     return "\n".join(lines) + "\n"
 
 
@@ -267,17 +291,19 @@ class SweepSummary:
 
 
 def summarize(out_dir: Union[str, os.PathLike], write: bool = True,
-              add_runs: Sequence[Union[str, os.PathLike]] = ()) -> SweepSummary:
+              add_runs: Sequence[Union[str, os.PathLike]] = (), until: Optional[int] = None) -> SweepSummary:
     """Aggregate ``out_dir``'s runs, and those of the ``add_runs`` records that ``out_dir`` has no run of the
     same task, setting and seed for (the first record wins among them); with ``write``, also
-    ``sweep_summary.md``/``.json``, ``sweep_runs.json`` and the PNGs."""
+    ``sweep_summary.md``/``.json``, ``sweep_runs.json`` and the PNGs. ``until``: the table and the
+    PNGs see each run up to that step only (``cut_at``); ``sweep_runs.json`` keeps the whole curves."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ValueError(f"'{out_dir}' is not a directory")
     groups = collect(out_dir)
     for record in add_runs:
         groups = merge_groups(groups, read_runs_record(record))
-    rows = [group_stats(g) for g in groups]
+    shown = groups if until is None else cut_at(groups, until)
+    rows = [group_stats(g) for g in shown]
     md = markdown_table(rows) if rows else "no run under this directory has an evaluation yet\n"
     pngs: list[Path] = []
     if write:
@@ -286,9 +312,10 @@ def summarize(out_dir: Union[str, os.PathLike], write: bool = True,
         atomic_write_bytes(out_dir / SUMMARY_MD, md.encode())
         atomic_write_bytes(out_dir / SUMMARY_JSON, json.dumps({"rows": rows}, indent=2).encode())
         atomic_write_bytes(out_dir / RUNS_JSON, json.dumps(runs_record(groups)).encode())
-        for task in dict.fromkeys(g.task for g in groups):
+        for task in dict.fromkeys(g.task for g in shown):
             png = out_dir / f"curves_{task_dir(task)}.png"
-            if plot_task([g for g in groups if g.task == task], png, title=task):
+            title = task if until is None else f"{task}, first {until:,} steps"
+            if plot_task([g for g in shown if g.task == task], png, title=title):
                 pngs.append(png)
     return SweepSummary(rows, md, pngs, out_dir)
 

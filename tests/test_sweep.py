@@ -2,6 +2,7 @@
 after a killed driver, the SB3 peer trial, and the message without Ray."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -188,6 +189,34 @@ def test_runs_record_carries_seeds_across_directories(tmp_path, capsys):
     runs = json.loads((second / "sweep_runs.json").read_text())["runs"]
     assert [(r["setting"], r["seed"]) for r in runs] == [("td3", 0), ("td7", 0), ("td7", 1)]
     assert runs[0]["evals"] == pytest.approx(list(a))
+
+
+def test_until_compares_runs_of_different_lengths_at_equal_steps(tmp_path, capsys):
+    """A 150k-step run beside a 300k one from a record: --until 150000 cuts the long one's curve, so
+    final, tail and best are taken over the same steps; the record written keeps whole curves."""
+    long_steps, short_steps = np.arange(1, 61) * 5_000, np.arange(1, 31) * 5_000
+    long_evals, short_evals = np.linspace(0, 590, 60), np.linspace(1000, 1290, 30)
+    write_metrics(tmp_path / "first" / "Ant-v5" / "td3" / "seed0", long_steps, long_evals)
+    summarize(tmp_path / "first")
+    write_metrics(tmp_path / "now" / "Ant-v5" / "crossq" / "seed0", short_steps, short_evals)
+    record = tmp_path / "first" / "sweep_runs.json"
+    assert main(["sweep", "--summarize", str(tmp_path / "now"), "--add-runs", str(record), "--until", "150000"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "now" / "sweep_summary.json").read_text())["rows"]}
+    td3 = rows["td3"]
+    assert td3["steps"] == 150_000 and td3["final"]["mean"] == pytest.approx(long_evals[29])
+    assert td3["best"]["mean"] == pytest.approx(long_evals[29])
+    assert td3["tail"]["mean"] == pytest.approx(long_evals[10:30].mean())  # evaluations after 50k, up to 150k
+    assert rows["crossq"]["final"]["mean"] == pytest.approx(1290)
+    assert math.isfinite(rows["crossq"]["wall_time_s"])  # not cut: its own wall time
+    assert math.isnan(td3["wall_time_s"]) and "| Ant-v5 | td3 | 1 | 150,000 |" in out and "| — | — |" in out
+    runs = json.loads((tmp_path / "now" / "sweep_runs.json").read_text())["runs"]
+    assert max(len(r["steps"]) for r in runs) == 60  # the record keeps the whole 300k curve
+    for bad in ("0", "-5"):
+        assert main(["sweep", "--summarize", str(tmp_path / "now"), "--until", bad]) == 2
+        assert "until must be a step count >= 1" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "spec.toml"), "--until", "5"]) == 2
+    assert "--until STEP goes with --summarize DIR" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, message", [
