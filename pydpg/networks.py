@@ -54,11 +54,13 @@ class BatchRenorm(nn.Module):
         mean, var = x.mean(0), x.var(0, unbiased=False)
         std = torch.sqrt(var + self.eps)
         x_hat = (x - mean) / std
-        if int(self.steps) >= self.warmup:
-            running_std = torch.sqrt(self.running_var + self.eps)
-            r = (std.detach() / running_std).clamp(1.0 / self.r_max, self.r_max)
-            d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
-            x_hat = x_hat * r + d
+        running_std = torch.sqrt(self.running_var + self.eps)
+        r = (std.detach() / running_std).clamp(1.0 / self.r_max, self.r_max)
+        d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+        # r = 1, d = 0 during warmup, chosen on the device: a Python `if` on the step count would
+        # synchronize a GPU at every layer of every update.
+        renorm = self.steps >= self.warmup
+        x_hat = x_hat * torch.where(renorm, r, torch.ones_like(r)) + torch.where(renorm, d, torch.zeros_like(d))
         # Buffers never require gradients: with detached inputs these in-place updates stay out of the graph.
         self.running_mean.lerp_(mean.detach(), self.momentum)
         self.running_var.lerp_(var.detach(), self.momentum)
