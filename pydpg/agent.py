@@ -522,7 +522,12 @@ class DDPG:
                      "actor_opt", "critic_opt",
                      *(("encoder", "encoder_opt") if self.encoder is not None else ()),
                      *(("checkpoint_actor", "checkpoints") if self.checkpoints is not None else ())):
-            getattr(self, name).load_state_dict(state[name])
+            value = state[name]
+            if name.endswith("_opt"):
+                # torch's Optimizer.load_state_dict keeps same-device tensors as they are, so a state
+                # taken from a live agent would share its Adam moments and both would update them.
+                value = copy.deepcopy(value)
+            getattr(self, name).load_state_dict(value)
         if self.config.value_clip:
             for name in ("value_range", "value_seen"):
                 value = torch.as_tensor(state[name])

@@ -462,6 +462,22 @@ def test_state_dict_round_trip_gives_identical_next_update():
     assert same(a._target, b._target)
 
 
+def test_state_of_a_live_agent_is_copied_not_shared():
+    """Loading another agent's live state_dict (no file in between) gives an independent agent:
+    the same next update on both, whichever runs first."""
+    cfg = small("td3")
+    a = DDPG.from_dims(5, 2, cfg)
+    for i in range(3):
+        a.update(random_batch(32, 5, 2, seed=i))
+    b = DDPG.from_dims(5, 2, cfg)
+    b.load_state_dict(a.state_dict())
+    batch = random_batch(32, 5, 2, seed=10)
+    a.update(batch)
+    b.update(batch)  # with shared Adam moments b would start from a's already-moved ones
+    for m in ("actor", "critics"):
+        assert same(params(getattr(a, m)), params(getattr(b, m))), m
+
+
 def test_state_saved_on_another_device_type_loads():
     """A CUDA generator's state (16 bytes: seed, offset) cannot enter a CPU generator (5056 bytes):
     a CUDA-trained agent must still load on CPU (export, eval), reseeded deterministically."""

@@ -220,7 +220,7 @@ def test_checkpoint_round_trip_keeps_encoder_and_value_range_and_old_checkpoints
     state = a.state_dict()
     assert {"encoder", "encoder_opt", "value_range", "value_seen"} <= set(state)
     b = _td7(hard_target_interval=2)
-    b.load_state_dict(copy.deepcopy(state))
+    b.load_state_dict(state)
     c = copy.deepcopy(a)
     for _ in range(3):  # one more target update included
         bb = _batch(g)
