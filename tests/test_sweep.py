@@ -91,6 +91,11 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
         assert fragment in str(e.value), (fragment, str(e.value))
     example = load_spec(Path(__file__).parent.parent / "examples" / "sweeps" / "pendulum.toml").trials()
     assert len(example) == 6 and {t.agent["twin_critics"] for t in example if t.setting == "td3"} == {True}
+    # Every shipped spec loads (the study specs' commands are documented, so a broken one misleads).
+    for path in sorted((Path(__file__).parent.parent / "examples" / "sweeps").glob("*.toml")):
+        assert load_spec(path).trials(), path.name
+    crossq = load_spec(Path(__file__).parent.parent / "examples" / "sweeps" / "confirm_crossq.toml").trials()
+    assert len(crossq) == 6 and {tuple(t.agent["critic_hidden"]) for t in crossq} == {(256, 256)}
     # A setting limited to some of the sweep's tasks has trials on those only, and is resolved
     # (checked) on those only.
     limited = load_spec({"tasks": [TASK, "Hopper-v5"], "seeds": [0, 1],
