@@ -279,3 +279,22 @@ def test_distributed_workers_act_with_the_learners_running_statistics():
     obs = np.random.default_rng(3).standard_normal((9, OBS)).astype(np.float32)
     assert not w.agent.actor.training
     np.testing.assert_array_equal(w.agent.act(obs), a.act(obs))
+
+
+def test_training_the_wide_critic_on_a_cpu_says_what_it_costs(capsys):
+    """The preset's 2048-2048 critic is a GPU's setting; a CPU run says so once, at its start, with
+    the measured alternative. A 256-wide critic trains without the note."""
+    import toy_env
+    from pydpg.trainer import TrainConfig, Trainer
+
+    toy_env.register()
+    for width, noted in ((1024, True), (256, False)):
+        cfg = DDPGConfig.preset("crossq", hidden=(8,), critic_hidden=(width,), learning_starts=10)
+        tr = Trainer(cfg, TrainConfig(env_id=toy_env.ID, total_steps=3, eval_every=0, seed=0), verbose=True,
+                     tensorboard=False, progress=False)
+        try:
+            tr.run()
+        finally:
+            tr.close()
+        err = capsys.readouterr()
+        assert ("critic_hidden=[256,256]" in err.out + err.err) == noted, (width, err)
