@@ -164,7 +164,7 @@ class DDPG:
                 raise ValueError("DDPGConfig.sale needs pydpg.sale's networks sharing one fixed encoder, and the "
                                  "trained encoder: build the agent with DDPG.from_dims")
             self.encoder = encoder.to(self.device)
-            self.encoder_opt = _adam(self.encoder.parameters(), cfg.encoder_lr, self.device)
+            self.encoder_opt = _adam(self.encoder.parameters(), cfg.encoder_lr, self.device, beta1=cfg.adam_beta1)
         elif encoder is not None:
             raise ValueError("an encoder was given but DDPGConfig.sale is False")
         frozen_ids = {id(p) for p in fixed.parameters()} if cfg.sale else set()
@@ -201,6 +201,12 @@ class DDPG:
         self._online = [*self.actor.parameters(), *self.critics.parameters()] if cfg.target_networks else []
         self._target = ([*self.actor_target.parameters(), *self.critic_targets.parameters()]
                         if cfg.target_networks else [])
+        # Normalization statistics (batch_renorm with targets) are copied, not averaged, whenever the
+        # weights move: a target in evaluation mode must normalize as its online network does
+        # (SB3's TD3 copies BatchNorm running stats with tau = 1 at each target update).
+        self._online_stats = [*self.actor.buffers(), *self.critics.buffers()] if cfg.target_networks else []
+        self._target_stats = ([*self.actor_target.buffers(), *self.critic_targets.buffers()]
+                              if cfg.target_networks else [])
         # The C++ update bound to these tensors (pydpg.mlp_update), or why it can't run them, for the
         # tensors identified by _updater_key.
         self._updater: Optional[MlpUpdater] = None
@@ -377,6 +383,8 @@ class DDPG:
         lerp_(target, online, tau) = target + tau * (online - target): one fused multi-tensor call.
         """
         torch._foreach_lerp_(self._target, self._online, self.config.tau)
+        if self._target_stats:
+            torch._foreach_copy_(self._target_stats, self._online_stats)
 
     @torch.no_grad()
     def update_targets(self) -> None:
@@ -385,6 +393,8 @@ class DDPG:
         encoder of the previous interval (TD7's fixed_encoder_target) and the online networks the
         newest."""
         torch._foreach_copy_(self._target, self._online)
+        if self._target_stats:
+            torch._foreach_copy_(self._target_stats, self._online_stats)
         if self.encoder is not None:
             torch._foreach_copy_(list(self.fixed_encoder.parameters()), list(self.encoder.parameters()))
 

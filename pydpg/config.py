@@ -36,7 +36,9 @@ class DDPGConfig:
     # Optimization. Adam 3e-4 for both networks: OurDDPG and CleanRL (paper: 1e-4 actor, 1e-3 critic).
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
-    adam_beta1: float = 0.9  # Adam's first-moment decay: torch's default; CrossQ uses 0.5 (its code, sb3-contrib)
+    # Adam's first-moment decay, every optimizer's (SALE's encoder too): torch's default; CrossQ
+    # uses 0.5 (its code, sb3-contrib).
+    adam_beta1: float = 0.9
     batch_size: int = 256  # OurDDPG / CleanRL (paper: 64)
     tau: float = 0.005  # Polyak rate, OurDDPG / CleanRL (paper: 0.001)
     gamma: float = 0.99  # all three sources

@@ -198,6 +198,18 @@ def cut_at(groups: list[Group], until: int) -> list[Group]:
     return out
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a cut run's wall time) as None: strict JSON has no NaN,
+    and jq or a browser refuse the file that Python's json module would write with one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def tail_window(steps: float) -> tuple[int, str]:
     """(window in steps, rule) for a run of ``steps`` steps."""
     if steps > TAIL_STEPS:
@@ -310,7 +322,8 @@ def summarize(out_dir: Union[str, os.PathLike], write: bool = True,
         from .checkpoint import atomic_write_bytes
 
         atomic_write_bytes(out_dir / SUMMARY_MD, md.encode())
-        atomic_write_bytes(out_dir / SUMMARY_JSON, json.dumps({"rows": rows}, indent=2).encode())
+        atomic_write_bytes(out_dir / SUMMARY_JSON, json.dumps({"rows": _finite_or_null(rows)}, indent=2,
+                                                              allow_nan=False).encode())
         atomic_write_bytes(out_dir / RUNS_JSON, json.dumps(runs_record(groups)).encode())
         for task in dict.fromkeys(g.task for g in shown):
             png = out_dir / f"curves_{task_dir(task)}.png"

@@ -78,6 +78,39 @@ def test_after_warmup_the_value_is_the_running_normalization_and_the_gradient_th
     assert xe.grad.abs().min() > 0.1  # the running normalization has no such invariance
 
 
+def test_r_and_d_are_constants_of_the_gradient_and_renormalization_starts_after_warmup_forwards():
+    """Ioffe 2017, Algorithm 1: r and d are treated as constants by backpropagation (a nonlinear loss
+    sees the difference: with r live, d(x_hat * r) would not be r * d(x_hat)). The first ``warmup``
+    training forwards are plain batch norm, the next one renormalizes."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 3, generator=g) * 2 + 1
+    brn = BatchRenorm(3, momentum=0.0, warmup=2)  # momentum 0: the running statistics stay where put
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([0.5, 1.5, 0.8]))
+        brn.running_var.copy_(torch.tensor([3.0, 6.0, 2.0]))
+        brn.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
+        brn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    running_std = torch.sqrt(brn.running_var + brn.eps)
+
+    def reference(xg, renorm):
+        mean, std = xg.mean(0), torch.sqrt(xg.var(0, unbiased=False) + brn.eps)
+        x_hat = (xg - mean) / std
+        if renorm:  # r and d computed from detached values: constants
+            r = (std.detach() / running_std).clamp(1 / 3, 3)
+            d = ((mean.detach() - brn.running_mean) / running_std).clamp(-5, 5)
+            x_hat = x_hat * r + d
+        return x_hat * brn.weight.detach() + brn.bias.detach()
+
+    for step, renorm in ((0, False), (1, False), (2, True), (3, True)):
+        xg, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out, want = brn(xg), reference(xr, renorm)
+        torch.testing.assert_close(out, want, msg=f"forward {step}")
+        (out ** 2).sum().backward()
+        (want ** 2).sum().backward()
+        torch.testing.assert_close(xg.grad, xr.grad, msg=f"gradient {step}")
+    assert int(brn.steps) == 4
+
+
 def test_r_and_d_are_clipped_when_the_batch_is_far_from_the_running_statistics():
     brn = BatchRenorm(1, warmup=0)
     with torch.no_grad():
@@ -203,6 +236,25 @@ def test_checkpoint_round_trip_carries_the_running_statistics_and_continues_exac
     assert all(torch.equal(x, y) for x, y in zip(a.critics.state_dict().values(), b.critics.state_dict().values()))
     with pytest.raises(ValueError, match="unexpected keys.*actor_target"):
         b.load_state_dict(_crossq(target_networks=True, batch_renorm=True).state_dict())
+
+
+def test_with_target_networks_the_targets_normalize_as_their_online_networks():
+    """batch_renorm with target networks (CrossQ's ablation): the targets run in evaluation mode on
+    running statistics, so each target update copies the statistics with the weights (as SB3's TD3
+    does with BatchNorm); with tau = 1 a target is then its online network exactly."""
+    a = _crossq(target_networks=True, tau=1.0)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(a.config.policy_delay):  # the last one steps the actor and the targets
+        a.update(_batch(g))
+    obs = torch.randn(16, OBS, generator=g)
+    act = torch.rand(16, ACT, generator=g) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a.actor_target(obs), a.actor(obs))
+        for c, t in zip(a.critics, a.critic_targets):
+            assert torch.equal(t(obs, act), c(obs, act))
+    assert any(float(m.running_var.sub(1).abs().max()) > 0 for m in _layers(a.actor_target))
+    a.update_targets()  # the hard update (hard_target_interval) copies them too
+    assert all(torch.equal(x, y) for x, y in zip(_buffers(a.actor_target), _buffers(a.actor)))
 
 
 def test_config_refuses_what_cannot_combine_or_make_sense():

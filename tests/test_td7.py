@@ -434,3 +434,8 @@ def test_resume_with_policy_checkpoints_is_exact(tmp_path):
     ref, resumed = _resume_matches(tmp_path, lambda out: _checkpointed_trainer(out, total=1000))
     assert ref.agent.checkpoints == resumed.agent.checkpoints
     assert torch.equal(_flat(ref.agent.checkpoint_actor), _flat(resumed.agent.checkpoint_actor))
+
+
+def test_adam_beta1_reaches_every_optimizer_the_encoders_included():
+    a = _td7(adam_beta1=0.5)
+    assert {opt.param_groups[0]["betas"] for opt in (a.actor_opt, a.critic_opt, a.encoder_opt)} == {(0.5, 0.999)}
