@@ -238,7 +238,7 @@ class DDPG:
         if actor is None:
             actor = Actor(obs_dim, act_dim, cfg.hidden, final_init=cfg.final_init, batch_renorm=brn)
         if critic is None:
-            critics = [Critic(obs_dim, act_dim, cfg.critic_hidden or cfg.hidden, final_init=cfg.final_init,
+            critics = [Critic(obs_dim, act_dim, cfg.critic_widths, final_init=cfg.final_init,
                               layer_norm=cfg.critic_layer_norm, batch_renorm=brn)
                        for _ in range(n_critics)]
         else:

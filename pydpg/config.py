@@ -113,6 +113,11 @@ class DDPGConfig:
     # always the autograd reference. They agree to float rounding (tests/test_mlp_update.py).
     update_backend: str = "auto"
 
+    @property
+    def critic_widths(self) -> tuple[int, ...]:
+        """The critics' hidden widths: ``critic_hidden``, or the actor's ``hidden`` when it is ()."""
+        return tuple(self.critic_hidden or self.hidden)
+
     # ------------------------------------------------------------------ presets
     @staticmethod
     def presets() -> dict[str, dict[str, Any]]:

@@ -256,7 +256,7 @@ class Trainer:
             progress.write(f"training {self.env_name} for {total} steps, seed {self.train_cfg.seed}, "
                            f"{self.train_cfg.n_envs} env(s), device {self.agent.device}"
                            + (f", output in {self.out_dir}" if self.out_dir else ""))
-            critic = self.agent.config.critic_hidden or self.agent.config.hidden
+            critic = self.agent.config.critic_widths
             if self.agent.device.type == "cpu" and max(critic, default=0) >= 1024:
                 # preset crossq's 2048-2048 critic: measured at ~25x a 256-256 update on one core.
                 progress.write(f"note: a {'-'.join(map(str, critic))} critic is slow on a CPU (2048-2048: ~1.9 s per "
