@@ -537,7 +537,12 @@ class DDPG:
                 # torch's Optimizer.load_state_dict keeps same-device tensors as they are, so a state
                 # taken from a live agent would share its Adam moments and both would update them.
                 value = copy.deepcopy(value)
-            getattr(self, name).load_state_dict(value)
+            try:
+                getattr(self, name).load_state_dict(value)
+            except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+                # torch's own messages name neither the entry nor always the problem ("'int' object
+                # has no attribute 'copy'", KeyError 'step'): say which part of the state is bad.
+                raise ValueError(f"DDPG state: {name!r} does not fit this agent: {type(e).__name__}: {e}") from e
         if self.config.value_clip:
             for name in ("value_range", "value_seen"):
                 value = torch.as_tensor(state[name])

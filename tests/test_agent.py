@@ -478,6 +478,19 @@ def test_state_of_a_live_agent_is_copied_not_shared():
         assert same(params(getattr(a, m)), params(getattr(b, m))), m
 
 
+@pytest.mark.parametrize("part, bad", [
+    ("actor_opt", 5),
+    ("critic_opt", {"state": {}, "param_groups": []}),
+    ("actor", {"net.0.weight": torch.zeros(2, 2)}),
+])
+def test_a_damaged_state_entry_is_refused_by_name(part, bad):
+    agent = DDPG.from_dims(3, 2, small("td3"))
+    state = agent.state_dict()
+    state[part] = bad
+    with pytest.raises(ValueError, match=f"DDPG state: '{part}' does not fit this agent"):
+        agent.load_state_dict(state)
+
+
 def test_state_saved_on_another_device_type_loads():
     """A CUDA generator's state (16 bytes: seed, offset) cannot enter a CPU generator (5056 bytes):
     a CUDA-trained agent must still load on CPU (export, eval), reseeded deterministically."""
