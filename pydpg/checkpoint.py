@@ -22,9 +22,10 @@ Checkpoint directory (``RUN/checkpoints/step_<10-digit step>/``): ``model.pt``, 
 
 Writes are atomic at two levels: each checkpoint is written into a temporary sibling directory
 that is renamed into place only when complete, and the ``latest`` pointer file is replaced (temp
-file + ``os.replace``) only after that. A process killed at any instant leaves the previous
-checkpoint and pointer intact; a half-written temporary directory is removed by the next save or
-resume. Every ``step_*`` directory is complete, so a missing pointer falls back to the newest one.
+file + ``os.replace``) just before that rename. A process killed at any instant leaves the newest
+complete checkpoint findable: a pointer that names no directory (missing, or killed before its
+directory's rename) falls back to the newest ``step_*`` directory, and every one of those is
+complete. A half-written temporary directory is removed by the next save or resume.
 """
 
 from __future__ import annotations
@@ -196,6 +197,10 @@ def save_checkpoint(root: PathLike, step: int, model: dict[str, Any], trainer_st
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2).encode())
     _fsync_dir(tmp)
     final = root / name
+    # The pointer moves before the directory arrives: a kill between the two leaves a pointer to a
+    # directory not yet there, and resolve_checkpoint falls back to the newest one that is. (The
+    # other order would leave a complete new checkpoint behind a pointer to the one before it.)
+    atomic_write_bytes(root / "latest", (name + "\n").encode())
     old = None
     if final.exists():  # re-saving a step (e.g. the final save right after a periodic one)
         # A directory cannot be renamed over a non-empty one, so the old copy steps aside first;
@@ -206,7 +211,6 @@ def save_checkpoint(root: PathLike, step: int, model: dict[str, Any], trainer_st
     _fsync_dir(root)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    atomic_write_bytes(root / "latest", (name + "\n").encode())
     for _, old in _step_dirs(root)[:-keep] if keep > 0 else []:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)

@@ -54,6 +54,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .presets import algorithm_presets  # light, as above
+
     parser = argparse.ArgumentParser(
         prog="pydpg", description="DDPG (and TD3) on Gymnasium MuJoCo tasks, with a C++ replay buffer.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="torch device: cpu or cuda (default cpu)")
     t.add_argument("--td3", action="store_true", help="switch on TD3's twin critics, delayed actor, target smoothing")
     t.add_argument("--preset", metavar="NAME",
-                   help="an algorithm preset (ddpg, paper, td3, td7) or a task preset (see `pydpg presets`)")
+                   help=f"an algorithm preset ({', '.join(algorithm_presets())}) or a task preset (see `pydpg presets`)")
     t.add_argument("--resume", metavar="DIR", help="continue the run (or checkpoint) in DIR exactly where it stopped")
     t.add_argument("--n-envs", type=_positive_int, help="parallel environments (default 1; per worker with --workers)")
     t.add_argument("--workers", type=_positive_int,

@@ -285,8 +285,11 @@ def test_checkpoint_resolution(saved_run, tmp_path):
     run, ck = copy_run(saved_run, tmp_path)
     assert ck.name == "step_0000000060"
     assert ckpt_io.resolve_checkpoint(run / "checkpoints") == ck == ckpt_io.resolve_checkpoint(ck)
-    # A kill between the directory rename and the pointer update: fall back to the newest directory.
-    (run / "checkpoints" / "latest").unlink()
+    # A kill between the pointer update and the directory's rename: the pointer names a directory
+    # not yet there, and the newest complete one is used.
+    (run / "checkpoints" / "latest").write_text("step_0000000090\n")
+    assert ckpt_io.resolve_checkpoint(run) == ck
+    (run / "checkpoints" / "latest").unlink()  # no pointer at all: the same
     assert ckpt_io.resolve_checkpoint(run) == ck
     # A kill midway through writing: the temporary directory is ignored and later cleaned up.
     partial = run / "checkpoints" / ".tmp-step_0000000090-123"
@@ -308,6 +311,51 @@ def test_kill_while_a_checkpoint_is_replaced_keeps_it(saved_run, tmp_path):
     assert ckpt_io.load_checkpoint(run).step == 60
     t = Trainer.resume(run, tensorboard=False)
     assert t.step == 60 and ck.is_dir() and not any(p.name.startswith(".") for p in ck.parent.iterdir())
+
+
+def test_a_save_killed_at_any_rename_leaves_the_newest_complete_checkpoint_findable(saved_run, tmp_path, monkeypatch):
+    """A save is a sequence of renames (each file into place, the pointer, the directory). Killed
+    before any one of them, a resume must find the newest checkpoint whose directory is in place:
+    the new one once its directory is renamed in, the previous one before. (A sweep once resumed a
+    killed trial from the checkpoint before the newest, losing steps, because the pointer used to
+    move after the directory.)"""
+    real_replace = os.replace
+
+    class Killed(Exception):
+        pass
+
+    for kill_at in range(100):
+        run, ck = copy_run(saved_run, tmp_path / str(kill_at))
+        old = ckpt_io.load_checkpoint(run)
+        buffer = ReplayBuffer.load(old.buffer_path)
+        calls = []
+
+        def replace(src, dst):
+            if len(calls) == kill_at:
+                raise Killed(f"killed before renaming {src} to {dst}")
+            calls.append(dst)
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+        try:
+            ckpt_io.save_checkpoint(run / "checkpoints", 90, old.model, old.trainer, buffer, keep=2)
+        except Killed:
+            finished = False
+        else:
+            finished = True
+        finally:
+            monkeypatch.setattr(os, "replace", real_replace)
+        new_in_place = (run / "checkpoints" / "step_0000000090").is_dir()
+        found = ckpt_io.load_checkpoint(run)
+        assert found.step == (90 if new_in_place else 60), (kill_at, calls)
+        Trainer.resume(run, tensorboard=False).close()  # loads it, and clears what the kill left
+        assert ckpt_io.resolve_checkpoint(run) == found.path
+        assert not any(p.name.startswith(".") for p in (run / "checkpoints").iterdir())
+        if finished:
+            assert kill_at > 2 and new_in_place  # every rename before the last was a kill point
+            break
+    else:
+        pytest.fail("the save never finished")
 
 
 def test_resaving_a_step_replaces_it_and_leaves_nothing_aside(saved_run, tmp_path):
