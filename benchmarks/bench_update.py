@@ -42,7 +42,8 @@ imported) and pins the process to N CPUs, so that no contender can use more core
     python benchmarks/bench_update.py --profile 200  # torch.profiler of pydpg's update: ops, matmul vs rest
     python benchmarks/bench_update.py --compile default   # adds pydpg with torch.compile'd losses
     git worktree add ../pydpg-old <rev>; python benchmarks/bench_update.py --baseline ../pydpg-old
-                                                     # adds that revision's agent, same run
+                                                     # adds that revision's agent, same run (with
+                                                     # --crossq, its 256-256 CrossQ update too)
 
 Writes benchmarks/results/update.json (``--out``) and prints a markdown table.
 """
@@ -90,6 +91,8 @@ def load_pydpg(src: Path | None):
                                                   submodule_search_locations=[str(src / "pydpg")])
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[name] = pkg
+    # A source checkout has no compiled module: the baseline's Python runs on this install's C++ core.
+    sys.modules[f"{name}._core"] = importlib.import_module("pydpg._core")
     spec.loader.exec_module(pkg)
     return tuple(importlib.import_module(f"{name}.{m}") for m in ("agent", "batch", "config"))
 
@@ -313,6 +316,9 @@ def main(argv=None) -> int:
     if args.baseline:
         c["pydpg DDPG (baseline)"] = Pydpg(data, td3=False, src=args.baseline)
         c["pydpg TD3 (baseline)"] = Pydpg(data, td3=True, src=args.baseline)
+        if args.crossq:  # the narrow critic only: the wide one's 2 s per update would dominate the run
+            c["pydpg CrossQ, 256-256 critic (baseline)"] = Pydpg(data, td3=True, src=args.baseline, preset="crossq",
+                                                                agent_overrides={"critic_hidden": HIDDEN})
     c["pydpg DDPG"] = Pydpg(data, td3=False, backend="cpp")
     c["pydpg TD3"] = Pydpg(data, td3=True, backend="cpp")
     c["pydpg DDPG autograd"] = Pydpg(data, td3=False, backend="torch")

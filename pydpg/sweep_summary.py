@@ -181,8 +181,7 @@ def cut_at(groups: list[Group], until: int) -> list[Group]:
     equal steps; runs with none are left out. A run cut short has no wall time to report (its
     directory or record keeps only the whole run's): NaN. A run that went past ``until`` counts as
     finished for this view."""
-    if isinstance(until, bool) or not isinstance(until, int) or until < 1:
-        raise ValueError(f"until must be a step count >= 1, not {until!r}")
+    _check_steps("until", until)
     out = []
     for g in groups:
         runs = []
@@ -210,8 +209,16 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
-def tail_window(steps: float) -> tuple[int, str]:
-    """(window in steps, rule) for a run of ``steps`` steps."""
+def _check_steps(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a step count >= 1, not {value!r}")
+
+
+def tail_window(steps: float, window: Optional[int] = None) -> tuple[int, str]:
+    """(window in steps, rule) for a run of ``steps`` steps; a given ``window`` is used as it is."""
+    if window is not None:
+        _check_steps("window", window)
+        return window, f"last {window // 1000}k" if window % 1000 == 0 else f"last {window:,}"
     if steps > TAIL_STEPS:
         return TAIL_STEPS, f"last {TAIL_STEPS // 1000}k"
     return max(1, int(round(TAIL_FRACTION * steps))), f"last {TAIL_FRACTION:.0%}"
@@ -222,9 +229,10 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
-def group_stats(group: Group) -> dict[str, Any]:
-    """One table row: final, tail and best evaluation, each mean +/- std over the group's seeds."""
-    window, rule = tail_window(max(float(r.steps[-1]) for r in group.runs))
+def group_stats(group: Group, window: Optional[int] = None) -> dict[str, Any]:
+    """One table row: final, tail and best evaluation, each mean +/- std over the group's seeds. The
+    tail is the mean of the evaluations after each run's last step minus the window (``tail_window``)."""
+    window, rule = tail_window(max(float(r.steps[-1]) for r in group.runs), window)
     tails = [float(np.mean(r.evals[r.steps > r.steps[-1] - window])) for r in group.runs]
     return {
         "task": group.task, "setting": group.setting, "label": group.label, "impl": group.impl,
@@ -257,7 +265,7 @@ def tail_header(rows: list[dict[str, Any]]) -> str:
     if len(kinds) != 1:
         return "tail mean (window per row)"
     rule, window = kinds.pop()
-    return f"{rule} steps" if rule.endswith("k") else f"{rule} ({window:,} steps)"
+    return f"{rule} ({window:,} steps)" if rule.endswith("%") else f"{rule} steps"
 
 
 def tail_cell(row: dict[str, Any], header: str) -> str:
@@ -266,11 +274,12 @@ def tail_cell(row: dict[str, Any], header: str) -> str:
     return format_pm(row["tail"]) + (f" ({row['tail']['rule']}: {row['tail']['window']:,})" if per_row else "")
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], window: Optional[int] = None) -> str:
     header = tail_header(rows)
+    over = (f"its last {window:,} steps (a window given to the summary)" if window is not None else
+            f"its last {TAIL_STEPS // 1000}k steps, or its last {TAIL_FRACTION:.0%} if it is shorter than that")
     lines = [f"Eval return, mean ± std over seeds (population std). *final*: each run's last evaluation; "
-             f"*{header}*: the mean of each run's evaluations over its last {TAIL_STEPS // 1000}k steps, or its "
-             f"last {TAIL_FRACTION:.0%} if it is shorter than that; *best*: each run's best evaluation. "
+             f"*{header}*: the mean of each run's evaluations after {over}; *best*: each run's best evaluation. "
              "*seeds*: runs with an evaluation (how many of them are still running). *env steps/s*: steps over wall "
              "time, evaluations included, mean over seeds.", "",
              f"| task | setting | seeds | steps | final eval | {header} | best eval | wall time per seed | env steps/s |",
@@ -303,20 +312,26 @@ class SweepSummary:
 
 
 def summarize(out_dir: Union[str, os.PathLike], write: bool = True,
-              add_runs: Sequence[Union[str, os.PathLike]] = (), until: Optional[int] = None) -> SweepSummary:
+              add_runs: Sequence[Union[str, os.PathLike]] = (), until: Optional[int] = None,
+              window: Optional[int] = None) -> SweepSummary:
     """Aggregate ``out_dir``'s runs, and those of the ``add_runs`` records that ``out_dir`` has no run of the
     same task, setting and seed for (the first record wins among them); with ``write``, also
     ``sweep_summary.md``/``.json``, ``sweep_runs.json`` and the PNGs. ``until``: the table and the
-    PNGs see each run up to that step only (``cut_at``); ``sweep_runs.json`` keeps the whole curves."""
+    PNGs see each run up to that step only (``cut_at``); ``sweep_runs.json`` keeps the whole curves.
+    ``window``: the tail column averages every run's evaluations over its last ``window`` steps, in
+    place of the 100k-or-10% rule (whose windows are awkward for short cuts: at 120k its 100k window
+    reaches back into the random-action phase)."""
     out_dir = Path(out_dir)
+    if window is not None:
+        tail_window(0, window)  # a bad window is refused before anything is read
     if not out_dir.is_dir():
         raise ValueError(f"'{out_dir}' is not a directory")
     groups = collect(out_dir)
     for record in add_runs:
         groups = merge_groups(groups, read_runs_record(record))
     shown = groups if until is None else cut_at(groups, until)
-    rows = [group_stats(g) for g in shown]
-    md = markdown_table(rows) if rows else "no run under this directory has an evaluation yet\n"
+    rows = [group_stats(g, window) for g in shown]
+    md = markdown_table(rows, window) if rows else "no run under this directory has an evaluation yet\n"
     pngs: list[Path] = []
     if write:
         from .checkpoint import atomic_write_bytes

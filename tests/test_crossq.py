@@ -92,22 +92,26 @@ def test_r_and_d_are_constants_of_the_gradient_and_renormalization_starts_after_
         brn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
     running_std = torch.sqrt(brn.running_var + brn.eps)
 
-    def reference(xg, renorm):
+    def reference(xg, renorm, weight, bias):
         mean, std = xg.mean(0), torch.sqrt(xg.var(0, unbiased=False) + brn.eps)
         x_hat = (xg - mean) / std
         if renorm:  # r and d computed from detached values: constants
             r = (std.detach() / running_std).clamp(1 / 3, 3)
             d = ((mean.detach() - brn.running_mean) / running_std).clamp(-5, 5)
             x_hat = x_hat * r + d
-        return x_hat * brn.weight.detach() + brn.bias.detach()
+        return x_hat * weight + bias
 
     for step, renorm in ((0, False), (1, False), (2, True), (3, True)):
         xg, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        out, want = brn(xg), reference(xr, renorm)
+        weight, bias = brn.weight.detach().clone().requires_grad_(True), brn.bias.detach().clone().requires_grad_(True)
+        brn.zero_grad()
+        out, want = brn(xg), reference(xr, renorm, weight, bias)
         torch.testing.assert_close(out, want, msg=f"forward {step}")
         (out ** 2).sum().backward()
         (want ** 2).sum().backward()
         torch.testing.assert_close(xg.grad, xr.grad, msg=f"gradient {step}")
+        torch.testing.assert_close(brn.weight.grad, weight.grad, msg=f"weight gradient {step}")
+        torch.testing.assert_close(brn.bias.grad, bias.grad, msg=f"bias gradient {step}")
     assert int(brn.steps) == 4
 
 

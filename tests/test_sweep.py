@@ -229,6 +229,32 @@ def test_until_compares_runs_of_different_lengths_at_equal_steps(tmp_path, capsy
     assert "--until STEP goes with --summarize DIR" in capsys.readouterr().err
 
 
+def test_window_fixes_the_tail_for_every_row(tmp_path, capsys):
+    """--window 35000 with --until 120000: every run's tail is the mean of its evaluations after
+    85k (90k..120k), whatever the run's length, in place of the 100k rule that at 120k would reach
+    back to 20k."""
+    steps = np.arange(1, 61) * 5_000
+    a, b = np.linspace(0, 590, 60), np.linspace(1000, 1590, 60)
+    write_metrics(tmp_path / "Hopper-v5" / "td3" / "seed0", steps, a)
+    write_metrics(tmp_path / "Hopper-v5" / "crossq" / "seed0", steps[:30], b[:30])
+    assert main(["sweep", "--summarize", str(tmp_path), "--until", "120000", "--window", "35000"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "sweep_summary.json").read_text())["rows"]}
+    after = (steps > 85_000) & (steps <= 120_000)
+    assert rows["td3"]["tail"] == {"mean": pytest.approx(a[after].mean()), "std": 0.0, "window": 35_000,
+                                   "rule": "last 35k"}
+    assert rows["crossq"]["tail"]["mean"] == pytest.approx(b[:30][after[:30]].mean())  # its own last step is 150k: cut
+    assert "| last 35k steps |" in out and "after its last 35,000 steps" in out
+    assert summarize(tmp_path, write=False, window=1_500).rows[0]["tail"]["rule"] == "last 1,500"
+    for bad in ("0", "-5"):
+        assert main(["sweep", "--summarize", str(tmp_path), "--window", bad]) == 2
+        assert "window must be a step count >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="window must be a step count"):
+        summarize(tmp_path, window=2.5)
+    assert main(["sweep", str(tmp_path / "spec.toml"), "--window", "5", "--until", "9"]) == 2
+    assert "--until STEP, --window STEPS go with --summarize DIR" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda r: "{not json", "cannot read the runs record"),
     (lambda r: json.dumps({"runs": []}), 'is not a runs record'),
