@@ -138,7 +138,7 @@ class DDPGConfig:
             # double Q and target smoothing, batch renormalization, no target networks, a 2048-2048
             # critic (the paper's), and sb3-contrib CrossQ's defaults from the authors' code:
             # learning_rate 1e-3, Adam betas (0.5, 0.999), policy_delay 3. The wide critic is for a
-            # GPU: on one CPU core an update takes ~25x a 256-256 one (1.9 s against 77 ms,
+            # GPU: on one CPU core an update takes ~24x a 256-256 one (211 against 8.8 ms,
             # benchmarks/results/update_crossq.json; critic_hidden=(256, 256) is the paper's narrow ablation).
             "crossq": dict(twin_critics=True, policy_delay=3, target_policy_noise=0.2, target_noise_clip=0.5,
                            batch_renorm=True, target_networks=False, critic_hidden=(2048, 2048),

@@ -258,9 +258,9 @@ class Trainer:
                            + (f", output in {self.out_dir}" if self.out_dir else ""))
             critic = self.agent.config.critic_widths
             if self.agent.device.type == "cpu" and max(critic, default=0) >= 1024:
-                # preset crossq's 2048-2048 critic: measured at ~25x a 256-256 update on one core.
-                progress.write(f"note: a {'-'.join(map(str, critic))} critic is slow on a CPU (2048-2048: ~1.9 s per "
-                               "update on one core, ~25x a 256-256 one, docs/benchmarks.md); "
+                # preset crossq's 2048-2048 critic: measured at ~24x a 256-256 update on one core.
+                progress.write(f"note: a {'-'.join(map(str, critic))} critic is slow on a CPU (2048-2048: ~0.2 s per "
+                               "update on a quiet core, ~24x a 256-256 one, docs/benchmarks.md); "
                                "--set critic_hidden=[256,256] is the setting measured on CPUs")
         t_start = time.perf_counter()
         t_mark = t_start
