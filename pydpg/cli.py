@@ -166,21 +166,8 @@ _CONFIG_FLAGS = ("config", "td3", "preset", "n_envs", "eval_every", "eval_episod
                  "target_return", "seed", "env_kwarg", "sets", "workers", "ray_address")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    if args.env_id is None and args.resume is None:
-        raise CLIError("train needs ENV_ID (or --resume DIR)")
-    if args.resume is not None:
-        changed = [f"--{f.replace('_', '-')}".replace("--sets", "--set") for f in _CONFIG_FLAGS
-                   if getattr(args, f) is not None and getattr(args, f) is not False and getattr(args, f) != []]
-        if args.out is not None:
-            changed.append("--out")
-        if changed:
-            raise CLIError(f"--resume continues a run with its own settings; {', '.join(changed)} cannot be "
-                           "changed (only --steps, --device, --threads, --no-progress)")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+def _start_training(args: argparse.Namespace) -> "Trainer":
+    """The Trainer that ``pydpg train`` runs: a resumed run's, or a new one from the flags."""
     from .trainer import Trainer
 
     if args.resume is not None:
@@ -210,6 +197,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                            "or choose another --out")
         trainer = Trainer(config, train, out_dir=out, progress=not args.no_progress, verbose=True,
                           tensorboard=not args.no_tensorboard)
+    return trainer
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.env_id is None and args.resume is None:
+        raise CLIError("train needs ENV_ID (or --resume DIR)")
+    if args.resume is not None:
+        changed = [f"--{f.replace('_', '-')}".replace("--sets", "--set") for f in _CONFIG_FLAGS
+                   if getattr(args, f) is not None and getattr(args, f) is not False and getattr(args, f) != []]
+        if args.out is not None:
+            changed.append("--out")
+        if changed:
+            raise CLIError(f"--resume continues a run with its own settings; {', '.join(changed)} cannot be "
+                           "changed (only --steps, --device, --threads, --no-progress)")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        trainer = _start_training(args)
+    except KeyboardInterrupt:
+        # Ctrl-C while environments or Ray workers start (which can take minutes on a loaded
+        # machine): no step was taken, so there is nothing to save; exit as an interrupted run does.
+        again = f"`pydpg train --resume {args.resume}` continues it" if args.resume is not None else \
+            "run the same command again to start"
+        print(f"\ninterrupted while starting, before training; {again}", file=sys.stderr)
+        return 130
     try:
         trainer.run()
     except KeyboardInterrupt:

@@ -146,6 +146,23 @@ def test_resume_a_finished_run_with_more_steps(capsys, tmp_path, trained):
     fails(capsys, ["train", "Hopper-v5", "--resume", str(run)], "is a run of 'InvertedPendulum-v5', not 'Hopper-v5'")
 
 
+def test_ctrl_c_while_the_trainer_starts_exits_130_with_a_message_not_a_traceback(capsys, tmp_path, trained,
+                                                                                   monkeypatch):
+    """Starting can take minutes (Ray workers on a loaded machine: CI saw > 2 min); a Ctrl-C then is
+    an interruption like one during training, not a crash."""
+    from pydpg.trainer import Trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "__init__", interrupted)
+    monkeypatch.setattr(Trainer, "resume", interrupted)
+    assert main(["train", "InvertedPendulum-v5", "--out", str(tmp_path / "new"), "--no-progress"]) == 130
+    assert "interrupted while starting, before training; run the same command again" in capsys.readouterr().err
+    assert main(["train", "--resume", str(trained)]) == 130
+    assert f"`pydpg train --resume {trained}` continues it" in capsys.readouterr().err
+
+
 def test_eval_run_dir_checkpoint_and_model_file(capsys, trained, tmp_path):
     assert main(["eval", str(trained), "--episodes", "3"]) == 0
     out = capsys.readouterr().out

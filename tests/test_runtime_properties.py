@@ -106,6 +106,28 @@ def module_actions(path, obs):
         return module(torch.from_numpy(obs)).numpy()
 
 
+def exact_actions(path, obs):
+    """The exported module in float64: the function the float32 evaluations approximate."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path)).double()
+    with torch.no_grad():
+        return module(torch.from_numpy(obs).double()).numpy()
+
+
+def assert_as_exact_as_float32_allows(got, path, obs, case):
+    """``got`` is within ``tolerance(case)`` of the float64 actions, plus twice the error that torch's
+    own float32 evaluation of the module makes on these rows. A well-conditioned network makes that
+    error ~0 and the bound stays tight; a large-weight deep one (BEYOND) amplifies rounding, and any
+    other float32 summation order (the batch-invariant kernels, another CPU's BLAS) errs by as much
+    in its own direction: on an AVX-512 Xeon, BEYOND's batch-invariant actions were 0.042 from
+    torch's float32 ones, 0.027 and 0.016 from the float64 ones. Comparing with torch's float32
+    actions instead would hold the runtime to torch's rounding, not to the function."""
+    exact = exact_actions(path, obs)
+    float32_error = float(np.abs(module_actions(path, obs) - exact).max())
+    np.testing.assert_allclose(got, exact, rtol=0, atol=tolerance(case) + 2 * float32_error)
+
+
 def tolerance(case):
     # The runtime's own load-time check uses 1e-5 of the half range; rows outside its sample meet
     # float32's conditioning of a deep, large-weight network, so the test allows 10x that, plus two
@@ -126,7 +148,7 @@ def test_policy_agrees_with_torchscript_and_never_refuses_a_finite_one(tmp_path,
     p = Policy(path, max_batch=case["batch"])  # default warm-up, auto backend: must not refuse
     assert p.backend == "mlp"  # not a silent fallback that would compare the module with itself
     got = p.act(obs)
-    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance(case))
+    assert_as_exact_as_float32_allows(got, path, obs, case)
     assert (got >= case["low"].astype(np.float32)).all() and (got <= case["high"].astype(np.float32)).all()
 
 
@@ -165,4 +187,4 @@ def test_batch_invariant_rows_are_their_own(tmp_path, case):
     alone = np.stack([p.act(o) for o in obs])
     np.testing.assert_array_equal(full, alone)
     np.testing.assert_array_equal(p.act(obs[::-1].copy()), full[::-1])
-    np.testing.assert_allclose(full, module_actions(path, obs), rtol=0, atol=tolerance(case))
+    assert_as_exact_as_float32_allows(full, path, obs, case)
