@@ -323,7 +323,7 @@ def summarize(out_dir: Union[str, os.PathLike], write: bool = True,
     reaches back into the random-action phase)."""
     out_dir = Path(out_dir)
     if window is not None:
-        tail_window(0, window)  # a bad window is refused before anything is read
+        _check_steps("window", window)  # refused before anything is read
     if not out_dir.is_dir():
         raise ValueError(f"'{out_dir}' is not a directory")
     groups = collect(out_dir)
