@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     if args.baseline:
         c["pydpg DDPG (baseline)"] = Pydpg(data, td3=False, src=args.baseline)
         c["pydpg TD3 (baseline)"] = Pydpg(data, td3=True, src=args.baseline)
-        if args.crossq:  # the narrow critic only: the wide one's 2 s per update would dominate the run
+        if args.crossq:  # the narrow critic only: the wide one (~24x its cost per update) would dominate the run
             c["pydpg CrossQ, 256-256 critic (baseline)"] = Pydpg(data, td3=True, src=args.baseline, preset="crossq",
                                                                 agent_overrides={"critic_hidden": HIDDEN})
     c["pydpg DDPG"] = Pydpg(data, td3=False, backend="cpp")
