@@ -444,6 +444,7 @@ class Trainer:
                              if c.step > max(acc["step"], self.config.learning_starts) else math.nan),
             "episodes": c.episodes,
         }
+        updates = acc["n"]
         c.history.append(row)
         if c.best is None or result.mean > c.best["eval_mean"]:
             c.best = {"step": c.step, "eval_mean": result.mean, "eval_std": result.std}
@@ -453,8 +454,15 @@ class Trainer:
         c.new_interval()
         if logger is not None:
             logger.log(row)
+        # Before learning_starts the interval has no updates; "critic nan" there read as a diverged critic.
+        if updates:
+            learner = f"critic {row['critic_loss']:.4g} | q {row['q_mean']:.4g}"
+        elif c.step <= self.config.learning_starts:
+            learner = f"no updates yet (random actions until step {self.config.learning_starts})"
+        else:
+            learner = "no updates in this interval"
         progress.write(f"step {c.step:>9} | eval {result.mean:9.2f} +/- {result.std:7.2f} | "
-                       f"{row['sps']:6.0f} sps | critic {row['critic_loss']:.4g} | q {row['q_mean']:.4g}")
+                       f"{row['sps']:6.0f} sps | {learner}")
         if self._on_eval is not None:
             self._on_eval(row)
 

@@ -258,6 +258,16 @@ def test_run_outputs(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000001100"
 
 
+def test_evaluation_lines_before_learning_starts_say_so(capsys):
+    cfg, tc = pendulum_configs()
+    cfg.learning_starts, tc.total_steps, tc.checkpoint_every = 600, 1000, 0
+    Trainer(cfg, tc, verbose=True).run()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step")]
+    assert len(lines) == 2
+    assert "no updates yet (random actions until step 600)" in lines[0] and "nan" not in lines[0]
+    assert "critic " in lines[1] and "nan" not in lines[1]
+
+
 def test_target_return_stops_early():
     cfg, tc = pendulum_configs()
     tc.target_return = 0.0
