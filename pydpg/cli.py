@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keyword argument for gymnasium.make, e.g. xml_file=my_robot.xml (repeatable)")
     t.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="any DDPGConfig/TrainConfig field, e.g. tau=0.01 or hidden=[64,64] (repeatable)")
-    t.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: torch's choice); stored with the run, so --resume keeps it")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
 
@@ -171,11 +172,13 @@ def _start_training(args: argparse.Namespace) -> "Trainer":
     from .trainer import Trainer
 
     if args.resume is not None:
-        trainer = Trainer.resume(args.resume, total_steps=args.steps, device=args.device,
+        trainer = Trainer.resume(args.resume, total_steps=args.steps, device=args.device, threads=args.threads,
                                  progress=not args.no_progress, verbose=True, tensorboard=not args.no_tensorboard)
         if args.env_id is not None and args.env_id != trainer.train_cfg.env_id:
             raise CLIError(f"{args.resume} is a run of {trainer.train_cfg.env_id!r}, not {args.env_id!r}")
-        print(f"resuming {trainer.env_name} from step {trainer.step} ({args.resume})", file=sys.stderr)
+        threads = trainer.train_cfg.threads
+        print(f"resuming {trainer.env_name} from step {trainer.step} ({args.resume}), "
+              f"{threads if threads is not None else 'default'} torch thread(s)", file=sys.stderr)
     else:
         from . import presets
         from .api import _split_overrides
@@ -186,7 +189,7 @@ def _start_training(args: argparse.Namespace) -> "Trainer":
         for flag, key in (("steps", "total_steps"), ("seed", "seed"), ("n_envs", "n_envs"),
                           ("eval_every", "eval_every"), ("eval_episodes", "eval_episodes"),
                           ("checkpoint_every", "checkpoint_every"), ("target_return", "target_return"),
-                          ("workers", "workers"), ("ray_address", "ray_address")):
+                          ("workers", "workers"), ("ray_address", "ray_address"), ("threads", "threads")):
             if getattr(args, flag) is not None:
                 train_over[key] = getattr(args, flag)
         config, train = presets.resolve(args.env_id, preset=args.preset, config_file=args.config, td3=args.td3,
@@ -211,10 +214,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if changed:
             raise CLIError(f"--resume continues a run with its own settings; {', '.join(changed)} cannot be "
                            "changed (only --steps, --device, --threads, --no-progress)")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         trainer = _start_training(args)
     except KeyboardInterrupt:

@@ -87,6 +87,10 @@ class TrainConfig:
     # the workers' speeds (a slow worker holds the others back). "arrival": whichever comes first,
     # Ape-X's way, for workers of unequal speed; runs then differ with timing.
     worker_order: str = "fixed"
+    # torch's intra-op threads in the training process; None: torch's choice (all cores). Stored with
+    # the run so that --resume runs on the count it started with: two 1-thread runs on 2 cores ran at
+    # 64 env steps/s, and one of them resumed on torch's default 2 threads at 23 (oversubscribed).
+    threads: Optional[int] = None
 
     def validate(self) -> "TrainConfig":
         def check(name: str, ok: bool, want: str) -> None:
@@ -112,6 +116,7 @@ class TrainConfig:
             check(name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
                   "a finite number >= 0")
         check("worker_order", self.worker_order in ("fixed", "arrival"), '"fixed" or "arrival"')
+        check("threads", self.threads is None or (is_int(self.threads) and self.threads >= 1), "None or an int >= 1")
         t = self.target_return
         check("target_return", t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t == t),
               "None or a number")
@@ -158,6 +163,8 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress_enabled, self.verbose, self.tensorboard = progress, verbose, tensorboard
         seed = train.seed
+        if train.threads is not None:
+            torch.set_num_threads(train.threads)  # one pool per process: this sets it for the caller too
 
         torch.manual_seed(seed)  # network initialization and the agent's target-noise generator
         rng_seq = np.random.SeedSequence(seed).spawn(3)
@@ -535,11 +542,12 @@ class Trainer:
     @classmethod
     def resume(cls, path: Union[str, os.PathLike], env: Optional[EnvLike] = None,
                out_dir: Union[str, os.PathLike, None] = None, total_steps: Optional[int] = None,
-               device: Optional[str] = None, **kwargs: Any) -> "Trainer":
+               device: Optional[str] = None, threads: Optional[int] = None, **kwargs: Any) -> "Trainer":
         """A Trainer continuing the checkpoint at ``path`` (run dir, checkpoints dir or checkpoint dir).
 
         The run directory defaults to the one the checkpoint is in. ``env`` is needed only if the
-        run was started from an env instance rather than an id. ``total_steps`` may extend the run.
+        run was started from an env instance rather than an id. ``total_steps`` may extend the run;
+        ``threads`` replaces the run's stored thread count (and is stored for the next resume).
         """
         ckpt = ckpt_io.load_checkpoint(path, map_location=device or None)
         model, state = ckpt.model, ckpt.trainer
@@ -549,6 +557,8 @@ class Trainer:
         train = TrainConfig.from_dict(model["run"])
         if total_steps is not None:
             train.total_steps = int(total_steps)
+        if threads is not None:
+            train.threads = threads
         if out_dir is None and ckpt.path.parent.name == "checkpoints":
             out_dir = ckpt.path.parent.parent
         t = cls(config, train, env, out_dir, model=model, **kwargs)

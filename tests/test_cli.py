@@ -143,6 +143,10 @@ def test_resume_a_finished_run_with_more_steps(capsys, tmp_path, trained):
     assert main(["train", "--resume", str(run), "--steps", "600", "--no-progress", "--no-tensorboard"]) == 0
     assert "from step 400" in capsys.readouterr().err
     assert json.loads((run / "summary.json").read_text())["steps"] == 600
+    assert main(["train", "--resume", str(run), "--steps", "700", "--threads", "1", "--no-progress",
+                 "--no-tensorboard"]) == 0
+    assert "from step 600" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["train"]["threads"] == 1
     fails(capsys, ["train", "Hopper-v5", "--resume", str(run)], "is a run of 'InvertedPendulum-v5', not 'Hopper-v5'")
 
 

@@ -268,6 +268,27 @@ def test_evaluation_lines_before_learning_starts_say_so(capsys):
     assert "critic " in lines[1] and "nan" not in lines[1]
 
 
+def test_resume_keeps_the_runs_thread_count_unless_told_otherwise(tmp_path):
+    cfg, tc = pendulum_configs()
+    tc.total_steps, tc.eval_every, tc.checkpoint_every, tc.threads = 400, 0, 0, 1
+    Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False).run()
+    try:
+        torch.set_num_threads(2)  # a new process starts with torch's default, not the run's count
+        t = Trainer.resume(tmp_path, tensorboard=False)
+        assert torch.get_num_threads() == 1 and t.train_cfg.threads == 1
+        t.close()
+        t = Trainer.resume(tmp_path, threads=2, tensorboard=False)
+        assert torch.get_num_threads() == 2
+        t.run(total_steps=450)
+        t.close()
+        torch.set_num_threads(1)
+        t = Trainer.resume(tmp_path, tensorboard=False)  # the override is stored with the run
+        assert torch.get_num_threads() == 2 and t.train_cfg.threads == 2
+        t.close()
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_target_return_stops_early():
     cfg, tc = pendulum_configs()
     tc.target_return = 0.0
@@ -436,6 +457,9 @@ def test_bad_train_config_values_name_the_field():
         TrainConfig(eval_every=-5).validate()
     with pytest.raises(ValueError, match=r"TrainConfig.total_steps must be an int >= 1, got 1000000.0"):
         TrainConfig(total_steps=1e6).validate()
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"TrainConfig.threads must be None or an int >= 1"):
+            TrainConfig(threads=bad).validate()
     with pytest.raises(ValueError, match=r"'n_env' \(did you mean 'n_envs'\?\)"):
         TrainConfig.from_dict({"n_env": 2})
     with pytest.raises(ValueError, match="no environment"):
