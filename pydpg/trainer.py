@@ -88,8 +88,9 @@ class TrainConfig:
     # Ape-X's way, for workers of unequal speed; runs then differ with timing.
     worker_order: str = "fixed"
     # torch's intra-op threads in the training process; None: torch's choice (all cores). Stored with
-    # the run so that --resume runs on the count it started with: two 1-thread runs on 2 cores ran at
-    # 64 env steps/s, and one of them resumed on torch's default 2 threads at 23 (oversubscribed).
+    # the run so that --resume runs on the count it started with. The count changes the arithmetic
+    # (Ant resumed from one checkpoint on 2 and on 1 thread evaluated 2522 and 2712 5k steps later)
+    # and the speed (beside another run on 2 cores: 23 env steps/s on 2 threads, 60 on 1).
     threads: Optional[int] = None
 
     def validate(self) -> "TrainConfig":
