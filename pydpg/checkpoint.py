@@ -12,6 +12,8 @@ unpickling code. Keys:
     action_low/high   float64 tensors [act_dim]: the env's Box; actions are scale_action(actor(obs))
     agent             pydpg.agent.DDPG.state_dict(): actor, critics, targets, optimizers, counters
     normalizer        None, or RunningNormalizer.to_dict(): mean, var (float64), count, eps, clip
+    evaluation        optional, in ``RUN/best_model.pt`` only: {"step", "mean", "std"} of the
+                      evaluation at which the trainer saved it
 
 An exporter needs ``agent["actor"]``, ``config["hidden"]``, ``normalizer`` and the action bounds:
 the deployed policy is ``scale_action(actor(normalizer(obs)), action_low, action_high)``.

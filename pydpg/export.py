@@ -664,6 +664,8 @@ def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
         history = ckpt.trainer.get("history") or []
         if history and history[-1].get("eval_mean") is not None:
             eval_return = float(history[-1]["eval_mean"])
+    elif isinstance(model.get("evaluation"), dict):  # a run's best_model.pt says when it was saved
+        steps, eval_return = int(model["evaluation"]["step"]), float(model["evaluation"]["mean"])
     return {"agent": agent, "normalizer": normalizer, "env_id": run.get("env_id"),
             "env_kwargs": run.get("env_kwargs") or {}, "observation_spec": run.get("observation"),
             "training_steps": steps, "eval_return": eval_return,
