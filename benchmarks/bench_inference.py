@@ -11,9 +11,10 @@ normalization and action scaling, in every way pydpg can run it:
 
 All in one run on the same machine, same shapes, one thread each; ratios are against eager torch.
 ``--actor td7`` measures TD7's actor instead (preset td7: the frozen state encoder, AvgL1Norm and
-ELU inside the policy; 17 -> [256 | 256-256-256 encoder] -> 256 -> 256 -> 6).
+ELU inside the policy; 17 -> [256 | 256-256-256 encoder] -> 256 -> 256 -> 6); ``--actor crossq``
+CrossQ's (preset crossq: a batch renormalization before each of the three Linear layers).
 
-    python benchmarks/bench_inference.py [--calls 20000] [--actor default|td7] [--json FILE]
+    python benchmarks/bench_inference.py [--calls 20000] [--actor default|td7|crossq] [--json FILE]
 """
 
 from __future__ import annotations
@@ -81,13 +82,13 @@ def cpp_bench(policy: Path, calls: int, backend: str) -> dict | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=20_000, help="batch-1 calls per method")
-    p.add_argument("--actor", choices=("default", "td7"), default="default",
-                   help="pydpg's default actor, or TD7's (preset td7)")
+    p.add_argument("--actor", choices=("default", "td7", "crossq"), default="default",
+                   help="pydpg's default actor, TD7's (preset td7) or CrossQ's (preset crossq)")
     p.add_argument("--json", default=None,
-                   help="default benchmarks/results/inference.json (inference_td7.json with --actor td7)")
+                   help="default benchmarks/results/inference.json (inference_<actor>.json with --actor)")
     args = p.parse_args(argv)
     if args.json is None:
-        name = "inference.json" if args.actor == "default" else "inference_td7.json"
+        name = "inference.json" if args.actor == "default" else f"inference_{args.actor}.json"
         args.json = str(ROOT / "benchmarks" / "results" / name)
     torch.set_num_threads(1)
 
@@ -98,8 +99,9 @@ def main(argv=None) -> int:
     from pydpg.runtime import Policy
 
     torch.manual_seed(0)
-    agent = DDPG.from_dims(17, 6, DDPGConfig.preset("td7") if args.actor == "td7" else None)
-    actor = agent.policy_actor
+    presets = {"td7": DDPGConfig.preset("td7"), "crossq": DDPGConfig.preset("crossq", critic_hidden=(256, 256))}
+    agent = DDPG.from_dims(17, 6, presets.get(args.actor))
+    actor = agent.policy_actor.eval()  # a batch-renormalized actor acts with its running statistics
     norm = RunningNormalizer(17)
     norm.update(np.random.default_rng(0).standard_normal((4096, 17)) * 2)
     tmp = Path(tempfile.mkdtemp(prefix="pydpg-bench-"))

@@ -87,6 +87,20 @@ void linear(const MlpNetwork& net, const MlpLayer& L, const float* x, int ld_in,
        ld_out);
 }
 
+// BatchRenorm's evaluation-mode forward on n contiguous rows of L.in features, from `x` into `dst`
+// (which may be x): ((x - mean) * scale) * gain + shift, four float32 roundings in torch's order.
+// The build turns off floating-point contraction, so no step fuses into an FMA that torch's
+// element-wise kernels do not use.
+void batch_renorm_rows(const MlpLayer& L, const float* x, std::int64_t n, float* dst) {
+  for (std::int64_t r = 0; r < n; ++r)
+    for (int i = 0; i < L.in; ++i) {
+      float t = x[r * L.in + i] - L.norm_mean[i];
+      t = t * L.norm_scale[i];
+      t = t * L.norm_gain[i];
+      dst[r * L.in + i] = t + L.norm_shift[i];
+    }
+}
+
 // AvgL1Norm divides a whole row by one mean, and a trained SALE actor amplifies a last-bit change of
 // that mean past the runtime's 1e-5 load check. So the mean is summed in the order torch's CPU sum
 // kernel uses (ATen SumKernel.cpp: four interleaved partial sums, a 4-level cascade, 8-float vectors,
@@ -219,6 +233,26 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
     if (!all_finite(L.weight.data(), L.weight.size()) || !all_finite(L.bias.data(), L.bias.size()))
       throw PolicyFormatError("the weights of layer '" + json::string(json::member(s, "weight"), "") +
                               "' are not all finite");
+    const Json& norm = json::member(s, "input_norm");
+    if (!norm.is_null()) {
+      const std::string at = where + ".input_norm";
+      if (json::string(json::member(norm, "kind"), at + ".kind") != "batch_renorm")
+        throw PolicyFormatError(at + ".kind must be batch_renorm");
+      const double eps = json::number(json::member(norm, "eps"), at + ".eps");
+      if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError(at + ".eps must be in (0, 1)");
+      L.norm_mean = tensor_values(get(buffers, json::string(json::member(norm, "mean"), at + ".mean"), {in}));
+      const std::vector<float> var =
+          tensor_values(get(buffers, json::string(json::member(norm, "var"), at + ".var"), {in}));
+      L.norm_gain = tensor_values(get(params, json::string(json::member(norm, "weight"), at + ".weight"), {in}));
+      L.norm_shift = tensor_values(get(params, json::string(json::member(norm, "bias"), at + ".bias"), {in}));
+      // torch.rsqrt(running_var + eps): the sum rounded to float32 (a Python float operand is applied
+      // as a float32 scalar), then 1 / sqrt, each step correctly rounded as torch's CPU kernel does it.
+      const float eps_f = static_cast<float>(eps);
+      for (float v : var) L.norm_scale.push_back(1.0f / std::sqrt(v + eps_f));
+      for (const auto* p : {&L.norm_mean, &L.norm_scale, &L.norm_gain, &L.norm_shift})
+        if (!all_finite(p->data(), static_cast<std::int64_t>(p->size())))
+          throw PolicyFormatError(at + ": its statistics or weights are not all finite (or running_var <= -eps)");
+    }
     net.width = std::max<std::int64_t>(net.width, out);
     return L;
   };
@@ -244,6 +278,9 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
     const double eps = json::number(json::member(norm, "eps"), "network.norm.eps");
     if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError("network.norm.eps must be in (0, 1)");
     net.norm_eps = static_cast<float>(eps);
+    bool normed = !net.state.norm_mean.empty();
+    for (const MlpLayer& L : net.encoder) normed = normed || !L.norm_mean.empty();
+    if (normed) throw PolicyFormatError("input_norm is supported in network.layers only, not in SALE's encoder");
     in = net.state.out + zs;  // the first layer reads the concatenation [state, zs]
     net.width = std::max(net.width, in);
   }
@@ -299,6 +336,13 @@ void forward_mlp(const MlpNetwork& net, const float* x, std::int64_t n, float* h
   }
   for (std::size_t l = 0; l < net.layers.size(); ++l) {
     const MlpLayer& L = net.layers[l];
+    if (!L.norm_mean.empty()) {
+      // In place on a hidden buffer (read only by this layer); the caller's x goes to the buffer
+      // this layer does not write.
+      float* normed = in == x ? (h == h0 ? h1 : h0) : const_cast<float*>(in);
+      batch_renorm_rows(L, in, n, normed);
+      in = normed;
+    }
     // h = bias, then h += x W^T: the same BLAS call torch makes for nn.Linear (addmm(bias, x, W^T)).
     linear(net, L, in, L.in, n, h, L.out);
     const bool last_layer = l + 1 == net.layers.size();

@@ -1,5 +1,6 @@
 // The runtime's "mlp" backend: the actor as the metadata's network plan describes it (Linear layers
-// and an activation; for TD7's actor also its frozen state encoder and AvgL1Norm), with the weights
+// and an activation, each Linear optionally after a batch renormalization (CrossQ); for TD7's actor
+// also its frozen state encoder and AvgL1Norm), with the weights
 // copied out of the TorchScript module and run by plain loops and one BLAS call per layer into
 // preallocated buffers. No tensor, no interpreter, no allocation. The runtime accepts it only after
 // it reproduces the module's own forward at load time.
@@ -69,6 +70,10 @@ struct MlpLayer {
   int in = 0, out = 0;
   std::vector<float> weight;  // [out, in] row-major, as nn.Linear stores it
   std::vector<float> bias;    // [out]
+  // CrossQ's BatchRenorm before the Linear, in evaluation mode (plan "input_norm"): each input feature
+  // i becomes ((x - mean[i]) * scale[i]) * gain[i] + shift[i], scale = 1 / sqrt(running_var + eps),
+  // in the order and float32 roundings of pydpg.networks.BatchRenorm's forward. Empty: no norm.
+  std::vector<float> norm_mean, norm_scale, norm_gain, norm_shift;
 };
 
 struct MlpNetwork {

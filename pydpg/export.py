@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .networks import BatchRenorm, fold_batch_renorm
+from .networks import BatchRenorm
 
 FORMAT = "pydpg-policy"
 FORMAT_VERSION = 1  # bump on any change a deployed runtime could misread; csrc/policy_runtime.hpp kFormatVersion
@@ -190,7 +190,8 @@ def _linear_spec(mod: nn.Linear, name: str) -> Optional[dict]:
 
 def _network_plan(actor: nn.Module) -> Optional[dict]:
     """Describe the actor so the C++ runtime can run it without the TorchScript interpreter: pydpg's
-    Actor (Linear/activation stack + tanh, kind "mlp") or TD7's SaleActor (kind "sale"). None for
+    Actor (Linear/activation stack + tanh, each Linear optionally after CrossQ's BatchRenorm, kind
+    "mlp") or TD7's SaleActor (kind "sale"). None for
     any other actor: the runtime then calls forward(). The runtime accepts a plan only after it
     reproduces forward() at load, so a plan that lies costs speed, never correctness."""
     from .networks import Actor
@@ -201,15 +202,22 @@ def _network_plan(actor: nn.Module) -> Optional[dict]:
     if type(actor) is not Actor or not isinstance(getattr(actor, "net", None), nn.Sequential):
         return None
     acts = {nn.ReLU: "relu", nn.Tanh: "tanh"}
-    layers, hidden = [], set()
+    layers, hidden, norm = [], set(), None
     mods = list(actor.net.named_children())
     for i, (name, mod) in enumerate(mods):
         if isinstance(mod, nn.Linear):
             spec = _linear_spec(mod, f"net.{name}")
             if spec is None:
                 return None
+            if norm is not None:
+                spec["input_norm"], norm = norm, None
             layers.append(spec)
-        elif type(mod) in acts and i + 1 < len(mods):
+        elif type(mod) is BatchRenorm and norm is None:
+            # CrossQ's layer before a Linear, in evaluation mode; the runtime repeats its float32 steps.
+            p = f"actor.net.{name}"
+            norm = {"kind": "batch_renorm", "mean": f"{p}.running_mean", "var": f"{p}.running_var",
+                    "weight": f"{p}.weight", "bias": f"{p}.bias", "eps": mod.eps}
+        elif type(mod) in acts and i + 1 < len(mods) and norm is None:
             hidden.add(acts[type(mod)])
         else:
             return None
@@ -566,9 +574,6 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         if width != int(obs_dim):
             raise ValueError(f"the observation spec builds {width} values from the env's model, the policy reads "
                              f"obs_dim {int(obs_dim)}")
-    # A batch-renormalized actor (CrossQ) deploys as the plain MLP it is in evaluation mode, which the
-    # runtime's mlp backend runs; kept only if it matches the layered actor (below, before the plan).
-    folded = fold_batch_renorm(actor)
     obs = _check_observations(obs_dim, norm, n_check)
     if actor.training and any(isinstance(m, BatchRenorm) for m in actor.modules()):
         # A batch-normalized actor in training mode would normalize the check batch by its own
@@ -583,8 +588,6 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
                          f"expected [{n_check}, {act_dim}] (action bounds have {act_dim} entries)")
     half_range = float(np.max((np.asarray(high, np.float64) - np.asarray(low, np.float64)) / 2, initial=1.0))
     allowed = atol * half_range + _float32_step(reference)
-    if folded is not None and _max_diff(_reference(folded, obs, low, high, norm, normalizer), reference) <= allowed / 2:
-        actor = folded
     plan = _network_plan(actor)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pydpg_version": __version__,

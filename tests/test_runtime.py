@@ -26,12 +26,30 @@ torch.set_num_threads(1)
 OBS, ACT = 17, 6
 
 
-@pytest.fixture(scope="module", params=["mlp_actor", "td7_actor"])
+def crossq_agent(seed: int = 0) -> DDPG:
+    """CrossQ's agent whose actor's batch renormalization statistics and affine weights are far
+    from their initial values (an untrained BatchRenorm layer is the identity)."""
+    torch.manual_seed(seed)
+    agent = DDPG.from_dims(OBS, ACT, DDPGConfig.preset("crossq", critic_hidden=(32, 32)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in agent.actor.modules():
+            if hasattr(m, "running_var"):
+                m.running_mean.normal_(0, 2, generator=g)
+                m.running_var.uniform_(0.01, 5, generator=g)
+                m.weight.uniform_(0.5, 2, generator=g)
+                m.bias.normal_(0, 0.5, generator=g)
+    return agent
+
+
+@pytest.fixture(scope="module", params=["mlp_actor", "td7_actor", "crossq_actor"])
 def policy_file(request, tmp_path_factory):
-    """HalfCheetah's shapes with normalization and scaling; every test runs on pydpg's default actor
-    and on TD7's (SaleActor: its frozen encoder, AvgL1Norm and ELU inside the policy)."""
+    """HalfCheetah's shapes with normalization and scaling; every test runs on pydpg's default actor,
+    on TD7's (SaleActor: its frozen encoder, AvgL1Norm and ELU inside the policy) and on CrossQ's
+    (a BatchRenorm before each Linear)."""
     torch.manual_seed(0)
-    agent = DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7") if request.param == "td7_actor" else None)
+    agent = crossq_agent() if request.param == "crossq_actor" else DDPG.from_dims(
+        OBS, ACT, DDPGConfig.preset("td7") if request.param == "td7_actor" else None)
     norm = RunningNormalizer(OBS)
     norm.update(np.random.default_rng(0).standard_normal((256, OBS)) * 2 + 0.5)
     path = tmp_path_factory.mktemp("policy") / "policy.pt"
@@ -416,6 +434,34 @@ def test_bad_sale_plans_are_refused_by_name(tmp_path, edit, match):
     good = tmp_path / "td7.pt"
     export_policy(DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7")), good, action_low=[-1] * ACT,
                   action_high=[1] * ACT, verbose=False)
+    assert Policy(good).backend == "mlp"
+    bad = _with_plan(good, tmp_path / "bad.pt", edit)
+    with pytest.raises(PolicyFormatError, match=match):
+        Policy(bad, backend="mlp")
+    p = Policy(bad)
+    assert p.backend == "torchscript"
+    obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
+    with torch.no_grad():
+        want = module_of(bad)(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(np.stack([p.act(o) for o in obs]), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda n: n["layers"][1]["input_norm"].update(kind="layer_norm"), r"input_norm.kind must be batch_renorm"),
+    (lambda n: n["layers"][1]["input_norm"].update(eps=0), r"input_norm.eps must be in \(0, 1\)"),
+    (lambda n: n["layers"][1]["input_norm"].update(eps=None), r"input_norm.eps"),
+    (lambda n: n["layers"][0]["input_norm"].update(mean="actor.net.3.running_mean"),
+     r"tensor 'actor.net.3.running_mean' is \[256\] Float, expected \[17\] float32"),
+    (lambda n: n["layers"][1]["input_norm"].update(var="actor.nope"), "the module has no tensor 'actor.nope'"),
+    (lambda n: n["layers"][1]["input_norm"].update(weight="actor.net.3.running_var"),
+     "the module has no tensor 'actor.net.3.running_var'"),  # a buffer where a parameter belongs
+    (lambda n: n["layers"][2].pop("input_norm"), r"does not reproduce forward\(\)"),  # fits, but lies
+])
+def test_bad_batch_renorm_plans_are_refused_by_name(tmp_path, edit, match):
+    """A CrossQ policy whose plan is damaged: backend="mlp" names what is wrong; "auto" runs the
+    module on the interpreter instead, still agreeing with it."""
+    good = tmp_path / "crossq.pt"
+    export_policy(crossq_agent(3), good, action_low=[-1] * ACT, action_high=[1] * ACT, verbose=False)
     assert Policy(good).backend == "mlp"
     bad = _with_plan(good, tmp_path / "bad.pt", edit)
     with pytest.raises(PolicyFormatError, match=match):
