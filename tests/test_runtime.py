@@ -405,6 +405,23 @@ def _with_plan(src, dst, edit):
     return dst
 
 
+def _damaged_plan_is_refused(agent, tmp_path, edit, match):
+    """backend="mlp" refuses the export of ``agent`` with its plan ``edit``-ed, naming ``match``;
+    "auto" runs the module on the interpreter instead, still agreeing with it."""
+    good = tmp_path / "good.pt"
+    export_policy(agent, good, action_low=[-1] * ACT, action_high=[1] * ACT, verbose=False)
+    assert Policy(good).backend == "mlp"
+    bad = _with_plan(good, tmp_path / "bad.pt", edit)
+    with pytest.raises(PolicyFormatError, match=match):
+        Policy(bad, backend="mlp")
+    p = Policy(bad)
+    assert p.backend == "torchscript"
+    obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
+    with torch.no_grad():
+        want = module_of(bad)(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(np.stack([p.act(o) for o in obs]), want, rtol=0, atol=1e-6)
+
+
 def test_lying_network_plan_is_refused(tmp_path, policy_file):
     """A network plan that does not reproduce forward() falls back to the interpreter (auto) or is
     refused (backend="mlp"): the fast path can never silently compute something else."""
@@ -428,22 +445,9 @@ def test_lying_network_plan_is_refused(tmp_path, policy_file):
     (lambda n: n.update(kind="transformer"), "no network the mlp backend runs"),
 ])
 def test_bad_sale_plans_are_refused_by_name(tmp_path, edit, match):
-    """A TD7 policy whose plan is damaged: backend="mlp" names what is wrong; "auto" runs the
-    module on the interpreter instead, still agreeing with it."""
+    """A TD7 policy whose plan is damaged is refused by name (or run on the interpreter)."""
     torch.manual_seed(3)
-    good = tmp_path / "td7.pt"
-    export_policy(DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7")), good, action_low=[-1] * ACT,
-                  action_high=[1] * ACT, verbose=False)
-    assert Policy(good).backend == "mlp"
-    bad = _with_plan(good, tmp_path / "bad.pt", edit)
-    with pytest.raises(PolicyFormatError, match=match):
-        Policy(bad, backend="mlp")
-    p = Policy(bad)
-    assert p.backend == "torchscript"
-    obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
-    with torch.no_grad():
-        want = module_of(bad)(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(np.stack([p.act(o) for o in obs]), want, rtol=0, atol=1e-6)
+    _damaged_plan_is_refused(DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7")), tmp_path, edit, match)
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -458,20 +462,8 @@ def test_bad_sale_plans_are_refused_by_name(tmp_path, edit, match):
     (lambda n: n["layers"][2].pop("input_norm"), r"does not reproduce forward\(\)"),  # fits, but lies
 ])
 def test_bad_batch_renorm_plans_are_refused_by_name(tmp_path, edit, match):
-    """A CrossQ policy whose plan is damaged: backend="mlp" names what is wrong; "auto" runs the
-    module on the interpreter instead, still agreeing with it."""
-    good = tmp_path / "crossq.pt"
-    export_policy(crossq_agent(3), good, action_low=[-1] * ACT, action_high=[1] * ACT, verbose=False)
-    assert Policy(good).backend == "mlp"
-    bad = _with_plan(good, tmp_path / "bad.pt", edit)
-    with pytest.raises(PolicyFormatError, match=match):
-        Policy(bad, backend="mlp")
-    p = Policy(bad)
-    assert p.backend == "torchscript"
-    obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
-    with torch.no_grad():
-        want = module_of(bad)(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(np.stack([p.act(o) for o in obs]), want, rtol=0, atol=1e-6)
+    """A CrossQ policy whose plan is damaged is refused by name (or run on the interpreter)."""
+    _damaged_plan_is_refused(crossq_agent(3), tmp_path, edit, match)
 
 
 # ---------------------------------------------------------------------------------------- allocations
