@@ -235,23 +235,23 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
                               "' are not all finite");
     const Json& norm = json::member(s, "input_norm");
     if (!norm.is_null()) {
-      const std::string at = where + ".input_norm";
-      if (json::string(json::member(norm, "kind"), at + ".kind") != "batch_renorm")
-        throw PolicyFormatError(at + ".kind must be batch_renorm");
-      const double eps = json::number(json::member(norm, "eps"), at + ".eps");
-      if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError(at + ".eps must be in (0, 1)");
-      L.norm_mean = tensor_values(get(buffers, json::string(json::member(norm, "mean"), at + ".mean"), {in}));
+      const std::string norm_at = where + ".input_norm";
+      if (json::string(json::member(norm, "kind"), norm_at + ".kind") != "batch_renorm")
+        throw PolicyFormatError(norm_at + ".kind must be batch_renorm");
+      const double eps = json::number(json::member(norm, "eps"), norm_at + ".eps");
+      if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError(norm_at + ".eps must be in (0, 1)");
+      L.norm_mean = tensor_values(get(buffers, json::string(json::member(norm, "mean"), norm_at + ".mean"), {in}));
       const std::vector<float> var =
-          tensor_values(get(buffers, json::string(json::member(norm, "var"), at + ".var"), {in}));
-      L.norm_gain = tensor_values(get(params, json::string(json::member(norm, "weight"), at + ".weight"), {in}));
-      L.norm_shift = tensor_values(get(params, json::string(json::member(norm, "bias"), at + ".bias"), {in}));
+          tensor_values(get(buffers, json::string(json::member(norm, "var"), norm_at + ".var"), {in}));
+      L.norm_gain = tensor_values(get(params, json::string(json::member(norm, "weight"), norm_at + ".weight"), {in}));
+      L.norm_shift = tensor_values(get(params, json::string(json::member(norm, "bias"), norm_at + ".bias"), {in}));
       // torch.rsqrt(running_var + eps): the sum rounded to float32 (a Python float operand is applied
       // as a float32 scalar), then 1 / sqrt, each step correctly rounded as torch's CPU kernel does it.
       const float eps_f = static_cast<float>(eps);
       for (float v : var) L.norm_scale.push_back(1.0f / std::sqrt(v + eps_f));
       for (const auto* p : {&L.norm_mean, &L.norm_scale, &L.norm_gain, &L.norm_shift})
         if (!all_finite(p->data(), static_cast<std::int64_t>(p->size())))
-          throw PolicyFormatError(at + ": its statistics or weights are not all finite (or running_var <= -eps)");
+          throw PolicyFormatError(norm_at + ": its statistics or weights are not all finite (or running_var <= -eps)");
     }
     net.width = std::max<std::int64_t>(net.width, out);
     return L;

@@ -575,7 +575,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
             raise ValueError(f"the observation spec builds {width} values from the env's model, the policy reads "
                              f"obs_dim {int(obs_dim)}")
     obs = _check_observations(obs_dim, norm, n_check)
-    if actor.training and any(isinstance(m, BatchRenorm) for m in actor.modules()):
+    if any(isinstance(m, BatchRenorm) and m.training for m in actor.modules()):
         # A batch-normalized actor in training mode would normalize the check batch by its own
         # statistics and move its running ones: the policy is its evaluation-mode function.
         actor = copy.deepcopy(actor).eval()

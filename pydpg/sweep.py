@@ -75,8 +75,10 @@ def _finished(summary_path: Path, total_steps: int) -> Optional[dict]:
 
 # What a run may differ in from its trial and still be that trial: the step count may grow, and how
 # often it checkpoints changes nothing it learns (a resume is exact), so a trial started by hand
-# with `pydpg train --checkpoint-every` into the sweep's directory is continued by the sweep.
-_BOOKKEEPING = frozenset({"total_steps", "checkpoint_every", "keep_checkpoints"})
+# with `pydpg train --checkpoint-every` into the sweep's directory is continued by the sweep. The
+# thread count and best_model.pt change no learned value either (a run continued by hand with
+# `pydpg train --resume --threads 1` is still its trial).
+_BOOKKEEPING = frozenset({"total_steps", "checkpoint_every", "keep_checkpoints", "threads", "save_best"})
 
 
 def _check_same_run(found_agent: dict, found_train: dict, trial: dict, where: Path) -> None:
@@ -97,8 +99,9 @@ def _run_pydpg(trial: dict, out: Path, on_eval: Callable[[dict], None]) -> tuple
     try:
         resolve_checkpoint(out)
     except CheckpointError:  # none yet: a fresh run
-        trainer = Trainer(DDPGConfig.from_dict(trial["agent"]), TrainConfig.from_dict(trial["train"]), out_dir=out,
-                          verbose=True)
+        # The trial's thread count is the sweep's CPU share, stored so that a resume by hand keeps it.
+        train = TrainConfig.from_dict({**trial["train"], "threads": CPUS_PER_TRIAL})
+        trainer = Trainer(DDPGConfig.from_dict(trial["agent"]), train, out_dir=out, verbose=True)
     else:
         trainer = Trainer.resume(out, total_steps=trial["train"]["total_steps"], verbose=True)
         _check_same_run(trainer.config.to_dict(), trainer.train_cfg.to_dict(), trial, out)

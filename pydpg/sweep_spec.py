@@ -46,7 +46,7 @@ TOP_KEYS = ("tasks", "seeds", "total_steps", "name", "agent", "train", "env", "s
 SETTING_KEYS = ("impl", "label", "preset", "tasks", "agent", "train", "env")
 TABLES = ("agent", "train", "env")
 # Trial keys that the sweep sets itself; a [train] table may not.
-_SWEEP_OWNED = {"seed": "seeds", "env_id": "tasks", "env_kwargs": "[env]"}
+_SWEEP_OWNED = {"seed": "seeds", "env_id": "tasks", "env_kwargs": "[env]", "threads": "one CPU per trial"}
 # Setting names and experiment names become directory names.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_SETTING = "default"

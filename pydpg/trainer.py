@@ -34,6 +34,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -170,8 +171,6 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress_enabled, self.verbose, self.tensorboard = progress, verbose, tensorboard
         seed = train.seed
-        if train.threads is not None:
-            torch.set_num_threads(train.threads)  # one pool per process: this sets it for the caller too
 
         torch.manual_seed(seed)  # network initialization and the agent's target-noise generator
         rng_seq = np.random.SeedSequence(seed).spawn(3)
@@ -223,6 +222,7 @@ class Trainer:
 
             self.collector = RayCollector(self, env, rng, noise_rng)
         self._last_ckpt_step: Optional[int] = None
+        self._best_model_step: Optional[int] = None  # the evaluation OUT/best_model.pt holds, once written
         self._burst = False  # policy checkpoints: an assessment ended, the owed updates are due
         self._on_eval: Optional[Callable[[dict[str, Any]], None]] = None
 
@@ -276,6 +276,11 @@ class Trainer:
                 progress.write(f"note: a {'-'.join(map(str, critic))} critic is slow on a CPU (2048-2048: ~0.2 s per "
                                "update on a quiet core, ~24x a 256-256 one, docs/benchmarks.md); "
                                "--set critic_hidden=[256,256] is the setting measured on CPUs")
+        # torch has one thread pool per process: the run's count holds while it trains, and the
+        # caller's comes back after (DDPG.load of a 1-thread run leaves a notebook's torch alone).
+        caller_threads = torch.get_num_threads()
+        if self.train_cfg.threads is not None:
+            torch.set_num_threads(self.train_cfg.threads)
         t_start = time.perf_counter()
         t_mark = t_start
         try:
@@ -308,6 +313,8 @@ class Trainer:
                 progress.write(self._summary_line(summary))
             return summary
         finally:
+            if torch.get_num_threads() != caller_threads:
+                torch.set_num_threads(caller_threads)
             self._on_eval = None
             if t_start is not None:
                 self.counters.elapsed += time.perf_counter() - t_start
@@ -466,6 +473,7 @@ class Trainer:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 ckpt_io.write_model(self.out_dir / BEST_MODEL, {
                     **self.model_dict(), "evaluation": {"step": c.step, "mean": result.mean, "std": result.std}})
+                self._best_model_step = c.step
         target = self.train_cfg.target_return
         if target is not None and result.mean >= target:
             c.reached_target = True
@@ -508,7 +516,7 @@ class Trainer:
             "best_eval": None if self.counters.best is None else {
                 "step": self.counters.best["step"], "mean": self.counters.best["eval_mean"],
                 "std": self.counters.best["eval_std"],
-                "model": BEST_MODEL if self.out_dir is not None and self.train_cfg.save_best else None},
+                "model": BEST_MODEL if self._best_model_step == self.counters.best["step"] else None},
             "reached_target": self.counters.reached_target,
             "collector": {"kind": self.collector.kind, **self.collector.stats()},
             "config": self.config.to_dict(),
@@ -585,8 +593,30 @@ class Trainer:
     def _load_state(self, s: dict[str, Any]) -> None:
         restore_run_state(s, self.counters, self.agent.device)
         self._last_ckpt_step = self.counters.step
+        self._adopt_best_model()
         self.collector.load_state_dict(s, buffer=self.buffer, normalizer=self.normalizer,
                                        seed=self.train_cfg.seed, step=self.counters.step)
+
+    def _adopt_best_model(self) -> None:
+        """On resume: keep OUT/best_model.pt if it is the restored best evaluation's. A file from an
+        evaluation after the checkpoint (the resume replays those steps, exactly only on the same
+        machine and thread count) or from another run is moved aside, named for its step, and
+        replaced by this run's next best."""
+        path = None if self.out_dir is None else self.out_dir / BEST_MODEL
+        if path is None or not path.is_file():
+            return
+        try:
+            ev = ckpt_io.read_model(path, map_location="cpu").get("evaluation") or {}
+        except ckpt_io.CheckpointError:
+            ev = {}
+        best = self.counters.best
+        if best is not None and ev.get("step") == best["step"] and ev.get("mean") == best["eval_mean"]:
+            self._best_model_step = best["step"]
+            return
+        aside = path.with_name(f"best_model.step{ev.get('step', 'unknown')}-before-resume.pt")
+        os.replace(path, aside)
+        warnings.warn(f"{path} is not the best evaluation of the checkpoint resumed from (it holds step "
+                      f"{ev.get('step', '?')}'s); moved to {aside.name}")
 
     def close(self) -> None:
         self.collector.close()

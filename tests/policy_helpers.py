@@ -64,3 +64,17 @@ def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
     from pydpg.deploy import build_cmake_project
 
     build_cmake_project(source, build, timeout)
+
+
+@torch.no_grad()
+def scramble_batch_renorm(module: nn.Module, g: torch.Generator) -> None:
+    """Move every BatchRenorm layer's running statistics and affine weights far from their initial
+    values (an untrained layer is the identity in evaluation mode, which would test nothing)."""
+    from pydpg.networks import BatchRenorm
+
+    for m in module.modules():
+        if isinstance(m, BatchRenorm):
+            m.running_mean.normal_(0, 2, generator=g)
+            m.running_var.uniform_(0.01, 5, generator=g)
+            m.weight.uniform_(0.5, 2, generator=g)
+            m.bias.normal_(0, 0.5, generator=g)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, write_raw_policy
+from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, scramble_batch_renorm, write_raw_policy
 from pydpg.agent import DDPG
 from pydpg.config import DDPGConfig
 from pydpg.export import export_policy, read_metadata
@@ -27,18 +27,10 @@ OBS, ACT = 17, 6
 
 
 def crossq_agent(seed: int = 0) -> DDPG:
-    """CrossQ's agent whose actor's batch renormalization statistics and affine weights are far
-    from their initial values (an untrained BatchRenorm layer is the identity)."""
+    """CrossQ's agent, its actor's batch renormalization layers scrambled."""
     torch.manual_seed(seed)
     agent = DDPG.from_dims(OBS, ACT, DDPGConfig.preset("crossq", critic_hidden=(32, 32)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in agent.actor.modules():
-            if hasattr(m, "running_var"):
-                m.running_mean.normal_(0, 2, generator=g)
-                m.running_var.uniform_(0.01, 5, generator=g)
-                m.weight.uniform_(0.5, 2, generator=g)
-                m.bias.normal_(0, 0.5, generator=g)
+    scramble_batch_renorm(agent.actor, torch.Generator().manual_seed(seed))
     return agent
 
 

@@ -72,6 +72,7 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
         ({**base, "settings": {"a": {"agent": {"tua": 0.1}}}}, "[settings.a]: [agent] unknown DDPGConfig key(s): 'tua' (did you mean 'tau'?)"),
         ({**base, "train": {"eval_evry": 10}}, "[train] unknown TrainConfig key(s): 'eval_evry' (did you mean 'eval_every'?)"),
         ({**base, "settings": {"a": {"train": {"seed": 3}}}}, "'seed' is set by the sweep (its seeds)"),
+        ({**base, "train": {"threads": 2}}, "'threads' is set by the sweep (its one CPU per trial)"),
         ({**base, "settings": {"a": {"impl": "sb4"}}}, "impl must be one of 'pydpg', 'sb3', got 'sb4' (did you mean 'sb3'?)"),
         ({**base, "settings": {"a": {"preset": "td4"}}}, "setting 'a' on InvertedPendulum-v5: unknown preset 'td4'"),
         ({**base, "settings": {"a": {"agent": {"tau": 5}}}}, "[settings.a]: [agent] DDPGConfig.tau must be in (0, 1], got 5"),

@@ -277,6 +277,19 @@ def test_best_model_is_the_policy_of_the_best_evaluation(tmp_path):
     info = load_for_export(tmp_path / "best_model.pt")
     assert (info["training_steps"], info["eval_return"]) == (best["step"], best["mean"])
 
+    # A resume keeps the file that matches the restored best evaluation, and moves aside one that
+    # does not (here one claiming a later step, as a run killed between an evaluation and its
+    # checkpoint leaves behind): the summary never names a file that is not its best evaluation.
+    t = Trainer.resume(tmp_path, tensorboard=False)
+    assert t.summary()["best_eval"]["model"] == "best_model.pt"
+    t.close()
+    ckpt_io.write_model(tmp_path / "best_model.pt", {**model, "evaluation": {"step": 99_999, "mean": 1e9, "std": 0}})
+    with pytest.warns(UserWarning, match="moved to best_model.step99999-before-resume.pt"):
+        t = Trainer.resume(tmp_path, tensorboard=False)
+    assert not (tmp_path / "best_model.pt").exists() and (tmp_path / "best_model.step99999-before-resume.pt").is_file()
+    assert t.summary()["best_eval"]["model"] is None
+    t.close()
+
     tc.save_best = False
     off = tmp_path / "off"
     assert Trainer(cfg, tc, out_dir=off, tensorboard=False).run()["best_eval"]["model"] is None
@@ -296,21 +309,31 @@ def test_evaluation_lines_before_learning_starts_say_so(capsys):
 
 
 def test_resume_keeps_the_runs_thread_count_unless_told_otherwise(tmp_path):
+    """The count the run was started with holds while it trains, after a resume too; the caller's
+    count comes back when run() returns."""
     cfg, tc = pendulum_configs()
-    tc.total_steps, tc.eval_every, tc.checkpoint_every, tc.threads = 400, 0, 0, 1
-    Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False).run()
+    tc.total_steps, tc.eval_every, tc.checkpoint_every, tc.threads = 400, 100, 0, 1
+    seen = []
+
+    def run(t, steps):
+        t.run(total_steps=steps, on_eval=lambda row: seen.append(torch.get_num_threads()))
+        t.close()
+
     try:
-        torch.set_num_threads(2)  # a new process starts with torch's default, not the run's count
+        torch.set_num_threads(2)  # the caller's count (a new process starts with torch's default)
+        run(Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False), 400)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
         t = Trainer.resume(tmp_path, tensorboard=False)
-        assert torch.get_num_threads() == 1 and t.train_cfg.threads == 1
-        t.close()
-        t = Trainer.resume(tmp_path, threads=2, tensorboard=False)
-        assert torch.get_num_threads() == 2
-        t.run(total_steps=450)
-        t.close()
+        assert t.train_cfg.threads == 1 and torch.get_num_threads() == 2  # loading sets nothing
+        seen.clear()
+        run(t, 500)
+        assert seen == [1] and torch.get_num_threads() == 2
         torch.set_num_threads(1)
+        seen.clear()
+        run(Trainer.resume(tmp_path, threads=2, tensorboard=False), 600)
+        assert seen == [2] and torch.get_num_threads() == 1
         t = Trainer.resume(tmp_path, tensorboard=False)  # the override is stored with the run
-        assert torch.get_num_threads() == 2 and t.train_cfg.threads == 2
+        assert t.train_cfg.threads == 2
         t.close()
     finally:
         torch.set_num_threads(1)
