@@ -289,6 +289,9 @@ def test_best_model_is_the_policy_of_the_best_evaluation(tmp_path):
     assert not (tmp_path / "best_model.pt").exists() and (tmp_path / "best_model.step99999-before-resume.pt").is_file()
     assert t.summary()["best_eval"]["model"] is None
     t.close()
+    (tmp_path / "best_model.pt").write_bytes(b"not a model")  # corrupt: moved aside too, not an error
+    with pytest.warns(UserWarning, match="moved to best_model.stepunknown-before-resume.pt"):
+        Trainer.resume(tmp_path, tensorboard=False).close()
 
     tc.save_best = False
     off = tmp_path / "off"
