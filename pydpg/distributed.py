@@ -192,6 +192,7 @@ class RayCollector:
         self.pending: dict[Any, int] = {}
         self.last_chunk_time = time.monotonic()
         self._weights_at = -1
+        self._stats_count = None  # the normalizer's count in the last broadcast
         self.weights = None
         self.weights_changed(0, force=True)
 
@@ -206,9 +207,18 @@ class RayCollector:
         if t.normalizer is not None:
             d = t.normalizer.to_dict()
             norm = {"mean": d["mean"].numpy(), "var": d["var"].numpy(), "eps": d["eps"], "clip": d["clip"]}
-        self.weights = self.ray.put({"actor": actor, "norm": norm, "version": n_grad})
+            self._stats_count = float(d["count"])
+        # The version is the broadcast's number, not n_grad: before learning_starts n_grad stays 0
+        # while the statistics change, and workers skip a version they already hold.
+        self.weights = self.ray.put({"actor": actor, "norm": norm, "version": self.broadcasts})
         self._weights_at = n_grad
         self.broadcasts += 1
+
+    def _stale(self) -> bool:
+        """The last broadcast is not the learner's state now (weights or statistics)."""
+        t = self.trainer
+        return self._weights_at != t.n_grad or (t.normalizer is not None
+                                                and float(t.normalizer.count) != self._stats_count)
 
     # ------------------------------------------------------------------ collection
     def _request(self, i: int, warmup: bool) -> None:
@@ -277,7 +287,8 @@ class RayCollector:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, seed: int) -> EvalResult:
-        self.weights_changed(self.trainer.n_grad, force=self._weights_at != self.trainer.n_grad)
+        # The evaluation is of the learner's policy now: the one best_model.pt stores with it.
+        self.weights_changed(self.trainer.n_grad, force=self._stale())
         try:
             return self.ray.get(self.eval_worker.evaluate.remote(self.weights, episodes, seed))
         except Exception as e:

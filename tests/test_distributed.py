@@ -64,6 +64,32 @@ def test_normalizer_folds_in_every_workers_observations(ray_local):
     assert count >= t.step
 
 
+def test_an_evaluation_before_learning_starts_sees_the_learners_normalizer(ray_local, tmp_path):
+    # No update has run, so the actor never changed; the statistics did. The eval worker must act
+    # with the learner's current ones, the ones best_model.pt stores with that evaluation.
+    config, tc = presets.resolve("Hopper-v5", agent={**SMALL_AGENT, "obs_normalization": True,
+                                                     "learning_starts": 10_000}, train={
+        "total_steps": 300, "eval_every": 150, "eval_episodes": 1, "checkpoint_every": 0, "workers": 2})
+    t = Trainer(config, tc, out_dir=tmp_path / "run", tensorboard=False)
+    try:
+        t.run()
+        assert t.n_grad == 0
+        from pydpg.envs import evaluate, make_env
+        from pydpg.run_state import make_policy
+
+        seed = tc.seed + tc.eval_seed_offset
+        env = make_env("Hopper-v5")
+        rows = read_metrics(tmp_path / "run" / "metrics.csv")
+        assert len(rows) >= 2
+        here = evaluate(make_policy(t.agent, t.normalizer), env, 1, seed)
+        assert rows[-1]["eval_mean"] == pytest.approx(here.mean, rel=1e-5)
+        # ... and the identity statistics (what a stale broadcast would hold) act differently.
+        stale = evaluate(make_policy(t.agent, None), env, 1, seed)
+        assert abs(stale.mean - here.mean) > 1e-3 * abs(here.mean)
+    finally:
+        t.close()
+
+
 def test_a_run_is_a_function_of_its_seed_not_of_the_workers_speeds(ray_local):
     """Chunks are taken in turn, so the learner's sequence (and each worker's weights) is fixed by
     the seed; the workers' timing differs from run to run (and is skewed on purpose here)."""
