@@ -4,8 +4,20 @@ The public names load on first use, so that ``import pydpg`` (and the ``pydpg --
 does not pay for torch, gymnasium and MuJoCo until one of them is needed.
 """
 
+import os as _os
+import sys as _sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version as _version
+
+# libgomp (torch's OpenMP on Linux) spin-waits at every parallel region's barrier by default. With
+# torch's default of one thread per core and any other busy process on the machine (a second run, a
+# sweep trial, the robot's control loop), the spinning thread holds the core its straggling partner
+# needs, and each barrier lasts a scheduler time slice: a DDPG update measured ~40x slower, which
+# stalled `pydpg journey` for >10 minutes beside one training run (docs/benchmarks.md, "OpenMP
+# wait policy"). PASSIVE threads sleep at barriers instead. libgomp reads the variable once, when
+# torch loads it, so it is set only if torch is not loaded yet; a value the user set is kept.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     __version__ = _version("pydpg")
