@@ -1,18 +1,21 @@
-"""Training speed under OpenMP's two wait policies, on a quiet core pair and beside a busy core.
+"""Training speed under OpenMP wait settings, on a quiet core pair and beside a busy core.
 
-torch's CPU threads are libgomp's (Linux). By default they spin-wait at each parallel region's
-barrier; ``import pydpg`` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it) so that they
-sleep instead. This measures what that costs when the cores are free and what it saves when another
-process holds one of them: the env steps/s of ``Trainer`` (Hopper-v5, pydpg's defaults, one update
-per step) in the learning phase, for 1 and 2 torch threads.
+torch's CPU threads are libgomp's (Linux). Unless told otherwise, a thread that reaches a parallel
+region's barrier first spins for 300,000 rounds (GOMP_SPINCOUNT's default) before it sleeps;
+``OMP_WAIT_POLICY=PASSIVE`` makes it sleep at once, ``ACTIVE`` makes it spin (almost) for ever.
+``import pydpg`` sets PASSIVE unless the user set the variable. This measures what each setting
+costs when the cores are free and what it saves when another process holds one of them: the env
+steps/s of ``Trainer`` (Hopper-v5, pydpg's defaults, one update per step) in the learning phase,
+for 1 and 2 torch threads.
 
-Every cell is a fresh process (libgomp reads the policy once, when torch loads it), pinned to the
-same 2 CPUs; "busy" adds a pure-Python busy loop pinned to the first of them, the stand-in for a
-second training run, a sweep trial or a control loop. The cells run in rotating order, ``--repeats``
-times, and each is the median. A cell that has not finished in ``--timeout`` seconds is reported as
-at most ``--steps / --timeout``.
+Every cell is a fresh process (libgomp reads its settings once, when torch loads it) that imports
+torch before pydpg, so that only the cell's own environment decides, pinned to the same 2 CPUs;
+"busy" adds a pure-Python busy loop pinned to the first of them, the stand-in for a second
+training run, a sweep trial or a control loop. The cells run in rotating order, ``--repeats``
+times, and each is the median. A cell that has not finished in ``--timeout`` seconds counts as
+``--steps / --timeout`` (an upper bound, marked ≤).
 
-    python benchmarks/bench_omp_wait.py                 # ~5 minutes on 2 cores
+    python benchmarks/bench_omp_wait.py                 # ~10 minutes on 2 cores
 
 Writes benchmarks/results/omp_wait.json and prints a markdown table.
 """
@@ -32,13 +35,15 @@ from importlib.metadata import version
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SETTINGS = ("default", "PASSIVE", "GOMP_SPINCOUNT=10000", "ACTIVE")
 
-# The child: pins itself before torch starts any thread, fills the buffer with random steps (not
+# The child pins itself before torch starts any thread, fills the buffer with random steps (not
 # timed), then times the learning phase.
 _CHILD = """
 import os, sys, time
 cpus, threads, learning_starts, steps = [int(c) for c in sys.argv[1].split(",")], *map(int, sys.argv[2:5])
 os.sched_setaffinity(0, cpus)
+import torch  # first: pydpg leaves OpenMP's settings alone, the cell's environment decides
 from pydpg.config import DDPGConfig
 from pydpg.trainer import TrainConfig, Trainer
 trainer = Trainer(DDPGConfig(learning_starts=learning_starts),
@@ -51,17 +56,25 @@ print(steps / (time.perf_counter() - t))
 """
 
 
-def _cell(policy: str, busy: bool, threads: int, cpus: list[int], args) -> tuple[float, bool]:
+def _environment(setting: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    if setting in ("PASSIVE", "ACTIVE"):
+        env["OMP_WAIT_POLICY"] = setting
+    elif setting != "default":
+        name, value = setting.split("=")
+        env[name] = value
+    return env
+
+
+def _cell(setting: str, busy: bool, threads: int, cpus: list[int], args) -> tuple[float, bool]:
     """(env steps/s, finished); an unfinished cell's rate is an upper bound."""
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    env.pop("OMP_NUM_THREADS", None)
     loop = None
     if busy:
         loop = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, [{cpus[0]}])\nwhile True: pass"])
     try:
         out = subprocess.run([sys.executable, "-c", _CHILD, ",".join(map(str, cpus)), str(threads),
                               str(args.learning_starts), str(args.steps)],
-                             capture_output=True, text=True, env=env, timeout=args.timeout)
+                             capture_output=True, text=True, env=_environment(setting), timeout=args.timeout)
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         return float(out.stdout.split()[-1]), True
@@ -74,12 +87,14 @@ def _cell(policy: str, busy: bool, threads: int, cpus: list[int], args) -> tuple
 
 
 def _name(cell: tuple) -> str:
-    policy, busy, threads = cell
-    return f"{policy}, {'busy core' if busy else 'quiet'}, {threads} thread(s)"
+    setting, busy, threads = cell
+    return f"{setting}, {'busy core' if busy else 'quiet'}, {threads} thread(s)"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help="comma-separated: default, PASSIVE, ACTIVE or GOMP_SPINCOUNT=N (default %(default)s)")
     p.add_argument("--steps", type=int, default=1000, help="timed env steps (each with one update)")
     p.add_argument("--learning-starts", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
@@ -89,7 +104,8 @@ def main() -> None:
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs Linux CPU affinity and at least 2 CPUs")
     cpus = sorted(os.sched_getaffinity(0))[:2]
-    cells = list(itertools.product(("ACTIVE", "PASSIVE"), (False, True), (1, 2)))
+    settings = args.settings.split(",")
+    cells = list(itertools.product(settings, (False, True), (1, 2)))
     runs: dict[tuple, list[float]] = {c: [] for c in cells}
     unfinished: set[tuple] = set()
     for r in range(args.repeats):
@@ -98,18 +114,19 @@ def main() -> None:
             runs[c].append(rate)
             if not finished:
                 unfinished.add(c)
-            print(f"  {c}: {'at most ' if not finished else ''}{rate:.1f} env steps/s", file=sys.stderr, flush=True)
+            print(f"  {_name(c)}: {'at most ' if not finished else ''}{rate:.1f} env steps/s", file=sys.stderr, flush=True)
     table = {c: statistics.median(v) for c, v in runs.items()}
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     print(f"\nHopper-v5, pydpg defaults, env steps/s in the learning phase (median of {args.repeats}; "
           f"{args.steps} steps, {args.timeout:g} s limit), CPUs {cpus}, load average {load} at the end\n")
-    print("| OMP_WAIT_POLICY | quiet, 1 thread | quiet, 2 threads | busy core, 1 thread | busy core, 2 threads |")
+    print("| setting | quiet, 1 thread | quiet, 2 threads | busy core, 1 thread | busy core, 2 threads |")
     print("|---|---:|---:|---:|---:|")
-    for pol in ("ACTIVE", "PASSIVE"):
-        row = [(pol, busy, th) for busy in (False, True) for th in (1, 2)]
-        print(f"| {pol} | " + " | ".join(("≤ " if c in unfinished else "") + f"{table[c]:.0f}" for c in row) + " |")
-    print("\n≤: a run that had not finished in the limit (at least one repeat)")
+    for s in settings:
+        row = [(s, busy, th) for busy in (False, True) for th in (1, 2)]
+        print(f"| {s} | " + " | ".join(("≤ " if c in unfinished else "") + f"{table[c]:.0f}" for c in row) + " |")
+    if unfinished:
+        print("\n≤: at least one repeat had not finished in the limit")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": cpus, "load_average_after": float(load),

@@ -13,9 +13,10 @@ from importlib.metadata import PackageNotFoundError, version as _version
 # torch's default of one thread per core and any other busy process on the machine (a second run, a
 # sweep trial, the robot's control loop), the spinning thread holds the core its straggling partner
 # needs, and each barrier lasts a scheduler time slice: a DDPG update measured ~40x slower, which
-# stalled `pydpg journey` for >10 minutes beside one training run (docs/benchmarks.md, "OpenMP
-# wait policy"). PASSIVE threads sleep at barriers instead. libgomp reads the variable once, when
-# torch loads it, so it is set only if torch is not loaded yet; a value the user set is kept.
+# stalled `pydpg journey` for >10 minutes beside one training run (docs/benchmarks.md, "torch's
+# threads beside a busy core"). PASSIVE threads sleep at barriers instead. libgomp reads the
+# variable once, when torch loads it, so it is set only if torch is not loaded yet; a value the
+# user set is kept.
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -2,6 +2,10 @@
 
 import pytest
 
+# Before any test module loads torch, so that the suite's torch threads wait as a pydpg user's do
+# (OMP_WAIT_POLICY, pydpg/__init__.py).
+import pydpg  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def ray_local():
