@@ -70,7 +70,8 @@ def _cell(setting: str, busy: bool, threads: int, cpus: list[int], args) -> tupl
     """(env steps/s, finished); an unfinished cell's rate is an upper bound."""
     loop = None
     if busy:
-        loop = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, [{cpus[0]}])\nwhile True: pass"])
+        busy_code = f"import os; os.sched_setaffinity(0, [{cpus[0]}])\nwhile True: pass"
+        loop = subprocess.Popen([sys.executable, "-c", busy_code])
     try:
         out = subprocess.run([sys.executable, "-c", _CHILD, ",".join(map(str, cpus)), str(threads),
                               str(args.learning_starts), str(args.steps)],
@@ -114,7 +115,8 @@ def main() -> None:
             runs[c].append(rate)
             if not finished:
                 unfinished.add(c)
-            print(f"  {_name(c)}: {'at most ' if not finished else ''}{rate:.1f} env steps/s", file=sys.stderr, flush=True)
+            print(f"  {_name(c)}: {'' if finished else 'at most '}{rate:.1f} env steps/s", file=sys.stderr,
+                  flush=True)
     table = {c: statistics.median(v) for c, v in runs.items()}
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]

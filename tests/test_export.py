@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import types
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+from pydpg import export as export_module
 from pydpg.agent import DDPG
+from pydpg.config import DDPGConfig
 from pydpg.envs import scale_action
 from pydpg.export import (FORMAT_VERSION, ParityError, PolicyModule, export_main, export_policy, read_metadata,
                           task_spec)
@@ -125,6 +128,79 @@ def test_failed_parity_check_fails_export_and_writes_nothing(tmp_path):
     with pytest.raises(ParityError, match="parity check FAILED"):
         export_policy(agent, path, normalizer=LyingNormalizer(), action_low=[-3], action_high=[3], verbose=False)
     assert list(tmp_path.iterdir()) == []
+
+
+HOPPER_1M = Path(__file__).parent / "data" / "hopper_crossq_1m_actor.pt"
+
+
+def hopper_crossq_1m():
+    """CrossQ's Hopper-v5 actor after 1M steps (docs/benchmarks.md, "1M steps"; its state_dict): batch-
+    renormalized, pre-activations near 5e4 on the check's observations, so float32 rounding moves its
+    actions by ~5e-4. `pydpg export` of this run once failed the old check at 6.3e-5 > 1e-5."""
+    conf = DDPGConfig(**{**DDPGConfig.presets()["crossq"], "critic_hidden": (256, 256)})
+    agent = DDPG.from_dims(11, 3, conf)
+    agent.actor.load_state_dict(torch.load(HOPPER_1M, weights_only=True))
+    return agent
+
+
+def split_k_actions(actor, obs):
+    """The actor in float32 with each Linear's products summed in two halves of its inputs, as a BLAS
+    kernel that splits the inner dimension does: the same function, another rounding."""
+    h = torch.from_numpy(obs)
+    with torch.no_grad():
+        for m in actor.net:
+            if isinstance(m, torch.nn.Linear):
+                k = m.in_features // 2
+                h = h[:, :k] @ m.weight[:, :k].T + h[:, k:] @ m.weight[:, k:].T + m.bias
+            else:
+                h = m(h)
+        return torch.tanh(h).numpy()
+
+
+@pytest.mark.parametrize("error_scale", [1.0, 5.0])
+def test_a_long_trained_actor_is_held_to_its_own_float32_accuracy(tmp_path, monkeypatch, error_scale):
+    """The file's actions come back summed in another order (the writer's output replaced by the
+    split-K evaluation): 2.8e-4 from torch's eager ones, which an atol of 1e-5 alone would refuse, yet
+    as exact as this actor's float32 gets. The check allows twice the actor's own float32 error, so
+    it passes; the same evaluation pushed 5x that error further still fails."""
+    agent = hopper_crossq_1m()
+    actor = agent.actor.eval()
+    real_writer = export_module._write_torchscript
+    seen = {}
+
+    def writer(module, tmp, meta, xml, obs):
+        real_writer(module, tmp, meta, xml, obs)
+        got = split_k_actions(actor, obs)
+        with torch.no_grad():
+            seen["split_k_diff"] = float(np.abs(got - actor(torch.from_numpy(obs)).numpy()).max())
+        if error_scale > 1:  # an export that errs beyond float32's reach
+            got = got + error_scale * 2 * meta["parity"]["float32_error"]
+        return got
+
+    monkeypatch.setattr(export_module, "_write_torchscript", writer)
+    path = tmp_path / "p.pt"
+    if error_scale > 1:
+        with pytest.raises(ParityError, match="twice the actor's own float32 error"):
+            export_policy(agent, path, action_low=[-1.0] * 3, action_high=[1.0] * 3, verbose=False)
+        assert not path.exists()
+        return
+    res = export_policy(agent, path, action_low=[-1.0] * 3, action_high=[1.0] * 3, verbose=False)
+    error = res.metadata["parity"]["float32_error"]
+    assert 1e-4 < error < 1e-2  # this actor's own float32 error on the check's observations
+    assert seen["split_k_diff"] > 1e-5  # what a fixed atol of 1e-5 would have refused
+    assert res.max_abs_diff == pytest.approx(seen["split_k_diff"], rel=1e-6)
+    assert res.tolerance == pytest.approx(1e-5 + float(np.spacing(np.float32(1.0))) + 2 * error)
+    assert read_metadata(path)["parity"]["float32_error"] == error
+
+
+def test_a_well_conditioned_actor_keeps_a_tight_check(tmp_path):
+    """A freshly initialized actor's float32 error is ~1e-7: the tolerance stays at atol, as tight as
+    before (test_failed_parity_check_fails_export_and_writes_nothing is the refusal)."""
+    torch.manual_seed(0)
+    agent = DDPG.from_dims(4, 1)
+    res = export_policy(agent, tmp_path / "p.pt", action_low=[-1], action_high=[1], verbose=False)
+    assert res.metadata["parity"]["float32_error"] < 1e-6
+    assert res.tolerance < 1.3e-5
 
 
 def test_deprecation_warning_stays_inside_export(tmp_path):
