@@ -60,9 +60,10 @@ def _environment(setting: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     if setting in ("PASSIVE", "ACTIVE"):
         env["OMP_WAIT_POLICY"] = setting
+    elif setting.startswith("GOMP_SPINCOUNT=") and setting.split("=", 1)[1].isdigit():
+        env["GOMP_SPINCOUNT"] = setting.split("=", 1)[1]
     elif setting != "default":
-        name, value = setting.split("=")
-        env[name] = value
+        raise SystemExit(f"--settings: {setting!r} is not one of default, PASSIVE, ACTIVE, GOMP_SPINCOUNT=N")
     return env
 
 
@@ -106,6 +107,8 @@ def main() -> None:
         sys.exit("needs Linux CPU affinity and at least 2 CPUs")
     cpus = sorted(os.sched_getaffinity(0))[:2]
     settings = args.settings.split(",")
+    for setting in settings:
+        _environment(setting)  # a misspelt setting stops here, not after minutes of measuring
     cells = list(itertools.product(settings, (False, True), (1, 2)))
     runs: dict[tuple, list[float]] = {c: [] for c in cells}
     unfinished: set[tuple] = set()
