@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 # libgomp (torch's OpenMP on Linux) spin-waits at every parallel region's barrier by default. With
 # torch's default of one thread per core and any other busy process on the machine (a second run, a
 # sweep trial, the robot's control loop), the spinning thread holds the core its straggling partner
-# needs, and each barrier lasts a scheduler time slice: a DDPG update measured ~40x slower, which
+# needs, and each barrier lasts a scheduler time slice: a DDPG update measured ~35x slower, which
 # stalled `pydpg journey` for >10 minutes beside one training run (docs/benchmarks.md, "torch's
 # threads beside a busy core"). PASSIVE threads sleep at barriers instead. libgomp reads the
 # variable once, when torch loads it, so it is set only if torch is not loaded yet; a value the
