@@ -5,8 +5,9 @@ region's barrier first spins for 300,000 rounds (GOMP_SPINCOUNT's default) befor
 ``OMP_WAIT_POLICY=PASSIVE`` makes it sleep at once, ``ACTIVE`` makes it spin (almost) for ever.
 ``import pydpg`` sets PASSIVE unless the user set the variable. This measures what each setting
 costs when the cores are free and what it saves when another process holds one of them: the env
-steps/s of ``Trainer`` (Hopper-v5, pydpg's defaults, one update per step) in the learning phase,
-for 1 and 2 torch threads.
+steps/s of ``Trainer`` (Hopper-v5 with pydpg's defaults unless ``--env`` / ``--preset`` /
+``--critic-hidden`` say otherwise, one update per step) in the learning phase, for 1 and 2 torch
+threads.
 
 Every cell is a fresh process (libgomp reads its settings once, when torch loads it) that imports
 torch before pydpg, so that only the cell's own environment decides, pinned to the same 2 CPUs;
@@ -16,6 +17,7 @@ times, and each is the median. A cell that has not finished in ``--timeout`` sec
 ``--steps / --timeout`` (an upper bound, marked ≤).
 
     python benchmarks/bench_omp_wait.py                 # ~10 minutes on 2 cores
+    python benchmarks/bench_omp_wait.py --settings default,PASSIVE --preset crossq --critic-hidden 256,256
 
 Writes benchmarks/results/omp_wait.json and prints a markdown table.
 """
@@ -41,13 +43,15 @@ SETTINGS = ("default", "PASSIVE", "GOMP_SPINCOUNT=10000", "ACTIVE")
 # timed), then times the learning phase.
 _CHILD = """
 import os, sys, time
+import json
 cpus, threads, learning_starts, steps = [int(c) for c in sys.argv[1].split(",")], *map(int, sys.argv[2:5])
+env_id, agent = sys.argv[5], json.loads(sys.argv[6])
 os.sched_setaffinity(0, cpus)
 import torch  # first: pydpg leaves OpenMP's settings alone, the cell's environment decides
 from pydpg.config import DDPGConfig
 from pydpg.trainer import TrainConfig, Trainer
-trainer = Trainer(DDPGConfig(learning_starts=learning_starts),
-                  TrainConfig(env_id="Hopper-v5", total_steps=10**9, eval_every=0, checkpoint_every=0, seed=0,
+trainer = Trainer(DDPGConfig(**{**agent, "learning_starts": learning_starts}),
+                  TrainConfig(env_id=env_id, total_steps=10**9, eval_every=0, checkpoint_every=0, seed=0,
                               threads=threads))
 trainer.run(stop_at=learning_starts)
 t = time.perf_counter()
@@ -75,7 +79,7 @@ def _cell(setting: str, busy: bool, threads: int, cpus: list[int], args) -> tupl
         loop = subprocess.Popen([sys.executable, "-c", busy_code])
     try:
         out = subprocess.run([sys.executable, "-c", _CHILD, ",".join(map(str, cpus)), str(threads),
-                              str(args.learning_starts), str(args.steps)],
+                              str(args.learning_starts), str(args.steps), args.env, json.dumps(args.agent)],
                              capture_output=True, text=True, env=_environment(setting), timeout=args.timeout)
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
@@ -97,12 +101,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help="comma-separated: default, PASSIVE, ACTIVE or GOMP_SPINCOUNT=N (default %(default)s)")
+    p.add_argument("--env", default="Hopper-v5")
+    p.add_argument("--preset", help="an algorithm preset (pydpg.config.DDPGConfig.presets()), e.g. crossq")
+    p.add_argument("--critic-hidden", help="critic widths, e.g. 256,256 (crossq's default is 2048,2048)")
     p.add_argument("--steps", type=int, default=1000, help="timed env steps (each with one update)")
     p.add_argument("--learning-starts", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a cell may take")
     p.add_argument("--out", type=Path, default=RESULTS / "omp_wait.json")
     args = p.parse_args()
+    from pydpg.config import DDPGConfig
+
+    presets = DDPGConfig.presets()
+    if args.preset is not None and args.preset not in presets:
+        sys.exit(f"--preset: {args.preset!r} is not one of {', '.join(sorted(presets))}")
+    args.agent = dict(presets[args.preset]) if args.preset else {}
+    if args.critic_hidden:
+        args.agent["critic_hidden"] = [int(w) for w in args.critic_hidden.split(",")]
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs Linux CPU affinity and at least 2 CPUs")
     cpus = sorted(os.sched_getaffinity(0))[:2]
@@ -123,7 +138,9 @@ def main() -> None:
     table = {c: statistics.median(v) for c, v in runs.items()}
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    print(f"\nHopper-v5, pydpg defaults, env steps/s in the learning phase (median of {args.repeats}; "
+    what = ", ".join(filter(None, [args.preset or "pydpg defaults",
+                                   args.critic_hidden and f"critic {args.critic_hidden}"]))
+    print(f"\n{args.env}, {what}, env steps/s in the learning phase (median of {args.repeats}; "
           f"{args.steps} steps, {args.timeout:g} s limit), CPUs {cpus}, load average {load} at the end\n")
     print("| setting | quiet, 1 thread | quiet, 2 threads | busy core, 1 thread | busy core, 2 threads |")
     print("|---|---:|---:|---:|---:|")
@@ -135,6 +152,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": cpus, "load_average_after": float(load),
+        "env": args.env, "preset": args.preset, "agent": args.agent,
         "steps": args.steps, "learning_starts": args.learning_starts, "timeout_s": args.timeout,
         "runs": {_name(c): v for c, v in runs.items()},
         "median_env_steps_per_s": {_name(c): v for c, v in table.items()},
