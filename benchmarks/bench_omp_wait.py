@@ -42,8 +42,7 @@ SETTINGS = ("default", "PASSIVE", "GOMP_SPINCOUNT=10000", "ACTIVE")
 # The child pins itself before torch starts any thread, fills the buffer with random steps (not
 # timed), then times the learning phase.
 _CHILD = """
-import os, sys, time
-import json
+import json, os, sys, time
 cpus, threads, learning_starts, steps = [int(c) for c in sys.argv[1].split(",")], *map(int, sys.argv[2:5])
 env_id, agent = sys.argv[5], json.loads(sys.argv[6])
 os.sched_setaffinity(0, cpus)

@@ -407,8 +407,8 @@ def _tmp_beside(path: Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
-def _float32_error(actor: nn.Module, obs: np.ndarray, low: np.ndarray, high: np.ndarray, norm: Optional[dict],
-                   normalizer) -> float:
+def _float32_error(actor: nn.Module, reference: np.ndarray, obs: np.ndarray, low: np.ndarray, high: np.ndarray,
+                   norm: Optional[dict], normalizer) -> float:
     """How far the actor's float32 actions are from its float64 ones on the check's observations.
 
     Two float32 evaluations of one network that sum in different orders (a BLAS kernel chosen at
@@ -417,10 +417,12 @@ def _float32_error(actor: nn.Module, obs: np.ndarray, low: np.ndarray, high: np.
     one can amplify rounding a thousandfold on observations 3 std out (CrossQ's Hopper-v5 actor at 1M
     steps: 5e-4, pre-activations near 5e4), where an atol of 1e-5 would hold the export to bit
     equality, and it once failed that way (6.3e-5)."""
-    with torch.no_grad():
-        as32, as64 = (_reference(copy.deepcopy(actor).to(dtype), obs, low, high, norm, normalizer)
-                      for dtype in (torch.float32, torch.float64))
-    error = _max_diff(as32, as64)
+    def at(dtype: torch.dtype) -> np.ndarray:
+        return _reference(copy.deepcopy(actor).to(dtype), obs, low, high, norm, normalizer)
+
+    # ``reference`` is the actor in its own dtype: float32 but for a user's float64 actor.
+    trained_in_float32 = all(p.dtype == torch.float32 for p in actor.parameters())
+    error = _max_diff(reference if trained_in_float32 else at(torch.float32), at(torch.float64))
     return error if math.isfinite(error) else 0.0  # a NaN action must fail the check, not widen it
 
 
@@ -604,7 +606,7 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         raise ValueError(f"the actor maps [{n_check}, {obs_dim}] observations to {list(reference.shape)}, "
                          f"expected [{n_check}, {act_dim}] (action bounds have {act_dim} entries)")
     half_range = float(np.max((np.asarray(high, np.float64) - np.asarray(low, np.float64)) / 2, initial=1.0))
-    float32_error = _float32_error(actor, obs, low, high, norm, normalizer)
+    float32_error = _float32_error(actor, reference, obs, low, high, norm, normalizer)
     allowed = atol * half_range + _float32_step(reference) + 2 * float32_error
     plan = _network_plan(actor)
     meta = {

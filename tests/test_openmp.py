@@ -1,6 +1,6 @@
 """torch's OpenMP threads beside another busy process: ``import pydpg`` makes them wait passively.
 
-libgomp's default spin-wait made every multi-threaded update ~40x slower whenever another process
+libgomp's default spin-wait made every multi-threaded update ~35x slower whenever another process
 held one of the cores (``pydpg journey`` sat at step 1000 for >10 minutes beside one training run).
 Each case runs in a fresh interpreter, since libgomp reads its settings once, when torch loads it.
 """
@@ -73,8 +73,8 @@ _BUSY = "while True: pass"
                     reason="needs Linux CPU affinity and 2 CPUs")
 def test_two_threads_beside_a_busy_core_do_not_stall():
     two = sorted(os.sched_getaffinity(0))[:2]
-    child = subprocess.Popen([sys.executable, "-c", _UPDATES_BESIDE_A_BUSY_CORE, *map(str, two)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    child = subprocess.Popen([sys.executable, "-c", _UPDATES_BESIDE_A_BUSY_CORE, *map(str, two)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     busy = None
     try:
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
