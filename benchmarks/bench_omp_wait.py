@@ -91,6 +91,16 @@ def _cell(setting: str, busy: bool, threads: int, cpus: list[int], args) -> tupl
             loop.wait()
 
 
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
+    return parse
+
+
 def _name(cell: tuple) -> str:
     setting, busy, threads = cell
     return f"{setting}, {'busy core' if busy else 'quiet'}, {threads} thread(s)"
@@ -103,10 +113,10 @@ def main() -> None:
     p.add_argument("--env", default="Hopper-v5")
     p.add_argument("--preset", help="an algorithm preset (pydpg.config.DDPGConfig.presets()), e.g. crossq")
     p.add_argument("--critic-hidden", help="critic widths, e.g. 256,256 (crossq's default is 2048,2048)")
-    p.add_argument("--steps", type=int, default=1000, help="timed env steps (each with one update)")
-    p.add_argument("--learning-starts", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a cell may take")
+    p.add_argument("--steps", type=_positive(int), default=1000, help="timed env steps (each with one update)")
+    p.add_argument("--learning-starts", type=_positive(int), default=1000)
+    p.add_argument("--repeats", type=_positive(int), default=3)
+    p.add_argument("--timeout", type=_positive(float), default=60.0, help="seconds a cell may take")
     p.add_argument("--out", type=Path, default=RESULTS / "omp_wait.json")
     args = p.parse_args()
     from pydpg.config import DDPGConfig
@@ -116,7 +126,10 @@ def main() -> None:
         sys.exit(f"--preset: {args.preset!r} is not one of {', '.join(sorted(presets))}")
     args.agent = dict(presets[args.preset]) if args.preset else {}
     if args.critic_hidden:
-        args.agent["critic_hidden"] = [int(w) for w in args.critic_hidden.split(",")]
+        widths = args.critic_hidden.split(",")
+        if not all(w.isdigit() and int(w) > 0 for w in widths):
+            sys.exit(f"--critic-hidden: {args.critic_hidden!r} is not comma-separated positive widths, e.g. 256,256")
+        args.agent["critic_hidden"] = [int(w) for w in widths]
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs Linux CPU affinity and at least 2 CPUs")
     cpus = sorted(os.sched_getaffinity(0))[:2]
