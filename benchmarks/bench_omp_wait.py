@@ -36,6 +36,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from pydpg.cli import _positive_int  # the CLI's own check: a clear message naming the flag
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ("default", "PASSIVE", "GOMP_SPINCOUNT=10000", "ACTIVE")
 
@@ -91,16 +93,6 @@ def _cell(setting: str, busy: bool, threads: int, cpus: list[int], args) -> tupl
             loop.wait()
 
 
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
-    return parse
-
-
 def _name(cell: tuple) -> str:
     setting, busy, threads = cell
     return f"{setting}, {'busy core' if busy else 'quiet'}, {threads} thread(s)"
@@ -113,12 +105,14 @@ def main() -> None:
     p.add_argument("--env", default="Hopper-v5")
     p.add_argument("--preset", help="an algorithm preset (pydpg.config.DDPGConfig.presets()), e.g. crossq")
     p.add_argument("--critic-hidden", help="critic widths, e.g. 256,256 (crossq's default is 2048,2048)")
-    p.add_argument("--steps", type=_positive(int), default=1000, help="timed env steps (each with one update)")
-    p.add_argument("--learning-starts", type=_positive(int), default=1000)
-    p.add_argument("--repeats", type=_positive(int), default=3)
-    p.add_argument("--timeout", type=_positive(float), default=60.0, help="seconds a cell may take")
+    p.add_argument("--steps", type=_positive_int, default=1000, help="timed env steps (each with one update)")
+    p.add_argument("--learning-starts", type=_positive_int, default=1000)
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a cell may take")
     p.add_argument("--out", type=Path, default=RESULTS / "omp_wait.json")
     args = p.parse_args()
+    if not args.timeout > 0:
+        p.error(f"--timeout must be > 0, got {args.timeout}")
     from pydpg.config import DDPGConfig
 
     presets = DDPGConfig.presets()
