@@ -17,6 +17,7 @@
 #include "mlp_update.hpp"
 #include "policy_runtime.hpp"
 #include "replay_buffer.hpp"
+#include "rounding_bound.hpp"
 #ifdef PYDPG_WITH_MUJOCO
 #include "observation.hpp"
 #endif
@@ -528,6 +529,37 @@ void bind_policy_runtime(py::module_& m) {
       .def_property_readonly("path", &PolicyRuntime::path)
       .def_property_readonly("action_low", [](const PolicyRuntime& s) { return s.metadata().action_low; })
       .def_property_readonly("action_high", [](const PolicyRuntime& s) { return s.metadata().action_high; });
+
+  // pydpg.rounding wraps this (export's parity check and the tests): tensors by the names the plan
+  // gives, float32 arrays as a PolicyModule's state_dict holds them.
+  m.def(
+      "rounding_bound",
+      [](const std::string& metadata_json, const py::dict& parameters, const py::dict& buffers, bool normalize,
+         double obs_clip, py::handle obs, double unit_roundoff, double constants, bool float32_output) {
+        pydpg::NamedTensors named;
+        std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
+        for (auto [from, into] : {std::make_pair(&parameters, &named.parameters), std::make_pair(&buffers, &named.buffers)})
+          for (auto item : *from) {
+            const std::string name = py::str(item.first);
+            keep.push_back(as_array<float>(item.second, name.c_str()));
+            const auto& a = keep.back();
+            (*into)[name] = at::from_blob(const_cast<float*>(a.data()), Shape(a.shape(), a.shape() + a.ndim()));
+          }
+        const pydpg::MlpNetwork net = pydpg::plan_from_tensors(metadata_json, named, normalize, obs_clip);
+        const std::int64_t D = net.encoder.empty() ? net.layers.front().in : net.state.in;
+        auto x = policy_obs(obs, D);
+        const std::int64_t n = x.ndim() == 1 ? 1 : x.shape(0), A = net.layers.back().out;
+        py::array_t<double> centre({n, A}), bound({n, A});
+        pydpg::Arithmetic arith{unit_roundoff, constants, float32_output};
+        {
+          py::gil_scoped_release release;
+          pydpg::rounding_bound(net, x.data(), n, arith, centre.mutable_data(), bound.mutable_data());
+        }
+        return py::make_tuple(centre, bound);
+      },
+      py::arg("metadata_json"), py::arg("parameters"), py::arg("buffers"), py::arg("normalize"), py::arg("obs_clip"),
+      py::arg("obs"),
+      py::arg("unit_roundoff") = 0x1p-24, py::arg("constants") = 0.0, py::arg("float32_output") = true);
 }
 
 

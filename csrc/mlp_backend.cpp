@@ -4,7 +4,6 @@
 #include <array>
 #include <cmath>
 #include <cstring>
-#include <unordered_map>
 
 #include "json_access.hpp"
 #include "metadata.hpp"
@@ -193,6 +192,15 @@ std::string MlpNetwork::kernels() const {
 }
 
 MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& meta, const std::string& mlp_kernels) {
+  NamedTensors tensors;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) tensors.parameters[p.name] = p.value;
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) tensors.buffers[b.name] = b.value;
+  const bool normalize = module.hasattr("normalize") && module.attr("normalize").toBool();
+  return build_mlp(tensors, normalize, normalize ? module.attr("obs_clip").toDouble() : 0.0, meta, mlp_kernels);
+}
+
+MlpNetwork build_mlp(const NamedTensors& tensors, bool normalize, double obs_clip, const PolicyMetadata& meta,
+                     const std::string& mlp_kernels) {
   MlpNetwork net;
   const Json j = json::parse(meta.json);
   const Json& plan = json::member(j, "network");
@@ -203,10 +211,7 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
   net.hidden_act = parse_activation(json::member(plan, "hidden_activation"), "network.hidden_activation");
   net.output_act = parse_activation(json::member(plan, "output_activation"), "network.output_activation");
 
-  std::unordered_map<std::string, at::Tensor> params, buffers;
-  for (const auto& p : module.named_parameters(/*recurse=*/true)) params[p.name] = p.value;
-  for (const auto& b : module.named_buffers(/*recurse=*/true)) buffers[b.name] = b.value;
-  auto get = [&](std::unordered_map<std::string, at::Tensor>& from, const std::string& name,
+  auto get = [&](const std::map<std::string, at::Tensor>& from, const std::string& name,
                  std::vector<std::int64_t> shape) {
     auto it = from.find(name);
     if (it == from.end()) throw PolicyFormatError("the module has no tensor '" + name + "'");
@@ -223,8 +228,8 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
   auto read_layer = [&](const Json& s, std::int64_t in, const std::string& where) {
     const std::int64_t out = json::integer(json::member(s, "out"), where + ".out");
     if (out < 1 || out > kMaxDim) throw PolicyFormatError(where + ".out must be in [1, " + std::to_string(kMaxDim) + "]");
-    const at::Tensor w = get(params, json::string(json::member(s, "weight"), where + ".weight"), {out, in});
-    const at::Tensor b = get(params, json::string(json::member(s, "bias"), where + ".bias"), {out});
+    const at::Tensor w = get(tensors.parameters, json::string(json::member(s, "weight"), where + ".weight"), {out, in});
+    const at::Tensor b = get(tensors.parameters, json::string(json::member(s, "bias"), where + ".bias"), {out});
     MlpLayer L;
     L.in = static_cast<int>(in);
     L.out = static_cast<int>(out);
@@ -240,15 +245,15 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
         throw PolicyFormatError(norm_at + ".kind must be batch_renorm");
       const double eps = json::number(json::member(norm, "eps"), norm_at + ".eps");
       if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError(norm_at + ".eps must be in (0, 1)");
-      L.norm_mean = tensor_values(get(buffers, json::string(json::member(norm, "mean"), norm_at + ".mean"), {in}));
-      const std::vector<float> var =
-          tensor_values(get(buffers, json::string(json::member(norm, "var"), norm_at + ".var"), {in}));
-      L.norm_gain = tensor_values(get(params, json::string(json::member(norm, "weight"), norm_at + ".weight"), {in}));
-      L.norm_shift = tensor_values(get(params, json::string(json::member(norm, "bias"), norm_at + ".bias"), {in}));
+      L.norm_mean = tensor_values(get(tensors.buffers, json::string(json::member(norm, "mean"), norm_at + ".mean"), {in}));
+      L.norm_var = tensor_values(get(tensors.buffers, json::string(json::member(norm, "var"), norm_at + ".var"), {in}));
+      L.norm_eps = eps;
+      L.norm_gain = tensor_values(get(tensors.parameters, json::string(json::member(norm, "weight"), norm_at + ".weight"), {in}));
+      L.norm_shift = tensor_values(get(tensors.parameters, json::string(json::member(norm, "bias"), norm_at + ".bias"), {in}));
       // torch.rsqrt(running_var + eps): the sum rounded to float32 (a Python float operand is applied
       // as a float32 scalar), then 1 / sqrt, each step correctly rounded as torch's CPU kernel does it.
       const float eps_f = static_cast<float>(eps);
-      for (float v : var) L.norm_scale.push_back(1.0f / std::sqrt(v + eps_f));
+      for (float v : L.norm_var) L.norm_scale.push_back(1.0f / std::sqrt(v + eps_f));
       for (const auto* p : {&L.norm_mean, &L.norm_scale, &L.norm_gain, &L.norm_shift})
         if (!all_finite(p->data(), static_cast<std::int64_t>(p->size())))
           throw PolicyFormatError(norm_at + ": its statistics or weights are not all finite (or running_var <= -eps)");
@@ -289,14 +294,14 @@ MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& met
     throw PolicyFormatError("the last layer has " + std::to_string(in) + " outputs, act_dim is " +
                             std::to_string(meta.act_dim));
 
-  net.normalize = module.hasattr("normalize") && module.attr("normalize").toBool();
+  net.normalize = normalize;
   if (net.normalize) {
-    net.mean = tensor_values(get(buffers, "obs_mean", {meta.obs_dim}));
-    net.stdev = tensor_values(get(buffers, "obs_std", {meta.obs_dim}));
-    net.clip = static_cast<float>(module.attr("obs_clip").toDouble());
+    net.mean = tensor_values(get(tensors.buffers, "obs_mean", {meta.obs_dim}));
+    net.stdev = tensor_values(get(tensors.buffers, "obs_std", {meta.obs_dim}));
+    net.clip = static_cast<float>(obs_clip);
   }
-  for (float v : tensor_values(get(buffers, "action_low", {meta.act_dim}))) net.low_d.push_back(v);
-  for (float v : tensor_values(get(buffers, "action_high", {meta.act_dim}))) net.high_d.push_back(v);
+  for (float v : tensor_values(get(tensors.buffers, "action_low", {meta.act_dim}))) net.low_d.push_back(v);
+  for (float v : tensor_values(get(tensors.buffers, "action_high", {meta.act_dim}))) net.high_d.push_back(v);
   // "portable" ignores MKL even where torch has it: what the mlp backend computes on a torch build
   // without MKL (aarch64 wheels), and how the tests keep that path honest on x86.
   net.sgemm = mlp_kernels == "portable" ? nullptr : find_sgemm();

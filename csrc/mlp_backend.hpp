@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,8 @@ struct MlpLayer {
   // i becomes ((x - mean[i]) * scale[i]) * gain[i] + shift[i], scale = 1 / sqrt(running_var + eps),
   // in the order and float32 roundings of pydpg.networks.BatchRenorm's forward. Empty: no norm.
   std::vector<float> norm_mean, norm_scale, norm_gain, norm_shift;
+  std::vector<float> norm_var;  // running_var, from which norm_scale was computed (for rounding_bound)
+  double norm_eps = 0.0;
 };
 
 struct MlpNetwork {
@@ -102,6 +105,14 @@ struct MlpNetwork {
 // `mlp_kernels` is PolicyOptions::mlp_kernels ("auto" or "portable"). Throws PolicyFormatError or
 // JsonError when the plan is absent or does not fit the module.
 MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& meta, const std::string& mlp_kernels);
+// The same from the module's tensors by name and its `normalize` / `obs_clip` attributes. The plan
+// names parameters where parameters belong and buffers where buffers do; a name in the wrong map is
+// refused like a missing one.
+struct NamedTensors {
+  std::map<std::string, at::Tensor> parameters, buffers;
+};
+MlpNetwork build_mlp(const NamedTensors& tensors, bool normalize, double obs_clip, const PolicyMetadata& meta,
+                     const std::string& mlp_kernels);
 
 // The actor on n rows: x [n, obs_dim] (normalized) -> out [n, act_dim] (env units, unclamped).
 // h0 and h1 are scratch of at least n * net.width floats each, written before they are read.

@@ -27,12 +27,20 @@
 #include "metadata.hpp"
 #include "mlp_backend.hpp"
 #include "percentiles.hpp"
+#include "rounding_bound.hpp"
 
 namespace pydpg {
 
 namespace {
 
 constexpr const char* kModelFile = "model.xml";
+
+// The load check's worst entry: its difference, the rounding it may show, and their ratio (> 1, or
+// HUGE_VAL for a NaN or an unbounded entry: the plan is refused).
+struct BackendComparison {
+  double ratio = 0.0, diff = 0.0, allowed = 0.0;
+  const char* arithmetic = "";
+};
 
 }  // namespace
 
@@ -107,7 +115,7 @@ struct __attribute__((visibility("hidden"))) PolicyRuntime::Impl {
   void mlp_rows(const float* x, std::int64_t n, float* out) { forward_mlp(net, x, n, h0.data(), h1.data(), out); }
   void torchscript_rows(const float* x, std::int64_t n, float* out);
   void forward(std::int64_t batch);
-  double compare_backends();
+  BackendComparison compare_backends();
 };
 
 void PolicyRuntime::Impl::load_file() {
@@ -219,36 +227,53 @@ void PolicyRuntime::Impl::forward(std::int64_t batch) {
   }
 }
 
-// Largest |mlp - module.forward| over random observations around the normalization statistics.
-double PolicyRuntime::Impl::compare_backends() {
-  const std::int64_t B = std::min<std::int64_t>(opt.max_batch, 64), D = meta.obs_dim, A = meta.act_dim;
+// Whether the mlp backend computes the module's function, judged on kCompareRows observations around
+// the normalization statistics, in two arithmetics, each against its forward error bound
+// (rounding_bound.hpp), which holds for any summation order:
+//  - float64: the plan's own evaluation (the bound's centre) against forward() of a float64 copy of
+//    the module. They agree only if the plan describes the module's function, and float64 leaves a
+//    plan that lies ~2^29 times less room to hide than float32's rounding would.
+//  - float32: the backend's actions against forward(), within twice the float32 bound: a kernel bug
+//    shows, BLAS's rounding (batch shapes, CPUs) does not.
+// Returns the entry nearest its allowance.
+BackendComparison PolicyRuntime::Impl::compare_backends() {
+  constexpr std::int64_t kCompareRows = 64;
+  const std::int64_t N = kCompareRows, D = meta.obs_dim, A = meta.act_dim;
   std::mt19937 rng(12345);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> obs(B * D);
-  for (std::int64_t r = 0; r < B; ++r)
+  std::vector<float> obs(N * D);
+  for (std::int64_t r = 0; r < N; ++r)
     for (std::int64_t k = 0; k < D; ++k)
       obs[r * D + k] = net.normalize ? net.mean[k] + net.stdev[k] * 3.0f * normal(rng) : 3.0f * normal(rng);
-  // The reference is computed as the backend will compute: batched, or (batch_invariant) one row
-  // per call. The module's own batch-1 and batched outputs differ by BLAS rounding, which an actor
-  // with large weights amplifies; only like against like measures the plan.
-  const at::Tensor batch_in = torch::from_blob(obs.data(), {B, D}).clone();
-  at::Tensor ref;
-  if (opt.batch_invariant) {
-    std::vector<at::Tensor> rows;
-    for (std::int64_t r = 0; r < B; ++r) rows.push_back(module.forward({batch_in.narrow(0, r, 1)}).toTensor());
-    ref = torch::cat(rows).contiguous();
-  } else {
-    ref = module.forward({batch_in}).toTensor().contiguous();
+  const at::Tensor batch_in = torch::from_blob(obs.data(), {N, D}).clone();
+
+  BackendComparison worst;
+  auto judge = [&](const double* got, const double* want, const std::vector<double>& bound, const char* arithmetic) {
+    for (std::int64_t i = 0; i < N * A; ++i) {
+      const double d = std::fabs(got[i] - want[i]), allowed = 2.0 * bound[i];
+      const double ratio = std::isfinite(allowed) && d <= allowed ? (allowed > 0 ? d / allowed : 0.0) : HUGE_VAL;
+      if (ratio >= worst.ratio) worst = {ratio, d, allowed, arithmetic};
+    }
+  };
+  std::vector<double> centre(N * A), bound(N * A);
+
+  torch::jit::Module module64 = module.clone();
+  module64.to(at::kDouble);
+  const at::Tensor ref64 = module64.forward({batch_in.to(at::kDouble)}).toTensor().to(at::kDouble).contiguous();
+  rounding_bound(net, obs.data(), N, Arithmetic{0x1p-53, 0.0, true}, centre.data(), bound.data());
+  judge(centre.data(), ref64.data_ptr<double>(), bound, "float64");
+
+  const at::Tensor ref32 = module.forward({batch_in}).toTensor().to(at::kDouble).contiguous();
+  std::vector<double> got(N * A);
+  for (std::int64_t start = 0; start < N; start += opt.max_batch) {
+    const std::int64_t n = std::min(opt.max_batch, N - start);
+    for (std::int64_t r = 0; r < n; ++r) load_row(obs.data() + (start + r) * D, obs_in.data() + r * D);
+    forward(n);
+    for (std::int64_t i = 0; i < n * A; ++i)
+      got[start * A + i] = std::min(std::max(y[i], meta.action_low[i % A]), meta.action_high[i % A]);
   }
-  const float* expect = ref.data_ptr<float>();
-  double worst = 0.0;
-  for (std::int64_t r = 0; r < B; ++r) load_row(obs.data() + r * D, obs_in.data() + r * D);
-  forward(B);
-  for (std::int64_t i = 0; i < B * A; ++i) {
-    const float clamped = std::min(std::max(y[i], meta.action_low[i % A]), meta.action_high[i % A]);
-    const double d = std::fabs(static_cast<double>(clamped) - expect[i]);
-    worst = std::isnan(d) ? HUGE_VAL : std::max(worst, d);
-  }
+  rounding_bound(net, obs.data(), N, Arithmetic{}, centre.data(), bound.data());
+  judge(got.data(), ref32.data_ptr<double>(), bound, "float32");
   return worst;
 }
 
@@ -296,20 +321,12 @@ PolicyRuntime::PolicyRuntime(const std::string& path, PolicyOptions options) : i
   }
   m.allocate();
   if (m.mlp) {
-    const double diff = m.compare_backends();
-    // 1e-5 of the half range, plus one float32 step at the largest bound: actions in the hundreds
-    // are only resolved to ~1e-5 by float32 itself.
-    double tol = 1e-5;
-    float top = 0.0f;
-    for (std::int64_t k = 0; k < m.meta.act_dim; ++k) {
-      tol = std::max(tol, 1e-5 * (m.meta.action_high[k] - m.meta.action_low[k]) / 2.0);
-      top = std::max({top, std::fabs(m.meta.action_low[k]), std::fabs(m.meta.action_high[k])});
-    }
-    tol += std::nextafter(top, HUGE_VALF) - top;
-    if (!(diff <= tol)) {
+    const BackendComparison c = m.compare_backends();
+    if (!(c.ratio <= 1.0)) {
       if (m.opt.backend == "mlp")
-        throw PolicyFormatError("policy file '" + path + "': its network plan does not reproduce forward() (max |diff| " +
-                                fmt(diff) + ")");
+        throw PolicyFormatError("policy file '" + path + "': its network plan does not reproduce forward() (|diff| " +
+                                fmt(c.diff) + " in " + c.arithmetic + " where rounding allows at most " +
+                                fmt(c.allowed) + ")");
       m.use_backend("torchscript");
       m.allocate();
     }

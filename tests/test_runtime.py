@@ -20,6 +20,7 @@ from pydpg.agent import DDPG
 from pydpg.config import DDPGConfig
 from pydpg.export import export_policy, read_metadata
 from pydpg.normalizer import RunningNormalizer
+from pydpg.rounding import assert_within_rounding
 from pydpg.runtime import NonFiniteError, Policy, PolicyFormatError
 
 torch.set_num_threads(1)
@@ -63,10 +64,11 @@ def test_matches_exported_module(policy_file, backend):
     obs = np.random.default_rng(1).standard_normal((256, OBS)).astype(np.float32) * 3
     with torch.no_grad():
         want = module_of(policy_file)(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(p.act(obs), want, rtol=0, atol=1e-6)
+    # The runtime's kernels against torch's, and batch 1 against 256: equal up to float32 rounding.
+    assert_within_rounding(p.act(obs), want, policy_file, obs, f"{backend} backend")
     single = p.act(obs[3])
     assert single.shape == (ACT,) and single.dtype == np.float32
-    np.testing.assert_allclose(single, want[3], rtol=0, atol=1e-6)
+    assert_within_rounding(single[None], want[3:4], policy_file, obs[3:4], "batch 1")
 
 
 def test_auto_backend_is_mlp_for_pydpg_actor(policy_file):
@@ -80,7 +82,9 @@ def test_numpy_torch_and_out(policy_file):
     t = p.act(torch.from_numpy(obs))
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
     np.testing.assert_array_equal(t.numpy(), a)
-    np.testing.assert_allclose(p.act(obs.astype(np.float64)), a, atol=1e-7)  # Gymnasium's float64 obs
+    # Gymnasium's float64 obs: float32 values widened and narrowed back are the same numbers, so the
+    # same computation runs on them.
+    np.testing.assert_array_equal(p.act(obs.astype(np.float64)), a)
     out = np.empty((8, ACT), np.float32)
     assert p.act(obs, out=out) is out
     np.testing.assert_array_equal(out, a)
@@ -157,7 +161,8 @@ def test_nonfinite_hold_last_per_row(policy_file):
     np.testing.assert_array_equal(a2[0], a1[0])  # held: a copy of the stored action, exact
     # The other rows are computed in a batch of 3 here and of 2 there. BLAS picks its kernel by
     # matrix shape (and CPU), so they agree to rounding, not bit for bit; see test_batch_invariant.
-    np.testing.assert_allclose(a2[1:], Policy(policy_file, max_batch=3).act(second[1:].copy()), rtol=0, atol=1e-6)
+    assert_within_rounding(a2[1:], Policy(policy_file, max_batch=3).act(second[1:].copy()), policy_file,
+                           second[1:], "batch of 3 vs batch of 2")
     assert p.guard_stats()["held_rows"] == 1 and p.guard_stats()["nonfinite_obs_rows"] == 1
     # Before any good action, "hold" falls back to the safe action (zeros).
     q = Policy(policy_file, on_nonfinite="hold")
@@ -189,7 +194,9 @@ def test_output_guard_and_clamp(tmp_path):
     p = Policy(path, max_batch=2, on_nonfinite="safe", backend="auto")
     assert p.backend == "torchscript"  # no network plan in the metadata
     a = p.act(np.array([[4.0, 0.0001, 0], [-1.0, 1.0, 0]], np.float32))
-    np.testing.assert_allclose(a[0], [2.0, 0.1], rtol=1e-6)  # 20 clamped to the bound 2
+    # 20 clamped to the bound 2 (exact); sqrt(float32(1e-4)) * 10 is two correctly rounded float32
+    # steps from 0.1 on any IEEE CPU: within 3 float32 rounding units (1.8e-7) of it.
+    np.testing.assert_allclose(a[0], [2.0, 0.1], rtol=1e-6)
     np.testing.assert_array_equal(a[1], [0.0, 0.0])
     assert p.guard_stats()["nonfinite_action_rows"] == 1
     with pytest.raises(NonFiniteError, match="non-finite action"):
@@ -240,11 +247,10 @@ def test_trained_policy_loads_with_default_options_and_matches_torchscript():
         p = Policy(TRAINED_PENDULUM, **kwargs)  # default warm-up: 64 calls
         assert p.backend == kwargs.get("backend", "mlp")
         got = np.stack([p.act(o) for o in obs])
-        # 1e-5 of the action half-range (±3): the bound the runtime itself checks at load. A batch of
-        # 200 runs other BLAS kernels than batch 1 (3e-6 apart here), so only a tolerance is honest.
-        np.testing.assert_allclose(got, want, rtol=0, atol=3e-5, err_msg=str(kwargs))
+        # Other kernels (the mlp backend's), and a batch of 200 against batch 1: equal up to rounding.
+        assert_within_rounding(got, want, TRAINED_PENDULUM, obs, str(kwargs))
         batched = Policy(TRAINED_PENDULUM, max_batch=200, **kwargs).act(obs)
-        np.testing.assert_allclose(batched, want, rtol=0, atol=3e-5, err_msg=str(kwargs))
+        assert_within_rounding(batched, want, TRAINED_PENDULUM, obs, f"{kwargs}, batched")
 
 
 @pytest.mark.parametrize("scale", [1.0, 10.0, 30.0, 100.0])
@@ -266,7 +272,7 @@ def test_trained_magnitude_weights_load_and_match(tmp_path, scale):
     assert np.isfinite(want).all()
     p = Policy(path, max_batch=64)
     assert p.backend == "mlp"
-    np.testing.assert_allclose(p.act(obs), want, rtol=0, atol=1e-5 * 2)
+    assert_within_rounding(p.act(obs), want, path, obs, f"weights x{scale}")
     again = p.act(obs)
     np.testing.assert_array_equal(again, p.act(obs))  # same call, same shape, same process: same bits
 
@@ -294,7 +300,7 @@ def test_batch_invariant(policy_file, backend):
         np.testing.assert_array_equal(p.act(obs[i]), full[i])
     with torch.no_grad():
         want = module_of(policy_file)(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(full, want, rtol=0, atol=1e-6)
+    assert_within_rounding(full, want, policy_file, obs, "batch-invariant rows vs the module's batch")
     with pytest.raises(TypeError, match="batch_invariant"):
         Policy(policy_file, batch_invariant="yes")
 
@@ -313,8 +319,7 @@ def test_portable_kernels_still_pass_parity(policy_file):
         obs = np.random.default_rng(6).standard_normal((64, p.obs_dim)).astype(np.float32)
         with torch.no_grad():
             want = module_of(path)(torch.from_numpy(obs)).numpy()
-        half = float(np.max(p.action_high - p.action_low)) / 2
-        np.testing.assert_allclose(p.act(obs), want, rtol=0, atol=1e-5 * max(1.0, half))
+        assert_within_rounding(p.act(obs), want, path, obs, f"portable kernels, {path.name}")
     assert Policy(policy_file, backend="torchscript").kernels == "torchscript interpreter"
     with pytest.raises(ValueError, match="mlp_kernels must be 'auto' or 'portable'"):
         Policy(policy_file, mlp_kernels="fast")
@@ -411,7 +416,8 @@ def _damaged_plan_is_refused(agent, tmp_path, edit, match):
     obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
     with torch.no_grad():
         want = module_of(bad)(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(np.stack([p.act(o) for o in obs]), want, rtol=0, atol=1e-6)
+    # The bad file's module is the good file's: the good plan bounds its rounding.
+    assert_within_rounding(np.stack([p.act(o) for o in obs]), want, good, obs, "interpreter, row by row")
 
 
 def test_lying_network_plan_is_refused(tmp_path, policy_file):
@@ -452,6 +458,9 @@ def test_bad_sale_plans_are_refused_by_name(tmp_path, edit, match):
     (lambda n: n["layers"][1]["input_norm"].update(weight="actor.net.3.running_var"),
      "the module has no tensor 'actor.net.3.running_var'"),  # a buffer where a parameter belongs
     (lambda n: n["layers"][2].pop("input_norm"), r"does not reproduce forward\(\)"),  # fits, but lies
+    # A lie smaller than float32's rounding bound: only the float64 comparison sees it.
+    (lambda n: n["layers"][1]["input_norm"].update(eps=n["layers"][1]["input_norm"]["eps"] * 1.01),
+     r"does not reproduce forward\(\) \(\|diff\| .* in float64"),
 ])
 def test_bad_batch_renorm_plans_are_refused_by_name(tmp_path, edit, match):
     """A CrossQ policy whose plan is damaged is refused by name (or run on the interpreter)."""
