@@ -614,7 +614,35 @@ void bind_observation(py::module_& m) {
           [](const pydpg::TerminationCheck& c, std::uintptr_t data_address) {
             return c.first_failure(reinterpret_cast<const mjData*>(data_address));
           },
-          py::arg("data_address"));
+          py::arg("data_address"))
+      .def_property_readonly("conditions",
+                             [](const pydpg::TerminationCheck& c) {
+                               py::list out;
+                               for (const auto& k : c.conditions()) {
+                                 py::dict d;
+                                 d["label"] = k.label;
+                                 d["offset"] = k.offset;
+                                 d["size"] = k.size;
+                                 d["min"] = k.lo;
+                                 d["max"] = k.hi;
+                                 d["strict"] = k.strict;
+                                 d["finite"] = k.finite;
+                                 out.append(d);
+                               }
+                               return out;
+                             })
+      .def(
+          "evaluate",
+          [](const pydpg::TerminationCheck& c, std::uintptr_t data_address) {
+            py::array_t<double> values(c.value_count());
+            py::array_t<bool> failed(static_cast<py::ssize_t>(c.conditions().size()));
+            std::vector<unsigned char> f(c.conditions().size());
+            c.evaluate(reinterpret_cast<const mjData*>(data_address), values.mutable_data(), f.data());
+            for (std::size_t i = 0; i < f.size(); ++i) failed.mutable_at(i) = f[i] != 0;
+            return py::make_tuple(values, failed);
+          },
+          py::arg("data_address"),
+          "(values of every condition's term, concatenated; whether each condition fails)");
   m.def(
       "spec_from_policy_metadata",
       [](const std::string& metadata_json, std::uintptr_t model_address) {

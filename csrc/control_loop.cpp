@@ -104,26 +104,16 @@ Args parse_args(int argc, char** argv) {
 
 // ---------------------------------------------------------------------------------------- task
 struct Task {
-  int frame_skip = 1;
-  double timestep = 0;
-  long max_episode_steps = 1000;
-  std::string spec;  // observation spec JSON, with its optional termination conditions
+  pydpg::TaskTiming timing;  // the policy's own (PolicyRuntime::task_timing), checked when it loaded
+  std::string spec;          // observation spec JSON, with its optional termination conditions
 };
 
 Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
-  namespace json = pydpg::json;
-  const pydpg::Json meta = json::parse(policy.metadata().json);
-  const pydpg::Json& t = json::member(meta, "task");
-  if (!t.is_object())
+  if (!policy.metadata().has_task)
     throw TaskError("the policy carries no task description (metadata 'task'): it was exported without a MuJoCo "
                     "env, so the loop does not know its control rate; export it with env= (or --env)");
   Task k;
-  k.frame_skip = static_cast<int>(json::integer(json::member(t, "frame_skip"), "task.frame_skip"));
-  k.timestep = json::number(json::member(t, "timestep"), "task.timestep");
-  if (k.frame_skip < 1 || k.frame_skip > 1000000) throw TaskError("task.frame_skip must be in [1, 1e6]");
-  const pydpg::Json& limit = json::member(t, "max_episode_steps");
-  if (!limit.is_null()) k.max_episode_steps = json::integer(limit, "task.max_episode_steps");
-  if (k.max_episode_steps < 1) throw TaskError("task.max_episode_steps must be >= 1");
+  k.timing = policy.task_timing();
   k.spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json, m);
   return k;
 }
@@ -204,20 +194,26 @@ int run(const Args& a) {
                       "(it fills only prev_action of act_dim entries); a robot's own loop sets it with "
                       "ObservationBuilder::set_input");
   }
-  if (std::fabs(m->opt.timestep - task.timestep) > 1e-12 && !a.quiet)
+  const pydpg::TaskTiming& timing = task.timing;
+  if (std::fabs(m->opt.timestep - timing.timestep) > 1e-12 && !a.quiet)
     std::fprintf(stderr, "warning: the model's timestep %g differs from the training env's %g\n", m->opt.timestep,
-                 task.timestep);
+                 timing.timestep);
   mjData* d = mj_makeData(m);
   cleanup.d = d;
 
-  const double env_hz = 1.0 / (m->opt.timestep * task.frame_skip);
+  const double env_hz = 1.0 / (m->opt.timestep * timing.frame_skip);
   const double hz = a.hz > 0 ? a.hz : env_hz;
-  const int substeps = std::max(1, static_cast<int>(std::lround(1.0 / (hz * m->opt.timestep))));
-  if (substeps != task.frame_skip && !a.quiet)
+  int substeps = 0;
+  try {
+    substeps = pydpg::physics_steps_per_action(m->opt.timestep, hz);
+  } catch (const pydpg::PolicyArgumentError& e) {
+    throw UsageError(std::string("--hz: ") + e.what());
+  }
+  if (substeps != timing.frame_skip && !a.quiet)
     std::fprintf(stderr, "warning: --hz %g gives %d physics steps per action; the policy was trained with %d\n", hz,
-                 substeps, task.frame_skip);
+                 substeps, timing.frame_skip);
   const long long period_ns = static_cast<long long>(std::llround(1e9 / hz));
-  const long max_steps = a.max_steps > 0 ? a.max_steps : task.max_episode_steps;
+  const long max_steps = a.max_steps > 0 ? a.max_steps : static_cast<long>(timing.max_episode_steps);
 
   std::vector<std::vector<double>> init;
   if (!a.init_states.empty()) init = read_init_states(a.init_states, m);
@@ -230,7 +226,8 @@ int run(const Args& a) {
     // Enough to replay the run in the Gymnasium env (pydpg.deploy.replay_trace): each episode's
     // initial qpos/qvel, per step the observation the policy saw and the action it sent, and how
     // the episode ended (the failed termination condition's index, or -1).
-    std::fprintf(trace, "# pydpg control loop trace 2: nq %d nv %d act_dim %ld obs_dim %ld\n", m->nq, m->nv,
+    std::fprintf(trace, "# pydpg control loop trace 2: nq %lld nv %lld act_dim %ld obs_dim %ld\n",
+                 static_cast<long long>(m->nq), static_cast<long long>(m->nv),
                  static_cast<long>(policy.act_dim()), static_cast<long>(policy.obs_dim()));
     std::fputs("# init,episode,qpos...,qvel... | step,episode,t,action...,observation... | end,episode,steps,failed\n",
                trace);

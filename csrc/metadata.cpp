@@ -1,5 +1,6 @@
 #include "metadata.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -81,6 +82,25 @@ PolicyMetadata parse_metadata(const std::string& text, const std::string& path) 
         meta.obs_std.push_back(stdev);
       }
     }
+    const Json& task = json::member(j, "task");
+    if (!task.is_null()) {
+      // The training env's timing. Bounded so that no product of it (episodes x steps, a reserve())
+      // can overflow: a million physics steps per action, a billion actions per episode.
+      TaskTiming& t = meta.task;
+      const std::int64_t skip = json::integer(json::member(task, "frame_skip"), "task.frame_skip");
+      if (skip < 1 || skip > 1000000) throw JsonError("task.frame_skip must be in [1, 1000000], got " + std::to_string(skip));
+      t.frame_skip = static_cast<int>(skip);
+      t.timestep = json::number(json::member(task, "timestep"), "task.timestep");
+      if (!(t.timestep > 0) || !std::isfinite(t.timestep) || t.timestep > 3600)
+        throw JsonError("task.timestep must be a finite number of seconds in (0, 3600], got " + fmt(t.timestep));
+      t.control_period = t.timestep * t.frame_skip;
+      t.control_hz = 1.0 / t.control_period;
+      const Json& limit = json::member(task, "max_episode_steps");
+      t.max_episode_steps = limit.is_null() ? 1000 : json::integer(limit, "task.max_episode_steps");
+      if (t.max_episode_steps < 1 || t.max_episode_steps > 1000000000)
+        throw JsonError("task.max_episode_steps must be in [1, 1e9], got " + std::to_string(t.max_episode_steps));
+      meta.has_task = true;
+    }
     const Json& steps = json::member(j, "training_steps");
     if (steps.is_number()) meta.training_steps = json::integer(steps, "training_steps");
     const Json& eval_return = json::member(j, "eval_return");
@@ -92,6 +112,17 @@ PolicyMetadata parse_metadata(const std::string& text, const std::string& path) 
     throw PolicyFormatError("policy file '" + path + "' has invalid pydpg metadata: " + e.what());
   }
   return meta;
+}
+
+int physics_steps_per_action(double timestep, double hz) {
+  if (!(timestep > 0) || !std::isfinite(timestep) || !(hz > 0) || !std::isfinite(hz))
+    throw PolicyArgumentError("physics_steps_per_action: timestep and hz must be finite and > 0, got timestep " +
+                              fmt(timestep) + ", hz " + fmt(hz));
+  const double steps = std::round(1.0 / (hz * timestep));
+  if (!(steps <= 1000000))
+    throw PolicyArgumentError("a control rate of " + fmt(hz) + " Hz with a " + fmt(timestep) + " s physics step is " +
+                              fmt(steps) + " physics steps per action (at most 1000000)");
+  return std::max(1, static_cast<int>(steps));
 }
 
 }  // namespace pydpg

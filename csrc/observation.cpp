@@ -1,6 +1,7 @@
 #include "observation.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -98,6 +99,53 @@ mjtObj object_type(Kind k) {
   return mjOBJ_UNKNOWN;
 }
 
+int object_count(const mjModel* m, Kind k) {
+  switch (k) {
+    case Kind::JointPos:
+    case Kind::JointDof: return static_cast<int>(m->njnt);
+    case Kind::Actuator:
+    case Kind::ActuatorAct: return static_cast<int>(m->nu);
+    case Kind::Body: return static_cast<int>(m->nbody);
+    case Kind::Site: return static_cast<int>(m->nsite);
+    case Kind::Sensor: return static_cast<int>(m->nsensor);
+  }
+  return 0;
+}
+
+// Edit distance (insert, delete, substitute), case-insensitive: how near a typo is to a real name.
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      const bool same = std::tolower(static_cast<unsigned char>(a[i - 1])) == std::tolower(static_cast<unsigned char>(b[j - 1]));
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (same ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// "the model's sensors, closest first: a, b, c" (at most 12; unnamed objects are left out).
+std::string known_names(const mjModel* m, Kind k, const std::string& wanted) {
+  std::vector<std::pair<std::size_t, std::string>> found;
+  for (int id = 0; id < object_count(m, k); ++id) {
+    const char* n = mj_id2name(m, object_type(k), id);
+    if (n != nullptr && *n != '\0') found.emplace_back(edit_distance(wanted, n), n);
+  }
+  if (found.empty()) return std::string("the model names no ") + kind_name(k);
+  std::stable_sort(found.begin(), found.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::string out = std::string("the model's ") + kind_name(k) + (std::string(kind_name(k)) == "body" ? "" : "s") +
+                    (std::string(kind_name(k)) == "body" ? " names" : "") + ", closest first: ";
+  const std::size_t shown = std::min<std::size_t>(found.size(), 12);
+  for (std::size_t i = 0; i < shown; ++i) out += (i ? ", " : "") + found[i].second;
+  if (found.size() > shown) out += ", ... (" + std::to_string(found.size() - shown) + " more)";
+  return out;
+}
+
 // The [address, address + count) entries of object `id` in field f.
 void object_range(const mjModel* m, int f, int id, int* adr, int* count) {
   const Field& F = kFields[f];
@@ -153,7 +201,7 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
       const int id = mj_name2id(m, object_type(F.kind), name.c_str());
       if (id < 0)
         throw ObservationError(where + ": the model has no " + kind_name(F.kind) + " named '" + name + "' (field " +
-                               F.name + ")");
+                               F.name + "; " + known_names(m, F.kind, name) + ")");
       int adr = 0, count = 0;
       object_range(m, *field, id, &adr, &count);
       if (adr < 0 || count <= 0)
@@ -502,20 +550,29 @@ TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* 
 
 TerminationCheck::~TerminationCheck() = default;
 
+bool TerminationCheck::Condition::holds(const double* v) const {
+  for (int e = 0; e < size; ++e) {
+    // Plain comparisons, as Gymnasium's health checks make them: NaN fails every bound, and a value
+    // equal to an infinite bound fails a strict one.
+    const bool ok = (!finite || std::isfinite(v[e])) && (strict ? lo < v[e] && v[e] < hi : lo <= v[e] && v[e] <= hi);
+    if (!ok) return false;
+  }
+  return true;
+}
+
 int TerminationCheck::first_failure(const mjData* data) const {
   if (!terms_) return -1;
   terms_->build(data, values_.data());
-  for (std::size_t i = 0; i < conditions_.size(); ++i) {
-    const Condition& k = conditions_[i];
-    for (int e = k.offset; e < k.offset + k.size; ++e) {
-      const double v = values_[e];
-      // Plain comparisons, as Gymnasium's health checks make them: NaN fails every bound, and a value
-      // equal to an infinite bound fails a strict one.
-      const bool ok = (!k.finite || std::isfinite(v)) && (k.strict ? k.lo < v && v < k.hi : k.lo <= v && v <= k.hi);
-      if (!ok) return static_cast<int>(i);
-    }
-  }
+  for (std::size_t i = 0; i < conditions_.size(); ++i)
+    if (!conditions_[i].holds(values_.data() + conditions_[i].offset)) return static_cast<int>(i);
   return -1;
+}
+
+void TerminationCheck::evaluate(const mjData* data, double* values, unsigned char* failed) const {
+  if (!terms_) return;
+  terms_->build(data, values);
+  for (std::size_t i = 0; i < conditions_.size(); ++i)
+    failed[i] = conditions_[i].holds(values + conditions_[i].offset) ? 0 : 1;
 }
 
 }  // namespace pydpg

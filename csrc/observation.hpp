@@ -101,6 +101,8 @@ class TerminationCheck {
     int offset = 0, size = 0;
     double lo = 0, hi = 0;
     bool strict = true, finite = false;
+    // Whether its `size` values (in the order evaluate() writes them) are all within the bounds.
+    bool holds(const double* values) const;
   };
 
   // Binds spec_json's "termination" list (absent or empty: no condition, never fails) to `model`,
@@ -113,6 +115,10 @@ class TerminationCheck {
   // check per control thread (it evaluates into its own buffer).
   int first_failure(const mjData* data) const;
   bool holds(const mjData* data) const { return first_failure(data) < 0; }
+  // Every condition at once, for reports: values[value_count()] (condition i's at its offset) and
+  // failed[conditions().size()] (1 where it fails).
+  void evaluate(const mjData* data, double* values, unsigned char* failed) const;
+  int value_count() const { return static_cast<int>(values_.size()); }
 
  private:
   std::unique_ptr<ObservationBuilder> terms_;

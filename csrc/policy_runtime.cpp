@@ -454,6 +454,12 @@ std::string PolicyRuntime::kernels() const {
   const Impl& m = *impl_;
   return m.mlp ? m.net.kernels() : "torchscript interpreter";
 }
+const TaskTiming& PolicyRuntime::task_timing() const {
+  if (!impl_->meta.has_task)
+    throw PolicyFormatError("policy file '" + impl_->path + "' records no task timing (metadata 'task'): it was " +
+                            "exported without a MuJoCo env; export it with env= (or --env)");
+  return impl_->meta.task;
+}
 const std::string& PolicyRuntime::path() const { return impl_->path; }
 
 const std::string& PolicyRuntime::extra_file(const std::string& name) const {

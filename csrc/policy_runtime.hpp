@@ -82,6 +82,16 @@ struct PolicyOptions {
   std::string mlp_kernels = "auto";
 };
 
+// The training env's control timing, as the policy file records it (metadata "task"): what a
+// control loop needs to step the physics as training did.
+struct TaskTiming {
+  int frame_skip = 0;                    // physics steps per action in training
+  double timestep = 0.0;                 // the model's physics step in training, s
+  double control_period = 0.0;           // timestep * frame_skip, s
+  double control_hz = 0.0;               // 1 / control_period
+  std::int64_t max_episode_steps = 0;    // the env's time limit, in actions
+};
+
 struct PolicyMetadata {
   int format_version = 0;
   std::string pydpg_version, torch_version, env_id;
@@ -93,6 +103,8 @@ struct PolicyMetadata {
   std::int64_t training_steps = -1;      // -1: unknown
   double eval_return = 0.0;
   bool has_eval_return = false;
+  bool has_task = false;  // false: exported without a MuJoCo env (no timing known)
+  TaskTiming task;
   std::string json;  // the full metadata document, for fields this struct does not carry
 };
 
@@ -128,6 +140,10 @@ class PYDPG_RUNTIME_API PolicyRuntime {
   void act(const float* obs, std::int64_t batch, float* actions);
 
   const PolicyMetadata& metadata() const;
+  // The training env's timing; throws PolicyFormatError when the file records none (exported
+  // without a MuJoCo env). Step the physics physics_steps_per_action(model timestep, hz) times per
+  // act(): task_timing().frame_skip when the model's timestep is the training one and hz its rate.
+  const TaskTiming& task_timing() const;
   const PolicyOptions& options() const;
   std::int64_t obs_dim() const;
   std::int64_t act_dim() const;
@@ -148,6 +164,12 @@ class PYDPG_RUNTIME_API PolicyRuntime {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Physics steps of one control period at `hz` for a model whose physics step is `timestep` seconds:
+// round(1 / (hz * timestep)), at least 1. The shipped control loop and a user's loop share it, so both
+// step as the policy was trained when given the policy's rate. Throws PolicyArgumentError for a
+// non-finite or non-positive argument, or more than a million steps per action.
+PYDPG_RUNTIME_API int physics_steps_per_action(double timestep, double hz);
 
 // "raise" | "hold" | "safe" <-> NonFinitePolicy; throws PolicyArgumentError on anything else.
 PYDPG_RUNTIME_API NonFinitePolicy parse_nonfinite_policy(const std::string& name);

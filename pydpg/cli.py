@@ -7,6 +7,7 @@ MuJoCo. Each subcommand imports what it needs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import os
 import sys
@@ -137,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no Tune status output")
 
     p = sub.add_parser("presets", help="list the shipped presets, or print one")
-    p.add_argument("name", nargs="?", help="preset to print")
+    p.add_argument("name", nargs="?", help="preset to print (an algorithm preset: every [agent] key with its value)")
+    p.add_argument("--reference", action="store_true",
+                   help="print the reference of every [agent] and [train] key, with defaults and their sources "
+                        "(docs/config.md)")
     # These parse their own arguments (pydpg.export / pydpg.deploy); listed here for --help.
     for name, text in _DELEGATED_HELP.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -379,13 +383,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from . import presets
 
+    if getattr(args, "reference", False):
+        from .config_reference import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
     if args.name:
         from .config import DDPGConfig
+        from .config_reference import _value
 
         if args.name in DDPGConfig.presets():
-            print(f"# algorithm preset {args.name!r}: DDPGConfig fields changed from the defaults")
-            for k, v in DDPGConfig.presets()[args.name].items():
-                print(f"{k} = {v!r}")
+            # Every [agent] key with the preset's value, as a config file would state it.
+            changed = DDPGConfig.presets()[args.name]
+            print(f"# algorithm preset {args.name!r}: every [agent] key (DDPGConfig); "
+                  + (f"{len(changed)} differ from the defaults (marked)" if changed else "all are the defaults")
+                  + ". docs/config.md says what each is and where its default comes from.")
+            print("[agent]")
+            for f in dataclasses.fields(DDPGConfig):
+                value = changed.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                mark = "  # preset" if f.name in changed else ""
+                # TOML has no null: an unset key (None) is shown as a comment.
+                print(f"# {f.name} unset (None){mark}" if value is None else f"{f.name} = {_value(value)}{mark}")
         else:
             print(presets.text(args.name), end="")
         return 0

@@ -35,7 +35,7 @@ class DDPGConfig:
 
     # Optimization. Adam 3e-4 for both networks: OurDDPG and CleanRL (paper: 1e-4 actor, 1e-3 critic).
     actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
+    critic_lr: float = 3e-4  # OurDDPG / CleanRL (paper: 1e-3)
     # Adam's first-moment decay, every optimizer's (SALE's encoder too): torch's default; CrossQ
     # uses 0.5 (its code, sb3-contrib).
     adam_beta1: float = 0.9
@@ -95,9 +95,9 @@ class DDPGConfig:
     # are those of both distributions (docs/theory.md). CrossQ values: True, False, momentum 0.01,
     # warmup 100k forward passes (sb3-contrib's renorm_warmup_steps).
     batch_renorm: bool = False
-    batch_renorm_momentum: float = 0.01
-    batch_renorm_warmup: int = 100_000
-    target_networks: bool = True
+    batch_renorm_momentum: float = 0.01  # running statistics' update rate; CrossQ: 0.01 (sb3-contrib)
+    batch_renorm_warmup: int = 100_000  # forward passes before renormalization starts (sb3-contrib)
+    target_networks: bool = True  # False: CrossQ's target from the online critic (no target nets)
 
     # Replay.
     prioritized: bool = False  # proportional PER (Schaul et al. 2016)
@@ -105,8 +105,8 @@ class DDPGConfig:
     per_beta0: float = 0.4  # importance-sampling exponent, annealed to 1; Schaul et al. 2016
     n_step: int = 1  # n-step returns (1 = the paper's one-step target)
 
-    obs_normalization: bool = False
-    device: str = "cpu"
+    obs_normalization: bool = False  # running mean/std of the observations; off in OurDDPG and CleanRL
+    device: str = "cpu"  # torch device of the networks and the update ("cuda" for a GPU)
     # Who runs the update. "auto": the C++ update (csrc/mlp_update.*, ~1.5x faster on a CPU) wherever
     # it applies (default Actor/Critic MLPs on the CPU, fused Adam, no hooks; pydpg.mlp_update says
     # why not otherwise), else torch. "cpp": the C++ update or a ValueError saying why not. "torch":

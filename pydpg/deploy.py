@@ -150,7 +150,7 @@ def run_policy(policy: Union[str, os.PathLike], *, initial_states: Optional[np.n
                 if env is not replay:
                     env.close()
             result["replay"] = episodes
-            result["returns"] = [e["python_return"] for e in episodes]
+            result["returns"] = [e["replay_return"] for e in episodes]
             result["mean_return"] = float(np.mean(result["returns"]))
             result["max_obs_diff"] = max((e["max_obs_diff"] for e in episodes), default=0.0)
     result["stdout"] = proc.stdout
@@ -164,6 +164,30 @@ def _policy_env_id(policy: Union[str, os.PathLike]) -> Optional[str]:
         return read_metadata(policy).get("env_id")
     except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
         return None
+
+
+def _env_hint(env_id: str, error: Exception) -> str:
+    """What to do when ``env_id`` cannot be made: the module of a ``module:EnvId`` id must be importable
+    (its directory on PYTHONPATH); a bare id needs the module that registers it named."""
+    module = env_id.split(":", 1)[0] if ":" in env_id else None
+    if module is not None and isinstance(error, ModuleNotFoundError):
+        return (f" (the module '{module}' that registers it is not importable from here: run from its directory or "
+                f"add that directory to PYTHONPATH, e.g. PYTHONPATH=path/to/dir pydpg run ...)")
+    if module is None:
+        return " (if a module of yours registers it, pass --env module:EnvId)"
+    return ""
+
+
+def _policy_eval_seed(policy: Union[str, os.PathLike]) -> int:
+    """The seed `pydpg eval` uses for the run the policy came from (metadata ``eval_seed``), else 100
+    (a seed-0 run's)."""
+    from .export import read_metadata
+
+    try:
+        seed = read_metadata(policy).get("eval_seed")
+    except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
+        seed = None
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 100
 
 
 def run_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -182,7 +206,9 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--hz", type=float, help="control rate (default: the training env's, 1 / (timestep * frame_skip))")
     p.add_argument("--episodes", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="steps per episode (default: the env's time limit)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the env's reset that draws the initial states")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the env's first reset, which draws the initial states (default: the policy's "
+                        "eval_seed, the run's seed + 100, as `pydpg eval` uses; 100 when the file has none)")
     p.add_argument("--no-sleep", action="store_true", help="run as fast as possible instead of at --hz")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the runtime (default 1)")
     p.add_argument("--on-nonfinite", choices=("raise", "hold", "safe"), default="hold",
@@ -216,31 +242,41 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             env = _env_for(env_id)
         except Exception as e:  # noqa: BLE001 - any failure to make the env means: run without it
+            hint = _env_hint(env_id, e)
             if args.env:
-                return fail(f"cannot make the env {env_id!r}: {e}")
+                return fail(f"cannot make the env {env_id!r}: {e}{hint}")
             print(f"pydpg run: note: cannot make the policy's env {env_id!r} ({type(e).__name__}: {e}); episodes start "
-                  "from the model's qpos0 and no returns are reported (pass --env module:EnvId)", file=sys.stderr)
+                  f"from the model's qpos0 and no returns are reported{hint}", file=sys.stderr)
     if env is None:
         return subprocess.call(control_loop_args(args.policy, json_out=args.json, **loop))
+    seed = args.seed if args.seed is not None else _policy_eval_seed(args.policy)
     try:
-        from .envs import initial_states
+        from .envs import evaluate, initial_states
+        from .runtime import Policy
 
-        states = initial_states(env, args.episodes, args.seed)
+        states = initial_states(env, args.episodes, seed)
         try:
             result = run_policy(args.policy, initial_states=states, replay=env, **loop)
         except ControlLoopError as e:
             print(f"pydpg_control_loop: {e}", file=sys.stderr)
             return 1
+        # The same file acting in Python (pydpg.Policy in the env), from the same initial states.
+        policy = Policy(args.policy, on_nonfinite=args.on_nonfinite)
+        python = evaluate(policy.act, env, args.episodes, seed=seed)
     finally:
         env.close()
+    result["seed"] = seed
+    result["python_returns"] = python.returns.tolist()
     print(result.pop("stdout").rstrip())
-    print(f"\nreplayed in {env_id} from the same initial states (the env's rewards for the loop's actions):")
+    print(f"\nreturns from the same initial states (seed {seed}): the loop's actions replayed through {env_id}, and "
+          "the same policy file acting in Python (pydpg.Policy in the env):")
     for i, e in enumerate(result["replay"]):
         ended = "" if e["terminated_at"] is None else f", env terminated at step {e['terminated_at']}"
         agree = "" if e["termination_agrees"] else " (the loop ended the episode elsewhere!)"
-        print(f"episode {i}: return {e['python_return']:.3f} over {e['steps']} steps{ended}{agree}; max observation "
-              f"difference {e['max_obs_diff']:.2g}")
-    print(f"mean return {result['mean_return']:.3f}")
+        print(f"episode {i}: loop {e['replay_return']:.3f} over {e['steps']} steps{ended}{agree}; Python "
+              f"{python.returns[i]:.3f} over {int(python.lengths[i])} steps; max observation difference "
+              f"{e['max_obs_diff']:.2g}")
+    print(f"mean return: loop {result['mean_return']:.3f}, Python {float(python.returns.mean()):.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -311,7 +347,8 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
     """Replay a control-loop trace through the Gymnasium ``env``: each episode starts from the logged
     qpos/qvel and takes the logged actions. Per episode it reports the largest observation
     difference relative to max(1, |obs|) between what the loop's policy saw and what the env
-    observes, the env's return up to its first termination (``python_return``), the step the env
+    observes, the env's return for the loop's actions up to its first termination
+    (``replay_return``), the step the env
     terminated at, and whether the loop ended the episode at that same step
     (``termination_agrees``; None for traces that do not log it)."""
     from .observation import observation_error
@@ -337,7 +374,7 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
                     ended = t + 1
         steps = len(ep["action"])
         agrees = None if ep["failed"] is None else (ended == steps if ep["failed"] >= 0 else ended is None)
-        out.append({"steps": steps, "max_obs_diff": worst, "python_return": ret, "terminated_at": ended,
+        out.append({"steps": steps, "max_obs_diff": worst, "replay_return": ret, "terminated_at": ended,
                     "termination_agrees": agrees})
     return out
 

@@ -272,36 +272,39 @@ def task_spec(env) -> Optional[dict]:
             "max_episode_steps": getattr(getattr(env, "spec", None), "max_episode_steps", None) or 1000}
 
 
-def _checked_observation_spec(given, env_id: Optional[str], env_spec, env) -> tuple[Optional[dict], Optional[str]]:
-    """The observation spec to store and a note: ``given``, else the one shipped with ``env_id``'s
-    preset; verified (observations and terminations) against a fresh copy of the env (the env
-    itself, reset and stepped, when it has no spec to copy). A wrong given spec raises
-    ``ObservationMismatch``; a preset's that does not fit this env (other env kwargs: another model,
-    other observation or termination switches) is left out, with a note."""
-    from .observation import ObservationError, ObservationMismatch, as_spec, task_spec as preset_observation, verify
+def _checked_observation_spec(given, env_id: Optional[str], env_spec, env, verification: dict
+                              ) -> tuple[Optional[dict], Optional[str], Optional["Verification"]]:
+    """The observation spec to store, a note, and its verification report: ``given``, else the one
+    shipped with ``env_id``'s preset; verified (observations and terminations) against a fresh copy
+    of the env (the env itself, reset and stepped, when it has no spec to copy), with
+    ``verification``'s steps / perturb / init_states (``observation.verify_report``). A wrong given
+    spec raises ``ObservationMismatch``; a preset's that does not fit this env (other env kwargs:
+    another model, other observation or termination switches) is left out, with a note."""
+    from .observation import ObservationError, ObservationMismatch, as_spec, task_spec as preset_observation
+    from .observation import verify_report
 
     spec = as_spec(given) if given is not None else (preset_observation(env_id) if env_id else None)
     if spec is None:
-        return None, None
+        return None, None, None
     import gymnasium as gym
 
     target = gym.make(env_spec) if env_spec is not None else env
     if target is None:
-        return spec, None
+        return spec, None, None
     try:
-        verify(spec, target, steps=200)
+        report = verify_report(spec, target, **verification)
     except (ObservationMismatch, ObservationError) as e:
         if given is not None:
             raise
         return None, (f"observation spec left out: the {env_id} preset's does not fit this env ({e}); pass "
-                      "observation_spec= (or --observation-spec) so `pydpg run` can build its observations")
+                      "observation_spec= (or --observation-spec) so `pydpg run` can build its observations"), None
     finally:
         if target is not env:
             target.close()
-    return spec, None
+    return spec, None, report
 
 
-def _describe_env(env, env_id: Optional[str], observation_spec, xml: Optional[str]) -> dict:
+def _describe_env(env, env_id: Optional[str], observation_spec, xml: Optional[str], verification: dict) -> dict:
     """What the policy file records about ``env`` (a single env or a vector env, which one fresh
     single env of the same spec stands for): env id, MuJoCo model XML and model, the verified
     observation spec, the loop's timing, and a note on what was left out."""
@@ -313,9 +316,9 @@ def _describe_env(env, env_id: Optional[str], observation_spec, xml: Optional[st
     u = getattr(single, "unwrapped", None)
     if xml is None and getattr(u, "fullpath", None) and os.path.exists(u.fullpath):
         xml = Path(u.fullpath).read_text()
-    observation, note = _checked_observation_spec(observation_spec, env_id, spec, single)
+    observation, note, report = _checked_observation_spec(observation_spec, env_id, spec, single, verification)
     return {"env_id": env_id, "xml": xml, "model": getattr(u, "model", None), "observation": observation,
-            "task": task_spec(single) if single is not None else None, "note": note}
+            "task": task_spec(single) if single is not None else None, "note": note, "verification": report}
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -373,12 +376,12 @@ def _policy_step(source, training_steps: Optional[int]) -> Optional[int]:
     return training_steps
 
 
-def _step_count(name: str, value) -> Optional[int]:
-    """An env step count as metadata holds it: None (unknown) or a whole number >= 0."""
+def _step_count(name: str, value, unit: str = "env steps") -> Optional[int]:
+    """An env step count (or a seed) as metadata holds it: None (unknown) or a whole number >= 0."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a whole number of env steps >= 0 (or None), got {value!r}")
+        raise ValueError(f"{name} must be a whole number >= 0 ({unit}) or None, got {value!r}")
     return int(value)
 
 
@@ -569,7 +572,9 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
                   normalizer=None, obs_dim: Optional[int] = None, training_steps: Optional[int] = None,
                   policy_step: Optional[int] = None, eval_return: Optional[float] = None, format: str = "torchscript",
                   n_check: int = DEFAULT_N_CHECK, atol: Optional[float] = None, model_xml: Optional[str] = None,
-                  observation_spec=None, verbose: bool = True) -> ExportResult:
+                  observation_spec=None, eval_seed: Optional[int] = None, verify_steps: int = 200,
+                  verify_perturb: float = 0.0,
+                  verify_init_states=None, verbose: bool = True) -> ExportResult:
     """Write ``source``'s actor as a deployable policy file and check it against the actor.
 
     ``source``: a DDPG agent (``.policy_actor``), an actor module, or an object holding an ``agent``.
@@ -578,9 +583,15 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
     ``normalizer``: observation statistics used in training (object or dict with mean, var, eps, clip).
     ``training_steps``: the run's env steps (a Trainer's own by default); ``policy_step``: the step
     the policy comes from, by default a TD7 policy checkpoint's, else ``training_steps``.
+    ``eval_seed``: the seed of the first reset of the run's evaluations (the run's seed + 100 for a
+    Trainer or a run's checkpoint), recorded so that `pydpg run` starts where `pydpg eval` does.
     ``observation_spec``: how the observation is built from mjData (``pydpg.observation``); defaults
     to the spec shipped with the task preset of ``env_id``. With an env it is verified against the
-    env's observations over 200 steps (``ObservationMismatch`` names the first wrong term otherwise).
+    env's observations and terminations over ``verify_steps`` steps of random actions, each episode
+    starting from the env's reset, perturbed by ``verify_perturb`` (a standard deviation added to
+    qpos and qvel), or from ``verify_init_states`` (an .npz or dict of ``qpos``/``qvel`` rows):
+    ``ObservationMismatch`` names the first wrong term. The file records what verification saw
+    (metadata ``verification``); a termination condition it never saw fail is warned about.
     ``atol``: an allowance beyond float32 rounding, in the actor's [-1, 1] units (None: 0 for a
     TorchScript file of a pydpg actor, 1e-5 otherwise; see the module docstring).
     Raises ``ParityError`` (nothing written) when the file and the actor differ by more than that.
@@ -609,8 +620,12 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         eval_return = history[-1].get("eval_mean")
     if env_id is None and isinstance(getattr(source, "env_name", None), str):
         env_id = source.env_name
+    train_cfg = getattr(source, "train_cfg", None)
     if observation_spec is None:  # a Trainer whose config file stated the observation
-        observation_spec = getattr(getattr(source, "train_cfg", None), "observation", None)
+        observation_spec = getattr(train_cfg, "observation", None)
+    if eval_seed is None and train_cfg is not None and isinstance(getattr(train_cfg, "seed", None), int):
+        eval_seed = train_cfg.seed + int(getattr(train_cfg, "eval_seed_offset", 100))
+    eval_seed = _step_count("eval_seed", eval_seed, unit="a reset seed")
     norm = normalizer_stats(normalizer)
 
     env = _env_of(source, env)
@@ -630,9 +645,11 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         if low.shape != high.shape or not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
             raise ValueError(f"action bounds must be finite with low < high, got low={low}, high={high}")
         described = {"env_id": env_id, "xml": model_xml, "model": None, "observation": None, "task": None,
-                     "note": None}
+                     "note": None, "verification": None}
         if env is not None:
-            described = _describe_env(env, env_id, observation_spec, model_xml)
+            described = _describe_env(env, env_id, observation_spec, model_xml,
+                                      {"steps": verify_steps, "perturb": verify_perturb,
+                                       "init_states": verify_init_states})
         elif observation_spec is not None:
             from .observation import as_spec
 
@@ -655,8 +672,8 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
 
     from . import __version__
 
-    env_id, task, observation, obs_model, xml, task_note = (described[k] for k in (
-        "env_id", "task", "observation", "model", "xml", "note"))
+    env_id, task, observation, obs_model, xml, task_note, verification = (described[k] for k in (
+        "env_id", "task", "observation", "model", "xml", "note", "verification"))
     if observation is not None and obs_model is not None:
         from .observation import ObservationBuilder
 
@@ -693,9 +710,10 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "env_id": env_id, "obs_dim": int(obs_dim), "act_dim": int(act_dim),
         "action_low": low.tolist(), "action_high": high.tolist(), "normalization": norm,
-        "training_steps": training_steps, "policy_step": policy_step,
+        "training_steps": training_steps, "policy_step": policy_step, "eval_seed": eval_seed,
         "eval_return": None if eval_return is None or not math.isfinite(eval_return) else float(eval_return),
         "network": plan, "task": task, "observation": observation,
+        "verification": None if verification is None else verification.as_metadata(),
     }
     cpu_actor = copy.deepcopy(actor).float().cpu().eval()
     module = PolicyModule(cpu_actor, low, high,
@@ -742,6 +760,10 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
     result = ExportResult(path, format, diff, n_check, meta, float(allowed.max()), ratio)
     if verbose:
         print(result)
+        if verification is not None:
+            print(verification.summary())
+            for line in verification.warnings():
+                print(f"warning: {line}", file=sys.stderr)
         if task_note:
             print(f"note: {task_note}", file=sys.stderr)
         elif (task is None or observation is None) and format == "torchscript":
@@ -781,6 +803,8 @@ def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
     return {"agent": agent, "normalizer": normalizer, "env_id": run.get("env_id"),
             "env_kwargs": run.get("env_kwargs") or {}, "observation_spec": run.get("observation"),
             "training_steps": steps, "eval_return": eval_return,
+            "eval_seed": int(run["seed"]) + int(run.get("eval_seed_offset", 100)) if isinstance(run.get("seed"), int)
+            else None,
             "action_low": np.asarray(model["action_low"], dtype=np.float64),
             "action_high": np.asarray(model["action_high"], dtype=np.float64), "obs_dim": int(model["obs_dim"])}
 
@@ -798,8 +822,8 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
             print(f"note: cannot make {info['env_id']} here ({e}); exporting without a task description",
                   file=sys.stderr)
     try:
-        for k in ("normalizer", "env_id", "observation_spec", "training_steps", "eval_return", "action_low",
-                  "action_high", "obs_dim"):
+        for k in ("normalizer", "env_id", "observation_spec", "training_steps", "eval_return", "eval_seed",
+                  "action_low", "action_high", "obs_dim"):
             if info.get(k) is not None:
                 kwargs.setdefault(k, info[k])
         if env is not None:
@@ -841,6 +865,15 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
                    help="parity allowance beyond float32 rounding, in [-1, 1] action units (default: 0 for a "
                         f"TorchScript file of a pydpg actor, {DEFAULT_ATOL:g} for ONNX/pt2 or a custom actor)")
     p.add_argument("--n-check", type=int, default=DEFAULT_N_CHECK, help="observations in the parity check")
+    p.add_argument("--verify-steps", type=int, default=200, metavar="N",
+                   help="env steps of random actions over which the observation spec and its termination "
+                        "conditions are checked against the env (default %(default)s)")
+    p.add_argument("--verify-perturb", type=float, default=0.0, metavar="STD",
+                   help="start verification's episodes from resets with Gaussian noise of this standard "
+                        "deviation added to qpos and qvel, to reach termination bounds (default 0)")
+    p.add_argument("--verify-init-states", metavar="FILE.npz", default=None,
+                   help="start verification's first episodes from these states: an .npz with arrays qpos "
+                        "[N, nq] and qvel [N, nv]")
     p.add_argument("--observation-spec", metavar="FILE", default=None,
                    help="the observation spec (pydpg.observation) for your own env: a TOML file with an "
                         "[observation] table (a run config works) or a JSON file; default: the one the run's "
@@ -850,7 +883,9 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         spec = None if args.observation_spec is None else read_observation_spec(args.observation_spec)
         extra = {} if spec is None else {"observation_spec": spec}  # else the run's own, or the preset's
-        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check, **extra)
+        export_checkpoint(args.checkpoint, args.output, format=fmt, atol=args.atol, n_check=args.n_check,
+                          verify_steps=args.verify_steps, verify_perturb=args.verify_perturb,
+                          verify_init_states=args.verify_init_states, **extra)
     except ParityError as e:
         print(f"pydpg export: {e}", file=sys.stderr)
         return 1

@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import zipfile
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -166,6 +169,22 @@ class Termination(_BoundToModel):
     def first_failure(self, data: Any) -> int:
         return int(self._c.first_failure(self._data_address(data)))
 
+    @property
+    def conditions(self) -> list[dict]:
+        """Each condition's label, offset and size in ``evaluate``'s values, min, max, strict, finite."""
+        return list(self._c.conditions)
+
+    def evaluate(self, data: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(every condition's term values, concatenated; a bool per condition: it fails)."""
+        values, failed = self._c.evaluate(self._data_address(data))
+        return np.asarray(values), np.asarray(failed, dtype=bool)
+
+    def describe(self, data: Any) -> str:
+        """The conditions with their values now, e.g. ``qpos[1:2] > 0.7 = 1.25``, for messages."""
+        values, failed = self.evaluate(data)
+        return "; ".join(f"{c['label']} = {_plain(values[c['offset']:c['offset'] + c['size']])}"
+                         + (" (fails)" if f else "") for c, f in zip(self.conditions, failed))
+
 
 def task_spec(env_id: str) -> Optional[dict]:
     """The observation spec shipped with the task preset for ``env_id``, or None."""
@@ -188,15 +207,135 @@ def observation_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return err
 
 
+def _plain(x) -> str:
+    """Numbers as a message shows them: 0.25 and [0.25, 1], never np.float64(0.25)."""
+    arr = np.asarray(x, dtype=np.float64).reshape(-1)
+    text = ", ".join(f"{float(v):.6g}" for v in arr)
+    return text if arr.size == 1 else f"[{text}]"
+
+
+@dataclass
+class ConditionReport:
+    """What verification saw of one termination condition."""
+
+    label: str
+    failed_steps: int = 0  # steps after which it failed (and the env terminated with it)
+    held_steps: int = 0
+    lowest: float = math.inf  # the range its values took
+    highest: float = -math.inf
+    closest: Optional[float] = None  # the smallest distance of a value to a finite bound it states
+
+    @property
+    def exercised(self) -> bool:
+        """Seen both to hold and to fail: only then did verification compare it with the env."""
+        return self.failed_steps > 0 and self.held_steps > 0
+
+    def as_dict(self) -> dict:
+        finite = [v if math.isfinite(v) else None for v in (self.lowest, self.highest)]
+        return {"label": self.label, "failed_steps": self.failed_steps, "held_steps": self.held_steps,
+                "range": finite, "closest_to_bound": self.closest}
+
+
+@dataclass
+class Verification:
+    """The result of ``verify_report``: how far the spec's observations were from the env's, and
+    which termination conditions the rollout exercised. ``as_metadata()`` is what a policy file
+    records (``verification``)."""
+
+    steps: int
+    episodes: int
+    starts: str
+    max_difference: float
+    conditions: list[ConditionReport] = field(default_factory=list)
+
+    @property
+    def unexercised(self) -> list[ConditionReport]:
+        return [c for c in self.conditions if not c.exercised]
+
+    def as_metadata(self) -> dict:
+        return {"steps": self.steps, "episodes": self.episodes, "starts": self.starts,
+                "max_observation_difference": self.max_difference,
+                "termination": [c.as_dict() for c in self.conditions]}
+
+    def summary(self) -> str:
+        text = (f"observation spec verified over {self.steps} env steps ({self.episodes} episodes, {self.starts}): "
+                f"largest difference {self.max_difference:.3g}")
+        if self.conditions:
+            text += (f"; termination conditions seen to fail: {len(self.conditions) - len(self.unexercised)} of "
+                     f"{len(self.conditions)}")
+        return text
+
+    def warnings(self) -> list[str]:
+        """One line per condition the rollout never saw both hold and fail, then what to do; empty
+        when every condition was exercised."""
+        out = []
+        for c in self.unexercised:
+            seen = (f"values in [{_plain(c.lowest)}, {_plain(c.highest)}]" if math.isfinite(c.lowest)
+                    else "no finite value")
+            near = f", {_plain(c.closest)} from its bound at the closest" if c.closest is not None else ""
+            what = "never failed" if c.failed_steps == 0 else "never held"
+            out.append(f"termination condition '{c.label}' {what} in verification ({seen}{near}): it was never "
+                       "compared with the env's own termination")
+        if out:
+            out.append("to exercise them, verify from states that reach them: pydpg export --verify-steps N, "
+                       "--verify-perturb STD or --verify-init-states FILE.npz (export_policy's verify_steps, "
+                       "verify_perturb, verify_init_states)")
+        return out
+
+
+def load_init_states(init_states, model) -> tuple[np.ndarray, np.ndarray]:
+    """(qpos [N, nq], qvel [N, nv]) from a dict or an .npz file holding arrays ``qpos`` and ``qvel``
+    (one start state per row), checked against ``model``'s sizes; non-finite values are refused."""
+    if isinstance(init_states, (str, os.PathLike)):
+        path = os.fspath(init_states)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"init states file {path!r} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                init_states = {k: z[k] for k in z.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"init states file {path!r} is not an .npz of arrays qpos and qvel: {e}") from None
+    if not isinstance(init_states, dict) or set(init_states) != {"qpos", "qvel"}:
+        got = sorted(init_states) if isinstance(init_states, dict) else type(init_states).__name__
+        raise ValueError(f"init states must hold exactly the arrays 'qpos' and 'qvel', got {got}")
+    out = []
+    for key, width in (("qpos", model.nq), ("qvel", model.nv)):
+        a = np.asarray(init_states[key], dtype=np.float64)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] != width or a.shape[0] == 0:
+            raise ValueError(f"init states '{key}' has shape {a.shape}, expected (N, {width}) for this model")
+        if not np.isfinite(a).all():
+            raise ValueError(f"init states '{key}' holds a NaN or infinite value (row {int(np.argwhere(~np.isfinite(a))[0][0])})")
+        out.append(a)
+    if out[0].shape[0] != out[1].shape[0]:
+        raise ValueError(f"init states have {out[0].shape[0]} qpos rows and {out[1].shape[0]} qvel rows")
+    return out[0], out[1]
+
+
 def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: int = 0, rtol: float = 1e-5,
            inputs: Optional[dict] = None) -> float:
+    """``verify_report(...).max_difference``: the largest observation difference, after every check."""
+    return verify_report(spec, env, steps=steps, seed=seed, rtol=rtol, inputs=inputs).max_difference
+
+
+def verify_report(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: int = 0, rtol: float = 1e-5,
+                  inputs: Optional[dict] = None, perturb: float = 0.0, init_states=None) -> Verification:
     """Check that ``spec`` reproduces ``env``'s observations: from ``env.reset(seed=seed)``, over
     ``steps`` steps of uniformly random actions (new episodes as the old ones end), compare the
-    builder's observation with the env's. Returns the largest difference relative to
-    max(1, |observation|); raises ``ObservationMismatch`` naming the first wrong term, index, step
-    and both values when it exceeds ``rtol``, or when the widths differ. With a ``termination``
-    list, the env's ``terminated`` must agree with it after every step (the mismatch names the
-    condition).
+    builder's observation with the env's. Raises ``ObservationMismatch`` naming the first wrong term,
+    index, step and both values when the difference relative to max(1, |observation|) exceeds
+    ``rtol`` (the C++ builder rounds to float32: 6e-8 relative, and computes sin/cos in float64 as
+    numpy does; 1e-5 is far above both on any CPU), or when the widths differ. With a
+    ``termination`` list, the env's ``terminated`` must agree with it after every step (the mismatch
+    names the condition, or shows every condition's value when the env ends and none fails), and the
+    report says which conditions the rollout saw fail: a condition it never saw fail was never
+    compared with the env's own termination.
+
+    Where episodes start: ``init_states`` (a dict or .npz of ``qpos`` [N, nq] and ``qvel`` [N, nv]:
+    the first N episodes start from these states, set after the reset), ``perturb`` (a standard
+    deviation: Gaussian noise added to qpos and qvel after each reset), else the env's own reset.
+    Both need a Gymnasium MujocoEnv (``set_state``, ``_get_obs``).
 
     External inputs: ``prev_action`` is filled with the action taken before (zeros after a reset),
     as the control loop fills it; an input named in ``inputs`` gets that constant value; any other
@@ -205,8 +344,17 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
     u = getattr(env, "unwrapped", env)
     if not hasattr(u, "model") or not hasattr(u, "data"):
         raise TypeError(f"{getattr(env, 'spec', None) and env.spec.id or type(u).__name__} is not a MuJoCo env")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    if not (isinstance(perturb, (int, float)) and math.isfinite(perturb) and perturb >= 0):
+        raise ValueError(f"perturb must be a finite number >= 0 (a standard deviation), got {perturb!r}")
     builder = ObservationBuilder(spec, u.model)
     check = Termination(spec, u.model) if builder.spec.get("termination") else None
+    starts_qpos, starts_qvel = load_init_states(init_states, u.model) if init_states is not None else (None, None)
+    if (starts_qpos is not None or perturb > 0) and not (hasattr(u, "set_state") and hasattr(u, "_get_obs")):
+        raise TypeError("init_states and perturb set the env's state: they need a Gymnasium MujocoEnv "
+                        "(set_state and _get_obs)")
+    rng = np.random.default_rng(seed)
     inputs = dict(inputs or {})
     places = {label[len("input "):]: (offset, size) for label, offset, size in builder.terms
               if label.startswith("input ")}
@@ -221,13 +369,28 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
             else:
                 builder.set_input(name, obs_now[offset:offset + size])
 
-    obs, _ = env.reset(seed=seed)
+    episodes = 0
+
+    def start(first: bool):
+        nonlocal episodes
+        obs, _ = env.reset(seed=seed) if first else env.reset()
+        if starts_qpos is not None and episodes < len(starts_qpos):
+            u.set_state(starts_qpos[episodes], starts_qvel[episodes])
+            obs = u._get_obs()
+        elif perturb > 0:
+            u.set_state(u.data.qpos + rng.normal(0, perturb, u.model.nq), u.data.qvel + rng.normal(0, perturb, u.model.nv))
+            obs = u._get_obs()
+        episodes += 1
+        return obs
+
+    obs = start(first=True)
     action = np.zeros(act_dim)
     env.action_space.seed(seed)
     width = int(np.prod(np.shape(obs)))
     if builder.size != width:
         raise ObservationMismatch(f"the spec builds {builder.size} values, the env observes {width} "
                                   f"(terms: {', '.join(f'{label} [{size}]' for label, _, size in builder.terms)})")
+    reports = [ConditionReport(c["label"]) for c in check.conditions] if check is not None else []
     worst = 0.0
     for step in range(steps + 1):
         want = np.asarray(obs, dtype=np.float64).reshape(-1)
@@ -239,7 +402,7 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
             i = int(bad[0])
             label, k = builder.term_at(i)
             raise ObservationMismatch(f"observation index {i} (term '{label}', entry {k}) at step {step}: the spec "
-                                      f"gives {got[i]!r}, the env {want[i]!r}")
+                                      f"gives {_plain(got[i])}, the env {_plain(want[i])}")
         worst = max(worst, float(err.max(initial=0.0)))
         if step == steps:
             break
@@ -251,8 +414,29 @@ def verify(spec: Union[dict, Sequence[dict]], env, *, steps: int = 200, seed: in
                 raise ObservationMismatch(
                     f"termination at step {step + 1}: " + (
                         f"condition {failed} '{check.labels[failed]}' fails but the env did not terminate"
-                        if failed >= 0 else "the env terminated but every termination condition holds"))
+                        if failed >= 0 else "the env terminated but every termination condition holds")
+                    + f" ({check.describe(u.data)})")
+            _record(check, u.data, reports)
         if terminated or truncated:
-            obs, _ = env.reset()
+            obs = start(first=False)
             action = np.zeros(act_dim)
-    return worst
+    where = (f"the first {min(len(starts_qpos), episodes)} from init_states" if starts_qpos is not None
+             else f"resets perturbed by {_plain(perturb)}" if perturb > 0 else "the env's resets")
+    return Verification(steps=steps, episodes=episodes, starts=where, max_difference=worst, conditions=reports)
+
+
+def _record(check: Termination, data, reports: list[ConditionReport]) -> None:
+    values, failed = check.evaluate(data)
+    for c, f, r in zip(check.conditions, failed, reports):
+        v = values[c["offset"]:c["offset"] + c["size"]]
+        if f:
+            r.failed_steps += 1
+        else:
+            r.held_steps += 1
+        finite = v[np.isfinite(v)]
+        if finite.size:
+            r.lowest, r.highest = min(r.lowest, float(finite.min())), max(r.highest, float(finite.max()))
+            gaps = [np.abs(finite - b) for b in (c["min"], c["max"]) if math.isfinite(b)]
+            if gaps:
+                gap = float(min(g.min() for g in gaps))
+                r.closest = gap if r.closest is None else min(r.closest, gap)

@@ -65,9 +65,9 @@ class TrainConfig:
 
     env_id: Optional[str] = None
     env_kwargs: dict = field(default_factory=dict)  # to gym.make, e.g. {"xml_file": "robot.xml"}
-    seed: int = 0
+    seed: int = 0  # seeds torch, numpy, the envs and the noise; a run is a function of it
     total_steps: int = 1_000_000  # sfujim/TD3 max_timesteps, CleanRL total_timesteps
-    n_envs: int = 1
+    n_envs: int = 1  # envs stepped together (a vector env); 1 as in sfujim/TD3 and CleanRL
     eval_every: int = 5_000  # sfujim/TD3 eval_freq; 0 = no evaluation
     eval_episodes: int = 10  # sfujim/TD3 eval_policy(eval_episodes=10)
     eval_seed_offset: int = 100  # eval env seeded seed + 100, as sfujim/TD3's eval_policy

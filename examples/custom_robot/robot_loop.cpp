@@ -46,7 +46,10 @@ int main(int argc, char** argv) {
       d->qpos[3] = 0.1;
       mj_forward(m, d);
       std::vector<float> obs(observe.size()), action(policy.act_dim());
-      const int frame_skip = 4;  // the env's: 0.04 s per action
+      // The training env's timing travels in the file: physics steps per action at its control rate
+      // (the arm's: 4 steps of 0.01 s, 25 Hz), computed as the shipped control loop computes it.
+      const pydpg::TaskTiming& timing = policy.task_timing();
+      const int frame_skip = pydpg::physics_steps_per_action(m->opt.timestep, timing.control_hz);
       const long steps = std::atol(argv[3]);
       long t = 0;
       int stopped_by = -1;

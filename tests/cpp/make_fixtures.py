@@ -28,22 +28,21 @@ ROWS = 16
 
 
 def write_reference(policy: Path, obs: np.ndarray, out: Path) -> None:
-    from pydpg.export import read_metadata
+    from pydpg.rounding import rounding_bound
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(policy))
     with torch.no_grad():
         want = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs]).astype(np.float32)
-    # The runtime's own bound (checked at load): 1e-5 of the action half-range, plus one float32
-    # step at the largest bound. runtime_test compares batches of 16 with these batch-1 actions.
-    meta = read_metadata(policy)
-    low, high = np.array(meta["action_low"]), np.array(meta["action_high"])
-    top = np.float32(max(np.abs(low).max(), np.abs(high).max()))
-    tol = 1e-5 * max(1.0, float(np.max(high - low)) / 2) + float(np.spacing(top))
+    # runtime_test compares the runtime's actions (other kernels, batches of 16) with these batch-1
+    # actions of torch's: two float32 evaluations, which agree within twice the forward error bound
+    # of either (pydpg.rounding), on any CPU. Stored per entry, rounded up to float32.
+    _, bound = rounding_bound(policy, obs)
+    tol = np.nextafter((2 * bound).astype(np.float32), np.float32(np.inf))
     n, d = obs.shape
-    out.write_bytes(struct.pack("<qqqf", n, d, want.shape[1], tol) + obs.astype("<f4").tobytes()
-                    + want.astype("<f4").tobytes())
+    out.write_bytes(struct.pack("<qqq", n, d, want.shape[1]) + obs.astype("<f4").tobytes()
+                    + want.astype("<f4").tobytes() + tol.astype("<f4").tobytes())
 
 
 def trained_magnitude_policy(path: Path, scale: float = 30.0) -> None:

@@ -4,8 +4,9 @@
 // actions) are written by tests/cpp/make_fixtures.py.
 //
 // usage: runtime_test REFERENCE POLICY [BAD_FILE ...]
-//   REFERENCE: int64 n, obs_dim, act_dim; float32 tol; float32 obs[n, obs_dim]; float32 want[n, act_dim]
-//   (want = the TorchScript module's forward on obs, row by row)
+//   REFERENCE: int64 n, obs_dim, act_dim; float32 obs[n, obs_dim]; float32 want[n, act_dim];
+//   float32 tol[n, act_dim] (want = the TorchScript module's forward on obs, row by row; tol = twice
+//   the float32 forward error bound of pydpg.rounding: how far two evaluations may be apart)
 #include "policy_runtime.hpp"
 
 #include <algorithm>
@@ -29,8 +30,7 @@ namespace {
 
 struct Reference {
   std::int64_t n = 0, obs_dim = 0, act_dim = 0;
-  float tol = 0;
-  std::vector<float> obs, want;
+  std::vector<float> obs, want, tol;
 };
 
 Reference read_reference(const std::string& path) {
@@ -40,23 +40,22 @@ Reference read_reference(const std::string& path) {
   f.read(reinterpret_cast<char*>(&r.n), 8);
   f.read(reinterpret_cast<char*>(&r.obs_dim), 8);
   f.read(reinterpret_cast<char*>(&r.act_dim), 8);
-  f.read(reinterpret_cast<char*>(&r.tol), 4);
   if (!f || r.n < 1 || r.n > 100000 || r.obs_dim < 1 || r.act_dim < 1) throw std::runtime_error("bad reference header");
   r.obs.resize(r.n * r.obs_dim);
   r.want.resize(r.n * r.act_dim);
+  r.tol.resize(r.n * r.act_dim);
   f.read(reinterpret_cast<char*>(r.obs.data()), static_cast<std::streamsize>(r.obs.size() * 4));
   f.read(reinterpret_cast<char*>(r.want.data()), static_cast<std::streamsize>(r.want.size() * 4));
+  f.read(reinterpret_cast<char*>(r.tol.data()), static_cast<std::streamsize>(r.tol.size() * 4));
   if (!f) throw std::runtime_error("reference file is truncated");
   return r;
 }
 
-float max_diff(const float* a, const float* b, std::int64_t n) {
-  float worst = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float d = std::fabs(a[i] - b[i]);
-    worst = std::isnan(d) ? std::numeric_limits<float>::infinity() : std::max(worst, d);
-  }
-  return worst;
+// Whether |a - b| <= tol entry by entry (a NaN fails).
+bool within(const float* a, const float* b, const float* tol, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!(std::fabs(a[i] - b[i]) <= tol[i])) return false;
+  return true;
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
@@ -70,7 +69,7 @@ void test_default_options(const std::string& path, const Reference& ref) {
   std::vector<float> a(ref.act_dim);
   for (std::int64_t r = 0; r < ref.n; ++r) {
     p.act(ref.obs.data() + r * ref.obs_dim, 1, a.data());
-    CHECK(max_diff(a.data(), ref.want.data() + r * ref.act_dim, ref.act_dim) <= ref.tol);
+    CHECK(within(a.data(), ref.want.data() + r * ref.act_dim, ref.tol.data() + r * ref.act_dim, ref.act_dim));
   }
 }
 
@@ -88,7 +87,7 @@ void test_parity_and_no_leaks(const std::string& path, const Reference& ref, con
   std::vector<float> obs = ref.obs, out(n * A), again(n * A), single(A);
   p.act(obs.data(), n, out.data());
   CHECK(same_bits(obs, ref.obs));  // act() does not write its input
-  CHECK(max_diff(out.data(), ref.want.data(), n * A) <= ref.tol);
+  CHECK(within(out.data(), ref.want.data(), ref.tol.data(), n * A));
 
   // Whatever ran in between (other batch sizes, huge and non-finite rows), the same call gives the
   // same bits: no scratch value survives from one call into the next.
@@ -103,7 +102,7 @@ void test_parity_and_no_leaks(const std::string& path, const Reference& ref, con
 
   for (std::int64_t r = 0; r < n; ++r) {
     p.act(obs.data() + r * D, 1, single.data());
-    CHECK(max_diff(single.data(), ref.want.data() + r * A, A) <= ref.tol);
+    CHECK(within(single.data(), ref.want.data() + r * A, ref.tol.data() + r * A, A));
     // Batch invariance: row r of the batch is exactly row r on its own.
     if (invariant) CHECK(std::memcmp(single.data(), out.data() + r * A, A * sizeof(float)) == 0);
   }
@@ -176,10 +175,28 @@ void test_threads(const std::string& path, const Reference& ref) {
       for (int i = 0; i < 300; ++i) {
         const std::int64_t r = (i + t) % ref.n;
         runtimes[t]->act(ref.obs.data() + r * ref.obs_dim, 1, a.data());
-        CHECK(max_diff(a.data(), ref.want.data() + r * ref.act_dim, ref.act_dim) <= ref.tol);
+        CHECK(within(a.data(), ref.want.data() + r * ref.act_dim, ref.tol.data() + r * ref.act_dim, ref.act_dim));
       }
     });
   for (auto& th : threads) th.join();
+}
+
+// The task timing a file records, and the physics steps per action the loop and users share.
+void test_task_timing(const std::string& path) {
+  PolicyRuntime p(path);
+  if (p.metadata().has_task) {
+    const pydpg::TaskTiming& t = p.task_timing();
+    CHECK(t.frame_skip >= 1 && t.timestep > 0 && t.max_episode_steps >= 1);
+    CHECK(std::fabs(t.control_period - t.timestep * t.frame_skip) <= 1e-15 * t.control_period);
+    CHECK(pydpg::physics_steps_per_action(t.timestep, t.control_hz) == t.frame_skip);
+  } else {
+    CHECK_THROWS(pydpg::PolicyFormatError, p.task_timing());
+  }
+  CHECK(pydpg::physics_steps_per_action(0.01, 25.0) == 4);
+  CHECK(pydpg::physics_steps_per_action(0.002, 1e6) == 1);  // faster than the physics: one step
+  for (const auto& [timestep, hz] : std::vector<std::pair<double, double>>{
+           {0.01, 1e-9}, {0.0, 25.0}, {-0.01, 25.0}, {0.01, 0.0}, {0.01, std::nan("")}, {HUGE_VAL, 25.0}})
+    CHECK_THROWS(pydpg::PolicyArgumentError, pydpg::physics_steps_per_action(timestep, hz));
 }
 
 }  // namespace
@@ -199,6 +216,7 @@ int main(int argc, char** argv) {
     test_parity_and_no_leaks(path, ref, "mlp", false, "portable");
     test_guards_and_arguments(path, ref);
     test_threads(path, ref);
+    test_task_timing(path);
     // Damaged files: a clean PolicyError each, never a crash or a policy that loads.
     for (int i = 3; i < argc; ++i) CHECK_THROWS(pydpg::PolicyError, PolicyRuntime{std::string(argv[i])});
   } catch (const std::exception& e) {
