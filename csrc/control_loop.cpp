@@ -195,7 +195,7 @@ int run(const Args& a) {
                       "ObservationBuilder::set_input");
   }
   const pydpg::TaskTiming& timing = task.timing;
-  if (std::fabs(m->opt.timestep - timing.timestep) > 1e-12 && !a.quiet)
+  if (m->opt.timestep != timing.timestep && !a.quiet)  // the same double, through JSON's %.17g
     std::fprintf(stderr, "warning: the model's timestep %g differs from the training env's %g\n", m->opt.timestep,
                  timing.timestep);
   mjData* d = mj_makeData(m);

@@ -16,8 +16,8 @@ namespace {
 // the last bit for ~40% of inputs, and a last-bit difference per step is enough to make a chaotic task
 // (HalfCheetah) drift away from the trajectory it had in training. Calling the same functions torch
 // calls, with the same shapes, keeps the deployed actions as close to the trainer's as this machine's
-// arithmetic allows; what the runtime guarantees, and checks at load, is agreement with the module to
-// 1e-5 (compare_backends).
+// arithmetic allows; what the runtime guarantees, and checks at load (compare_backends), is the
+// module's function: in float64 within its rounding bound, in float32 within the float32 bound.
 
 std::vector<float> tensor_values(const at::Tensor& t) {
   at::Tensor c = t.detach().to(at::kFloat).contiguous().reshape({-1});
@@ -101,7 +101,8 @@ void batch_renorm_rows(const MlpLayer& L, const float* x, std::int64_t n, float*
 }
 
 // AvgL1Norm divides a whole row by one mean, and a trained SALE actor amplifies a last-bit change of
-// that mean past the runtime's 1e-5 load check. So the mean is summed in the order torch's CPU sum
+// that mean into visibly different actions (and a chaotic task into another trajectory: the Ant
+// episodes of docs/benchmarks.md). So the mean is summed in the order torch's CPU sum
 // kernel uses (ATen SumKernel.cpp: four interleaved partial sums, a 4-level cascade, 8-float vectors,
 // rows shorter than a vector summed as scalars), so that it rounds as torch's does on x86 (an
 // AVX-512 CPU runs the 8-float kernel too). Elsewhere the load check decides, as for every plan.

@@ -260,9 +260,15 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
         except ControlLoopError as e:
             print(f"pydpg_control_loop: {e}", file=sys.stderr)
             return 1
-        # The same file acting in Python (pydpg.Policy in the env), from the same initial states.
+        # The same file acting in Python (pydpg.Policy in the env), from the same initial states and
+        # for at most as many steps as the loop ran.
         policy = Policy(args.policy, on_nonfinite=args.on_nonfinite)
-        python = evaluate(policy.act, env, args.episodes, seed=seed)
+        python_env = env
+        if args.max_steps is not None:
+            from gymnasium.wrappers import TimeLimit
+
+            python_env = TimeLimit(env, max_episode_steps=args.max_steps)
+        python = evaluate(policy.act, python_env, args.episodes, seed=seed)
     finally:
         env.close()
     result["seed"] = seed

@@ -43,7 +43,8 @@ class Policy:
         batch_invariant: compute every row on its own, so that row i's action is exactly what
             ``act`` returns for that row alone, whatever else is in the batch. Off by default: one
             BLAS call per batch is faster, and BLAS picks its kernel by matrix shape, so a row can
-            then differ in the last bits (~1e-7) between batch sizes.
+            then differ in the last bits between batch sizes (within the rounding bound of
+            ``pydpg.rounding``; a long-trained actor amplifies them).
         mlp_kernels: ``"auto"`` (MKL's sgemm and VML tanh where libtorch exports them, as torch
             itself calls them) or ``"portable"`` (at::addmm and std::tanh, what a torch build
             without MKL gets; allocates per call). ``kernels`` says which were bound.

@@ -78,3 +78,17 @@ def scramble_batch_renorm(module: nn.Module, g: torch.Generator) -> None:
             m.running_var.uniform_(0.01, 5, generator=g)
             m.weight.uniform_(0.5, 2, generator=g)
             m.bias.normal_(0, 0.5, generator=g)
+
+
+def unit_box_policy(agent, path, obs_dim: int, act_dim: int, normalizer=None) -> Path:
+    """``agent``'s deployed actor written as a policy file whose actions are the actor's own [-1, 1]
+    outputs: pydpg.rounding.rounding_bound(path, obs) then bounds every float32 evaluation of that
+    actor on raw observations (batch 1 or many, any kernel), so two of them are compared within
+    twice the bound (assert_within_rounding). The file's map to [low, high] = [-1, 1] is the
+    identity in exact arithmetic, so the bound's centre is the actor's exact output; its rounding
+    only adds to the bound."""
+    from pydpg.export import export_policy
+
+    export_policy(agent, path, action_low=[-1.0] * act_dim, action_high=[1.0] * act_dim, obs_dim=obs_dim,
+                  normalizer=normalizer, verbose=False)
+    return Path(path)

@@ -4,6 +4,7 @@ import copy
 import io
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from pydpg.batch import Batch
 from pydpg.config import DDPGConfig, learning_starts_for
 from pydpg.networks import Actor, Critic
 from pydpg.noise import GaussianNoise, OrnsteinUhlenbeckNoise, make_noise
+from pydpg.rounding import assert_within_rounding
+from float_bounds import U32, U64, Enc, agree, gamma, variance
+from policy_helpers import unit_box_policy
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -61,6 +65,12 @@ class QuadQ(nn.Module):
 
 def t64(x):
     return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def E(x, u=U64) -> Enc:
+    """An exact input of a float64 formula that torch and numpy both evaluate (tests/float_bounds.py:
+    each evaluation, whatever its BLAS and summation order, is within the Enc's bound of the value)."""
+    return Enc.exact(x, u)
 
 
 def make_batch(obs, action, reward, next_obs, done, discount, weights=None):
@@ -112,9 +122,12 @@ def test_critic_target_matches_hand_computation():
     expected = reward + discount * (1 - done) * q_next
     y = agent.critic_target(batch)
     assert y.shape == (4, 1) and y.dtype == F64 and not y.requires_grad
-    np.testing.assert_allclose(y.numpy().ravel(), expected, rtol=1e-12)
+    # torch (MKL) and numpy (its own BLAS) sum in other orders: each within the float64 bound of the formula.
+    q_enc = (E(next_obs) @ E(ws[:, None]))[:, 0] + ((E(next_obs) @ E(W.T) + E(b)) @ E(wa[:, None]))[:, 0] + c
+    y_enc = E(reward) + E(discount) * (1 - E(done)) * q_enc
+    agree(y.numpy().ravel(), expected, y_enc, y_enc, what="critic target, torch vs numpy")
     assert y[1, 0].item() == -2.0  # terminal: exactly the reward
-    np.testing.assert_allclose(y[3, 0].item(), 3.0 + GAMMA**3 * q_next[3], rtol=1e-12)
+    agree(y[3, 0].item(), 3.0 + GAMMA**3 * q_next[3], y_enc[3], y_enc[3], what="3-step target")
 
 
 # ---------------------------------------------------------------- actor gradient
@@ -130,8 +143,12 @@ def test_actor_gradient_is_deterministic_policy_gradient():
     a = obs @ W.T + b
     grad_a_q = -2 * (a - center)  # [B, act]
     # J = -mean_i Q(s_i, mu(s_i)):  dJ/dW = -mean_i grad_a Q_i s_i^T,  dJ/db = -mean_i grad_a Q_i
-    np.testing.assert_allclose(agent.actor.W.grad.numpy(), -(grad_a_q.T @ obs) / 5, rtol=1e-12)
-    np.testing.assert_allclose(agent.actor.b.grad.numpy(), -grad_a_q.mean(0), rtol=1e-12)
+    # Autograd and numpy group these sums and the 1/5 otherwise: each within the float64 bound.
+    # (1/5 enters as a division by 5 or as the constant 0.2 rounded: Enc.constant covers both.)
+    ga = ((E(obs) @ E(W.T) + E(b)) - E(center)).scale(-2.0)
+    dW, db = (ga.T @ E(obs)) * Enc.constant(-0.2, U64), ga.sum(0) * Enc.constant(-0.2, U64)
+    agree(agent.actor.W.grad.numpy(), -(grad_a_q.T @ obs) / 5, dW, dW, what="dJ/dW")
+    agree(agent.actor.b.grad.numpy(), -grad_a_q.mean(0), db, db, what="dJ/db")
     assert agent.critic.center.grad is None and agent.critic.k.grad is None
 
 
@@ -186,8 +203,17 @@ def test_soft_update_default_tau_to_rounding():
     target = [p.detach().clone() for p in agent._target]
     online = [p.detach().clone() for p in agent._online]
     agent.soft_update()
+    # torch's lerp computes t + tau (o - t) (or, for tau >= 0.5, o - (o - t)(1 - tau)); the test writes
+    # tau o + 0.995 t, whose 0.995 is not exactly 1 - tau in float64: that gap is added exactly.
+    tau = 0.005
+    gap = float(abs(Fraction(0.995) - (1 - Fraction(tau))))
     for o, t, new in zip(online, target, agent._target):
-        torch.testing.assert_close(new, 0.005 * o + 0.995 * t, rtol=1e-15, atol=1e-15)
+        o, t = o.numpy(), t.numpy()
+        lerp = E(t) + E(tau) * (E(o) - E(t))
+        lerp_high = E(o) - (E(o) - E(t)) * Enc.constant(1 - tau, U64)
+        written = E(tau) * E(o) + E(0.995) * E(t)
+        allowed = np.maximum(lerp.bound, lerp_high.bound) + written.bound + gap * np.abs(t)
+        assert (np.abs(new.numpy() - (0.005 * o + 0.995 * t)) <= allowed).all()
 
 
 # ---------------------------------------------------------------- TD3 switches
@@ -200,7 +226,9 @@ def test_twin_critics_target_takes_min():
         with torch.no_grad():
             agent.critic_targets[0].c.fill_(c0)
             agent.critic_targets[1].c.fill_(c1)
-        np.testing.assert_allclose(agent.critic_target(batch).numpy().ravel(), [1 - 2 * GAMMA, 2 - 2 * GAMMA, 3])
+        # Exact: Q' is the constant c (zero inputs), 0.99 * 1 * (-2) is exact, and r + (-1.98) rounds once,
+        # as 1 - 2 * GAMMA does.
+        np.testing.assert_array_equal(agent.critic_target(batch).numpy().ravel(), [1 - 2 * GAMMA, 2 - 2 * GAMMA, 3])
 
     # The critic loss sums both critics' squared errors.
     with torch.no_grad():
@@ -208,7 +236,8 @@ def test_twin_critics_target_takes_min():
         agent.critics[1].c.fill_(-1.0)
     y = np.array([1 - 2 * GAMMA, 2 - 2 * GAMMA, 3])
     loss, _ = agent.critic_loss(batch)
-    np.testing.assert_allclose(loss.item(), np.mean((0.5 - y) ** 2 + (-1.0 - y) ** 2), rtol=1e-12)
+    want = ((E(0.5) - E(y)).square() + (E(-1.0) - E(y)).square()).mean()
+    agree(loss.item(), np.mean((0.5 - y) ** 2 + (-1.0 - y) ** 2), want, want, what="twin critic loss")
 
 
 def test_default_twin_critics_are_initialized_independently():
@@ -245,9 +274,12 @@ def test_target_policy_smoothing_noise_is_clipped():
     agent = DDPG.from_dims(2, 1, cfg, actor=LinearActor([[0.0, 0.0]], [0.9]), critic=q_is_action)
     assert agent.action_bound is None
     eps = agent.critic_target(batch).numpy().ravel() - 0.9
-    assert np.abs(eps).max() <= 0.5 + 1e-12
-    assert (np.isclose(eps, 0.5).sum() > 0.2 * B) and (np.isclose(eps, -0.5).sum() > 0.2 * B)
-    assert eps.max() > 0.1 + 1e-9  # unclamped: mu' + eps exceeds 1
+    # y = fl(0.9 + noise) exactly (Q' = a * 1 + 0, bootstrapped with 1 * 1), then - 0.9 here: two
+    # float64 roundings of numbers below 0.9 + 0.9 + 0.5 in magnitude.
+    off = gamma(2, U64) * (0.9 + 0.9 + 0.5)
+    assert np.abs(eps).max() <= 0.5 + off
+    assert (np.sum(np.abs(eps - 0.5) <= off) > 0.2 * B) and (np.sum(np.abs(eps + 0.5) <= off) > 0.2 * B)
+    assert eps.max() > 0.1  # unclamped: mu' + eps exceeds 1
 
     # tanh Actor: the smoothed action is clamped back into [-1, 1].
     actor = Actor(2, 1, (4,)).double()
@@ -256,7 +288,9 @@ def test_target_policy_smoothing_noise_is_clipped():
         actor.net[-1].bias.fill_(2.0)  # mu'(s') = tanh(2) ~ 0.96
     agent = DDPG.from_dims(2, 1, cfg, actor=actor, critic=copy.deepcopy(q_is_action))
     y = agent.critic_target(batch).numpy().ravel()
-    assert agent.action_bound == 1.0 and y.max() == 1.0 and y.min() >= math.tanh(2.0) - 0.5 - 1e-12
+    # The pre-activation is exactly 2 (zero weights, bias 2); torch's and libm's tanh are each within 4
+    # ulps (<= 8 u) of tanh(2) < 1, and y >= fl(tanh - 0.5) loses one more rounding.
+    assert agent.action_bound == 1.0 and y.max() == 1.0 and y.min() >= math.tanh(2.0) - 0.5 - 17 * U64
 
 
 def test_explicit_smoothing_noise_is_the_noise_the_update_draws():
@@ -317,16 +351,22 @@ def test_importance_weights_multiply_the_loss():
 
     q = obs @ ws + act @ wa + 0.3
     y = r + GAMMA * (nobs @ ws + (nobs @ W.T + b) @ wa + 0.3)
+    # The same formulas as float64 enclosures: torch and numpy each within their bound of the value.
+    q_e = (E(obs) @ E(ws[:, None]))[:, 0] + (E(act) @ E(wa[:, None]))[:, 0] + 0.3
+    y_e = E(r) + E(np.full(6, GAMMA)) * ((E(nobs) @ E(ws[:, None]))[:, 0]
+                                         + ((E(nobs) @ E(W.T) + E(b)) @ E(wa[:, None]))[:, 0] + 0.3)
+    td_e = q_e - y_e
+    weighted_e, plain_e = (E(w) * td_e.square()).mean(), td_e.square().mean()
     loss, info = agent.critic_loss(batch)
-    np.testing.assert_allclose(loss.item(), np.mean(w * (q - y) ** 2), rtol=1e-12)
-    np.testing.assert_allclose(info["td_errors"].numpy(), np.abs(q - y), rtol=1e-12)
+    agree(loss.item(), np.mean(w * (q - y) ** 2), weighted_e, weighted_e, what="weighted loss")
+    agree(info["td_errors"].numpy(), np.abs(q - y), td_e.abs(), td_e.abs(), what="td errors")
     assert info["td_errors"].shape == (6,)
 
     unweighted, _ = agent.critic_loss(batch._replace(weights=None))
-    np.testing.assert_allclose(unweighted.item(), np.mean((q - y) ** 2), rtol=1e-12)
+    agree(unweighted.item(), np.mean((q - y) ** 2), plain_e, plain_e, what="unweighted loss")
     stats = agent.update(batch)
-    np.testing.assert_allclose(stats["critic_loss"], np.mean(w * (q - y) ** 2), rtol=1e-12)
-    np.testing.assert_allclose(stats["q_mean"], q.mean(), rtol=1e-12)
+    agree(stats["critic_loss"], np.mean(w * (q - y) ** 2), weighted_e, weighted_e, what="update's loss")
+    agree(stats["q_mean"], q.mean(), q_e.mean(), q_e.mean(), what="q_mean")
 
 
 def test_critic_layer_norm_normalizes_each_hidden_layer_and_leaves_the_target_formula():
@@ -336,26 +376,36 @@ def test_critic_layer_norm_normalizes_each_hidden_layer_and_leaves_the_target_fo
         kinds = [type(m) for m in net]
         assert kinds == [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]
     assert not any(isinstance(m, nn.LayerNorm) for m in agent.actor.modules())  # the actor is untouched
-    # Each hidden layer's pre-activations leave the LayerNorm at mean 0, variance 1 per transition
-    # (gain 1, bias 0 at init): recorded by hooks on a forward pass.
+    # Each hidden layer's pre-activations leave the LayerNorm at mean 0, variance v / (v + eps) ~ 1 per
+    # transition (gain 1, bias 0 at init; v the pre-activations' variance): recorded by hooks on a
+    # forward pass, and judged against the float32 rounding bound of LayerNorm and of the reductions
+    # here (tests/float_bounds.py), computed from the recorded inputs.
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach(), m.eps)))
              for m in agent.critic.net if isinstance(m, nn.LayerNorm)]
     b = random_batch(64, 5, 2)
     agent.critic(b.obs, b.action)
     for h in hooks:
         h.remove()
     assert len(seen) == 2
-    for out in seen:
-        torch.testing.assert_close(out.mean(1), torch.zeros(64), atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.var(1, unbiased=False), torch.ones(64), atol=1e-3, rtol=0)
+    for x, out, eps in seen:
+        xe = Enc.exact(x.numpy(), U32)
+        var = variance(xe, 1, keepdims=True)
+        normed = (xe - xe.mean(1, keepdims=True).closed()) * (var + Enc.constant(eps, U32)).rsqrt()
+        mean_e, var_e = normed.mean(1), variance(normed, 1)
+        assert (out.mean(1).abs().numpy() <= mean_e.bound).all()  # exactly 0 in exact arithmetic
+        v = variance(Enc.exact(x.numpy(), U64), 1)  # the exact v / (v + eps), to float64's bound
+        ratio = v / (v + Enc.constant(eps, U64))
+        agree(out.var(1, unbiased=False).numpy(), ratio.centre, var_e, ratio, what="LayerNorm output variance")
+        assert (np.abs(ratio.centre - 1) < 1e-2).all()  # v >> eps: the variance is ~1
     # The switch changes Q's function class only: y = r + discount (1 - done) min_j Q'_j(s', mu'(s') + eps).
     noise = agent.target_noise(b)
     with torch.no_grad():
         a2 = (agent.actor_target(b.next_obs) + noise).clamp(-1, 1)
         q2 = torch.minimum(*[q(b.next_obs, a2) for q in agent.critic_targets])
         want = b.reward + b.discount * (1 - b.done) * q2
-    torch.testing.assert_close(agent.critic_target(b, noise), want)
+    # The same modules, inputs, shapes and operations in the same order: the same bits.
+    assert torch.equal(agent.critic_target(b, noise), want)
     before = params(agent.critic)
     agent.update(b)
     assert not same(before, params(agent.critic))  # LayerNorm's gain and bias are trained too
@@ -420,8 +470,11 @@ def test_paper_preset_builds_paper_networks():
     agent = DDPG.from_dims(3, 2, DDPGConfig.preset("paper"))
     widths = [m.out_features for m in agent.actor.modules() if isinstance(m, nn.Linear)]
     assert widths == [400, 300, 2]
+    # uniform_(-3e-3, 3e-3) draws float32 values: at most float32(3e-3) (monotone rounding), which is
+    # above the float64 3e-3.
+    top = float(np.float32(3e-3))
     for net in (agent.actor.net, agent.critic.net):
-        assert net[-1].weight.abs().max() <= 3e-3 and net[-1].bias.abs().max() <= 3e-3
+        assert net[-1].weight.abs().max() <= top and net[-1].bias.abs().max() <= top
     # L2 on the critic only.
     assert agent.critic_opt.param_groups[0]["weight_decay"] == 1e-2
     assert agent.actor_opt.param_groups[0]["weight_decay"] == 0.0
@@ -531,13 +584,15 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 
 
 # ---------------------------------------------------------------- acting and noise
-def test_act_shapes_bounds_and_noise():
+def test_act_shapes_bounds_and_noise(tmp_path):
     agent = DDPG.from_dims(4, 3, small())
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     a = agent.act(obs)
     assert a.shape == (5, 3) and a.dtype == np.float32 and np.abs(a).max() <= 1
-    np.testing.assert_array_equal(agent.act(torch.as_tensor(obs)), a)
-    np.testing.assert_allclose(agent.act(obs[0]), a[0], rtol=0, atol=1e-6)  # batch 1 vs 5: BLAS rounding
+    np.testing.assert_array_equal(agent.act(torch.as_tensor(obs)), a)  # the same tensor: the same call
+    # Batch 1 against batch 5: BLAS may pick another kernel, so equal up to float32 rounding (pydpg.rounding).
+    assert_within_rounding(agent.act(obs[0])[None], a[:1], unit_box_policy(agent, tmp_path / "p.pt", 4, 3), obs[:1],
+                           "batch 1 vs batch 5")
     assert agent.act(obs[0]).shape == (3,)
 
     noisy = agent.act(obs, GaussianNoise(3, sigma=10.0, n_envs=5, rng=np.random.default_rng(1)))
@@ -565,9 +620,17 @@ def test_ou_process_step_and_per_env_reset():
     rng = np.random.default_rng(3)
     ou = OrnsteinUhlenbeckNoise(2, theta=0.15, sigma=0.2, dt=0.01, n_envs=3, rng=np.random.default_rng(3))
     x = ou.sample()
-    np.testing.assert_allclose(x, 0.2 * 0.1 * rng.standard_normal((3, 2)))  # from x0 = mu = 0
+    # From x0 = mu = 0 the step is 0 + (0 + (0.2 * sqrt(0.01)) * z), and sqrt(0.01) is the float64 0.1
+    # (sqrt is correctly rounded): the same two products as here, so the same bits.
+    np.testing.assert_array_equal(x, 0.2 * 0.1 * rng.standard_normal((3, 2)))
     x_next = ou.sample()
-    np.testing.assert_allclose(x_next, x - 0.15 * x * 0.01 + 0.02 * rng.standard_normal((3, 2)))
+    z = rng.standard_normal((3, 2))
+    # x + theta (mu - x) dt + sigma sqrt(dt) z against the textbook x - theta x dt + 0.02 z: other
+    # operations on other roundings of the decimal constants, each within its float64 bound.
+    c = lambda v: Enc.constant(v, U64)  # noqa: E731
+    step = E(x) + (c(0.15) * (0.0 - E(x)) * c(0.01) + c(0.2) * Enc.atom(0.1, 2 * U64 * 0.1, U64) * E(z))
+    textbook = E(x) - c(0.15) * E(x) * c(0.01) + c(0.02) * E(z)
+    agree(x_next, x - 0.15 * x * 0.01 + 0.02 * z, step, textbook, what="OU step")
     ou.reset([1])
     assert np.all(ou.x[1] == 0) and np.all(ou.x[[0, 2]] == x_next[[0, 2]])
     ou.reset()

@@ -1,7 +1,12 @@
 """The custom robot of examples/custom_robot (an MJCF with joint encoders, an IMU and sites; not a
 Gymnasium task), end to end without training: its observation spec reproduces its env, export
 refuses a wrong spec, `pydpg run` drives it and its trace replays through the env with the same
-observations, and the C++ example builds against the installed package and runs the policy."""
+observations, and the C++ example builds against the installed package and runs the policy.
+
+Observation differences are held to ``float_bounds.OBS_PARITY`` (2^-24 + 2^-48): both sides read the
+same mjData (the replay re-runs the same physics from bit-exact states with the same float32 ctrl),
+the spec's operations are the env's own float64 ones (cos, sin, clip, x 0.1, a difference), and the
+C++ builder rounds once to float32; sin/cos come from two libraries, each within 4 ulps."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pydpg.deploy import replay_trace, run_policy
 from pydpg.envs import initial_states
 from pydpg.export import export_policy, read_metadata
 from pydpg.observation import ObservationMismatch, verify
+from float_bounds import OBS_PARITY
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_robot"
 sys.path.insert(0, str(EXAMPLE))
@@ -39,7 +45,7 @@ def arm_policy(tmp_path_factory):
 
 def test_spec_reproduces_the_env_and_travels_in_the_policy(arm_policy):
     env = gym.make("ArmReach-v0")
-    assert verify(arm_env.OBSERVATION_SPEC, env, steps=300, seed=1) <= 1e-5
+    assert verify(arm_env.OBSERVATION_SPEC, env, steps=300, seed=1) <= OBS_PARITY
     meta = read_metadata(arm_policy)
     assert meta["observation"] == arm_env.OBSERVATION_SPEC
     assert meta["task"] == {"frame_skip": 4, "timestep": 0.01, "control_hz": 25.0, "max_episode_steps": 200}
@@ -58,7 +64,7 @@ def test_loop_trace_replays_through_the_env(arm_policy, tmp_path):
     out = run_policy(arm_policy, initial_states=states, realtime=False, quiet=True, trace=tmp_path / "t.csv")
     assert out["lengths"] == [200, 200] and "returns" not in out  # no reward code in C++
     replay = replay_trace(tmp_path / "t.csv", env)
-    assert all(r["steps"] == 200 and r["max_obs_diff"] <= 1e-5 for r in replay), replay
+    assert all(r["steps"] == 200 and r["max_obs_diff"] <= OBS_PARITY for r in replay), replay
     assert all(r["termination_agrees"] for r in replay)
     env.close()
 
@@ -106,7 +112,7 @@ def test_prev_action_input_through_export_loop_and_replay(tmp_path):
     out = run_policy(tmp_path / "p.pt", initial_states=initial_states(env, 2, seed=3), realtime=False, quiet=True,
                      trace=tmp_path / "t.csv")
     replay = replay_trace(tmp_path / "t.csv", env)
-    assert out["lengths"] == [50, 50] and all(r["max_obs_diff"] <= 1e-5 for r in replay), replay
+    assert out["lengths"] == [50, 50] and all(r["max_obs_diff"] <= OBS_PARITY for r in replay), replay
     env.close()
 
 
@@ -122,4 +128,6 @@ def test_train_and_deploy_script_runs_end_to_end(tmp_path, capsys):
     cpp = out.split("return, C++ loop (replay) : ")[1].split("\n")[0]
     assert python == cpp, out
     diff = float(out.split("largest observation difference, loop vs env: ")[1].split("\n")[0])
-    assert diff <= 1e-5
+    # The script prints it with 2 significant digits (.2g), which may round it up by up to half a unit
+    # of the second digit: at most 5 %.
+    assert diff <= OBS_PARITY * 1.05

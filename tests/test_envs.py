@@ -15,6 +15,7 @@ from pydpg.envs import (MUJOCO_TASKS, check_env_id, evaluate, get_env_state, is_
 from pydpg.normalizer import RunningNormalizer
 
 import toy_env  # noqa: F401  (registers the toy envs)
+from float_bounds import U32, U64, Enc, gamma, variance
 
 torch.set_num_threads(1)
 
@@ -60,14 +61,22 @@ def test_every_mujoco_v5_task_is_accepted():
 # ---------------------------------------------------------------------------------------- scaling
 def test_scale_action_maps_unit_box_onto_env_box():
     low, high = np.array([-2.0, 0.0, -0.4], np.float32), np.array([4.0, 1.0, 0.4], np.float32)
-    np.testing.assert_allclose(scale_action(np.array([-1.0, -1.0, -1.0]), low, high), low)
-    np.testing.assert_allclose(scale_action(np.array([1.0, 1.0, 1.0]), low, high), high)
-    np.testing.assert_allclose(scale_action(np.zeros(3), low, high), (low + high) / 2)
-    # Out-of-range inputs (a custom unsquashed actor) are clipped, never beyond the bounds.
-    np.testing.assert_allclose(scale_action(np.array([5.0, -7.0, 0.5]), low, high), [4.0, 0.0, 0.2], rtol=1e-6)
+    # Exact for these boxes: low + {0, 1/2, 1} (high - low) in float64 are sums of float32 numbers that
+    # float64 holds exactly (and -0.4 + 0.8 is float32's 0.4), rounded to float32 without change.
+    np.testing.assert_array_equal(scale_action(np.array([-1.0, -1.0, -1.0]), low, high), low)
+    np.testing.assert_array_equal(scale_action(np.array([1.0, 1.0, 1.0]), low, high), high)
+    np.testing.assert_array_equal(scale_action(np.zeros(3), low, high), (low + high) / 2)
+    # Out-of-range inputs (a custom unsquashed actor) are clipped first: exactly the clipped inputs' actions.
+    out = scale_action(np.array([5.0, -7.0, 0.5]), low, high)
+    np.testing.assert_array_equal(out, scale_action(np.array([1.0, -1.0, 0.5]), low, high))
+    assert out[0] == 4.0 and out[1] == 0.0 and low[2] <= out[2] <= high[2]
     a = np.random.default_rng(0).uniform(-1, 1, (10, 3))
-    np.testing.assert_allclose(unscale_action(scale_action(a, low, high), low, high), a, atol=1e-6)
-    assert scale_action(a, low, high).dtype == np.float32  # the env's dtype
+    env = scale_action(a, low, high)
+    # The round trip loses the float32 rounding of the env action (at most its float32 spacing), over the
+    # half-width, then unscale's own float32 rounding (<= 2^-25 below 1) and a few float64 roundings.
+    allowed = np.spacing(np.abs(env)) / ((high.astype(np.float64) - low) / 2) + 2.0**-25 + gamma(6, U64) * 8
+    assert np.all(np.abs(unscale_action(env, low, high) - a) <= allowed)
+    assert env.dtype == np.float32  # the env's dtype
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -80,7 +89,7 @@ def test_evaluate_is_seeded_and_counts_episodes():
     c = evaluate(policy, env, 3, seed=8)
     assert len(a.returns) == 3 and np.array_equal(a.returns, b.returns) and np.array_equal(a.lengths, b.lengths)
     assert not np.array_equal(a.returns, c.returns)
-    assert a.mean == pytest.approx(np.mean(a.returns)) and a.std == pytest.approx(np.std(a.returns))
+    assert a.mean == np.mean(a.returns) and a.std == np.std(a.returns)  # the same numpy calls
     # InvertedPendulum-v5: reward 1 per step that does not terminate.
     assert np.all((a.returns == a.lengths) | (a.returns == a.lengths - 1))
     with pytest.raises(ValueError, match="episodes"):
@@ -91,7 +100,7 @@ def test_evaluate_applies_the_env_box():
     env = make_env(toy_env.ID)  # action Box [-2, 4]; reward = t + action[0]
     r = evaluate(lambda obs: np.ones(2), env, 1, seed=0)
     t = r.lengths[0]
-    assert r.returns[0] == pytest.approx(t * (t + 1) / 2 + 4.0 * t)
+    assert r.returns[0] == t * (t + 1) / 2 + 4.0 * t  # float64 sums of the integers k + 4: exact
 
 
 # ---------------------------------------------------------------------------------------- env state
@@ -187,24 +196,69 @@ def test_vector_env_from_an_env_instance():
 
 
 # ---------------------------------------------------------------------------------------- normalizer
+def _chan_merges(chunks, count0: float) -> tuple[Enc, Enc]:
+    """RunningNormalizer.update's float64 arithmetic as enclosures (tests/float_bounds.py): the
+    statistics it ends with are within their bounds of the exact merge of the (0, 1, count0) prior
+    with the data, whatever order torch sums each chunk in."""
+    mean, var, count = Enc.exact(np.zeros(3), U64), Enc.exact(np.ones(3), U64), Enc.exact(count0, U64)
+    for chunk in chunks:
+        x = Enc.exact(chunk, U64)
+        n = float(len(chunk))
+        delta = x.mean(0).closed() - mean
+        total = (count + n).closed()
+        m2 = var * count + variance(x, 0) * n + delta.square() * count * n / total
+        mean, var, count = (mean + delta * n / total).closed(), (m2 / total).closed(), total
+    return mean, var
+
+
+def _prior_gap(data: np.ndarray, count0: float) -> tuple[np.ndarray, np.ndarray]:
+    """How far the exact merge of the (mean 0, var 1, count0) prior with the data is from the data's
+    own mean and variance: |count0 (mu - 0)| / (N + count0) for the mean, and for the variance
+    count0 (1 + (|mu| + |mu_merged|)^2 + v) / N + (mean gap)^2 (Chan's merge, written out)."""
+    n, mu, v = len(data), np.abs(data).max(0), (data ** 2).max(0)  # generous upper bounds on |mean|, var
+    gap_mean = count0 * mu / n
+    return gap_mean, count0 * (1 + (2 * mu) ** 2 + v) / n + gap_mean ** 2
+
+
 def test_normalizer_matches_numpy_statistics():
     rng = np.random.default_rng(0)
     data = rng.normal([3.0, -1.0, 100.0], [2.0, 0.1, 50.0], size=(1000, 3))
     # A negligible pseudo-count makes the parallel update comparable with the two-pass statistics.
     exact = RunningNormalizer(3, initial_count=1e-12)
     norm = RunningNormalizer(3)  # SB3's 1e-4 pseudo-count of the initial (0, 1) statistics
-    for chunk in np.array_split(data, [1, 5, 100, 101, 600]):  # uneven batches, including size 1
+    chunks = np.array_split(data, [1, 5, 100, 101, 600])  # uneven batches, including size 1
+    for chunk in chunks:
         exact.update(chunk)
         norm.update(chunk)
-    np.testing.assert_allclose(exact.mean.numpy(), data.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(exact.var.numpy(), data.var(0), rtol=1e-10)
-    np.testing.assert_allclose(norm.mean.numpy(), data.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(norm.var.numpy(), data.var(0), rtol=1e-4)
-    assert float(norm.count) == pytest.approx(1000, abs=1e-3)
+    # The merge (torch) and numpy's two-pass statistics are different computations of nearly the same
+    # numbers: each within its float64 bound, plus the pseudo-count's exact effect.
+    data_e = Enc.exact(data, U64)
+    data_mean, data_var = data_e.mean(0), variance(data_e, 0)
+    for normalizer, count0 in ((exact, 1e-12), (norm, 1e-4)):
+        mean_e, var_e = _chan_merges(chunks, count0)
+        gap_mean, gap_var = _prior_gap(data, count0)
+        assert np.all(np.abs(normalizer.mean.numpy() - data.mean(0)) <= mean_e.bound + data_mean.bound + gap_mean)
+        assert np.all(np.abs(normalizer.var.numpy() - data.var(0)) <= var_e.bound + data_var.bound + gap_var)
+    # 1e-4 plus six float64 additions of the chunk sizes.
+    assert abs(float(norm.count) - (1000 + 1e-4)) <= gamma(6, U64) * 1000
     y = norm.normalize(data).numpy()
-    np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(y.std(0), 1, atol=1e-4)
     assert y.dtype == np.float32
+    # y = (float32(x) - float32(mean)) / float32(sqrt(var + eps)), clipped at 10, then numpy's float32
+    # mean and std: within their float32 bounds of the exact mean and std of those normalized values,
+    # which are within the derived offsets of 0 and 1 (the prior, eps, float32 rounding of x and stats).
+    x32, m32 = data.astype(np.float32), norm.mean.numpy().astype(np.float32)
+    s32 = torch.sqrt(norm.var + norm.eps).float().numpy()
+    assert np.abs(y).max() < norm.clip  # the clip does nothing here
+    ye = (Enc.exact(x32, U32) - Enc.exact(m32, U32)) / Enc.exact(s32, U32)
+    y_mean, y_std = ye.mean(0), variance(ye, 0).sqrt()
+    gap_mean, gap_var = _prior_gap(data, 1e-4)
+    mean_e, var_e = _chan_merges(chunks, 1e-4)
+    v = data.var(0)
+    off_mean = (U32 * np.abs(data).mean(0) + gap_mean + mean_e.bound + data_mean.bound + U32 * np.abs(m32)) / s32
+    off_std = 1.01 * ((gap_var + var_e.bound + data_var.bound + norm.eps) / (2 * v)
+                      + U32 * np.sqrt((data ** 2).mean(0) / v) + U32)
+    assert np.all(np.abs(y.mean(0)) <= y_mean.bound + off_mean)
+    assert np.all(np.abs(y.std(0) - 1) <= y_std.bound + off_std)
 
 
 def test_normalizer_clips_and_round_trips():

@@ -63,7 +63,8 @@ def test_export_matches_training_policy_and_carries_metadata(tmp_path, cheetah, 
     assert (meta["obs_dim"], meta["act_dim"], meta["env_id"]) == (17, 6, "HalfCheetah-v5")
     assert meta["action_low"] == [-1.0] * 6 and meta["action_high"] == [1.0] * 6
     assert meta["training_steps"] == meta["policy_step"] == 1234 and meta["eval_return"] == 56.5
-    np.testing.assert_allclose(meta["normalization"]["mean"], norm.mean.numpy())
+    # Through JSON unchanged: the float64 widening of the normalizer's own values.
+    np.testing.assert_array_equal(meta["normalization"]["mean"], norm.mean.double().numpy())
     assert meta["normalization"]["clip"] == 10.0 and meta["pydpg_version"]
     assert meta["network"]["kind"] == "mlp" and meta["task"]["frame_skip"] == 5
 
@@ -325,7 +326,7 @@ def test_cli_export_from_model_file(tmp_path, capsys):
     assert "parity check passed" in capsys.readouterr().out
     meta = read_metadata(tmp_path / "policy.pt")
     assert meta["env_id"] == "InvertedPendulum-v5" and meta["action_high"] == [3.0]
-    assert meta["normalization"]["mean"] == pytest.approx(norm.mean.tolist())
+    assert meta["normalization"]["mean"] == norm.mean.double().tolist()  # through JSON unchanged
     # A user's spec from a run config's [observation] table: checked, stored; a wrong one refused.
     (tmp_path / "run.toml").write_text('[agent]\nhidden = [64, 64]\n\n[observation]\nversion = 1\n'
                                        '[[observation.terms]]\nfield = "qpos"\nnames = ["slider", "hinge"]\n'
@@ -370,7 +371,8 @@ def test_onnx_export_parity(tmp_path, cheetah, capsys):
 
     agent, norm = trained_like(17, 6)
     res = export_policy(agent, tmp_path / "p.onnx", env=cheetah, normalizer=norm, format="onnx")
-    assert res.max_abs_diff <= 1e-5 and "parity check passed" in capsys.readouterr().out
+    # ONNX Runtime's own kernels: within the export's allowance (the float32 bound + atol 1e-5 for its tanh).
+    assert res.worst_ratio <= 1.0 and "parity check passed" in capsys.readouterr().out
     model = onnx.load(str(tmp_path / "p.onnx"))
     meta = json.loads({p.key: p.value for p in model.metadata_props}["pydpg_policy"])
     assert meta["obs_dim"] == 17
@@ -383,7 +385,7 @@ def test_onnx_export_parity(tmp_path, cheetah, capsys):
 def test_pt2_export_parity(tmp_path):
     agent, _ = trained_like(17, 6)
     res = export_policy(agent, tmp_path / "p.pt2", action_low=[-1] * 6, action_high=[1] * 6, format="pt2")
-    assert res.max_abs_diff <= 1e-5
+    assert res.worst_ratio <= 1.0  # AOTInductor's kernels: within the export's allowance
     loaded = torch._inductor.aoti_load_package(str(tmp_path / "p.pt2"))
     assert loaded(torch.zeros(5, 17)).shape == (5, 6)
 

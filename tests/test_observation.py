@@ -1,9 +1,11 @@
 """The observation spec and its one evaluator (csrc/observation.*, through the binding).
 
 Parity: for each of the 11 Gymnasium MuJoCo v5 tasks, the spec shipped with its preset rebuilds the
-env's observation from mjData to float32 rounding (relative 1e-5 allowed, ~6e-8 seen) over 250 steps
-of random actions, across episode ends. Bad specs and bad calls raise ValueError/TypeError naming
-what is wrong."""
+env's observation from mjData to float32 rounding over 250 steps of random actions, across episode
+ends: the builder applies the env's own float64 operations to the same mjData and rounds once to
+float32, so the difference relative to max(1, |obs|) is at most 2^-24, plus 2^-48 for sin/cos taken
+from two libraries (``float_bounds.OBS_PARITY``), derived, on every CPU. Bad specs and bad calls
+raise ValueError/TypeError naming what is wrong."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from policy_helpers import cmake_build, have_cmake
+from float_bounds import OBS_PARITY, obs_rounding
 from pydpg.observation import (ObservationBuilder, ObservationError, ObservationMismatch, Termination, as_spec, task_spec,
                                verify)
 
@@ -25,7 +28,7 @@ def test_shipped_spec_reproduces_the_env(env_id):
     env = gym.make(env_id)
     spec = task_spec(env_id)
     assert spec is not None and spec["version"] == 1
-    assert verify(spec, env, steps=250, seed=3) <= 1e-5
+    assert verify(spec, env, steps=250, seed=3) <= OBS_PARITY
     env.close()
 
 
@@ -73,7 +76,10 @@ def test_names_operations_and_inputs(reacher):
                            d.body("fingertip").xpos - d.body("target").xpos,
                            [np.clip(2 * d.qvel[j0.dofadr[0]] + 1, -3, 3)], [np.cos(d.qpos[j0.qposadr[0]])],
                            [0.5, -0.25], d.ctrl])
-    np.testing.assert_allclose(b.build(d), want, rtol=1e-6, atol=1e-7)
+    # The builder does these float64 operations as numpy does (2 v is exact, so 2 v + 1 rounds once
+    # with or without FMA), then rounds to float32; cos is libm's, numpy's its own.
+    got = b.build(d)
+    assert np.all(np.abs(got - want) <= obs_rounding(want)), got - want
     assert [t[0] for t in b.terms][:2] == ["qpos(joint1,joint0)", "xpos(fingertip) - xpos(target)"]
     assert b.term_at(4) == ("xpos(fingertip) - xpos(target)", 2) and b.term_at(5) == ("clip(qvel(joint0))", 0)
     with pytest.raises(IndexError):
@@ -89,8 +95,9 @@ def test_sensors_by_name():
     d.qpos[0], d.qvel[0] = 0.3, -1.5
     mujoco.mj_forward(m, d)
     b = ObservationBuilder([{"field": "sensordata", "names": ["hpos", "gyro"]}, {"field": "site_xpos", "names": "imu"}], m)
-    np.testing.assert_allclose(b.build(d), np.concatenate([[d.sensor("hpos").data[0]], d.sensor("gyro").data,
-                                                           d.site("imu").xpos]), rtol=1e-6, atol=1e-7)
+    # Values copied from mjData, rounded once to float32: the same bits as numpy's float32 of them.
+    np.testing.assert_array_equal(b.build(d), np.concatenate([[d.sensor("hpos").data[0]], d.sensor("gyro").data,
+                                                              d.site("imu").xpos]).astype(np.float32))
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -264,7 +271,7 @@ def test_external_inputs_are_verified_around_and_prev_action_follows_the_actions
     with pytest.raises(ObservationMismatch, match="builds 5 values, the env observes 4"):
         verify(spec, env, steps=5)
     # Other inputs are the caller's: filled from the env's own observation, the terms around checked.
-    assert verify([{"field": "qpos"}, {"input": "command", "size": 2}], env, steps=20) <= 1e-5
+    assert verify([{"field": "qpos"}, {"input": "command", "size": 2}], env, steps=20) <= OBS_PARITY
     with pytest.raises(ObservationMismatch, match=r"term 'qpos', entry 0"):
         verify([{"input": "command", "size": 2}, {"field": "qpos"}], env, steps=20)
     env.close()

@@ -155,14 +155,16 @@ def test_summary_statistics_and_tail_rule(tmp_path):
     s = summarize(tmp_path)
     long, short = s.rows
     tail = lambda y: y[steps > 200_000 - 100_000].mean()  # noqa: E731
+    # The evaluations pass through metrics.csv as repr() text, unchanged; the summary takes the same
+    # numpy means and stds of the same numbers in the same (seed) order: equal, exactly.
     assert long["seeds"] == [0, 3] and long["tail"]["window"] == 100_000 and long["tail"]["rule"] == "last 100k"
-    assert long["final"]["mean"] == pytest.approx(np.mean([a[-1], b[-1]]))
-    assert long["final"]["std"] == pytest.approx(np.std([a[-1], b[-1]]))
-    assert long["tail"]["mean"] == pytest.approx(np.mean([tail(a), tail(b)]))
-    assert long["tail"]["std"] == pytest.approx(np.std([tail(a), tail(b)]))
-    assert long["best"]["mean"] == pytest.approx(np.mean([a.max(), b.max()]))
-    assert short["tail"] == {"mean": pytest.approx(9.0), "std": 0.0, "window": 500, "rule": "last 10%"}  # only step 5000 > 4500
-    assert long["env_steps_per_s"] == pytest.approx(250) and long["wall_time_s"] == pytest.approx(800)
+    assert long["final"]["mean"] == np.mean([a[-1], b[-1]])
+    assert long["final"]["std"] == np.std([a[-1], b[-1]])
+    assert long["tail"]["mean"] == np.mean([tail(a), tail(b)])
+    assert long["tail"]["std"] == np.std([tail(a), tail(b)])
+    assert long["best"]["mean"] == np.mean([a.max(), b.max()])
+    assert short["tail"] == {"mean": 9.0, "std": 0.0, "window": 500, "rule": "last 10%"}  # only step 5000 > 4500
+    assert long["env_steps_per_s"] == 250 and long["wall_time_s"] == 800  # 200000 / (200000 / 250): exact
     assert "| 250 |" in s.markdown.splitlines()[-1] and "env steps/s |" in s.markdown
     assert "tail mean (window per row)" in s.markdown and "(last 10%: 500)" in s.markdown
     assert (tmp_path / "sweep_summary.md").read_text() == s.markdown
@@ -194,7 +196,7 @@ def test_runs_record_carries_seeds_across_directories(tmp_path, capsys):
     # The merged record holds every run, so it can be carried on again.
     runs = json.loads((second / "sweep_runs.json").read_text())["runs"]
     assert [(r["setting"], r["seed"]) for r in runs] == [("td3", 0), ("td7", 0), ("td7", 1)]
-    assert runs[0]["evals"] == pytest.approx(list(a))
+    assert runs[0]["evals"] == list(a)  # through JSON as repr() text: unchanged
 
 
 def test_until_compares_runs_of_different_lengths_at_equal_steps(tmp_path, capsys):
@@ -214,10 +216,11 @@ def test_until_compares_runs_of_different_lengths_at_equal_steps(tmp_path, capsy
     text = (tmp_path / "now" / "sweep_summary.json").read_text()
     rows = {r["setting"]: r for r in json.loads(text, parse_constant=strict)["rows"]}
     td3 = rows["td3"]
-    assert td3["steps"] == 150_000 and td3["final"]["mean"] == pytest.approx(long_evals[29])
-    assert td3["best"]["mean"] == pytest.approx(long_evals[29])
-    assert td3["tail"]["mean"] == pytest.approx(long_evals[10:30].mean())  # evaluations after 50k, up to 150k
-    assert rows["crossq"]["final"]["mean"] == pytest.approx(1290)
+    # Numbers through CSV and JSON as repr() text, and the same numpy mean of the same values: exact.
+    assert td3["steps"] == 150_000 and td3["final"]["mean"] == long_evals[29]
+    assert td3["best"]["mean"] == long_evals[29]
+    assert td3["tail"]["mean"] == long_evals[10:30].mean()  # evaluations after 50k, up to 150k
+    assert rows["crossq"]["final"]["mean"] == 1290  # linspace's endpoint, exactly
     assert math.isfinite(rows["crossq"]["wall_time_s"])  # not cut: its own wall time
     assert td3["wall_time_s"] is None and td3["env_steps_per_s"] is None  # cut: no wall time to report
     assert "| Ant-v5 | td3 | 1 | 150,000 |" in out and "| — | — |" in out
@@ -242,9 +245,9 @@ def test_window_fixes_the_tail_for_every_row(tmp_path, capsys):
     out = capsys.readouterr().out
     rows = {r["setting"]: r for r in json.loads((tmp_path / "sweep_summary.json").read_text())["rows"]}
     after = (steps > 85_000) & (steps <= 120_000)
-    assert rows["td3"]["tail"] == {"mean": pytest.approx(a[after].mean()), "std": 0.0, "window": 35_000,
-                                   "rule": "last 35k"}
-    assert rows["crossq"]["tail"]["mean"] == pytest.approx(b[:30][after[:30]].mean())  # its own last step is 150k: cut
+    # The same values through repr() text, the same numpy mean: exact.
+    assert rows["td3"]["tail"] == {"mean": a[after].mean(), "std": 0.0, "window": 35_000, "rule": "last 35k"}
+    assert rows["crossq"]["tail"]["mean"] == b[:30][after[:30]].mean()  # its own last step is 150k: cut
     assert "| last 35k steps |" in out and "after its last 35,000 steps" in out
     assert summarize(tmp_path, write=False, window=1_500).rows[0]["tail"]["rule"] == "last 1,500"
     for bad in ("0", "-5"):
@@ -325,8 +328,10 @@ def test_sweep_on_local_ray(ray_local, tmp_path, capsys):
             bests.append(means.max())
         r = rows[setting]
         assert r["n_seeds"] == 2 and r["finished"] == 2 and r["steps"] == 400 and r["tail"]["window"] == 40
+        # The same metrics.csv values read the same way, the same numpy mean and std of two numbers
+        # (whose order does not change them): exact.
         for key, values in (("final", finals), ("tail", tails), ("best", bests)):
-            assert r[key]["mean"] == pytest.approx(np.mean(values)) and r[key]["std"] == pytest.approx(np.std(values))
+            assert r[key]["mean"] == np.mean(values) and r[key]["std"] == np.std(values)
         label = "tau 0.02" if setting == "fast_tau" else "base"
         assert f"| {TASK} | {label} | 2 | 400 | {np.mean(finals):.1f} ± {np.std(finals):.1f} |" in printed
     assert "last 10% (40 steps)" in printed
@@ -425,7 +430,7 @@ def test_sb3_peer_has_the_same_hyper_parameters_and_metrics(tmp_path):
     assert type(m).__name__ == "DDPG"
     assert (m.learning_rate, m.batch_size, m.tau, m.gamma, m.buffer_size, m.learning_starts) == (1e-3, 64, 0.01, 0.98, 5000, 100)
     assert (m.train_freq.frequency, m.gradient_steps, m.policy_delay) == (2, 3, 1)
-    assert m.policy.net_arch == [32, 32] and np.allclose(m.action_noise._sigma, 0.2)
+    assert m.policy.net_arch == [32, 32] and np.all(m.action_noise._sigma == 0.2)  # the config's value, copied
     td3 = sb3_model(TASK, DDPGConfig.preset("td3"), seed=0)
     assert type(td3).__name__ == "TD3" and td3.policy_delay == 2 and td3.target_policy_noise == 0.2
     assert td3.policy.critic.n_critics == 2

@@ -1,7 +1,13 @@
 """TD7's switches (Fujimoto et al. 2023) pinned to what they claim: SALE's encoder, its fixed
 copies and their refresh order; hard target updates; value clipping; LAP's Huber loss, its
 priorities and the unbiasedness that justifies them; and the preset, export and the C++ update's
-refusal around them."""
+refusal around them.
+
+Where a test recomputes what the agent computed, with the same modules on the same tensors and the
+same operations, it compares bit for bit. Where it compares two different computations (a fused
+loss against its formula, per-sample against batched gradients, the runtime against torch), the
+tolerance is the forward error bound of both (tests/float_bounds.py, pydpg.rounding), never a
+number measured here."""
 
 import copy
 import math
@@ -18,7 +24,9 @@ from pydpg.mlp_update import why_not
 from pydpg.networks import Actor
 from pydpg.policy_checkpoints import EPISODES_LATE, LATE_AFTER_UPDATES, PolicyCheckpoints
 from pydpg.replay import ReplayBuffer
-from pydpg.sale import Encoder, SaleActor, SaleCritic, avg_l1_norm
+from pydpg.rounding import rounding_bound, within
+from pydpg.sale import AVG_L1_EPS, Encoder, SaleActor, SaleCritic, avg_l1_norm
+from float_bounds import U32, U64, Enc, agree
 
 OBS, ACT = 7, 3
 SMALL = dict(hidden=(16, 16), sale_dim=8)
@@ -42,7 +50,13 @@ def _flat(module) -> torch.Tensor:
 
 def test_avg_l1_norm_gives_rows_of_mean_magnitude_one():
     x = torch.randn(5, 9) * torch.tensor([[1e-3], [1.0], [10.0], [1e4], [3.0]])
-    assert torch.allclose(avg_l1_norm(x).abs().mean(-1), torch.ones(5))
+    # Exactly 1 in exact arithmetic (every row's mean |x| is far above the eps floor): the float32
+    # evaluation of x / mean|x| and of this mean is within its derived bound of 1.
+    xe = Enc.exact(x.numpy(), U32)
+    m = xe.abs().mean(-1, keepdims=True)
+    assert (m.centre - 2 * m.bound > AVG_L1_EPS).all()
+    ones = (xe / m.clamp(AVG_L1_EPS, None)).abs().mean(-1)
+    assert (np.abs(avg_l1_norm(x).abs().mean(-1).numpy() - 1.0) <= ones.bound).all()
     assert torch.equal(avg_l1_norm(torch.zeros(2, 4)), torch.zeros(2, 4))  # eps: no NaN on a zero row
 
 
@@ -71,8 +85,12 @@ def test_encoder_loss_is_next_state_prediction_with_a_constant_target():
     b = _batch(g)
     next_obs = b.next_obs.clone().requires_grad_(True)
     loss = enc.loss(b.obs, b.action, next_obs)
-    want = ((enc.zsa(enc.zs(b.obs), b.action) - enc.zs(b.next_obs)) ** 2).mean()
-    assert torch.allclose(loss, want)
+    pred, target = enc.zsa(enc.zs(b.obs), b.action), enc.zs(b.next_obs)
+    want = ((pred - target) ** 2).mean()
+    # The networks run the same calls on the same tensors in both: the same pred and target. What
+    # differs is mse_loss's kernel against (.)^2.mean(): the float32 bound of that mean of squares.
+    sq = (Enc.exact(pred.detach().numpy(), U32) - Enc.exact(target.detach().numpy(), U32)).square().mean()
+    agree(loss.item(), want.item(), sq, sq, what="encoder loss")
     # The target f(s') is a constant: no gradient reaches s' through it, while f's and g's weights
     # get one through the prediction g(f(s), a).
     params = list(enc.parameters())
@@ -136,9 +154,10 @@ def test_value_clipping_clamps_q_prime_to_the_targets_seen_before_the_last_targe
         a.update(bb)
         if k < 3:  # between target updates the range in force does not move
             assert torch.equal(a.value_range, before)
-    # At the target update the range in force becomes the [min, max] of every target computed so far.
+    # At the target update the range in force becomes the [min, max] of every target computed so far:
+    # the very targets (same noise, same networks, same calls), so the same bits.
     seen = torch.cat(ys)
-    assert torch.allclose(a.value_range, torch.stack([seen.min(), seen.max()]), rtol=1e-6, atol=1e-6)
+    assert torch.equal(a.value_range, torch.stack([seen.min(), seen.max()]))
     # The target clamps the min-over-heads Q' to the range, and does nothing else.
     a.value_range.copy_(torch.tensor([-0.1, 0.02]))
     noise = a.target_noise(b)
@@ -146,7 +165,7 @@ def test_value_clipping_clamps_q_prime_to_the_targets_seen_before_the_last_targe
     q_prime = a.q_values(a.critic_targets, b.next_obs, next_action).amin(-1, keepdim=True)
     assert (q_prime < -0.1).any() and (q_prime > 0.02).any()  # both bounds in play
     want = b.reward + b.discount * (1 - b.done) * q_prime.clamp(-0.1, 0.02)
-    assert torch.allclose(a.critic_target(b, noise), want, atol=1e-6)
+    assert torch.equal(a.critic_target(b, noise), want)  # the same calls in the same order
 
 
 def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_error():
@@ -159,24 +178,36 @@ def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_
     y = a.critic_target(b, noise)
     delta = (q - y).detach()
     assert delta.abs().max() > 1 and delta.abs().min() < 1  # both branches of the Huber loss in play
-    want = torch.where(delta.abs() < 1, 0.5 * delta ** 2, delta.abs() - 0.5).sum(-1).mean()
-    assert torch.allclose(loss, want)
+    huber = torch.where(delta.abs() < 1, 0.5 * delta ** 2, delta.abs() - 0.5)
+    want = huber.sum(-1).mean()
+    # q and y are the agent's own (same calls), and each Huber term rounds alike in F.huber_loss and
+    # here (0.5 z z, z - 0.5): what differs is the kernels' sum and mean, within their float32 bound.
+    terms = Enc.exact(huber.detach().numpy(), U32).sum(-1).mean()
+    agree(loss.item(), want.item(), terms, terms, what="LAP loss")
     # d loss / d Q_ik = clamp(delta_ik, -1, 1) / B, so the gradient of the agent's loss for head k's
-    # output bias (dQ_ik / db_k = 1) is the batch mean of the clipped TD errors of that head.
+    # output bias (dQ_ik / db_k = 1) is the batch mean of the clipped TD errors of that head. The
+    # per-row terms clamp(delta) / 32 are exact (a power of two); their sum's order is the kernels'.
     for k, head in enumerate(a.critic.heads):
         grad, = torch.autograd.grad(loss, head.l3.bias, retain_graph=True)
-        assert torch.allclose(grad, delta[:, k].clamp(-1, 1).mean().reshape(1), atol=1e-6)
-    # (Q recomputed here: equal to rounding, which MKL may vary with memory alignment.)
-    assert torch.allclose(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0), rtol=1e-6, atol=1e-6)
+        clipped = Enc.exact(delta[:, k].clamp(-1, 1).numpy() / 32, U32).sum()
+        agree(grad.numpy(), delta[:, k].clamp(-1, 1).mean().reshape(1).numpy(), clipped, clipped,
+              what=f"head {k} bias gradient")
+    # Q and y recomputed here with the same calls on the same tensors: the same bits.
+    assert torch.equal(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0))
 
 
 def test_lap_sampling_with_the_huber_loss_has_the_uniform_mse_gradient():
     """LAP's claim (Fujimoto et al. 2020, Theorem 2), with alpha = 1: sampling i with probability
     max(|d_i|, 1) / sum_j max(|d_j|, 1) and stepping on the Huber loss has, in expectation, the
-    gradient of the uniform mean of d_i^2 / 2, times N / sum_j max(|d_j|, 1). Exact, per parameter."""
+    gradient of the uniform mean of d_i^2 / 2, times N / sum_j max(|d_j|, 1). Exact, per parameter.
+
+    Exact in exact arithmetic; here per-sample (batch 1) and batched (batch 40) evaluations, in
+    float64, each compared within its derived bound (tests/float_bounds.py) of the common value
+    (1 / S) sum_i d_i dq_i/dtheta, S = sum_j max(|d_j|, 1). The ReLU's derivative is the exact one in
+    every evaluation: each pre-activation is checked to be farther from 0 than its rounding bound."""
     torch.manual_seed(5)
-    critic = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    x, y = torch.randn(40, 4), torch.randn(40, 1) * 4
+    critic = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
+    x, y = torch.randn(40, 4).double(), (torch.randn(40, 1) * 4).double()
     d = (critic(x) - y).detach().reshape(-1)
     assert (d.abs() > 1).any() and (d.abs() < 1).any()
     p = d.abs().clamp(min=1)
@@ -186,8 +217,31 @@ def test_lap_sampling_with_the_huber_loss_has_the_uniform_mse_gradient():
     expected = [sum(p[i] * per_sample[i][k] for i in range(40)) for k in range(4)]
     uniform = torch.autograd.grad(0.5 * ((critic(x) - y) ** 2).mean(), list(critic.parameters()))
     scale = 40 / d.abs().clamp(min=1).sum()
-    for e, u in zip(expected, uniform):
-        assert torch.allclose(e, scale * u, atol=1e-6)
+
+    def e(t):
+        return Enc.exact(t.detach().numpy(), U64)
+
+    W1, b1, W2, b2 = (e(t) for t in critic.parameters())
+    xe, ye = e(x), e(y)
+    z = xe @ W1.T + b1  # [40, 8]
+    assert (np.abs(z.centre) > 2 * z.bound).all()  # every evaluation's ReLU takes the exact branch
+    on = Enc.exact((z.centre > 0).astype(np.float64), U64)  # 0/1: multiplying by it is exact
+    h = z * on
+    de = ((h @ W2.T)[:, 0] + b2 - ye[:, 0])  # d_i
+    m = de.abs().clamp(1.0, None)  # max(|d_i|, 1)
+    S = m.sum()
+    g = de.clamp(-1.0, 1.0)  # the Huber loss's gradient in q
+    dz = W2 * on  # dq_i / dz_i, [40, 8]
+    jac = [dz[:, :, None] * xe[:, None, :], dz, h, Enc.exact(np.ones((40, 1)), U64)]  # dq_i / d(W1, b1, W2, b2)
+    p_e = m / S
+    c = de * Enc.constant(1 / 40, U64)  # the uniform loss's gradient in q_i: d_i / 40
+    for k, (ex, un) in enumerate(zip(expected, uniform)):
+        j = jac[k].reshape(40, *ex.shape)
+        shape = (40,) + (1,) * ex.dim()
+        lhs = (p_e.reshape(*shape) * (g.reshape(*shape) * j)).sum(0)  # sum_i p_i (per-sample gradient)
+        rhs = (Enc.exact(40.0, U64) / S) * (c.reshape(*shape) * j).sum(0)  # scale * batched gradient
+        # Autograd's chain adds a few roundings beyond the formula's (the mean's 1/40, pow's 2, 0.5).
+        agree(ex.numpy(), (scale * un).numpy(), lhs.rounds(6), rhs.rounds(6), what=f"parameter {k}")
 
 
 def test_replay_max_priority_resets_to_the_largest_stored():
@@ -298,7 +352,12 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     obs = torch.randn(16, OBS, generator=g)
     want = low + (a.actor(obs).detach().numpy() + 1) * (high - low) / 2
     got = np.stack([policy.act(o) for o in obs.numpy()])
-    assert np.max(np.abs(got - want)) <= 1e-5, res
+    # The runtime row by row against the eager actor's batch of 16 scaled in float64: within the
+    # float32 rounding bound of the file's evaluation plus that of this one (pydpg.rounding).
+    _, file_bound = rounding_bound(tmp_path / "td7.pt", obs.numpy())
+    _, want_bound = rounding_bound(tmp_path / "td7.pt", obs.numpy(), float32_output=False)
+    ok, i, d, allowed = within(got, want, file_bound + want_bound)
+    assert ok, f"{res}: |diff| {d:.3g} > {allowed:.3g} at {i}"
     # The runtime runs TD7's actor on its allocation-free mlp backend (tests/test_runtime.py runs
     # every runtime test on a TD7 policy too); the export says so, and the runtime agrees.
     assert res.runtime_backend == policy.backend == "mlp" and "mlp backend" in str(res)
@@ -317,7 +376,7 @@ def test_policy_checkpoint_assessment_follows_td7():
     pc.updates_made(0, LATE_AFTER_UPDATES)  # TD7 switches just before update LATE_AFTER_UPDATES + 1
     assert pc.episodes_per_assessment == 1
     pc.updates_made(LATE_AFTER_UPDATES, LATE_AFTER_UPDATES + 5)
-    assert pc.episodes_per_assessment == EPISODES_LATE and pc.best_min_return == pytest.approx(9.0)
+    assert pc.episodes_per_assessment == EPISODES_LATE and pc.best_min_return == 10.0 * 0.9  # the same float64 product
     for k in range(EPISODES_LATE - 1):  # late: a policy is assessed on 20 episodes...
         assert pc.episode_ended(12.0 + k) == (False, False)
     assert pc.episode_ended(9.5) == (True, True) and pc.best_min_return == 9.5  # ...its minimum is its score

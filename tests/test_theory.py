@@ -3,6 +3,14 @@
 Section numbers refer to docs/theory.md. The last three tests run pydpg's own DDPG code paths
 (``DDPG.actor_loss`` and ``DDPG.critic_target``) with a linear actor and the exact critic Q^mu,
 which pins the equations to the code users run.
+
+Tolerances. An identity of the closed forms (Bellman, the sigma^2 law of the bias, Polyak's closed
+form, pydpg's target against Q^mu) is checked against a bound derived from the computation
+(tests/float_bounds.py): every product and sum within its float64 (or float32) rounding bound, and
+each Lyapunov solution within ||L^-1|| ||residual|| of the exact one (``lyap_error``), the residual
+evaluated here with its own rounding bound. Statistical checks (a seeded Monte Carlo mean within 4
+or 4.5 standard errors) and finite differences (central, h = 1e-5: truncation ~h^2, a property of
+the exact function, plus rounding ~1e-10 relative) keep fixed thresholds far above any rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lq  # noqa: E402
+from float_bounds import U32, U64, Enc, agree, gamma  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -33,6 +42,62 @@ def K():
 
 def rel(x, y) -> float:
     return float(np.linalg.norm(np.asarray(x) - np.asarray(y)) / np.linalg.norm(np.asarray(y)))
+
+
+def E(x, u=U64) -> Enc:
+    return Enc.exact(np.asarray(x, dtype=np.float64), u)
+
+
+def lyap_error(M: Enc, W: Enc, X: np.ndarray, gamma_: float) -> float:
+    """A bound on ||X - X*||_F for a computed solution X of X* = W + gamma M X* M^T (lq._lyap), with M
+    and W the exact matrices (Encs of them): the residual R = X - W - gamma M X M^T, evaluated here
+    within its float64 bound, through ||L^-1||_2 = 1 / sigma_min(L), L = I - gamma M (x) M. The smallest
+    singular value of the L computed here is within 4 n^2 u ||L||_2 of its own exact one (backward
+    stable SVD), and that L within gamma (2 ||M|| + ||dM||) ||dM|| of the exact L."""
+    Xe = E(X)
+    R = Xe - W - (M @ Xe @ M.T) * gamma_
+    r = float(np.linalg.norm(np.abs(R.centre) + R.bound))
+    L = np.eye(M.centre.size) - gamma_ * np.kron(M.centre, M.centre)
+    sv = np.linalg.svd(L, compute_uv=False)
+    dm = float(np.linalg.norm(M.bound))
+    smin = sv[-1] - 4 * L.shape[0] ** 2 * U64 * sv[0] - gamma_ * (2 * np.linalg.norm(M.centre) + dm) * dm
+    assert smin > 0
+    return r / smin
+
+
+def closed_loop_enc(p: lq.LQProblem, K: np.ndarray) -> Enc:
+    return E(p.A) + E(p.B) @ E(K)
+
+
+def value_matrix_atom(p: lq.LQProblem, K: np.ndarray) -> Enc:
+    """P_K as computed by lq.value_matrix, an atom within lyap_error of the exact P_K."""
+    P = lq.value_matrix(p, K)
+    W = E(p.Q) + E(K).T @ E(p.R) @ E(K)
+    return Enc.atom(P, lyap_error(closed_loop_enc(p, K).T, W, P, p.gamma), U64)
+
+
+def state_moment_atom(p: lq.LQProblem, K: np.ndarray, sigma: float, bb_only: bool = False) -> Enc:
+    """lq.state_moment(p, K, sigma) (or, with bb_only, the solution for the right-hand side B B^T that
+    lq.spg_bias_coefficient solves), within lyap_error of the exact solution."""
+    M = lq.closed_loop(p, K)
+    bb = E(p.B) @ E(p.B.T)
+    if bb_only:
+        X, W = lq._lyap(M, p.B @ p.B.T, p.gamma), bb
+    else:
+        # gamma sigma^2 B B^T / (1 - gamma): the scalar's three roundings and the product's, within 4 u.
+        X = lq.state_moment(p, K, sigma)
+        W = E(p.Sigma0) + bb * Enc.constant(p.gamma * sigma ** 2 / (1.0 - p.gamma), 4 * U64)
+    return Enc.atom(X, lyap_error(closed_loop_enc(p, K), W, X, p.gamma), U64)
+
+
+def q_enc(p: lq.LQProblem, s: Enc, a: Enc, P: Enc, A=None, B=None, Q=None, R=None, g=None) -> Enc:
+    """Q(s, a) = -(s'Qs + a'Ra) - gamma (As+Ba)' P (As+Ba) over rows, as an enclosure (the model's
+    matrices exact unless given, e.g. as an evaluation's rounded copies)."""
+    A, B, Q, R = (E(v, s.u) if m is None else m for v, m in ((p.A, A), (p.B, B), (p.Q, Q), (p.R, R)))
+    g = E(p.gamma, s.u) if g is None else g
+    s2 = s @ A.T + a @ B.T
+    r = -(((s @ Q) * s).sum(-1) + ((a @ R) * a).sum(-1))
+    return r - g * ((s2 @ P) * s2).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,10 +128,17 @@ def test_q_function_satisfies_bellman_equation(prob, K):
     s2 = s @ prob.A.T + a @ prob.B.T
     r = -(np.einsum("ni,ij,nj->n", s, prob.Q, s) + np.einsum("ni,ij,nj->n", a, prob.R, a))
     q = lq.q_value(prob, K, s, a)
-    assert rel(r + prob.gamma * lq.q_value(prob, K, s2, s2 @ K.T), q) < 1e-12
+    # Both sides, with P within lyap_error of P_K, are float64 evaluations of the same exact number
+    # (q_value recomputes s2 and r with the very expressions above: the same bits, exact inputs here).
+    P = value_matrix_atom(prob, K)
+    r_e = -(((E(s) @ E(prob.Q)) * E(s)).sum(-1) + ((E(a) @ E(prob.R)) * E(a)).sum(-1))
+    rhs = r_e - E(prob.gamma) * ((E(s2) @ P) * E(s2)).sum(-1)
+    lhs = r_e + E(prob.gamma) * q_enc(prob, E(s2), E(s2) @ E(K.T), P)
+    agree(r + prob.gamma * lq.q_value(prob, K, s2, s2 @ K.T), q, lhs, rhs, what="Bellman equation")
     # and V(s) = Q(s, mu(s)) = -s^T P s
     v = -np.einsum("ni,ij,nj->n", s, lq.value_matrix(prob, K), s)
-    assert rel(lq.q_value(prob, K, s, s @ K.T), v) < 1e-12
+    agree(lq.q_value(prob, K, s, s @ K.T), v, q_enc(prob, E(s), E(s) @ E(K.T), P), -((E(s) @ P) * E(s)).sum(-1),
+          what="V(s) = Q(s, mu(s))")
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,12 +187,31 @@ def test_stochastic_gradient_bias_shrinks_like_sigma_squared(prob, K):
     G = lq.dpg(prob, K)
     bias = np.array([np.linalg.norm(lq.spg(prob, K, s) - G) for s in SIGMAS])
     slope = np.polyfit(np.log(SIGMAS), np.log(bias), 1)[0]
-    assert abs(slope - 2.0) < 1e-6
-    assert bias[-1] / np.linalg.norm(G) < 1e-5  # converges to the DPG (3e-6 at sigma = 1e-3)
-    # exact form of the bias: sigma^2 * C
+    # exact form of the bias: sigma^2 * C. spg - G = -2 E (X_s - X_0) and C = -2 gamma / (1 - gamma) E X_BB
+    # are linear in E = dpg_gain (the same computed matrix in all three: an exact input), so the
+    # identity holds for it exactly; what differs is each Lyapunov solution's error and the products'.
     C = lq.spg_bias_coefficient(prob, K)
+    gain = E(lq.dpg_gain(prob, K))
+    x0 = state_moment_atom(prob, K, 0.0)
+    x_bb = state_moment_atom(prob, K, 0.0, bb_only=True)
+    c_e = Enc.constant(-2.0 * prob.gamma / (1.0 - prob.gamma), 4 * U64) * (gain @ x_bb)
+    deviation = []
     for s in SIGMAS:
-        assert rel(lq.spg(prob, K, s) - G, s**2 * C) < 1e-8
+        diff = (gain @ state_moment_atom(prob, K, s)).scale(-2.0) - (gain @ x0).scale(-2.0)
+        agree(lq.spg(prob, K, s) - G, s**2 * C, diff, Enc.constant(s ** 2, U64) * c_e, what=f"bias at sigma {s}")
+        bias_k = float(np.linalg.norm(diff.centre))
+        deviation.append(float(np.linalg.norm(diff.bound)) + gamma(8, U64) * 2 * bias_k)  # and norm()'s rounding
+    # So |bias_k - sigma_k^2 ||C*||| <= deviation_k, the exact log-log slope is 2, and the fitted slope
+    # (least squares: sum_k w_k log bias_k) is off by at most sum_k |w_k| deviation_k / (bias_k - deviation_k),
+    # plus polyfit's own rounding (gamma_32 of the sums' magnitude).
+    x = np.log(SIGMAS)
+    w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    deviation = np.array(deviation)
+    assert (deviation < bias).all()
+    allowed = float(np.sum(np.abs(w) * deviation / (bias - deviation))) + gamma(32, U64) * float(
+        np.sum(np.abs(w) * np.abs(np.log(bias)))) * 4
+    assert abs(slope - 2.0) <= allowed
+    assert bias[-1] / np.linalg.norm(G) < 1e-5  # converges to the DPG (3e-6 at sigma = 1e-3)
 
 
 def test_likelihood_ratio_estimate_unbiased_and_variance_grows(prob, K):
@@ -217,9 +308,27 @@ def _batch(dtype, obs, action, reward, next_obs, done, discount):
                  t(discount).reshape(-1, 1))
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-9)])
-def test_pydpg_critic_target_satisfies_bellman(prob, K, dtype, tol):
-    """y = r + gamma (1-done) Q'(s', mu'(s')) equals Q^mu(s, a) on sampled transitions."""
+def _rounded(x: np.ndarray, dtype: torch.dtype, u: float) -> Enc:
+    """A model matrix as an evaluation in ``dtype`` holds it: the exact float64 value, with the
+    distance of its ``dtype`` copy as the bound."""
+    held = torch.as_tensor(x).to(dtype).double().numpy()
+    return Enc.atom(x, np.abs(held - x), u)
+
+
+def _held(exact: Enc, held: np.ndarray, computed: np.ndarray, u: float) -> Enc:
+    """What a batch holds: ``computed`` (a float64 evaluation within exact.bound of the exact value)
+    rounded to ``held``: within exact.bound + |held - computed| of it."""
+    return Enc.atom(held, exact.bound + np.abs(held - computed), u)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pydpg_critic_target_satisfies_bellman(prob, K, dtype):
+    """y = r + gamma (1-done) Q'(s', mu'(s')) equals Q^mu(s, a) on sampled transitions.
+
+    Exactly, for the exact P_K at the inputs the agent saw (s and a rounded to ``dtype``); the batch's
+    r and s' were computed from the unrounded s and a, then rounded, and the critic holds A, B, Q, R,
+    P, K and gamma rounded to ``dtype``: each enters as an atom within its distance of the exact value,
+    so the bound holds for float32 and float64 alike, on any CPU."""
     agent, _ = make_agent(prob, K, dtype)
     n = 4096
     s, a, r, s2 = _transitions(prob, K, n, np.random.default_rng(4))
@@ -230,7 +339,21 @@ def test_pydpg_critic_target_satisfies_bellman(prob, K, dtype, tol):
     # the truth at the (possibly rounded) inputs the agent actually saw
     s_in, a_in = (x.double().numpy() for x in (batch.obs, batch.action))
     q = lq.q_value(prob, K, s_in, a_in)
-    assert rel(y.double().numpy()[:, 0], q) <= tol
+    u = U32 if dtype == torch.float32 else U64
+    # r and s' as the batch holds them: numpy's float64 values from s, a (atoms around s_in, a_in),
+    # rounded to dtype.
+    s_at, a_at = Enc.atom(s_in, np.abs(s - s_in), U64), Enc.atom(a_in, np.abs(a - a_in), U64)
+    r_e = -(((s_at @ E(prob.Q)) * s_at).sum(-1) + ((a_at @ E(prob.R)) * a_at).sum(-1))
+    s2_e = s_at @ E(prob.A.T) + a_at @ E(prob.B.T)
+    r_b = _held(r_e, batch.reward.double().numpy()[:, 0], r, u)
+    s2_b = _held(s2_e, batch.next_obs.double().numpy(), s2, u)
+    P = value_matrix_atom(prob, K)
+    P_held = Enc.atom(P.centre, P.bound + np.abs(torch.as_tensor(P.centre).to(dtype).double().numpy() - P.centre), u)
+    g = _rounded(np.float64(prob.gamma), dtype, u)
+    k = _rounded(K, dtype, u)
+    model = (_rounded(m, dtype, u) for m in (prob.A, prob.B, prob.Q, prob.R))
+    y_e = r_b + g * q_enc(prob, s2_b, s2_b @ k.T, P_held, *model, g=g)
+    agree(y.double().numpy()[:, 0], q, y_e, q_enc(prob, E(s_in), E(a_in), P), what=f"Bellman target ({dtype})")
 
 
 def test_pydpg_critic_target_terminal_and_n_step(prob, K):
@@ -246,8 +369,19 @@ def test_pydpg_critic_target_terminal_and_n_step(prob, K):
     with torch.no_grad():
         y2 = agent.critic_target(two_step).numpy()[:, 0]
         yt = agent.critic_target(terminal).numpy()[:, 0]
-    assert rel(y2, lq.q_value(prob, K, s, a)) <= 1e-9
-    np.testing.assert_allclose(yt, r0, rtol=0, atol=1e-12)
+    # Q(s, a) = r0 + gamma r1 + gamma^2 Q(s2, K s2) exactly (s1 = As + Ba, a1 = K s1, s2 = A s1 + B a1):
+    # the batch's float64 steps and pydpg's target, and q_value, each within its derived bound.
+    P = value_matrix_atom(prob, K)
+    se, ae = E(s), E(a)
+    s1e = se @ E(prob.A.T) + ae @ E(prob.B.T)
+    a1e = s1e @ E(K.T)
+    r0e = -(((se @ E(prob.Q)) * se).sum(-1) + ((ae @ E(prob.R)) * ae).sum(-1))
+    r1e = -(((s1e @ E(prob.Q)) * s1e).sum(-1) + ((a1e @ E(prob.R)) * a1e).sum(-1))
+    s2e = s1e @ E(prob.A.T) + a1e @ E(prob.B.T)
+    y2e = (r0e + E(prob.gamma) * r1e) + Enc.constant(prob.gamma ** 2, U64) * q_enc(prob, s2e, s2e @ E(K.T), P)
+    agree(y2, lq.q_value(prob, K, s, a), y2e, q_enc(prob, se, ae, P), what="2-step target")
+    # done = 1: r + gamma * 0 * Q' = r + 0, exactly r.
+    np.testing.assert_array_equal(yt, r0)
 
 
 def test_pydpg_soft_update_is_polyak_average(prob, K):
@@ -266,6 +400,20 @@ def test_pydpg_soft_update_is_polyak_average(prob, K):
     for _ in range(k):
         agent.soft_update()
     decay = (1 - tau) ** k
-    np.testing.assert_allclose(agent.actor_target.weight.numpy(), K_new + decay * (K - K_new), rtol=1e-12)
-    np.testing.assert_allclose(agent.critic_targets[0].P.numpy(), (2.0 + decay * (1.0 - 2.0)) * P0.numpy(),
-                               rtol=1e-12)
+    # k lerps t <- t + tau (o - t) against the closed form o + (1 - tau)^k (t0 - o) (Python's pow):
+    # the same exact numbers, each evaluation within its float64 bound.
+    def iterated(o: Enc, t: Enc) -> Enc:
+        for _ in range(k):
+            t = t + E(tau) * (o - t)
+        return t
+
+    one_minus = E(1.0) - E(tau)
+    powered = one_minus
+    for _ in range(k - 1):
+        powered = powered * one_minus
+    powered = powered.rounds(2)  # pow's own algorithm: within 1 ulp of the correctly rounded product
+    agree(agent.actor_target.weight.numpy(), K_new + decay * (K - K_new), iterated(E(K_new), E(K)),
+          E(K_new) + powered * (E(K) - E(K_new)), what="actor target")
+    P0e = E(P0.numpy())
+    agree(agent.critic_targets[0].P.numpy(), (2.0 + decay * (1.0 - 2.0)) * P0.numpy(),
+          iterated(P0e.scale(2.0), P0e), (E(2.0) + powered * (E(1.0) - E(2.0))) * P0e, what="critic target")

@@ -254,3 +254,37 @@ def test_policy_records_the_eval_seed(tmp_path):
             export_policy(DDPG.from_dims(4, 1), tmp_path / "q.pt", env=env, eval_seed=bad, verbose=False)
     env.close()
     assert not math.isnan(0.0)
+
+
+def test_the_custom_robot_readme_commands_run(tmp_path):
+    """examples/custom_robot/README.md's command-line journey, as written there (shorter training):
+    train the module-registered env, export with a JSON spec, run the C++ loop beside Python."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLE)}
+
+    def pydpg(*args):
+        return subprocess.run([sys.executable, "-m", "pydpg", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    train = pydpg("train", "arm_env:ArmReach-v0", "--steps", "600", "--out", "runs/arm", "--set",
+                  "learning_starts=200", "--set", "hidden=[64,64]")
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "spec.json").write_text(json.dumps(arm_env.OBSERVATION_SPEC))
+    export = pydpg("export", "runs/arm", "-o", "arm_policy.pt", "--observation-spec", "spec.json")
+    assert export.returncode == 0, export.stderr
+    assert "observation spec verified over 200 env steps" in export.stdout
+    assert read_metadata(tmp_path / "arm_policy.pt")["eval_seed"] == 100  # the run's seed 0 + 100
+    run = pydpg("run", "arm_policy.pt", "--env", "arm_env:ArmReach-v0", "--episodes", "2", "--no-sleep")
+    assert run.returncode == 0, run.stderr
+    assert "returns from the same initial states (seed 100)" in run.stdout
+    lines = [line for line in run.stdout.splitlines() if line.startswith("episode ") and ": loop " in line]
+    assert len(lines) == 2
+    for line in lines:  # the loop and Python act on the same file from the same state
+        loop, python = (float(line.split(word)[1].split()[0]) for word in (": loop ", "; Python "))
+        assert loop == python, line
+    # Without PYTHONPATH the module cannot be imported: the message says what to do.
+    bad = subprocess.run([sys.executable, "-m", "pydpg", "run", "arm_policy.pt", "--env", "arm_env:ArmReach-v0",
+                          "--no-sleep"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert bad.returncode == 2 and "add that directory to PYTHONPATH" in bad.stderr
