@@ -22,6 +22,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .policy_file import read_metadata
+
 CONTROL_LOOP = "pydpg_control_loop"
 
 
@@ -158,8 +160,6 @@ def run_policy(policy: Union[str, os.PathLike], *, initial_states: Optional[np.n
 
 
 def _policy_env_id(policy: Union[str, os.PathLike]) -> Optional[str]:
-    from .export import read_metadata
-
     try:
         return read_metadata(policy).get("env_id")
     except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
@@ -181,8 +181,6 @@ def _env_hint(env_id: str, error: Exception) -> str:
 def _policy_eval_seed(policy: Union[str, os.PathLike]) -> int:
     """The seed `pydpg eval` uses for the run the policy came from (metadata ``eval_seed``), else 100
     (a seed-0 run's)."""
-    from .export import read_metadata
-
     try:
         seed = read_metadata(policy).get("eval_seed")
     except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file

@@ -30,7 +30,6 @@ Files are written atomically (temporary file + rename).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import io
@@ -41,7 +40,6 @@ import os
 import sys
 import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -51,11 +49,10 @@ import torch
 from torch import nn
 
 from .networks import BatchRenorm
+from .policy_file import (FORMAT, FORMAT_VERSION, METADATA_FILE, MODEL_FILE, load_torchscript,  # noqa: F401
+                          metadata_json, quiet_torchscript, read_metadata)
+from .rounding import FLOAT32_ROUNDED_CONSTANTS, FLOAT64, rounding_bound, within
 
-FORMAT = "pydpg-policy"
-FORMAT_VERSION = 1  # bump on any change a deployed runtime could misread; csrc/policy_runtime.hpp kFormatVersion
-METADATA_FILE = "pydpg_policy.json"
-MODEL_FILE = "model.xml"
 FORMATS = ("torchscript", "onnx", "pt2")
 DEFAULT_ATOL = 1e-5
 DEFAULT_N_CHECK = 1024
@@ -144,14 +141,6 @@ class PolicyModule(nn.Module):
         high = self.action_high.double()
         out = (low + (a + 1.0) * 0.5 * (high - low)).float()
         return torch.minimum(torch.maximum(out, self.action_low), self.action_high)
-
-
-def metadata_json(meta: dict, indent: Optional[int] = None) -> str:
-    """The metadata as strict JSON (the C++ reader refuses Python's NaN/Infinity words)."""
-    try:
-        return json.dumps(meta, indent=indent, allow_nan=False)
-    except ValueError as e:
-        raise ValueError(f"the policy metadata holds a non-finite number, which JSON cannot carry: {e}") from None
 
 
 def _reference(actor: nn.Module, obs: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -400,19 +389,6 @@ def _env_of(source, env):
 
 
 # ----------------------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def _quiet_torchscript():
-    # torch >= 2.10 marks TorchScript deprecated and warns on every torch.jit.script/save. libtorch's
-    # torch::jit::load is still the supported way to run a model from C++ without Python, which is
-    # the point of this file format, so we choose it knowingly and keep the warning out of users'
-    # logs. Only DeprecationWarnings raised inside our own export call are filtered.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(TorchScript|torch\.jit).*")
-        warnings.filterwarnings("ignore", category=UserWarning, message=r".*(TorchScript|torch\.jit).*")
-        yield
-
-
 def _tmp_beside(path: Path, suffix: str = ".tmp") -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -423,8 +399,6 @@ def _reference_arithmetic(actor: nn.Module) -> dict:
     """The arithmetic ``_reference`` evaluates the actor in, as ``pydpg.rounding.rounding_bound``
     takes it: its dtype's unit roundoff (TF32's where a GPU may use it for float32 products), and for
     a float64 actor the rounding of its parameters to the file's float32; its output is not rounded."""
-    from .rounding import FLOAT32_ROUNDED_CONSTANTS
-
     p = next(actor.parameters(), None)
     dtype = p.dtype if p is not None else torch.float32
     u = torch.finfo(dtype).eps / 2
@@ -443,8 +417,6 @@ def _parity_allowance(module: "PolicyModule", meta: dict, obs: np.ndarray, actor
     plus ``atol`` x the action half-range. Without one (a custom actor) rounding cannot be bounded:
     ``atol`` x the half-range plus the float32 resolution of the largest action."""
     if meta.get("network"):
-        from .rounding import rounding_bound
-
         _, file_bound = rounding_bound((module, meta), obs)
         _, ref_bound = rounding_bound((module, meta), obs, **_reference_arithmetic(actor))
         return file_bound + ref_bound + atol * half_range, "the float32 rounding bound of both evaluations"
@@ -462,8 +434,6 @@ def _function_check(file_module: nn.Module, module: "PolicyModule", meta: dict, 
     its output to float32, the actor's parameters may have been float64). The reference normalizes
     with the statistics as the file defines them, float32 mean and sqrt(var + eps) rounded once,
     computed here from ``norm`` and not taken from the module under test. Returns what failed, or None."""
-    from .rounding import FLOAT32_ROUNDED_CONSTANTS, FLOAT64, rounding_bound, within
-
     x = torch.from_numpy(obs.astype(np.float64))
     if norm is not None:
         mean = torch.from_numpy(np.asarray(norm["mean"], np.float64).astype(np.float32).astype(np.float64))
@@ -508,7 +478,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _write_torchscript(module: PolicyModule, tmp: Path, meta: dict, model_xml: Optional[str], obs: np.ndarray):
-    with _quiet_torchscript():
+    with quiet_torchscript():
         scripted = torch.jit.script(module)
         extra = {METADATA_FILE: metadata_json(meta, indent=1)}
         if model_xml is not None:
@@ -518,12 +488,7 @@ def _write_torchscript(module: PolicyModule, tmp: Path, meta: dict, model_xml: O
         torch.jit.save(scripted, buf, _extra_files=extra)
         tmp.write_bytes(buf.getvalue())
         with torch.inference_mode():
-            return _load_torchscript(tmp)(torch.from_numpy(obs)).numpy()
-
-
-def _load_torchscript(path: Path):
-    with _quiet_torchscript():
-        return torch.jit.load(str(path), map_location="cpu")
+            return load_torchscript(tmp)(torch.from_numpy(obs)).numpy()
 
 
 def _write_onnx(module: PolicyModule, tmp: Path, meta: dict, obs: np.ndarray):
@@ -733,12 +698,10 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
             with torch.inference_mode():
                 got = module(torch.from_numpy(obs)).numpy()
         if plan is not None:
-            file_module = _load_torchscript(tmp) if format == "torchscript" else module
+            file_module = load_torchscript(tmp) if format == "torchscript" else module
             wrong = _function_check(file_module, module, meta, obs, actor, low, high, norm)
             if wrong is not None:
                 raise ParityError(f"parity check FAILED: {wrong} on {n_check} observations; nothing written")
-        from .rounding import within
-
         shaped = np.shape(got) == reference.shape
         ok, worst, diff, allowed_there = within(got, reference, allowed) if shaped else (False, None, math.inf, 0.0)
         if not ok:
@@ -770,15 +733,6 @@ def export_policy(source, path: Union[str, os.PathLike], *, env=None, env_id: Op
             print("note: `pydpg run` cannot run this policy: it needs a MuJoCo env (env= or --env) and an "
                   "observation spec (a preset's, or observation_spec= / --observation-spec)", file=sys.stderr)
     return result
-
-
-def read_metadata(path: Union[str, os.PathLike]) -> dict:
-    """The metadata of a TorchScript policy file, read from its zip without loading or unpickling."""
-    with zipfile.ZipFile(path) as z:
-        names = [n for n in z.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
-        if not names:
-            raise ValueError(f"{os.fspath(path)!r} is not a pydpg policy: no {METADATA_FILE} in it")
-        return json.loads(z.read(names[0]))
 
 
 # ----------------------------------------------------------------------------------------- checkpoints

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import _core
+from .policy_file import load_torchscript, metadata_json, read_metadata
 
 FLOAT32 = 2.0 ** -24  # unit roundoff of float32 (round to nearest)
 FLOAT64 = 2.0 ** -53
@@ -38,13 +39,7 @@ class NoPlanError(ValueError):
 def _module_parts(policy) -> tuple[dict, dict, dict, bool, float]:
     """(metadata, parameters, buffers, normalize, obs_clip) of a policy file or a (module, metadata) pair."""
     if isinstance(policy, (str, os.PathLike)):
-        from .export import read_metadata
-
-        meta = read_metadata(policy)
-        from .export import _quiet_torchscript
-
-        with _quiet_torchscript():
-            module = torch.jit.load(os.fspath(policy), map_location="cpu")
+        meta, module = read_metadata(policy), load_torchscript(policy)
     else:
         module, meta = policy
     def arrays(named):
@@ -64,8 +59,6 @@ def rounding_bound(policy, obs: np.ndarray, *, unit_roundoff: float = FLOAT32, c
     relative error of its parameters against the file's float32 ones (``FLOAT32_ROUNDED_CONSTANTS``
     for a float64 actor); ``float32_output``: its actions end rounded to float32.
     Raises ``NoPlanError`` when the metadata has no network plan."""
-    from .export import metadata_json
-
     meta, parameters, buffers, normalize, clip = _module_parts(policy)
     if not meta.get("network"):
         raise NoPlanError("the policy's metadata describes no network plan (a custom actor): its float32 rounding "

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pydpg.export import METADATA_FILE, PolicyModule, _quiet_torchscript
+from pydpg.export import PolicyModule
+from pydpg.policy_file import METADATA_FILE, quiet_torchscript
 from pydpg.networks import Actor
 
 # Gains of a linear controller that balances InvertedPendulum-v5 for the full 1000 steps
@@ -36,7 +37,7 @@ def write_raw_policy(path, module: nn.Module, meta: dict, extra: dict | None = N
     """A TorchScript file with arbitrary metadata, bypassing export's checks (for bad-input tests)."""
     files = {METADATA_FILE: json.dumps(meta)} if meta is not None else {}
     files.update(extra or {})
-    with _quiet_torchscript():
+    with quiet_torchscript():
         scripted = torch.jit.script(module)
         buf = io.BytesIO()
         torch.jit.save(scripted, buf, _extra_files=files)

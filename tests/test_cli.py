@@ -237,7 +237,7 @@ def test_presets_command(capsys):
     assert main(["presets", "hopper"]) == 0
     assert "[agent]" in capsys.readouterr().out
     assert main(["presets", "paper"]) == 0
-    assert "hidden = (400, 300)" in capsys.readouterr().out
+    assert "hidden = [400, 300]  # preset" in capsys.readouterr().out  # TOML, as a config file states it
     fails(capsys, ["presets", "hoper"], "no shipped preset 'hoper'")
 
 

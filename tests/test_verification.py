@@ -206,6 +206,9 @@ def test_config_reference_is_the_code():
 
     assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), \
         "docs/config.md is stale: regenerate it with `pydpg presets --reference > docs/config.md`"
+    cli = subprocess.run([sys.executable, "-m", "pydpg", "presets", "--reference"], capture_output=True, text=True,
+                         check=True).stdout
+    assert cli == reference_markdown()  # the command the page names
 
 
 def test_every_config_key_is_documented():
