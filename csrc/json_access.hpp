@@ -22,6 +22,9 @@
 // do not, so the headers nlohmann reaches it through come first (<cassert>: assert's __assert_fail
 // in builds without NDEBUG; <memory>: __libc_single_threaded), or a library whose first include of
 // them is nlohmann's would reference those symbols as hidden and fail to link.
+#include <cfloat>
+#include <cmath>
+
 #pragma GCC visibility push(hidden)
 #include <nlohmann/json.hpp>
 
@@ -38,7 +41,9 @@ namespace json {
 // Python's json module writes float('inf') and float('nan') as the bare words Infinity and NaN,
 // which strict JSON (and nlohmann) refuses. pydpg >= 0.3 writes strict JSON; files of 0.2 may hold
 // such words (an observation clip to ±inf), so they are rewritten outside strings: ±Infinity to
-// ±DBL_MAX (which rounds to ±inf in float32, where observations live) and NaN to null.
+// ±DBL_MAX (which rounds to ±inf in float32, where observations live; readers of a bound decide
+// which side it may stand on), and NaN to the string kNaNWord, which number() refuses by name: a
+// NaN must never read as "no value" (a NaN termination bound once read as "unbounded").
 inline std::string without_python_nonfinite(const std::string& text) {
   std::string out;
   out.reserve(text.size());
@@ -56,7 +61,7 @@ inline std::string without_python_nonfinite(const std::string& text) {
       out += "1.7976931348623157e308";
       i += 7;
     } else if (text.compare(i, 3, "NaN") == 0) {
-      out += "null";
+      out += "\"NaN\"";
       i += 2;
     } else {
       out += c;
@@ -102,8 +107,17 @@ inline const Json& member(const Json& j, const std::string& key) {
 }
 
 inline double number(const Json& j, const std::string& what) {
+  if (j.is_string() && j.get_ref<const std::string&>() == "NaN")
+    throw JsonError(what + " is NaN: a NaN is refused, never read as a value or a bound");
   if (!j.is_number()) throw JsonError(what + " must be a number");
   return j.get<double>();
+}
+
+// A number that must be finite: also refuses ±Infinity (rewritten to ±DBL_MAX above) by name.
+inline double finite_number(const Json& j, const std::string& what) {
+  const double x = number(j, what);
+  if (!(std::fabs(x) < DBL_MAX)) throw JsonError(what + " must be finite, got " + (x > 0 ? "+" : "-") + "infinity");
+  return x;
 }
 
 // Integers written as 3 or 3.0 are accepted; 3.5, 1e300 and non-numbers are not.

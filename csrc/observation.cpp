@@ -1,6 +1,7 @@
 #include "observation.hpp"
 
 #include <algorithm>
+#include <cfloat>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -176,6 +177,11 @@ std::vector<std::string> name_list(const Json& j, const std::string& where) {
   } else {
     throw ObservationError(where + ": 'names' must be a name or a list of names");
   }
+  // MuJoCo's lookup reads a C string: "hinge\0junk" would bind to "hinge".
+  for (const std::string& n : names)
+    if (n.find('\0') != std::string::npos || n.empty())
+      throw ObservationError(where + ": the name '" + n.substr(0, n.find('\0')) + "...' " +
+                             (n.empty() ? "is empty" : "holds a NUL character") + ": refused, never cut short");
   return names;
 }
 
@@ -230,9 +236,19 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
   return std::vector<int>(idx.begin() + start, idx.begin() + stop);
 }
 
-// A clip or termination bound: a number, or null for "unbounded" (strict JSON has no Infinity).
-double bound(const Json& j, double unbounded, const std::string& what) {
-  return j.is_null() ? unbounded : json::number(j, what);
+// A clip or termination bound: a number, or null for "unbounded" (strict JSON has no Infinity). A
+// lower bound may be -infinity (pydpg 0.2 wrote Infinity words) and reads as unbounded; a lower
+// bound of +infinity, or an upper one of -infinity, is no bound but a contradiction (every value
+// fails it) and is refused, as NaN is (json::number).
+enum class Side { Lower, Upper };
+double bound(const Json& j, Side side, const std::string& what) {
+  const double unbounded = side == Side::Lower ? -HUGE_VAL : HUGE_VAL;
+  if (j.is_null()) return unbounded;
+  const double x = json::number(j, what);
+  if (std::fabs(x) < DBL_MAX) return x;
+  if ((x < 0) == (side == Side::Lower)) return unbounded;
+  throw ObservationError(what + " is " + (x > 0 ? "+" : "-") + "infinity: every value fails it (use null for "
+                         "no bound)");
 }
 
 std::string fmt(double v) {
@@ -335,6 +351,10 @@ Json parse_spec(const std::string& spec_json) {
 void check_spec(const Json& spec) {
   if (!spec.is_object()) throw ObservationError("observation spec must be an object {\"version\", \"terms\"}");
   check_keys(spec, {"version", "terms", "termination"}, "observation spec");
+  if (json::member(spec, "version").is_null())
+    throw ObservationError("the observation spec has no 'version' (this pydpg reads version " +
+                           std::to_string(ObservationBuilder::kSpecVersion) + ": add \"version\": " +
+                           std::to_string(ObservationBuilder::kSpecVersion) + ")");
   const std::int64_t version = json::integer(json::member(spec, "version"), "observation spec version");
   if (version != ObservationBuilder::kSpecVersion)
     throw ObservationError("observation spec version " + std::to_string(version) + "; this pydpg reads version " +
@@ -397,10 +417,11 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
                                    minus_label + " (minus) has " + std::to_string(p.minus.size()));
           term.label += " - " + minus_label;
         }
-        p.scale = bound(json::member(j, "scale"), 1.0, where + ".scale");
-        p.offset = bound(json::member(j, "offset"), 0.0, where + ".offset");
-        if (!std::isfinite(p.scale) || !std::isfinite(p.offset))
-          throw ObservationError(where + ": scale and offset must be finite");
+        // null is the default (1, 0); anything else must be a finite number, never read as the default.
+        const Json& scale = json::member(j, "scale");
+        const Json& offset = json::member(j, "offset");
+        p.scale = scale.is_null() ? 1.0 : json::finite_number(scale, where + ".scale");
+        p.offset = offset.is_null() ? 0.0 : json::finite_number(offset, where + ".offset");
         const Json& fn_j = json::member(j, "fn");
         if (!fn_j.is_null()) {
           const std::string& fn = json::string(fn_j, where + ".fn");
@@ -413,8 +434,8 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         if (!clip.is_null()) {
           if (!clip.is_array() || clip.size() != 2)
             throw ObservationError(where + ": clip must be [low, high] (null for an unbounded side)");
-          p.lo = bound(clip[0], -HUGE_VAL, where + ".clip[0]");
-          p.hi = bound(clip[1], HUGE_VAL, where + ".clip[1]");
+          p.lo = bound(clip[0], Side::Lower, where + ".clip[0]");
+          p.hi = bound(clip[1], Side::Upper, where + ".clip[1]");
           if (!(p.lo <= p.hi)) throw ObservationError(where + ": clip must be [low, high] with low <= high");
           p.clip = true;
           term.label = "clip(" + term.label + ")";
@@ -505,8 +526,8 @@ TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* 
       keys.insert({"min", "max", "strict", "finite"});
       check_keys(c, keys, where);
       Condition k;
-      k.lo = bound(json::member(c, "min"), -HUGE_VAL, where + ".min");
-      k.hi = bound(json::member(c, "max"), HUGE_VAL, where + ".max");
+      k.lo = bound(json::member(c, "min"), Side::Lower, where + ".min");
+      k.hi = bound(json::member(c, "max"), Side::Upper, where + ".max");
       const Json& strict = json::member(c, "strict");
       k.strict = strict.is_null() ? true : json::boolean(strict, where + ".strict");
       const Json& finite = json::member(c, "finite");

@@ -56,16 +56,24 @@ class ObservationMismatch(ValueError):
 
 
 def as_spec(spec: Union[dict, Sequence[dict]]) -> dict:
-    """The canonical ``{"version", "terms"}`` form of a spec given as such a dict or as a list of terms."""
+    """The canonical ``{"version", "terms"}`` form of a spec given as such a dict or as a list of terms.
+
+    Numbers are checked where they stand, the way the C++ reader checks them (one answer for one
+    file): NaN is refused anywhere; an infinite ``min`` or ``clip`` low of -inf and ``max`` or ``clip``
+    high of +inf mean "no bound" and become null (strict JSON has no Infinity); any other infinity
+    (``min = +inf``: every value fails it; ``scale = inf``) is refused, naming the entry. A dict
+    without ``version`` is refused, as the C++ loop refuses it; a list of terms is version 1."""
     if isinstance(spec, dict):
+        if "version" not in spec:
+            raise ValueError(f"the observation spec has no 'version' (this pydpg reads version {SPEC_VERSION}: add "
+                             f"version = {SPEC_VERSION}); the C++ loop would refuse it")
         out = dict(spec)
-        out.setdefault("version", SPEC_VERSION)
     elif isinstance(spec, (list, tuple)):
         out = {"version": SPEC_VERSION, "terms": list(spec)}
     else:
         raise TypeError(f"an observation spec is a dict {{'version', 'terms'}} or a list of terms, got "
                         f"{type(spec).__name__}")
-    out = _strict_json(out)
+    out = _checked_numbers(out, "observation spec")
     try:
         json.dumps(out, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -73,14 +81,32 @@ def as_spec(spec: Union[dict, Sequence[dict]]) -> dict:
     return out
 
 
-def _strict_json(x: Any) -> Any:
-    """``x`` with ±inf numbers as None (an unbounded clip side or bound), as the C++ reader takes
-    them; NaN stays, for ``as_spec`` to refuse."""
+# Where an infinity may stand, and which: it is then "no bound" and written as null.
+_UNBOUNDED_SIDE = {"min": -1, "max": 1}
+
+
+def _checked_numbers(x: Any, where: str, key: Optional[str] = None, index: Optional[int] = None) -> Any:
+    """``x`` with its legal infinities (see ``as_spec``) as None; NaN, an infinity on the wrong side
+    or anywhere else, and names holding a NUL character raise ValueError naming the entry."""
     if isinstance(x, dict):
-        return {k: _strict_json(v) for k, v in x.items()}
+        return {k: _checked_numbers(v, f"{where}.{k}", key=k) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_strict_json(v) for v in x]
-    if isinstance(x, float) and math.isinf(x):
+        return [_checked_numbers(v, f"{where}[{i}]", key=key, index=i) for i, v in enumerate(x)]
+    if isinstance(x, str):
+        if "\0" in x:
+            raise ValueError(f"{where}: {x.split(chr(0))[0]!r}... holds a NUL character; refused, never cut short")
+        return x
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return x
+    v = float(x)
+    if math.isnan(v):
+        raise ValueError(f"{where} is NaN: a NaN is refused, never read as a value or a bound")
+    if math.isinf(v):
+        side = _UNBOUNDED_SIDE.get(key) if index is None else ({0: -1, 1: 1}.get(index) if key == "clip" else None)
+        if side is None:
+            raise ValueError(f"{where} must be finite, got {v}")
+        if (v > 0) != (side > 0):
+            raise ValueError(f"{where} is {v}: every value fails it (use null, or leave it out, for no bound)")
         return None
     return x
 
