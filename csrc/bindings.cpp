@@ -42,6 +42,46 @@ std::string take_python_error() {
   return e.what();
 }
 
+// Sets a Python error from a C++ message. Messages can quote bytes from a damaged file (a metadata
+// document, an entry name) and Python strings must be valid UTF-8: invalid bytes are shown escaped
+// (\xff) instead of turning the error into a UnicodeDecodeError that names nothing.
+void set_error(PyObject* type, const char* what) {
+  PyObject* msg = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "backslashreplace");
+  if (msg == nullptr) {
+    PyErr_Clear();
+    msg = PyUnicode_FromString("(a message that could not be decoded)");
+  }
+  PyErr_SetObject(type, msg);
+  Py_DECREF(msg);
+}
+
+// A C++ error type as a Python exception class of `name` (a subclass of `base`) whose messages go
+// through set_error. The class object lives as long as the process (the module is never unloaded).
+template <class E>
+void register_error(py::module_& m, const char* name, PyObject* base) {
+  static py::exception<E>* type = new py::exception<E>(m, name, base);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const E& e) {
+      set_error(type->ptr(), e.what());
+    }
+  });
+}
+
+// A C++ error type raised as an existing Python exception (ValueError, OSError, ...).
+template <class E>
+void map_error(PyObject* python_type) {
+  static PyObject* type = python_type;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const E& e) {
+      set_error(type, e.what());
+    }
+  });
+}
+
 // Any array-like of real numbers as a C-contiguous array of T. Read in place when it already is
 // one; converted (one copy) otherwise; complex, object and string data are refused by name.
 template <class T>
@@ -222,18 +262,10 @@ PYBIND11_MODULE(_core, m) {
   bind_observation(m);
   bind_mlp_update(m);
 
-  py::register_exception<pydpg::FormatError>(m, "FormatError", PyExc_ValueError);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const pydpg::InvalidArgument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const pydpg::FileError& e) {
-      PyErr_SetString(PyExc_OSError, e.what());
-    } catch (const pydpg::OutOfMemory& e) {
-      PyErr_SetString(PyExc_MemoryError, e.what());
-    }
-  });
+  register_error<pydpg::FormatError>(m, "FormatError", PyExc_ValueError);
+  map_error<pydpg::InvalidArgument>(PyExc_ValueError);
+  map_error<pydpg::FileError>(PyExc_OSError);
+  map_error<pydpg::OutOfMemory>(PyExc_MemoryError);
 
   py::class_<ReplayBuffer>(m, "ReplayBuffer", py::dynamic_attr())
       .def(py::init([](py::handle capacity, Shape obs_shape, Shape action_shape, bool prioritized,
@@ -448,16 +480,10 @@ py::array_t<float> policy_obs(py::handle h, std::int64_t obs_dim) {
 }
 
 void bind_policy_runtime(py::module_& m) {
-  py::register_exception<pydpg::PolicyFormatError>(m, "PolicyFormatError", PyExc_ValueError);
-  py::register_exception<pydpg::NonFiniteError>(m, "NonFiniteError", PyExc_ValueError);
-  py::register_exception<pydpg::PolicyFileError>(m, "PolicyFileError", PyExc_OSError);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const pydpg::PolicyArgumentError& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    }
-  });
+  register_error<pydpg::PolicyFormatError>(m, "PolicyFormatError", PyExc_ValueError);
+  register_error<pydpg::NonFiniteError>(m, "NonFiniteError", PyExc_ValueError);
+  register_error<pydpg::PolicyFileError>(m, "PolicyFileError", PyExc_OSError);
+  map_error<pydpg::PolicyArgumentError>(PyExc_ValueError);
   m.attr("POLICY_FORMAT_VERSION") = PolicyRuntime::kFormatVersion;
 
   py::class_<PolicyRuntime>(m, "PolicyRuntime")
@@ -568,7 +594,7 @@ void bind_policy_runtime(py::module_& m) {
 void bind_observation(py::module_& m) {
 #ifdef PYDPG_WITH_MUJOCO
   using pydpg::ObservationBuilder;
-  py::register_exception<pydpg::ObservationError>(m, "ObservationError", PyExc_ValueError);
+  register_error<pydpg::ObservationError>(m, "ObservationError", PyExc_ValueError);
   m.attr("OBSERVATION_SPEC_VERSION") = ObservationBuilder::kSpecVersion;
   py::class_<ObservationBuilder>(m, "ObservationBuilder")
       .def(py::init([](const std::string& spec, std::uintptr_t model_address) {

@@ -57,12 +57,13 @@ struct Args {
   bool sleep = true, quiet = false;
 };
 
-long parse_long(const std::string& flag, const std::string& v, long lo) {
+long parse_long(const std::string& flag, const std::string& v, long lo, long hi) {
   char* end = nullptr;
   errno = 0;
   const long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || errno != 0 || x < lo)
-    throw UsageError(flag + " expects an integer >= " + std::to_string(lo) + ", got '" + v + "'");
+  if (v.empty() || *end != '\0' || errno != 0 || x < lo || x > hi)
+    throw UsageError(flag + " expects an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" +
+                     v + "'");
   return x;
 }
 
@@ -82,9 +83,10 @@ Args parse_args(int argc, char** argv) {
       a.hz = std::strtod(v.c_str(), &end);
       if (v.empty() || *end != '\0' || !(a.hz > 0) || !std::isfinite(a.hz))
         throw UsageError("--hz expects a positive number, got '" + v + "'");
-    } else if (s == "--episodes") a.episodes = parse_long(s, value(), 1);
-    else if (s == "--max-steps") a.max_steps = parse_long(s, value(), 1);
-    else if (s == "--threads") a.threads = parse_long(s, value(), 1);
+    } else if (s == "--episodes") a.episodes = parse_long(s, value(), 1, 1000000);
+    // A billion actions per episode, as task.max_episode_steps: no product of them overflows.
+    else if (s == "--max-steps") a.max_steps = parse_long(s, value(), 1, 1000000000);
+    else if (s == "--threads") a.threads = parse_long(s, value(), 1, 1024);
     else if (s == "--on-nonfinite") a.on_nonfinite = value();
     else if (s == "--init-states") a.init_states = value();
     else if (s == "--json") a.json_out = value();
@@ -235,10 +237,16 @@ int run(const Args& a) {
 
   const int D = static_cast<int>(policy.obs_dim()), A = static_cast<int>(policy.act_dim());
   std::vector<float> obs(D), action(A), seen(D);
-  std::vector<double> step_us;
+  // Step times of the most recent kStepWindow steps, in a ring allocated before the loop starts (the
+  // runtime's own latency keeps its window alike): a billion-step run needs no 8 GB of samples.
+  constexpr long kStepWindow = 1L << 20;
+  std::vector<double> step_us(static_cast<std::size_t>(std::min(kStepWindow, std::max(1L, episodes) *
+                                                                               std::min(max_steps, kStepWindow))));
+  std::size_t step_count = 0;
   std::vector<long> lengths;
   std::vector<int> failed_conditions;
-  step_us.reserve(static_cast<std::size_t>(episodes * max_steps));
+  lengths.reserve(static_cast<std::size_t>(episodes));
+  failed_conditions.reserve(static_cast<std::size_t>(episodes));
   long steps_total = 0;
   pydpg::FixedRateClock clock(period_ns);
   policy.reset_latency();
@@ -278,7 +286,8 @@ int run(const Args& a) {
       observe.build(d, obs.data());
       failed = termination.first_failure(d);
       ++t;
-      step_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s0).count());
+      step_us[step_count++ % step_us.size()] =
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s0).count();
       if (trace) {
         std::fprintf(trace, "step,%ld,%ld", ep, t - 1);
         for (int i = 0; i < A; ++i) std::fprintf(trace, ",%.9g", action[i]);
@@ -297,10 +306,15 @@ int run(const Args& a) {
       std::printf("\n");
     }
   }
-  if (trace) std::fclose(trace);
+  if (trace) {
+    const bool failed_write = std::ferror(trace) != 0;
+    if (std::fclose(trace) != 0 || failed_write)
+      throw std::runtime_error("cannot write the --trace file '" + a.trace_out + "': " + std::strerror(errno));
+  }
   const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count();
 
   const pydpg::LatencyStats lat = policy.latency();
+  step_us.resize(std::min(step_count, step_us.size()));  // the samples taken (episodes may end early)
   const pydpg::Percentiles st = pydpg::summarize(step_us);
   const long misses = static_cast<long>(clock.misses());
   const pydpg::GuardStats g = policy.guard_stats();
@@ -356,6 +370,8 @@ int run(const Args& a) {
     if (!j) throw UsageError("cannot write --json file '" + a.json_out + "'");
     // error_handler replace: a model or file name that is not valid UTF-8 must not abort the report.
     j << report.dump(1, ' ', false, Json::error_handler_t::replace) << "\n";
+    j.close();
+    if (!j) throw std::runtime_error("cannot write the --json file '" + a.json_out + "' (disk full?)");
   }
   return 0;
 }

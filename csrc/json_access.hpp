@@ -72,25 +72,44 @@ inline std::string without_python_nonfinite(const std::string& text) {
 
 // nlohmann's iterative parser needs no depth limit for the stack's sake, but nothing pydpg writes
 // nests past a handful of levels: a document that does is refused by name, as pydpg's own JSON
-// reader refused it, rather than surfacing later as a type error about some field.
+// reader refused it, rather than surfacing later as a type error about some field. The depth is
+// found by one scan of the text: nlohmann's callback parser could check it too, but its time grows
+// with the square of an array's length (a 20 MB spec of a million terms took minutes).
 constexpr int kMaxDepth = 64;
+// Policy metadata and observation specs are kilobytes; a document past this is not pydpg's.
+constexpr std::size_t kMaxBytes = std::size_t{64} << 20;
 
-inline bool within_max_depth(int depth, Json::parse_event_t event, Json&) {
-  const bool opens_or_is_value = event == Json::parse_event_t::object_start ||
-                                 event == Json::parse_event_t::array_start || event == Json::parse_event_t::value;
-  if (opens_or_is_value && depth > kMaxDepth)
-    throw JsonError("malformed JSON: nested deeper than " + std::to_string(kMaxDepth) + " levels");
-  return true;
+inline void check_shape(const std::string& text) {
+  if (text.size() > kMaxBytes)
+    throw JsonError("the JSON document is " + std::to_string(text.size() >> 20) + " MiB; pydpg reads at most " +
+                    std::to_string(kMaxBytes >> 20) + " MiB");
+  int depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxDepth)
+        throw JsonError("malformed JSON: nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
 }
 
 inline Json parse(const std::string& text) {
+  check_shape(text);
   try {
-    return Json::parse(text, within_max_depth);
+    return Json::parse(text);
   } catch (const Json::exception& e) {
     const std::string rewritten = without_python_nonfinite(text);
     if (rewritten != text) {
       try {
-        return Json::parse(rewritten, within_max_depth);
+        return Json::parse(rewritten);
       } catch (const Json::exception&) {
       }
     }

@@ -363,6 +363,15 @@ void check_spec(const Json& spec) {
 }
 
 const std::set<std::string> kTermKeys = {"field", "names", "start", "stop", "minus", "scale", "offset", "fn", "clip"};
+// A robot's observation has tens to hundreds of terms; a spec with more than this is refused by name
+// before any work is done per term.
+constexpr std::size_t kMaxTerms = 1 << 16;
+
+void check_count(const Json& list, const std::string& what) {
+  if (list.is_array() && list.size() > kMaxTerms)
+    throw ObservationError("observation spec: " + what + " has " + std::to_string(list.size()) +
+                           " entries; pydpg reads at most " + std::to_string(kMaxTerms));
+}
 
 }  // namespace
 
@@ -382,6 +391,7 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
     const Json& items = json::member(spec, "terms");
     if (!items.is_array() || items.empty())
       throw ObservationError("observation spec: 'terms' must be a non-empty list");
+    check_count(items, "'terms'");
     for (std::size_t t = 0; t < items.size(); ++t) {
       const Json& j = items[t];
       const std::string where = "observation term " + std::to_string(t);
@@ -516,6 +526,7 @@ TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* 
     check_spec(spec);
     Json terms = Json::array();
     const Json& list = json::items(json::member(spec, "termination"), "observation spec termination");
+    check_count(list, "'termination'");
     for (std::size_t i = 0; i < list.size(); ++i) {
       const Json& c = list[i];
       const std::string where = "termination condition " + std::to_string(i);
