@@ -291,20 +291,29 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
 def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
     """The episodes of a control loop ``--trace`` file: initial qpos/qvel, per step the observation
     the policy saw and the action it sent, and (trace version 2) how the episode ended: ``failed``,
-    the index of the termination condition that ended it, -1 when none did, None when not logged."""
+    the index of the termination condition that ended it, -1 when none did, None when not logged.
+
+    A trace is an input from elsewhere, checked line by line: a file with no episode, a header with
+    sizes that cannot be (below 1, or absurd), a line of the wrong length or not numbers, a
+    non-finite action or state, an ``end`` line that is not two whole numbers, and (version 2) an
+    episode without its ``end`` line (a trace cut short) are ValueErrors naming the line."""
     episodes: list[dict] = []
     nq = nv = act_dim = obs_dim = version = None
     with open(path) as f:  # FileNotFoundError names a missing path
-        for line in f:
+        for number, line in enumerate(f, start=1):
+            where = f"{os.fspath(path)}, line {number}"
             if line.startswith("# pydpg control loop trace"):
                 words = line.replace(":", " ").split()
                 try:
                     version = int(words[5])
                     nq, nv, act_dim, obs_dim = (int(words[words.index(k) + 1]) for k in ("nq", "nv", "act_dim", "obs_dim"))
                 except (ValueError, IndexError):
-                    raise ValueError(f"{path}: malformed trace header {line.strip()!r}") from None
+                    raise ValueError(f"{where}: malformed trace header {line.strip()!r}") from None
                 if version not in (1, 2):
-                    raise ValueError(f"{path}: trace version {version}; this pydpg reads versions 1 and 2")
+                    raise ValueError(f"{where}: trace version {version}; this pydpg reads versions 1 and 2")
+                for name, v in (("nq", nq), ("nv", nv), ("act_dim", act_dim), ("obs_dim", obs_dim)):
+                    if not 1 <= v <= (1 << 20) and not (name == "nv" and v == 0):
+                        raise ValueError(f"{where}: the header's {name} {v} is not a size (1 to 2^20)")
                 continue
             if line.startswith("#") or not line.strip():
                 continue
@@ -314,36 +323,54 @@ def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
             # version 1 logged a reward column after the step index; version 2 logs none.
             skip = {"init": 1, "step": 3 if version == 1 else 2, "end": 1}.get(kind)
             if skip is None:
-                raise ValueError(f"{path}: unknown trace line kind {kind!r}")
+                raise ValueError(f"{where}: unknown trace line kind {kind!r}")
             try:
                 values = np.array(rest[skip:], dtype=np.float64)
             except ValueError:
-                raise ValueError(f"{path}: a corrupt trace line (not numbers): {line[:80]!r}") from None
+                raise ValueError(f"{where}: a corrupt trace line (not numbers): {line[:80]!r}") from None
             if kind == "init":
                 if values.size != nq + nv:
-                    raise ValueError(f"{path}: an init line holds {values.size} values, the header says nq + nv = {nq + nv}")
+                    raise ValueError(f"{where}: an init line holds {values.size} values, the header says nq + nv = "
+                                     f"{nq + nv}")
+                if not np.isfinite(values).all():
+                    raise ValueError(f"{where}: an initial state holds a NaN or infinite value")
+                if version == 2 and episodes and episodes[-1]["failed"] is None:
+                    raise ValueError(f"{where}: episode {len(episodes) - 1} has no end line")
                 episodes.append({"qpos": values[:nq], "qvel": values[nq:nq + nv], "obs": [], "action": [],
                                  "failed": None})
                 continue
             if not episodes:
-                raise ValueError(f"{path}: a {kind} line before any init line")
+                raise ValueError(f"{where}: a {kind} line before any init line")
             if kind == "end":
-                if values.size != 2:
-                    raise ValueError(f"{path}: an end line holds {values.size} values, expected steps and failed")
+                if values.size != 2 or not np.isfinite(values).all() or (values != np.round(values)).any() \
+                        or values[0] < 0 or values[1] < -1 or values[0] > 1e12:
+                    raise ValueError(f"{where}: an end line must hold two whole numbers, the steps and the failed "
+                                     f"condition (-1: none), got {','.join(rest[skip:])!r}")
+                if values[0] != len(episodes[-1]["action"]):
+                    raise ValueError(f"{where}: the end line says {int(values[0])} steps, the episode logged "
+                                     f"{len(episodes[-1]['action'])}")
                 episodes[-1]["failed"] = int(values[1])
                 continue
             if len(rest) < skip or values.size != act_dim + obs_dim:
-                raise ValueError(f"{path}: a step line holds {values.size} values, the header says act_dim + "
+                raise ValueError(f"{where}: a step line holds {values.size} values, the header says act_dim + "
                                  f"obs_dim = {act_dim + obs_dim}")
             # float32 values printed with 9 digits: parsed as float32 they are exact, as float64
             # they would be the decimal (the replay would then step with other actions). Actions
             # stay float32, the dtype a policy hands the env, whose reward arithmetic follows it.
             values = np.array(rest[skip:], dtype=np.float32)
+            if not np.isfinite(values[:act_dim]).all():
+                raise ValueError(f"{where}: a step's action holds a NaN or infinite value; it cannot be replayed")
             episodes[-1]["action"].append(values[:act_dim])
             episodes[-1]["obs"].append(values[act_dim:].astype(np.float64))
+    if nq is None:
+        raise ValueError(f"{path} is not a pydpg control loop trace (no header line)")
+    if not episodes:
+        raise ValueError(f"{path}: the trace holds no episode (a header and no init line)")
+    if version == 2 and episodes[-1]["failed"] is None:
+        raise ValueError(f"{path}: episode {len(episodes) - 1} has no end line (the trace was cut short?)")
     for ep in episodes:
-        for key in ("obs", "action"):
-            ep[key] = np.array(ep[key])
+        for key, width in (("obs", obs_dim), ("action", act_dim)):
+            ep[key] = np.array(ep[key]).reshape(-1, width)
     return episodes
 
 
@@ -368,6 +395,12 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
         env.reset(seed=0)
         u.set_state(ep["qpos"], ep["qvel"])
         obs = u._get_obs()
+        act_dim = int(np.prod(env.action_space.shape))
+        # Sizes compared exactly: numpy would broadcast a 1-wide observation against the env's.
+        if ep["obs"].shape[1] != np.size(obs) or ep["action"].shape[1] != act_dim:
+            raise ValueError(f"the trace logs observations of {ep['obs'].shape[1]} and actions of "
+                             f"{ep['action'].shape[1]} values; this env observes {np.size(obs)} and acts with "
+                             f"{act_dim} (a trace of another policy?)")
         worst, ret, ended = 0.0, 0.0, None
         for t, (seen, action) in enumerate(zip(ep["obs"], ep["action"])):
             worst = max(worst, float(np.max(observation_error(seen, obs), initial=0.0)))

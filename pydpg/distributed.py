@@ -31,6 +31,7 @@ distributed resume is not bit-exact (a local one is).
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from typing import Any, Optional
@@ -111,6 +112,10 @@ class CollectorWorker(_Acting):
     def ready(self) -> bool:
         return True
 
+    def pid(self) -> int:
+        """Its process id (an operator's kill -9, a test's)."""
+        return os.getpid()
+
     def rollout(self, steps: int, warmup: bool, weights: Optional[dict], generation: int) -> Chunk:
         """``steps`` vector steps as one chunk. A new ``generation`` (the learner saw this worker
         restart) starts new episodes from fresh seeds, so a restarted worker does not replay its
@@ -142,6 +147,9 @@ class EvalWorker(_Acting):
         return evaluate(lambda obs: self.agent.act(self._normalized(obs)), self.env, episodes, seed)
 
 
+RETRY_PAUSE_S = 0.25  # between asks of a restarting worker
+
+
 def _actor_died(ray, e: BaseException) -> bool:
     return isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
 
@@ -156,6 +164,12 @@ class RayCollector:
         self.ray = ray = ray_session.init(train.ray_address)
         self.trainer = trainer
         self.n = train.workers
+        # Each collector steps its envs without pause: more of them than the cluster has CPUs only
+        # time-share (and a typo of 1e9 filled 3 GB in 90 s creating actors). Refused by name.
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if self.n > max(cpus, 1):
+            raise ValueError(f"--workers {self.n} exceeds the Ray cluster's {cpus} CPUs: each collector runs "
+                             f"continuously on one; use at most {max(cpus, 1)} (add nodes for more)")
         self.n_envs = train.n_envs
         self.broadcast_every = train.broadcast_every
         self.timeout = train.worker_timeout_s
@@ -188,6 +202,11 @@ class RayCollector:
         self.chunks = 0
         self.broadcasts = 0
         self.dead: set[int] = set()
+        # A restarting worker answers "temporarily unavailable" until its new life begins: asked
+        # again after a pause (not counted as a death: one kill once cost three restarts of the
+        # budget and left the restarted actor unused).
+        self.retry_at = [0.0] * self.n
+        self.chunks_by_worker = [0] * self.n
         self.fixed_order, self._turn = train.worker_order == "fixed", 0
         self.pending: dict[Any, int] = {}
         self.last_chunk_time = time.monotonic()
@@ -233,10 +252,12 @@ class RayCollector:
         waiting_since = time.monotonic()  # a pause of the learner's (between run calls) is no worker's fault
         while True:
             busy = set(self.pending.values())
+            now = time.monotonic()
             for i in range(self.n):
-                if i not in busy and i not in self.dead:
+                if i not in busy and i not in self.dead and self.retry_at[i] <= now:
                     self._request(i, warmup)
-            if not self.pending:
+            retrying = [self.retry_at[i] for i in range(self.n) if i not in self.dead and self.retry_at[i] > now]
+            if not self.pending and not retrying:
                 raise RuntimeError(f"all {self.n} Ray workers are gone (restarts exhausted: {self.restarts} restarts)")
             if self.fixed_order:
                 while self._turn in self.dead:
@@ -244,7 +265,15 @@ class RayCollector:
                 waiting_for = [ref for ref, w in self.pending.items() if w == self._turn]
             else:
                 waiting_for = list(self.pending)
-            ready, _ = self.ray.wait(waiting_for, num_returns=1, timeout=self.timeout)
+            if not waiting_for:  # the worker waited for is restarting: ask it again when its pause ends
+                self._check_progress(waiting_since, None)
+                time.sleep(max(0.0, min(retrying) - now))
+                continue
+            ready, _ = self.ray.wait(waiting_for, num_returns=1,
+                                     timeout=min([self.timeout] + [max(0.01, r - now) for r in retrying]))
+            if not ready and retrying:
+                self._check_progress(waiting_since, None)
+                continue
             if not ready:
                 raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s "
                                    f"({len(self.dead)} of {self.n} gone after {self.restarts} restarts)")
@@ -264,6 +293,7 @@ class RayCollector:
             self._turn = (i + 1) % self.n
             self.last_chunk_time = time.monotonic()
             self.chunks += 1
+            self.chunks_by_worker[i] += 1
             self._request(i, warmup)  # keep the worker busy while the learner updates
             return chunk
 
@@ -273,17 +303,25 @@ class RayCollector:
         for s in range(i * self.n_envs, (i + 1) * self.n_envs):
             self.trainer.buffer.end_episode(s)
 
+    def _check_progress(self, waiting_since: float, error: Optional[BaseException]) -> None:
+        if time.monotonic() - max(self.last_chunk_time, waiting_since) > self.timeout:
+            raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s"
+                               + (f"; the last one lost: {_cause(error)}" if error is not None else ""))
+
     def _lost(self, i: int, error: BaseException, waiting_since: float) -> None:
-        """Worker i died with a request pending."""
+        """Worker i's request failed: it died (a restart is counted, its open episodes closed), or it
+        is restarting ("temporarily unavailable": asked again after a pause, nothing counted)."""
+        if isinstance(error, self.ray.exceptions.ActorUnavailableError):
+            self.retry_at[i] = time.monotonic() + RETRY_PAUSE_S
+            self._check_progress(waiting_since, error)
+            return
         self._close_streams(i)
         self.incarnation[i] = None  # its next life's chunks are expected, not a second restart
         self.restarts += 1
         self.generation[i] += 1
         if self.generation[i] > self.trainer.train_cfg.worker_max_restarts:
             self.dead.add(i)  # Ray will not bring it back
-        if time.monotonic() - max(self.last_chunk_time, waiting_since) > self.timeout:
-            raise RuntimeError(f"no Ray worker delivered a chunk for {self.timeout:g} s; the last one lost: "
-                               f"{_cause(error)}")
+        self._check_progress(waiting_since, error)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int, seed: int) -> EvalResult:
@@ -306,6 +344,7 @@ class RayCollector:
 
     def stats(self) -> dict[str, Any]:
         return {"workers": self.n, "worker_restarts": self.restarts, "chunks": self.chunks,
+                "chunks_by_worker": list(self.chunks_by_worker),
                 "broadcasts": self.broadcasts, "chunk_steps": CHUNK_STEPS}
 
     def close(self) -> None:

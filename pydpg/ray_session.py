@@ -47,6 +47,35 @@ def _check_reachable(address: str, timeout: float) -> None:
             pass
     except OSError as e:
         raise ConnectionError(f"no Ray cluster answers at {address} within {timeout:g} s ({e})") from None
+    _check_gcs(address, timeout)
+
+
+def _check_gcs(address: str, timeout: float) -> None:
+    """Ask ``address`` for its cluster id, as a Ray client's first call to the GCS does: a server
+    that is not a Ray head's GCS (ray.init would retry "Failed to connect to GCS" forever, deaf to
+    Ctrl-C) or one that wants a token this process does not send (ray.init fails after half a
+    minute of InvalidAuthToken) is refused within ``timeout`` with a message saying which."""
+    try:
+        import grpc
+        from ray._private.authentication.grpc_authentication_client_interceptor import (
+            _get_authentication_metadata_tuple)
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # another Ray than the one this check was written against: ray.init's own checks
+        return
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout,
+                              metadata=_get_authentication_metadata_tuple())
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise ConnectionError(
+                    f"the Ray cluster at {address} requires token authentication (Ray >= 2.60 turns it on by default): "
+                    "set RAY_AUTH_MODE=token in this shell, with the head's token in ~/.ray/auth_token (what `ray "
+                    "start --head` wrote there) or in RAY_AUTH_TOKEN; docs/distributed.md") from None
+            raise ConnectionError(f"{address} answers, but not as a Ray head's GCS ({e.code().name}: "
+                                  f"{(e.details() or '')[:200]}); --ray-address is the head's --port (default 6379)"
+                                  ) from None
 
 
 def init(address: Optional[str] = None, num_cpus: Optional[int] = None, timeout: float = 10.0) -> Any:

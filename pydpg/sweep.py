@@ -162,17 +162,23 @@ def check_ray() -> None:
 
 
 def _check_envs(trials: list[Trial]) -> None:
-    """Make each (task, env kwargs) once, so that a bad id or [env] key fails before Ray starts."""
+    """Make each (task, env kwargs) once, and verify each (task, env kwargs, observation spec) a
+    setting states, so that a bad id, [env] key or [train] observation fails before Ray starts."""
     from .envs import make_env
+    from .trainer import check_observation
 
     seen = set()
     for t in trials:
-        key = (t.task, json.dumps(t.train["env_kwargs"], sort_keys=True, default=str))
+        observation = t.train.get("observation")
+        key = (t.task, json.dumps(t.train["env_kwargs"], sort_keys=True, default=str),
+               json.dumps(observation, sort_keys=True, default=str))
         if key in seen:
             continue
         seen.add(key)
         try:
             make_env(t.task, t.train["env_kwargs"]).close()
+            if observation is not None:
+                check_observation(observation, t.task, t.train["env_kwargs"])
         except TypeError as e:  # gym.make(id, **kwargs) with a keyword the env does not take
             raise ValueError(f"setting {t.setting!r} on {t.task}: {e} (check the [env] table)") from None
         except ValueError as e:

@@ -59,6 +59,36 @@ PER_EPS = 1e-6  # added to |TD error| so no transition gets priority 0 (Schaul e
 
 
 # ---------------------------------------------------------------------------------------- run settings
+MAX_WORKERS = 4096  # collectors of one learner; a cluster's CPU count bounds a run further (distributed.py)
+OBSERVATION_CHECK_STEPS = 50  # a run's stated observation is verified over this many env steps at start
+
+
+def check_observation(spec: dict, env: EnvLike, env_kwargs: Optional[dict] = None,
+                      steps: int = OBSERVATION_CHECK_STEPS) -> None:
+    """Verify a run's stated observation spec against a fresh copy of its env before training: a
+    spec the env cannot satisfy (unknown field or name, a slice out of range, another version,
+    another robot's spec, an empty list) or one that does not reproduce its observations is a
+    ValueError now, not at export hours later. Export verifies it again, longer."""
+    from .observation import ObservationError, ObservationMismatch, verify_report
+
+    # A fresh copy; an instance with no spec to copy from is checked itself (training resets it after).
+    own = isinstance(env, str) or getattr(env, "spec", None) is not None
+    single = make_env(env, env_kwargs or {}) if own else env
+    try:
+        verify_report(spec, single, steps=steps)
+    except (ObservationMismatch, ObservationError) as e:
+        raise ValueError(f"the run's observation spec ([observation]) does not fit {_env_label(env)}: {e}") from None
+    except TypeError as e:  # not a MuJoCo env
+        raise ValueError(f"the run states an observation spec ([observation]), but {e}") from None
+    finally:
+        if own:
+            single.close()
+
+
+def _env_label(env: EnvLike) -> str:
+    return env if isinstance(env, str) else (getattr(getattr(env, "spec", None), "id", None) or type(env).__name__)
+
+
 @dataclass
 class TrainConfig:
     """Everything about a run that is not the learning algorithm (that is ``DDPGConfig``)."""
@@ -116,6 +146,10 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "eval_seed_offset", "workers", "worker_max_restarts"):
             check(name, is_int(getattr(self, name)) and getattr(self, name) >= 0, "an int >= 0")
         check("broadcast_every", is_int(self.broadcast_every) and self.broadcast_every >= 1, "an int >= 1")
+        check("workers", self.workers <= MAX_WORKERS, f"at most {MAX_WORKERS} (the cluster's CPUs bound it further)")
+        if self.ray_address is not None and self.workers == 0:
+            raise ValueError(f"TrainConfig.ray_address {self.ray_address!r} is set but workers is 0: the address is "
+                             "where the collectors run (--workers N); without workers the run is local")
         check("ray_address", self.ray_address is None or (isinstance(self.ray_address, str) and self.ray_address != ""),
               "None or a non-empty string")
         for name in ("worker_noise_spread", "worker_timeout_s"):
@@ -191,6 +225,13 @@ class Trainer:
         self.act_dim = int(box.shape[0])
         if probe is not vec:
             probe.close()
+        if train.observation is not None:
+            try:
+                check_observation(train.observation, env, train.env_kwargs)
+            except ValueError:
+                if vec is not None:
+                    vec.close()
+                raise
         try:
             self.eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 and not train.workers else None
         except ValueError:

@@ -352,6 +352,7 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
     good = trace.read_text()
     lines = good.splitlines()
     assert lines[-1] == "end,0,5,-1"
+    first_step = next(line for line in lines if line.startswith("step,"))
     with pytest.raises(FileNotFoundError):
         read_trace(tmp_path / "missing.csv")
     for name, text, match in [
@@ -360,9 +361,19 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
         ("short.csv", good.replace("init,0,", "init,0,1,", 1), "init line holds"),
         ("garbage.csv", good + "step,0,9,x,y\n", "not numbers"),
         ("cut.csv", "\n".join(lines[:-2] + [lines[-2].rsplit(",", 2)[0]]) + "\n", "step line holds"),
-        ("end.csv", good + "end,0,5\n", "end line holds"),
+        ("end.csv", good + "end,0,5\n", "end line must hold two whole numbers"),
         ("kind.csv", good + "bogus,1\n", "unknown trace line kind"),
         ("version.csv", good.replace("trace 2:", "trace 3:"), "trace version 3"),
+        # What a hostile or broken file did before: accepted, guessed, or an unnamed error.
+        ("empty.csv", "", "no header line"),
+        ("header.csv", lines[0] + "\n", "holds no episode"),
+        ("noend.csv", "\n".join(lines[:-1]) + "\n", "has no end line"),
+        ("negative.csv", good.replace("act_dim 1", "act_dim -1"), "act_dim -1 is not a size"),
+        ("nan.csv", good.replace(first_step, ",".join(first_step.split(",")[:3] + ["nan"] + first_step.split(",")[4:])),
+         "action holds a NaN"),
+        ("inf_end.csv", "\n".join(lines[:-1] + ["end,0,5,inf"]) + "\n", "end line must hold two whole numbers"),
+        ("huge_end.csv", "\n".join(lines[:-1] + ["end,0,1e300,-1"]) + "\n", "end line must hold two whole numbers"),
+        ("wrong_steps.csv", "\n".join(lines[:-1] + ["end,0,4,-1"]) + "\n", "says 4 steps, the episode logged 5"),
     ]:
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=match):
@@ -378,6 +389,13 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
     assert old[0]["failed"] is None and new[0]["failed"] == -1
     with pytest.raises(ValueError, match="another robot"):
         replay_trace(trace, gym.make("Hopper-v5"))
+    # A header that claims a 1-wide observation: compared exactly, never broadcast against the env's.
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join([lines[0].replace("obs_dim 4", "obs_dim 1")] + [
+        ",".join(line.split(",")[:4] + line.split(",")[4:5]) if line.startswith("step") else line
+        for line in lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match="logs observations of 1 and actions of 1 values; this env observes 4"):
+        replay_trace(one, gym.make("InvertedPendulum-v5"))
     with pytest.raises(TypeError, match="not a Gymnasium MuJoCo env"):
         replay_trace(trace, gym.make("CartPole-v1"))
     with pytest.raises(TypeError, match="not a MuJoCo env"):

@@ -188,3 +188,32 @@ def test_a_sweep_of_100000_seeds_is_resolved_within_seconds():
 
     with pytest.raises(ValueError, match=r"seeds repeats 7$"):
         parse_spec({"tasks": ["InvertedPendulum-v5"], "seeds": [7, 1, 7], "total_steps": 1000})
+
+
+# ------------------------------------------------------------------------------ a run's observation spec
+@pytest.mark.parametrize("spec, match", [
+    ({"version": 1, "terms": [{"field": "qpos", "bogus": 1}]}, "unknown key 'bogus'"),
+    ({"version": 1, "terms": [{"field": "qpos", "names": "no_such_joint"}]}, "no joint named 'no_such_joint'"),
+    ({"version": 1, "terms": [{"field": "qpos", "stop": 10**12}]}, r"slice \[0:1000000000000\] of qpos is out of range"),
+    ({"version": 7, "terms": [{"field": "qpos"}]}, "observation spec version 7"),
+    ({"version": 1, "terms": []}, "'terms' must be a non-empty list"),
+    ("walker", "does not fit Hopper-v5"),  # another robot's spec
+])
+def test_a_runs_observation_spec_is_checked_before_training(tmp_path, spec, match):
+    """`pydpg train --config` with an [observation] table the env cannot satisfy: refused when the
+    run starts, not at export hours later (and a sweep's [train] observation before Ray starts)."""
+    from pydpg.config import DDPGConfig
+    from pydpg.observation import task_spec
+    from pydpg.sweep import _check_envs
+    from pydpg.sweep_spec import parse_spec
+    from pydpg.trainer import Trainer, TrainConfig
+
+    if spec == "walker":
+        spec = task_spec("Walker2d-v5")
+    train = TrainConfig(env_id="Hopper-v5", total_steps=10, eval_every=0, checkpoint_every=0, observation=spec)
+    with pytest.raises(ValueError, match=match):
+        Trainer(DDPGConfig(learning_starts=5), train, out_dir=tmp_path / "run", tensorboard=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    sweep = parse_spec({"tasks": ["Hopper-v5"], "seeds": [0], "total_steps": 10, "train": {"observation": spec}})
+    with pytest.raises(ValueError, match=match):
+        _check_envs(sweep.trials())
