@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -93,8 +94,14 @@ def torch_load(path: PathLike, what: str, map_location=None) -> Any:
         raise CheckpointError(f"{what}: no file at '{path}'")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...: all mean "not a usable file"
-        raise CheckpointError(f"{what} '{path}' is corrupt or not a pydpg file ({type(e).__name__}: {e})") from e
+    except pickle.UnpicklingError:
+        # torch's message would advise weights_only=False: unsafe advice for a file from elsewhere.
+        raise CheckpointError(f"{what} '{path}' is corrupt or not a pydpg file: it is not a torch archive of tensors "
+                              "and plain values (pydpg unpickles nothing else from a file)") from None
+    except Exception as e:  # truncated zip, an empty file, ...: all mean "not a usable file"
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{what} '{path}' is corrupt or not a pydpg file ({type(e).__name__}: {reason})"
+                              ) from None
 
 
 # ---------------------------------------------------------------------------------------- numpy <-> torch

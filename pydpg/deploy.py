@@ -114,6 +114,9 @@ def _env_for(env) -> Any:
         return env
     import gymnasium as gym
 
+    from .envs import check_env_id
+
+    check_env_id(env)  # an unknown id, or a module:Name whose module cannot be imported, by name
     return gym.make(env)
 
 
@@ -170,6 +173,8 @@ def _env_hint(env_id: str, error: Exception) -> str:
     """What to do when ``env_id`` cannot be made: the module of a ``module:EnvId`` id must be importable
     (its directory on PYTHONPATH); a bare id needs the module that registers it named."""
     module = env_id.split(":", 1)[0] if ":" in env_id else None
+    if "PYTHONPATH" in str(error):  # check_env_id's message says it already
+        return ""
     if module is not None and isinstance(error, ModuleNotFoundError):
         return (f" (the module '{module}' that registers it is not importable from here: run from its directory or "
                 f"add that directory to PYTHONPATH, e.g. PYTHONPATH=path/to/dir pydpg run ...)")

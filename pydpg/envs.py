@@ -9,6 +9,7 @@ action becomes an action in the environment's own units.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -29,12 +30,30 @@ EnvLike = Union[str, gym.Env]
 def check_env_id(env_id: str) -> None:
     """Raise ValueError for an id Gymnasium does not know, naming the closest registered ids.
 
-    Ids of the form ``"module:Name-v0"`` are left to ``gym.make``, which imports ``module`` first
-    (that import is what registers them).
+    For ``"module:Name-v0"`` the module is imported first, as ``gym.make`` does (that import is what
+    registers the id): a module that cannot be imported, and a name it did not register, are
+    ValueErrors that say so, not Gymnasium's tracebacks.
     """
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"environment id must be a non-empty string, got {env_id!r}")
-    if ":" in env_id or env_id in gym.registry:
+    if ":" in env_id:
+        module, _, name = env_id.partition(":")
+        if not module or not name:
+            raise ValueError(f"environment id {env_id!r} must be 'module:Name-vN'")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"cannot import the module {module!r} that should register {name!r} ({e}); it must be "
+                             "importable from here: run from its directory or add that directory to PYTHONPATH"
+                             ) from None
+        except Exception as e:  # its own code failed while registering
+            raise ValueError(f"importing the module {module!r} failed: {type(e).__name__}: {e}") from None
+        if name not in gym.registry:
+            close = difflib.get_close_matches(name, list(gym.registry.keys()), n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"the module {module!r} registers no environment {name!r}{hint}")
+        return
+    if env_id in gym.registry:
         return
     ids = list(gym.registry.keys())
     close = difflib.get_close_matches(env_id, ids, n=5, cutoff=0.6)

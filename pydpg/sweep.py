@@ -185,6 +185,15 @@ def _check_envs(trials: list[Trial]) -> None:
             raise ValueError(f"setting {t.setting!r} on {t.task}: {e}") from None
 
 
+def _check_paths(trials: list[Trial], out: Path) -> None:
+    """Every directory a trial writes lies under OUT, whatever its task and setting names hold."""
+    root = out.resolve()
+    for t in trials:
+        d = (out / t.rel_dir).resolve()
+        if root != d and root not in d.parents:
+            raise ValueError(f"trial {t.name!r} would write to {d}, outside OUT ({root}): rename its task or setting")
+
+
 def _setting_record(t: Trial, spec: SweepSpec) -> dict[str, Any]:
     train = {k: v for k, v in t.train.items() if k not in ("seed", "total_steps")}
     return {"task": t.task, "setting": t.setting, "label": spec.label(t.setting), "impl": t.impl,
@@ -260,6 +269,7 @@ def run_sweep(spec: Union[SweepSpec, dict, str, os.PathLike], out_dir: Union[str
     elif not resume:
         _check_not_started(trials, out, name)
     _check_envs(trials)
+    _check_paths(trials, out)
     _write_setting_files(trials, spec, out)
 
     ray_session.init(address=address, num_cpus=num_cpus)

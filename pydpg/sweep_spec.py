@@ -57,7 +57,9 @@ DEFAULT_SETTING = "default"
 def task_dir(task: str) -> str:
     """The directory name of a task: its id, with characters that are not safe in a path replaced
     (namespaced ids such as ``module:Name-v0`` or ``ns/Name-v0``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", task)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", task)
+    # "." and ".." (or any name of dots) would be this directory or its parent: never under OUT.
+    return name.replace(".", "_") if set(name) <= {"."} else name
 
 
 @dataclass(frozen=True)

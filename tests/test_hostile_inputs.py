@@ -217,3 +217,54 @@ def test_a_runs_observation_spec_is_checked_before_training(tmp_path, spec, matc
     sweep = parse_spec({"tasks": ["Hopper-v5"], "seeds": [0], "total_steps": 10, "train": {"observation": spec}})
     with pytest.raises(ValueError, match=match):
         _check_envs(sweep.trials())
+
+
+# ------------------------------------------------------------------------------ ids, files and paths
+@pytest.mark.parametrize("env_id, match", [
+    ("mymod_that_does_not_exist:Typo-v0", r"cannot import the module 'mymod_that_does_not_exist'.*PYTHONPATH"),
+    ("os:NoSuch-v0", r"the module 'os' registers no environment 'NoSuch-v0'"),
+    ("os:bad id", r"the module 'os' registers no environment 'bad id'"),
+    (":Hopper-v5", r"must be 'module:Name-vN'"),
+    ("Hoper-v5", r"unknown environment id 'Hoper-v5'; did you mean 'Hopper-v5'"),
+])
+def test_module_qualified_env_ids_that_do_not_resolve_are_named(env_id, match, tmp_path):
+    from pydpg.envs import make_env
+
+    with pytest.raises(ValueError, match=match):
+        make_env(env_id)
+    r = subprocess.run([sys.executable, "-m", "pydpg", "train", env_id, "--steps", "10", "--out", str(tmp_path / "r"),
+                        "--no-progress"], capture_output=True, text=True, timeout=HANG)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and __import__("re").search(match, r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 64, bytes(range(256)) * 20, "pickle"])
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path, content):
+    """Random bytes, or a pickle of arbitrary objects, given to `pydpg eval` / `export`: the message
+    says what the file is not, and never advises weights_only=False for a file from elsewhere."""
+    path = tmp_path / "model.pt"
+    if content == "pickle":
+        class Evil:
+            def __reduce__(self):
+                return (print, ("unpickled!",))
+
+        torch.save({"x": Evil()}, path)
+    else:
+        path.write_bytes(content)
+    for cmd in (["eval", str(path)], ["export", str(path), "-o", str(tmp_path / "p.pt")]):
+        r = subprocess.run([sys.executable, "-m", "pydpg", *cmd], capture_output=True, text=True, timeout=HANG)
+        assert r.returncode == 2, r.stderr
+        assert "is corrupt or not a pydpg file" in r.stderr or "is not a pydpg file" in r.stderr, r.stderr
+        assert "weights_only" not in r.stderr and "unpickled!" not in r.stdout + r.stderr
+
+
+def test_every_path_a_sweep_writes_stays_under_out(tmp_path):
+    """Task ids and setting names become directories: a task named '..' once wrote OUT/../default/."""
+    from pydpg.sweep import _check_paths
+    from pydpg.sweep_spec import Trial, task_dir
+
+    assert task_dir("..") == "__" and task_dir(".") == "_" and task_dir("../x") == ".._x"
+    inside = Trial("Hopper-v5", "default", 0, "pydpg", {}, {})
+    _check_paths([inside, Trial("..", "default", 0, "pydpg", {}, {})], tmp_path)
+    escaping = Trial("Hopper-v5", "../../elsewhere", 0, "pydpg", {}, {})  # a name parse_spec refuses anyway
+    with pytest.raises(ValueError, match="outside OUT"):
+        _check_paths([escaping], tmp_path)
