@@ -36,18 +36,38 @@ def require_ray(feature: str) -> Any:
 
 def _check_reachable(address: str, timeout: float) -> None:
     """Fail within ``timeout`` for an address no GCS answers at: ray.init itself retries for minutes."""
-    if address == "auto" or address.startswith("ray://"):
+    if address == "auto":
         return
-    host, _, port = address.rpartition(":")
+    client = address.startswith("ray://")  # Ray Client: a gRPC server of its own (default port 10001)
+    target = address[len("ray://"):] if client else address
+    host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"--ray-address must be HOST:PORT (the head node's GCS address), 'auto' or ray://..., "
-                         f"got {address!r}")
+        raise ValueError(f"--ray-address must be HOST:PORT (the head node's GCS address), 'auto' or "
+                         f"ray://HOST:PORT, got {address!r}")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
         raise ConnectionError(f"no Ray cluster answers at {address} within {timeout:g} s ({e})") from None
-    _check_gcs(address, timeout)
+    if client:
+        _check_grpc(target, address, timeout)
+    else:
+        _check_gcs(address, timeout)
+
+
+def _check_grpc(target: str, address: str, timeout: float) -> None:
+    """A Ray Client address must at least speak gRPC (HTTP/2): anything else is refused within
+    ``timeout`` rather than after Ray Client's own half a minute of retries."""
+    try:
+        import grpc
+    except ImportError:
+        return
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ConnectionError(f"{address} answers, but not as a Ray Client server (no gRPC within {timeout:g} s); "
+                                  "ray:// addresses are the head's Ray Client port (default 10001)") from None
 
 
 def _check_gcs(address: str, timeout: float) -> None:

@@ -85,6 +85,12 @@ def test_an_address_that_is_not_a_ray_head_is_refused_within_seconds(tmp_path):
                   "--no-progress", env=os.environ.copy(), timeout=120)
         assert r.returncode != 0 and "answers, but not as a Ray head's GCS" in r.stderr, r.stderr[-2000:]
         assert time.monotonic() - t0 < 60
+        t0 = time.monotonic()  # the same server as a Ray Client address: Ray Client retried for 37 s
+        r = pydpg("train", "InvertedPendulum-v5", "--workers", "1", "--ray-address",
+                  f"ray://127.0.0.1:{server.server_address[1]}", "--steps", "100", "--out", str(tmp_path / "b2"),
+                  "--no-progress", env=os.environ.copy(), timeout=120)
+        assert r.returncode != 0 and "not as a Ray Client server" in r.stderr, r.stderr[-2000:]
+        assert time.monotonic() - t0 < 60
     finally:
         server.shutdown()
 
