@@ -27,6 +27,8 @@ import pytest
 
 ray = pytest.importorskip("ray")  # the test extra installs it; a missing Ray is reported by test_distributed
 
+from pydpg import ray_session  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,22 +43,64 @@ def head(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     port = free_port()
     env = {**os.environ, "HOME": str(home), "RAY_TMPDIR": str(tmp_path_factory.mktemp("raytmp"))}
-    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", ray_session._LOCAL_ONLY_ENV):
         env.pop(key, None)
+    # This process's own local Ray (the test session shares one): stopping the head must leave it be.
+    ray_session.init(num_cpus=1)
     # Ray >= 2.60: a token in ~/.ray/auth_token turns `ray start --head` to token mode (a local
     # ray.init() makes one on its own); whoever joins then needs it and RAY_AUTH_MODE=token.
     subprocess.run([str(ray_bin), "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120,
                    env=env, check=True)
-    start = subprocess.run([str(ray_bin), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
-                            "--temp-dir", env["RAY_TMPDIR"]],
-                           capture_output=True, text=True, timeout=300, env=env)
-    if start.returncode != 0:
-        pytest.fail(f"ray start --head failed: {start.stderr[-2000:]}")
-    assert (home / ".ray" / "auth_token").is_file()  # token mode, as Ray 2.60 defaults to
-    yield f"127.0.0.1:{port}", {**env, "RAY_AUTH_MODE": "token"}  # how docs/distributed.md says to join
-    subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    # --block keeps `ray start` in the foreground as the parent of the head's processes, in a
+    # session of its own: teardown stops that group only. `ray stop` would stop every Ray of this
+    # user on the machine: a user's own cluster, and the test session's local Ray, whose driver
+    # (pytest) then exits with status 1 without a word.
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--port", str(port),
+                             "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", env["RAY_TMPDIR"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in head.stdout:
+            lines.append(line)
+            if "Ray runtime started" in line:
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not started.wait(300) or head.poll() is not None:
+            pytest.fail(f"ray start --head failed: {''.join(lines)[-2000:]}")
+        assert (home / ".ray" / "auth_token").is_file()  # token mode, as Ray 2.60 defaults to
+        yield f"127.0.0.1:{port}", {**env, "RAY_AUTH_MODE": "token"}  # how docs/distributed.md says to join
+    finally:
+        stop_group(head)
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    # `ray stop --force` here once killed it, and its driver, pytest, exited with status 1 mid-suite.
+    assert ray.get(ray.remote(lambda: 1).remote(), timeout=60) == 1
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group (`ray start --block` then stops what it started), SIGKILL after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; its children may still be stopping
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def pydpg(*args, env, timeout=300) -> subprocess.CompletedProcess:
