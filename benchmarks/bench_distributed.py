@@ -1,4 +1,4 @@
-"""Distributed collection on Ray (pydpg.distributed), measured in one run:
+"""Distributed collection on Ray (pydpg.train.distributed), measured in one run:
 
 1. collection throughput with 1, 2, 4, 8 workers on an env whose step costs an artificial 2 ms
    (benchmarks/slow_env.py: a simulator heavier than the learner). The learner makes no updates
@@ -34,13 +34,21 @@ SLOW = "benchmarks.slow_env:SlowPendulum-v0"
 
 
 def trainer(env: str, steps: int, workers: int, learning_starts: int, hidden=(256, 256), order: str = "fixed"):
-    from pydpg import presets
-    from pydpg.trainer import Trainer
+    from pydpg.train.config import resolve
+    from pydpg.train.trainer import Trainer
 
-    config, train = presets.resolve(env.split(":")[-1] if ":" not in env else None,
-                                    agent={"hidden": list(hidden), "learning_starts": learning_starts},
-                                    train={"total_steps": steps, "eval_every": 0, "checkpoint_every": 0,
-                                           "workers": workers, "env_id": env, "worker_order": order})
+    config, train = resolve(
+        env.split(":")[-1] if ":" not in env else None,
+        agent={"hidden": list(hidden), "learning_starts": learning_starts},
+        train={
+            "total_steps": steps,
+            "eval_every": 0,
+            "checkpoint_every": 0,
+            "workers": workers,
+            "env_id": env,
+            "worker_order": order,
+        },
+    )
     return Trainer(config, train, tensorboard=False)
 
 
@@ -51,7 +59,7 @@ def timed_run(t) -> tuple[float, dict]:
 
 
 def collection(workers_list, steps_per_worker: int) -> list[dict]:
-    """Both chunk orders (pydpg.distributed): "fixed" takes the workers' chunks in turn (the default,
+    """Both chunk orders (pydpg.train.distributed): "fixed" takes the workers' chunks in turn (the default,
     reproducible), "arrival" whichever comes first (Ape-X)."""
     rows = []
     for n in workers_list:
@@ -81,8 +89,14 @@ def learner(steps: int) -> list[dict]:
             t.run(stop_at=1500)
             g0, t0 = t.n_grad, time.perf_counter()
             t.run()
-            rows.append({"workers": workers, "updates_per_s": (t.n_grad - g0) / (time.perf_counter() - t0),
-                         "updates": t.n_grad - g0, "replay_ratio": t.n_grad / max(1, t.step - 1000)})
+            rows.append(
+                {
+                    "workers": workers,
+                    "updates_per_s": (t.n_grad - g0) / (time.perf_counter() - t0),
+                    "updates": t.n_grad - g0,
+                    "replay_ratio": t.n_grad / max(1, t.step - 1000),
+                }
+            )
         finally:
             t.close()
         print(f"  HalfCheetah learner, workers={workers}: {rows[-1]['updates_per_s']:.0f} updates/s", file=sys.stderr)
@@ -93,13 +107,18 @@ def overheads() -> dict:
     import numpy as np
     import torch
 
-    from pydpg import ray_session
-    from pydpg.networks import Actor
+    from pydpg.core.networks import Actor
+    from pydpg.train import ray_session
 
-    code = "import time; t = time.perf_counter(); from pydpg import ray_session; ray_session.init(num_cpus=2); " \
-           "print(time.perf_counter() - t)"
-    startup = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                   cwd=ROOT).stdout.split()[-1])
+    code = (
+        "import time; t = time.perf_counter(); from pydpg.train import ray_session; ray_session.init(num_cpus=2); "
+        "print(time.perf_counter() - t)"
+    )
+    startup = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout.split()[-1]
+    )
     ray = ray_session.init()
     actor = Actor(17, 6, (256, 256))
     weights = {k: v.detach().numpy() for k, v in actor.state_dict().items()}
@@ -120,13 +139,17 @@ def overheads() -> dict:
     for _ in range(n):
         ray.get(echo.remote(chunk))
     rtt_ms = (time.perf_counter() - t0) / n * 1e3
-    return {"startup_s": startup, "broadcast_put_ms": put_ms,
-            "actor_bytes": int(sum(v.nbytes for v in weights.values())), "task_round_trip_ms": rtt_ms,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "startup_s": startup,
+        "broadcast_put_ms": put_ms,
+        "actor_bytes": int(sum(v.nbytes for v in weights.values())),
+        "task_round_trip_ms": rtt_ms,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def learning(steps: int, seeds, runs_dir: Path, workers: int = 2) -> list[dict]:
-    from pydpg.run_log import read_metrics
+    from pydpg.train.run_log import read_metrics
 
     def out(seed, w):
         return runs_dir / ("single" if w == 0 else f"workers{w}") / f"seed{seed}"
@@ -135,8 +158,21 @@ def learning(steps: int, seeds, runs_dir: Path, workers: int = 2) -> list[dict]:
         d = out(seed, w)
         if (d / "summary.json").exists() and json.loads((d / "summary.json").read_text())["steps"] >= steps:
             return None
-        cmd = [sys.executable, "-m", "pydpg", "train", "HalfCheetah-v5", "--steps", str(steps), "--seed", str(seed),
-               "--threads", "1", "--no-progress", "--no-tensorboard"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pydpg",
+            "train",
+            "HalfCheetah-v5",
+            "--steps",
+            str(steps),
+            "--seed",
+            str(seed),
+            "--threads",
+            "1",
+            "--no-progress",
+            "--no-tensorboard",
+        ]
         cmd += ["--resume", str(d)] if (d / "checkpoints" / "latest").exists() else ["--out", str(d)]
         return cmd + (["--workers", str(workers)] if w else [])
 
@@ -148,22 +184,34 @@ def learning(steps: int, seeds, runs_dir: Path, workers: int = 2) -> list[dict]:
         for w in (0, workers):
             summary = json.loads((out(seed, w) / "summary.json").read_text())
             evals = [r for r in read_metrics(out(seed, w) / "metrics.csv") if r["eval_mean"] == r["eval_mean"]]
-            rows.append({"workers": w, "seed": seed, "eval_return": summary["final_eval"]["mean"],
-                         "eval_step": summary["final_eval"]["step"], "best_eval": summary["best_eval"]["mean"],
-                         "updates_per_s": summary["gradient_steps"] / summary["wall_time_s"],
-                         "last3_eval_mean": sum(r["eval_mean"] for r in evals[-3:]) / len(evals[-3:])})
+            rows.append(
+                {
+                    "workers": w,
+                    "seed": seed,
+                    "eval_return": summary["final_eval"]["mean"],
+                    "eval_step": summary["final_eval"]["step"],
+                    "best_eval": summary["best_eval"]["mean"],
+                    "updates_per_s": summary["gradient_steps"] / summary["wall_time_s"],
+                    "last3_eval_mean": sum(r["eval_mean"] for r in evals[-3:]) / len(evals[-3:]),
+                }
+            )
     return rows
 
 
 def learning_table(rows) -> str:
     import numpy as np
 
-    lines = ["| HalfCheetah-v5 | seed | eval return at the end | mean of the last 3 evals | best eval | "
-             "updates/s over the run |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| HalfCheetah-v5 | seed | eval return at the end | mean of the last 3 evals | best eval | "
+        "updates/s over the run |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         name = "single process" if r["workers"] == 0 else f"{r['workers']} Ray workers"
-        lines.append(f"| {name} | {r['seed']} | {r['eval_return']:.0f} | {r['last3_eval_mean']:.0f} | "
-                     f"{r['best_eval']:.0f} | {r['updates_per_s']:.0f} |")
+        lines.append(
+            f"| {name} | {r['seed']} | {r['eval_return']:.0f} | {r['last3_eval_mean']:.0f} | "
+            f"{r['best_eval']:.0f} | {r['updates_per_s']:.0f} |"
+        )
     for w in sorted({r["workers"] for r in rows}):
         ev = np.array([r["eval_return"] for r in rows if r["workers"] == w])
         name = "single process" if w == 0 else f"{w} Ray workers"
@@ -192,34 +240,44 @@ def main(argv=None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"runs": rows, "table": table}, indent=1))
         return 0
-    from pydpg import ray_session
+    from pydpg.train import ray_session
 
     ray_session.init(num_cpus=max(2, max(args.workers) + 1))
     coll = collection(args.workers, args.steps)
     learn = learner(args.learner_steps)
     over = overheads()
     one = {o: coll[0][o] / coll[0]["workers"] for o in ("fixed", "arrival")}
-    lines = ["| workers | fixed order: steps/s | vs N x one worker | arrival order: steps/s | vs N x one worker |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| workers | fixed order: steps/s | vs N x one worker | arrival order: steps/s | vs N x one worker |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for r in coll:
-        lines.append(f"| {r['workers']} | " + " | ".join(f"{r[o]:.0f} | {r[o] / (one[o] * r['workers']):.2f}"
-                                                         for o in ("fixed", "arrival")) + " |")
+        lines.append(
+            f"| {r['workers']} | "
+            + " | ".join(f"{r[o]:.0f} | {r[o] / (one[o] * r['workers']):.2f}" for o in ("fixed", "arrival"))
+            + " |"
+        )
     lines += ["", "| HalfCheetah-v5, 1 update per step | learner updates/s | replay ratio |", "|---|---:|---:|"]
     for r in learn:
         name = "single process" if r["workers"] == 0 else f"{r['workers']} Ray workers"
         lines.append(f"| {name} | {r['updates_per_s']:.0f} | {r['replay_ratio']:.3f} |")
     base = learn[0]["updates_per_s"]
     lines.append(f"| ratio (workers / single) | {learn[1]['updates_per_s'] / base:.2f} | |")
-    lines += ["", "| Ray overhead | value |", "|---|---:|",
-              f"| start-up of a local Ray (fresh process) | {over['startup_s']:.1f} s |",
-              f"| one weight broadcast (ray.put, 256-256 actor, {over['actor_bytes'] / 1e3:.0f} kB) | "
-              f"{over['broadcast_put_ms']:.2f} ms |",
-              f"| task round trip with a 50-step chunk | {over['task_round_trip_ms']:.2f} ms |"]
+    lines += [
+        "",
+        "| Ray overhead | value |",
+        "|---|---:|",
+        f"| start-up of a local Ray (fresh process) | {over['startup_s']:.1f} s |",
+        f"| one weight broadcast (ray.put, 256-256 actor, {over['actor_bytes'] / 1e3:.0f} kB) | "
+        f"{over['broadcast_put_ms']:.2f} ms |",
+        f"| task round trip with a 50-step chunk | {over['task_round_trip_ms']:.2f} ms |",
+    ]
     table = "\n".join(lines)
     print(table)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"collection": coll, "learner": learn, "overheads": over, "table": table},
-                                          indent=1))
+    Path(args.json).write_text(
+        json.dumps({"collection": coll, "learner": learn, "overheads": over, "table": table}, indent=1)
+    )
     ray_session.shutdown()
     return 0
 

@@ -3,7 +3,7 @@
 normalization and action scaling, in every way pydpg can run it:
 
     C++ runtime from C++      benchmarks/cpp_runtime (find_package(pydpg)), mlp and torchscript backends
-    C++ runtime from Python   pydpg.runtime.Policy.act (binding + GIL release included), also with
+    C++ runtime from Python   pydpg.deploy.runtime.Policy.act (binding + GIL release included), also with
                               batch_invariant=True (each row computed alone)
     Python eager torch        the same normalize -> actor -> scale module, eager, inference_mode
     TorchScript from Python   torch.jit.load of the exported file
@@ -40,8 +40,14 @@ BATCHES = (64, 1024, 4096)
 def percentiles(ns: np.ndarray) -> dict:
     us = np.sort(ns) / 1e3
     at = lambda q: float(us[min(len(us) - 1, max(0, int(np.ceil(q * len(us))) - 1))])  # noqa: E731
-    return {"mean_us": float(us.mean()), "p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99),
-            "p999_us": at(0.999), "max_us": float(us[-1])}
+    return {
+        "mean_us": float(us.mean()),
+        "p50_us": at(0.5),
+        "p90_us": at(0.9),
+        "p99_us": at(0.99),
+        "p999_us": at(0.999),
+        "max_us": float(us[-1]),
+    }
 
 
 def time_calls(fn, x, calls: int) -> dict:
@@ -70,11 +76,15 @@ def throughput(fn, x) -> float:
 def cpp_bench(policy: Path, calls: int, backend: str) -> dict | None:
     if not (shutil.which("cmake") and shutil.which("c++")):
         return None
-    from pydpg.deploy import build_cmake_project
+    from pydpg.deploy.loop import build_cmake_project
 
     build = build_cmake_project(ROOT / "benchmarks" / "cpp_runtime", tempfile.mkdtemp(prefix="pydpg-bench-"))
-    out = subprocess.run([str(build / "bench_runtime"), str(policy), backend, str(calls), *map(str, BATCHES)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(build / "bench_runtime"), str(policy), backend, str(calls), *map(str, BATCHES)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     shutil.rmtree(build, ignore_errors=True)
     return json.loads(out.stdout)
 
@@ -82,25 +92,30 @@ def cpp_bench(policy: Path, calls: int, backend: str) -> dict | None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=20_000, help="batch-1 calls per method")
-    p.add_argument("--actor", choices=("default", "td7", "crossq"), default="default",
-                   help="pydpg's default actor, TD7's (preset td7) or CrossQ's (preset crossq)")
-    p.add_argument("--json", default=None,
-                   help="default benchmarks/results/inference.json (inference_<actor>.json with --actor)")
+    p.add_argument(
+        "--actor",
+        choices=("default", "td7", "crossq"),
+        default="default",
+        help="pydpg's default actor, TD7's (preset td7) or CrossQ's (preset crossq)",
+    )
+    p.add_argument(
+        "--json", default=None, help="default benchmarks/results/inference.json (inference_<actor>.json with --actor)"
+    )
     args = p.parse_args(argv)
     if args.json is None:
         name = "inference.json" if args.actor == "default" else f"inference_{args.actor}.json"
         args.json = str(ROOT / "benchmarks" / "results" / name)
     torch.set_num_threads(1)
 
-    from pydpg.agent import DDPG
-    from pydpg.config import DDPGConfig
-    from pydpg.export import PolicyModule, export_policy
-    from pydpg.normalizer import RunningNormalizer
-    from pydpg.runtime import Policy
+    from pydpg.core.agent import DDPGAgent
+    from pydpg.core.config import DDPGConfig
+    from pydpg.core.normalizer import RunningNormalizer
+    from pydpg.deploy.export import PolicyModule, export_policy
+    from pydpg.deploy.runtime import Policy
 
     torch.manual_seed(0)
     presets = {"td7": DDPGConfig.preset("td7"), "crossq": DDPGConfig.preset("crossq", critic_hidden=(256, 256))}
-    agent = DDPG.from_dims(17, 6, presets.get(args.actor))
+    agent = DDPGAgent.from_dims(17, 6, presets.get(args.actor))
     actor = agent.policy_actor.eval()  # a batch-renormalized actor acts with its running statistics
     norm = RunningNormalizer(17)
     norm.update(np.random.default_rng(0).standard_normal((4096, 17)) * 2)
@@ -123,8 +138,10 @@ def main(argv=None) -> int:
     for backend in ("mlp", "torchscript"):
         r = cpp_bench(pt, args.calls, backend)
         if r is not None:
-            rows[f"C++ runtime from C++ ({backend})"] = {**r["batch1"],
-                                                         "throughput": {int(k): v for k, v in r["throughput"].items()}}
+            rows[f"C++ runtime from C++ ({backend})"] = {
+                **r["batch1"],
+                "throughput": {int(k): v for k, v in r["throughput"].items()},
+            }
     pol = Policy(pt, max_batch=max(BATCHES))
     print(f"  {args.actor} actor: runtime backend {pol.backend}", file=sys.stderr)
     out = {b: np.empty((b, 6), np.float32) for b in (1, *BATCHES)}
@@ -137,8 +154,9 @@ def main(argv=None) -> int:
     inv = Policy(pt, max_batch=max(BATCHES), batch_invariant=True)
     record("C++ runtime from Python (mlp, batch_invariant)", lambda x: inv.act(x, out=out[x.shape[0]]))
 
-    module = PolicyModule(actor, np.array(low), np.array(high), norm.mean.numpy(), norm.var.numpy(),
-                          norm.eps, norm.clip).eval()
+    module = PolicyModule(
+        actor, np.array(low), np.array(high), norm.mean.numpy(), norm.var.numpy(), norm.eps, norm.clip
+    ).eval()
 
     def eager(x):
         with torch.inference_mode():
@@ -163,8 +181,9 @@ def main(argv=None) -> int:
     try:
         import onnxruntime as ort
 
-        export_policy(agent, tmp / "policy.onnx", action_low=low, action_high=high, normalizer=norm, format="onnx",
-                      verbose=False)
+        export_policy(
+            agent, tmp / "policy.onnx", action_low=low, action_high=high, normalizer=norm, format="onnx", verbose=False
+        )
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
@@ -175,18 +194,32 @@ def main(argv=None) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
 
     eager_tp = rows["Python eager torch"]["throughput"]
-    header = ("| method (1 thread) | batch-1 p50 µs | p99 µs | mean µs | "
-              + " | ".join(f"batch {b} obs/s" for b in BATCHES) + " |")
+    header = (
+        "| method (1 thread) | batch-1 p50 µs | p99 µs | mean µs | "
+        + " | ".join(f"batch {b} obs/s" for b in BATCHES)
+        + " |"
+    )
     lines = [header, "|---|---:|---:|---:|" + "---:|" * len(BATCHES)]
     for name, r in rows.items():
-        tp = " | ".join(f"{r['throughput'][b] / 1e6:.2f} M ({r['throughput'][b] / eager_tp[b]:.2f}x)"
-                        if b in r["throughput"] else "" for b in BATCHES)
+        tp = " | ".join(
+            f"{r['throughput'][b] / 1e6:.2f} M ({r['throughput'][b] / eager_tp[b]:.2f}x)"
+            if b in r["throughput"]
+            else ""
+            for b in BATCHES
+        )
         lines.append(f"| {name} | {r['p50_us']:.2f} | {r['p99_us']:.2f} | {r['mean_us']:.2f} | {tp} |")
     table = "\n".join(lines)
     print(table)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    result = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "calls": args.calls,
-              "actor": args.actor, "rows": rows, "table": table}
+    result = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "calls": args.calls,
+        "actor": args.actor,
+        "rows": rows,
+        "table": table,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     tmp_json = Path(args.json).with_suffix(".json.tmp")
     tmp_json.write_text(json.dumps(result, indent=1))

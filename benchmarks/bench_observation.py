@@ -4,7 +4,7 @@ Gymnasium's own Python ``_get_obs()`` for the same task, state and observation, 
     C++ build()             ns per call and heap allocations per call, measured inside a C++ program
                             linked against the installed pydpg::mujoco (tests/cpp/alloc_check)
     C++ termination check   the same for TerminationCheck::first_failure, where the task has conditions
-    Python binding          pydpg.observation.ObservationBuilder.build(data) (binding overhead included)
+    Python binding          pydpg.contract.observation.ObservationBuilder.build(data) (binding overhead included)
     Gymnasium _get_obs()    the env's own numpy assembly of the observation (the peer)
 
 for four Gymnasium tasks and the custom robot of examples/custom_robot (ArmReach-v0, sensors), and
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("HalfCheetah-v5", "Ant-v5", "Humanoid-v5", "Reacher-v5", "ArmReach-v0")
@@ -50,8 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "observation.json"))
     args = p.parse_args(argv)
 
-    from pydpg.deploy import build_cmake_project
-    from pydpg.observation import ObservationBuilder, task_spec
+    from pydpg.contract.observation import ObservationBuilder, task_spec
+    from pydpg.deploy.loop import build_cmake_project
 
     sys.path.insert(0, str(ROOT / "examples" / "custom_robot"))
     import arm_env  # registers ArmReach-v0
@@ -69,31 +68,39 @@ def main(argv=None) -> int:
         u = env.unwrapped
         spec = spec_of(env_id)
         (tmp / "spec.json").write_text(json.dumps(spec))
-        out = subprocess.run([str(driver), "--observation", u.fullpath, str(tmp / "spec.json"), str(args.calls)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [str(driver), "--observation", u.fullpath, str(tmp / "spec.json"), str(args.calls)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         cpp = json.loads(out.stdout)
         builder = ObservationBuilder(spec, u.model)
         py_calls = max(2000, args.calls // 20)
-        rows[env_id] = {"size": cpp["size"], "cpp_us": cpp["ns_per_build"] / 1e3,
-                        "cpp_allocations_per_call": cpp["allocations"] / cpp["calls"],
-                        "conditions": cpp["conditions"], "check_us": cpp["ns_per_check"] / 1e3,
-                        "check_allocations_per_call": cpp["check_allocations"] / cpp["calls"],
-                        "binding_us": per_call_us(lambda: builder.build(u.data), py_calls),
-                        "gymnasium_us": per_call_us(u._get_obs, py_calls)}
+        rows[env_id] = {
+            "size": cpp["size"],
+            "cpp_us": cpp["ns_per_build"] / 1e3,
+            "cpp_allocations_per_call": cpp["allocations"] / cpp["calls"],
+            "conditions": cpp["conditions"],
+            "check_us": cpp["ns_per_check"] / 1e3,
+            "check_allocations_per_call": cpp["check_allocations"] / cpp["calls"],
+            "binding_us": per_call_us(lambda: builder.build(u.data), py_calls),
+            "gymnasium_us": per_call_us(u._get_obs, py_calls),
+        }
         env.close()
         print(f"  {env_id}: {rows[env_id]['cpp_us']:.3f} us", file=sys.stderr)
     import torch
 
-    from pydpg.agent import DDPG
-    from pydpg.deploy import run_policy
-    from pydpg.envs import initial_states
-    from pydpg.export import export_policy
+    from pydpg.common.envs import initial_states
+    from pydpg.core.agent import DDPGAgent
+    from pydpg.deploy.export import export_policy
+    from pydpg.deploy.loop import run_policy
 
     loop = {}
     for env_id in ("HalfCheetah-v5", "Humanoid-v5"):
         env = gym.make(env_id)
         torch.manual_seed(0)
-        agent = DDPG.from_dims(env.observation_space.shape[0], env.action_space.shape[0])
+        agent = DDPGAgent.from_dims(env.observation_space.shape[0], env.action_space.shape[0])
         export_policy(agent, tmp / "p.pt", env=env, verbose=False)
         episodes = 1 if not task_spec(env_id).get("termination") else 100
         states = initial_states(env, episodes, seed=0)
@@ -102,26 +109,40 @@ def main(argv=None) -> int:
         loop[env_id] = {"steps": out["steps"], "episodes": episodes, "act": out["latency_us"], "step": out["step_us"]}
     shutil.rmtree(tmp, ignore_errors=True)
 
-    lines = ["| task | obs size | C++ build() µs | allocations / call | Python binding µs | Gymnasium _get_obs() µs |"
-             " Gymnasium / C++ | termination conditions | C++ check µs | allocations / check |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| task | obs size | C++ build() µs | allocations / call | Python binding µs | Gymnasium _get_obs() µs |"
+        " Gymnasium / C++ | termination conditions | C++ check µs | allocations / check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for env_id, r in rows.items():
-        check = (f"{r['conditions']} | {r['check_us']:.3f} | {r['check_allocations_per_call']:g}" if r["conditions"]
-                 else "0 | – | –")
-        lines.append(f"| {env_id} | {r['size']} | {r['cpp_us']:.3f} | {r['cpp_allocations_per_call']:g} | "
-                     f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x | {check} |")
-    lines += ["", "| control loop, free-running | episodes | steps | act() p50 µs | act() p99 µs |"
-              " step (act + physics + build + check) p50 µs | step p99 µs |", "|---|---:|---:|---:|---:|---:|---:|"]
+        check = (
+            f"{r['conditions']} | {r['check_us']:.3f} | {r['check_allocations_per_call']:g}"
+            if r["conditions"]
+            else "0 | – | –"
+        )
+        lines.append(
+            f"| {env_id} | {r['size']} | {r['cpp_us']:.3f} | {r['cpp_allocations_per_call']:g} | "
+            f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x | {check} |"
+        )
+    lines += [
+        "",
+        "| control loop, free-running | episodes | steps | act() p50 µs | act() p99 µs |"
+        " step (act + physics + build + check) p50 µs | step p99 µs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for env_id, r in loop.items():
-        lines.append(f"| {env_id} | {r['episodes']} | {r['steps']} | {r['act']['p50']:.2f} | {r['act']['p99']:.2f} | "
-                     f"{r['step']['p50']:.2f} | {r['step']['p99']:.2f} |")
+        lines.append(
+            f"| {env_id} | {r['episodes']} | {r['steps']} | {r['act']['p50']:.2f} | {r['act']['p99']:.2f} | "
+            f"{r['step']['p50']:.2f} | {r['step']['p99']:.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     tmp_json = Path(args.json).with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps({"cpu": cpu, "calls": args.calls, "rows": rows, "loop": loop, "table": table},
-                                   indent=1))
+    tmp_json.write_text(
+        json.dumps({"cpu": cpu, "calls": args.calls, "rows": rows, "loop": loop, "table": table}, indent=1)
+    )
     os.replace(tmp_json, args.json)
     return 0
 

@@ -36,7 +36,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from pydpg.cli import _positive_int  # the CLI's own check: a clear message naming the flag
+from pydpg.cli.main import _positive_int  # the CLI's own check: a clear message naming the flag
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ("default", "PASSIVE", "GOMP_SPINCOUNT=10000", "ACTIVE")
@@ -49,8 +49,9 @@ cpus, threads, learning_starts, steps = [int(c) for c in sys.argv[1].split(",")]
 env_id, agent = sys.argv[5], json.loads(sys.argv[6])
 os.sched_setaffinity(0, cpus)
 import torch  # first: pydpg leaves OpenMP's settings alone, the cell's environment decides
-from pydpg.config import DDPGConfig
-from pydpg.trainer import TrainConfig, Trainer
+from pydpg.core.config import DDPGConfig
+from pydpg.train.config import TrainConfig
+from pydpg.train.trainer import Trainer
 trainer = Trainer(DDPGConfig(**{**agent, "learning_starts": learning_starts}),
                   TrainConfig(env_id=env_id, total_steps=10**9, eval_every=0, checkpoint_every=0, seed=0,
                               threads=threads))
@@ -79,9 +80,23 @@ def _cell(setting: str, busy: bool, threads: int, cpus: list[int], args) -> tupl
         busy_code = f"import os; os.sched_setaffinity(0, [{cpus[0]}])\nwhile True: pass"
         loop = subprocess.Popen([sys.executable, "-c", busy_code])
     try:
-        out = subprocess.run([sys.executable, "-c", _CHILD, ",".join(map(str, cpus)), str(threads),
-                              str(args.learning_starts), str(args.steps), args.env, json.dumps(args.agent)],
-                             capture_output=True, text=True, env=_environment(setting), timeout=args.timeout)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                ",".join(map(str, cpus)),
+                str(threads),
+                str(args.learning_starts),
+                str(args.steps),
+                args.env,
+                json.dumps(args.agent),
+            ],
+            capture_output=True,
+            text=True,
+            env=_environment(setting),
+            timeout=args.timeout,
+        )
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         return float(out.stdout.split()[-1]), True
@@ -100,10 +115,13 @@ def _name(cell: tuple) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", default=",".join(SETTINGS),
-                   help="comma-separated: default, PASSIVE, ACTIVE or GOMP_SPINCOUNT=N (default %(default)s)")
+    p.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help="comma-separated: default, PASSIVE, ACTIVE or GOMP_SPINCOUNT=N (default %(default)s)",
+    )
     p.add_argument("--env", default="Hopper-v5")
-    p.add_argument("--preset", help="an algorithm preset (pydpg.config.DDPGConfig.presets()), e.g. crossq")
+    p.add_argument("--preset", help="an algorithm preset (pydpg.core.config.DDPGConfig.presets()), e.g. crossq")
     p.add_argument("--critic-hidden", help="critic widths, e.g. 256,256 (crossq's default is 2048,2048)")
     p.add_argument("--steps", type=_positive_int, default=1000, help="timed env steps (each with one update)")
     p.add_argument("--learning-starts", type=_positive_int, default=1000)
@@ -113,7 +131,7 @@ def main() -> None:
     args = p.parse_args()
     if not args.timeout > 0:
         p.error(f"--timeout must be > 0, got {args.timeout}")
-    from pydpg.config import DDPGConfig
+    from pydpg.core.config import DDPGConfig
 
     presets = DDPGConfig.presets()
     if args.preset is not None and args.preset not in presets:
@@ -134,20 +152,22 @@ def main() -> None:
     runs: dict[tuple, list[float]] = {c: [] for c in cells}
     unfinished: set[tuple] = set()
     for r in range(args.repeats):
-        for c in cells[r % len(cells):] + cells[:r % len(cells)]:
+        for c in cells[r % len(cells) :] + cells[: r % len(cells)]:
             rate, finished = _cell(*c, cpus, args)
             runs[c].append(rate)
             if not finished:
                 unfinished.add(c)
-            print(f"  {_name(c)}: {'' if finished else 'at most '}{rate:.1f} env steps/s", file=sys.stderr,
-                  flush=True)
+            print(f"  {_name(c)}: {'' if finished else 'at most '}{rate:.1f} env steps/s", file=sys.stderr, flush=True)
     table = {c: statistics.median(v) for c, v in runs.items()}
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    what = ", ".join(filter(None, [args.preset or "pydpg defaults",
-                                   args.critic_hidden and f"critic {args.critic_hidden}"]))
-    print(f"\n{args.env}, {what}, env steps/s in the learning phase (median of {args.repeats}; "
-          f"{args.steps} steps, {args.timeout:g} s limit), CPUs {cpus}, load average {load} at the end\n")
+    what = ", ".join(
+        filter(None, [args.preset or "pydpg defaults", args.critic_hidden and f"critic {args.critic_hidden}"])
+    )
+    print(
+        f"\n{args.env}, {what}, env steps/s in the learning phase (median of {args.repeats}; "
+        f"{args.steps} steps, {args.timeout:g} s limit), CPUs {cpus}, load average {load} at the end\n"
+    )
     print("| setting | quiet, 1 thread | quiet, 2 threads | busy core, 1 thread | busy core, 2 threads |")
     print("|---|---:|---:|---:|---:|")
     for s in settings:
@@ -156,14 +176,26 @@ def main() -> None:
     if unfinished:
         print("\n≤: at least one repeat had not finished in the limit")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": cpus, "load_average_after": float(load),
-        "env": args.env, "preset": args.preset, "agent": args.agent,
-        "steps": args.steps, "learning_starts": args.learning_starts, "timeout_s": args.timeout,
-        "runs": {_name(c): v for c, v in runs.items()},
-        "median_env_steps_per_s": {_name(c): v for c, v in table.items()},
-        "unfinished_in_limit": sorted(map(_name, unfinished)),
-        "versions": {"python": platform.python_version(), "torch": version("torch")}}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "cpus": cpus,
+                "load_average_after": float(load),
+                "env": args.env,
+                "preset": args.preset,
+                "agent": args.agent,
+                "steps": args.steps,
+                "learning_starts": args.learning_starts,
+                "timeout_s": args.timeout,
+                "runs": {_name(c): v for c, v in runs.items()},
+                "median_env_steps_per_s": {_name(c): v for c, v in table.items()},
+                "unfinished_in_limit": sorted(map(_name, unfinished)),
+                "versions": {"python": platform.python_version(), "torch": version("torch")},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,13 @@ def make_cpprb(data, prioritized):
     buf = cls(CAPACITY, cpprb_env_dict())
     for i in range(0, CAPACITY, 100_000):
         s = slice(i, i + 100_000)
-        buf.add(obs=data["obs"][s], act=data["action"][s], rew=data["reward"][s],
-                next_obs=data["next_obs"][s], done=data["terminated"][s])
+        buf.add(
+            obs=data["obs"][s],
+            act=data["action"][s],
+            rew=data["reward"][s],
+            next_obs=data["next_obs"][s],
+            done=data["terminated"][s],
+        )
     o, a, n = data["obs"][0], data["action"][0], data["next_obs"][0]
     r = float(data["reward"][0])
     O, A, R, N, D = (data[k][:EXTEND] for k in ("obs", "action", "reward", "next_obs", "terminated"))
@@ -154,8 +159,10 @@ def main() -> None:
 
     data = random_transitions(np.random.default_rng(0), CAPACITY)
     peers = {"pydpg": {**make_pydpg(data, False), **make_pydpg(data, True)}}
-    for name, factory in (("SB3", lambda: make_sb3(data)),
-                          ("cpprb", lambda: {**make_cpprb(data, False), **make_cpprb(data, True)})):
+    for name, factory in (
+        ("SB3", lambda: make_sb3(data)),
+        ("cpprb", lambda: {**make_cpprb(data, False), **make_cpprb(data, True)}),
+    ):
         try:
             peers[name] = factory()
         except ImportError as e:
@@ -179,8 +186,10 @@ def main() -> None:
         cells += [f"{result[p][op]:.2f}" if op in result[p] else "—" for p in names]
         cells += [f"{result[p][op] / mine:.1f}×" if op in result[p] else "—" for p in names[1:]]
         rows.append(cells)
-    print(f"\nReplay buffer, capacity {CAPACITY:,}, obs {OBS}, act {ACT}; median of {args.rounds} "
-          f"interleaved rounds; ratio = peer time / pydpg time (higher: pydpg faster)\n")
+    print(
+        f"\nReplay buffer, capacity {CAPACITY:,}, obs {OBS}, act {ACT}; median of {args.rounds} "
+        f"interleaved rounds; ratio = peer time / pydpg time (higher: pydpg faster)\n"
+    )
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(line(header))
@@ -189,8 +198,14 @@ def main() -> None:
         print(line(r))
 
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    meta = dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
-                cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), rounds=args.rounds)
+    meta = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        cpu=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+        rounds=args.rounds,
+    )
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump(dict(meta=meta, median_us=result), f, indent=2)

@@ -3,7 +3,7 @@
     python benchmarks/bench_sweep.py                 # examples/sweeps/pendulum.toml: 3 seeds x 2 settings
     python benchmarks/bench_sweep.py --num-cpus 2 --spec my_sweep.toml
 
-Every trial of the spec runs one after another in this process (``pydpg.sweep.run_trial``, one
+Every trial of the spec runs one after another in this process (``pydpg.experiments.sweep.run_trial``, one
 torch thread, as each trial has), and the same spec runs as a sweep (``run_sweep``, one CPU per
 trial, local Ray), and, as a control without Ray, in as many plain processes as the sweep has CPUs;
 ``--rounds`` rounds of the three, each round in the reverse order of the one before. Prints the sweep's
@@ -44,9 +44,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from pydpg import ray_session
-    from pydpg.sweep import load_spec, run_sweep, run_trial
-    from pydpg.trainer import read_metrics
+    from pydpg.experiments.sweep import load_spec, run_sweep, run_trial
+    from pydpg.train import ray_session
+    from pydpg.train.run_log import read_metrics
 
     torch.set_num_threads(1)
     spec = load_spec(args.spec)
@@ -65,8 +65,9 @@ def main(argv=None) -> int:
                 seconds = time.perf_counter() - t0
             elif kind == "processes":
                 t0 = time.perf_counter()
-                with ProcessPoolExecutor(args.num_cpus, mp_context=get_context("spawn"),
-                                         initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                with ProcessPoolExecutor(
+                    args.num_cpus, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+                ) as pool:
                     list(pool.map(run_trial, trials, [where] * len(trials)))
                 seconds = time.perf_counter() - t0
             else:
@@ -80,19 +81,27 @@ def main(argv=None) -> int:
             print(f"round {r}: {kind} {seconds:.1f} s (load average {load[0]:.1f} before)", file=sys.stderr)
 
     def evals(root: Path, trial) -> list[float]:
-        return [r["eval_mean"] for r in read_metrics(root / trial.rel_dir / "metrics.csv")
-                if not np.isnan(r["eval_mean"])]
+        return [
+            r["eval_mean"] for r in read_metrics(root / trial.rel_dir / "metrics.csv") if not np.isnan(r["eval_mean"])
+        ]
 
     same = all(evals(phases[0][1], t) == evals(where, t) for _, where, *_ in phases[1:] for t in trials)
     mean = {k: float(np.mean([s for kind, _, s, *_ in phases if kind == k])) for k in KINDS}
     report = {
-        "spec": args.spec.resolve().relative_to(ROOT).as_posix() if args.spec.resolve().is_relative_to(ROOT)
-        else str(args.spec), "trials": len(trials), "num_cpus": args.num_cpus,
-        "phases": [{"kind": k, "seconds": round(s, 1), "loadavg_before": lb, "loadavg_after": la}
-                   for k, _, s, lb, la in phases],
-        "mean_s": {k: round(v, 1) for k, v in mean.items()}, "ray_start_s": round(ray_start, 1),
+        "spec": args.spec.resolve().relative_to(ROOT).as_posix()
+        if args.spec.resolve().is_relative_to(ROOT)
+        else str(args.spec),
+        "trials": len(trials),
+        "num_cpus": args.num_cpus,
+        "phases": [
+            {"kind": k, "seconds": round(s, 1), "loadavg_before": lb, "loadavg_after": la} for k, _, s, lb, la in phases
+        ],
+        "mean_s": {k: round(v, 1) for k, v in mean.items()},
+        "ray_start_s": round(ray_start, 1),
         "speedup": round(mean["sequential"] / mean["sweep"], 2),
-        "speedup_processes": round(mean["sequential"] / mean["processes"], 2), "same_evaluations": same, "table": table,
+        "speedup_processes": round(mean["sequential"] / mean["processes"], 2),
+        "same_evaluations": same,
+        "table": table,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["python benchmarks/bench_sweep.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -102,11 +111,13 @@ def main(argv=None) -> int:
     def times(k: str) -> str:
         return ", ".join(f"{s:.0f}" for kind, _, s, *_ in phases if kind == k) + " s"
 
-    print(f"{len(trials)} trials, {args.rounds} rounds: one after another {times('sequential')}; as a sweep on "
-          f"{args.num_cpus} CPUs {times('sweep')} (Tuner.fit; starting Ray took {ray_start:.0f} s once); in "
-          f"{args.num_cpus} plain processes {times('processes')}. On the means the sweep takes "
-          f"{1 / report['speedup']:.2f}x and the processes {1 / report['speedup_processes']:.2f}x the sequential "
-          f"time; same evaluations everywhere: {same}")
+    print(
+        f"{len(trials)} trials, {args.rounds} rounds: one after another {times('sequential')}; as a sweep on "
+        f"{args.num_cpus} CPUs {times('sweep')} (Tuner.fit; starting Ray took {ray_start:.0f} s once); in "
+        f"{args.num_cpus} plain processes {times('processes')}. On the means the sweep takes "
+        f"{1 / report['speedup']:.2f}x and the processes {1 / report['speedup_processes']:.2f}x the sequential "
+        f"time; same evaluations everywhere: {same}"
+    )
     out = ROOT / "benchmarks" / "results" / "sweep.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"saved {out}", file=sys.stderr)

@@ -39,11 +39,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 class PydpgRunner:
     def __init__(self, env_id: str, learning_starts: int, seed: int, backend: str = "auto"):
-        from pydpg.config import DDPGConfig
-        from pydpg.trainer import TrainConfig, Trainer
+        from pydpg.core.config import DDPGConfig
+        from pydpg.train.config import TrainConfig
+        from pydpg.train.trainer import Trainer
 
-        cfg = DDPGConfig(hidden=(256, 256), batch_size=256, learning_starts=learning_starts, buffer_size=1_000_000,
-                         update_backend=backend)
+        cfg = DDPGConfig(
+            hidden=(256, 256),
+            batch_size=256,
+            learning_starts=learning_starts,
+            buffer_size=1_000_000,
+            update_backend=backend,
+        )
         train = TrainConfig(env_id=env_id, total_steps=10**9, eval_every=0, checkpoint_every=0, seed=seed)
         self.trainer = Trainer(cfg, train)  # no out_dir and no evaluation: collection + updates only
         self.trainer.run(stop_at=learning_starts)
@@ -74,7 +80,6 @@ class JaxRunner:
     def __init__(self, env_id: str, learning_starts: int, seed: int, capacity: int = 1_000_000):
         import gymnasium as gym
         import numpy as np
-
         from peers import JaxDDPG
 
         self.np = np
@@ -85,9 +90,13 @@ class JaxRunner:
         self.peer = JaxDDPG(od, self.ad, seed=seed)
         self.rng = np.random.default_rng(seed)
         f32 = np.float32
-        self.buf = dict(obs=np.zeros((capacity, od), f32), action=np.zeros((capacity, self.ad), f32),
-                        reward=np.zeros((capacity, 1), f32), next_obs=np.zeros((capacity, od), f32),
-                        done=np.zeros((capacity, 1), f32))
+        self.buf = dict(
+            obs=np.zeros((capacity, od), f32),
+            action=np.zeros((capacity, self.ad), f32),
+            reward=np.zeros((capacity, 1), f32),
+            next_obs=np.zeros((capacity, od), f32),
+            done=np.zeros((capacity, 1), f32),
+        )
         self.discount = np.full((256, 1), 0.99, f32)
         self.capacity, self.size, self.learning_starts = capacity, 0, learning_starts
         self.obs, _ = self.env.reset(seed=seed)
@@ -99,8 +108,9 @@ class JaxRunner:
             if self.size < self.learning_starts:
                 a = self.rng.uniform(-1.0, 1.0, self.ad)
             else:
-                a = np.clip(self.peer.act(self.obs[None].astype(np.float32))[0] + self.rng.normal(0.0, 0.1, self.ad),
-                            -1.0, 1.0)
+                a = np.clip(
+                    self.peer.act(self.obs[None].astype(np.float32))[0] + self.rng.normal(0.0, 0.1, self.ad), -1.0, 1.0
+                )
             next_obs, r, term, trunc, _ = self.env.step(self.low + (a + 1.0) * 0.5 * (self.high - self.low))
             i = self.size % self.capacity
             for k, v in (("obs", self.obs), ("action", a), ("reward", r), ("next_obs", next_obs), ("done", term)):
@@ -169,8 +179,11 @@ def main(argv=None) -> int:
         # and the medians below ignore the chunks it hit.
         for name, runner in runners.items():
             sps[name].append(timed(runner, args.chunk))
-        print(f"chunk {i}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in sps.items()) + " steps/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"chunk {i}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in sps.items()) + " steps/s",
+            file=sys.stderr,
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in sps.items()}
 
     def ratios(peer):  # pydpg's rate over the peer's: ratio of medians, median of per-chunk ratios
@@ -182,15 +195,31 @@ def main(argv=None) -> int:
 
     result = {
         "benchmark": "training throughput, env steps/s after learning starts (one update per step)",
-        "env": args.env, "hidden": [256, 256], "batch_size": 256, "learning_starts": args.learning_starts,
-        "measured_steps": args.measure, "chunk": args.chunk, "torch_threads": args.threads,
-        "sps_per_chunk": sps, "median_sps": med, "max_sps": {k: max(v) for k, v in sps.items()},
-        "ratio_pydpg_over_sb3": ratio, "median_paired_ratio": paired,
+        "env": args.env,
+        "hidden": [256, 256],
+        "batch_size": 256,
+        "learning_starts": args.learning_starts,
+        "measured_steps": args.measure,
+        "chunk": args.chunk,
+        "torch_threads": args.threads,
+        "sps_per_chunk": sps,
+        "median_sps": med,
+        "max_sps": {k: max(v) for k, v in sps.items()},
+        "ratio_pydpg_over_sb3": ratio,
+        "median_paired_ratio": paired,
         "ratios_pydpg_over": {k: ratios(k) for k in sps if k != "pydpg"},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "sb3": stable_baselines3.__version__ if have_sb3 else None, "jax": jax_version},
-        "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                    "platform": platform.platform()},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sb3": stable_baselines3.__version__ if have_sb3 else None,
+            "jax": jax_version,
+        },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "platform": platform.platform(),
+        },
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,12 +227,19 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, args.out)
 
-    print(f"\nTraining throughput on {args.env}, {args.threads} CPU threads, 256-256 nets, batch 256, "
-          f"1 update/step: {args.measure} steps per library after {args.learning_starts} random steps, "
-          f"in alternating chunks of {args.chunk}\n")
+    print(
+        f"\nTraining throughput on {args.env}, {args.threads} CPU threads, 256-256 nets, batch 256, "
+        f"1 update/step: {args.measure} steps per library after {args.learning_starts} random steps, "
+        f"in alternating chunks of {args.chunk}\n"
+    )
     print("| contender | env steps/s (median over chunks) | fastest chunk | pydpg / it (paired) |")
     print("|---|---:|---:|---:|")
-    names = {"pydpg": "pydpg", "pydpg autograd": "pydpg, autograd update", "sb3": "SB3 DDPG", "jax": "JAX DDPG (jitted)"}
+    names = {
+        "pydpg": "pydpg",
+        "pydpg autograd": "pydpg, autograd update",
+        "sb3": "SB3 DDPG",
+        "jax": "JAX DDPG (jitted)",
+    }
     for k, v in sps.items():
         r, pr = ratios(k) if k != "pydpg" else (None, None)
         cell = f"{r:.2f}x ({pr:.2f}x)" if r is not None else "—"

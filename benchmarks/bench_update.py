@@ -7,7 +7,7 @@ replay sampling, no environment.
 
 Contenders:
 
-* ``pydpg DDPG`` / ``pydpg TD3``: ``pydpg.agent.DDPG.update`` with the C++ update
+* ``pydpg DDPG`` / ``pydpg TD3``: ``pydpg.core.agent.DDPGAgent.update`` with the C++ update
   (``update_backend="cpp"``, the default's choice here) (TD3: twin critics, actor and targets every
   2nd critic step, target smoothing noise 0.2 clipped at 0.5).
 * ``pydpg DDPG autograd`` / ``pydpg TD3 autograd``: the same with ``update_backend="torch"``.
@@ -61,7 +61,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from peers import xla_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,21 +73,28 @@ def fixed_batch(seed: int = 0) -> dict[str, np.ndarray]:
     """One batch of transitions of HalfCheetah's shapes: some terminations, actions in the box."""
     rng = np.random.default_rng(seed)
     f32 = np.float32
-    return dict(obs=rng.standard_normal((B, OBS), dtype=f32), action=rng.uniform(-1, 1, (B, ACT)).astype(f32),
-                reward=rng.standard_normal((B, 1), dtype=f32), next_obs=rng.standard_normal((B, OBS), dtype=f32),
-                done=(rng.random((B, 1)) < 0.05).astype(f32), discount=np.full((B, 1), GAMMA, f32))
+    return dict(
+        obs=rng.standard_normal((B, OBS), dtype=f32),
+        action=rng.uniform(-1, 1, (B, ACT)).astype(f32),
+        reward=rng.standard_normal((B, 1), dtype=f32),
+        next_obs=rng.standard_normal((B, OBS), dtype=f32),
+        done=(rng.random((B, 1)) < 0.05).astype(f32),
+        discount=np.full((B, 1), GAMMA, f32),
+    )
 
 
 # ---------------------------------------------------------------------------------------- pydpg
 def load_pydpg(src: Path | None):
-    """``pydpg.agent`` and friends from this install, or (``src``) from another checkout's pure-Python
+    """``pydpg.core.agent`` and friends from this install, or (``src``) from another checkout's pure-Python
     agent files, imported as a separate package so both can run in one process."""
     if src is None:
-        from pydpg import agent, batch, config
+        from pydpg.core import agent, batch, config
+
         return agent, batch, config
     name = "pydpg_baseline"
-    spec = importlib.util.spec_from_file_location(name, src / "pydpg" / "__init__.py",
-                                                  submodule_search_locations=[str(src / "pydpg")])
+    spec = importlib.util.spec_from_file_location(
+        name, src / "pydpg" / "__init__.py", submodule_search_locations=[str(src / "pydpg")]
+    )
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[name] = pkg
     # A source checkout has no compiled module: the baseline's Python runs on this install's C++ core.
@@ -98,8 +104,16 @@ def load_pydpg(src: Path | None):
 
 
 class Pydpg:
-    def __init__(self, data, td3: bool, src: Path | None = None, compile_mode: str | None = None,
-                 backend: str | None = None, preset: str | None = None, agent_overrides: dict | None = None):
+    def __init__(
+        self,
+        data,
+        td3: bool,
+        src: Path | None = None,
+        compile_mode: str | None = None,
+        backend: str | None = None,
+        preset: str | None = None,
+        agent_overrides: dict | None = None,
+    ):
         import torch
 
         agent, batch, config = load_pydpg(src)
@@ -109,8 +123,14 @@ class Pydpg:
         backend = "torch" if compile_mode is not None else backend
         extra = {"update_backend": backend} if backend else {}
         switches = config.DDPGConfig.presets()[preset] if preset else TD3 if td3 else {}
-        conf = config.DDPGConfig(**{**dict(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU,
-                                           gamma=GAMMA), **switches, **(agent_overrides or {}), **extra})
+        conf = config.DDPGConfig(
+            **{
+                **dict(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA),
+                **switches,
+                **(agent_overrides or {}),
+                **extra,
+            }
+        )
         self.agent = agent.DDPG.from_dims(OBS, ACT, conf)
         if compile_mode is not None:
             # torch.compile done the recommended way: the loss functions (forward graphs and, via
@@ -119,8 +139,9 @@ class Pydpg:
             opts = {} if compile_mode == "default" else {"mode": compile_mode}
             self.agent.critic_loss = torch.compile(self.agent.critic_loss, fullgraph=True, dynamic=False, **opts)
             self.agent.actor_loss = torch.compile(self.agent.actor_loss, dynamic=False, **opts)
-        self.batch = batch.Batch(*(torch.from_numpy(data[k]) for k in
-                                   ("obs", "action", "reward", "next_obs", "done", "discount")))
+        self.batch = batch.Batch(
+            *(torch.from_numpy(data[k]) for k in ("obs", "action", "reward", "next_obs", "done", "discount"))
+        )
 
     def step(self) -> None:
         self.agent.update(self.batch)
@@ -134,15 +155,23 @@ class SB3:
         from stable_baselines3.common.logger import configure
         from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-        from pydpg.config import DDPGConfig
-        from pydpg.sb3_peer import sb3_model
+        from pydpg.core.config import DDPGConfig
+        from pydpg.experiments.sb3_peer import sb3_model
 
         class Shapes(gym.Env):  # SB3 builds its networks from the spaces; nothing is ever stepped
             observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
             action_space = gym.spaces.Box(-1, 1, (ACT,), np.float32)
 
-        cfg = DDPGConfig(hidden=HIDDEN, batch_size=B, actor_lr=LR, critic_lr=LR, tau=TAU, gamma=GAMMA,
-                         learning_starts=0, buffer_size=B)
+        cfg = DDPGConfig(
+            hidden=HIDDEN,
+            batch_size=B,
+            actor_lr=LR,
+            critic_lr=LR,
+            tau=TAU,
+            gamma=GAMMA,
+            learning_starts=0,
+            buffer_size=B,
+        )
         self.model = sb3_model(Shapes(), cfg, seed=0)
         self.model.set_logger(configure(None, []))
         t = {k: torch.from_numpy(v) for k, v in data.items()}
@@ -159,7 +188,6 @@ class Jax:
 
     def __init__(self, data, td3: bool, seed: int = 0):
         import jax.numpy as jnp
-
         from peers import JaxDDPG
 
         self.peer = JaxDDPG(OBS, ACT, td3=td3, seed=seed, hidden=HIDDEN)
@@ -191,10 +219,20 @@ def summarize(samples: list[float]) -> dict[str, float]:
 def profile(contenders: dict, n: int) -> dict[str, dict]:
     """torch.profiler over ``n`` updates of each torch contender: aten ops per update, time in
     matrix products (addmm/mm/bmm/...) against everything else (self CPU time), the top ops."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
-    matmul = {"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul",
-              "aten::linear", "aten::_addmm_activation", "aten::mkldnn_linear"}
+    matmul = {
+        "aten::addmm",
+        "aten::mm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::addbmm",
+        "aten::matmul",
+        "aten::linear",
+        "aten::_addmm_activation",
+        "aten::mkldnn_linear",
+    }
     out = {}
     for name, c in contenders.items():
         if name.startswith("JAX"):
@@ -213,16 +251,23 @@ def profile(contenders: dict, n: int) -> dict[str, dict]:
         mm = sum(v for k, v in self_ms.items() if k in matmul)
         top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
         out[name] = {
-            "updates": n, "ms_per_update_under_profiler": wall,
+            "updates": n,
+            "ms_per_update_under_profiler": wall,
             "aten_ops_per_update": sum(e.count for e in aten) / n,
-            "self_cpu_ms_per_update": total, "matmul_ms": mm, "other_ms": total - mm,
-            "top_ops": [{"op": e.key, "calls_per_update": e.count / n, "self_ms_per_update": e.self_cpu_time_total / 1e3 / n}
-                        for e in top],
+            "self_cpu_ms_per_update": total,
+            "matmul_ms": mm,
+            "other_ms": total - mm,
+            "top_ops": [
+                {"op": e.key, "calls_per_update": e.count / n, "self_ms_per_update": e.self_cpu_time_total / 1e3 / n}
+                for e in top
+            ],
         }
         r = out[name]
-        print(f"\n### {name}: {r['aten_ops_per_update']:.0f} aten ops/update, {wall:.2f} ms/update under the "
-              f"profiler; self CPU {total:.2f} ms = matmul {mm:.2f} ms ({100 * mm / total:.0f} %) + other "
-              f"{total - mm:.2f} ms\n")
+        print(
+            f"\n### {name}: {r['aten_ops_per_update']:.0f} aten ops/update, {wall:.2f} ms/update under the "
+            f"profiler; self CPU {total:.2f} ms = matmul {mm:.2f} ms ({100 * mm / total:.0f} %) + other "
+            f"{total - mm:.2f} ms\n"
+        )
         print("| op | calls/update | self ms/update |\n|---|---:|---:|")
         for t in r["top_ops"]:
             print(f"| {t['op']} | {t['calls_per_update']:.1f} | {t['self_ms_per_update']:.3f} |")
@@ -242,14 +287,24 @@ def matmul_floor(rounds: int, n: int = 30) -> dict[str, dict[str, float]]:
     import torch
 
     h = HIDDEN[0]
+
     # (m, k, n, forward): forward layers are x[m,k] @ W[n,k].T; the others plain products.
-    layers = lambda i, o: [(B, i, h, True), (B, h, h, True), (B, h, o, True)]  # noqa: E731
-    grads = lambda i, o: [(B, o, h, False), (o, B, h, False), (B, h, h, False), (h, B, h, False),  # noqa: E731
-                          (h, B, i, False)]  # input and weight gradients, last to first layer
-    shapes = (layers(OBS, ACT) + layers(OBS + ACT, 1)                  # critic target
-              + layers(OBS + ACT, 1) + grads(OBS + ACT, 1)            # critic step
-              + layers(OBS, ACT) + layers(OBS + ACT, 1)               # actor loss
-              + [(B, 1, h, False), (B, h, h, False), (B, h, OBS + ACT, False)] + grads(OBS, ACT))  # dQ/da, actor
+    def layers(i, o):
+        return [(B, i, h, True), (B, h, h, True), (B, h, o, True)]
+
+    def grads(i, o):  # input and weight gradients, last to first layer
+        return [(B, o, h, False), (o, B, h, False), (B, h, h, False), (h, B, h, False), (h, B, i, False)]
+
+    shapes = (
+        layers(OBS, ACT)
+        + layers(OBS + ACT, 1)  # critic target
+        + layers(OBS + ACT, 1)
+        + grads(OBS + ACT, 1)  # critic step
+        + layers(OBS, ACT)
+        + layers(OBS + ACT, 1)  # actor loss
+        + [(B, 1, h, False), (B, h, h, False), (B, h, OBS + ACT, False)]
+        + grads(OBS, ACT)
+    )  # dQ/da, actor
     g = torch.Generator().manual_seed(0)
 
     def operands(m, k, nn, forward):
@@ -272,8 +327,10 @@ def matmul_floor(rounds: int, n: int = 30) -> dict[str, dict[str, float]]:
         ms["jax (one jit), back to back"].append(timed(lambda: jax.block_until_ready(products(js)), n))
     out = {k: summarize(v) for k, v in ms.items()}
     flops = sum(2 * m * k * nn for m, k, nn, _ in shapes) / 1e6
-    print(f"\n{len(shapes)} matrix products of one DDPG update ({flops:.0f} MFLOP): "
-          + ", ".join(f"{k} {v['median']:.2f} ms ({v['min']:.2f}-{v['max']:.2f})" for k, v in out.items()))
+    print(
+        f"\n{len(shapes)} matrix products of one DDPG update ({flops:.0f} MFLOP): "
+        + ", ".join(f"{k} {v['median']:.2f} ms ({v['min']:.2f}-{v['max']:.2f})" for k, v in out.items())
+    )
     return out
 
 
@@ -286,16 +343,27 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="untimed updates per contender first")
     p.add_argument("--skip-sb3", action="store_true")
     p.add_argument("--td7", action="store_true", help="also --preset td7's update (autograd)")
-    p.add_argument("--crossq", action="store_true", help="also --preset crossq's update (autograd), with its "
-                   "2048-2048 critic and with a 256-256 one")
+    p.add_argument(
+        "--crossq",
+        action="store_true",
+        help="also --preset crossq's update (autograd), with its 2048-2048 critic and with a 256-256 one",
+    )
     p.add_argument("--skip-jax", action="store_true")
-    p.add_argument("--compile", metavar="MODE", help="also pydpg with its losses torch.compile'd in MODE "
-                   "(default, max-autotune-no-cudagraphs, ...); compile time is reported")
+    p.add_argument(
+        "--compile",
+        metavar="MODE",
+        help="also pydpg with its losses torch.compile'd in MODE "
+        "(default, max-autotune-no-cudagraphs, ...); compile time is reported",
+    )
     p.add_argument("--cpp-wrapper", action="store_true", help="with --compile: inductor's C++ wrapper")
     p.add_argument("--baseline", type=Path, help="checkout of another pydpg revision: its agent runs too")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N updates instead of timing")
-    p.add_argument("--hidden", type=lambda v: tuple(int(w) for w in v.split(",")), default=HIDDEN,
-                   help="hidden widths, e.g. 64,64 (default 256,256; the matmul floor assumes 2 equal layers)")
+    p.add_argument(
+        "--hidden",
+        type=lambda v: tuple(int(w) for w in v.split(",")),
+        default=HIDDEN,
+        help="hidden widths, e.g. 64,64 (default 256,256; the matmul floor assumes 2 equal layers)",
+    )
     p.add_argument("--batch", type=int, default=B)
     p.add_argument("--out", type=Path, default=RESULTS / "update.json")
     args = p.parse_args(argv)
@@ -317,8 +385,9 @@ def main(argv=None) -> int:
         c["pydpg DDPG (baseline)"] = Pydpg(data, td3=False, src=args.baseline)
         c["pydpg TD3 (baseline)"] = Pydpg(data, td3=True, src=args.baseline)
         if args.crossq:  # the narrow critic only: the wide one (~24x its cost per update) would dominate the run
-            c["pydpg CrossQ, 256-256 critic (baseline)"] = Pydpg(data, td3=True, src=args.baseline, preset="crossq",
-                                                                agent_overrides={"critic_hidden": HIDDEN})
+            c["pydpg CrossQ, 256-256 critic (baseline)"] = Pydpg(
+                data, td3=True, src=args.baseline, preset="crossq", agent_overrides={"critic_hidden": HIDDEN}
+            )
     c["pydpg DDPG"] = Pydpg(data, td3=False, backend="cpp")
     c["pydpg TD3"] = Pydpg(data, td3=True, backend="cpp")
     c["pydpg DDPG autograd"] = Pydpg(data, td3=False, backend="torch")
@@ -327,8 +396,9 @@ def main(argv=None) -> int:
         c["pydpg TD7"] = Pydpg(data, td3=True, preset="td7")
     if args.crossq:
         c["pydpg CrossQ"] = Pydpg(data, td3=True, preset="crossq")
-        c["pydpg CrossQ, 256-256 critic"] = Pydpg(data, td3=True, preset="crossq",
-                                                 agent_overrides={"critic_hidden": HIDDEN})
+        c["pydpg CrossQ, 256-256 critic"] = Pydpg(
+            data, td3=True, preset="crossq", agent_overrides={"critic_hidden": HIDDEN}
+        )
     compile_s = {}
     if args.compile and args.cpp_wrapper:
         import torch._inductor.config
@@ -357,8 +427,11 @@ def main(argv=None) -> int:
             print(f"JAX peer skipped ({e}); pip install -e .[bench]", file=sys.stderr)
 
     if args.profile:
-        result = {"benchmark": "torch.profiler of one update", "threads": args.threads,
-                  "profile": profile(c, args.profile)}
+        result = {
+            "benchmark": "torch.profiler of one update",
+            "threads": args.threads,
+            "profile": profile(c, args.profile),
+        }
         out = args.out.with_name(args.out.stem + "_profile.json")
     else:
         for x in c.values():
@@ -368,13 +441,18 @@ def main(argv=None) -> int:
         ms = {k: [] for k in names}
         for r in range(args.rounds):
             # Rotate the order each round so no contender always runs right after the same one.
-            for k in names[r % len(names):] + names[: r % len(names)]:
+            for k in names[r % len(names) :] + names[: r % len(names)]:
                 ms[k].append(ms_per_call(c[k].step, args.updates))
-            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in ms.items()) + " ms", file=sys.stderr,
-                  flush=True)
+            print(
+                f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in ms.items()) + " ms",
+                file=sys.stderr,
+                flush=True,
+            )
 
         def peer(k):
-            return ("JAX TD3" if "TD3" in k or "TD7" in k or "CrossQ" in k else "JAX DDPG") if "JAX DDPG" in ms else None
+            return (
+                ("JAX TD3" if "TD3" in k or "TD7" in k or "CrossQ" in k else "JAX DDPG") if "JAX DDPG" in ms else None
+            )
 
         rows = {}
         for k in names:
@@ -387,14 +465,21 @@ def main(argv=None) -> int:
         result = {
             "matmul_floor_ms": floor,
             "benchmark": "ms per DDPG/TD3 update (critic step, actor step, Polyak), same fixed batch",
-            "shapes": {"batch": B, "obs": OBS, "act": ACT, "hidden": list(HIDDEN)}, "threads": args.threads,
-            "xla_flags": os.environ["XLA_FLAGS"], "rounds": args.rounds, "updates_per_round": args.updates,
-            "ms_per_update": rows, "samples_ms": ms, "compile_s": compile_s,
+            "shapes": {"batch": B, "obs": OBS, "act": ACT, "hidden": list(HIDDEN)},
+            "threads": args.threads,
+            "xla_flags": os.environ["XLA_FLAGS"],
+            "rounds": args.rounds,
+            "updates_per_round": args.updates,
+            "ms_per_update": rows,
+            "samples_ms": ms,
+            "compile_s": compile_s,
         }
-        print(f"\nms per update, {args.threads} thread(s), batch {B}, obs {OBS}, act {ACT}, "
-              f"{'-'.join(map(str, HIDDEN))} MLPs; "
-              f"median over {args.rounds} rounds of {args.updates} updates (min-max); ratio = median / JAX "
-              "peer's median (median of per-round ratios)\n")
+        print(
+            f"\nms per update, {args.threads} thread(s), batch {B}, obs {OBS}, act {ACT}, "
+            f"{'-'.join(map(str, HIDDEN))} MLPs; "
+            f"median over {args.rounds} rounds of {args.updates} updates (min-max); ratio = median / JAX "
+            "peer's median (median of per-round ratios)\n"
+        )
         print("| contender | ms/update | min-max | ratio to JAX |\n|---|---:|---:|---:|")
         for k, r in rows.items():
             ratio = f"{r['ratio_to_jax']:.2f} ({r['paired_ratio_median']:.2f})" if "ratio_to_jax" in r else "—"
@@ -408,12 +493,21 @@ def main(argv=None) -> int:
         except md.PackageNotFoundError:
             return None
 
-    result.update(versions={"python": platform.python_version(), **{d: version(d) for d in
-                            ("torch", "jax", "jaxlib", "flax", "optax", "stable-baselines3", "pydpg")}},
-                  machine={"cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-                           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                           "platform": platform.platform()},
-                  setup_s=time.perf_counter() - t0, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    result.update(
+        versions={
+            "python": platform.python_version(),
+            **{d: version(d) for d in ("torch", "jax", "jaxlib", "flax", "optax", "stable-baselines3", "pydpg")},
+        },
+        machine={
+            "cpu_count": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "platform": platform.platform(),
+        },
+        setup_s=time.perf_counter() - t0,
+        time=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     out = out if args.profile else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

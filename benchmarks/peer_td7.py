@@ -21,7 +21,7 @@ Two checks, each printing a table (and, with ``--json``, writing them):
    max abs and max relative differences, not equality.
 
 2. **The policy checkpoints.** The authors' ``maybe_train_and_checkpoint`` (its ``train`` replaced
-   by a counter) and pydpg's ``PolicyCheckpoints`` with the trainer's bookkeeping (updates owed =
+   by a counter) and pydpg's ``PolicySnapshots`` with the trainer's bookkeeping (updates owed =
    steps since learning started) see the same sequence of training episodes (lengths and returns
    drawn at random, drifting upward, past the 750k-update switch to 20-episode assessments). Per
    episode: did training run, how many updates, was the policy checkpointed. pydpg does not assess
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pydpg.agent import DDPG
-from pydpg.batch import Batch
-from pydpg.config import DDPGConfig
-from pydpg.envs import make_env
-from pydpg.policy_checkpoints import PolicyCheckpoints
+from pydpg.common.envs import make_env
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.batch import Batch
+from pydpg.core.config import DDPGConfig
+from pydpg.core.snapshots import PolicySnapshots
 
 RESULTS = Path(__file__).parent / "results" / "peer_td7.json"
 
@@ -113,25 +113,27 @@ def _critic_state(sd: dict) -> dict:
     return out
 
 
-AUTHORS_NETS = ("encoder", "fixed_encoder", "fixed_encoder_target", "actor", "actor_target", "critic",
-                "critic_target")
+AUTHORS_NETS = ("encoder", "fixed_encoder", "fixed_encoder_target", "actor", "actor_target", "critic", "critic_target")
 
 
-def pydpg_states(ours: DDPG) -> dict[str, dict]:
+def pydpg_states(ours: DDPGAgent) -> dict[str, dict]:
     """pydpg's networks, in the authors' names and layout."""
-    return {"encoder": ours.encoder.state_dict(), "fixed_encoder": ours.fixed_encoder.state_dict(),
-            "fixed_encoder_target": ours.actor_target.encoder.state_dict(),
-            "actor": _actor_state(ours.actor.state_dict()),
-            "actor_target": _actor_state(ours.actor_target.state_dict()),
-            "critic": _critic_state(ours.critic.state_dict()),
-            "critic_target": _critic_state(ours.critic_targets[0].state_dict())}
+    return {
+        "encoder": ours.encoder.state_dict(),
+        "fixed_encoder": ours.fixed_encoder.state_dict(),
+        "fixed_encoder_target": ours.actor_target.encoder.state_dict(),
+        "actor": _actor_state(ours.actor.state_dict()),
+        "actor_target": _actor_state(ours.actor_target.state_dict()),
+        "critic": _critic_state(ours.critic.state_dict()),
+        "critic_target": _critic_state(ours.critic_targets[0].state_dict()),
+    }
 
 
 def authors_states(agent) -> dict[str, dict]:
     return {name: getattr(agent, name).state_dict() for name in AUTHORS_NETS}
 
 
-def authors_agent(td7, ours: DDPG, obs_dim: int, act_dim: int, fused_adam: bool):
+def authors_agent(td7, ours: DDPGAgent, obs_dim: int, act_dim: int, fused_adam: bool):
     """The authors' agent with pydpg's initial weights and a feeder for a buffer. ``fused_adam``
     swaps its optimizers for torch's fused Adam (pydpg's kernel): the rounding-only control."""
     agent = td7.Agent(obs_dim, act_dim, max_action=1.0, hp=td7.Hyperparameters())
@@ -143,8 +145,11 @@ def authors_agent(td7, ours: DDPG, obs_dim: int, act_dim: int, fused_adam: bool)
     agent.checkpoint_actor.load_state_dict(agent.actor.state_dict())
     agent.checkpoint_encoder.load_state_dict(agent.fixed_encoder.state_dict())
     if fused_adam:
-        for opt, net in (("actor_optimizer", agent.actor), ("critic_optimizer", agent.critic),
-                         ("encoder_optimizer", agent.encoder)):
+        for opt, net in (
+            ("actor_optimizer", agent.actor),
+            ("critic_optimizer", agent.critic),
+            ("encoder_optimizer", agent.encoder),
+        ):
             lr = getattr(agent, opt).param_groups[0]["lr"]
             setattr(agent, opt, torch.optim.Adam(net.parameters(), lr=lr, fused=True))
     agent.replay_buffer = Feeder()
@@ -171,18 +176,25 @@ def check_update(td7, task: str, updates: int, seed: int) -> dict:
     obs_dim, act_dim = data["obs"].shape[1], data["action"].shape[1]
     cfg = DDPGConfig.preset("td7", update_backend="torch")
     torch.manual_seed(seed)
-    ours = DDPG.from_dims(obs_dim, act_dim, cfg)
+    ours = DDPGAgent.from_dims(obs_dim, act_dim, cfg)
     theirs = authors_agent(td7, ours, obs_dim, act_dim, fused_adam=False)
     control = authors_agent(td7, ours, obs_dim, act_dim, fused_adam=True)
     hp = theirs.hp
-    settings = {"batch": (cfg.batch_size, hp.batch_size), "discount": (cfg.gamma, hp.discount),
-                "hard target interval": (cfg.hard_target_interval, hp.target_update_rate),
-                "policy delay": (cfg.policy_delay, hp.policy_freq),
-                "target noise": (cfg.target_policy_noise, hp.target_policy_noise),
-                "noise clip": (cfg.target_noise_clip, hp.noise_clip), "LAP alpha": (cfg.per_alpha, hp.alpha),
-                "zs dim": (cfg.sale_dim, hp.zs_dim), "hidden": (cfg.hidden[0], hp.critic_hdim),
-                "lr (actor, critic, encoder)": ((cfg.actor_lr, cfg.critic_lr, cfg.encoder_lr),
-                                                (hp.actor_lr, hp.critic_lr, hp.encoder_lr))}
+    settings = {
+        "batch": (cfg.batch_size, hp.batch_size),
+        "discount": (cfg.gamma, hp.discount),
+        "hard target interval": (cfg.hard_target_interval, hp.target_update_rate),
+        "policy delay": (cfg.policy_delay, hp.policy_freq),
+        "target noise": (cfg.target_policy_noise, hp.target_policy_noise),
+        "noise clip": (cfg.target_noise_clip, hp.noise_clip),
+        "LAP alpha": (cfg.per_alpha, hp.alpha),
+        "zs dim": (cfg.sale_dim, hp.zs_dim),
+        "hidden": (cfg.hidden[0], hp.critic_hdim),
+        "lr (actor, critic, encoder)": (
+            (cfg.actor_lr, cfg.critic_lr, cfg.encoder_lr),
+            (hp.actor_lr, hp.critic_lr, hp.encoder_lr),
+        ),
+    }
     rng = np.random.default_rng(seed)
     n = len(data["obs"])
     worst = {"pydpg": {"priority": 0.0, "range": 0.0}, "control": {"priority": 0.0, "range": 0.0}}
@@ -200,9 +212,10 @@ def check_update(td7, task: str, updates: int, seed: int) -> dict:
             torch.manual_seed(k)  # the authors draw the target noise from torch's global generator
             agent.train()
         ref = theirs.replay_buffer.priority
-        for who, prio, lo_hi in (("pydpg", info["td_errors"].pow(cfg.per_alpha), ours.value_range),
-                                 ("control", control.replay_buffer.priority,
-                                  torch.tensor([control.min_target, control.max_target]))):
+        for who, prio, lo_hi in (
+            ("pydpg", info["td_errors"].pow(cfg.per_alpha), ours.value_range),
+            ("control", control.replay_buffer.priority, torch.tensor([control.min_target, control.max_target])),
+        ):
             worst[who]["priority"] = max(worst[who]["priority"], diff(prio, ref)[1])
             if k % cfg.hard_target_interval == 0:
                 got = torch.tensor([theirs.min_target, theirs.max_target])
@@ -210,19 +223,31 @@ def check_update(td7, task: str, updates: int, seed: int) -> dict:
         if k in (1, 10) or k % 100 == 0 or k == updates:
             ref_states = authors_states(theirs)
             ctrl_states = authors_states(control)
-            growth.append({"update": k,
-                           "pydpg": compare(pydpg_states(ours), ref_states)["actor"][1],
-                           "control": compare(ctrl_states, ref_states)["actor"][1],
-                           "pydpg_vs_control": compare(pydpg_states(ours), ctrl_states)["actor"][1]})
+            growth.append(
+                {
+                    "update": k,
+                    "pydpg": compare(pydpg_states(ours), ref_states)["actor"][1],
+                    "control": compare(ctrl_states, ref_states)["actor"][1],
+                    "pydpg_vs_control": compare(pydpg_states(ours), ctrl_states)["actor"][1],
+                }
+            )
     wall = time.perf_counter() - t0
     ref_states = authors_states(theirs)
-    return {"task": task, "updates": updates, "settings": {k: [v[0], v[1]] for k, v in settings.items()},
-            "settings_equal": all(a == b for a, b in settings.values()),
-            "hard_target_updates": theirs.replay_buffer.resets,
-            "networks": {"pydpg": compare(pydpg_states(ours), ref_states),
-                         "control": compare(authors_states(control), ref_states),
-                         "pydpg_vs_control": compare(pydpg_states(ours), authors_states(control))},
-            "worst": worst, "actor_growth": growth, "wall_time_s": round(wall, 1)}
+    return {
+        "task": task,
+        "updates": updates,
+        "settings": {k: [v[0], v[1]] for k, v in settings.items()},
+        "settings_equal": all(a == b for a, b in settings.values()),
+        "hard_target_updates": theirs.replay_buffer.resets,
+        "networks": {
+            "pydpg": compare(pydpg_states(ours), ref_states),
+            "control": compare(authors_states(control), ref_states),
+            "pydpg_vs_control": compare(pydpg_states(ours), authors_states(control)),
+        },
+        "worst": worst,
+        "actor_growth": growth,
+        "wall_time_s": round(wall, 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------- check 2
@@ -240,7 +265,7 @@ def check_checkpoints(td7, episodes: int, seed: int) -> dict:
     original = theirs.checkpoint_actor.load_state_dict
     theirs.checkpoint_actor.load_state_dict = lambda sd: (saved.append(1), original(sd))
 
-    ours = PolicyCheckpoints()
+    ours = PolicySnapshots()
     ours.episode_ended(0.0)  # pydpg's unassessed first episode (see the module docstring): empty here
     steps, n_grad, our_saves = 0, 0, 0
     mismatches, late_at = [], {}
@@ -262,44 +287,70 @@ def check_checkpoints(td7, episodes: int, seed: int) -> dict:
             late_at["authors"] = i
         if ours.episodes_per_assessment > 1 and "pydpg" not in late_at:
             late_at["pydpg"] = i
-    return {"episodes": episodes, "steps": steps, "updates": {"pydpg": n_grad, "authors": theirs.training_steps},
-            "checkpoints": {"pydpg": our_saves, "authors": len(saved)},
-            "late_regime_from_episode": late_at, "mismatches": len(mismatches), "first_mismatches": mismatches[:5],
-            "best_min_return": {"pydpg": ours.best_min_return, "authors": theirs.best_min_return}}
+    return {
+        "episodes": episodes,
+        "steps": steps,
+        "updates": {"pydpg": n_grad, "authors": theirs.training_steps},
+        "checkpoints": {"pydpg": our_saves, "authors": len(saved)},
+        "late_regime_from_episode": late_at,
+        "mismatches": len(mismatches),
+        "first_mismatches": mismatches[:5],
+        "best_min_return": {"pydpg": ours.best_min_return, "authors": theirs.best_min_return},
+    }
 
 
 # ---------------------------------------------------------------------------------------- report
 def table(update: dict, ckpt: dict) -> str:
     nets, worst = update["networks"], update["worst"]
-    lines = [f"## TD7 update, pydpg against sfujim/TD7: {update['task']}, {update['updates']} updates "
-             f"({update['hard_target_updates']} hard target updates), {update['wall_time_s']} s", "",
-             "| setting | pydpg | authors |", "|---|---|---|"]
+    lines = [
+        f"## TD7 update, pydpg against sfujim/TD7: {update['task']}, {update['updates']} updates "
+        f"({update['hard_target_updates']} hard target updates), {update['wall_time_s']} s",
+        "",
+        "| setting | pydpg | authors |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {a} | {b} |" for k, (a, b) in update["settings"].items()]
-    lines += ["", "Differences from the authors' agent. *control*: the authors' own code with torch's fused Adam "
-              "(pydpg's kernel) instead of its per-tensor Adam, from the same start: how far float rounding "
-              "alone carries two runs apart. Relative: to the largest magnitude in the authors' tensor.", "",
-              "| compared, max rel | pydpg vs authors | control vs authors | pydpg vs control |",
-              "|---|---:|---:|---:|"]
-    lines += [f"| {name} parameters after the run | {nets['pydpg'][name][1]:.2e} | {nets['control'][name][1]:.2e} | "
-              f"{nets['pydpg_vs_control'][name][1]:.2e} |" for name in AUTHORS_NETS]
-    lines += [f"| LAP priorities, every update | {worst['pydpg']['priority']:.2e} | {worst['control']['priority']:.2e} | |",
-              f"| value-clipping range, every hard target update | {worst['pydpg']['range']:.2e} | "
-              f"{worst['control']['range']:.2e} | |", "",
-              "| actor, max rel difference after update | " + " | ".join(str(g["update"]) for g in update["actor_growth"])
-              + " |", "|---|" + "---:|" * len(update["actor_growth"]),
-              "| pydpg | " + " | ".join(f"{g['pydpg']:.1e}" for g in update["actor_growth"]) + " |",
-              "| control | " + " | ".join(f"{g['control']:.1e}" for g in update["actor_growth"]) + " |",
-              "| pydpg vs control | " + " | ".join(f"{g['pydpg_vs_control']:.1e}" for g in update["actor_growth"])
-              + " |", ""]
-    lines += [f"## TD7 policy checkpoints: {ckpt['episodes']} episodes, {ckpt['steps']:,} steps", "",
-              "| | pydpg | authors |", "|---|---:|---:|",
-              f"| updates made | {ckpt['updates']['pydpg']:,} | {ckpt['updates']['authors']:,} |",
-              f"| policy checkpoints taken | {ckpt['checkpoints']['pydpg']} | {ckpt['checkpoints']['authors']} |",
-              f"| 20-episode assessments from episode | {ckpt['late_regime_from_episode'].get('pydpg')} | "
-              f"{ckpt['late_regime_from_episode'].get('authors')} |",
-              f"| best min return at the end | {ckpt['best_min_return']['pydpg']:.1f} | "
-              f"{ckpt['best_min_return']['authors']:.1f} |",
-              f"| episodes where (updates, checkpointed) differ | {ckpt['mismatches']} | |"]
+    lines += [
+        "",
+        "Differences from the authors' agent. *control*: the authors' own code with torch's fused Adam "
+        "(pydpg's kernel) instead of its per-tensor Adam, from the same start: how far float rounding "
+        "alone carries two runs apart. Relative: to the largest magnitude in the authors' tensor.",
+        "",
+        "| compared, max rel | pydpg vs authors | control vs authors | pydpg vs control |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} parameters after the run | {nets['pydpg'][name][1]:.2e} | {nets['control'][name][1]:.2e} | "
+        f"{nets['pydpg_vs_control'][name][1]:.2e} |"
+        for name in AUTHORS_NETS
+    ]
+    lines += [
+        f"| LAP priorities, every update | {worst['pydpg']['priority']:.2e} | {worst['control']['priority']:.2e} | |",
+        f"| value-clipping range, every hard target update | {worst['pydpg']['range']:.2e} | "
+        f"{worst['control']['range']:.2e} | |",
+        "",
+        "| actor, max rel difference after update | "
+        + " | ".join(str(g["update"]) for g in update["actor_growth"])
+        + " |",
+        "|---|" + "---:|" * len(update["actor_growth"]),
+        "| pydpg | " + " | ".join(f"{g['pydpg']:.1e}" for g in update["actor_growth"]) + " |",
+        "| control | " + " | ".join(f"{g['control']:.1e}" for g in update["actor_growth"]) + " |",
+        "| pydpg vs control | " + " | ".join(f"{g['pydpg_vs_control']:.1e}" for g in update["actor_growth"]) + " |",
+        "",
+    ]
+    lines += [
+        f"## TD7 policy checkpoints: {ckpt['episodes']} episodes, {ckpt['steps']:,} steps",
+        "",
+        "| | pydpg | authors |",
+        "|---|---:|---:|",
+        f"| updates made | {ckpt['updates']['pydpg']:,} | {ckpt['updates']['authors']:,} |",
+        f"| policy checkpoints taken | {ckpt['checkpoints']['pydpg']} | {ckpt['checkpoints']['authors']} |",
+        f"| 20-episode assessments from episode | {ckpt['late_regime_from_episode'].get('pydpg')} | "
+        f"{ckpt['late_regime_from_episode'].get('authors')} |",
+        f"| best min return at the end | {ckpt['best_min_return']['pydpg']:.1f} | "
+        f"{ckpt['best_min_return']['authors']:.1f} |",
+        f"| episodes where (updates, checkpointed) differ | {ckpt['mismatches']} | |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -323,10 +374,13 @@ def main(argv=None) -> int:
     print(table(update, ckpt))
     if args.json:
         args.json.write_text(json.dumps({"update": update, "checkpoints": ckpt}, indent=1, default=float) + "\n")
-    bad = (not update["settings_equal"] or ckpt["mismatches"]
-           or not all(math.isfinite(v) for w in update["worst"].values() for v in w.values())
-           or ckpt["updates"]["pydpg"] != ckpt["updates"]["authors"]
-           or ckpt["checkpoints"]["pydpg"] != ckpt["checkpoints"]["authors"])
+    bad = (
+        not update["settings_equal"]
+        or ckpt["mismatches"]
+        or not all(math.isfinite(v) for w in update["worst"].values() for v in w.values())
+        or ckpt["updates"]["pydpg"] != ckpt["updates"]["authors"]
+        or ckpt["checkpoints"]["pydpg"] != ckpt["checkpoints"]["authors"]
+    )
     return 1 if bad else 0
 
 

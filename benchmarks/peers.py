@@ -9,10 +9,10 @@ from __future__ import annotations
 def sb3_ddpg(env, learning_starts: int, seed: int):
     """SB3's DDPG with pydpg's default hyper-parameters (the TD3 paper's OurDDPG, sfujim/TD3):
     256-256 nets, Adam 3e-4, batch 256, tau 0.005, gamma 0.99, 1M buffer, one update per env step,
-    Gaussian exploration noise of std 0.1 (``pydpg.sb3_peer.sb3_model`` maps a DDPGConfig onto SB3;
+    Gaussian exploration noise of std 0.1 (``pydpg.experiments.sb3_peer.sb3_model`` maps a DDPGConfig onto SB3;
     sweeps use it too). ``env`` is an id or a gymnasium env."""
-    from pydpg.config import DDPGConfig
-    from pydpg.sb3_peer import sb3_model
+    from pydpg.core.config import DDPGConfig
+    from pydpg.experiments.sb3_peer import sb3_model
 
     return sb3_model(env, DDPGConfig(learning_starts=learning_starts), seed)
 
@@ -23,8 +23,9 @@ def xla_threads(n: int) -> None:
     import os
 
     multi = "true" if n > 1 else "false"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen={multi}"
-                               f" intra_op_parallelism_threads={n}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={n}"
+    ).strip()
 
 
 class JaxDDPG:
@@ -40,8 +41,16 @@ class JaxDDPG:
     Needs the ``bench`` extra (jax[cpu], flax, optax).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, td3: bool = False, seed: int = 0,
-                 hidden: tuple[int, ...] = (256, 256), lr: float = 3e-4, tau: float = 0.005):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        td3: bool = False,
+        seed: int = 0,
+        hidden: tuple[int, ...] = (256, 256),
+        lr: float = 3e-4,
+        tau: float = 0.005,
+    ):
         import flax.linen as nn
         import jax
         import jax.numpy as jnp
@@ -69,8 +78,15 @@ class JaxDDPG:
         pi = actor.init(keys[0], s0)
         qs = tuple(qnet.init(k, s0, a0) for k in keys[2:])
         # Targets start as copies of the online parameters (a fresh buffer each).
-        self.state = dict(pi=pi, pi_t=jax.tree_util.tree_map(jnp.array, pi), pi_opt=opt.init(pi),
-                          qs=qs, qs_t=jax.tree_util.tree_map(jnp.array, qs), q_opt=opt.init(qs), key=keys[1])
+        self.state = dict(
+            pi=pi,
+            pi_t=jax.tree_util.tree_map(jnp.array, pi),
+            pi_opt=opt.init(pi),
+            qs=qs,
+            qs_t=jax.tree_util.tree_map(jnp.array, qs),
+            q_opt=opt.init(qs),
+            key=keys[1],
+        )
         noise, clip = (0.2, 0.5) if td3 else (0.0, 0.0)
 
         def critic_step(st, d):
@@ -99,9 +115,15 @@ class JaxDDPG:
             upd, pi_opt = opt.update(grads, st["pi_opt"], st["pi"])
             pi = optax.apply_updates(st["pi"], upd)
             polyak = lambda online, target: jax.tree_util.tree_map(  # noqa: E731
-                lambda p, t: tau * p + (1.0 - tau) * t, online, target)
-            return {**st, "pi": pi, "pi_opt": pi_opt, "pi_t": polyak(pi, st["pi_t"]),
-                    "qs_t": polyak(st["qs"], st["qs_t"])}, (q_loss, value)
+                lambda p, t: tau * p + (1.0 - tau) * t, online, target
+            )
+            return {
+                **st,
+                "pi": pi,
+                "pi_opt": pi_opt,
+                "pi_t": polyak(pi, st["pi_t"]),
+                "qs_t": polyak(st["qs"], st["qs_t"]),
+            }, (q_loss, value)
 
         self._full = jax.jit(full_step)
         self._critic_only = jax.jit(critic_step)

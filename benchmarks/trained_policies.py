@@ -37,12 +37,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "trained_policies.json"
 
 
 def check_run(run: Path, episodes: int, scratch: Path) -> dict:
-    from pydpg.checkpoint import load_model_any
-    from pydpg.deploy import run_policy
-    from pydpg.envs import evaluate, initial_states, make_env
-    from pydpg.export import export_checkpoint
-    from pydpg.runtime import Policy
-    from pydpg.trainer import agent_from_model, make_policy
+    from pydpg.common.envs import evaluate, initial_states, make_env
+    from pydpg.deploy.export import export_checkpoint
+    from pydpg.deploy.loop import run_policy
+    from pydpg.deploy.runtime import Policy
+    from pydpg.files.checkpoint import load_model_any
+    from pydpg.files.model import agent_from_model, make_policy
 
     model, ckpt = load_model_any(run)
     meta = model["run"]
@@ -77,41 +77,51 @@ def check_run(run: Path, episodes: int, scratch: Path) -> dict:
     batched = Policy(policy_path, max_batch=len(obs)).act(obs)
     cpp = run_policy(policy_path, initial_states=states, replay=env_id, realtime=False, quiet=True)
     return {
-        "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "env_id": env_id,
-        "steps": ckpt.step if ckpt is not None else None, "export_max_diff": exported.max_abs_diff,
-        "backend": policy.backend, "load_s": load_s, "observations": len(obs),
-        "max_diff_single": float(np.abs(single - want).max()), "max_diff_batched": float(np.abs(batched - want).max()),
+        "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
+        "env_id": env_id,
+        "steps": ckpt.step if ckpt is not None else None,
+        "export_max_diff": exported.max_abs_diff,
+        "backend": policy.backend,
+        "load_s": load_s,
+        "observations": len(obs),
+        "max_diff_single": float(np.abs(single - want).max()),
+        "max_diff_batched": float(np.abs(batched - want).max()),
         "actions_equal": bool(np.array_equal(single, want)),
-        "python_returns": python.returns.tolist(), "python_lengths": python.lengths.tolist(),
-        "cpp_returns": cpp["returns"], "cpp_lengths": cpp["lengths"],
+        "python_returns": python.returns.tolist(),
+        "python_lengths": python.lengths.tolist(),
+        "cpp_returns": cpp["returns"],
+        "cpp_lengths": cpp["lengths"],
         "max_return_diff": float(np.max(np.abs(np.asarray(cpp["returns"]) - python.returns))),
     }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | env | steps | backend | max \\|Policy − TorchScript\\| (batch 1 / batched) | actions equal | "
-             "Python returns | C++ loop returns | max \\|Δ return\\| |",
-             "|---|---|---:|---|---|---|---|---|---:|"]
+    lines = [
+        "| run | env | steps | backend | max \\|Policy − TorchScript\\| (batch 1 / batched) | actions equal | "
+        "Python returns | C++ loop returns | max \\|Δ return\\| |",
+        "|---|---|---:|---|---|---|---|---|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['run']} | {r['env_id']} | {r['steps']} | {r['backend']} | {r['max_diff_single']:.2g} / "
             f"{r['max_diff_batched']:.2g} | {'yes' if r['actions_equal'] else 'no'} | "
             f"{', '.join(f'{x:.1f}' for x in r['python_returns'])} | {', '.join(f'{x:.1f}' for x in r['cpp_returns'])} "
-            f"| {r['max_return_diff']:.2g} |")
+            f"| {r['max_return_diff']:.2g} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", type=Path,
-                   help="run directories (default: every pydpg run under runs/learning/)")
+    p.add_argument("runs", nargs="*", type=Path, help="run directories (default: every pydpg run under runs/learning/)")
     p.add_argument("--episodes", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     learning = ROOT / "runs" / "learning"
     # <env>/<setting>/seed<k> since learning_runs.py runs sweeps; <env>/seed<k> (and the like) before.
-    runs = args.runs or sorted(d for d in [*learning.glob("*/*/seed*"), *learning.glob("*/*")]
-                               if (d / "checkpoints").is_dir())
+    runs = args.runs or sorted(
+        d for d in [*learning.glob("*/*/seed*"), *learning.glob("*/*")] if (d / "checkpoints").is_dir()
+    )
     if not runs:
         print("no trained runs found (train some with benchmarks/learning_runs.py, or name run directories)")
         return 1

@@ -134,7 +134,7 @@ std::string first_line(const std::string& message) {
 }
 
 PolicyArchive load_policy_archive(const std::string& path, const std::vector<std::string>& extra_files) {
-  struct stat st {};
+  struct stat st{};
   if (::stat(path.c_str(), &st) != 0)
     throw PolicyFileError("cannot open policy file '" + path + "': " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) throw PolicyFileError("policy file '" + path + "' is a directory");
@@ -158,8 +158,8 @@ PolicyArchive load_policy_archive(const std::string& path, const std::vector<std
     std::istringstream in(bytes);
     archive.module = torch::jit::load(in, torch::kCPU, files);
   } catch (const std::exception& e) {
-    throw PolicyFormatError("policy file '" + path + "' is truncated, corrupt or not TorchScript: " +
-                            first_line(e.what()));
+    throw PolicyFormatError("policy file '" + path +
+                            "' is truncated, corrupt or not TorchScript: " + first_line(e.what()));
   }
   for (auto& kv : files) archive.extras[kv.first] = kv.second;
   check_tensor_storage(archive.module, path);

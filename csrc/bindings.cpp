@@ -30,9 +30,7 @@ namespace {
 using Shape = std::vector<std::int64_t>;
 using pydpg::shape_str;  // Python's tuple spelling, "(3,)" and "(2, 3)", as the buffer's own errors use
 
-Shape shape_of(const py::array& a) {
-  return Shape(a.shape(), a.shape() + a.ndim());
-}
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
 
 std::string type_name(py::handle h) { return py::str(py::type::handle_of(h).attr("__name__")); }
 
@@ -99,13 +97,14 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_array(py::handle h,
     } catch (py::error_already_set& e) {
       why = e.what();
     }
-    throw py::type_error(std::string(name) + " must be a NumPy array, CPU torch tensor or sequence "
-                         "of real numbers, got " + type_name(h) + " (" + why + ")");
+    throw py::type_error(std::string(name) +
+                         " must be a NumPy array, CPU torch tensor or sequence "
+                         "of real numbers, got " +
+                         type_name(h) + " (" + why + ")");
   }
   const char kind = raw.dtype().kind();
   if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b')
-    throw py::type_error(std::string(name) + " must hold real numbers, got dtype " +
-                         std::string(py::str(raw.dtype())));
+    throw py::type_error(std::string(name) + " must hold real numbers, got dtype " + std::string(py::str(raw.dtype())));
   return Arr::ensure(raw);
 }
 
@@ -131,8 +130,8 @@ bool has_shape(const py::array& a, const Shape& expected) {
 
 void expect_shape(const py::array& a, const Shape& expected, const char* name) {
   if (!has_shape(a, expected))
-    throw py::value_error(std::string(name) + " has shape " + shape_str(shape_of(a)) +
-                          ", expected " + shape_str(expected));
+    throw py::value_error(std::string(name) + " has shape " + shape_str(shape_of(a)) + ", expected " +
+                          shape_str(expected));
 }
 
 Shape with_lead(std::int64_t n, const Shape& shape) {
@@ -199,9 +198,8 @@ struct Transitions {
 };
 
 // One conversion path for add (a single transition, no leading dimension) and extend.
-void convert(Transitions& t, const ReplayBuffer& buf, py::handle obs, py::handle action,
-             py::handle reward, py::handle next_obs, py::handle terminated, py::handle truncated,
-             py::handle env_ids, bool batched) {
+void convert(Transitions& t, const ReplayBuffer& buf, py::handle obs, py::handle action, py::handle reward,
+             py::handle next_obs, py::handle terminated, py::handle truncated, py::handle env_ids, bool batched) {
   const auto& cfg = buf.config();
   std::int64_t n = 1;
   Shape lead;
@@ -225,8 +223,7 @@ void convert(Transitions& t, const ReplayBuffer& buf, py::handle obs, py::handle
   t.view.obs = t.floats(obs, "obs", obs_shape);
   t.view.action = t.floats(action, "action", batched ? lead_action : cfg.action_shape);
   if (!batched && (PyFloat_Check(reward.ptr()) || PyLong_CheckExact(reward.ptr()))) {
-    const double r = PyFloat_Check(reward.ptr()) ? PyFloat_AS_DOUBLE(reward.ptr())
-                                                 : PyLong_AsDouble(reward.ptr());
+    const double r = PyFloat_Check(reward.ptr()) ? PyFloat_AS_DOUBLE(reward.ptr()) : PyLong_AsDouble(reward.ptr());
     if (r == -1.0 && PyErr_Occurred()) throw py::value_error("reward: " + take_python_error());
     t.reward_scalar = static_cast<float>(r);
     t.view.reward = &t.reward_scalar;
@@ -267,9 +264,13 @@ PYBIND11_MODULE(_core, m) {
   map_error<pydpg::FileError>(PyExc_OSError);
   map_error<pydpg::OutOfMemory>(PyExc_MemoryError);
 
+  // The PER priority floor: the trainer adds it to |TD error| (Schaul et al. 2016's epsilon) and the
+  // buffer floors stored priorities at it; one constant, read by Python from here.
+  m.attr("MIN_PRIORITY") = ReplayBuffer::kMinPriority;
+
   py::class_<ReplayBuffer>(m, "ReplayBuffer", py::dynamic_attr())
-      .def(py::init([](py::handle capacity, Shape obs_shape, Shape action_shape, bool prioritized,
-                       double alpha, int n_step, double gamma, std::optional<std::uint64_t> seed) {
+      .def(py::init([](py::handle capacity, Shape obs_shape, Shape action_shape, bool prioritized, double alpha,
+                       int n_step, double gamma, std::optional<std::uint64_t> seed) {
              pydpg::ReplayBufferConfig c;
              c.capacity = as_count(capacity, "capacity");
              c.obs_shape = std::move(obs_shape);
@@ -282,36 +283,35 @@ PYBIND11_MODULE(_core, m) {
              return std::make_unique<ReplayBuffer>(std::move(c));
            }),
            py::arg("capacity"), py::arg("obs_shape"), py::arg("action_shape"), py::kw_only(),
-           py::arg("prioritized") = false, py::arg("alpha") = 0.6, py::arg("n_step") = 1,
-           py::arg("gamma") = 0.99, py::arg("seed") = py::none())
+           py::arg("prioritized") = false, py::arg("alpha") = 0.6, py::arg("n_step") = 1, py::arg("gamma") = 0.99,
+           py::arg("seed") = py::none())
       .def(
           "add",
-          [](ReplayBuffer& self, py::handle obs, py::handle action, py::handle reward,
-             py::handle next_obs, py::handle terminated, py::handle truncated) {
+          [](ReplayBuffer& self, py::handle obs, py::handle action, py::handle reward, py::handle next_obs,
+             py::handle terminated, py::handle truncated) {
             Transitions t;
             convert(t, self, obs, action, reward, next_obs, terminated, truncated, py::none(), false);
             self.extend(t.view);  // one row: cheaper to keep the GIL than to drop and retake it
           },
-          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"),
-          py::arg("terminated"), py::arg("truncated"))
+          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"), py::arg("terminated"),
+          py::arg("truncated"))
       .def(
           "extend",
-          [](ReplayBuffer& self, py::handle obs, py::handle action, py::handle reward,
-             py::handle next_obs, py::handle terminated, py::handle truncated, py::handle env_ids) {
+          [](ReplayBuffer& self, py::handle obs, py::handle action, py::handle reward, py::handle next_obs,
+             py::handle terminated, py::handle truncated, py::handle env_ids) {
             Transitions t;
             convert(t, self, obs, action, reward, next_obs, terminated, truncated, env_ids, true);
             py::gil_scoped_release release;
             self.extend(t.view);
           },
-          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"),
-          py::arg("terminated"), py::arg("truncated"), py::kw_only(), py::arg("env_ids") = py::none())
+          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"), py::arg("terminated"),
+          py::arg("truncated"), py::kw_only(), py::arg("env_ids") = py::none())
       .def(
           "_sample_rows",
           [](ReplayBuffer& self, py::handle batch_size_arg) {
             const std::int64_t batch_size = as_count(batch_size_arg, "batch_size");
             if (batch_size <= 0)
-              throw py::value_error("batch_size must be a positive integer, got " +
-                                    std::to_string(batch_size));
+              throw py::value_error("batch_size must be a positive integer, got " + std::to_string(batch_size));
             py::array_t<float> rows({batch_size, self.layout().width()});
             float* out = rows.mutable_data();
             {
@@ -326,10 +326,8 @@ PYBIND11_MODULE(_core, m) {
           [](ReplayBuffer& self, py::handle batch_size_arg, double beta) {
             const std::int64_t batch_size = as_count(batch_size_arg, "batch_size");
             if (batch_size <= 0)
-              throw py::value_error("batch_size must be a positive integer, got " +
-                                    std::to_string(batch_size));
-            if (!self.config().prioritized)
-              throw py::value_error("this ReplayBuffer is not prioritized");
+              throw py::value_error("batch_size must be a positive integer, got " + std::to_string(batch_size));
+            if (!self.config().prioritized) throw py::value_error("this ReplayBuffer is not prioritized");
             py::array_t<float> rows({batch_size, self.layout().width()});
             py::array_t<float> weights({batch_size, std::int64_t{1}});
             py::array_t<std::int64_t> ids(batch_size);
@@ -349,8 +347,7 @@ PYBIND11_MODULE(_core, m) {
             auto ids = as_ids(indices, "indices");
             auto p = as_array<double>(priorities, "priorities");
             if (ids.ndim() != 1)
-              throw py::value_error("indices has shape " + shape_str(shape_of(ids)) +
-                                    ", expected (N,)");
+              throw py::value_error("indices has shape " + shape_str(shape_of(ids)) + ", expected (N,)");
             expect_shape(p, Shape{ids.shape(0)}, "priorities");
             const std::int64_t* id = ids.data();
             const double* pr = p.data();
@@ -363,8 +360,7 @@ PYBIND11_MODULE(_core, m) {
           [](const ReplayBuffer& self, py::handle indices) {
             auto ids = as_ids(indices, "indices");
             if (ids.ndim() != 1)
-              throw py::value_error("indices has shape " + shape_str(shape_of(ids)) +
-                                    ", expected (N,)");
+              throw py::value_error("indices has shape " + shape_str(shape_of(ids)) + ", expected (N,)");
             py::array_t<float> rows({ids.shape(0), self.layout().width()});
             float* out = rows.mutable_data();
             const std::int64_t* id = ids.data();
@@ -400,15 +396,16 @@ PYBIND11_MODULE(_core, m) {
           "episode that ended without a transition saying so, e.g. an environment restarted by its owner.")
       .def("reset_max_priority", &ReplayBuffer::reset_max_priority,
            "Lower the priority new transitions get to the largest one stored now (LAP, as TD7 does it "
-           "at every target update).", py::call_guard<py::gil_scoped_release>())
+           "at every target update).",
+           py::call_guard<py::gil_scoped_release>())
       .def("clear", &ReplayBuffer::clear, "Forget every transition, open n-step returns included.")
       .def("__len__", [](const ReplayBuffer& self) { return self.size(); })
       .def("__repr__", &ReplayBuffer::describe)
       .def_property_readonly("capacity", &ReplayBuffer::capacity)
       .def_property_readonly("obs_shape",
                              [](const ReplayBuffer& s) { return py::tuple(py::cast(s.config().obs_shape)); })
-      .def_property_readonly(
-          "action_shape", [](const ReplayBuffer& s) { return py::tuple(py::cast(s.config().action_shape)); })
+      .def_property_readonly("action_shape",
+                             [](const ReplayBuffer& s) { return py::tuple(py::cast(s.config().action_shape)); })
       .def_property_readonly("prioritized", [](const ReplayBuffer& s) { return s.config().prioritized; })
       .def_property_readonly("alpha", [](const ReplayBuffer& s) { return s.config().alpha; })
       .def_property_readonly("n_step", [](const ReplayBuffer& s) { return s.config().n_step; })
@@ -425,7 +422,7 @@ PYBIND11_MODULE(_core, m) {
 }
 
 // =====================================================================================================
-// PolicyRuntime (csrc/policy_runtime.hpp). pydpg.Policy (pydpg/runtime.py) is the documented facade;
+// PolicyRuntime (csrc/policy_runtime.hpp). pydpg.Policy (pydpg/deploy/runtime.py) is the documented facade;
 // this section converts arrays, checks shapes and dtypes with messages that name them, and releases
 // the GIL around act().
 // =====================================================================================================
@@ -515,8 +512,8 @@ void bind_policy_runtime(py::module_& m) {
             const bool single = obs.ndim() == 1;
             const std::int64_t batch = single ? 1 : obs.shape(0);
             if (batch < 1 || batch > self.options().max_batch)
-              throw py::value_error("obs has batch size " + std::to_string(batch) + ", expected 1 to max_batch=" +
-                                    std::to_string(self.options().max_batch) +
+              throw py::value_error("obs has batch size " + std::to_string(batch) +
+                                    ", expected 1 to max_batch=" + std::to_string(self.options().max_batch) +
                                     " (load the policy with a larger max_batch)");
             Shape out_shape = single ? Shape{self.act_dim()} : Shape{batch, self.act_dim()};
             py::array_t<float> out;
@@ -548,10 +545,12 @@ void bind_policy_runtime(py::module_& m) {
       .def_property_readonly("act_dim", &PolicyRuntime::act_dim)
       .def_property_readonly("max_batch", [](const PolicyRuntime& s) { return s.options().max_batch; })
       .def_property_readonly("num_threads", [](const PolicyRuntime& s) { return s.options().num_threads; })
-      .def_property_readonly("on_nonfinite", [](const PolicyRuntime& s) { return pydpg::to_string(s.options().on_nonfinite); })
+      .def_property_readonly("on_nonfinite",
+                             [](const PolicyRuntime& s) { return pydpg::to_string(s.options().on_nonfinite); })
       .def_property_readonly("backend", &PolicyRuntime::backend)
       .def_property_readonly("kernels", &PolicyRuntime::kernels)
-      .def_property_readonly("batch_invariant", [](const PolicyRuntime& self) { return self.options().batch_invariant; })
+      .def_property_readonly("batch_invariant",
+                             [](const PolicyRuntime& self) { return self.options().batch_invariant; })
       .def_property_readonly("path", &PolicyRuntime::path)
       .def_property_readonly("action_low", [](const PolicyRuntime& s) { return s.metadata().action_low; })
       .def_property_readonly("action_high", [](const PolicyRuntime& s) { return s.metadata().action_high; });
@@ -564,7 +563,8 @@ void bind_policy_runtime(py::module_& m) {
          double obs_clip, py::handle obs, double unit_roundoff, double constants, bool float32_output) {
         pydpg::NamedTensors named;
         std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> keep;
-        for (auto [from, into] : {std::make_pair(&parameters, &named.parameters), std::make_pair(&buffers, &named.buffers)})
+        for (auto [from, into] :
+             {std::make_pair(&parameters, &named.parameters), std::make_pair(&buffers, &named.buffers)})
           for (auto item : *from) {
             const std::string name = py::str(item.first);
             keep.push_back(as_array<float>(item.second, name.c_str()));
@@ -584,10 +584,8 @@ void bind_policy_runtime(py::module_& m) {
         return py::make_tuple(centre, bound);
       },
       py::arg("metadata_json"), py::arg("parameters"), py::arg("buffers"), py::arg("normalize"), py::arg("obs_clip"),
-      py::arg("obs"),
-      py::arg("unit_roundoff") = 0x1p-24, py::arg("constants") = 0.0, py::arg("float32_output") = true);
+      py::arg("obs"), py::arg("unit_roundoff") = 0x1p-24, py::arg("constants") = 0.0, py::arg("float32_output") = true);
 }
-
 
 // pydpg.observation.ObservationBuilder wraps this: it checks that `model`/`data` are mujoco.MjModel /
 // MjData objects and holds a reference to the model, so the raw addresses below stay valid.
@@ -612,7 +610,8 @@ void bind_observation(py::module_& m) {
       .def("input_size", &ObservationBuilder::input_size, py::arg("name"))
       .def(
           "set_input",
-          [](ObservationBuilder& b, const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> v) {
+          [](ObservationBuilder& b, const std::string& name,
+             py::array_t<float, py::array::c_style | py::array::forcecast> v) {
             b.set_input(name, v.data(), static_cast<int>(v.size()));
           },
           py::arg("name"), py::arg("values"))
@@ -667,8 +666,7 @@ void bind_observation(py::module_& m) {
             for (std::size_t i = 0; i < f.size(); ++i) failed.mutable_at(i) = f[i] != 0;
             return py::make_tuple(values, failed);
           },
-          py::arg("data_address"),
-          "(values of every condition's term, concatenated; whether each condition fails)");
+          py::arg("data_address"), "(values of every condition's term, concatenated; whether each condition fails)");
   m.def(
       "spec_from_policy_metadata",
       [](const std::string& metadata_json, std::uintptr_t model_address) {
@@ -708,7 +706,8 @@ at::Tensor tensor_arg(py::handle h, const std::string& name) {
 // an output (`copy_ok` false) is viewed as it is, so that what is written lands in it.
 at::Tensor batch_tensor(py::handle h, const char* name, std::vector<py::array>& keep, bool copy_ok = true) {
   if (h.is_none()) return at::Tensor();
-  if (!py::hasattr(h, "numpy")) throw py::type_error(std::string(name) + " must be a torch tensor, got " + type_name(h));
+  if (!py::hasattr(h, "numpy"))
+    throw py::type_error(std::string(name) + " must be a torch tensor, got " + type_name(h));
   py::array a;
   try {
     a = py::reinterpret_borrow<py::array>(h.attr("numpy")());
@@ -716,7 +715,8 @@ at::Tensor batch_tensor(py::handle h, const char* name, std::vector<py::array>& 
     throw py::type_error(std::string(name) + ": " + e.what());
   }
   if (!a.dtype().is(py::dtype::of<float>()))
-    throw py::value_error(std::string(name) + " must be a float32 CPU tensor, got dtype " + std::string(py::str(a.dtype())));
+    throw py::value_error(std::string(name) + " must be a float32 CPU tensor, got dtype " +
+                          std::string(py::str(a.dtype())));
   if (copy_ok && !(a.flags() & py::array::c_style)) a = py::array::ensure(a, py::array::c_style);
   std::vector<std::int64_t> shape(a.shape(), a.shape() + a.ndim()), strides;
   for (py::ssize_t i = 0; i < a.ndim(); ++i) strides.push_back(a.strides(i) / static_cast<py::ssize_t>(sizeof(float)));
@@ -728,14 +728,16 @@ at::Tensor batch_tensor(py::handle h, const char* name, std::vector<py::array>& 
 std::vector<at::Tensor> tensor_list(py::handle seq, const std::string& name) {
   std::vector<at::Tensor> out;
   std::size_t i = 0;
-  for (py::handle h : py::reinterpret_borrow<py::sequence>(seq)) out.push_back(tensor_arg(h, name + "[" + std::to_string(i++) + "]"));
+  for (py::handle h : py::reinterpret_borrow<py::sequence>(seq))
+    out.push_back(tensor_arg(h, name + "[" + std::to_string(i++) + "]"));
   return out;
 }
 
 // [w0, b0, w1, b1, ...] as Module.parameters() lists an nn.Sequential of Linear layers.
 pydpg::MlpParams mlp_params(py::handle seq, const std::string& name) {
   std::vector<at::Tensor> flat = tensor_list(seq, name);
-  if (flat.size() % 2) throw py::value_error(name + ": expected weight, bias pairs, got " + std::to_string(flat.size()) + " tensors");
+  if (flat.size() % 2)
+    throw py::value_error(name + ": expected weight, bias pairs, got " + std::to_string(flat.size()) + " tensors");
   pydpg::MlpParams p;
   for (std::size_t i = 0; i < flat.size(); i += 2) {
     p.weight.push_back(flat[i]);
@@ -765,25 +767,26 @@ void bind_mlp_update(py::module_& m) {
       .def(py::init([](py::handle actor, py::handle actor_target, py::sequence critics, py::sequence critic_targets,
                        py::dict actor_opt, py::dict critic_opt, double action_bound, bool portable) {
              std::vector<pydpg::MlpParams> cs, cts;
-             for (std::size_t k = 0; k < critics.size(); ++k) cs.push_back(mlp_params(critics[k], "critics[" + std::to_string(k) + "]"));
+             for (std::size_t k = 0; k < critics.size(); ++k)
+               cs.push_back(mlp_params(critics[k], "critics[" + std::to_string(k) + "]"));
              for (std::size_t k = 0; k < critic_targets.size(); ++k)
                cts.push_back(mlp_params(critic_targets[k], "critic_targets[" + std::to_string(k) + "]"));
              return std::make_unique<MlpUpdate>(mlp_params(actor, "actor"), mlp_params(actor_target, "actor_target"),
                                                 std::move(cs), std::move(cts), adam_state(actor_opt, "actor_opt"),
                                                 adam_state(critic_opt, "critic_opt"), action_bound, portable);
            }),
-           py::arg("actor"), py::arg("actor_target"), py::arg("critics"), py::arg("critic_targets"), py::arg("actor_opt"),
-           py::arg("critic_opt"), py::arg("action_bound") = 1.0, py::arg("portable") = false)
+           py::arg("actor"), py::arg("actor_target"), py::arg("critics"), py::arg("critic_targets"),
+           py::arg("actor_opt"), py::arg("critic_opt"), py::arg("action_bound") = 1.0, py::arg("portable") = false)
       .def(
           "update",
           [](MlpUpdate& u, py::handle obs, py::handle action, py::handle reward, py::handle next_obs, py::handle done,
-             py::handle discount, py::handle weights, py::handle noise, double critic_lr, py::object actor_lr, double tau,
-             py::handle td_errors) {
+             py::handle discount, py::handle weights, py::handle noise, double critic_lr, py::object actor_lr,
+             double tau, py::handle td_errors) {
             std::vector<py::array> keep;  // the arrays the views below read, alive until the call returns
-            pydpg::UpdateBatch b{batch_tensor(obs, "obs", keep),           batch_tensor(action, "action", keep),
-                                 batch_tensor(reward, "reward", keep),     batch_tensor(next_obs, "next_obs", keep),
-                                 batch_tensor(done, "done", keep),         batch_tensor(discount, "discount", keep),
-                                 batch_tensor(weights, "weights", keep),   batch_tensor(noise, "noise", keep)};
+            pydpg::UpdateBatch b{batch_tensor(obs, "obs", keep),         batch_tensor(action, "action", keep),
+                                 batch_tensor(reward, "reward", keep),   batch_tensor(next_obs, "next_obs", keep),
+                                 batch_tensor(done, "done", keep),       batch_tensor(discount, "discount", keep),
+                                 batch_tensor(weights, "weights", keep), batch_tensor(noise, "noise", keep)};
             const at::Tensor td = batch_tensor(td_errors, "td_errors", keep, /*copy_ok=*/false);
             const bool with_actor = !actor_lr.is_none();
             const double alr = with_actor ? actor_lr.cast<double>() : 0.0;
@@ -799,9 +802,9 @@ void bind_mlp_update(py::module_& m) {
             }
             return py::make_tuple(s.loss, s.q_mean, actor_loss);  // with the GIL again
           },
-          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"), py::arg("done"), py::arg("discount"),
-          py::arg("weights"), py::arg("noise"), py::arg("critic_lr"), py::arg("actor_lr"), py::arg("tau"),
-          py::arg("td_errors"),
+          py::arg("obs"), py::arg("action"), py::arg("reward"), py::arg("next_obs"), py::arg("done"),
+          py::arg("discount"), py::arg("weights"), py::arg("noise"), py::arg("critic_lr"), py::arg("actor_lr"),
+          py::arg("tau"), py::arg("td_errors"),
           "One critic step; with actor_lr (not None) also the actor step and the Polyak update. Returns "
           "(critic_loss, q_mean, actor_loss), actor_loss NaN without the actor step.")
       .def_property_readonly("kernels", &MlpUpdate::kernels);

@@ -12,9 +12,8 @@
 namespace pydpg {
 
 // MKL's Fortran sgemm, which the x86 torch wheels export from libtorch_cpu.
-using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
-                         const float*, const int*, const float*, const int*, const float*, float*,
-                         const int*);
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
 // MKL VML's vmsTanh(n, in, out, mode).
 using VmsTanhFn = void (*)(int, const float*, float*, long long);
 

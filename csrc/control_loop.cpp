@@ -76,28 +76,40 @@ Args parse_args(int argc, char** argv) {
       if (i + 1 >= argc) throw UsageError(s + " needs a value");
       return argv[++i];
     };
-    if (s == "--model") a.model = value();
+    if (s == "--model")
+      a.model = value();
     else if (s == "--hz") {
       const std::string v = value();
       char* end = nullptr;
       a.hz = std::strtod(v.c_str(), &end);
       if (v.empty() || *end != '\0' || !(a.hz > 0) || !std::isfinite(a.hz))
         throw UsageError("--hz expects a positive number, got '" + v + "'");
-    } else if (s == "--episodes") a.episodes = parse_long(s, value(), 1, 1000000);
+    } else if (s == "--episodes")
+      a.episodes = parse_long(s, value(), 1, 1000000);
     // A billion actions per episode, as task.max_episode_steps: no product of them overflows.
-    else if (s == "--max-steps") a.max_steps = parse_long(s, value(), 1, 1000000000);
-    else if (s == "--threads") a.threads = parse_long(s, value(), 1, 1024);
-    else if (s == "--on-nonfinite") a.on_nonfinite = value();
-    else if (s == "--init-states") a.init_states = value();
-    else if (s == "--json") a.json_out = value();
-    else if (s == "--trace") a.trace_out = value();
-    else if (s == "--no-sleep") a.sleep = false;
-    else if (s == "--quiet") a.quiet = true;
+    else if (s == "--max-steps")
+      a.max_steps = parse_long(s, value(), 1, 1000000000);
+    else if (s == "--threads")
+      a.threads = parse_long(s, value(), 1, 1024);
+    else if (s == "--on-nonfinite")
+      a.on_nonfinite = value();
+    else if (s == "--init-states")
+      a.init_states = value();
+    else if (s == "--json")
+      a.json_out = value();
+    else if (s == "--trace")
+      a.trace_out = value();
+    else if (s == "--no-sleep")
+      a.sleep = false;
+    else if (s == "--quiet")
+      a.quiet = true;
     else if (s == "-h" || s == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
-    } else if (!s.empty() && s[0] == '-') throw UsageError("unknown option " + s);
-    else rest.push_back(s);
+    } else if (!s.empty() && s[0] == '-')
+      throw UsageError("unknown option " + s);
+    else
+      rest.push_back(s);
   }
   if (rest.size() != 1) throw UsageError("expected exactly one POLICY file");
   a.policy = rest[0];
@@ -112,8 +124,9 @@ struct Task {
 
 Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   if (!policy.metadata().has_task)
-    throw TaskError("the policy carries no task description (metadata 'task'): it was exported without a MuJoCo "
-                    "env, so the loop does not know its control rate; export it with env= (or --env)");
+    throw TaskError(
+        "the policy carries no task description (metadata 'task'): it was exported without a MuJoCo "
+        "env, so the loop does not know its control rate; export it with env= (or --env)");
   Task k;
   k.timing = policy.task_timing();
   k.spec = pydpg::ObservationBuilder::spec_from_policy_metadata(policy.metadata().json, m);
@@ -132,8 +145,8 @@ std::vector<std::vector<double>> read_init_states(const std::string& path, const
     double x;
     while (in >> x) s.push_back(x);
     if (!in.eof() || static_cast<int>(s.size()) != m->nq + m->nv)
-      throw UsageError("--init-states line " + std::to_string(states.size() + 1) + " must hold nq + nv = " +
-                       std::to_string(m->nq + m->nv) + " numbers (qpos then qvel)");
+      throw UsageError("--init-states line " + std::to_string(states.size() + 1) +
+                       " must hold nq + nv = " + std::to_string(m->nq + m->nv) + " numbers (qpos then qvel)");
     states.push_back(std::move(s));
   }
   if (states.empty()) throw UsageError("--init-states file '" + path + "' holds no states");
@@ -159,8 +172,7 @@ int run(const Args& a) {
     model_name = a.model;
   } else {
     const std::string& xml = policy.extra_file("model.xml");
-    if (xml.empty())
-      throw TaskError("the policy carries no MuJoCo model (model.xml); pass --model FILE.xml");
+    if (xml.empty()) throw TaskError("the policy carries no MuJoCo model (model.xml); pass --model FILE.xml");
     mjVFS vfs;
     mj_defaultVFS(&vfs);
     mj_addBufferVFS(&vfs, "model.xml", xml.data(), static_cast<int>(xml.size()));
@@ -178,8 +190,8 @@ int run(const Args& a) {
     }
   } cleanup{m};
   if (m->nu != policy.act_dim())
-    throw TaskError("the model " + model_name + " has " + std::to_string(m->nu) + " actuators, the policy has act_dim " +
-                    std::to_string(policy.act_dim()));
+    throw TaskError("the model " + model_name + " has " + std::to_string(m->nu) +
+                    " actuators, the policy has act_dim " + std::to_string(policy.act_dim()));
   const Task task = parse_task(policy, m);
   pydpg::ObservationBuilder observe(task.spec, m);
   const pydpg::TerminationCheck termination(task.spec, m);
@@ -190,9 +202,11 @@ int run(const Args& a) {
   // The loop fills one external input itself: the previous action (zeros at an episode's start).
   bool feeds_prev_action = false;
   for (const std::string& name : observe.input_names()) {
-    if (name == "prev_action" && observe.input_size(name) == policy.act_dim()) feeds_prev_action = true;
+    if (name == "prev_action" && observe.input_size(name) == policy.act_dim())
+      feeds_prev_action = true;
     else
-      throw TaskError("the observation spec has an external input '" + name + "' that pydpg_control_loop cannot fill "
+      throw TaskError("the observation spec has an external input '" + name +
+                      "' that pydpg_control_loop cannot fill "
                       "(it fills only prev_action of act_dim entries); a robot's own loop sets it with "
                       "ObservationBuilder::set_input");
   }
@@ -229,8 +243,8 @@ int run(const Args& a) {
     // initial qpos/qvel, per step the observation the policy saw and the action it sent, and how
     // the episode ended (the failed termination condition's index, or -1).
     std::fprintf(trace, "# pydpg control loop trace 2: nq %lld nv %lld act_dim %ld obs_dim %ld\n",
-                 static_cast<long long>(m->nq), static_cast<long long>(m->nv),
-                 static_cast<long>(policy.act_dim()), static_cast<long>(policy.obs_dim()));
+                 static_cast<long long>(m->nq), static_cast<long long>(m->nv), static_cast<long>(policy.act_dim()),
+                 static_cast<long>(policy.obs_dim()));
     std::fputs("# init,episode,qpos...,qvel... | step,episode,t,action...,observation... | end,episode,steps,failed\n",
                trace);
   }
@@ -240,8 +254,8 @@ int run(const Args& a) {
   // Step times of the most recent kStepWindow steps, in a ring allocated before the loop starts (the
   // runtime's own latency keeps its window alike): a billion-step run needs no 8 GB of samples.
   constexpr long kStepWindow = 1L << 20;
-  std::vector<double> step_us(static_cast<std::size_t>(std::min(kStepWindow, std::max(1L, episodes) *
-                                                                               std::min(max_steps, kStepWindow))));
+  std::vector<double> step_us(
+      static_cast<std::size_t>(std::min(kStepWindow, std::max(1L, episodes) * std::min(max_steps, kStepWindow))));
   std::size_t step_count = 0;
   std::vector<long> lengths;
   std::vector<int> failed_conditions;
@@ -330,8 +344,7 @@ int run(const Args& a) {
                 lat.p90_us, lat.p99_us, lat.p999_us, lat.max_us);
     std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "step (act+physics+obs)", st.mean, st.p50, st.p90,
                 st.p99, st.p999, st.max);
-    if (a.sleep)
-      std::printf("\ndeadline misses: %ld of %ld periods\n", misses, steps_total);
+    if (a.sleep) std::printf("\ndeadline misses: %ld of %ld periods\n", misses, steps_total);
     if (g.nonfinite_obs_rows || g.nonfinite_action_rows)
       std::printf("non-finite guard: %llu observation(s), %llu action(s) replaced (%s)\n",
                   static_cast<unsigned long long>(g.nonfinite_obs_rows),
@@ -359,11 +372,21 @@ int run(const Args& a) {
         {"wall_s", num(wall_s)},
         {"backend", policy.backend()},
         {"latency_us",
-         {{"count", lat.count}, {"mean", num(lat.mean_us)}, {"p50", num(lat.p50_us)}, {"p90", num(lat.p90_us)},
-          {"p99", num(lat.p99_us)}, {"p999", num(lat.p999_us)}, {"max", num(lat.max_us)}}},
+         {{"count", lat.count},
+          {"mean", num(lat.mean_us)},
+          {"p50", num(lat.p50_us)},
+          {"p90", num(lat.p90_us)},
+          {"p99", num(lat.p99_us)},
+          {"p999", num(lat.p999_us)},
+          {"max", num(lat.max_us)}}},
         {"step_us",
-         {{"count", st.n}, {"mean", num(st.mean)}, {"p50", num(st.p50)}, {"p90", num(st.p90)}, {"p99", num(st.p99)},
-          {"p999", num(st.p999)}, {"max", num(st.max)}}},
+         {{"count", st.n},
+          {"mean", num(st.mean)},
+          {"p50", num(st.p50)},
+          {"p90", num(st.p90)},
+          {"p99", num(st.p99)},
+          {"p999", num(st.p999)},
+          {"max", num(st.max)}}},
         {"guard", {{"nonfinite_obs_rows", g.nonfinite_obs_rows}, {"nonfinite_action_rows", g.nonfinite_action_rows}}},
     };
     std::ofstream j(a.json_out);

@@ -38,7 +38,8 @@ class FixedRateClock {
   bool wait() {
     timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    const bool missed = now.tv_sec > deadline_.tv_sec || (now.tv_sec == deadline_.tv_sec && now.tv_nsec > deadline_.tv_nsec);
+    const bool missed =
+        now.tv_sec > deadline_.tv_sec || (now.tv_sec == deadline_.tv_sec && now.tv_nsec > deadline_.tv_nsec);
     if (missed) {
       ++misses_;
       deadline_ = now;

@@ -57,8 +57,8 @@ PolicyMetadata parse_metadata(const std::string& text, const std::string& path) 
     for (std::int64_t i = 0; i < meta.act_dim; ++i)
       if (!std::isfinite(meta.action_low[i]) || !std::isfinite(meta.action_high[i]) ||
           !(meta.action_low[i] < meta.action_high[i]))
-        throw JsonError("action bounds [" + fmt(meta.action_low[i]) + ", " + fmt(meta.action_high[i]) +
-                        "] of action " + std::to_string(i) + " are not finite with low < high");
+        throw JsonError("action bounds [" + fmt(meta.action_low[i]) + ", " + fmt(meta.action_high[i]) + "] of action " +
+                        std::to_string(i) + " are not finite with low < high");
     const Json& n = json::member(j, "normalization");
     if (!n.is_null()) {
       const auto m = json::numbers(json::member(n, "mean"), "normalization.mean");
@@ -88,7 +88,8 @@ PolicyMetadata parse_metadata(const std::string& text, const std::string& path) 
       // can overflow: a million physics steps per action, a billion actions per episode.
       TaskTiming& t = meta.task;
       const std::int64_t skip = json::integer(json::member(task, "frame_skip"), "task.frame_skip");
-      if (skip < 1 || skip > 1000000) throw JsonError("task.frame_skip must be in [1, 1000000], got " + std::to_string(skip));
+      if (skip < 1 || skip > 1000000)
+        throw JsonError("task.frame_skip must be in [1, 1000000], got " + std::to_string(skip));
       t.frame_skip = static_cast<int>(skip);
       t.timestep = json::number(json::member(task, "timestep"), "task.timestep");
       if (!(t.timestep > 0) || !std::isfinite(t.timestep) || t.timestep > 3600)

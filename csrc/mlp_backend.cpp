@@ -189,7 +189,9 @@ bool all_finite(const float* p, std::int64_t n) {
 
 std::string MlpNetwork::kernels() const {
   return std::string("sgemm: ") + (sgemm ? "mkl" : "aten addmm") + ", tanh: " + (vms_tanh ? "mkl vml" : "libm") +
-         (encoder.empty() ? "" : expm1x8 ? ", expm1: sleef" : ", expm1: libm double");
+         (encoder.empty() ? ""
+          : expm1x8       ? ", expm1: sleef"
+                          : ", expm1: libm double");
 }
 
 MlpNetwork build_mlp(const torch::jit::Module& module, const PolicyMetadata& meta, const std::string& mlp_kernels) {
@@ -218,9 +220,8 @@ MlpNetwork build_mlp(const NamedTensors& tensors, bool normalize, double obs_cli
     if (it == from.end()) throw PolicyFormatError("the module has no tensor '" + name + "'");
     const at::Tensor& t = it->second;
     if (t.scalar_type() != at::kFloat || t.sizes().vec() != shape)
-      throw PolicyFormatError("tensor '" + name + "' is " + c10::str(t.sizes()) + " " +
-                              c10::toString(t.scalar_type()) + ", expected " + c10::str(at::IntArrayRef(shape)) +
-                              " float32");
+      throw PolicyFormatError("tensor '" + name + "' is " + c10::str(t.sizes()) + " " + c10::toString(t.scalar_type()) +
+                              ", expected " + c10::str(at::IntArrayRef(shape)) + " float32");
     return t;
   };
 
@@ -228,7 +229,8 @@ MlpNetwork build_mlp(const NamedTensors& tensors, bool normalize, double obs_cli
   // One layer of the plan, reading `in` features; widens net.width to its output.
   auto read_layer = [&](const Json& s, std::int64_t in, const std::string& where) {
     const std::int64_t out = json::integer(json::member(s, "out"), where + ".out");
-    if (out < 1 || out > kMaxDim) throw PolicyFormatError(where + ".out must be in [1, " + std::to_string(kMaxDim) + "]");
+    if (out < 1 || out > kMaxDim)
+      throw PolicyFormatError(where + ".out must be in [1, " + std::to_string(kMaxDim) + "]");
     const at::Tensor w = get(tensors.parameters, json::string(json::member(s, "weight"), where + ".weight"), {out, in});
     const at::Tensor b = get(tensors.parameters, json::string(json::member(s, "bias"), where + ".bias"), {out});
     MlpLayer L;
@@ -246,11 +248,14 @@ MlpNetwork build_mlp(const NamedTensors& tensors, bool normalize, double obs_cli
         throw PolicyFormatError(norm_at + ".kind must be batch_renorm");
       const double eps = json::number(json::member(norm, "eps"), norm_at + ".eps");
       if (!(eps > 0.0 && eps < 1.0)) throw PolicyFormatError(norm_at + ".eps must be in (0, 1)");
-      L.norm_mean = tensor_values(get(tensors.buffers, json::string(json::member(norm, "mean"), norm_at + ".mean"), {in}));
+      L.norm_mean =
+          tensor_values(get(tensors.buffers, json::string(json::member(norm, "mean"), norm_at + ".mean"), {in}));
       L.norm_var = tensor_values(get(tensors.buffers, json::string(json::member(norm, "var"), norm_at + ".var"), {in}));
       L.norm_eps = eps;
-      L.norm_gain = tensor_values(get(tensors.parameters, json::string(json::member(norm, "weight"), norm_at + ".weight"), {in}));
-      L.norm_shift = tensor_values(get(tensors.parameters, json::string(json::member(norm, "bias"), norm_at + ".bias"), {in}));
+      L.norm_gain =
+          tensor_values(get(tensors.parameters, json::string(json::member(norm, "weight"), norm_at + ".weight"), {in}));
+      L.norm_shift =
+          tensor_values(get(tensors.parameters, json::string(json::member(norm, "bias"), norm_at + ".bias"), {in}));
       // torch.rsqrt(running_var + eps): the sum rounded to float32 (a Python float operand is applied
       // as a float32 scalar), then 1 / sqrt, each step correctly rounded as torch's CPU kernel does it.
       const float eps_f = static_cast<float>(eps);
@@ -276,7 +281,8 @@ MlpNetwork build_mlp(const NamedTensors& tensors, bool normalize, double obs_cli
   if (kind_name == "sale") {
     net.state = read_layer(json::member(plan, "state_layer"), meta.obs_dim, "network.state_layer");
     const Json& enc = json::member(plan, "encoder");
-    const std::int64_t zs = read_chain(json::member(enc, "layers"), meta.obs_dim, net.encoder, "network.encoder.layers");
+    const std::int64_t zs =
+        read_chain(json::member(enc, "layers"), meta.obs_dim, net.encoder, "network.encoder.layers");
     net.encoder_act = parse_activation(json::member(enc, "hidden_activation"), "network.encoder.hidden_activation");
     const Json& norm = json::member(plan, "norm");
     if (json::string(json::member(norm, "kind"), "network.norm.kind") != "avg_l1")

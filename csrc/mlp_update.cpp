@@ -16,8 +16,8 @@ std::string shape_of(const at::Tensor& t) { return c10::str(t.sizes()); }
 void check_tensor(const at::Tensor& t, at::IntArrayRef shape, const std::string& name) {
   if (!t.defined()) throw std::invalid_argument(name + " is missing");
   if (t.device().type() != at::kCPU || t.scalar_type() != at::kFloat)
-    throw std::invalid_argument(name + " must be a float32 CPU tensor, got " + c10::toString(t.scalar_type()) +
-                                " on " + t.device().str());
+    throw std::invalid_argument(name + " must be a float32 CPU tensor, got " + c10::toString(t.scalar_type()) + " on " +
+                                t.device().str());
   if (t.sizes() != shape)
     throw std::invalid_argument(name + " has shape " + shape_of(t) + ", expected " + c10::str(shape));
   if (!t.is_contiguous()) throw std::invalid_argument(name + " must be contiguous");
@@ -108,7 +108,8 @@ void concat_rows(const float* a, std::int64_t na, const float* b, std::int64_t n
 MlpUpdate::Net MlpUpdate::check_net(const MlpParams& p, std::int64_t in, std::int64_t out, const char* name) const {
   if (p.weight.empty() || p.weight.size() != p.bias.size())
     throw std::invalid_argument(std::string(name) + ": " + std::to_string(p.weight.size()) + " weights and " +
-                                std::to_string(p.bias.size()) + " biases; expected one of each per layer, at least one");
+                                std::to_string(p.bias.size()) +
+                                " biases; expected one of each per layer, at least one");
   Net net;
   std::int64_t width = in;
   for (std::size_t l = 0; l < p.weight.size(); ++l) {
@@ -148,7 +149,8 @@ MlpUpdate::MlpUpdate(MlpParams actor, MlpParams actor_target, std::vector<MlpPar
   if (!(action_bound > 0.0)) throw std::invalid_argument("action_bound must be positive");
   actor_ = check_net(actor, obs_dim_, act_dim_, "actor");
   actor_target_ = check_net(actor_target, obs_dim_, act_dim_, "actor target");
-  if (actor_target_.out != actor_.out) throw std::invalid_argument("actor target: layer widths differ from the actor's");
+  if (actor_target_.out != actor_.out)
+    throw std::invalid_argument("actor target: layer widths differ from the actor's");
   for (std::size_t k = 0; k < critics.size(); ++k) {
     const std::string c = "critic " + std::to_string(k);
     critics_.push_back(check_net(critics[k], obs_dim_ + act_dim_, 1, c.c_str()));
@@ -275,7 +277,7 @@ void MlpUpdate::backward(const Net& net, const float* x, int n, const std::vecto
 }
 
 void MlpUpdate::adam(AdamState& s, std::vector<at::Tensor>& params, double lr) {
-  // What torch.optim.Adam(fused=True).step() runs (see _adam_step in pydpg/agent.py): the step counts
+  // What torch.optim.Adam(fused=True).step() runs (see _adam_step in pydpg/core/agent.py): the step counts
   // + 1 (float32 scalars, as _foreach_add_(steps, 1) adds; one dispatch per tensor saved), then the
   // fused kernel.
   for (at::Tensor& t : s.step) *ptr(t) += 1.0f;
@@ -309,7 +311,8 @@ CriticStepStats MlpUpdate::critic_step(const UpdateBatch& bt, double lr, const a
     }
   }
   concat_rows(ptr(bt.next_obs), O, a_, A, n, z_);
-  for (std::size_t k = 0; k < critic_targets_.size(); ++k) forward(critic_targets_[k], z_, n, critic_acts_[k], q_[k], false);
+  for (std::size_t k = 0; k < critic_targets_.size(); ++k)
+    forward(critic_targets_[k], z_, n, critic_acts_[k], q_[k], false);
   const float *r = ptr(bt.reward), *done = ptr(bt.done), *disc = ptr(bt.discount);
   for (int i = 0; i < n; ++i) {
     float next_q = q_[0][i];

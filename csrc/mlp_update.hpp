@@ -9,7 +9,7 @@
 // optimizer's own state, so checkpoints are the torch path's.
 //
 // It works on views of the torch modules' parameters and the optimizers' state, in place; it owns
-// only its scratch. The torch update in pydpg/agent.py stays the reference: tests/test_mlp_update.py
+// only its scratch. The torch update in pydpg/core/agent.py stays the reference: tests/test_mlp_update.py
 // pins the two together. No Python here.
 #pragma once
 
@@ -52,8 +52,8 @@ class MlpUpdate {
   // ignores MKL's sgemm even where torch exports it (the path of a torch build without MKL).
   // Throws std::invalid_argument naming the first tensor that does not fit.
   MlpUpdate(MlpParams actor, MlpParams actor_target, std::vector<MlpParams> critics,
-            std::vector<MlpParams> critic_targets, AdamState actor_opt, AdamState critic_opt,
-            double action_bound, bool portable = false);
+            std::vector<MlpParams> critic_targets, AdamState actor_opt, AdamState critic_opt, double action_bound,
+            bool portable = false);
 
   // One critic step: y = r + discount * (1 - done) * min_k Q'_k(s', clamp(mu'(s') + noise)),
   // L = mean_i w_i sum_k (Q_k(s_i, a_i) - y_i)^2, its gradient, one Adam step at `lr`.

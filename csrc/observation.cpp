@@ -24,30 +24,53 @@ struct Field {
 
 // The mjData arrays a controller may read. Order matters only for field_data() below.
 const Field kFields[] = {
-    {"qpos", Kind::JointPos, 0},        {"qvel", Kind::JointDof, 0},          {"qacc", Kind::JointDof, 0},
-    {"act", Kind::ActuatorAct, 0},      {"ctrl", Kind::Actuator, 0},          {"qfrc_actuator", Kind::JointDof, 0},
-    {"qfrc_constraint", Kind::JointDof, 0}, {"cfrc_ext", Kind::Body, 6},      {"cinert", Kind::Body, 10},
-    {"cvel", Kind::Body, 6},            {"xpos", Kind::Body, 3},              {"xquat", Kind::Body, 4},
-    {"site_xpos", Kind::Site, 3},       {"sensordata", Kind::Sensor, 0},
+    {"qpos", Kind::JointPos, 0},
+    {"qvel", Kind::JointDof, 0},
+    {"qacc", Kind::JointDof, 0},
+    {"act", Kind::ActuatorAct, 0},
+    {"ctrl", Kind::Actuator, 0},
+    {"qfrc_actuator", Kind::JointDof, 0},
+    {"qfrc_constraint", Kind::JointDof, 0},
+    {"cfrc_ext", Kind::Body, 6},
+    {"cinert", Kind::Body, 10},
+    {"cvel", Kind::Body, 6},
+    {"xpos", Kind::Body, 3},
+    {"xquat", Kind::Body, 4},
+    {"site_xpos", Kind::Site, 3},
+    {"sensordata", Kind::Sensor, 0},
 };
 constexpr int kNumFields = sizeof(kFields) / sizeof(kFields[0]);
 
 const mjtNum* field_data(const mjData* d, int f) {
   switch (f) {
-    case 0: return d->qpos;
-    case 1: return d->qvel;
-    case 2: return d->qacc;
-    case 3: return d->act;
-    case 4: return d->ctrl;
-    case 5: return d->qfrc_actuator;
-    case 6: return d->qfrc_constraint;
-    case 7: return d->cfrc_ext;
-    case 8: return d->cinert;
-    case 9: return d->cvel;
-    case 10: return d->xpos;
-    case 11: return d->xquat;
-    case 12: return d->site_xpos;
-    case 13: return d->sensordata;
+    case 0:
+      return d->qpos;
+    case 1:
+      return d->qvel;
+    case 2:
+      return d->qacc;
+    case 3:
+      return d->act;
+    case 4:
+      return d->ctrl;
+    case 5:
+      return d->qfrc_actuator;
+    case 6:
+      return d->qfrc_constraint;
+    case 7:
+      return d->cfrc_ext;
+    case 8:
+      return d->cinert;
+    case 9:
+      return d->cvel;
+    case 10:
+      return d->xpos;
+    case 11:
+      return d->xquat;
+    case 12:
+      return d->site_xpos;
+    case 13:
+      return d->sensordata;
   }
   return nullptr;
 }
@@ -55,13 +78,20 @@ const mjtNum* field_data(const mjData* d, int f) {
 int field_size(const mjModel* m, int f) {
   const Field& F = kFields[f];
   switch (F.kind) {
-    case Kind::JointPos: return static_cast<int>(m->nq);
-    case Kind::JointDof: return static_cast<int>(m->nv);
-    case Kind::ActuatorAct: return static_cast<int>(m->na);
-    case Kind::Actuator: return static_cast<int>(m->nu);
-    case Kind::Body: return F.width * static_cast<int>(m->nbody);
-    case Kind::Site: return F.width * static_cast<int>(m->nsite);
-    case Kind::Sensor: return static_cast<int>(m->nsensordata);
+    case Kind::JointPos:
+      return static_cast<int>(m->nq);
+    case Kind::JointDof:
+      return static_cast<int>(m->nv);
+    case Kind::ActuatorAct:
+      return static_cast<int>(m->na);
+    case Kind::Actuator:
+      return static_cast<int>(m->nu);
+    case Kind::Body:
+      return F.width * static_cast<int>(m->nbody);
+    case Kind::Site:
+      return F.width * static_cast<int>(m->nsite);
+    case Kind::Sensor:
+      return static_cast<int>(m->nsensordata);
   }
   return 0;
 }
@@ -77,12 +107,17 @@ int find_field(const std::string& name, const std::string& where) {
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::JointPos:
-    case Kind::JointDof: return "joint";
+    case Kind::JointDof:
+      return "joint";
     case Kind::Actuator:
-    case Kind::ActuatorAct: return "actuator";
-    case Kind::Body: return "body";
-    case Kind::Site: return "site";
-    case Kind::Sensor: return "sensor";
+    case Kind::ActuatorAct:
+      return "actuator";
+    case Kind::Body:
+      return "body";
+    case Kind::Site:
+      return "site";
+    case Kind::Sensor:
+      return "sensor";
   }
   return "?";
 }
@@ -90,12 +125,17 @@ const char* kind_name(Kind k) {
 mjtObj object_type(Kind k) {
   switch (k) {
     case Kind::JointPos:
-    case Kind::JointDof: return mjOBJ_JOINT;
+    case Kind::JointDof:
+      return mjOBJ_JOINT;
     case Kind::Actuator:
-    case Kind::ActuatorAct: return mjOBJ_ACTUATOR;
-    case Kind::Body: return mjOBJ_BODY;
-    case Kind::Site: return mjOBJ_SITE;
-    case Kind::Sensor: return mjOBJ_SENSOR;
+    case Kind::ActuatorAct:
+      return mjOBJ_ACTUATOR;
+    case Kind::Body:
+      return mjOBJ_BODY;
+    case Kind::Site:
+      return mjOBJ_SITE;
+    case Kind::Sensor:
+      return mjOBJ_SENSOR;
   }
   return mjOBJ_UNKNOWN;
 }
@@ -103,12 +143,17 @@ mjtObj object_type(Kind k) {
 int object_count(const mjModel* m, Kind k) {
   switch (k) {
     case Kind::JointPos:
-    case Kind::JointDof: return static_cast<int>(m->njnt);
+    case Kind::JointDof:
+      return static_cast<int>(m->njnt);
     case Kind::Actuator:
-    case Kind::ActuatorAct: return static_cast<int>(m->nu);
-    case Kind::Body: return static_cast<int>(m->nbody);
-    case Kind::Site: return static_cast<int>(m->nsite);
-    case Kind::Sensor: return static_cast<int>(m->nsensor);
+    case Kind::ActuatorAct:
+      return static_cast<int>(m->nu);
+    case Kind::Body:
+      return static_cast<int>(m->nbody);
+    case Kind::Site:
+      return static_cast<int>(m->nsite);
+    case Kind::Sensor:
+      return static_cast<int>(m->nsensor);
   }
   return 0;
 }
@@ -122,7 +167,8 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
     row[0] = i;
     for (std::size_t j = 1; j <= b.size(); ++j) {
       const std::size_t up = row[j];
-      const bool same = std::tolower(static_cast<unsigned char>(a[i - 1])) == std::tolower(static_cast<unsigned char>(b[j - 1]));
+      const bool same =
+          std::tolower(static_cast<unsigned char>(a[i - 1])) == std::tolower(static_cast<unsigned char>(b[j - 1]));
       row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (same ? 0 : 1)});
       diag = up;
     }
@@ -159,11 +205,23 @@ void object_range(const mjModel* m, int f, int id, int* adr, int* count) {
       *count = type == mjJNT_FREE ? (pos ? 7 : 6) : type == mjJNT_BALL ? (pos ? 4 : 3) : 1;
       return;
     }
-    case Kind::Actuator: *adr = id; *count = 1; return;
-    case Kind::ActuatorAct: *adr = m->actuator_actadr[id]; *count = m->actuator_actnum[id]; return;
+    case Kind::Actuator:
+      *adr = id;
+      *count = 1;
+      return;
+    case Kind::ActuatorAct:
+      *adr = m->actuator_actadr[id];
+      *count = m->actuator_actnum[id];
+      return;
     case Kind::Body:
-    case Kind::Site: *adr = F.width * id; *count = F.width; return;
-    case Kind::Sensor: *adr = m->sensor_adr[id]; *count = m->sensor_dim[id]; return;
+    case Kind::Site:
+      *adr = F.width * id;
+      *count = F.width;
+      return;
+    case Kind::Sensor:
+      *adr = m->sensor_adr[id];
+      *count = m->sensor_dim[id];
+      return;
   }
 }
 
@@ -213,8 +271,8 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
       if (adr < 0 || count <= 0)
         throw ObservationError(where + ": " + kind_name(F.kind) + " '" + name + "' has no entries in " + F.name);
       if (static_cast<std::int64_t>(adr) + count > field_size(m, *field))
-        throw ObservationError(where + ": the model places " + kind_name(F.kind) + " '" + name + "' at " + F.name + "[" +
-                               std::to_string(adr) + ":" + std::to_string(adr + count) + "], past its " +
+        throw ObservationError(where + ": the model places " + kind_name(F.kind) + " '" + name + "' at " + F.name +
+                               "[" + std::to_string(adr) + ":" + std::to_string(adr + count) + "], past its " +
                                std::to_string(field_size(m, *field)) + " entries");
       for (int k = 0; k < count; ++k) idx.push_back(adr + k);
       joined += (joined.empty() ? "" : ",") + name;
@@ -230,8 +288,8 @@ std::vector<int> select(const mjModel* m, const Json& j, const std::string& wher
   const std::int64_t start = js.is_null() ? 0 : json::integer(js, where + ".start");
   const std::int64_t stop = je.is_null() ? n : json::integer(je, where + ".stop");
   if (start < 0 || stop > n || start >= stop)
-    throw ObservationError(where + ": slice [" + std::to_string(start) + ":" + std::to_string(stop) + "] of " +
-                           *label + " is out of range: it has " + std::to_string(n) + " entries");
+    throw ObservationError(where + ": slice [" + std::to_string(start) + ":" + std::to_string(stop) + "] of " + *label +
+                           " is out of range: it has " + std::to_string(n) + " entries");
   if (!js.is_null() || !je.is_null()) *label += "[" + std::to_string(start) + ":" + std::to_string(stop) + "]";
   return std::vector<int>(idx.begin() + start, idx.begin() + stop);
 }
@@ -247,7 +305,8 @@ double bound(const Json& j, Side side, const std::string& what) {
   const double x = json::number(j, what);
   if (std::fabs(x) < DBL_MAX) return x;
   if ((x < 0) == (side == Side::Lower)) return unbounded;
-  throw ObservationError(what + " is " + (x > 0 ? "+" : "-") + "infinity: every value fails it (use null for "
+  throw ObservationError(what + " is " + (x > 0 ? "+" : "-") +
+                         "infinity: every value fails it (use null for "
                          "no bound)");
 }
 
@@ -277,9 +336,12 @@ Json termination_from_health(const Json& health, const Json& terms, const mjMode
   for (const Json& c : json::items(json::member(health, "conditions"), "task.health.conditions")) {
     const std::string& field = json::string(json::member(c, "field"), "task.health.conditions[].field");
     auto condition = [&](const std::string& f, const Json& start, const Json& stop) {
-      Json k = {{"field", f}, {"start", start}, {"stop", stop}, {"min", json::member(c, "min")},
-                {"max", json::member(c, "max")}, {"strict", json::member(c, "strict").is_boolean()
-                                                                 ? json::member(c, "strict").get<bool>() : true}};
+      Json k = {{"field", f},
+                {"start", start},
+                {"stop", stop},
+                {"min", json::member(c, "min")},
+                {"max", json::member(c, "max")},
+                {"strict", json::member(c, "strict").is_boolean() ? json::member(c, "strict").get<bool>() : true}};
       out.push_back(k);
     };
     if (field != "state") {
@@ -310,8 +372,9 @@ Json spec_from(const Json& meta, const mjModel* m) {
   } else {
     const Json& slices = json::member(task, "observation");
     if (!slices.is_array())
-      throw ObservationError("the policy carries no observation spec (metadata 'observation'): export it with an env "
-                             "or an observation spec (pydpg.observation) so the loop can build its observations");
+      throw ObservationError(
+          "the policy carries no observation spec (metadata 'observation'): export it with an env "
+          "or an observation spec (pydpg.observation) so the loop can build its observations");
     Json terms = Json::array();
     for (const Json& s : slices) {
       const Json& start = json::member(s, "start");
@@ -320,8 +383,9 @@ Json spec_from(const Json& meta, const mjModel* m) {
         continue;  // 0.1 allowed empty slices; they contribute nothing
       const Json& field = json::member(s, "field");
       if (field.is_string() && field.get<std::string>() == "state")
-        throw ObservationError("this policy's 0.1 observation layout reads 'state' (qpos ++ qvel), which the "
-                               "observation spec states as two terms: export the policy again with this pydpg");
+        throw ObservationError(
+            "this policy's 0.1 observation layout reads 'state' (qpos ++ qvel), which the "
+            "observation spec states as two terms: export the policy again with this pydpg");
       Json t = {{"field", field}};
       if (!start.is_null()) t["start"] = start;
       if (!stop.is_null()) t["stop"] = stop;
@@ -353,8 +417,8 @@ void check_spec(const Json& spec) {
   check_keys(spec, {"version", "terms", "termination"}, "observation spec");
   if (json::member(spec, "version").is_null())
     throw ObservationError("the observation spec has no 'version' (this pydpg reads version " +
-                           std::to_string(ObservationBuilder::kSpecVersion) + ": add \"version\": " +
-                           std::to_string(ObservationBuilder::kSpecVersion) + ")");
+                           std::to_string(ObservationBuilder::kSpecVersion) +
+                           ": add \"version\": " + std::to_string(ObservationBuilder::kSpecVersion) + ")");
   const std::int64_t version = json::integer(json::member(spec, "version"), "observation spec version");
   if (version != ObservationBuilder::kSpecVersion)
     throw ObservationError("observation spec version " + std::to_string(version) + "; this pydpg reads version " +
@@ -418,13 +482,14 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         p.src = select(model, j, where, &p.field, &term.label);
         const Json& mj = json::member(j, "minus");
         if (!mj.is_null()) {
-          if (!mj.is_object()) throw ObservationError(where + ".minus: must be a selection {field, names, start, stop}");
+          if (!mj.is_object())
+            throw ObservationError(where + ".minus: must be a selection {field, names, start, stop}");
           check_keys(mj, {"field", "names", "start", "stop"}, where + ".minus");
           std::string minus_label;
           p.minus = select(model, mj, where + ".minus", &p.minus_field, &minus_label);
           if (p.minus.size() != p.src.size())
-            throw ObservationError(where + ": " + term.label + " has " + std::to_string(p.src.size()) + " entries but " +
-                                   minus_label + " (minus) has " + std::to_string(p.minus.size()));
+            throw ObservationError(where + ": " + term.label + " has " + std::to_string(p.src.size()) +
+                                   " entries but " + minus_label + " (minus) has " + std::to_string(p.minus.size()));
           term.label += " - " + minus_label;
         }
         // null is the default (1, 0); anything else must be a finite number, never read as the default.
@@ -435,9 +500,12 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         const Json& fn_j = json::member(j, "fn");
         if (!fn_j.is_null()) {
           const std::string& fn = json::string(fn_j, where + ".fn");
-          if (fn == "sin") p.fn = Fn::Sin;
-          else if (fn == "cos") p.fn = Fn::Cos;
-          else throw ObservationError(where + ": unknown fn '" + fn + "' (known: sin, cos)");
+          if (fn == "sin")
+            p.fn = Fn::Sin;
+          else if (fn == "cos")
+            p.fn = Fn::Cos;
+          else
+            throw ObservationError(where + ": unknown fn '" + fn + "' (known: sin, cos)");
           term.label = fn + "(" + term.label + ")";
         }
         const Json& clip = json::member(j, "clip");
@@ -506,8 +574,10 @@ void ObservationBuilder::build_into(const mjData* data, T* obs) const {
       double v = base[p.src[k]];
       if (minus) v -= minus[p.minus[k]];
       v = v * p.scale + p.offset;
-      if (p.fn == Fn::Sin) v = std::sin(v);
-      else if (p.fn == Fn::Cos) v = std::cos(v);
+      if (p.fn == Fn::Sin)
+        v = std::sin(v);
+      else if (p.fn == Fn::Cos)
+        v = std::cos(v);
       if (p.clip) v = std::min(std::max(v, p.lo), p.hi);
       out[k] = static_cast<T>(v);
     }
@@ -543,8 +613,7 @@ TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* 
       k.strict = strict.is_null() ? true : json::boolean(strict, where + ".strict");
       const Json& finite = json::member(c, "finite");
       k.finite = !finite.is_null() && json::boolean(finite, where + ".finite");
-      if (std::isnan(k.lo) || std::isnan(k.hi) || !(k.lo <= k.hi))
-        throw ObservationError(where + ": needs min <= max");
+      if (std::isnan(k.lo) || std::isnan(k.hi) || !(k.lo <= k.hi)) throw ObservationError(where + ": needs min <= max");
       if (!k.finite && k.lo == -HUGE_VAL && k.hi == HUGE_VAL)
         throw ObservationError(where + ": states no bound (min, max or finite = true)");
       Json term = c;

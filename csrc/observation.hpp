@@ -70,8 +70,8 @@ class ObservationBuilder {
   void build_into(const mjData* data, T* out) const;
   enum class Fn : std::uint8_t { None, Sin, Cos };
   struct Part {
-    int field = -1;  // index into the field table; -1: external input
-    int input = -1;  // index of the external input
+    int field = -1;               // index into the field table; -1: external input
+    int input = -1;               // index of the external input
     std::vector<int> src, minus;  // per output entry: index into the field (minus: -1 if none)
     int minus_field = -1;
     double scale = 1.0, offset = 0.0;

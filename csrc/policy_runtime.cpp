@@ -53,9 +53,12 @@ NonFinitePolicy parse_nonfinite_policy(const std::string& name) {
 
 const char* to_string(NonFinitePolicy p) {
   switch (p) {
-    case NonFinitePolicy::Raise: return "raise";
-    case NonFinitePolicy::HoldLast: return "hold";
-    case NonFinitePolicy::Safe: return "safe";
+    case NonFinitePolicy::Raise:
+      return "raise";
+    case NonFinitePolicy::HoldLast:
+      return "hold";
+    case NonFinitePolicy::Safe:
+      return "safe";
   }
   return "?";
 }
@@ -135,9 +138,9 @@ void PolicyRuntime::Impl::probe_module() {
     if (!out.isTensor()) throw PolicyFormatError("forward() does not return a tensor");
     const at::Tensor t = out.toTensor();
     if (t.scalar_type() != at::kFloat || t.dim() != 2 || t.size(0) != 1 || t.size(1) != meta.act_dim)
-      throw PolicyFormatError("forward() maps [1, " + std::to_string(meta.obs_dim) + "] to " +
-                              c10::str(t.sizes()) + " " + std::string(c10::toString(t.scalar_type())) +
-                              ", metadata says [1, " + std::to_string(meta.act_dim) + "] float32");
+      throw PolicyFormatError("forward() maps [1, " + std::to_string(meta.obs_dim) + "] to " + c10::str(t.sizes()) +
+                              " " + std::string(c10::toString(t.scalar_type())) + ", metadata says [1, " +
+                              std::to_string(meta.act_dim) + "] float32");
   } catch (const PolicyFormatError& e) {
     throw PolicyFormatError("policy file '" + path + "': " + e.what());
   } catch (const std::exception& e) {
@@ -167,8 +170,9 @@ void PolicyRuntime::Impl::check_options() {
     for (std::int64_t i = 0; i < meta.act_dim; ++i) {
       const float v = opt.safe_action[i];
       if (!std::isfinite(v) || v < meta.action_low[i] || v > meta.action_high[i])
-        throw PolicyArgumentError("safe_action[" + std::to_string(i) + "] = " + fmt(v) + " is outside the action bounds [" +
-                                  fmt(meta.action_low[i]) + ", " + fmt(meta.action_high[i]) + "]");
+        throw PolicyArgumentError("safe_action[" + std::to_string(i) + "] = " + fmt(v) +
+                                  " is outside the action bounds [" + fmt(meta.action_low[i]) + ", " +
+                                  fmt(meta.action_high[i]) + "]");
       safe[i] = v;
     }
   } else {
@@ -371,8 +375,8 @@ void PolicyRuntime::act(const float* obs, std::int64_t batch, float* actions) {
       if (m.bad[r])
         for (std::int64_t k = 0; k < D; ++k)
           if (!std::isfinite(obs[r * D + k]))
-            throw NonFiniteError("observation row " + std::to_string(r) + " has " + fmt(obs[r * D + k]) +
-                                 " at index " + std::to_string(k) + " (" + std::to_string(bad_rows) +
+            throw NonFiniteError("observation row " + std::to_string(r) + " has " + fmt(obs[r * D + k]) + " at index " +
+                                 std::to_string(k) + " (" + std::to_string(bad_rows) +
                                  " non-finite row(s); on_nonfinite='raise')");
   }
 
@@ -405,8 +409,7 @@ void PolicyRuntime::act(const float* obs, std::int64_t batch, float* actions) {
       continue;
     }
     const float* a = m.y.data() + r * A;
-    for (std::int64_t k = 0; k < A; ++k)
-      out[k] = std::min(std::max(a[k], m.meta.action_low[k]), m.meta.action_high[k]);
+    for (std::int64_t k = 0; k < A; ++k) out[k] = std::min(std::max(a[k], m.meta.action_low[k]), m.meta.action_high[k]);
     std::memcpy(last, out, sizeof(float) * A);
   }
 

@@ -85,11 +85,11 @@ struct PolicyOptions {
 // The training env's control timing, as the policy file records it (metadata "task"): what a
 // control loop needs to step the physics as training did.
 struct TaskTiming {
-  int frame_skip = 0;                    // physics steps per action in training
-  double timestep = 0.0;                 // the model's physics step in training, s
-  double control_period = 0.0;           // timestep * frame_skip, s
-  double control_hz = 0.0;               // 1 / control_period
-  std::int64_t max_episode_steps = 0;    // the env's time limit, in actions
+  int frame_skip = 0;                  // physics steps per action in training
+  double timestep = 0.0;               // the model's physics step in training, s
+  double control_period = 0.0;         // timestep * frame_skip, s
+  double control_hz = 0.0;             // 1 / control_period
+  std::int64_t max_episode_steps = 0;  // the env's time limit, in actions
 };
 
 struct PolicyMetadata {
@@ -109,8 +109,8 @@ struct PolicyMetadata {
 };
 
 struct LatencyStats {
-  std::uint64_t count = 0;     // calls since reset
-  std::uint64_t window = 0;    // calls the percentiles are over (the most recent ones)
+  std::uint64_t count = 0;   // calls since reset
+  std::uint64_t window = 0;  // calls the percentiles are over (the most recent ones)
   double mean_us = 0, p50_us = 0, p90_us = 0, p99_us = 0, p999_us = 0, max_us = 0;
 };
 

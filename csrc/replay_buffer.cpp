@@ -37,8 +37,7 @@ std::int64_t numel(const std::vector<std::int64_t>& shape) {
 // Uniform integer in [0, n) from 64 random bits (Lemire's multiply-shift); the bias is below
 // n / 2^64, far under anything a statistical test can see.
 inline std::int64_t bounded(std::uint64_t bits, std::int64_t n) {
-  return static_cast<std::int64_t>(
-      (static_cast<unsigned __int128>(bits) * static_cast<std::uint64_t>(n)) >> 64);
+  return static_cast<std::int64_t>((static_cast<unsigned __int128>(bits) * static_cast<std::uint64_t>(n)) >> 64);
 }
 inline double unit_double(std::uint64_t bits) { return (bits >> 11) * 0x1.0p-53; }
 
@@ -82,11 +81,12 @@ class Writer {
   }
   void bytes(const void* data, std::size_t n) {
     hash_.update(data, n);
-    if (n && std::fwrite(data, 1, n, f_) != n)
-      throw FileError("cannot write '" + path_ + "': " + std::strerror(errno));
+    if (n && std::fwrite(data, 1, n, f_) != n) throw FileError("cannot write '" + path_ + "': " + std::strerror(errno));
   }
   template <class T>
-  void value(T v) { bytes(&v, sizeof(T)); }
+  void value(T v) {
+    bytes(&v, sizeof(T));
+  }
   // Appends the checksum of everything written so far (the checksum itself is hashed too).
   void digest() { value<std::uint64_t>(hash_.h); }
   void finish() {
@@ -108,8 +108,7 @@ class Reader {
  public:
   explicit Reader(const std::string& path) : path_(path) {
     struct stat info;
-    if (::stat(path.c_str(), &info) != 0)
-      throw FileError("cannot open '" + path + "': " + std::strerror(errno));
+    if (::stat(path.c_str(), &info) != 0) throw FileError("cannot open '" + path + "': " + std::strerror(errno));
     if (!S_ISREG(info.st_mode)) throw FileError("'" + path + "' is not a regular file");
     f_ = std::fopen(path.c_str(), "rb");
     if (!f_) throw FileError("cannot open '" + path + "': " + std::strerror(errno));
@@ -190,17 +189,14 @@ ReplayBuffer::ReplayBuffer(ReplayBufferConfig config) : config_(std::move(config
 }
 
 void ReplayBuffer::check_config(const ReplayBufferConfig& c) {
-  if (c.capacity <= 0)
-    throw InvalidArgument("capacity must be a positive integer, got " + std::to_string(c.capacity));
+  if (c.capacity <= 0) throw InvalidArgument("capacity must be a positive integer, got " + std::to_string(c.capacity));
   for (const auto* shape : {&c.obs_shape, &c.action_shape}) {
     const char* name = shape == &c.obs_shape ? "obs_shape" : "action_shape";
     if (shape->empty() || shape->size() > 8)
-      throw InvalidArgument(std::string(name) + " must have 1 to 8 dimensions, got " +
-                            shape_str(*shape));
+      throw InvalidArgument(std::string(name) + " must have 1 to 8 dimensions, got " + shape_str(*shape));
     for (auto d : *shape)
       if (d <= 0 || d > (std::int64_t{1} << 31))
-        throw InvalidArgument(std::string(name) + " must hold positive sizes, got " +
-                              shape_str(*shape));
+        throw InvalidArgument(std::string(name) + " must hold positive sizes, got " + shape_str(*shape));
   }
   if (!(c.alpha >= 0.0 && std::isfinite(c.alpha)))
     throw InvalidArgument("alpha must be a finite number >= 0, got " + std::to_string(c.alpha));
@@ -213,22 +209,19 @@ void ReplayBuffer::check_config(const ReplayBufferConfig& c) {
 void ReplayBuffer::allocate() {
   const std::int64_t width = layout_.stride();
   if (config_.capacity > std::numeric_limits<std::int64_t>::max() / width / 4)
-    throw OutOfMemory("ReplayBuffer storage of capacity " + std::to_string(config_.capacity) +
-                      " x " + std::to_string(width) + " float32 overflows 64-bit byte counts");
+    throw OutOfMemory("ReplayBuffer storage of capacity " + std::to_string(config_.capacity) + " x " +
+                      std::to_string(width) + " float32 overflows 64-bit byte counts");
   const std::size_t bytes = static_cast<std::size_t>(config_.capacity * width) * sizeof(float);
   storage_ = Storage(bytes);
   if (!storage_.data())
     throw OutOfMemory("cannot allocate " + std::to_string(bytes) + " bytes (" +
-                      std::to_string(bytes / (1024.0 * 1024 * 1024)) +
-                      " GiB) for ReplayBuffer storage of capacity " +
-                      std::to_string(config_.capacity) + " with rows of " + std::to_string(width) +
-                      " float32");
+                      std::to_string(bytes / (1024.0 * 1024 * 1024)) + " GiB) for ReplayBuffer storage of capacity " +
+                      std::to_string(config_.capacity) + " with rows of " + std::to_string(width) + " float32");
   try {
     if (config_.prioritized) tree_.resize(static_cast<std::size_t>(config_.capacity));
     streams_.clear();
   } catch (const std::bad_alloc&) {
-    throw OutOfMemory("cannot allocate the priority trees for capacity " +
-                      std::to_string(config_.capacity));
+    throw OutOfMemory("cannot allocate the priority trees for capacity " + std::to_string(config_.capacity));
   }
   gamma_pow_.assign(config_.n_step + 1, 1.0);
   for (int k = 1; k <= config_.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config_.gamma;
@@ -268,8 +261,8 @@ void ReplayBuffer::extend(const TransitionBatch& b) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::int64_t D = layout_.obs_dim, A = layout_.act_dim;
   for (std::int64_t i = 0; i < b.n; ++i)
-    push(b.env_ids ? b.env_ids[i] : i, b.obs + i * D, b.action + i * A, b.reward[i],
-         b.next_obs + i * D, b.terminated[i], b.truncated[i]);
+    push(b.env_ids ? b.env_ids[i] : i, b.obs + i * D, b.action + i * A, b.reward[i], b.next_obs + i * D,
+         b.terminated[i], b.truncated[i]);
 }
 
 float* ReplayBuffer::append_row() {
@@ -278,13 +271,12 @@ float* ReplayBuffer::append_row() {
   size_ = std::min(size_ + 1, config_.capacity);
   // New items get the largest priority seen so far, so each is replayed at least about once
   // (Schaul et al. 2015, Algorithm 1 line 6).
-  if (config_.prioritized)
-    tree_.set(static_cast<std::size_t>(slot), std::pow(max_priority_, config_.alpha));
+  if (config_.prioritized) tree_.set(static_cast<std::size_t>(slot), std::pow(max_priority_, config_.alpha));
   return storage_.data() + slot * layout_.stride();
 }
 
-void ReplayBuffer::push(std::int64_t env, const float* obs, const float* action, float reward,
-                        const float* next_obs, bool terminated, bool truncated) {
+void ReplayBuffer::push(std::int64_t env, const float* obs, const float* action, float reward, const float* next_obs,
+                        bool terminated, bool truncated) {
   const RowLayout& L = layout_;
   const std::int64_t D = L.obs_dim, A = L.act_dim, W = L.width();
   if (config_.n_step == 1) {
@@ -326,8 +318,7 @@ void ReplayBuffer::emit_oldest(Stream& s, int length, bool terminated) {
   const float* first = s.rows.data() + s.head * W;
   const float* last = s.rows.data() + ((s.head + length - 1) % n) * W;
   double ret = 0.0;
-  for (int k = 0; k < length; ++k)
-    ret += gamma_pow_[k] * s.rows[((s.head + k) % n) * W + L.reward()];
+  for (int k = 0; k < length; ++k) ret += gamma_pow_[k] * s.rows[((s.head + k) % n) * W + L.reward()];
   float* row = append_row();
   std::memcpy(row, first, L.reward() * sizeof(float));  // obs and action
   row[L.reward()] = static_cast<float>(ret);
@@ -344,8 +335,7 @@ std::int64_t ReplayBuffer::slot_to_id(std::int64_t slot) const {
   return oldest + ((slot - oldest % cap) % cap + cap) % cap;
 }
 
-void ReplayBuffer::sample(std::int64_t batch_size, double beta, float* rows, float* weights,
-                          std::int64_t* ids) {
+void ReplayBuffer::sample(std::int64_t batch_size, double beta, float* rows, float* weights, std::int64_t* ids) {
   if (batch_size <= 0)
     throw InvalidArgument("batch_size must be a positive integer, got " + std::to_string(batch_size));
   if (config_.prioritized && !(beta >= 0.0 && std::isfinite(beta)))
@@ -354,8 +344,8 @@ void ReplayBuffer::sample(std::int64_t batch_size, double beta, float* rows, flo
   if (size_ == 0)
     throw InvalidArgument("cannot sample from an empty ReplayBuffer" +
                           std::string(pending_unlocked() ? " (transitions are still waiting for their "
-                                                  "n-step returns)"
-                                                : ""));
+                                                           "n-step returns)"
+                                                         : ""));
   scratch_slots_.resize(static_cast<std::size_t>(batch_size));
   std::int64_t* slots = scratch_slots_.data();
   const std::int64_t W = layout_.width(), S = layout_.stride();
@@ -391,8 +381,7 @@ void ReplayBuffer::sample(std::int64_t batch_size, double beta, float* rows, flo
       ids[b] = slot_to_id(slot);
     }
   }
-  for (std::int64_t b = 0; b < batch_size; ++b)
-    std::memcpy(rows + b * W, base + slots[b] * S, W * sizeof(float));
+  for (std::int64_t b = 0; b < batch_size; ++b) std::memcpy(rows + b * W, base + slots[b] * S, W * sizeof(float));
 }
 
 void ReplayBuffer::check_ids(std::int64_t n, const std::int64_t* ids, const char* source) const {
@@ -415,14 +404,12 @@ void ReplayBuffer::get(std::int64_t n, const std::int64_t* ids, float* rows) con
     std::memcpy(rows + i * W, storage_.data() + (ids[i] % config_.capacity) * S, W * sizeof(float));
 }
 
-void ReplayBuffer::update_priorities(std::int64_t n, const std::int64_t* ids,
-                                     const double* priorities) {
-  if (!config_.prioritized)
-    throw InvalidArgument("update_priorities needs a buffer made with prioritized=True");
+void ReplayBuffer::update_priorities(std::int64_t n, const std::int64_t* ids, const double* priorities) {
+  if (!config_.prioritized) throw InvalidArgument("update_priorities needs a buffer made with prioritized=True");
   for (std::int64_t i = 0; i < n; ++i)
     if (!(priorities[i] >= 0.0 && std::isfinite(priorities[i])))
-      throw InvalidArgument("priorities must be finite and >= 0, got " +
-                            std::to_string(priorities[i]) + " at position " + std::to_string(i));
+      throw InvalidArgument("priorities must be finite and >= 0, got " + std::to_string(priorities[i]) +
+                            " at position " + std::to_string(i));
   std::lock_guard<std::mutex> lock(mutex_);
   check_ids(n, ids, "was never returned by sample");
   for (std::int64_t i = 0; i < n; ++i) {
@@ -433,8 +420,7 @@ void ReplayBuffer::update_priorities(std::int64_t n, const std::int64_t* ids,
 }
 
 void ReplayBuffer::reset_max_priority() {
-  if (!config_.prioritized)
-    throw InvalidArgument("reset_max_priority needs a buffer made with prioritized=True");
+  if (!config_.prioritized) throw InvalidArgument("reset_max_priority needs a buffer made with prioritized=True");
   std::lock_guard<std::mutex> lock(mutex_);
   // With alpha = 0 every stored value is p^0 = 1, so the raw maximum is neither known nor used.
   if (config_.alpha == 0.0) return;
@@ -464,8 +450,7 @@ std::int64_t ReplayBuffer::total_added() const {
 }
 
 void ReplayBuffer::end_episode(std::int64_t env) {
-  if (env < 0 || env > (1 << 20))
-    throw InvalidArgument("env_id must be in [0, 2^20], got " + std::to_string(env));
+  if (env < 0 || env > (1 << 20)) throw InvalidArgument("env_id must be in [0, 2^20], got " + std::to_string(env));
   std::lock_guard<std::mutex> lock(mutex_);
   if (env >= static_cast<std::int64_t>(streams_.size())) return;  // nothing open for it
   Stream& s = streams_[env];
@@ -488,8 +473,7 @@ std::string ReplayBuffer::describe() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::ostringstream os;
   os << "ReplayBuffer(size=" << size_ << ", capacity=" << config_.capacity
-     << ", obs_shape=" << shape_str(config_.obs_shape)
-     << ", action_shape=" << shape_str(config_.action_shape);
+     << ", obs_shape=" << shape_str(config_.obs_shape) << ", action_shape=" << shape_str(config_.action_shape);
   if (config_.prioritized) os << ", prioritized=True, alpha=" << config_.alpha;
   if (config_.n_step > 1) os << ", n_step=" << config_.n_step;
   os << ", gamma=" << config_.gamma << ", bytes=" << storage_bytes() << ")";
@@ -523,11 +507,9 @@ void ReplayBuffer::save(const std::string& path) const {
     w.value<std::int64_t>(static_cast<std::int64_t>(streams_.size()));
     for (const auto& s : streams_) {
       w.value<std::int64_t>(s.count);
-      for (int k = 0; k < s.count; ++k)
-        w.bytes(s.rows.data() + ((s.head + k) % config_.n_step) * W, W * sizeof(float));
+      for (int k = 0; k < s.count; ++k) w.bytes(s.rows.data() + ((s.head + k) % config_.n_step) * W, W * sizeof(float));
     }
-    for (std::int64_t i = 0; i < size_; ++i)
-      w.bytes(storage_.data() + i * layout_.stride(), W * sizeof(float));
+    for (std::int64_t i = 0; i < size_; ++i) w.bytes(storage_.data() + i * layout_.stride(), W * sizeof(float));
     if (config_.prioritized)
       for (std::int64_t i = 0; i < size_; ++i) w.value<double>(tree_.get(i));
     w.finish();
@@ -600,8 +582,7 @@ void ReplayBuffer::load(const std::string& path) {
   fresh.streams_.resize(static_cast<std::size_t>(n_streams));
   for (auto& s : fresh.streams_) {
     const auto count = r.value<std::int64_t>();
-    if (count < 0 || count >= c.n_step)
-      throw FormatError("'" + path + "' is corrupt: bad pending n-step count");
+    if (count < 0 || count >= c.n_step) throw FormatError("'" + path + "' is corrupt: bad pending n-step count");
     s.count = static_cast<int>(count);
     if (count > 0) {
       s.rows.assign(static_cast<std::size_t>(c.n_step * W), 0.0f);
@@ -609,8 +590,7 @@ void ReplayBuffer::load(const std::string& path) {
         r.bytes(s.rows.data() + k * W, W * sizeof(float));
     }
   }
-  for (std::int64_t i = 0; i < size; ++i)
-    r.bytes(fresh.storage_.data() + i * L.stride(), W * sizeof(float));
+  for (std::int64_t i = 0; i < size; ++i) r.bytes(fresh.storage_.data() + i * L.stride(), W * sizeof(float));
   if (c.prioritized) {
     for (std::int64_t i = 0; i < size; ++i) {
       const auto p = r.value<double>();
@@ -620,8 +600,7 @@ void ReplayBuffer::load(const std::string& path) {
     }
   }
   r.check_digest("data");
-  if (r.remaining() != 0)
-    throw FormatError("'" + path + "' is corrupt: unexpected bytes after the data");
+  if (r.remaining() != 0) throw FormatError("'" + path + "' is corrupt: unexpected bytes after the data");
   fresh.size_ = size;
   fresh.total_ = total;
   fresh.max_priority_ = max_priority;

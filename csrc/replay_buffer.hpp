@@ -70,12 +70,12 @@ struct RowLayout {
 // N transitions, one per row, from N environments (or N steps of one).
 struct TransitionBatch {
   std::int64_t n = 0;
-  const float* obs = nullptr;       // [n, obs_dim]
-  const float* action = nullptr;    // [n, act_dim]
-  const float* reward = nullptr;    // [n]
-  const float* next_obs = nullptr;  // [n, obs_dim]
-  const bool* terminated = nullptr;  // [n]
-  const bool* truncated = nullptr;   // [n]
+  const float* obs = nullptr;             // [n, obs_dim]
+  const float* action = nullptr;          // [n, act_dim]
+  const float* reward = nullptr;          // [n]
+  const float* next_obs = nullptr;        // [n, obs_dim]
+  const bool* terminated = nullptr;       // [n]
+  const bool* truncated = nullptr;        // [n]
   const std::int64_t* env_ids = nullptr;  // [n] or null: row i belongs to environment i
 };
 
@@ -112,8 +112,7 @@ class ReplayBuffer {
   // Fills `rows` ([batch_size, width]) by uniform sampling with replacement, or, when prioritized,
   // by stratified proportional sampling; then also `weights` ([batch_size], (N·P(i))^-beta divided by
   // the largest weight over the buffer) and `ids` ([batch_size], ids for update_priorities).
-  void sample(std::int64_t batch_size, double beta, float* rows, float* weights,
-              std::int64_t* ids);
+  void sample(std::int64_t batch_size, double beta, float* rows, float* weights, std::int64_t* ids);
 
   // Priorities are raw (e.g. |TD error|); stored as max(p, kMinPriority)^alpha.
   void update_priorities(std::int64_t n, const std::int64_t* ids, const double* priorities);
@@ -161,8 +160,8 @@ class ReplayBuffer {
   void allocate();
   static void check_config(const ReplayBufferConfig& c);
   void check_finite(const TransitionBatch& b) const;
-  void push(std::int64_t env, const float* obs, const float* action, float reward,
-            const float* next_obs, bool terminated, bool truncated);
+  void push(std::int64_t env, const float* obs, const float* action, float reward, const float* next_obs,
+            bool terminated, bool truncated);
   void emit_oldest(Stream& s, int length, bool terminated);
   float* append_row();
   std::int64_t pending_unlocked() const;

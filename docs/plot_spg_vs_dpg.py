@@ -52,8 +52,13 @@ def main(out: Path = ROOT / "docs" / "spg_vs_dpg.png") -> None:
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.3), constrained_layout=True)
 
-    ax0.loglog(fine, exact_bias, "C0-", lw=2,
-               label=r"exact $\|\nabla J_\sigma - \nabla J\| / \|\nabla J\|$ (slope 2: $\propto\sigma^2$)")
+    ax0.loglog(
+        fine,
+        exact_bias,
+        "C0-",
+        lw=2,
+        label=r"exact $\|\nabla J_\sigma - \nabla J\| / \|\nabla J\|$ (slope 2: $\propto\sigma^2$)",
+    )
     ax0.loglog(sigmas, mc_err, "C3o", label=f"REINFORCE mean of {N_ROLLOUTS:,} rollouts")
     ax0.loglog(sigmas, rms, "C3--", lw=1, label=r"expected: $\sqrt{\mathrm{bias}^2 + \mathrm{tr\,Var}/N}$")
     ax0.axhline(dpg_err, color="C2", lw=1.5, label=f"DPG mean of {N_ROLLOUTS:,} rollouts")

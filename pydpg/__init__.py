@@ -1,5 +1,11 @@
 """pydpg: DDPG for MuJoCo tasks, with a C++ core for the replay buffer and the policy runtime.
 
+The package, from the bottom up (tests/test_import_rules.py holds it to this): ``common`` (envs,
+names), ``presets`` (the shipped run files), ``core`` (the algorithm), ``files`` (model files and
+checkpoints) and ``contract`` (the observation contract), ``train`` (the run) and ``deploy`` (the
+policy file and what runs it), ``experiments`` (sweeps, the SB3 peer) and ``api`` (``pydpg.DDPG``),
+``cli`` (the ``pydpg`` command).
+
 The public names load on first use, so that ``import pydpg`` (and the ``pydpg --help`` it serves)
 does not pay for torch, gymnasium and MuJoCo until one of them is needed.
 """
@@ -7,14 +13,15 @@ does not pay for torch, gymnasium and MuJoCo until one of them is needed.
 import os as _os
 import sys as _sys
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 # libgomp (torch's OpenMP on Linux) spin-waits at every parallel region's barrier by default. With
 # torch's default of one thread per core and any other busy process on the machine (a second run, a
 # sweep trial, the robot's control loop), the spinning thread holds the core its straggling partner
-# needs, and each barrier lasts a scheduler time slice: a DDPG update measured ~35x slower, which
-# stalled `pydpg journey` for >10 minutes beside one training run (docs/benchmarks.md, "torch's
-# threads beside a busy core"). PASSIVE threads sleep at barriers instead. libgomp reads the
+# needs, and each barrier lasts a scheduler time slice: updates slow down by an order of magnitude
+# and more, and `pydpg journey` stalled beside one training run (measured in docs/benchmarks.md,
+# "torch's threads beside a busy core"). PASSIVE threads sleep at barriers instead. libgomp reads the
 # variable once, when torch loads it, so it is set only if torch is not loaded yet; a value the
 # user set is kept.
 if "torch" not in _sys.modules:
@@ -26,15 +33,15 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "Batch": "batch",
-    "ReplayBuffer": "replay",
+    "Batch": "core.batch",
+    "ReplayBuffer": "core.replay",
     "DDPG": "api",
-    "DDPGConfig": "config",
-    "Trainer": "trainer",
-    "TrainConfig": "trainer",
-    "Policy": "runtime",
-    "export_policy": "export",
-    "run_sweep": "sweep",
+    "DDPGConfig": "core.config",
+    "Trainer": "train.trainer",
+    "TrainConfig": "train.config",
+    "Policy": "deploy.runtime",
+    "export_policy": "deploy.export",
+    "run_sweep": "experiments.sweep",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -3,7 +3,7 @@
 import sys
 from typing import Optional, Sequence
 
-from .cli import main as run
+from pydpg.cli.main import main as run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

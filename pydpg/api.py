@@ -6,8 +6,8 @@
     agent.save("hopper.pt")
     agent = pydpg.DDPG.load("hopper.pt")                             # or a run/checkpoint dir
 
-It wraps ``pydpg.trainer.Trainer`` (the training run) and ``pydpg.agent.DDPG`` (the update); the
-agent core stays importable as ``pydpg.agent.DDPG``.
+It wraps ``pydpg.train.trainer.Trainer`` (the training run) and the agent, ``pydpg.core.agent.DDPGAgent``
+(the update).
 """
 
 from __future__ import annotations
@@ -19,24 +19,15 @@ from typing import Any, Optional, Union
 import gymnasium as gym
 import numpy as np
 
-from . import checkpoint as ckpt_io
-from .config import DDPGConfig, _did_you_mean
-from .envs import EvalResult, check_env_id, evaluate, make_env, scale_action
-from .trainer import TrainConfig, Trainer, agent_from_model, make_policy
+from pydpg.common.envs import EvalResult, check_env_id, evaluate, make_env, scale_action
+from pydpg.core.config import DDPGConfig
+from pydpg.deploy.export import export_policy
+from pydpg.files import checkpoint as ckpt_io
+from pydpg.files.model import agent_from_model, make_policy
+from pydpg.train.config import TrainConfig, resolve, split_overrides
+from pydpg.train.trainer import Trainer
 
 PathLike = Union[str, os.PathLike]
-
-
-def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    agent_keys = {f for f in DDPGConfig.__dataclass_fields__}
-    train_keys = {f for f in TrainConfig.__dataclass_fields__} - {"env_id"}
-    unknown = [k for k in overrides if k not in agent_keys | train_keys]
-    if unknown:
-        raise ValueError("unknown setting(s) " + ", ".join(f"{k!r}{_did_you_mean(k, agent_keys | train_keys)}"
-                                                          for k in unknown)
-                         + "; settings are DDPGConfig or TrainConfig fields")
-    return ({k: v for k, v in overrides.items() if k in agent_keys},
-            {k: v for k, v in overrides.items() if k in train_keys})
 
 
 def _plain_kwargs(spec_kwargs: dict) -> dict:
@@ -61,9 +52,16 @@ class DDPG:
             ``TrainConfig`` fields (``n_envs=4``, ``eval_every=10_000``, ``env_kwargs={...}``, ...).
     """
 
-    def __init__(self, env: Union[str, gym.Env], config: Union[DDPGConfig, dict, str, PathLike, None] = None,
-                 seed: int = 0, out_dir: Optional[PathLike] = None, verbose: int = 0, **overrides: Any):
-        agent_over, train_over = _split_overrides(overrides)
+    def __init__(
+        self,
+        env: Union[str, gym.Env],
+        config: Union[DDPGConfig, dict, str, PathLike, None] = None,
+        seed: int = 0,
+        out_dir: Optional[PathLike] = None,
+        verbose: int = 0,
+        **overrides: Any,
+    ):
+        agent_over, train_over = split_overrides(overrides)
         train_over["seed"] = seed
         env_id = env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", None)
         if isinstance(env, str):
@@ -72,13 +70,11 @@ class DDPG:
             raise TypeError(f"env must be an environment id or a gymnasium.Env, got {type(env).__name__}")
         elif env.spec is not None and "env_kwargs" not in train_over:
             train_over["env_kwargs"] = _plain_kwargs(env.spec.kwargs)
-        from . import presets
-
         preset = config_file = None
         if isinstance(config, DDPGConfig):
             agent_over = {**config.validate().to_dict(), **agent_over}
         elif isinstance(config, dict):
-            cfg_agent, cfg_train = _split_overrides(config)
+            cfg_agent, cfg_train = split_overrides(config)
             agent_over, train_over = {**cfg_agent, **agent_over}, {**cfg_train, **train_over}
         elif isinstance(config, (str, os.PathLike)):
             if str(config).endswith(".toml") or Path(config).is_file():
@@ -87,7 +83,7 @@ class DDPG:
                 preset = str(config)
         elif config is not None:
             raise TypeError(f"config must be a DDPGConfig, dict, preset name or TOML path, got {type(config).__name__}")
-        cfg, train = presets.resolve(env_id, preset=preset, config_file=config_file, agent=agent_over, train=train_over)
+        cfg, train = resolve(env_id, preset=preset, config_file=config_file, agent=agent_over, train=train_over)
         self._init(Trainer(cfg, train, env, out_dir, verbose=bool(verbose)))
 
     def _init(self, trainer: Optional[Trainer], model: Optional[dict] = None) -> None:
@@ -126,8 +122,9 @@ class DDPG:
         """
         obs = np.asarray(observation, dtype=np.float32)
         if obs.shape[-1:] != (self.agent_obs_dim,) or obs.ndim > 2:
-            raise ValueError(f"observation must have shape ({self.agent_obs_dim},) or (n, {self.agent_obs_dim}), "
-                             f"got {obs.shape}")
+            raise ValueError(
+                f"observation must have shape ({self.agent_obs_dim},) or (n, {self.agent_obs_dim}), got {obs.shape}"
+            )
         unit = self._policy(obs)
         if not deterministic and self.config.exploration_noise != "none":
             unit = np.clip(unit + self._noise_rng.normal(0.0, self.config.exploration_sigma, unit.shape), -1.0, 1.0)
@@ -137,8 +134,9 @@ class DDPG:
     def agent_obs_dim(self) -> int:
         return int(self._model["obs_dim"]) if self.trainer is None else self.trainer.obs_dim
 
-    def evaluate(self, n_episodes: int = 10, seed: Optional[int] = None,
-                 env: Union[str, gym.Env, None] = None) -> EvalResult:
+    def evaluate(
+        self, n_episodes: int = 10, seed: Optional[int] = None, env: Union[str, gym.Env, None] = None
+    ) -> EvalResult:
         """Noiseless episodes (seed default: the run's seed + 100) on the run's eval env or ``env``."""
         if seed is None:
             seed = self.train_config.seed + self.train_config.eval_seed_offset
@@ -160,9 +158,8 @@ class DDPG:
 
     def export(self, path: PathLike, **kwargs: Any):
         """Write the actor as a deployable policy (normalization, tanh and action scaling inside)
-        and check it against this agent; see ``pydpg.export.export_policy`` for the options
+        and check it against this agent; see ``pydpg.deploy.export.export_policy`` for the options
         (``format="torchscript" | "onnx" | "pt2"``)."""
-        from .export import export_policy
 
         if self.trainer is not None:
             return export_policy(self.trainer, path, **kwargs)
@@ -172,8 +169,14 @@ class DDPG:
         return export_policy(self.agent, path, normalizer=self.normalizer, **kwargs)
 
     @classmethod
-    def load(cls, path: PathLike, env: Union[str, gym.Env, None] = None, device: Optional[str] = None,
-             out_dir: Optional[PathLike] = None, verbose: int = 0) -> "DDPG":
+    def load(
+        cls,
+        path: PathLike,
+        env: Union[str, gym.Env, None] = None,
+        device: Optional[str] = None,
+        out_dir: Optional[PathLike] = None,
+        verbose: int = 0,
+    ) -> "DDPG":
         """Load a model file (``save``) or, from a run/checkpoint directory, the complete training
         state (buffer, RNGs, env states): ``learn`` then continues that run exactly.
 
@@ -193,8 +196,14 @@ class DDPG:
         if env is None:
             self._init(None, model)
             return self
-        trainer = Trainer(DDPGConfig.from_dict(model["config"]), TrainConfig.from_dict(run), env, out_dir,
-                          verbose=bool(verbose), model=model)
+        trainer = Trainer(
+            DDPGConfig.from_dict(model["config"]),
+            TrainConfig.from_dict(run),
+            env,
+            out_dir,
+            verbose=bool(verbose),
+            model=model,
+        )
         self._init(trainer)
         return self
 

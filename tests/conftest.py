@@ -12,11 +12,11 @@ import pydpg  # noqa: F401
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray (2 CPUs, loopback only, no dashboard) for every test that needs Ray: starting
-    one takes seconds. ``pydpg.ray_session.init`` reuses a session that is up, so code under test
+    one takes seconds. ``pydpg.train.ray_session.init`` reuses a session that is up, so code under test
     that calls it joins this one. Ray is in the test extra, so a missing Ray is an error here (its
     message names the extra), not a skip. Nothing may import ray before this fixture: the first
     import must be ray_session.init's, which sets Ray's loopback-only mode before it."""
-    from pydpg import ray_session
+    from pydpg.train import ray_session
 
     ray = ray_session.init(num_cpus=2)
     yield ray
@@ -25,19 +25,29 @@ def ray_local():
 
 # Modules whose tests compare two different computations of the same numbers (batch shapes, BLAS
 # kernels, the runtime's kernels against torch's, a hand-written backward pass against autograd,
-# another library): their tolerances are bounds derived from the computation (pydpg.rounding,
+# another library): their tolerances are bounds derived from the computation (pydpg.deploy.rounding,
 # tests/update_bounds.py), never figures measured here. test_second_arithmetic.py runs them again
 # under MKL's other code path, so a tolerance that holds only under this machine's rounding fails
 # before it reaches another machine.
 CROSS_COMPUTATION_MODULES = {
-    "test_rounding", "test_runtime", "test_runtime_properties", "test_export", "test_mlp_update",
-    "test_peer_parity", "test_crossq", "test_td7", "test_collection_parity",
+    "test_rounding",
+    "test_runtime",
+    "test_runtime_properties",
+    "test_export",
+    "test_mlp_update",
+    "test_peer_parity",
+    "test_crossq",
+    "test_td7",
+    "test_collection_parity",
 }
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cross_computation: compares two different computations of the same "
-                                       "numbers (run again under a second arithmetic by test_second_arithmetic.py)")
+    config.addinivalue_line(
+        "markers",
+        "cross_computation: compares two different computations of the same "
+        "numbers (run again under a second arithmetic by test_second_arithmetic.py)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,6 @@
 """Sound bounds for the tests that compare two floating-point computations of the same numbers.
 
-pydpg.rounding bounds a *policy's* actions. The tests also compare other numbers computed two ways
+pydpg.deploy.rounding bounds a *policy's* actions. The tests also compare other numbers computed two ways
 (a fused kernel against the formula it implements, torch against numpy, float32 against float64, a
 Chan merge against a two-pass variance): this module bounds those, from the computation and the
 data, never from what one machine happened to round to.
@@ -33,10 +33,10 @@ from typing import Optional, Union
 
 import numpy as np
 
-from pydpg.rounding import within
+from pydpg.deploy.rounding import within
 
-U32 = 2.0 ** -24  # unit roundoff, round to nearest
-U64 = 2.0 ** -53
+U32 = 2.0**-24  # unit roundoff, round to nearest
+U64 = 2.0**-53
 # torch.rsqrt on CPU tensors: Sleef/MKL vectorised, not correctly rounded. MKL VML's LA mode and
 # Sleef's u10 functions promise <= 4 ulps (the same allowance as csrc/rounding_bound.hpp's).
 RSQRT_ULPS = 4.0
@@ -141,8 +141,13 @@ class Enc:
 
     def sum(self, axis=None, keepdims: bool = False) -> "Enc":
         n = self.centre.size if axis is None else int(np.prod([self.centre.shape[a] for a in np.atleast_1d(axis)]))
-        return Enc(self.centre.sum(axis, keepdims=keepdims), self.prop.sum(axis, keepdims=keepdims),
-                   self.mag.sum(axis, keepdims=keepdims), self.k + max(n - 1, 0), self.u)
+        return Enc(
+            self.centre.sum(axis, keepdims=keepdims),
+            self.prop.sum(axis, keepdims=keepdims),
+            self.mag.sum(axis, keepdims=keepdims),
+            self.k + max(n - 1, 0),
+            self.u,
+        )
 
     def mean(self, axis=None, keepdims: bool = False) -> "Enc":
         n = self.centre.size if axis is None else int(np.prod([self.centre.shape[a] for a in np.atleast_1d(axis)]))
@@ -210,7 +215,7 @@ class Enc:
             raise ValueError("rsqrt of an interval reaching 0: no bound")
         value = 1.0 / np.sqrt(x.centre)
         # d/da a^(-1/2) = -a^(-3/2) / 2; one ulp of a result r is at most 2 u r.
-        return Enc.atom(value, 0.5 * lo ** -1.5 * x.bound + ulps * 2 * self.u * lo ** -0.5, self.u)
+        return Enc.atom(value, 0.5 * lo**-1.5 * x.bound + ulps * 2 * self.u * lo**-0.5, self.u)
 
     # ------------------------------------------------------------------ exact, 1-Lipschitz steps
     def _lipschitz(self, centre) -> "Enc":
@@ -266,8 +271,9 @@ def variance(x: Enc, axis=0, keepdims: bool = False) -> Enc:
     n = x.centre.size if axis is None else int(np.prod([x.centre.shape[a] for a in np.atleast_1d(axis)]))
     up = x.upper
     b = float(x.bound.max(initial=0.0))
-    textbook = 2 * gamma(2 * n + 4, x.u) * ((up ** 2).mean(axis, keepdims=keepdims)
-                                          + up.mean(axis, keepdims=keepdims) ** 2)
+    textbook = (
+        2 * gamma(2 * n + 4, x.u) * ((up**2).mean(axis, keepdims=keepdims) + up.mean(axis, keepdims=keepdims) ** 2)
+    )
     own = 4 * up.max(axis, keepdims=keepdims) * b + 2 * b * b
     return Enc.atom(two_pass.centre, two_pass.bound + textbook + own, x.u)
 
@@ -297,9 +303,9 @@ def assert_near(got, want, allowed, what: str = "") -> None:
 # the mujoco wheel's own libmujoco, steps with the same ctrl from the same bit-exact state): the C++
 # builder rounds its float64 value once to float32 (relative 2^-24), and sin/cos come from two
 # libraries (glibc in C++, numpy in Python), each within 4 ulps of a value of magnitude <= 1, i.e. at
-# most 2^-50 apart. pydpg.observation.observation_error divides by max(1, |want|), so
+# most 2^-50 apart. pydpg.contract.observation.observation_error divides by max(1, |want|), so
 # err <= 2^-24 (1 + 2^-50) + 2^-50 < 2^-24 + 2^-48 on every CPU.
-OBS_PARITY = U32 + 2.0 ** -48
+OBS_PARITY = U32 + 2.0**-48
 
 
 def obs_rounding(want: np.ndarray, transcendental: bool = True) -> np.ndarray:
@@ -307,8 +313,7 @@ def obs_rounding(want: np.ndarray, transcendental: bool = True) -> np.ndarray:
     float64 one numpy makes from the same mjData with the same float64 operations (one float32
     rounding, relative 2^-24, plus 2^-48 for sin/cos from two libraries, each within 4 ulps)."""
     want = np.abs(np.asarray(want, dtype=np.float64))
-    return U32 * want + (2.0 ** -48 if transcendental else 0.0)
+    return U32 * want + (2.0**-48 if transcendental else 0.0)
 
 
-__all__ = ["U32", "U64", "RSQRT_ULPS", "gamma", "Enc", "variance", "agree", "assert_near", "OBS_PARITY",
-           "obs_rounding"]
+__all__ = ["U32", "U64", "RSQRT_ULPS", "gamma", "Enc", "variance", "agree", "assert_near", "OBS_PARITY", "obs_rounding"]

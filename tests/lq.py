@@ -51,27 +51,17 @@ class LQProblem:
 
 def example_problem() -> LQProblem:
     """A fixed, non-symmetric 3-state / 2-action instance (nothing special about the numbers)."""
-    A = np.array([[1.00, 0.20, 0.00],
-                  [0.00, 0.90, 0.30],
-                  [0.10, -0.20, 0.80]])
-    B = np.array([[0.00, 0.10],
-                  [1.00, 0.00],
-                  [0.20, 1.00]])
-    Q = np.array([[1.0, 0.2, 0.0],
-                  [0.2, 0.5, 0.1],
-                  [0.0, 0.1, 2.0]])
-    R = np.array([[0.30, 0.05],
-                  [0.05, 0.60]])
-    Sigma0 = np.array([[1.0, 0.3, -0.2],
-                       [0.3, 0.8, 0.1],
-                       [-0.2, 0.1, 0.5]])
+    A = np.array([[1.00, 0.20, 0.00], [0.00, 0.90, 0.30], [0.10, -0.20, 0.80]])
+    B = np.array([[0.00, 0.10], [1.00, 0.00], [0.20, 1.00]])
+    Q = np.array([[1.0, 0.2, 0.0], [0.2, 0.5, 0.1], [0.0, 0.1, 2.0]])
+    R = np.array([[0.30, 0.05], [0.05, 0.60]])
+    Sigma0 = np.array([[1.0, 0.3, -0.2], [0.3, 0.8, 0.1], [-0.2, 0.1, 0.5]])
     return LQProblem(A=A, B=B, Q=Q, R=R, Sigma0=Sigma0, gamma=0.9)
 
 
 def example_gain() -> np.ndarray:
     """A stabilising but clearly sub-optimal gain for ``example_problem`` (so grad J != 0)."""
-    return np.array([[-0.5, -0.6, 0.0],
-                     [0.0, 0.1, -0.5]])
+    return np.array([[-0.5, -0.6, 0.0], [0.0, 0.1, -0.5]])
 
 
 def closed_loop(p: LQProblem, K: np.ndarray) -> np.ndarray:
@@ -186,8 +176,7 @@ def sample_rho(p: LQProblem, K: np.ndarray, n: int, rng: np.random.Generator) ->
     return s
 
 
-def rollouts(p: LQProblem, K: np.ndarray, sigma: float, n: int, rng: np.random.Generator,
-             H: int | None = None):
+def rollouts(p: LQProblem, K: np.ndarray, sigma: float, n: int, rng: np.random.Generator, H: int | None = None):
     """Vectorised rollouts of N(Ks, sigma^2 I); yields (t, s_t, a_t, eps_t, r_t) per step."""
     H = horizon(p.gamma) if H is None else H
     s = rng.multivariate_normal(np.zeros(p.n), p.Sigma0, size=n)
@@ -199,8 +188,9 @@ def rollouts(p: LQProblem, K: np.ndarray, sigma: float, n: int, rng: np.random.G
         s = s @ p.A.T + a @ p.B.T
 
 
-def reinforce_samples(p: LQProblem, K: np.ndarray, sigma: float, n: int, rng: np.random.Generator,
-                      H: int | None = None) -> np.ndarray:
+def reinforce_samples(
+    p: LQProblem, K: np.ndarray, sigma: float, n: int, rng: np.random.Generator, H: int | None = None
+) -> np.ndarray:
     """One likelihood-ratio (REINFORCE, Williams 1992) estimate of grad_K J_sigma per rollout, [n, m, n_s].
 
     g = sum_t grad_K log pi(a_t|s_t) * sum_{k>=t} gamma^k r_k   (returns-to-go, *no baseline*),
@@ -216,8 +206,7 @@ def reinforce_samples(p: LQProblem, K: np.ndarray, sigma: float, n: int, rng: np
     return g
 
 
-def dpg_samples(p: LQProblem, K: np.ndarray, n: int, rng: np.random.Generator,
-                H: int | None = None) -> np.ndarray:
+def dpg_samples(p: LQProblem, K: np.ndarray, n: int, rng: np.random.Generator, H: int | None = None) -> np.ndarray:
     """One DPG estimate per deterministic rollout, [n, m, n_s]: g = sum_t gamma^t grad_a Q(s_t, Ks_t) s_t^T.
 
     Uses the true critic, like the REINFORCE estimate uses true returns; the only randomness is s_0.

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pydpg.export import PolicyModule
-from pydpg.policy_file import METADATA_FILE, quiet_torchscript
-from pydpg.networks import Actor
+from pydpg.core.networks import Actor
+from pydpg.deploy.export import PolicyModule
+from pydpg.deploy.policy_file import METADATA_FILE, quiet_torchscript
 
 # Gains of a linear controller that balances InvertedPendulum-v5 for the full 1000 steps
 # (found by a small grid search): action = 3 * tanh(K . obs).
@@ -46,14 +46,22 @@ def write_raw_policy(path, module: nn.Module, meta: dict, extra: dict | None = N
 
 
 def base_meta(obs_dim: int, act_dim: int, low=-1.0, high=1.0) -> dict:
-    return {"format": "pydpg-policy", "format_version": 1, "obs_dim": obs_dim, "act_dim": act_dim,
-            "action_low": [low] * act_dim, "action_high": [high] * act_dim, "normalization": None}
+    return {
+        "format": "pydpg-policy",
+        "format_version": 1,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "action_low": [low] * act_dim,
+        "action_high": [high] * act_dim,
+        "normalization": None,
+    }
 
 
 def plain_module(obs_dim: int, act_dim: int, low=-1.0, high=1.0) -> PolicyModule:
     torch.manual_seed(0)
-    return PolicyModule(Actor(obs_dim, act_dim, hidden=(16,)).eval(), np.full(act_dim, low), np.full(act_dim, high),
-                        obs_dim=obs_dim)
+    return PolicyModule(
+        Actor(obs_dim, act_dim, hidden=(16,)).eval(), np.full(act_dim, low), np.full(act_dim, high), obs_dim=obs_dim
+    )
 
 
 def have_cmake() -> bool:
@@ -62,7 +70,7 @@ def have_cmake() -> bool:
 
 def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
     """Configure and build a CMake project against the installed pydpg package."""
-    from pydpg.deploy import build_cmake_project
+    from pydpg.deploy.loop import build_cmake_project
 
     build_cmake_project(source, build, timeout)
 
@@ -71,7 +79,7 @@ def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
 def scramble_batch_renorm(module: nn.Module, g: torch.Generator) -> None:
     """Move every BatchRenorm layer's running statistics and affine weights far from their initial
     values (an untrained layer is the identity in evaluation mode, which would test nothing)."""
-    from pydpg.networks import BatchRenorm
+    from pydpg.core.networks import BatchRenorm
 
     for m in module.modules():
         if isinstance(m, BatchRenorm):
@@ -83,13 +91,20 @@ def scramble_batch_renorm(module: nn.Module, g: torch.Generator) -> None:
 
 def unit_box_policy(agent, path, obs_dim: int, act_dim: int, normalizer=None) -> Path:
     """``agent``'s deployed actor written as a policy file whose actions are the actor's own [-1, 1]
-    outputs: pydpg.rounding.rounding_bound(path, obs) then bounds every float32 evaluation of that
+    outputs: pydpg.deploy.rounding.rounding_bound(path, obs) then bounds every float32 evaluation of that
     actor on raw observations (batch 1 or many, any kernel), so two of them are compared within
     twice the bound (assert_within_rounding). The file's map to [low, high] = [-1, 1] is the
     identity in exact arithmetic, so the bound's centre is the actor's exact output; its rounding
     only adds to the bound."""
-    from pydpg.export import export_policy
+    from pydpg.deploy.export import export_policy
 
-    export_policy(agent, path, action_low=[-1.0] * act_dim, action_high=[1.0] * act_dim, obs_dim=obs_dim,
-                  normalizer=normalizer, verbose=False)
+    export_policy(
+        agent,
+        path,
+        action_low=[-1.0] * act_dim,
+        action_high=[1.0] * act_dim,
+        obs_dim=obs_dim,
+        normalizer=normalizer,
+        verbose=False,
+    )
     return Path(path)

@@ -9,16 +9,17 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from pydpg.agent import DDPG, _adam, _adam_step, frozen
-from pydpg.batch import Batch
-from pydpg.config import DDPGConfig, learning_starts_for
-from pydpg.networks import Actor, Critic
-from pydpg.noise import GaussianNoise, OrnsteinUhlenbeckNoise, make_noise
-from pydpg.rounding import assert_within_rounding
 from float_bounds import U32, U64, Enc, agree, gamma, variance
 from policy_helpers import unit_box_policy
+from torch import nn
+
+from pydpg.core.adam import adam_step, make_adam
+from pydpg.core.agent import DDPGAgent, frozen
+from pydpg.core.batch import Batch
+from pydpg.core.config import DDPGConfig, learning_starts_for
+from pydpg.core.networks import Actor, Critic
+from pydpg.core.noise import GaussianNoise, OrnsteinUhlenbeckNoise, make_noise
+from pydpg.deploy.rounding import assert_within_rounding
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -75,16 +76,29 @@ def E(x, u=U64) -> Enc:
 
 def make_batch(obs, action, reward, next_obs, done, discount, weights=None):
     col = lambda x: t64(x).reshape(-1, 1)  # noqa: E731
-    return Batch(t64(obs), t64(action), col(reward), t64(next_obs), col(done), col(discount),
-                 None if weights is None else col(weights))
+    return Batch(
+        t64(obs),
+        t64(action),
+        col(reward),
+        t64(next_obs),
+        col(done),
+        col(discount),
+        None if weights is None else col(weights),
+    )
 
 
 def random_batch(B, obs_dim, act_dim, seed=0, dtype=torch.float32, weights=False):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    return Batch(r(B, obs_dim), r(B, act_dim).clamp(-1, 1), r(B, 1), r(B, obs_dim),
-                 (torch.rand(B, 1, generator=g) < 0.1).to(dtype), torch.full((B, 1), GAMMA, dtype=dtype),
-                 torch.rand(B, 1, generator=g, dtype=dtype) if weights else None)
+    return Batch(
+        r(B, obs_dim),
+        r(B, act_dim).clamp(-1, 1),
+        r(B, 1),
+        r(B, obs_dim),
+        (torch.rand(B, 1, generator=g) < 0.1).to(dtype),
+        torch.full((B, 1), GAMMA, dtype=dtype),
+        torch.rand(B, 1, generator=g, dtype=dtype) if weights else None,
+    )
 
 
 def small(name="ddpg", **kw):
@@ -104,7 +118,7 @@ def test_critic_target_matches_hand_computation():
     rng = np.random.default_rng(0)
     W, b = rng.normal(size=(2, 3)), rng.normal(size=2)
     ws, wa, c = rng.normal(size=3), rng.normal(size=2), 0.7
-    agent = DDPG.from_dims(3, 2, DDPGConfig(), actor=LinearActor(W, b), critic=LinearQ(ws, wa, c))
+    agent = DDPGAgent.from_dims(3, 2, DDPGConfig(), actor=LinearActor(W, b), critic=LinearQ(ws, wa, c))
     # The target must use the *target* networks: move the online ones away.
     with torch.no_grad():
         for p in [*agent.actor.parameters(), *agent.critic.parameters()]:
@@ -135,7 +149,7 @@ def test_actor_gradient_is_deterministic_policy_gradient():
     rng = np.random.default_rng(1)
     W, b = rng.normal(size=(2, 3)), rng.normal(size=2)
     center, k = rng.normal(size=2), rng.normal(size=3)
-    agent = DDPG.from_dims(3, 2, actor=LinearActor(W, b), critic=QuadQ(center, k))
+    agent = DDPGAgent.from_dims(3, 2, actor=LinearActor(W, b), critic=QuadQ(center, k))
     obs = rng.normal(size=(5, 3))
 
     agent.actor_loss(t64(obs)).backward()
@@ -153,7 +167,7 @@ def test_actor_gradient_is_deterministic_policy_gradient():
 
 
 def test_critic_gets_no_gradient_from_actor_step():
-    agent = DDPG.from_dims(4, 2, small())
+    agent = DDPGAgent.from_dims(4, 2, small())
     agent.actor_loss(torch.randn(8, 4)).backward()
     assert all(p.grad is None for p in agent.critic.parameters())
     assert all(p.grad is not None for p in agent.actor.parameters())
@@ -179,8 +193,9 @@ def test_frozen_keeps_parameters_that_were_already_frozen():
 # ---------------------------------------------------------------- Polyak
 def test_soft_update_is_exact():
     tau = 0.25  # a power of two, with dyadic parameters every operation below is exact
-    agent = DDPG.from_dims(3, 2, small("td3", tau=tau), actor=Actor(3, 2, (4,)).double(),
-                           critic=Critic(3, 2, (4,)).double())
+    agent = DDPGAgent.from_dims(
+        3, 2, small("td3", tau=tau), actor=Actor(3, 2, (4,)).double(), critic=Critic(3, 2, (4,)).double()
+    )
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in [*agent._online, *agent._target]:
@@ -196,7 +211,7 @@ def test_soft_update_is_exact():
 
 
 def test_soft_update_default_tau_to_rounding():
-    agent = DDPG.from_dims(3, 2, small(), actor=Actor(3, 2, (4,)).double(), critic=Critic(3, 2, (4,)).double())
+    agent = DDPGAgent.from_dims(3, 2, small(), actor=Actor(3, 2, (4,)).double(), critic=Critic(3, 2, (4,)).double())
     with torch.no_grad():
         for p in agent._target:
             p.normal_()
@@ -219,7 +234,7 @@ def test_soft_update_default_tau_to_rounding():
 # ---------------------------------------------------------------- TD3 switches
 def test_twin_critics_target_takes_min():
     cfg = DDPGConfig.preset("td3", target_policy_noise=0.0)
-    agent = DDPG.from_dims(2, 1, cfg, actor=LinearActor([[0.0, 0.0]], [0.0]), critic=LinearQ([0, 0], [0], 0))
+    agent = DDPGAgent.from_dims(2, 1, cfg, actor=LinearActor([[0.0, 0.0]], [0.0]), critic=LinearQ([0, 0], [0], 0))
     assert len(agent.critics) == 2 and agent.critics[0] is not agent.critics[1]
     batch = make_batch(np.zeros((3, 2)), np.zeros((3, 1)), [1, 2, 3], np.zeros((3, 2)), [0, 0, 1], [GAMMA] * 3)
     for c0, c1 in ((1.0, -2.0), (-2.0, 1.0)):
@@ -241,12 +256,12 @@ def test_twin_critics_target_takes_min():
 
 
 def test_default_twin_critics_are_initialized_independently():
-    agent = DDPG.from_dims(3, 2, small("td3"))
+    agent = DDPGAgent.from_dims(3, 2, small("td3"))
     assert not same(params(agent.critics[0]), params(agent.critics[1]))
 
 
 def test_policy_delay_skips_actor_and_targets_on_odd_steps():
-    agent = DDPG.from_dims(4, 2, small("td3"))
+    agent = DDPGAgent.from_dims(4, 2, small("td3"))
     batch = random_batch(16, 4, 2)
     actor0, targets0, critic0 = params(agent.actor), [p.clone() for p in agent._target], params(agent.critic)
 
@@ -271,7 +286,7 @@ def test_target_policy_smoothing_noise_is_clipped():
 
     # Custom (unbounded) actor: noise clipped to ±0.5 around mu'(s') = 0.9, no clamp to [-1, 1].
     cfg = DDPGConfig.preset("td3", target_policy_noise=1.0, target_noise_clip=0.5)
-    agent = DDPG.from_dims(2, 1, cfg, actor=LinearActor([[0.0, 0.0]], [0.9]), critic=q_is_action)
+    agent = DDPGAgent.from_dims(2, 1, cfg, actor=LinearActor([[0.0, 0.0]], [0.9]), critic=q_is_action)
     assert agent.action_bound is None
     eps = agent.critic_target(batch).numpy().ravel() - 0.9
     # y = fl(0.9 + noise) exactly (Q' = a * 1 + 0, bootstrapped with 1 * 1), then - 0.9 here: two
@@ -286,7 +301,7 @@ def test_target_policy_smoothing_noise_is_clipped():
     with torch.no_grad():
         actor.net[-1].weight.zero_()
         actor.net[-1].bias.fill_(2.0)  # mu'(s') = tanh(2) ~ 0.96
-    agent = DDPG.from_dims(2, 1, cfg, actor=actor, critic=copy.deepcopy(q_is_action))
+    agent = DDPGAgent.from_dims(2, 1, cfg, actor=actor, critic=copy.deepcopy(q_is_action))
     y = agent.critic_target(batch).numpy().ravel()
     # The pre-activation is exactly 2 (zero weights, bias 2); torch's and libm's tanh are each within 4
     # ulps (<= 8 u) of tanh(2) < 1, and y >= fl(tanh - 0.5) loses one more rounding.
@@ -296,7 +311,7 @@ def test_target_policy_smoothing_noise_is_clipped():
 def test_explicit_smoothing_noise_is_the_noise_the_update_draws():
     """``update`` draws ``target_noise`` first and hands it to the critic loss; the result is the
     target ``critic_target`` computes when it draws the noise itself from the same stream."""
-    agent = DDPG.from_dims(4, 2, small("td3"))
+    agent = DDPGAgent.from_dims(4, 2, small("td3"))
     batch = random_batch(16, 4, 2)
     state = agent.generator.get_state()
     y_drawn = agent.critic_target(batch)
@@ -304,24 +319,24 @@ def test_explicit_smoothing_noise_is_the_noise_the_update_draws():
     noise = agent.target_noise(batch)
     assert noise.shape == batch.action.shape and noise.abs().max() <= agent.config.target_noise_clip
     assert torch.equal(agent.critic_target(batch, noise), y_drawn)
-    assert DDPG.from_dims(4, 2, small()).target_noise(batch) is None  # DDPG: no smoothing
+    assert DDPGAgent.from_dims(4, 2, small()).target_noise(batch) is None  # DDPGAgent: no smoothing
 
 
 # ---------------------------------------------------------------- optimizer step
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_direct_adam_step_is_adam_step(weight_decay):
-    """``_adam_step`` calls the kernels ``Adam.step`` calls (fused), on the optimizer's own state:
+    """``adam_step`` calls the kernels ``Adam.step`` calls (fused), on the optimizer's own state:
     the same arithmetic in the same order, so parameters and state agree exactly."""
     torch.manual_seed(0)
     nets = [nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
-    opts = [_adam(n.parameters(), 1e-2, torch.device("cpu"), weight_decay) for n in nets]
+    opts = [make_adam(n.parameters(), 1e-2, torch.device("cpu"), weight_decay) for n in nets]
     for i in range(5):
         x = torch.randn(16, 5)
-        for n, opt, step in zip(nets, opts, (lambda o: o.step(), _adam_step)):
+        for n, opt, step in zip(nets, opts, (lambda o: o.step(), adam_step)):
             opt.zero_grad(set_to_none=True)
             n(x).square().mean().backward()
-            step(opt)  # the first _adam_step (no state yet) is an opt.step()
+            step(opt)  # the first adam_step (no state yet) is an opt.step()
     assert same(params(nets[0]), params(nets[1]))
     s0, s1 = opts[0].state_dict()["state"], opts[1].state_dict()["state"]
     assert s0.keys() == s1.keys() and all(torch.equal(s0[k][f], s1[k][f]) for k in s0 for f in s0[k])
@@ -330,13 +345,13 @@ def test_direct_adam_step_is_adam_step(weight_decay):
 
 def test_direct_adam_step_runs_step_hooks():
     net = nn.Linear(3, 2)
-    opt = _adam(net.parameters(), 1e-2, torch.device("cpu"))
+    opt = make_adam(net.parameters(), 1e-2, torch.device("cpu"))
     calls = []
     opt.register_step_post_hook(lambda *_: calls.append(1))
     for _ in range(3):
         opt.zero_grad()
         net(torch.randn(4, 3)).sum().backward()
-        _adam_step(opt)
+        adam_step(opt)
     assert len(calls) == 3
 
 
@@ -344,7 +359,7 @@ def test_direct_adam_step_runs_step_hooks():
 def test_importance_weights_multiply_the_loss():
     rng = np.random.default_rng(2)
     W, b, ws, wa = rng.normal(size=(2, 3)), rng.normal(size=2), rng.normal(size=3), rng.normal(size=2)
-    agent = DDPG.from_dims(3, 2, actor=LinearActor(W, b), critic=LinearQ(ws, wa, 0.3))
+    agent = DDPGAgent.from_dims(3, 2, actor=LinearActor(W, b), critic=LinearQ(ws, wa, 0.3))
     obs, act, nobs = rng.normal(size=(6, 3)), rng.normal(size=(6, 2)), rng.normal(size=(6, 3))
     r, w = rng.normal(size=6), rng.uniform(size=6)
     batch = make_batch(obs, act, r, nobs, np.zeros(6), np.full(6, GAMMA), weights=w)
@@ -353,8 +368,9 @@ def test_importance_weights_multiply_the_loss():
     y = r + GAMMA * (nobs @ ws + (nobs @ W.T + b) @ wa + 0.3)
     # The same formulas as float64 enclosures: torch and numpy each within their bound of the value.
     q_e = (E(obs) @ E(ws[:, None]))[:, 0] + (E(act) @ E(wa[:, None]))[:, 0] + 0.3
-    y_e = E(r) + E(np.full(6, GAMMA)) * ((E(nobs) @ E(ws[:, None]))[:, 0]
-                                         + ((E(nobs) @ E(W.T) + E(b)) @ E(wa[:, None]))[:, 0] + 0.3)
+    y_e = E(r) + E(np.full(6, GAMMA)) * (
+        (E(nobs) @ E(ws[:, None]))[:, 0] + ((E(nobs) @ E(W.T) + E(b)) @ E(wa[:, None]))[:, 0] + 0.3
+    )
     td_e = q_e - y_e
     weighted_e, plain_e = (E(w) * td_e.square()).mean(), td_e.square().mean()
     loss, info = agent.critic_loss(batch)
@@ -371,7 +387,7 @@ def test_importance_weights_multiply_the_loss():
 
 def test_critic_layer_norm_normalizes_each_hidden_layer_and_leaves_the_target_formula():
     cfg = small("td3", critic_layer_norm=True)
-    agent = DDPG.from_dims(5, 2, cfg)
+    agent = DDPGAgent.from_dims(5, 2, cfg)
     for net in [c.net for c in (*agent.critics, *agent.critic_targets)]:
         kinds = [type(m) for m in net]
         assert kinds == [nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear, nn.LayerNorm, nn.ReLU, nn.Linear]
@@ -381,8 +397,11 @@ def test_critic_layer_norm_normalizes_each_hidden_layer_and_leaves_the_target_fo
     # forward pass, and judged against the float32 rounding bound of LayerNorm and of the reductions
     # here (tests/float_bounds.py), computed from the recorded inputs.
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach(), m.eps)))
-             for m in agent.critic.net if isinstance(m, nn.LayerNorm)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach(), m.eps)))
+        for m in agent.critic.net
+        if isinstance(m, nn.LayerNorm)
+    ]
     b = random_batch(64, 5, 2)
     agent.critic(b.obs, b.action)
     for h in hooks:
@@ -415,25 +434,42 @@ def test_critic_layer_norm_normalizes_each_hidden_layer_and_leaves_the_target_fo
 def test_critic_layer_norm_is_a_bool_and_sb3_cannot_run_it():
     with pytest.raises(ValueError, match="critic_layer_norm"):
         DDPGConfig(critic_layer_norm="yes").validate()
-    from pydpg.sb3_peer import unsupported
+    from pydpg.experiments.sb3_peer import unsupported
 
     assert unsupported(DDPGConfig(critic_layer_norm=True)) == ["critic_layer_norm = True"]
-    assert DDPGConfig.from_dict({k: v for k, v in DDPGConfig().to_dict().items() if k != "critic_layer_norm"}) \
-        == DDPGConfig()  # configs written before the switch existed still load
+    assert (
+        DDPGConfig.from_dict({k: v for k, v in DDPGConfig().to_dict().items() if k != "critic_layer_norm"})
+        == DDPGConfig()
+    )  # configs written before the switch existed still load
 
 
 # ---------------------------------------------------------------- config
-@pytest.mark.parametrize("field,value", [
-    ("actor_lr", -1e-3), ("critic_lr", 0.0), ("tau", 0.0), ("tau", 1.5), ("gamma", -0.1), ("gamma", 1.01),
-    ("batch_size", 0), ("batch_size", 2.5), ("policy_delay", 0), ("hidden", (256, -1)), ("n_step", 0),
-    ("exploration_noise", "gausian"), ("critic_l2", -1.0), ("per_beta0", 2.0), ("learning_starts", -1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("actor_lr", -1e-3),
+        ("critic_lr", 0.0),
+        ("tau", 0.0),
+        ("tau", 1.5),
+        ("gamma", -0.1),
+        ("gamma", 1.01),
+        ("batch_size", 0),
+        ("batch_size", 2.5),
+        ("policy_delay", 0),
+        ("hidden", (256, -1)),
+        ("n_step", 0),
+        ("exploration_noise", "gausian"),
+        ("critic_l2", -1.0),
+        ("per_beta0", 2.0),
+        ("learning_starts", -1),
+    ],
+)
 def test_validate_names_field_and_value(field, value):
     with pytest.raises(ValueError) as e:
         DDPGConfig(**{field: value}).validate()
     assert field in str(e.value) and repr(value) in str(e.value)
     with pytest.raises(ValueError):
-        DDPG.from_dims(3, 2, DDPGConfig(**{field: value}))
+        DDPGAgent.from_dims(3, 2, DDPGConfig(**{field: value}))
 
 
 def test_validate_suggests_close_matches():
@@ -446,15 +482,30 @@ def test_validate_suggests_close_matches():
 def test_presets_have_documented_values():
     assert DDPGConfig.preset("ddpg") == DDPGConfig()
     d = DDPGConfig()
-    assert (d.hidden, d.actor_lr, d.critic_lr, d.batch_size, d.tau, d.gamma, d.buffer_size) == \
-        ((256, 256), 3e-4, 3e-4, 256, 0.005, 0.99, 1_000_000)
+    assert (d.hidden, d.actor_lr, d.critic_lr, d.batch_size, d.tau, d.gamma, d.buffer_size) == (
+        (256, 256),
+        3e-4,
+        3e-4,
+        256,
+        0.005,
+        0.99,
+        1_000_000,
+    )
     assert (d.exploration_noise, d.exploration_sigma, d.learning_starts, d.critic_l2) == ("gaussian", 0.1, 25_000, 0.0)
     assert (d.twin_critics, d.policy_delay, d.target_policy_noise, d.target_noise_clip) == (False, 1, 0.0, 0.5)
     assert (d.prioritized, d.per_alpha, d.per_beta0, d.n_step, d.device) == (False, 0.6, 0.4, 1, "cpu")
 
     p = DDPGConfig.preset("paper")
-    assert (p.hidden, p.final_init, p.actor_lr, p.critic_lr, p.critic_l2, p.tau, p.batch_size, p.exploration_noise) \
-        == ((400, 300), 3e-3, 1e-4, 1e-3, 1e-2, 1e-3, 64, "ou")
+    assert (p.hidden, p.final_init, p.actor_lr, p.critic_lr, p.critic_l2, p.tau, p.batch_size, p.exploration_noise) == (
+        (400, 300),
+        3e-3,
+        1e-4,
+        1e-3,
+        1e-2,
+        1e-3,
+        64,
+        "ou",
+    )
     assert (p.ou_theta, p.ou_sigma) == (0.15, 0.2)
 
     t = DDPGConfig.preset("td3")
@@ -467,7 +518,7 @@ def test_presets_have_documented_values():
 
 
 def test_paper_preset_builds_paper_networks():
-    agent = DDPG.from_dims(3, 2, DDPGConfig.preset("paper"))
+    agent = DDPGAgent.from_dims(3, 2, DDPGConfig.preset("paper"))
     widths = [m.out_features for m in agent.actor.modules() if isinstance(m, nn.Linear)]
     assert widths == [400, 300, 2]
     # uniform_(-3e-3, 3e-3) draws float32 values: at most float32(3e-3) (monotone rounding), which is
@@ -494,7 +545,7 @@ def test_config_dict_round_trip_and_unknown_keys():
 # ---------------------------------------------------------------- checkpoints
 def test_state_dict_round_trip_gives_identical_next_update():
     cfg = small("td3")
-    a = DDPG.from_dims(5, 2, cfg)
+    a = DDPGAgent.from_dims(5, 2, cfg)
     for i in range(3):
         a.update(random_batch(32, 5, 2, seed=i, weights=True))
     buf = io.BytesIO()
@@ -502,7 +553,7 @@ def test_state_dict_round_trip_gives_identical_next_update():
     buf.seek(0)
 
     torch.manual_seed(123)  # b starts from different weights and noise stream
-    b = DDPG.from_dims(5, 2, cfg)
+    b = DDPGAgent.from_dims(5, 2, cfg)
     b.load_state_dict(torch.load(buf, weights_only=True))
     assert b.n_updates == 3
 
@@ -519,10 +570,10 @@ def test_state_of_a_live_agent_is_copied_not_shared():
     """Loading another agent's live state_dict (no file in between) gives an independent agent:
     the same next update on both, whichever runs first."""
     cfg = small("td3")
-    a = DDPG.from_dims(5, 2, cfg)
+    a = DDPGAgent.from_dims(5, 2, cfg)
     for i in range(3):
         a.update(random_batch(32, 5, 2, seed=i))
-    b = DDPG.from_dims(5, 2, cfg)
+    b = DDPGAgent.from_dims(5, 2, cfg)
     b.load_state_dict(a.state_dict())
     batch = random_batch(32, 5, 2, seed=10)
     a.update(batch)
@@ -531,13 +582,16 @@ def test_state_of_a_live_agent_is_copied_not_shared():
         assert same(params(getattr(a, m)), params(getattr(b, m))), m
 
 
-@pytest.mark.parametrize("part, bad", [
-    ("actor_opt", 5),
-    ("critic_opt", {"state": {}, "param_groups": []}),
-    ("actor", {"net.0.weight": torch.zeros(2, 2)}),
-])
+@pytest.mark.parametrize(
+    "part, bad",
+    [
+        ("actor_opt", 5),
+        ("critic_opt", {"state": {}, "param_groups": []}),
+        ("actor", {"net.0.weight": torch.zeros(2, 2)}),
+    ],
+)
 def test_a_damaged_state_entry_is_refused_by_name(part, bad):
-    agent = DDPG.from_dims(3, 2, small("td3"))
+    agent = DDPGAgent.from_dims(3, 2, small("td3"))
     state = agent.state_dict()
     state[part] = bad
     with pytest.raises(ValueError, match=f"DDPG state: '{part}' does not fit this agent"):
@@ -547,10 +601,10 @@ def test_a_damaged_state_entry_is_refused_by_name(part, bad):
 def test_state_saved_on_another_device_type_loads():
     """A CUDA generator's state (16 bytes: seed, offset) cannot enter a CPU generator (5056 bytes):
     a CUDA-trained agent must still load on CPU (export, eval), reseeded deterministically."""
-    src = DDPG.from_dims(3, 2, small("td3"))
+    src = DDPGAgent.from_dims(3, 2, small("td3"))
     state = src.state_dict()
     state["generator"] = torch.tensor(list(range(16)), dtype=torch.uint8)  # the shape a CUDA run saves
-    a, b = DDPG.from_dims(3, 2, small("td3")), DDPG.from_dims(3, 2, small("td3"))
+    a, b = DDPGAgent.from_dims(3, 2, small("td3")), DDPGAgent.from_dims(3, 2, small("td3"))
     a.load_state_dict(state)
     b.load_state_dict(state)
     assert same(params(a.actor), params(src.actor))
@@ -558,7 +612,7 @@ def test_state_saved_on_another_device_type_loads():
 
 
 def test_load_state_dict_rejects_wrong_keys():
-    agent = DDPG.from_dims(3, 2, small())
+    agent = DDPGAgent.from_dims(3, 2, small())
     state = agent.state_dict()
     del state["critic_opt"]
     with pytest.raises(ValueError, match="critic_opt"):
@@ -567,7 +621,9 @@ def test_load_state_dict_rejects_wrong_keys():
 
 # ---------------------------------------------------------------- dtype / device
 def test_float64_modules_and_batch():
-    agent = DDPG.from_dims(4, 2, small("td3"), actor=Actor(4, 2, (8,)).double(), critic=Critic(4, 2, (8,)).double())
+    agent = DDPGAgent.from_dims(
+        4, 2, small("td3"), actor=Actor(4, 2, (8,)).double(), critic=Critic(4, 2, (8,)).double()
+    )
     stats = agent.update(random_batch(16, 4, 2, dtype=F64, weights=True))
     stats = agent.update(random_batch(16, 4, 2, dtype=F64, weights=True))
     assert stats["td_errors"].dtype == F64 and math.isfinite(stats["actor_loss"])
@@ -578,21 +634,22 @@ def test_float64_modules_and_batch():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_cuda_requested_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
-        DDPG.from_dims(3, 2, small(), device="cuda")
+        DDPGAgent.from_dims(3, 2, small(), device="cuda")
     with pytest.raises(ValueError, match="CUDA"):
-        DDPG.from_dims(3, 2, small(device="cuda"))
+        DDPGAgent.from_dims(3, 2, small(device="cuda"))
 
 
 # ---------------------------------------------------------------- acting and noise
 def test_act_shapes_bounds_and_noise(tmp_path):
-    agent = DDPG.from_dims(4, 3, small())
+    agent = DDPGAgent.from_dims(4, 3, small())
     obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     a = agent.act(obs)
     assert a.shape == (5, 3) and a.dtype == np.float32 and np.abs(a).max() <= 1
     np.testing.assert_array_equal(agent.act(torch.as_tensor(obs)), a)  # the same tensor: the same call
-    # Batch 1 against batch 5: BLAS may pick another kernel, so equal up to float32 rounding (pydpg.rounding).
-    assert_within_rounding(agent.act(obs[0])[None], a[:1], unit_box_policy(agent, tmp_path / "p.pt", 4, 3), obs[:1],
-                           "batch 1 vs batch 5")
+    # Batch 1 against batch 5: BLAS may pick another kernel, so equal up to float32 rounding (pydpg.deploy.rounding).
+    assert_within_rounding(
+        agent.act(obs[0])[None], a[:1], unit_box_policy(agent, tmp_path / "p.pt", 4, 3), obs[:1], "batch 1 vs batch 5"
+    )
     assert agent.act(obs[0]).shape == (3,)
 
     noisy = agent.act(obs, GaussianNoise(3, sigma=10.0, n_envs=5, rng=np.random.default_rng(1)))
@@ -602,8 +659,10 @@ def test_act_shapes_bounds_and_noise(tmp_path):
 
 
 def test_noise_reproducible_and_state_round_trip():
-    for make in (lambda: GaussianNoise(2, 0.1, n_envs=3, rng=np.random.default_rng(7)),
-                 lambda: OrnsteinUhlenbeckNoise(2, n_envs=3, rng=np.random.default_rng(7))):
+    for make in (
+        lambda: GaussianNoise(2, 0.1, n_envs=3, rng=np.random.default_rng(7)),
+        lambda: OrnsteinUhlenbeckNoise(2, n_envs=3, rng=np.random.default_rng(7)),
+    ):
         n1, n2 = make(), make()
         np.testing.assert_array_equal(n1.sample(), n2.sample())
         buf = io.BytesIO()

@@ -11,19 +11,33 @@ import pytest
 import torch
 
 from pydpg import presets
-from pydpg.cli import main
-from pydpg.config import DDPGConfig
-from pydpg.envs import MUJOCO_TASKS
+from pydpg.cli.main import main
+from pydpg.common.envs import MUJOCO_TASKS
+from pydpg.core.config import DDPGConfig
+from pydpg.train.config import resolve
 
 torch.set_num_threads(1)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-SMALL = ["--set", "hidden=[16,16]", "--set", "batch_size=16", "--set", "learning_starts=100", "--eval-every", "200",
-         "--eval-episodes", "2", "--no-progress", "--no-tensorboard"]
+SMALL = [
+    "--set",
+    "hidden=[16,16]",
+    "--set",
+    "batch_size=16",
+    "--set",
+    "learning_starts=100",
+    "--eval-every",
+    "200",
+    "--eval-episodes",
+    "2",
+    "--no-progress",
+    "--no-tensorboard",
+]
 
 
 def pydpg(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "pydpg", *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pydpg", *args], capture_output=True, text=True, env=env or ENV, timeout=timeout
+    )
 
 
 def fails(capsys, argv, *fragments):
@@ -36,12 +50,14 @@ def fails(capsys, argv, *fragments):
 
 # ---------------------------------------------------------------------------------------- help
 def test_help_does_not_import_the_heavy_stack():
-    code = ("import sys, pydpg; before = set(sys.modules)\n"
-            "from pydpg.cli import main\n"
-            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-            "new = set(sys.modules) - before\n"
-            "print(sorted(m for m in new if m.split('.')[0] in ('gymnasium', 'mujoco', 'matplotlib', 'torch')"
-            " or m in ('pydpg.trainer', 'pydpg.agent')))")
+    code = (
+        "import sys, pydpg; before = set(sys.modules)\n"
+        "from pydpg.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(m for m in new if m.split('.')[0] in ('gymnasium', 'mujoco', 'matplotlib', 'torch')"
+        " or m in ('pydpg.train.trainer', 'pydpg.core.agent')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -67,8 +83,13 @@ def test_train_refuses_bad_input(capsys, tmp_path):
     fails(capsys, ["train", "Hopper-v5", "--set", "eval_every=-1"], "TrainConfig.eval_every must be an int >= 0")
     fails(capsys, ["train", "Hopper-v5", "--set", "tua=0.1"], "'tua' (did you mean 'tau'?)")
     fails(capsys, ["train", "Hopper-v5", "--preset", "td4"], "unknown preset 'td4'", "'td3'")
-    fails(capsys, ["train", "Hopper-v5", "--device", "cuda:7"] if not torch.cuda.is_available()
-          else ["train", "Hopper-v5", "--device", "tpu"], "device")
+    fails(
+        capsys,
+        ["train", "Hopper-v5", "--device", "cuda:7"]
+        if not torch.cuda.is_available()
+        else ["train", "Hopper-v5", "--device", "tpu"],
+        "device",
+    )
     fails(capsys, ["train"], "needs ENV_ID")
     fails(capsys, ["train", "--resume", str(tmp_path / "nothing")], "no checkpoint at")
     fails(capsys, ["train", "--resume", str(tmp_path), "--seed", "0", "--td3"], "--td3, --seed cannot be changed")
@@ -114,17 +135,32 @@ def test_config_observation_table_travels_from_train_to_export(tmp_path, capsys)
     checks it against the env and ships it (here the pendulum's observation, stated by joint name,
     with a safety stop)."""
     (tmp_path / "c.toml").write_text(
-        '[observation]\nversion = 1\n'
+        "[observation]\nversion = 1\n"
         '[[observation.terms]]\nfield = "qpos"\nnames = ["slider", "hinge"]\n'
         '[[observation.terms]]\nfield = "qvel"\n'
         '[[observation.termination]]\nfield = "qpos"\nfinite = true\n'
         '[[observation.termination]]\nfield = "qvel"\nfinite = true\n'
-        '[[observation.termination]]\nfield = "qpos"\nnames = "hinge"\nmin = -0.2\nmax = 0.2\nstrict = false\n')
+        '[[observation.termination]]\nfield = "qpos"\nnames = "hinge"\nmin = -0.2\nmax = 0.2\nstrict = false\n'
+    )
     out = tmp_path / "run"
-    assert main(["train", "InvertedPendulum-v5", "--steps", "300", "--config", str(tmp_path / "c.toml"), "--out",
-                 str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "InvertedPendulum-v5",
+                "--steps",
+                "300",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert main(["export", str(out), "-o", str(tmp_path / "p.pt")]) == 0
-    from pydpg.export import read_metadata
+    from pydpg.deploy.policy_file import read_metadata
 
     spec = read_metadata(tmp_path / "p.pt")["observation"]
     assert spec["terms"][0] == {"field": "qpos", "names": ["slider", "hinge"]}
@@ -143,18 +179,21 @@ def test_resume_a_finished_run_with_more_steps(capsys, tmp_path, trained):
     assert main(["train", "--resume", str(run), "--steps", "600", "--no-progress", "--no-tensorboard"]) == 0
     assert "from step 400" in capsys.readouterr().err
     assert json.loads((run / "summary.json").read_text())["steps"] == 600
-    assert main(["train", "--resume", str(run), "--steps", "700", "--threads", "1", "--no-progress",
-                 "--no-tensorboard"]) == 0
+    assert (
+        main(["train", "--resume", str(run), "--steps", "700", "--threads", "1", "--no-progress", "--no-tensorboard"])
+        == 0
+    )
     assert "from step 600" in capsys.readouterr().err
     assert json.loads((run / "summary.json").read_text())["train"]["threads"] == 1
     fails(capsys, ["train", "Hopper-v5", "--resume", str(run)], "is a run of 'InvertedPendulum-v5', not 'Hopper-v5'")
 
 
-def test_ctrl_c_while_the_trainer_starts_exits_130_with_a_message_not_a_traceback(capsys, tmp_path, trained,
-                                                                                   monkeypatch):
+def test_ctrl_c_while_the_trainer_starts_exits_130_with_a_message_not_a_traceback(
+    capsys, tmp_path, trained, monkeypatch
+):
     """Starting can take minutes (Ray workers on a loaded machine: CI saw > 2 min); a Ctrl-C then is
     an interruption like one during training, not a crash."""
-    from pydpg.trainer import Trainer
+    from pydpg.train.trainer import Trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -199,8 +238,15 @@ def test_eval_refuses_bad_input(capsys, trained, tmp_path):
 
 
 def test_render_video_or_a_clear_message(trained, tmp_path):
-    bad = pydpg("eval", str(trained), "--episodes", "1", "--render-video", str(tmp_path / "x.gif"),
-                env={**ENV, "MUJOCO_GL": "no-such-backend"})
+    bad = pydpg(
+        "eval",
+        str(trained),
+        "--episodes",
+        "1",
+        "--render-video",
+        str(tmp_path / "x.gif"),
+        env={**ENV, "MUJOCO_GL": "no-such-backend"},
+    )
     assert bad.returncode == 2 and "offscreen rendering does not work here" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.gif").exists()
     env = {k: v for k, v in ENV.items() if k != "MUJOCO_GL"}
@@ -224,7 +270,7 @@ def test_presets_ship_for_every_mujoco_task_and_are_valid():
     files = {p.name for p in resources.files("pydpg.presets").iterdir()}
     assert {f"{t}.toml" for t in MUJOCO_TASKS} <= files  # inside the package: wheel.packages ships them
     for task in presets.available():
-        cfg, train = presets.resolve(task)
+        cfg, train = resolve(task)
         assert train.env_id == task and cfg.learning_starts in (1000, 25_000), task
         # Every preset comments its sources.
         assert presets.text(task).lstrip().startswith("#")
@@ -242,23 +288,31 @@ def test_presets_command(capsys):
 
 
 def test_config_layering(tmp_path):
-    cfg, train = presets.resolve("InvertedPendulum-v5")
+    cfg, train = resolve("InvertedPendulum-v5")
     base = presets.parse("p", presets.text("InvertedPendulum-v5"))
     assert all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in base["agent"].items())
     # Algorithm preset over the task preset; the user's file over both; --td3; flags last.
-    (tmp_path / "c.toml").write_text("[agent]\ntau = 0.02\nbatch_size = 128\n[train]\nn_envs = 2\n"
-                                     "[env]\nreset_noise_scale = 0.05\n")
-    cfg, train = presets.resolve("InvertedPendulum-v5", preset="paper", config_file=tmp_path / "c.toml", td3=True,
-                                 agent={"batch_size": 32}, train={"seed": 9}, env_kwargs={"frame_skip": 2})
+    (tmp_path / "c.toml").write_text(
+        "[agent]\ntau = 0.02\nbatch_size = 128\n[train]\nn_envs = 2\n[env]\nreset_noise_scale = 0.05\n"
+    )
+    cfg, train = resolve(
+        "InvertedPendulum-v5",
+        preset="paper",
+        config_file=tmp_path / "c.toml",
+        td3=True,
+        agent={"batch_size": 32},
+        train={"seed": 9},
+        env_kwargs={"frame_skip": 2},
+    )
     assert cfg.hidden == (400, 300) and cfg.exploration_noise == "ou"  # paper
     assert cfg.tau == 0.02 and cfg.batch_size == 32  # file, then override
     assert cfg.twin_critics and cfg.policy_delay == 2  # --td3
     assert cfg.learning_starts == 1000  # task preset, untouched by the others
     assert train.n_envs == 2 and train.seed == 9 and train.env_kwargs == {"reset_noise_scale": 0.05, "frame_skip": 2}
     # An env without a shipped preset gets the defaults; a task preset can be named explicitly.
-    cfg, _ = presets.resolve("HalfCheetah-v4")
+    cfg, _ = resolve("HalfCheetah-v4")
     assert cfg == DDPGConfig(learning_starts=25_000)
-    _, train = presets.resolve("HalfCheetah-v4", preset="Hopper-v5")
+    _, train = resolve("HalfCheetah-v4", preset="Hopper-v5")
     assert train.env_id == "HalfCheetah-v4" and train.eval_every == 5000
 
 
@@ -268,13 +322,41 @@ def test_custom_mjcf_from_the_command_line(capsys, tmp_path):
     src = Path(inverted_pendulum_v5.__file__).parent / "assets" / "inverted_pendulum.xml"
     (tmp_path / "pole.xml").write_text(src.read_text().replace('0 0 0.6"', '0 0 0.9"'))
     out = tmp_path / "r"
-    assert main(["train", "InvertedPendulum-v5", "--env-kwarg", f"xml_file={tmp_path / 'pole.xml'}", "--steps", "200",
-                 "--out", str(out), *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "InvertedPendulum-v5",
+                "--env-kwarg",
+                f"xml_file={tmp_path / 'pole.xml'}",
+                "--steps",
+                "200",
+                "--out",
+                str(out),
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert s["train"]["env_kwargs"] == {"xml_file": str(tmp_path / "pole.xml")}
     capsys.readouterr()
     assert main(["eval", str(out), "--episodes", "1"]) == 0  # eval remakes the env with the same model file
-    fails(capsys, ["train", "InvertedPendulum-v5", "--env-kwarg", "xml_file=./no_such_model.xml",
-                   "--out", str(tmp_path / "r2"), *SMALL], "no_such_model.xml")
-    fails(capsys, ["train", "InvertedPendulum-v5", "--env-kwarg", "no_such_kwarg=1", "--out", str(tmp_path / "r3"),
-                   *SMALL], "no_such_kwarg")
+    fails(
+        capsys,
+        [
+            "train",
+            "InvertedPendulum-v5",
+            "--env-kwarg",
+            "xml_file=./no_such_model.xml",
+            "--out",
+            str(tmp_path / "r2"),
+            *SMALL,
+        ],
+        "no_such_model.xml",
+    )
+    fails(
+        capsys,
+        ["train", "InvertedPendulum-v5", "--env-kwarg", "no_such_kwarg=1", "--out", str(tmp_path / "r3"), *SMALL],
+        "no_such_kwarg",
+    )

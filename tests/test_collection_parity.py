@@ -1,9 +1,9 @@
 """Data collection: pydpg's trainer against Stable-Baselines3's DDPG, transition for transition, on Hopper-v5.
 
-On Hopper-v5, SB3's DDPG with pydpg's settings (``pydpg.sb3_peer``) averaged higher over its last
+On Hopper-v5, SB3's DDPG with pydpg's settings (``pydpg.experiments.sb3_peer``) averaged higher over its last
 100k steps than pydpg did (1231 +/- 228 against 909 +/- 130, 3 seeds each). The update is the same
 as SB3's (tests/test_peer_parity.py), which leaves collection. Here both collect from the same
-settings (the shipped Hopper-v5 preset through ``presets.resolve``, SB3 through
+settings (the shipped Hopper-v5 preset through ``pydpg.train.config.resolve``, SB3 through
 ``sb3_peer.sb3_model``, as the benchmark's SB3 runs were made), the same env seed, the same time
 limit (30 steps, so that episodes end by truncation as well as by termination), the same actor
 weights, and the same random draws injected into both: one uniform warm-up action and one Gaussian
@@ -35,7 +35,7 @@ What the comparison shows:
   bounds, so the two trajectories are not compared float for float there. What is compared instead,
   with bounds derived from the arithmetic: the first action of the actor phase (same observation on
   both sides), and on every stored actor-phase row of each side, that its action is
-  ``clip(mu(obs) + noise)`` of its own observation (pydpg.rounding bounds the actor's float32
+  ``clip(mu(obs) + noise)`` of its own observation (pydpg.deploy.rounding bounds the actor's float32
   evaluations). Together with the bit-identical warm-up (same env, same storage) that is the claim:
   the same rule on the same draws.
 
@@ -62,15 +62,15 @@ import torch
 from torch import nn
 
 sb3 = pytest.importorskip("stable_baselines3")
+from policy_helpers import unit_box_policy  # noqa: E402
 from stable_baselines3.common.noise import ActionNoise, NormalActionNoise  # noqa: E402
 
-from pydpg import presets  # noqa: E402
-from pydpg.envs import make_env  # noqa: E402
-from pydpg.noise import GaussianNoise  # noqa: E402
-from pydpg.rounding import rounding_bound  # noqa: E402
-from policy_helpers import unit_box_policy  # noqa: E402
-from pydpg.sb3_peer import sb3_model  # noqa: E402
-from pydpg.trainer import Trainer  # noqa: E402
+from pydpg.common.envs import make_env  # noqa: E402
+from pydpg.core.noise import GaussianNoise  # noqa: E402
+from pydpg.deploy.rounding import rounding_bound  # noqa: E402
+from pydpg.experiments.sb3_peer import sb3_model  # noqa: E402
+from pydpg.train.config import resolve  # noqa: E402
+from pydpg.train.trainer import Trainer  # noqa: E402
 
 torch.set_num_threads(1)
 ENV = "Hopper-v5"
@@ -91,7 +91,7 @@ SB3_RULE = 2.0**-24 + 2.0**-53 + 2.0**-25
 # ---------------------------------------------------------------------------------------- scripted draws
 def _draws(sigma: float):
     g = np.random.default_rng(1000 + SEED)
-    warm = g.integers(-2**23, 2**23, size=(WARMUP, ACT), endpoint=True) / 2**23
+    warm = g.integers(-(2**23), 2**23, size=(WARMUP, ACT), endpoint=True) / 2**23
     noise = g.normal(0.0, sigma, size=(HORIZON - WARMUP, ACT))
     return warm, noise
 
@@ -174,17 +174,26 @@ def _sb3_rows(model) -> dict:
     assert rb.pos == HORIZON and rb.n_envs == 1
     dones, timeouts = rb.dones[:HORIZON, 0], rb.timeouts[:HORIZON, 0]
     # SB3's critic target uses dones * (1 - timeouts): 1 on termination only, as pydpg's done.
-    return {"obs": rb.observations[:HORIZON, 0], "action": rb.actions[:HORIZON, 0], "reward": rb.rewards[:HORIZON, 0],
-            "next_obs": rb.next_observations[:HORIZON, 0], "done": dones * (1 - timeouts),
-            "episode_end": dones.astype(bool), "truncated": timeouts.astype(bool)}
+    return {
+        "obs": rb.observations[:HORIZON, 0],
+        "action": rb.actions[:HORIZON, 0],
+        "reward": rb.rewards[:HORIZON, 0],
+        "next_obs": rb.next_observations[:HORIZON, 0],
+        "done": dones * (1 - timeouts),
+        "episode_end": dones.astype(bool),
+        "truncated": timeouts.astype(bool),
+    }
 
 
 # ---------------------------------------------------------------------------------------- the two runs
 @pytest.fixture(scope="module")
 def runs():
-    config, train = presets.resolve(ENV, agent={"learning_starts": WARMUP},
-                                    train={"seed": SEED, "total_steps": HORIZON, "eval_every": 0},
-                                    env_kwargs={"max_episode_steps": TIME_LIMIT})
+    config, train = resolve(
+        ENV,
+        agent={"learning_starts": WARMUP},
+        train={"seed": SEED, "total_steps": HORIZON, "eval_every": 0},
+        env_kwargs={"max_episode_steps": TIME_LIMIT},
+    )
     assert config.exploration_noise == "gaussian" and config.n_step == 1 and not config.obs_normalization
     warm, noise = _draws(config.exploration_sigma)
 
@@ -199,7 +208,7 @@ def runs():
     actor_before = [p.detach().clone() for p in trainer.agent.actor.parameters()]
     trainer.run()
 
-    # SB3, built as pydpg.sb3_peer.run_sb3 builds it, from the same config and env kwargs.
+    # SB3, built as pydpg.experiments.sb3_peer.run_sb3 builds it, from the same config and env kwargs.
     model = sb3_model(make_env(ENV, train.env_kwargs), config, SEED)
     assert isinstance(model, sb3.DDPG) and model.learning_starts == WARMUP and model.gamma == config.gamma
     assert isinstance(model.action_noise, NormalActionNoise)
@@ -221,10 +230,18 @@ def runs():
     sb3_applied = _spy_actions(model.env.envs[0])
     model.learn(HORIZON, log_interval=None)
 
-    return {"config": config, "warm": warm, "trainer": trainer, "model": model, "actor_before": actor_before,
-            "pydpg": _stored_rows(trainer.buffer), "sb3": _sb3_rows(model),
-            "pydpg_applied": np.array(pydpg_applied), "sb3_applied": np.array(sb3_applied),
-            "time_limits": (trainer.vec.envs[0].spec.max_episode_steps, model.env.envs[0].spec.max_episode_steps)}
+    return {
+        "config": config,
+        "warm": warm,
+        "trainer": trainer,
+        "model": model,
+        "actor_before": actor_before,
+        "pydpg": _stored_rows(trainer.buffer),
+        "sb3": _sb3_rows(model),
+        "pydpg_applied": np.array(pydpg_applied),
+        "sb3_applied": np.array(sb3_applied),
+        "time_limits": (trainer.vec.envs[0].spec.max_episode_steps, model.env.envs[0].spec.max_episode_steps),
+    }
 
 
 def _episode_ends(p: dict) -> np.ndarray:
@@ -313,7 +330,7 @@ def test_actor_phase_transitions_match(runs, tmp_path):
     # float32 round trip and both sides' rounding of the sum, and by the actor's own rounding if the
     # two libraries' calls round differently: all derived, none measured.
     np.testing.assert_array_equal(p["obs"][WARMUP], s["obs"][WARMUP].astype(np.float32))
-    _, bound = rounding_bound(path, p["obs"][WARMUP:WARMUP + 1])
+    _, bound = rounding_bound(path, p["obs"][WARMUP : WARMUP + 1])
     assert np.all(np.abs(p["action"][WARMUP] - s["action"][WARMUP]) <= 2 * bound[0] + PYDPG_RULE + SB3_RULE)
 
     # On every actor-phase row, each side's stored action is clip(mu(obs) + noise) of its own stored
@@ -347,11 +364,12 @@ def test_sb3_adds_noise_to_warmup_actions():
     """The difference: before learning_starts, SB3 stores and takes clip(uniform + noise, -1, 1);
     pydpg (as sfujim/TD3 and CleanRL) takes the uniform action as drawn."""
     steps = 50
-    config, train = presets.resolve(ENV, agent={"learning_starts": 10 * steps}, train={"seed": SEED},
-                                    env_kwargs={"max_episode_steps": TIME_LIMIT})
+    config, train = resolve(
+        ENV, agent={"learning_starts": 10 * steps}, train={"seed": SEED}, env_kwargs={"max_episode_steps": TIME_LIMIT}
+    )
     model = sb3_model(make_env(ENV, train.env_kwargs), config, SEED)
     model.gradient_steps = 0
-    uniform = np.random.default_rng(7).integers(-2**23, 2**23, size=(steps, ACT), endpoint=True) / 2**23
+    uniform = np.random.default_rng(7).integers(-(2**23), 2**23, size=(steps, ACT), endpoint=True) / 2**23
     draws = iter(uniform.astype(np.float32))
     model.action_space.sample = lambda mask=None, probability=None: next(draws)
     sigma, drawn = model.action_noise, []

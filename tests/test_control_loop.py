@@ -2,7 +2,7 @@
 
 The return-parity tests are the proof that the loop does what the training env did: the same
 policy, started from the same initial states, must earn the same return in the C++ loop (MuJoCo C
-API, no Python) as in the Python evaluation (pydpg.envs.evaluate). The loop has no reward code: its
+API, no Python) as in the Python evaluation (pydpg.common.envs.evaluate). The loop has no reward code: its
 return is the env's reward for the loop's actions, from its trace replayed through the env, which
 also measures its observations against the env's and checks it ended each episode where the env
 did.
@@ -25,16 +25,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from policy_helpers import cmake_build, have_cmake, pendulum_actor
-from pydpg.agent import DDPG
-from pydpg.deploy import ControlLoopError, cmake_dir, cmake_dir_main, control_loop_path, run_main, run_policy
-from pydpg.envs import evaluate, initial_states
-from pydpg.runtime import Policy
-from pydpg.export import export_policy
-from pydpg.normalizer import RunningNormalizer
-from pydpg.trainer import make_policy
 from float_bounds import OBS_PARITY
+from policy_helpers import cmake_build, have_cmake, pendulum_actor
+
+from pydpg.cli.run import run_main
+from pydpg.common.envs import evaluate, initial_states
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.normalizer import RunningNormalizer
+from pydpg.deploy.export import export_policy
+from pydpg.deploy.loop import ControlLoopError, cmake_dir, control_loop_path, run_policy
+from pydpg.deploy.runtime import Policy
+from pydpg.files.model import make_policy
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +53,14 @@ def start_states(env_id: str, seed: int, episodes: int) -> np.ndarray:
 def test_inverted_pendulum_return_matches_python(tmp_path):
     env = gym.make("InvertedPendulum-v5")
     actor = pendulum_actor()
-    agent = DDPG(actor, [torch.nn.Linear(5, 1)])
+    agent = DDPGAgent(actor, [torch.nn.Linear(5, 1)])
     path = tmp_path / "pendulum.pt"
     export_policy(agent, path, env=env, verbose=False)
     python = evaluate(make_policy(agent, None), env, 3, seed=11)
     assert (python.lengths == 1000).all()  # the controller balances: a non-trivial 1000-step run
-    cpp = run_policy(path, initial_states=start_states("InvertedPendulum-v5", 11, 3), replay=env, realtime=False,
-                     quiet=True)
+    cpp = run_policy(
+        path, initial_states=start_states("InvertedPendulum-v5", 11, 3), replay=env, realtime=False, quiet=True
+    )
     assert cpp["lengths"] == python.lengths.tolist()
     # InvertedPendulum-v5 pays 1 per step that does not terminate: equal lengths, equal float sums of
     # 1.0, exactly, though the loop's mlp backend and torch's actor round differently.
@@ -75,14 +77,14 @@ def test_half_cheetah_return_matches_python(tmp_path):
     therefore evaluates the very function the loop runs, the C++ runtime through pydpg.Policy: on a
     chaotic task a last-bit difference in an action grows into a different trajectory, and torch's
     actor and the runtime agree to rounding, not bit for bit on every CPU (test_runtime.py checks
-    that agreement within pydpg.rounding's bound). Here both sides are the same computation: the
+    that agreement within pydpg.deploy.rounding's bound). Here both sides are the same computation: the
     same runtime library and file, batch 1 and one thread in both, its own 64-byte aligned buffers,
     on float32 observations that are the same bits (the builder's float32 of the same float64 mjData
     values, as astype(float32) here), the same physics and the same reward code: the returns are
     equal exactly, and the observations differ by the builder's float32 rounding alone."""
     env = gym.make("HalfCheetah-v5")
     torch.manual_seed(3)
-    agent = DDPG.from_dims(17, 6)
+    agent = DDPGAgent.from_dims(17, 6)
     norm = RunningNormalizer(17)
     norm.update(np.random.default_rng(0).standard_normal((1000, 17)) * 0.3)
     path = tmp_path / "cheetah.pt"
@@ -90,8 +92,9 @@ def test_half_cheetah_return_matches_python(tmp_path):
     policy = Policy(path)
     assert (env.action_space.low == -1).all() and (env.action_space.high == 1).all()  # env units = [-1, 1]
     python = evaluate(lambda obs: policy.act(obs.astype(np.float32)), env, 2, seed=5)
-    cpp = run_policy(path, initial_states=start_states("HalfCheetah-v5", 5, 2), replay="HalfCheetah-v5",
-                     realtime=False, quiet=True)
+    cpp = run_policy(
+        path, initial_states=start_states("HalfCheetah-v5", 5, 2), replay="HalfCheetah-v5", realtime=False, quiet=True
+    )
     assert cpp["lengths"] == [1000, 1000] and cpp["max_obs_diff"] <= OBS_PARITY
     np.testing.assert_array_equal(cpp["returns"], python.returns)
     assert abs(python.returns[0] - python.returns[1]) > 1e-2  # the two episodes differ: a real check
@@ -114,8 +117,13 @@ def test_trained_policy_loop_return_matches_python():
             return module(torch.as_tensor(obs, dtype=torch.float32)[None])[0].double().numpy() / high
 
     python = evaluate(act, env, 3, seed=21)
-    cpp = run_policy(TRAINED_PENDULUM, initial_states=start_states("InvertedPendulum-v5", 21, 3), replay=env,
-                     realtime=False, quiet=True)
+    cpp = run_policy(
+        TRAINED_PENDULUM,
+        initial_states=start_states("InvertedPendulum-v5", 21, 3),
+        replay=env,
+        realtime=False,
+        quiet=True,
+    )
     assert python.lengths.tolist() == [1000] * 3 and cpp["lengths"] == [1000] * 3
     np.testing.assert_array_equal(cpp["returns"], python.returns)  # 1 per step, 1000 steps: exact sums
     assert cpp["backend"] == "mlp"
@@ -125,10 +133,10 @@ def test_trained_policy_loop_return_matches_python():
 def test_loop_starts_from_qpos0_without_initial_states(tmp_path):
     """No reset code in the loop: without --init-states an episode starts from the model's qpos0 and
     zero velocity (the trace logs it)."""
-    from pydpg.deploy import read_trace
+    from pydpg.deploy.loop import read_trace
 
     env = gym.make("Hopper-v5")
-    export_policy(DDPG.from_dims(11, 3), tmp_path / "p.pt", env=env, verbose=False)
+    export_policy(DDPGAgent.from_dims(11, 3), tmp_path / "p.pt", env=env, verbose=False)
     run_policy(tmp_path / "p.pt", episodes=2, realtime=False, max_steps=3, quiet=True, trace=tmp_path / "t.csv")
     for ep in read_trace(tmp_path / "t.csv"):
         np.testing.assert_array_equal(ep["qpos"], env.unwrapped.model.qpos0)
@@ -149,9 +157,14 @@ def test_termination_is_data_and_ends_episodes_where_the_env_does(tmp_path):
     """The pendulum pushed one way falls: the loop ends the episode when the preset's termination
     condition |qpos[1]| <= 0.2 fails, at the step the env terminates, and says which condition."""
     env = gym.make("InvertedPendulum-v5")
-    export_policy(DDPG(constant_actor(4, 0.1), [torch.nn.Linear(5, 1)]), tmp_path / "p.pt", env=env, verbose=False)
-    cpp = run_policy(tmp_path / "p.pt", initial_states=start_states("InvertedPendulum-v5", 3, 3), replay=env,
-                     realtime=False, quiet=True)
+    export_policy(DDPGAgent(constant_actor(4, 0.1), [torch.nn.Linear(5, 1)]), tmp_path / "p.pt", env=env, verbose=False)
+    cpp = run_policy(
+        tmp_path / "p.pt",
+        initial_states=start_states("InvertedPendulum-v5", 3, 3),
+        replay=env,
+        realtime=False,
+        quiet=True,
+    )
     assert all(3 < n < 200 for n in cpp["lengths"]) and cpp["terminated"] == [True] * 3
     assert cpp["terminated_by"] == ["qpos[1:2] >= -0.2, <= 0.2"] * 3
     assert [r["terminated_at"] for r in cpp["replay"]] == cpp["lengths"]
@@ -163,7 +176,7 @@ def test_termination_is_data_and_ends_episodes_where_the_env_does(tmp_path):
 def pendulum_policy(tmp_path_factory):
     env = gym.make("InvertedPendulum-v5")
     path = tmp_path_factory.mktemp("pend") / "p.pt"
-    export_policy(DDPG(pendulum_actor(), [torch.nn.Linear(5, 1)]), path, env=env, verbose=False)
+    export_policy(DDPGAgent(pendulum_actor(), [torch.nn.Linear(5, 1)]), path, env=env, verbose=False)
     env.close()
     return path
 
@@ -213,7 +226,7 @@ def test_cli_run_bad_input(tmp_path, pendulum_policy, capfd):
 
 
 def test_policy_without_task_description(tmp_path):
-    export_policy(DDPG.from_dims(4, 1), tmp_path / "p.pt", action_low=[-3], action_high=[3], verbose=False)
+    export_policy(DDPGAgent.from_dims(4, 1), tmp_path / "p.pt", action_low=[-3], action_high=[3], verbose=False)
     with pytest.raises(ControlLoopError, match="no MuJoCo model"):
         run_policy(tmp_path / "p.pt", realtime=False)
     xml = gym.make("InvertedPendulum-v5").unwrapped.fullpath
@@ -226,8 +239,16 @@ def test_cmake_dir():
     d = Path(cmake_dir())
     assert (d / "pydpgConfig.cmake").is_file() and (d / "pydpgTargets.cmake").is_file()
     assert (d.parents[2] / "include" / "pydpg" / "policy_runtime.hpp").is_file()
-    out = subprocess.run([sys.executable, "-c", "import sys; from pydpg.deploy import cmake_dir_main; "
-                          "sys.exit(cmake_dir_main())"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pydpg.cli.cmake_dir import cmake_dir_main; sys.exit(cmake_dir_main())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == str(d)
 
 
@@ -235,16 +256,31 @@ def test_cmake_dir():
 def test_example_builds_against_installed_package_and_runs(tmp_path, pendulum_policy):
     cmake_build(ROOT / "examples" / "cpp_control_loop", tmp_path / "build")
     exe = tmp_path / "build" / "policy_loop"
-    out = subprocess.run([str(exe), str(pendulum_policy), "--hz", "1000", "--robots", "4", "--seconds", "0.2"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(exe), str(pendulum_policy), "--hz", "1000", "--robots", "4", "--seconds", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "200 periods at 1000 Hz, 4 robots" in out.stdout and "act() latency us" in out.stdout
     bad = subprocess.run([str(exe), str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "cannot open policy file" in bad.stderr
 
 
-ALL_TASKS = ["InvertedPendulum-v5", "InvertedDoublePendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5",
-             "Swimmer-v5", "Ant-v5", "Humanoid-v5", "HumanoidStandup-v5", "Reacher-v5", "Pusher-v5"]
+ALL_TASKS = [
+    "InvertedPendulum-v5",
+    "InvertedDoublePendulum-v5",
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "Walker2d-v5",
+    "Swimmer-v5",
+    "Ant-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
+    "Reacher-v5",
+    "Pusher-v5",
+]
 
 
 @pytest.mark.parametrize("env_id", ALL_TASKS)
@@ -257,10 +293,11 @@ def test_loop_runs_every_task_and_replays_in_python(tmp_path, env_id):
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(0)
     path = tmp_path / "p.pt"
-    export_policy(DDPG.from_dims(obs_dim, act_dim), path, env=env, verbose=False)
+    export_policy(DDPGAgent.from_dims(obs_dim, act_dim), path, env=env, verbose=False)
     # Random policies end some tasks within ~6 steps: enough episodes for >= 200 steps in all.
-    cpp = run_policy(path, initial_states=start_states(env_id, 7, 60), replay=env, realtime=False, quiet=True,
-                     max_steps=40)
+    cpp = run_policy(
+        path, initial_states=start_states(env_id, 7, 60), replay=env, realtime=False, quiet=True, max_steps=40
+    )
     replay = cpp["replay"]
     assert [r["steps"] for r in replay] == cpp["lengths"] and sum(cpp["lengths"]) >= 200
     assert cpp["max_obs_diff"] <= OBS_PARITY, (env_id, replay)
@@ -284,30 +321,53 @@ def with_metadata(path: Path, meta: dict, out: Path) -> None:
     out.write_bytes(buf.getvalue())
 
 
-@pytest.mark.parametrize("env_id, health", [
-    ("Hopper-v5", {"finite_obs": False, "terminate_when_unhealthy": True, "conditions": [
-        {"field": "state", "start": 2, "stop": 12, "min": -100.0, "max": 100.0, "strict": True},
-        {"field": "qpos", "start": 1, "stop": 2, "min": 0.7, "max": None, "strict": True},
-        {"field": "qpos", "start": 2, "stop": 3, "min": -0.2, "max": 0.2, "strict": True}]}),
-    ("InvertedPendulum-v5", {"finite_obs": True, "terminate_when_unhealthy": True, "conditions": [
-        {"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2, "strict": False}]}),
-])
+@pytest.mark.parametrize(
+    "env_id, health",
+    [
+        (
+            "Hopper-v5",
+            {
+                "finite_obs": False,
+                "terminate_when_unhealthy": True,
+                "conditions": [
+                    {"field": "state", "start": 2, "stop": 12, "min": -100.0, "max": 100.0, "strict": True},
+                    {"field": "qpos", "start": 1, "stop": 2, "min": 0.7, "max": None, "strict": True},
+                    {"field": "qpos", "start": 2, "stop": 3, "min": -0.2, "max": 0.2, "strict": True},
+                ],
+            },
+        ),
+        (
+            "InvertedPendulum-v5",
+            {
+                "finite_obs": True,
+                "terminate_when_unhealthy": True,
+                "conditions": [{"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2, "strict": False}],
+            },
+        ),
+    ],
+)
 def test_health_of_older_files_ends_episodes_where_the_env_does(tmp_path, env_id, health):
     """pydpg 0.2 files state termination as task.health (fields qpos/qvel/state, a finite-observation
     flag), with reward and reset-noise blocks the loop no longer reads: the loop rewrites the
     conditions to termination terms and ends episodes at the env's step."""
-    from pydpg.export import read_metadata
+    from pydpg.deploy.policy_file import read_metadata
 
     env = gym.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     torch.manual_seed(1)
-    export_policy(DDPG.from_dims(obs_dim, act_dim), tmp_path / "new.pt", env=env, verbose=False)
+    export_policy(DDPGAgent.from_dims(obs_dim, act_dim), tmp_path / "new.pt", env=env, verbose=False)
     meta = read_metadata(tmp_path / "new.pt")
     meta["observation"].pop("termination")
     meta["task"].update(health=health, reward={"healthy_reward": 1.0}, reset_noise={"qpos": {"scale": 0.01}})
     with_metadata(tmp_path / "new.pt", meta, tmp_path / "old.pt")
-    cpp = run_policy(tmp_path / "old.pt", initial_states=start_states(env_id, 5, 8), replay=env, realtime=False,
-                     quiet=True, max_steps=60)
+    cpp = run_policy(
+        tmp_path / "old.pt",
+        initial_states=start_states(env_id, 5, 8),
+        replay=env,
+        realtime=False,
+        quiet=True,
+        max_steps=60,
+    )
     assert any(cpp["terminated"]), cpp["lengths"]
     assert all(r["termination_agrees"] for r in cpp["replay"]), (cpp["replay"], cpp["terminated_by"])
     env.close()
@@ -317,24 +377,33 @@ def test_policy_files_of_pydpg_0_1_keep_running(tmp_path):
     """0.1 files carry the observation as task.observation slices (start/stop, clip, transform; empty
     slices allowed). The loop rewrites them to a spec and its observations equal the env's; a slice
     of 'state', which the spec states otherwise, is refused with a clear error."""
-    from pydpg.deploy import ControlLoopError, replay_trace
-    from pydpg.export import read_metadata
+    from pydpg.deploy.loop import ControlLoopError, replay_trace
+    from pydpg.deploy.policy_file import read_metadata
 
     env = gym.make("InvertedDoublePendulum-v5")
     path = tmp_path / "p.pt"
     torch.manual_seed(2)
-    export_policy(DDPG.from_dims(9, 1), path, env=env, verbose=False)
+    export_policy(DDPGAgent.from_dims(9, 1), path, env=env, verbose=False)
     meta = read_metadata(path)
     meta.pop("observation")
     meta["task"]["observation"] = [
-        {"field": "qpos", "start": 0, "stop": 1}, {"field": "qvel", "start": 2, "stop": 2},
+        {"field": "qpos", "start": 0, "stop": 1},
+        {"field": "qvel", "start": 2, "stop": 2},
         {"field": "qpos", "start": 1, "stop": 3, "transform": "sin"},
-        {"field": "qpos", "start": 1, "stop": 3, "transform": "cos"}, {"field": "qvel", "clip": [-10.0, 10.0]},
-        {"field": "qfrc_constraint", "start": 0, "stop": 1, "clip": [-10.0, 10.0], "transform": "none"}]
+        {"field": "qpos", "start": 1, "stop": 3, "transform": "cos"},
+        {"field": "qvel", "clip": [-10.0, 10.0]},
+        {"field": "qfrc_constraint", "start": 0, "stop": 1, "clip": [-10.0, 10.0], "transform": "none"},
+    ]
     old = tmp_path / "old.pt"
     with_metadata(path, meta, old)
-    run_policy(old, initial_states=start_states("InvertedDoublePendulum-v5", 4, 10), realtime=False, quiet=True,
-               max_steps=30, trace=tmp_path / "t.csv")
+    run_policy(
+        old,
+        initial_states=start_states("InvertedDoublePendulum-v5", 4, 10),
+        realtime=False,
+        quiet=True,
+        max_steps=30,
+        trace=tmp_path / "t.csv",
+    )
     replay = replay_trace(tmp_path / "t.csv", env)
     assert sum(r["steps"] for r in replay) == 300 and max(r["max_obs_diff"] for r in replay) <= OBS_PARITY
     meta["task"]["observation"][0]["field"] = "state"
@@ -345,7 +414,7 @@ def test_policy_files_of_pydpg_0_1_keep_running(tmp_path):
 
 
 def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
-    from pydpg.deploy import read_trace, replay_trace
+    from pydpg.deploy.loop import read_trace, replay_trace
 
     trace = tmp_path / "t.csv"
     run_policy(pendulum_policy, realtime=False, quiet=True, max_steps=5, trace=trace)
@@ -369,8 +438,11 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
         ("header.csv", lines[0] + "\n", "holds no episode"),
         ("noend.csv", "\n".join(lines[:-1]) + "\n", "has no end line"),
         ("negative.csv", good.replace("act_dim 1", "act_dim -1"), "act_dim -1 is not a size"),
-        ("nan.csv", good.replace(first_step, ",".join(first_step.split(",")[:3] + ["nan"] + first_step.split(",")[4:])),
-         "action holds a NaN"),
+        (
+            "nan.csv",
+            good.replace(first_step, ",".join(first_step.split(",")[:3] + ["nan"] + first_step.split(",")[4:])),
+            "action holds a NaN",
+        ),
         ("inf_end.csv", "\n".join(lines[:-1] + ["end,0,5,inf"]) + "\n", "end line must hold two whole numbers"),
         ("huge_end.csv", "\n".join(lines[:-1] + ["end,0,1e300,-1"]) + "\n", "end line must hold two whole numbers"),
         ("wrong_steps.csv", "\n".join(lines[:-1] + ["end,0,4,-1"]) + "\n", "says 4 steps, the episode logged 5"),
@@ -381,7 +453,8 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
     # Traces of pydpg 0.2 (version 1) had a reward column and no end lines: still read.
     v1 = [lines[0].replace("trace 2:", "trace 1:")] + [
         ",".join(line.split(",")[:3] + ["nan"] + line.split(",")[3:]) if line.startswith("step") else line
-        for line in lines[1:-1]]
+        for line in lines[1:-1]
+    ]
     (tmp_path / "v1.csv").write_text("\n".join(v1) + "\n")
     old, new = read_trace(tmp_path / "v1.csv"), read_trace(trace)
     np.testing.assert_array_equal(old[0]["action"], new[0]["action"])
@@ -391,9 +464,16 @@ def test_bad_traces_and_envs_are_refused(tmp_path, pendulum_policy):
         replay_trace(trace, gym.make("Hopper-v5"))
     # A header that claims a 1-wide observation: compared exactly, never broadcast against the env's.
     one = tmp_path / "one.csv"
-    one.write_text("\n".join([lines[0].replace("obs_dim 4", "obs_dim 1")] + [
-        ",".join(line.split(",")[:4] + line.split(",")[4:5]) if line.startswith("step") else line
-        for line in lines[1:]]) + "\n")
+    one.write_text(
+        "\n".join(
+            [lines[0].replace("obs_dim 4", "obs_dim 1")]
+            + [
+                ",".join(line.split(",")[:4] + line.split(",")[4:5]) if line.startswith("step") else line
+                for line in lines[1:]
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(ValueError, match="logs observations of 1 and actions of 1 values; this env observes 4"):
         replay_trace(one, gym.make("InvertedPendulum-v5"))
     with pytest.raises(TypeError, match="not a Gymnasium MuJoCo env"):

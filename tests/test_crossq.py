@@ -16,30 +16,35 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from float_bounds import U32, U64, Enc, agree, variance
 from policy_helpers import scramble_batch_renorm, unit_box_policy
-from pydpg.agent import DDPG
-from pydpg.batch import Batch
-from pydpg.config import DDPGConfig
-from pydpg.mlp_update import why_not
-from pydpg.networks import BatchRenorm
-from pydpg.rounding import assert_within_rounding, rounding_bound, within
+
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.batch import Batch
+from pydpg.core.config import DDPGConfig
+from pydpg.core.mlp_update import why_not
+from pydpg.core.networks import BatchRenorm
+from pydpg.deploy.rounding import assert_within_rounding, rounding_bound, within
 
 OBS, ACT = 5, 2
 SMALL = dict(hidden=(16, 16), critic_hidden=(24, 24), batch_renorm_warmup=3)
 
 
 def _batch(g: torch.Generator, n: int = 32) -> Batch:
-    return Batch(obs=torch.randn(n, OBS, generator=g) * 2 + 1, action=torch.rand(n, ACT, generator=g) * 2 - 1,
-                 reward=torch.randn(n, 1, generator=g), next_obs=torch.randn(n, OBS, generator=g) - 1,
-                 done=(torch.rand(n, 1, generator=g) < 0.2).float(), discount=torch.full((n, 1), 0.99),
-                 weights=None)
+    return Batch(
+        obs=torch.randn(n, OBS, generator=g) * 2 + 1,
+        action=torch.rand(n, ACT, generator=g) * 2 - 1,
+        reward=torch.randn(n, 1, generator=g),
+        next_obs=torch.randn(n, OBS, generator=g) - 1,
+        done=(torch.rand(n, 1, generator=g) < 0.2).float(),
+        discount=torch.full((n, 1), 0.99),
+        weights=None,
+    )
 
 
-def _crossq(**kw) -> DDPG:
+def _crossq(**kw) -> DDPGAgent:
     torch.manual_seed(0)
-    return DDPG.from_dims(OBS, ACT, DDPGConfig.preset("crossq", **{**SMALL, **kw}))
+    return DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("crossq", **{**SMALL, **kw}))
 
 
 def _layers(module) -> list[BatchRenorm]:
@@ -92,8 +97,9 @@ def _written_out(xe, mean, inv, w, b, r, d) -> Enc:
 def _eval_out(x: torch.Tensor, brn: BatchRenorm) -> Enc:
     """Evaluation mode: (x - running_mean) * rsqrt(running_var + eps) * weight + bias."""
     rs = (Enc.exact(_np(brn.running_var), U) + Enc.constant(brn.eps, U)).rsqrt()
-    return ((Enc.exact(_np(x), U) - Enc.exact(_np(brn.running_mean), U)) * rs * Enc.exact(_np(brn.weight), U)
-            + Enc.exact(_np(brn.bias), U))
+    return (Enc.exact(_np(x), U) - Enc.exact(_np(brn.running_mean), U)) * rs * Enc.exact(
+        _np(brn.weight), U
+    ) + Enc.exact(_np(brn.bias), U)
 
 
 def _interior(e: Enc, low: float, high: float) -> bool:
@@ -114,17 +120,26 @@ def test_batch_renorm_is_batch_norm_during_warmup_and_moves_its_running_statisti
     mean, var = x.mean(0), x.var(0, unbiased=False)
     xe, mean_e, inv, std = _stats(x, 1e-3)
     one, zero = Enc.exact(1.0, U), Enc.exact(0.0, U)  # warmup: r = 1, d = 0 exactly
-    agree(_np(out), _np((x - mean) / torch.sqrt(var + 1e-3) * brn.weight + brn.bias),
-          _layer_out(xe, mean_e, inv, w, b, one, zero), _written_out(xe, mean_e, inv, w, b, one, zero),
-          what="warmup forward")
+    agree(
+        _np(out),
+        _np((x - mean) / torch.sqrt(var + 1e-3) * brn.weight + brn.bias),
+        _layer_out(xe, mean_e, inv, w, b, one, zero),
+        _written_out(xe, mean_e, inv, w, b, one, zero),
+        what="warmup forward",
+    )
     # running_mean.lerp_(mean, 0.1) = 0 + 0.1 (mean - 0); running_var.lerp_(var, 0.1) = 1 + 0.1 (var - 1),
     # the layer's var being (1 / invstd)^2 - eps; the written-out 0.1 mean and 0.9 + 0.1 var.
     tenth = Enc.constant(0.1, U)
     agree(_np(brn.running_mean), _np(0.1 * mean), 0 + tenth * (mean_e - 0), tenth * mean_e, what="running mean")
     var_mod = (std.square() - Enc.constant(1e-3, U)).clamp(0.0, None)
     var_ref = variance(xe, 0)
-    agree(_np(brn.running_var), _np(0.9 + 0.1 * var), 1 + tenth * (var_mod - 1),
-          Enc.constant(0.9, U) + tenth * var_ref, what="running var")
+    agree(
+        _np(brn.running_var),
+        _np(0.9 + 0.1 * var),
+        1 + tenth * (var_mod - 1),
+        Enc.constant(0.9, U) + tenth * var_ref,
+        what="running var",
+    )
     assert int(brn.steps) == 1
 
 
@@ -202,8 +217,8 @@ def test_r_and_d_are_constants_of_the_gradient_and_renormalization_starts_after_
             r, d = Enc.exact(1.0, U), Enc.exact(0.0, U)
         out_mod, out_ref = _layer_out(xe, mean, inv, w, b, r, d), _written_out(xe, mean, inv, w, b, r, d)
         agree(_np(out), _np(want), out_mod, out_ref, what=f"forward {step}")
-        (out ** 2).sum().backward()
-        (want ** 2).sum().backward()
+        (out**2).sum().backward()
+        (want**2).sum().backward()
         # Upstream: 2 out (exact doubling) of each side's own output; r and d constants of the gradient.
         g = out_mod.widen(out_ref).scale(2.0)
         dy = g * r  # addcmul's gradient for y0
@@ -214,8 +229,9 @@ def test_r_and_d_are_constants_of_the_gradient_and_renormalization_starts_after_
         agree(_np(xg.grad), _np(xr.grad), dx_mod.rounds(8), dx_ref.rounds(8), what=f"gradient {step}")
         dw_mod = (dy * xm * inv).sum(0) + (g * d).sum(0)
         dw_ref = (g * (xm * inv * r + d)).sum(0)
-        agree(_np(brn.weight.grad), _np(weight.grad), dw_mod.rounds(2), dw_ref.rounds(2),
-              what=f"weight gradient {step}")
+        agree(
+            _np(brn.weight.grad), _np(weight.grad), dw_mod.rounds(2), dw_ref.rounds(2), what=f"weight gradient {step}"
+        )
         db_mod = (g * (1 - r)).sum(0) + dy.sum(0)
         agree(_np(brn.bias.grad), _np(bias.grad), db_mod.rounds(2), g.sum(0), what=f"bias gradient {step}")
     assert int(brn.steps) == 4
@@ -237,8 +253,13 @@ def test_r_and_d_are_clipped_when_the_batch_is_far_from_the_running_statistics()
     # by |x_hat| |float64(1/3) - 1/3| (bounded with 1/3's rounding, u / 3), added to the two rounding bounds.
     written = (xe - mean_e) * inv / Enc.exact(3.0, U) + 5.0
     gap = (np.abs(written.centre - 5.0) + written.bound) * U + written.bound
-    agree(_np(out), _np((x - mean) / std / 3.0 + 5.0), _layer_out(xe, mean_e, inv, w, b, r, d),
-          Enc.atom(written.centre, gap, U), what="clipped r and d")
+    agree(
+        _np(out),
+        _np((x - mean) / std / 3.0 + 5.0),
+        _layer_out(xe, mean_e, inv, w, b, r, d),
+        Enc.atom(written.centre, gap, U),
+        what="clipped r and d",
+    )
 
 
 def test_evaluation_mode_is_a_fixed_row_wise_map_that_changes_nothing():
@@ -247,7 +268,7 @@ def test_evaluation_mode_is_a_fixed_row_wise_map_that_changes_nothing():
     brn.eval()
     before = _buffers(brn)
     x = torch.randn(8, 4)
-    rows = torch.cat([brn(x[i:i + 1]) for i in range(8)])
+    rows = torch.cat([brn(x[i : i + 1]) for i in range(8)])
     # Element-wise IEEE operations, each correctly rounded, on a rsqrt of the same [4] running variance:
     # a row gives the same bits alone as in a batch.
     assert torch.equal(brn(x), rows)
@@ -303,8 +324,13 @@ def test_the_target_reads_the_online_critic_through_one_joint_forward():
     m0 = Enc.exact(_np(mean_before), U32)
     mean_e = Enc.exact(_np(joint_input), U32).mean(0).closed()
     lerp_e = m0 + Enc.constant(0.01, U32) * (mean_e - m0)
-    agree(_np(first.running_mean), _np(torch.lerp(mean_before, joint_input.mean(0), 0.01)), lerp_e, lerp_e,
-          what="running mean after the joint pass")
+    agree(
+        _np(first.running_mean),
+        _np(torch.lerp(mean_before, joint_input.mean(0), 0.01)),
+        lerp_e,
+        lerp_e,
+        what="running mean after the joint pass",
+    )
     # Apart, (s, a) alone would be normalized with other statistics: the joint pass is not a detail.
     with torch.no_grad():
         alone = copy.deepcopy(a.critic).train()(b.obs, b.action)
@@ -327,7 +353,7 @@ def test_an_update_trains_in_train_mode_and_leaves_every_network_in_evaluation_m
     batch_act = a.act(obs)
     rows = np.stack([a.act(o) for o in obs])
     assert all(torch.equal(x, y) for x, y in zip(before, _buffers(a.actor)))
-    # Batch 7 against batch 1: other BLAS kernels, equal up to float32 rounding (pydpg.rounding; the
+    # Batch 7 against batch 1: other BLAS kernels, equal up to float32 rounding (pydpg.deploy.rounding; the
     # evaluation-mode BatchRenorm layers are in the bound's plan).
     assert_within_rounding(batch_act, rows, unit_box_policy(a, tmp_path / "p.pt", OBS, ACT), obs, "batch vs rows")
 
@@ -390,11 +416,22 @@ def test_with_target_networks_the_targets_normalize_as_their_online_networks():
 
 
 def test_config_refuses_what_cannot_combine_or_make_sense():
-    bad = [dict(hard_target_interval=250), dict(value_clip=True), dict(sale=True, hard_target_interval=1),
-           dict(critic_layer_norm=True), dict(adam_beta1=1.0), dict(adam_beta1=-0.1),
-           dict(batch_renorm_momentum=0.0), dict(batch_renorm_momentum=float("nan")), dict(batch_renorm_warmup=-1),
-           dict(batch_renorm_warmup=1.5), dict(critic_hidden=(0, 4)), dict(critic_hidden="wide"),
-           dict(batch_renorm="yes"), dict(target_networks=0)]
+    bad = [
+        dict(hard_target_interval=250),
+        dict(value_clip=True),
+        dict(sale=True, hard_target_interval=1),
+        dict(critic_layer_norm=True),
+        dict(adam_beta1=1.0),
+        dict(adam_beta1=-0.1),
+        dict(batch_renorm_momentum=0.0),
+        dict(batch_renorm_momentum=float("nan")),
+        dict(batch_renorm_warmup=-1),
+        dict(batch_renorm_warmup=1.5),
+        dict(critic_hidden=(0, 4)),
+        dict(critic_hidden="wide"),
+        dict(batch_renorm="yes"),
+        dict(target_networks=0),
+    ]
     for kw in bad:
         with pytest.raises(ValueError, match="DDPGConfig"):
             DDPGConfig.preset("crossq", **kw)
@@ -412,7 +449,7 @@ def test_a_crossq_policy_runs_on_the_allocation_free_backend_with_the_trainers_a
     the actor's own, not merely within the parity tolerance (a trained CrossQ actor amplifies
     rounding: Hopper's, evaluated in float32 and float64, differs by 5.5e-4)."""
     import pydpg
-    from pydpg.export import export_policy
+    from pydpg.deploy.export import export_policy
 
     a = _crossq()
     g = torch.Generator().manual_seed(10)
@@ -438,11 +475,14 @@ def test_a_crossq_policy_runs_on_the_allocation_free_backend_with_the_trainers_a
     # Where it calls MKL's sgemm and tanh, as torch does, the two make the same calls with the same
     # shapes, and the normalization's four roundings are torch's: equal to the last bit (a folded or
     # reordered normalization would not be; trained actors amplify that, docs/deployment.md). Without
-    # MKL the two are different computations, held to pydpg.rounding's bound of the file.
+    # MKL the two are different computations, held to pydpg.deploy.rounding's bound of the file.
     path = tmp_path / "crossq.pt"
     exact = "sgemm: mkl, tanh: mkl vml" in policy.kernels
-    check = np.testing.assert_array_equal if exact else (
-        lambda x, y: assert_within_rounding(x, y, path, rows, "mlp backend vs TorchScript"))
+    check = (
+        np.testing.assert_array_equal
+        if exact
+        else (lambda x, y: assert_within_rounding(x, y, path, rows, "mlp backend vs TorchScript"))
+    )
     check(got, np.stack([ts.act(o) for o in rows]))
     check(policy.act(rows), ts.act(rows))
     with torch.no_grad():
@@ -459,7 +499,7 @@ def test_distributed_workers_act_with_the_learners_running_statistics():
     """A Ray worker rebuilds the actor from the config and loads the broadcast state dict: the
     batch renormalization statistics travel with the weights, and the worker acts in evaluation
     mode, exactly as the learner would."""
-    from pydpg.distributed import _Acting, _cpu_agent
+    from pydpg.train.distributed import _Acting, _cpu_agent
 
     a = _crossq()
     g = torch.Generator().manual_seed(11)
@@ -471,8 +511,9 @@ def test_distributed_workers_act_with_the_learners_running_statistics():
             self.agent, self.version, self.norm = _cpu_agent(a.config.to_dict(), OBS, ACT), None, None
 
     w = Worker()
-    w._load({"actor": {k: v.detach().cpu().numpy() for k, v in a.actor.state_dict().items()}, "norm": None,
-             "version": 1})
+    w._load(
+        {"actor": {k: v.detach().cpu().numpy() for k, v in a.actor.state_dict().items()}, "norm": None, "version": 1}
+    )
     obs = np.random.default_rng(3).standard_normal((9, OBS)).astype(np.float32)
     assert not w.agent.actor.training
     np.testing.assert_array_equal(w.agent.act(obs), a.act(obs))
@@ -482,13 +523,20 @@ def test_training_the_wide_critic_on_a_cpu_says_what_it_costs(capsys):
     """The preset's 2048-2048 critic is a GPU's setting; a CPU run says so once, at its start, with
     the measured alternative. A 256-wide critic trains without the note."""
     import toy_env
-    from pydpg.trainer import TrainConfig, Trainer
+
+    from pydpg.train.config import TrainConfig
+    from pydpg.train.trainer import Trainer
 
     toy_env.register()
     for width, noted in ((1024, True), (256, False)):
         cfg = DDPGConfig.preset("crossq", hidden=(8,), critic_hidden=(width,), learning_starts=10)
-        tr = Trainer(cfg, TrainConfig(env_id=toy_env.ID, total_steps=3, eval_every=0, seed=0), verbose=True,
-                     tensorboard=False, progress=False)
+        tr = Trainer(
+            cfg,
+            TrainConfig(env_id=toy_env.ID, total_steps=3, eval_every=0, seed=0),
+            verbose=True,
+            tensorboard=False,
+            progress=False,
+        )
         try:
             tr.run()
         finally:

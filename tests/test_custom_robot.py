@@ -19,14 +19,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from policy_helpers import cmake_build, have_cmake
-from pydpg.agent import DDPG
-from pydpg.deploy import replay_trace, run_policy
-from pydpg.envs import initial_states
-from pydpg.export import export_policy, read_metadata
-from pydpg.observation import ObservationMismatch, verify
 from float_bounds import OBS_PARITY
+from policy_helpers import cmake_build, have_cmake
+
+from pydpg.common.envs import initial_states
+from pydpg.contract.observation import ObservationMismatch, verify
+from pydpg.core.agent import DDPGAgent
+from pydpg.deploy.export import export_policy
+from pydpg.deploy.loop import replay_trace, run_policy
+from pydpg.deploy.policy_file import read_metadata
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_robot"
 sys.path.insert(0, str(EXAMPLE))
@@ -38,7 +39,7 @@ def arm_policy(tmp_path_factory):
     env = gym.make("ArmReach-v0")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("arm") / "arm.pt"
-    export_policy(DDPG.from_dims(14, 2), path, env=env, observation_spec=arm_env.OBSERVATION_SPEC, verbose=False)
+    export_policy(DDPGAgent.from_dims(14, 2), path, env=env, observation_spec=arm_env.OBSERVATION_SPEC, verbose=False)
     env.close()
     return path
 
@@ -49,12 +50,18 @@ def test_spec_reproduces_the_env_and_travels_in_the_policy(arm_policy):
     meta = read_metadata(arm_policy)
     assert meta["observation"] == arm_env.OBSERVATION_SPEC
     assert meta["task"] == {"frame_skip": 4, "timestep": 0.01, "control_hz": 25.0, "max_episode_steps": 200}
-    wrong = {**arm_env.OBSERVATION_SPEC, "terms": [*arm_env.OBSERVATION_SPEC["terms"][:4],
-                                                    {"field": "sensordata", "names": "accel"},  # unscaled
-                                                    arm_env.OBSERVATION_SPEC["terms"][5]]}
+    wrong = {
+        **arm_env.OBSERVATION_SPEC,
+        "terms": [
+            *arm_env.OBSERVATION_SPEC["terms"][:4],
+            {"field": "sensordata", "names": "accel"},  # unscaled
+            arm_env.OBSERVATION_SPEC["terms"][5],
+        ],
+    }
     with pytest.raises(ObservationMismatch, match=r"term 'sensordata\(accel\)'"):
-        export_policy(DDPG.from_dims(14, 2), arm_policy.parent / "wrong.pt", env=env, observation_spec=wrong,
-                      verbose=False)
+        export_policy(
+            DDPGAgent.from_dims(14, 2), arm_policy.parent / "wrong.pt", env=env, observation_spec=wrong, verbose=False
+        )
     env.close()
 
 
@@ -72,13 +79,26 @@ def test_loop_trace_replays_through_the_env(arm_policy, tmp_path):
 @pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
 def test_cpp_example_builds_observations_from_mjdata(arm_policy, tmp_path):
     cmake_build(EXAMPLE, tmp_path / "build")
-    run = subprocess.run([str(tmp_path / "build" / "robot_loop"), str(arm_policy), str(EXAMPLE / "arm.xml"), "50"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    run = subprocess.run(
+        [str(tmp_path / "build" / "robot_loop"), str(arm_policy), str(EXAMPLE / "arm.xml"), "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     result = json.loads(run.stdout)
     assert result["steps"] == 50 and result["obs_dim"] == 14 and 0 <= result["final_distance"] < 1
-    bad = subprocess.run([str(tmp_path / "build" / "robot_loop"), str(arm_policy),
-                          str(Path(gym.make("Reacher-v5").unwrapped.fullpath)), "5"], capture_output=True, text=True,
-                         timeout=60)
+    bad = subprocess.run(
+        [
+            str(tmp_path / "build" / "robot_loop"),
+            str(arm_policy),
+            str(Path(gym.make("Reacher-v5").unwrapped.fullpath)),
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "no sensor named 'shoulder_pos'" in bad.stderr
 
 
@@ -106,11 +126,19 @@ def test_prev_action_input_through_export_loop_and_replay(tmp_path):
     if "ArmReachPrevAction-v0" not in gym.registry:
         gym.register(id="ArmReachPrevAction-v0", entry_point=ArmWithPrevAction, max_episode_steps=50)
     env = gym.make("ArmReachPrevAction-v0")
-    spec = {**arm_env.OBSERVATION_SPEC, "terms": [*arm_env.OBSERVATION_SPEC["terms"], {"input": "prev_action", "size": 2}]}
+    spec = {
+        **arm_env.OBSERVATION_SPEC,
+        "terms": [*arm_env.OBSERVATION_SPEC["terms"], {"input": "prev_action", "size": 2}],
+    }
     torch.manual_seed(1)
-    export_policy(DDPG.from_dims(16, 2), tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
-    out = run_policy(tmp_path / "p.pt", initial_states=initial_states(env, 2, seed=3), realtime=False, quiet=True,
-                     trace=tmp_path / "t.csv")
+    export_policy(DDPGAgent.from_dims(16, 2), tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
+    out = run_policy(
+        tmp_path / "p.pt",
+        initial_states=initial_states(env, 2, seed=3),
+        realtime=False,
+        quiet=True,
+        trace=tmp_path / "t.csv",
+    )
     replay = replay_trace(tmp_path / "t.csv", env)
     assert out["lengths"] == [50, 50] and all(r["max_obs_diff"] <= OBS_PARITY for r in replay), replay
     env.close()

@@ -1,4 +1,4 @@
-"""Distributed collection on Ray (pydpg.distributed): N worker actors, one learner.
+"""Distributed collection on Ray (pydpg.train.distributed): N worker actors, one learner.
 
 Everything here runs on a real local Ray with 2 CPUs (the `ray_local` fixture, one session for all
 tests); subprocess tests start their own."""
@@ -18,22 +18,39 @@ import numpy as np
 import pytest
 import torch
 
-from pydpg import presets  # noqa: E402
-from pydpg.trainer import Trainer, TrainConfig, read_metrics  # noqa: E402
+from pydpg.train.config import (
+    TrainConfig,
+    resolve,  # noqa: E402
+)
+from pydpg.train.run_log import read_metrics
+from pydpg.train.trainer import Trainer  # noqa: E402
 
 SMALL_AGENT = {"hidden": [16, 16], "batch_size": 16, "learning_starts": 100}
 
 
 def ray_trainer(tmp_path=None, *, env="InvertedPendulum-v5", steps=600, **train):
-    config, tc = presets.resolve(env, agent=SMALL_AGENT, train={
-        "total_steps": steps, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 0, "workers": 2,
-        "worker_timeout_s": 30.0, **train})
+    config, tc = resolve(
+        env,
+        agent=SMALL_AGENT,
+        train={
+            "total_steps": steps,
+            "eval_every": 300,
+            "eval_episodes": 2,
+            "checkpoint_every": 0,
+            "workers": 2,
+            "worker_timeout_s": 30.0,
+            **train,
+        },
+    )
     return Trainer(config, tc, out_dir=tmp_path, tensorboard=False)
 
 
 def test_workers_train_hold_the_replay_ratio_and_write_a_normal_run(ray_local, tmp_path):
-    config, tc = presets.resolve("InvertedPendulum-v5", agent={**SMALL_AGENT, "gradient_steps": 2}, train={
-        "total_steps": 600, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 0, "workers": 2})
+    config, tc = resolve(
+        "InvertedPendulum-v5",
+        agent={**SMALL_AGENT, "gradient_steps": 2},
+        train={"total_steps": 600, "eval_every": 300, "eval_episodes": 2, "checkpoint_every": 0, "workers": 2},
+    )
     t = Trainer(config, tc, out_dir=tmp_path / "run", tensorboard=False)
     try:
         summary = t.run()
@@ -48,15 +65,18 @@ def test_workers_train_hold_the_replay_ratio_and_write_a_normal_run(ray_local, t
     assert summary["collector"]["kind"] == "ray" and summary["collector"]["workers"] == 2
     assert summary["collector"]["worker_restarts"] == 0 and summary["collector"]["broadcasts"] >= 2
     assert summary["final_eval"] is not None
-    from pydpg.export import export_checkpoint
+    from pydpg.deploy.export import export_checkpoint
 
     result = export_checkpoint(tmp_path / "run", tmp_path / "p.pt", verbose=False)
     assert result.path.exists()
 
 
 def test_normalizer_folds_in_every_workers_observations(ray_local):
-    config, tc = presets.resolve("InvertedPendulum-v5", agent={**SMALL_AGENT, "obs_normalization": True}, train={
-        "total_steps": 300, "eval_every": 0, "checkpoint_every": 0, "workers": 2})
+    config, tc = resolve(
+        "InvertedPendulum-v5",
+        agent={**SMALL_AGENT, "obs_normalization": True},
+        train={"total_steps": 300, "eval_every": 0, "checkpoint_every": 0, "workers": 2},
+    )
     t = Trainer(config, tc, tensorboard=False)
     try:
         t.run()
@@ -70,22 +90,24 @@ def test_normalizer_folds_in_every_workers_observations(ray_local):
 def test_an_evaluation_before_learning_starts_sees_the_learners_normalizer(ray_local, tmp_path):
     # No update has run, so the actor never changed; the statistics did. The eval worker must act
     # with the learner's current ones, the ones best_model.pt stores with that evaluation.
-    config, tc = presets.resolve("Hopper-v5", agent={**SMALL_AGENT, "obs_normalization": True,
-                                                     "learning_starts": 10_000}, train={
-        "total_steps": 300, "eval_every": 150, "eval_episodes": 1, "checkpoint_every": 0, "workers": 2})
+    config, tc = resolve(
+        "Hopper-v5",
+        agent={**SMALL_AGENT, "obs_normalization": True, "learning_starts": 10_000},
+        train={"total_steps": 300, "eval_every": 150, "eval_episodes": 1, "checkpoint_every": 0, "workers": 2},
+    )
     t = Trainer(config, tc, out_dir=tmp_path / "run", tensorboard=False)
     try:
         t.run()
         assert t.n_grad == 0
-        from pydpg.envs import evaluate, make_env
-        from pydpg.run_state import make_policy
+        from pydpg.common.envs import evaluate, make_env
+        from pydpg.files.model import make_policy
 
         seed = tc.seed + tc.eval_seed_offset
         env = make_env("Hopper-v5")
         rows = read_metrics(tmp_path / "run" / "metrics.csv")
         assert len(rows) >= 2
         # The eval worker's computation, here: the same weights and statistics, the same seed, batch 1
-        # on one torch thread as a worker acts (pydpg.distributed._cpu_agent), the same CPU and
+        # on one torch thread as a worker acts (pydpg.train.distributed._cpu_agent), the same CPU and
         # libraries. metrics.csv holds the return as "%.6g": compare with that text's number.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -111,9 +133,13 @@ def test_a_run_is_a_function_of_its_seed_not_of_the_workers_speeds(ray_local):
             if slow is not None:  # one worker busy elsewhere for a while: it delivers late
                 t.collector.workers[slow].__ray_call__.remote(lambda self: time.sleep(2.0))
             t.run()
-            rows = [[r[k] for k in ("step", "eval_mean", "critic_loss", "q_mean", "train_return", "episodes")]
-                    for r in t.history]
-            runs.append((np.array(rows), np.concatenate([p.detach().numpy().ravel() for p in t.agent.actor.parameters()])))
+            rows = [
+                [r[k] for k in ("step", "eval_mean", "critic_loss", "q_mean", "train_return", "episodes")]
+                for r in t.history
+            ]
+            runs.append(
+                (np.array(rows), np.concatenate([p.detach().numpy().ravel() for p in t.agent.actor.parameters()]))
+            )
         finally:
             t.close()
     # The same computations on this machine: equal, not close. (With worker_order="arrival" the
@@ -136,8 +162,11 @@ def test_a_killed_worker_is_restarted_and_nothing_stored_is_lost(ray_local):
             try:
                 ray_local.get(t.collector.workers[0].ready.remote(), timeout=30)
                 break
-            except (ray_local.exceptions.ActorUnavailableError, ray_local.exceptions.RayActorError,
-                    ray_local.exceptions.GetTimeoutError):
+            except (
+                ray_local.exceptions.ActorUnavailableError,
+                ray_local.exceptions.RayActorError,
+                ray_local.exceptions.GetTimeoutError,
+            ):
                 assert time.monotonic() < deadline, "the killed worker did not come back"
                 time.sleep(0.5)
         summary = t.run()
@@ -183,8 +212,11 @@ def test_every_worker_gone_stops_the_run_clearly(ray_local):
 def test_an_env_the_workers_cannot_make_is_an_error_naming_it(ray_local):
     # Registered in this process only: the worker processes do not know it.
     if "DriverOnlyPendulum-v0" not in gym.registry:
-        gym.register("DriverOnlyPendulum-v0", entry_point="gymnasium.envs.mujoco.inverted_pendulum_v5:InvertedPendulumEnv",
-                     max_episode_steps=1000)
+        gym.register(
+            "DriverOnlyPendulum-v0",
+            entry_point="gymnasium.envs.mujoco.inverted_pendulum_v5:InvertedPendulumEnv",
+            max_episode_steps=1000,
+        )
     with pytest.raises(RuntimeError, match=r"worker \d cannot make env 'DriverOnlyPendulum-v0'"):
         ray_trainer(env="DriverOnlyPendulum-v0")
 
@@ -199,26 +231,42 @@ def test_bad_worker_settings():
         with pytest.raises(ValueError, match=r'worker_order must be "fixed" or "arrival"'):
             TrainConfig(worker_order=bad).validate()
     with pytest.raises(ValueError, match="env id"):
-        config, tc = presets.resolve("InvertedPendulum-v5", train={"workers": 1})
+        config, tc = resolve("InvertedPendulum-v5", train={"workers": 1})
         Trainer(config, tc, env=gym.make("InvertedPendulum-v5"))
 
 
 def _pydpg(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "pydpg", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "pydpg", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_bad_input(tmp_path):
     r = _pydpg("train", "InvertedPendulum-v5", "--workers", "0", "--out", str(tmp_path / "a"))
     assert r.returncode == 2 and "--workers" in r.stderr
     t0 = time.monotonic()
-    r = _pydpg("train", "InvertedPendulum-v5", "--workers", "1", "--ray-address", "127.0.0.1:9",
-               "--out", str(tmp_path / "b"), "--no-progress")
+    r = _pydpg(
+        "train",
+        "InvertedPendulum-v5",
+        "--workers",
+        "1",
+        "--ray-address",
+        "127.0.0.1:9",
+        "--out",
+        str(tmp_path / "b"),
+        "--no-progress",
+    )
     assert r.returncode != 0 and "no Ray cluster answers at 127.0.0.1:9" in r.stderr
     assert time.monotonic() - t0 < 60
     # Without the extra: a clear message naming it.
-    code = ("import sys; sys.modules['ray'] = None; from pydpg.cli import main; "
-            "sys.exit(main(['train', 'InvertedPendulum-v5', '--workers', '1', '--no-progress', '--out', sys.argv[1]]))")
+    code = (
+        "import sys; sys.modules['ray'] = None; from pydpg.cli import main; "
+        "sys.exit(main(['train', 'InvertedPendulum-v5', '--workers', '1', '--no-progress', '--out', sys.argv[1]]))"
+    )
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "pip install 'pydpg[ray]'" in r.stderr
 
@@ -270,8 +318,10 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 
 def test_a_local_ray_listens_on_loopback_only(tmp_path):
     """Ray has no authentication: a local run must open no port on another interface."""
-    code = ("import json, sys, time; from pathlib import Path; from pydpg import ray_session; "
-            "Path(sys.argv[1]).write_text('up') if ray_session.init(num_cpus=1) else None; time.sleep(20)")
+    code = (
+        "import json, sys, time; from pathlib import Path; from pydpg.train import ray_session; "
+        "Path(sys.argv[1]).write_text('up') if ray_session.init(num_cpus=1) else None; time.sleep(20)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "up")])
     try:
         deadline = time.monotonic() + 90
@@ -290,10 +340,35 @@ def test_a_local_ray_listens_on_loopback_only(tmp_path):
 def test_ctrl_c_stops_the_workers_and_leaves_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pydpg", "train", "InvertedPendulum-v5", "--workers", "1", "--steps", "100000",
-         "--eval-every", "200", "--eval-episodes", "1", "--checkpoint-every", "0", "--no-progress",
-         "--no-tensorboard", "--set", "hidden=[16,16]", "--set", "learning_starts=100", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pydpg",
+            "train",
+            "InvertedPendulum-v5",
+            "--workers",
+            "1",
+            "--steps",
+            "100000",
+            "--eval-every",
+            "200",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "0",
+            "--no-progress",
+            "--no-tensorboard",
+            "--set",
+            "hidden=[16,16]",
+            "--set",
+            "learning_starts=100",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # The Ctrl-C must come during training: a CI run with the 2 cores oversubscribed had not
         # started the Ray worker after 120 s (a Ctrl-C while starting is test_cli's case).
@@ -302,8 +377,9 @@ def test_ctrl_c_stops_the_workers_and_leaves_a_loadable_checkpoint(tmp_path):
             time.sleep(0.5)
         while time.monotonic() < deadline and len((out / "metrics.csv").read_text().splitlines()) < 2:
             time.sleep(0.5)
-        assert (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) >= 2, \
+        assert (out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) >= 2, (
             "no evaluation within 600 s"
+        )
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -324,7 +400,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_a_loadable_checkpoint(tmp_path):
 
 
 def test_worker_noise_spread():
-    from pydpg.distributed import worker_sigma_scale
+    from pydpg.train.distributed import worker_sigma_scale
 
     assert worker_sigma_scale(0, 1, 2.0) == 1.0
     assert [worker_sigma_scale(i, 4, 0.0) for i in range(4)] == [1.0] * 4
@@ -335,8 +411,9 @@ def test_worker_noise_spread():
 def test_python_api_takes_workers(ray_local):
     import pydpg
 
-    agent = pydpg.DDPG("InvertedPendulum-v5", workers=1, hidden=[16, 16], learning_starts=100, batch_size=16,
-                       eval_every=0)
+    agent = pydpg.DDPG(
+        "InvertedPendulum-v5", workers=1, hidden=[16, 16], learning_starts=100, batch_size=16, eval_every=0
+    )
     try:
         agent.learn(300)
         assert agent.trainer.collector.kind == "ray" and agent.trainer.step >= 300
@@ -344,3 +421,24 @@ def test_python_api_takes_workers(ray_local):
         assert action.shape == (1,)
     finally:
         agent.trainer.close()
+
+
+def test_both_collectors_implement_the_collector_protocol():
+    """The loop talks to a collector through pydpg.train.collect.Collector only, and a collector gets
+    its inputs explicitly: the Ray collector's constructor takes no Trainer."""
+    import inspect
+
+    from pydpg.train.collect import Collector, LocalCollector
+    from pydpg.train.distributed import RayCollector
+
+    methods = [n for n, v in vars(Collector).items() if callable(v) and not n.startswith("_")]
+    assert set(methods) == {"collect", "weights_changed", "state_dict", "load_state_dict", "stats", "close"}
+    for cls in (LocalCollector, RayCollector):
+        for name in methods:
+            want = inspect.signature(getattr(Collector, name)).parameters
+            got = inspect.signature(getattr(cls, name)).parameters
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in got.values())
+            missing = [p for p in want if p not in got and not (takes_any and want[p].kind is want[p].KEYWORD_ONLY)]
+            assert missing == [], f"{cls.__name__}.{name} lacks {missing}"
+        assert isinstance(cls.kind, str)
+    assert "trainer" not in inspect.signature(RayCollector.__init__).parameters

@@ -9,20 +9,30 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from pydpg.envs import (MUJOCO_TASKS, check_env_id, evaluate, get_env_state, is_capturable, make_env,
-                        make_vec_env, scale_action, set_env_state, unscale_action)
-from pydpg.normalizer import RunningNormalizer
-
 import toy_env  # noqa: F401  (registers the toy envs)
 from float_bounds import U32, U64, Enc, gamma, variance
+
+from pydpg.common.envs import (
+    MUJOCO_TASKS,
+    check_env_id,
+    evaluate,
+    get_env_state,
+    is_capturable,
+    make_env,
+    make_vec_env,
+    scale_action,
+    set_env_state,
+    unscale_action,
+)
+from pydpg.core.normalizer import RunningNormalizer
 
 torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------- ids and spaces
-@pytest.mark.parametrize("bad, expected", [("HalfCheeta-v5", "HalfCheetah-v5"), ("hopper", "Hopper-v5"),
-                                           ("Walker2d-v9", "Walker2d-v5")])
+@pytest.mark.parametrize(
+    "bad, expected", [("HalfCheeta-v5", "HalfCheetah-v5"), ("hopper", "Hopper-v5"), ("Walker2d-v9", "Walker2d-v5")]
+)
 def test_unknown_env_id_names_close_matches(bad, expected):
     with pytest.raises(ValueError, match=re.escape(repr(expected))) as e:
         check_env_id(bad)
@@ -215,9 +225,9 @@ def _prior_gap(data: np.ndarray, count0: float) -> tuple[np.ndarray, np.ndarray]
     """How far the exact merge of the (mean 0, var 1, count0) prior with the data is from the data's
     own mean and variance: |count0 (mu - 0)| / (N + count0) for the mean, and for the variance
     count0 (1 + (|mu| + |mu_merged|)^2 + v) / N + (mean gap)^2 (Chan's merge, written out)."""
-    n, mu, v = len(data), np.abs(data).max(0), (data ** 2).max(0)  # generous upper bounds on |mean|, var
+    n, mu, v = len(data), np.abs(data).max(0), (data**2).max(0)  # generous upper bounds on |mean|, var
     gap_mean = count0 * mu / n
-    return gap_mean, count0 * (1 + (2 * mu) ** 2 + v) / n + gap_mean ** 2
+    return gap_mean, count0 * (1 + (2 * mu) ** 2 + v) / n + gap_mean**2
 
 
 def test_normalizer_matches_numpy_statistics():
@@ -255,8 +265,9 @@ def test_normalizer_matches_numpy_statistics():
     mean_e, var_e = _chan_merges(chunks, 1e-4)
     v = data.var(0)
     off_mean = (U32 * np.abs(data).mean(0) + gap_mean + mean_e.bound + data_mean.bound + U32 * np.abs(m32)) / s32
-    off_std = 1.01 * ((gap_var + var_e.bound + data_var.bound + norm.eps) / (2 * v)
-                      + U32 * np.sqrt((data ** 2).mean(0) / v) + U32)
+    off_std = 1.01 * (
+        (gap_var + var_e.bound + data_var.bound + norm.eps) / (2 * v) + U32 * np.sqrt((data**2).mean(0) / v) + U32
+    )
     assert np.all(np.abs(y.mean(0)) <= y_mean.bound + off_mean)
     assert np.all(np.abs(y.std(0) - 1) <= y_std.bound + off_std)
 

@@ -13,26 +13,27 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from pydpg import export as export_module
-from pydpg.agent import DDPG
-from pydpg.config import DDPGConfig
-from pydpg.envs import scale_action
-from pydpg.export import (FORMAT_VERSION, ParityError, PolicyModule, export_main, export_policy, read_metadata,
-                          task_spec)
-from pydpg.normalizer import RunningNormalizer
-from pydpg.observation import ObservationMismatch
-from pydpg.observation import task_spec as observation_task_spec
-from pydpg.rounding import assert_within_rounding, rounding_bound, within
 from test_rounding import CASES as BUG_CASES
-from pydpg.trainer import make_policy
+
+from pydpg.cli.export import export_main
+from pydpg.common.envs import scale_action
+from pydpg.contract.observation import ObservationMismatch
+from pydpg.contract.observation import task_spec as observation_task_spec
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.config import DDPGConfig
+from pydpg.core.normalizer import RunningNormalizer
+from pydpg.deploy import export as export_module
+from pydpg.deploy.export import ParityError, export_policy, task_spec
+from pydpg.deploy.policy_file import FORMAT_VERSION, read_metadata
+from pydpg.deploy.rounding import assert_within_rounding, rounding_bound, within
+from pydpg.files.model import make_policy
 
 torch.set_num_threads(1)
 
 
 def jit_load(path):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, see pydpg.export
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, see pydpg.deploy.export
         return torch.jit.load(str(path))
 
 
@@ -45,7 +46,7 @@ def cheetah():
 
 def trained_like(obs_dim, act_dim, seed=0):
     torch.manual_seed(seed)
-    agent = DDPG.from_dims(obs_dim, act_dim)
+    agent = DDPGAgent.from_dims(obs_dim, act_dim)
     norm = RunningNormalizer(obs_dim)
     norm.update(np.random.default_rng(seed).standard_normal((256, obs_dim)) * 3 + 1)
     return agent, norm
@@ -85,7 +86,7 @@ def test_export_matches_training_policy_and_carries_metadata(tmp_path, cheetah, 
 
 def test_action_scaling_to_asymmetric_bounds(tmp_path):
     torch.manual_seed(0)
-    agent = DDPG.from_dims(3, 2)
+    agent = DDPGAgent.from_dims(3, 2)
     low, high = np.array([-2.0, 0.0]), np.array([4.0, 0.5])
     export_policy(agent, tmp_path / "p.pt", action_low=low, action_high=high, verbose=False)
     module = jit_load(tmp_path / "p.pt")
@@ -106,18 +107,20 @@ def test_statistics_as_plain_values_and_actions_far_from_zero(tmp_path):
     and bounds far from zero pass the parity check: a float32 file resolves actions near 300 only
     to 3e-5, which a fixed atol of 1e-5 would refuse."""
     torch.manual_seed(0)
-    agent = DDPG.from_dims(5, 2)
+    agent = DDPGAgent.from_dims(5, 2)
     rng = np.random.default_rng(0)
     norm = {"mean": rng.normal(0, 3, 5), "var": np.exp(rng.normal(0, 2, 5)), "eps": 0.0, "clip": 0.0}
-    res = export_policy(agent, tmp_path / "p.pt", action_low=[250.0, -0.01], action_high=[300.0, 0.01],
-                        normalizer=norm, verbose=False)
+    res = export_policy(
+        agent, tmp_path / "p.pt", action_low=[250.0, -0.01], action_high=[300.0, 0.01], normalizer=norm, verbose=False
+    )
     assert res.max_abs_diff <= res.tolerance
     assert res.tolerance >= float(np.spacing(np.float32(300.0))) / 2  # the file's output rounding
     obs = (norm["mean"] + np.sqrt(norm["var"]) * rng.normal(0, 2, (64, 5))).astype(np.float32)
     with torch.no_grad():
         got = jit_load(tmp_path / "p.pt")(torch.from_numpy(obs)).numpy()
         x = (torch.from_numpy(obs) - torch.from_numpy(norm["mean"]).float()) / torch.sqrt(
-            torch.from_numpy(norm["var"])).float()
+            torch.from_numpy(norm["var"])
+        ).float()
         u = agent.actor(x).double().numpy()
     want = np.array([250.0, -0.01]) + (u + 1) * 0.5 * np.array([50.0, 0.02])
     # Another batch (64 rows, eager) than the file's: equal up to the rounding of both evaluations.
@@ -128,7 +131,7 @@ def test_statistics_as_plain_values_and_actions_far_from_zero(tmp_path):
 
 def test_failed_parity_check_fails_export_and_writes_nothing(tmp_path):
     torch.manual_seed(0)
-    agent = DDPG.from_dims(4, 1)
+    agent = DDPGAgent.from_dims(4, 1)
 
     class LyingNormalizer:  # its statistics say identity, but training normalized differently
         mean, var, eps, clip = np.zeros(4), np.ones(4), 0.0, 0.0
@@ -150,7 +153,7 @@ def hopper_crossq_1m():
     renormalized, pre-activations near 5e4 on the check's observations, so float32 rounding moves its
     actions by ~5e-4. `pydpg export` of this run once failed the old check at 6.3e-5 > 1e-5."""
     conf = DDPGConfig(**{**DDPGConfig.presets()["crossq"], "critic_hidden": (256, 256)})
-    agent = DDPG.from_dims(11, 3, conf)
+    agent = DDPGAgent.from_dims(11, 3, conf)
     agent.actor.load_state_dict(torch.load(HOPPER_1M, weights_only=True))
     return agent
 
@@ -173,13 +176,14 @@ def test_a_long_trained_actor_exports_whatever_order_the_file_sums_in(tmp_path, 
     """The 1M-step CrossQ actor amplifies float32 rounding a thousandfold. Its file's actions replaced
     by float32 evaluations in other summation orders (split-K as some BLAS kernels do, and numpy's
     sequential, reversed and largest-first sums): every one passes, because the check allows what
-    rounding can do in *any* order (pydpg.rounding), not what one order did on the machine that wrote
+    rounding can do in *any* order (pydpg.deploy.rounding), not what one order did on the machine that wrote
     the test. Nothing below depends on a number measured here."""
     from test_rounding import _eager_twin, numpy_float32
 
     agent = hopper_crossq_1m()
     real_writer = export_module._write_torchscript
     for order in ("split_k", "sequential", "reversed", "largest_first"):
+
         def writer(module, tmp, meta, xml, obs, order=order):
             real_writer(module, tmp, meta, xml, obs)
             if order == "split_k":
@@ -201,8 +205,11 @@ def test_export_refuses_a_file_that_computes_something_else(tmp_path, monkeypatc
     wrote) fails export's check on the trained actors and a random normalized one; nothing is written."""
     import test_rounding as tr
 
-    agent = {"pendulum_30k": tr.pendulum_agent, "hopper_1m": tr.hopper_agent,
-             "random_normalized": tr.random_normalized_agent}[which]()
+    agent = {
+        "pendulum_30k": tr.pendulum_agent,
+        "hopper_1m": tr.hopper_agent,
+        "random_normalized": tr.random_normalized_agent,
+    }[which]()
     norm = tr.random_norm() if which == "random_normalized" else None
     real_writer = export_module._write_torchscript
 
@@ -223,8 +230,14 @@ def test_export_refuses_a_file_that_computes_something_else(tmp_path, monkeypatc
     monkeypatch.setattr(export_module, "_write_torchscript", writer)
     act_dim = agent.actor.net[-1].out_features
     with pytest.raises(ParityError, match="parity check FAILED.*float32 rounding bound"):
-        export_policy(agent, tmp_path / "p.pt", action_low=[-1.0] * act_dim, action_high=[1.0] * act_dim,
-                      normalizer=norm, verbose=False)
+        export_policy(
+            agent,
+            tmp_path / "p.pt",
+            action_low=[-1.0] * act_dim,
+            action_high=[1.0] * act_dim,
+            normalizer=norm,
+            verbose=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -250,14 +263,20 @@ def test_export_refuses_a_file_off_by_less_than_float32_rounding(tmp_path, monke
     monkeypatch.setattr(export_module, "_write_torchscript", writer)
     act_dim = agent.actor.net[-1].out_features
     with pytest.raises(ParityError, match="computes another function than the actor: evaluated in float64"):
-        export_policy(agent, tmp_path / "p.pt", action_low=[-1.0] * act_dim, action_high=[1.0] * act_dim,
-                      normalizer=norm, verbose=False)
+        export_policy(
+            agent,
+            tmp_path / "p.pt",
+            action_low=[-1.0] * act_dim,
+            action_high=[1.0] * act_dim,
+            normalizer=norm,
+            verbose=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_parity_record_and_message(tmp_path, capsys):
     torch.manual_seed(0)
-    agent = DDPG.from_dims(4, 1)
+    agent = DDPGAgent.from_dims(4, 1)
     res = export_policy(agent, tmp_path / "p.pt", action_low=[-1], action_high=[1])
     out = capsys.readouterr().out
     assert "every action within its float32 rounding bound" in out and "np.float64" not in out
@@ -275,7 +294,7 @@ def test_parity_record_and_message(tmp_path, capsys):
 
 def test_deprecation_warning_stays_inside_export(tmp_path):
     torch.manual_seed(0)
-    agent = DDPG.from_dims(4, 1)
+    agent = DDPGAgent.from_dims(4, 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         export_policy(agent, tmp_path / "p.pt", action_low=[-1], action_high=[1], verbose=False)
@@ -287,19 +306,28 @@ def test_deprecation_warning_stays_inside_export(tmp_path):
 def test_export_from_trainer_like_object(tmp_path):
     agent, norm = trained_like(4, 1)
     env = gym.make("InvertedPendulum-v5")
-    trainer = types.SimpleNamespace(agent=agent, normalizer=norm, low=env.action_space.low, high=env.action_space.high,
-                                    step=777, history=[{"step": 700, "eval_mean": 12.5}], env_name="InvertedPendulum-v5",
-                                    eval_env=env)
+    trainer = types.SimpleNamespace(
+        agent=agent,
+        normalizer=norm,
+        low=env.action_space.low,
+        high=env.action_space.high,
+        step=777,
+        history=[{"step": 700, "eval_mean": 12.5}],
+        env_name="InvertedPendulum-v5",
+        eval_env=env,
+    )
     export_policy(trainer, tmp_path / "p.pt", verbose=False)
     meta = read_metadata(tmp_path / "p.pt")
     assert (meta["training_steps"], meta["eval_return"], meta["env_id"]) == (777, 12.5, "InvertedPendulum-v5")
     assert meta["policy_step"] == 777  # without TD7's policy checkpoints the policy is the run's latest
     # Step counts are whole numbers >= 0, and a policy cannot come from after the run's last step.
-    for kw, what in (({"policy_step": -5}, "policy_step must be a whole number"),
-                     ({"policy_step": 1.5}, "policy_step must be a whole number"),
-                     ({"training_steps": "10"}, "training_steps must be a whole number"),
-                     ({"training_steps": True}, "training_steps must be a whole number"),
-                     ({"policy_step": 800}, "policy_step 800 is after the run's training_steps 777")):
+    for kw, what in (
+        ({"policy_step": -5}, "policy_step must be a whole number"),
+        ({"policy_step": 1.5}, "policy_step must be a whole number"),
+        ({"training_steps": "10"}, "training_steps must be a whole number"),
+        ({"training_steps": True}, "training_steps must be a whole number"),
+        ({"policy_step": 800}, "policy_step 800 is after the run's training_steps 777"),
+    ):
         with pytest.raises(ValueError, match=what):
             export_policy(trainer, tmp_path / "bad.pt", verbose=False, **kw)
     assert not (tmp_path / "bad.pt").exists()
@@ -307,20 +335,32 @@ def test_export_from_trainer_like_object(tmp_path):
     assert read_metadata(tmp_path / "q.pt")["policy_step"] == 700
     assert meta["normalization"] is not None and meta["task"] is not None
     assert meta["observation"]["terms"] == [{"field": "qpos"}, {"field": "qvel"}]
-    assert meta["observation"]["termination"][-1] == {"field": "qpos", "start": 1, "stop": 2, "min": -0.2, "max": 0.2,
-                                                      "strict": False}
+    assert meta["observation"]["termination"][-1] == {
+        "field": "qpos",
+        "start": 1,
+        "stop": 2,
+        "min": -0.2,
+        "max": 0.2,
+        "strict": False,
+    }
     env.close()
 
 
 def test_cli_export_from_model_file(tmp_path, capsys):
-    from pydpg.checkpoint import write_model
-    from pydpg.config import DDPGConfig
+    from pydpg.core.config import DDPGConfig
+    from pydpg.files.checkpoint import write_model
 
     agent, norm = trained_like(4, 1)
-    model = {"config": DDPGConfig().to_dict(), "run": {"env_id": "InvertedPendulum-v5", "env_kwargs": {}},
-             "obs_dim": 4, "act_dim": 1, "action_low": torch.tensor([-3.0], dtype=torch.float64),
-             "action_high": torch.tensor([3.0], dtype=torch.float64), "agent": agent.state_dict(),
-             "normalizer": norm.to_dict()}
+    model = {
+        "config": DDPGConfig().to_dict(),
+        "run": {"env_id": "InvertedPendulum-v5", "env_kwargs": {}},
+        "obs_dim": 4,
+        "act_dim": 1,
+        "action_low": torch.tensor([-3.0], dtype=torch.float64),
+        "action_high": torch.tensor([3.0], dtype=torch.float64),
+        "agent": agent.state_dict(),
+        "normalizer": norm.to_dict(),
+    }
     write_model(tmp_path / "model.pt", model)
     assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "policy.pt")]) == 0
     assert "parity check passed" in capsys.readouterr().out
@@ -328,19 +368,51 @@ def test_cli_export_from_model_file(tmp_path, capsys):
     assert meta["env_id"] == "InvertedPendulum-v5" and meta["action_high"] == [3.0]
     assert meta["normalization"]["mean"] == norm.mean.double().tolist()  # through JSON unchanged
     # A user's spec from a run config's [observation] table: checked, stored; a wrong one refused.
-    (tmp_path / "run.toml").write_text('[agent]\nhidden = [64, 64]\n\n[observation]\nversion = 1\n'
-                                       '[[observation.terms]]\nfield = "qpos"\nnames = ["slider", "hinge"]\n'
-                                       '[[observation.terms]]\nfield = "qvel"\n')
-    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "p2.pt"), "--observation-spec",
-                        str(tmp_path / "run.toml")]) == 0
+    (tmp_path / "run.toml").write_text(
+        "[agent]\nhidden = [64, 64]\n\n[observation]\nversion = 1\n"
+        '[[observation.terms]]\nfield = "qpos"\nnames = ["slider", "hinge"]\n'
+        '[[observation.terms]]\nfield = "qvel"\n'
+    )
+    assert (
+        export_main(
+            [
+                str(tmp_path / "model.pt"),
+                "-o",
+                str(tmp_path / "p2.pt"),
+                "--observation-spec",
+                str(tmp_path / "run.toml"),
+            ]
+        )
+        == 0
+    )
     assert read_metadata(tmp_path / "p2.pt")["observation"]["terms"][0]["names"] == ["slider", "hinge"]
     (tmp_path / "wrong.json").write_text('[{"field": "qvel"}, {"field": "qpos"}]')
-    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "p3.pt"), "--observation-spec",
-                        str(tmp_path / "wrong.json")]) == 2
+    assert (
+        export_main(
+            [
+                str(tmp_path / "model.pt"),
+                "-o",
+                str(tmp_path / "p3.pt"),
+                "--observation-spec",
+                str(tmp_path / "wrong.json"),
+            ]
+        )
+        == 2
+    )
     assert "term 'qvel', entry 0" in capsys.readouterr().err and not (tmp_path / "p3.pt").exists()
     (tmp_path / "none.toml").write_text("[agent]\n")
-    assert export_main([str(tmp_path / "model.pt"), "-o", str(tmp_path / "p4.pt"), "--observation-spec",
-                        str(tmp_path / "none.toml")]) == 2
+    assert (
+        export_main(
+            [
+                str(tmp_path / "model.pt"),
+                "-o",
+                str(tmp_path / "p4.pt"),
+                "--observation-spec",
+                str(tmp_path / "none.toml"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_cli_export_bad_input(tmp_path, capsys):
@@ -358,8 +430,12 @@ def test_task_spec_is_timing_only(env_id):
     health or reset code (termination is in the observation spec; returns come from the replay)."""
     env = gym.make(env_id)
     u = env.unwrapped
-    assert task_spec(env) == {"frame_skip": u.frame_skip, "timestep": u.model.opt.timestep,
-                              "control_hz": pytest.approx(1 / u.dt), "max_episode_steps": env.spec.max_episode_steps}
+    assert task_spec(env) == {
+        "frame_skip": u.frame_skip,
+        "timestep": u.model.opt.timestep,
+        "control_hz": pytest.approx(1 / u.dt),
+        "max_episode_steps": env.spec.max_episode_steps,
+    }
     env.close()
     assert task_spec(gym.make("CartPole-v1")) is None
 
@@ -393,9 +469,17 @@ def test_pt2_export_parity(tmp_path):
 def test_export_from_trainer_with_vector_env(tmp_path):
     """A Trainer without an eval env holds only its vector env; the task is described from its spec."""
     vec = gym.vector.SyncVectorEnv([lambda: gym.make("InvertedPendulum-v5")])
-    trainer = types.SimpleNamespace(agent=DDPG.from_dims(4, 1), normalizer=None, low=vec.single_action_space.low,
-                                    high=vec.single_action_space.high, step=3, history=[], env_name=None,
-                                    eval_env=None, vec=vec)
+    trainer = types.SimpleNamespace(
+        agent=DDPGAgent.from_dims(4, 1),
+        normalizer=None,
+        low=vec.single_action_space.low,
+        high=vec.single_action_space.high,
+        step=3,
+        history=[],
+        env_name=None,
+        eval_env=None,
+        vec=vec,
+    )
     export_policy(trainer, tmp_path / "p.pt", verbose=False)
     meta = read_metadata(tmp_path / "p.pt")
     assert meta["env_id"] == "InvertedPendulum-v5" and meta["task"] is not None
@@ -407,10 +491,15 @@ def test_observation_spec_is_verified_at_export(tmp_path):
     """A user's spec is checked against the env's own observations: a wrong one is refused naming
     the first wrong term, and nothing is written; a right one travels in the metadata."""
     env = gym.make("InvertedPendulum-v5")
-    agent = DDPG.from_dims(4, 1)
+    agent = DDPGAgent.from_dims(4, 1)
     with pytest.raises(ObservationMismatch, match=r"term 'qvel', entry 0"):
-        export_policy(agent, tmp_path / "p.pt", env=env, observation_spec=[{"field": "qpos"}, {"field": "qvel", "scale": 2.0}],
-                      verbose=False)
+        export_policy(
+            agent,
+            tmp_path / "p.pt",
+            env=env,
+            observation_spec=[{"field": "qpos"}, {"field": "qvel", "scale": 2.0}],
+            verbose=False,
+        )
     assert not (tmp_path / "p.pt").exists()
     spec = [{"field": "qpos", "names": ["slider", "hinge"]}, {"field": "qvel"}]
     export_policy(agent, tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
@@ -422,7 +511,7 @@ def test_preset_spec_that_does_not_fit_the_env_kwargs_is_left_out(tmp_path, caps
     """HalfCheetah made with exclude_current_positions_from_observation=False observes 18 values: the
     preset's 17-value spec does not fit, so the policy is written without it, and the note says why."""
     env = gym.make("HalfCheetah-v5", exclude_current_positions_from_observation=False)
-    export_policy(DDPG.from_dims(18, 6), tmp_path / "p.pt", env=env)
+    export_policy(DDPGAgent.from_dims(18, 6), tmp_path / "p.pt", env=env)
     meta = read_metadata(tmp_path / "p.pt")
     assert meta["observation"] is None and meta["task"]["frame_skip"] == 5  # timing stays: it is the env's
     assert "observation spec left out" in capsys.readouterr().err
@@ -434,7 +523,7 @@ def test_preset_termination_that_does_not_fit_the_env_kwargs_is_left_out(tmp_pat
     conditions would end episodes the env does not, so the spec is left out and the note names the
     first condition that disagreed."""
     env = gym.make("Hopper-v5", terminate_when_unhealthy=False)
-    export_policy(DDPG.from_dims(11, 3), tmp_path / "p.pt", env=env)
+    export_policy(DDPGAgent.from_dims(11, 3), tmp_path / "p.pt", env=env)
     assert read_metadata(tmp_path / "p.pt")["observation"] is None
     err = capsys.readouterr().err
     assert "observation spec left out" in err and "fails but the env did not terminate" in err
@@ -442,11 +531,11 @@ def test_preset_termination_that_does_not_fit_the_env_kwargs_is_left_out(tmp_pat
 
 
 def test_infinite_clip_bounds_survive_into_the_loop(tmp_path):
-    from pydpg.deploy import run_policy
+    from pydpg.deploy.loop import run_policy
 
     env = gym.make("InvertedPendulum-v5")
     spec = [{"field": "qpos", "clip": [float("-inf"), float("inf")]}, {"field": "qvel", "clip": [-1e9, float("inf")]}]
-    export_policy(DDPG.from_dims(4, 1), tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
+    export_policy(DDPGAgent.from_dims(4, 1), tmp_path / "p.pt", env=env, observation_spec=spec, verbose=False)
     out = run_policy(tmp_path / "p.pt", realtime=False, quiet=True, max_steps=10)
     assert out["steps"] >= 1
     env.close()

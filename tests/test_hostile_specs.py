@@ -12,13 +12,19 @@ import gymnasium as gym
 import pytest
 
 from pydpg import _core
-from pydpg.observation import ObservationError, as_spec
+from pydpg.contract.observation import ObservationError, as_spec
 
 Q = '{"field": "qpos"}'
 
 
 def spec(terms: str = Q, termination: str = "") -> str:
-    return '{"version": 1, "terms": [' + terms + "]" + (', "termination": [' + termination + "]" if termination else "") + "}"
+    return (
+        '{"version": 1, "terms": ['
+        + terms
+        + "]"
+        + (', "termination": [' + termination + "]" if termination else "")
+        + "}"
+    )
 
 
 def cond(**kv) -> str:
@@ -39,8 +45,10 @@ BAD = {
     "offset -inf": (spec('{"field": "qpos", "offset": -Infinity}'), r"offset must be finite"),
     "offset NaN": (spec('{"field": "qpos", "offset": NaN}'), r"offset is NaN"),
     "name with NUL": (spec('{"field": "qpos", "names": "thigh_joint\\u0000junk"}'), r"NUL character"),
-    "termination name with NUL": (spec(termination=json.dumps({"field": "qpos", "names": "thigh_joint\u0000x",
-                                                               "min": -1})), r"NUL character"),
+    "termination name with NUL": (
+        spec(termination=json.dumps({"field": "qpos", "names": "thigh_joint\u0000x", "min": -1})),
+        r"NUL character",
+    ),
     "no version": ('{"terms": [' + Q + "]}", r"no 'version'"),
 }
 # Infinities on the side where they mean "no bound" stay accepted (pydpg 0.2 files hold them).
@@ -87,29 +95,30 @@ def test_both_accept_an_infinity_that_means_no_bound(case, model):
 
 def test_toml_config_with_an_infinite_scale_is_refused(tmp_path):
     """A run config's [observation] table (TOML has inf): refused before training starts."""
-    from pydpg import presets
+    from pydpg.train.config import resolve
 
-    (tmp_path / "run.toml").write_text("[observation]\nversion = 1\n[[observation.terms]]\nfield = \"qpos\"\n"
-                                       "scale = inf\n")
+    (tmp_path / "run.toml").write_text(
+        '[observation]\nversion = 1\n[[observation.terms]]\nfield = "qpos"\nscale = inf\n'
+    )
     with pytest.raises(ValueError, match=r"scale must be finite"):
-        presets.resolve("Hopper-v5", config_file=str(tmp_path / "run.toml"))
+        resolve("Hopper-v5", config_file=str(tmp_path / "run.toml"))
 
 
 def test_a_policy_whose_termination_bound_is_nan_does_not_run(tmp_path):
     """The metadata of a policy file (the loop's input) with "max": NaN, as json.dumps writes it:
     `pydpg run` stops with the entry named instead of running with one bound removed."""
     import torch
-
-    from pydpg.agent import DDPG
-    from pydpg.deploy import ControlLoopError, run_policy
-    from pydpg.export import export_policy
-    from pydpg.policy_file import METADATA_FILE, load_torchscript, read_metadata
     from policy_helpers import write_raw_policy
+
+    from pydpg.core.agent import DDPGAgent
+    from pydpg.deploy.export import export_policy
+    from pydpg.deploy.loop import ControlLoopError, run_policy
+    from pydpg.deploy.policy_file import METADATA_FILE, load_torchscript, read_metadata
 
     torch.manual_seed(0)
     env = gym.make("Hopper-v5")
     good = tmp_path / "good.pt"
-    export_policy(DDPG.from_dims(11, 3), good, env=env, verbose=False)
+    export_policy(DDPGAgent.from_dims(11, 3), good, env=env, verbose=False)
     meta = read_metadata(good)
     meta["observation"]["termination"][1]["max"] = float("nan")
     bad = tmp_path / "bad.pt"

@@ -1,4 +1,4 @@
-"""The C++ update (csrc/mlp_update.*, pydpg.mlp_update) against the autograd update it replaces.
+"""The C++ update (csrc/mlp_update.*, pydpg.core.mlp_update) against the autograd update it replaces.
 
 The autograd path is the reference that test_theory.py pins to the equations and
 test_peer_parity.py pins to SB3. Here the C++ path must produce the same gradients (its hand-written
@@ -25,24 +25,28 @@ import pickle
 
 import pytest
 import torch
+import update_bounds as ub
 from torch import nn
 
-import update_bounds as ub
 from pydpg import _core
-from pydpg.agent import DDPG
-from pydpg.batch import Batch
-from pydpg.config import DDPGConfig
-from pydpg.mlp_update import MlpUpdater, why_not
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.batch import Batch
+from pydpg.core.config import DDPGConfig
+from pydpg.core.mlp_update import MlpUpdater, why_not
 
 OBS, ACT = 11, 3
 
 
 def _batch(g: torch.Generator, n: int = 64, weights: bool = False) -> Batch:
-    return Batch(obs=torch.randn(n, OBS, generator=g), action=torch.rand(n, ACT, generator=g) * 2 - 1,
-                 reward=torch.randn(n, 1, generator=g), next_obs=torch.randn(n, OBS, generator=g),
-                 done=(torch.rand(n, 1, generator=g) < 0.2).float(),
-                 discount=torch.full((n, 1), 0.99),
-                 weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None)
+    return Batch(
+        obs=torch.randn(n, OBS, generator=g),
+        action=torch.rand(n, ACT, generator=g) * 2 - 1,
+        reward=torch.randn(n, 1, generator=g),
+        next_obs=torch.randn(n, OBS, generator=g),
+        done=(torch.rand(n, 1, generator=g) < 0.2).float(),
+        discount=torch.full((n, 1), 0.99),
+        weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None,
+    )
 
 
 def _pair(**cfg):
@@ -50,7 +54,7 @@ def _pair(**cfg):
     (which create the optimizers' state on the autograd path)."""
     ub.assert_float32_arithmetic()
     torch.manual_seed(0)
-    agent = DDPG.from_dims(OBS, ACT, DDPGConfig(update_backend="cpp", **cfg))
+    agent = DDPGAgent.from_dims(OBS, ACT, DDPGConfig(update_backend="cpp", **cfg))
     g = torch.Generator().manual_seed(1)
     for _ in range(2):
         agent.update(_batch(g))
@@ -59,12 +63,16 @@ def _pair(**cfg):
     return agent, ref, g
 
 
-def _tensors(a: DDPG) -> list[torch.Tensor]:
-    return [*a.actor.parameters(), *a.critics.parameters(), *a.actor_target.parameters(),
-            *a.critic_targets.parameters()]
+def _tensors(a: DDPGAgent) -> list[torch.Tensor]:
+    return [
+        *a.actor.parameters(),
+        *a.critics.parameters(),
+        *a.actor_target.parameters(),
+        *a.critic_targets.parameters(),
+    ]
 
 
-def _opt_state(a: DDPG) -> list[torch.Tensor]:
+def _opt_state(a: DDPGAgent) -> list[torch.Tensor]:
     return [v for o in (a.actor_opt, a.critic_opt) for s in o.state.values() for v in s.values()]
 
 
@@ -72,7 +80,7 @@ def _moments(opt: torch.optim.Adam, key: str) -> list[torch.Tensor]:
     return [opt.state[p][key] for p in opt.param_groups[0]["params"]]
 
 
-def _sync(src: DDPG, dst: DDPG) -> None:
+def _sync(src: DDPGAgent, dst: DDPGAgent) -> None:
     """dst's parameters, targets and Adam moments <- src's, in place (dst keeps its own tensors). The
     step counters and the noise generator are not copied: they must already agree."""
     with torch.no_grad():
@@ -88,21 +96,28 @@ def _sync(src: DDPG, dst: DDPG) -> None:
     assert torch.equal(src.generator.get_state(), dst.generator.get_state())  # RNG state: the same noise to be drawn
 
 
-def _results(a: DDPG, out: dict, bound: dict) -> dict:
+def _results(a: DDPGAgent, out: dict, bound: dict) -> dict:
     """What one update produced, under update_bounds' names."""
-    got = {"critic_grads": [p.grad for p in a.critics.parameters()], "critics": list(a.critics.parameters()),
-           "critic_exp_avg": _moments(a.critic_opt, "exp_avg"),
-           "critic_exp_avg_sq": _moments(a.critic_opt, "exp_avg_sq"),
-           "critic_loss": out["critic_loss"], "q_mean": out["q_mean"], "td_errors": out["td_errors"],
-           "actor": list(a.actor.parameters()), "actor_exp_avg": _moments(a.actor_opt, "exp_avg"),
-           "actor_exp_avg_sq": _moments(a.actor_opt, "exp_avg_sq"),
-           "actor_target": list(a.actor_target.parameters()), "critic_targets": list(a.critic_targets.parameters())}
+    got = {
+        "critic_grads": [p.grad for p in a.critics.parameters()],
+        "critics": list(a.critics.parameters()),
+        "critic_exp_avg": _moments(a.critic_opt, "exp_avg"),
+        "critic_exp_avg_sq": _moments(a.critic_opt, "exp_avg_sq"),
+        "critic_loss": out["critic_loss"],
+        "q_mean": out["q_mean"],
+        "td_errors": out["td_errors"],
+        "actor": list(a.actor.parameters()),
+        "actor_exp_avg": _moments(a.actor_opt, "exp_avg"),
+        "actor_exp_avg_sq": _moments(a.actor_opt, "exp_avg_sq"),
+        "actor_target": list(a.actor_target.parameters()),
+        "critic_targets": list(a.critic_targets.parameters()),
+    }
     if "actor_grads" in bound:  # the actor stepped
         got.update(actor_grads=[p.grad for p in a.actor.parameters()], actor_loss=out["actor_loss"])
     return got
 
 
-def _step(agent: DDPG, ref: DDPG, b: Batch) -> tuple[dict, dict, dict]:
+def _step(agent: DDPGAgent, ref: DDPGAgent, b: Batch) -> tuple[dict, dict, dict]:
     """One update of both agents from the same state (ref <- agent first): every result of each within
     the rounding bound of the centre (update_bounds), so the two within twice the bound of each other."""
     _sync(agent, ref)
@@ -183,9 +198,11 @@ def test_bound_holds_for_another_row_order(name):
         bound = ub.update_bound(ub.State.of_agent(agent), b, noise)
         out = agent.update(b)
         flipped = Batch(*(None if t is None else t.flip(0) for t in b))
+
         def flipped_noise(batch, real=ref.target_noise):
             drawn = real(batch)  # drawn as usual (the generator advances), then paired with the same rows
             return None if drawn is None else noise.flip(0)
+
         ref.target_noise = flipped_noise
         want = ref.update(flipped)
         want["td_errors"] = want["td_errors"].flip(0)
@@ -202,7 +219,7 @@ class _StraightThroughReLU(nn.Module):
         return x + (torch.relu(x) - x).detach()
 
 
-def _plant(ref: DDPG, bug: str, b: Batch) -> Batch:
+def _plant(ref: DDPGAgent, bug: str, b: Batch) -> Batch:
     """Make the autograd agent compute its update with one term of the gradient dropped."""
     if bug == "relu_mask":
         for net in (ref.actor.net, *(c.net for c in ref.critics)):
@@ -215,15 +232,21 @@ def _plant(ref: DDPG, bug: str, b: Batch) -> Batch:
     elif bug == "importance_weights":
         return b._replace(weights=None)
     elif bug == "square_factor":  # mean w (Q - y)^2 / 2: its gradient w (Q - y) / B, the 2 dropped
+
         def halved(batch, noise=None):
-            loss, info = DDPG.critic_loss(ref, batch, noise)
+            loss, info = DDPGAgent.critic_loss(ref, batch, noise)
             return loss / 2, info
+
         ref.critic_loss = halved
     return b
 
 
-BUGS = {"relu_mask": ("critic_grads", "actor_grads"), "tanh_derivative": ("actor_grads",),
-        "importance_weights": ("critic_grads",), "square_factor": ("critic_grads",)}
+BUGS = {
+    "relu_mask": ("critic_grads", "actor_grads"),
+    "tanh_derivative": ("actor_grads",),
+    "importance_weights": ("critic_grads",),
+    "square_factor": ("critic_grads",),
+}
 
 
 # "paper" is left out for the tanh derivative: its near-zero last layer (final_init 3e-3) keeps
@@ -246,10 +269,14 @@ def test_bound_sees_a_dropped_gradient_term(bug, name):
     out = agent.update(b)
     ub.check(_results(agent, out, bound), bound, "C++ update: ")
     ref.update(_plant(ref, bug, b))
-    got = {"critic_grads": [p.grad for p in ref.critics.parameters()],
-           "actor_grads": [p.grad for p in ref.actor.parameters()]}
-    want = {"critic_grads": [p.grad for p in agent.critics.parameters()],
-            "actor_grads": [p.grad for p in agent.actor.parameters()]}
+    got = {
+        "critic_grads": [p.grad for p in ref.critics.parameters()],
+        "actor_grads": [p.grad for p in ref.actor.parameters()],
+    }
+    want = {
+        "critic_grads": [p.grad for p in agent.critics.parameters()],
+        "actor_grads": [p.grad for p in agent.actor.parameters()],
+    }
     ratio = max(ub.pair_ratio(x, y, iv) for key in BUGS[bug] for x, y, iv in zip(got[key], want[key], bound[key]))
     assert ratio > 1, f"{bug}: the gradient with the term dropped is within the bound (|diff| / 2 bound {ratio:.3g})"
 
@@ -259,8 +286,10 @@ def test_hard_target_update_copies_exactly():
     torch.lerp does."""
     agent, _, g = _pair(tau=1.0)
     agent.update(_batch(g))
-    for p, q in zip([*agent.actor.parameters(), *agent.critics.parameters()],
-                    [*agent.actor_target.parameters(), *agent.critic_targets.parameters()]):
+    for p, q in zip(
+        [*agent.actor.parameters(), *agent.critics.parameters()],
+        [*agent.actor_target.parameters(), *agent.critic_targets.parameters()],
+    ):
         assert torch.equal(p, q)  # weight 1: o - (o - t) * 0 = o, no rounding at all: a copy
 
 
@@ -274,7 +303,7 @@ def test_checkpoint_resume_is_exact_on_the_cpp_path():
     saved = copy.deepcopy(agent.state_dict())
     for b in batches[5:]:
         agent.update(b)
-    resumed = DDPG.from_dims(OBS, ACT, agent.config)
+    resumed = DDPGAgent.from_dims(OBS, ACT, agent.config)
     resumed.load_state_dict(saved)
     old = agent.mlp_updater()
     for b in batches[5:]:
@@ -282,8 +311,9 @@ def test_checkpoint_resume_is_exact_on_the_cpp_path():
     assert resumed.mlp_updater() is not None and resumed.mlp_updater() is not old
     # The same C++ kernels on the same numbers, shapes and (64-byte aligned) layouts, threads alike:
     # the same computation, so bit for bit.
-    assert all(torch.equal(p, q) for p, q in zip(_tensors(agent) + _opt_state(agent),
-                                                 _tensors(resumed) + _opt_state(resumed)))
+    assert all(
+        torch.equal(p, q) for p, q in zip(_tensors(agent) + _opt_state(agent), _tensors(resumed) + _opt_state(resumed))
+    )
     # load_state_dict into the running agent itself: the old binding is dropped, not written through.
     agent.load_state_dict(saved)
     assert agent.mlp_updater() is not old
@@ -302,18 +332,21 @@ def _custom_actor():
     return nn.Sequential(nn.Linear(OBS, 16), nn.Tanh(), nn.Linear(16, ACT), nn.Tanh())
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("layer_norm", "LayerNorm"),
-    ("custom_actor", "not pydpg.networks.Actor"),
-    ("foreach_adam", "not a plain fused Adam"),
-    ("amsgrad", "not a plain fused Adam"),
-    ("float64", "float32"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("layer_norm", "LayerNorm"),
+        ("custom_actor", "not pydpg.core.networks.Actor"),
+        ("foreach_adam", "not a plain fused Adam"),
+        ("amsgrad", "not a plain fused Adam"),
+        ("float64", "float32"),
+    ],
+)
 def test_unsupported_agents_take_autograd(case, reason):
     def build(backend):
         torch.manual_seed(0)
         cfg = DDPGConfig(update_backend=backend, critic_layer_norm=case == "layer_norm")
-        a = DDPG.from_dims(OBS, ACT, cfg, actor=_custom_actor() if case == "custom_actor" else None)
+        a = DDPGAgent.from_dims(OBS, ACT, cfg, actor=_custom_actor() if case == "custom_actor" else None)
         if case in ("foreach_adam", "amsgrad"):
             kw = {"foreach": True} if case == "foreach_adam" else {"fused": True, "amsgrad": True}
             a.actor_opt = torch.optim.Adam(a.actor.parameters(), lr=3e-4, **kw)
@@ -410,7 +443,7 @@ def test_constructor_refuses_mismatched_tensors():
     target = [p.detach() for p in agent.actor_target.parameters()]
     critics = [[p.detach() for p in c.parameters()] for c in agent.critics]
     targets = [[p.detach() for p in c.parameters()] for c in agent.critic_targets]
-    from pydpg.mlp_update import _adam_tensors
+    from pydpg.core.mlp_update import _adam_tensors
 
     aopt, copt = _adam_tensors(agent.actor_opt), _adam_tensors(agent.critic_opt)
     make = _core.MlpUpdate
@@ -426,8 +459,14 @@ def test_constructor_refuses_mismatched_tensors():
     with pytest.raises(ValueError, match="actor optimizer parameter 0 exp_avg has shape"):
         make(actor, target, critics, targets, {**aopt, "exp_avg": [torch.zeros(2)] + aopt["exp_avg"][1:]}, copt)
     with pytest.raises(ValueError, match="must be contiguous"):
-        make(actor, target, critics, targets, aopt, {**copt, "grad": [copt["grad"][0].t().contiguous().t()] +
-                                                     copt["grad"][1:]})
+        make(
+            actor,
+            target,
+            critics,
+            targets,
+            aopt,
+            {**copt, "grad": [copt["grad"][0].t().contiguous().t()] + copt["grad"][1:]},
+        )
     with pytest.raises(ValueError, match="critic_opt has no 'eps'"):
         make(actor, target, critics, targets, aopt, {k: v for k, v in copt.items() if k != "eps"})
     with pytest.raises(TypeError, match="must be a torch tensor"):

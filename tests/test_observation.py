@@ -13,14 +13,32 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
-
-from policy_helpers import cmake_build, have_cmake
 from float_bounds import OBS_PARITY, obs_rounding
-from pydpg.observation import (ObservationBuilder, ObservationError, ObservationMismatch, Termination, as_spec, task_spec,
-                               verify)
+from policy_helpers import cmake_build, have_cmake
 
-TASKS = ["InvertedPendulum-v5", "InvertedDoublePendulum-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5",
-         "Swimmer-v5", "Ant-v5", "Humanoid-v5", "HumanoidStandup-v5", "Reacher-v5", "Pusher-v5"]
+from pydpg.contract.observation import (
+    ObservationBuilder,
+    ObservationError,
+    ObservationMismatch,
+    Termination,
+    as_spec,
+    task_spec,
+    verify,
+)
+
+TASKS = [
+    "InvertedPendulum-v5",
+    "InvertedDoublePendulum-v5",
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "Walker2d-v5",
+    "Swimmer-v5",
+    "Ant-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
+    "Reacher-v5",
+    "Pusher-v5",
+]
 
 
 @pytest.mark.parametrize("env_id", TASKS)
@@ -59,23 +77,32 @@ def reacher():
 
 def test_names_operations_and_inputs(reacher):
     m, d = reacher.model, reacher.data
-    b = ObservationBuilder([
-        {"field": "qpos", "names": ["joint1", "joint0"]},
-        {"field": "xpos", "names": "fingertip", "minus": {"field": "xpos", "names": "target"}},
-        {"field": "qvel", "names": "joint0", "scale": 2.0, "offset": 1.0, "clip": [-3.0, 3.0]},
-        {"field": "qpos", "names": "joint0", "fn": "cos"},
-        {"input": "goal", "size": 2},
-        {"field": "ctrl"},
-    ], m)
+    b = ObservationBuilder(
+        [
+            {"field": "qpos", "names": ["joint1", "joint0"]},
+            {"field": "xpos", "names": "fingertip", "minus": {"field": "xpos", "names": "target"}},
+            {"field": "qvel", "names": "joint0", "scale": 2.0, "offset": 1.0, "clip": [-3.0, 3.0]},
+            {"field": "qpos", "names": "joint0", "fn": "cos"},
+            {"input": "goal", "size": 2},
+            {"field": "ctrl"},
+        ],
+        m,
+    )
     assert b.size == 2 + 3 + 1 + 1 + 2 + 2 and b.input_names == ["goal"]
     with pytest.raises(ValueError, match="input 'goal' was not set before build"):
         b.build(d)
     b.set_input("goal", [0.5, -0.25])
     j0, j1 = m.joint("joint0"), m.joint("joint1")
-    want = np.concatenate([[d.qpos[j1.qposadr[0]], d.qpos[j0.qposadr[0]]],
-                           d.body("fingertip").xpos - d.body("target").xpos,
-                           [np.clip(2 * d.qvel[j0.dofadr[0]] + 1, -3, 3)], [np.cos(d.qpos[j0.qposadr[0]])],
-                           [0.5, -0.25], d.ctrl])
+    want = np.concatenate(
+        [
+            [d.qpos[j1.qposadr[0]], d.qpos[j0.qposadr[0]]],
+            d.body("fingertip").xpos - d.body("target").xpos,
+            [np.clip(2 * d.qvel[j0.dofadr[0]] + 1, -3, 3)],
+            [np.cos(d.qpos[j0.qposadr[0]])],
+            [0.5, -0.25],
+            d.ctrl,
+        ]
+    )
     # The builder does these float64 operations as numpy does (2 v is exact, so 2 v + 1 rounds once
     # with or without FMA), then rounds to float32; cos is libm's, numpy's its own.
     got = b.build(d)
@@ -94,30 +121,37 @@ def test_sensors_by_name():
     d = mujoco.MjData(m)
     d.qpos[0], d.qvel[0] = 0.3, -1.5
     mujoco.mj_forward(m, d)
-    b = ObservationBuilder([{"field": "sensordata", "names": ["hpos", "gyro"]}, {"field": "site_xpos", "names": "imu"}], m)
+    b = ObservationBuilder(
+        [{"field": "sensordata", "names": ["hpos", "gyro"]}, {"field": "site_xpos", "names": "imu"}], m
+    )
     # Values copied from mjData, rounded once to float32: the same bits as numpy's float32 of them.
-    np.testing.assert_array_equal(b.build(d), np.concatenate([[d.sensor("hpos").data[0]], d.sensor("gyro").data,
-                                                              d.site("imu").xpos]).astype(np.float32))
+    np.testing.assert_array_equal(
+        b.build(d),
+        np.concatenate([[d.sensor("hpos").data[0]], d.sensor("gyro").data, d.site("imu").xpos]).astype(np.float32),
+    )
 
 
-@pytest.mark.parametrize("spec, match", [
-    ([{"field": "qpos", "names": "elbow"}], "no joint named 'elbow'"),
-    ([{"field": "xpos", "names": "hand"}], "no body named 'hand'"),
-    ([{"field": "sensordata", "names": "gyro"}], "no sensor named 'gyro'"),
-    ([{"field": "qpos", "start": 2, "stop": 9}], r"slice \[2:9\] of qpos is out of range: it has 4 entries"),
-    ([{"field": "qpos", "start": 3, "stop": 3}], "out of range"),
-    ([{"field": "qpos", "start": -1}], "out of range"),
-    ([{"field": "qpose"}], "unknown field 'qpose'"),
-    ([{"field": "qpos", "fn": "tan"}], "unknown fn 'tan'"),
-    ([{"field": "qpos", "clamp": [0, 1]}], "unknown key 'clamp'"),
-    ([{"field": "qpos", "clip": [1, -1]}], "clip must be"),
-    ([{"field": "qpos", "minus": {"field": "qvel", "stop": 1}}], "minus"),
-    ([{"input": "goal", "size": 0}], "size"),
-    ([{"input": "goal", "size": 2}, {"input": "goal", "size": 2}], "declared twice"),
-    ([], "non-empty"),
-    ({"version": 2, "terms": [{"field": "qpos"}]}, "version 2; this pydpg reads version 1 .upgrade pydpg."),
-    ({"version": 1, "terms": [{"field": "qpos"}], "extra": 1}, "unknown key 'extra'"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ([{"field": "qpos", "names": "elbow"}], "no joint named 'elbow'"),
+        ([{"field": "xpos", "names": "hand"}], "no body named 'hand'"),
+        ([{"field": "sensordata", "names": "gyro"}], "no sensor named 'gyro'"),
+        ([{"field": "qpos", "start": 2, "stop": 9}], r"slice \[2:9\] of qpos is out of range: it has 4 entries"),
+        ([{"field": "qpos", "start": 3, "stop": 3}], "out of range"),
+        ([{"field": "qpos", "start": -1}], "out of range"),
+        ([{"field": "qpose"}], "unknown field 'qpose'"),
+        ([{"field": "qpos", "fn": "tan"}], "unknown fn 'tan'"),
+        ([{"field": "qpos", "clamp": [0, 1]}], "unknown key 'clamp'"),
+        ([{"field": "qpos", "clip": [1, -1]}], "clip must be"),
+        ([{"field": "qpos", "minus": {"field": "qvel", "stop": 1}}], "minus"),
+        ([{"input": "goal", "size": 0}], "size"),
+        ([{"input": "goal", "size": 2}, {"input": "goal", "size": 2}], "declared twice"),
+        ([], "non-empty"),
+        ({"version": 2, "terms": [{"field": "qpos"}]}, "version 2; this pydpg reads version 1 .upgrade pydpg."),
+        ({"version": 1, "terms": [{"field": "qpos"}], "extra": 1}, "unknown key 'extra'"),
+    ],
+)
 def test_bad_specs(reacher, spec, match):
     with pytest.raises(ObservationError, match=match):
         ObservationBuilder(spec, reacher.model)
@@ -145,8 +179,14 @@ def test_bad_calls(reacher):
 
 
 # ---------------------------------------------------------------------------------------- termination
-TERMINATING = {"Hopper-v5": 4, "Walker2d-v5": 2, "Ant-v5": 3, "Humanoid-v5": 1, "InvertedPendulum-v5": 3,
-               "InvertedDoublePendulum-v5": 1}
+TERMINATING = {
+    "Hopper-v5": 4,
+    "Walker2d-v5": 2,
+    "Ant-v5": 3,
+    "Humanoid-v5": 1,
+    "InvertedPendulum-v5": 3,
+    "InvertedDoublePendulum-v5": 1,
+}
 
 
 @pytest.mark.parametrize("env_id", TASKS)
@@ -184,7 +224,12 @@ def test_termination_labels_nan_and_verify_mismatch():
     u = env.unwrapped
     spec = task_spec("Hopper-v5")
     check = Termination(spec, u.model)
-    assert check.labels == ["qpos[1:2] > 0.7", "qpos[2:3] > -0.2, < 0.2", "qpos[2:6] > -100, < 100", "qvel > -100, < 100"]
+    assert check.labels == [
+        "qpos[1:2] > 0.7",
+        "qpos[2:3] > -0.2, < 0.2",
+        "qpos[2:6] > -100, < 100",
+        "qvel > -100, < 100",
+    ]
     env.reset(seed=0)
     u.data.qvel[3] = np.nan  # NaN fails every bound, as in Gymnasium's comparisons
     assert check.first_failure(u.data) == 3
@@ -203,25 +248,33 @@ def test_termination_labels_nan_and_verify_mismatch():
     env.close()
 
 
-@pytest.mark.parametrize("conditions, match", [
-    ([{"input": "goal", "size": 1, "max": 1}], "reads an external input"),
-    ([{"field": "qpos"}], "states no bound"),
-    ([{"field": "qpos", "min": 1, "max": 0}], "min <= max"),
-    ([{"field": "qpos", "min": "low"}], "min must be a number"),
-    ([{"field": "qpos", "max": 1, "strict": "yes"}], "strict must be true or false"),
-    ([{"field": "qpos", "max": 1, "below": 2}], "unknown key 'below'"),
-    ([{"field": "xpos", "names": "hand", "max": 1}], "termination condition 0: the model has no body named 'hand'"),
-    ([{"field": "qpos", "start": 7, "max": 1}], r"termination condition 0: slice \[7:4\]"),
-    ({"field": "qpos", "max": 1}, "must be a list"),
-])
+@pytest.mark.parametrize(
+    "conditions, match",
+    [
+        ([{"input": "goal", "size": 1, "max": 1}], "reads an external input"),
+        ([{"field": "qpos"}], "states no bound"),
+        ([{"field": "qpos", "min": 1, "max": 0}], "min <= max"),
+        ([{"field": "qpos", "min": "low"}], "min must be a number"),
+        ([{"field": "qpos", "max": 1, "strict": "yes"}], "strict must be true or false"),
+        ([{"field": "qpos", "max": 1, "below": 2}], "unknown key 'below'"),
+        ([{"field": "xpos", "names": "hand", "max": 1}], "termination condition 0: the model has no body named 'hand'"),
+        ([{"field": "qpos", "start": 7, "max": 1}], r"termination condition 0: slice \[7:4\]"),
+        ({"field": "qpos", "max": 1}, "must be a list"),
+    ],
+)
 def test_bad_termination_conditions(reacher, conditions, match):
     with pytest.raises(ObservationError, match=match):
         Termination({"version": 1, "terms": [{"field": "qpos"}], "termination": conditions}, reacher.model)
 
 
 def test_infinite_bounds_are_written_as_null():
-    spec = as_spec({"version": 1, "terms": [{"field": "qpos", "clip": [-np.inf, 1.0]}],
-                    "termination": [{"field": "qpos", "min": 0.5, "max": float("inf")}]})
+    spec = as_spec(
+        {
+            "version": 1,
+            "terms": [{"field": "qpos", "clip": [-np.inf, 1.0]}],
+            "termination": [{"field": "qpos", "min": 0.5, "max": float("inf")}],
+        }
+    )
     assert spec["terms"][0]["clip"] == [None, 1.0] and spec["termination"][0]["max"] is None
     # NaN, and infinities that are no bound, are refused by name (tests/test_hostile_specs.py has them all).
     with pytest.raises(ValueError, match=r"terms\[0\]\.scale is NaN"):
@@ -242,8 +295,13 @@ def test_build_does_not_allocate_and_cpp_users_link_it(tmp_path_factory):
     env = gym.make("Humanoid-v5")
     spec = tmp_path_factory.mktemp("spec") / "humanoid.json"
     spec.write_text(json.dumps(task_spec("Humanoid-v5")))
-    out = subprocess.run([str(build / "alloc_check"), "--observation", env.unwrapped.fullpath, str(spec), "2000"],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [str(build / "alloc_check"), "--observation", env.unwrapped.fullpath, str(spec), "2000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     env.close()
     result = json.loads(out.stdout)
     assert result["size"] == 348 and result["allocations"] == 0, result

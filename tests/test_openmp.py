@@ -42,13 +42,13 @@ _UPDATES_BESIDE_A_BUSY_CORE = """
 import os, statistics, sys, time
 os.sched_setaffinity(0, [int(c) for c in sys.argv[1:]])  # before torch starts its threads
 import pydpg
-from pydpg.agent import DDPG
-from pydpg.batch import Batch
-from pydpg.config import DDPGConfig
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.batch import Batch
+from pydpg.core.config import DDPGConfig
 import torch
 
 torch.manual_seed(0)
-agent = DDPG.from_dims(17, 6, DDPGConfig(batch_size=256))
+agent = DDPGAgent.from_dims(17, 6, DDPGConfig(batch_size=256))
 n = 256
 batch = Batch(torch.randn(n, 17), torch.rand(n, 6) * 2 - 1, torch.randn(n, 1), torch.randn(n, 17),
               torch.zeros(n, 1), torch.full((n, 1), 0.99))
@@ -69,12 +69,20 @@ print(statistics.median(ms[1]), statistics.median(ms[2]))
 _BUSY = "while True: pass"
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs Linux CPU affinity and 2 CPUs")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux CPU affinity and 2 CPUs",
+)
 def test_two_threads_beside_a_busy_core_do_not_stall():
     two = sorted(os.sched_getaffinity(0))[:2]
-    child = subprocess.Popen([sys.executable, "-c", _UPDATES_BESIDE_A_BUSY_CORE, *map(str, two)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _UPDATES_BESIDE_A_BUSY_CORE, *map(str, two)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     busy = None
     try:
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
@@ -85,7 +93,8 @@ def test_two_threads_beside_a_busy_core_do_not_stall():
         one_thread, two_threads = map(float, out.split())
         assert two_threads < 3 * one_thread, (
             f"2 torch threads beside a busy core: {two_threads:.1f} ms per update against {one_thread:.1f} ms "
-            f"on 1 thread; OpenMP threads spin-waiting on the busy core?")
+            f"on 1 thread; OpenMP threads spin-waiting on the busy core?"
+        )
     finally:
         for p in (child, busy):
             if p is not None and p.poll() is None:

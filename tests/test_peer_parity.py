@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 sb3 = pytest.importorskip("stable_baselines3")
+import update_bounds as ub  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 from stable_baselines3.common.type_aliases import ReplayBufferSamples  # noqa: E402
 
-import update_bounds as ub  # noqa: E402
-from pydpg.agent import DDPG  # noqa: E402
-from pydpg.batch import Batch  # noqa: E402
-from pydpg.config import DDPGConfig  # noqa: E402
+from pydpg.core.agent import DDPGAgent  # noqa: E402
+from pydpg.core.batch import Batch  # noqa: E402
+from pydpg.core.config import DDPGConfig  # noqa: E402
 
 torch.set_num_threads(1)
 ENV = "HalfCheetah-v5"  # 17-dim observations, 6-dim actions in [-1, 1]
@@ -59,10 +59,16 @@ def _batches(n: int, seed: int = 0) -> list[Batch]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
-        out.append(Batch(obs=torch.randn(BATCH, OBS, generator=g), action=torch.rand(BATCH, ACT, generator=g) * 2 - 1,
-                         reward=torch.randn(BATCH, 1, generator=g), next_obs=torch.randn(BATCH, OBS, generator=g),
-                         done=(torch.rand(BATCH, 1, generator=g) < 0.2).float(),
-                         discount=torch.full((BATCH, 1), 0.99)))
+        out.append(
+            Batch(
+                obs=torch.randn(BATCH, OBS, generator=g),
+                action=torch.rand(BATCH, ACT, generator=g) * 2 - 1,
+                reward=torch.randn(BATCH, 1, generator=g),
+                next_obs=torch.randn(BATCH, OBS, generator=g),
+                done=(torch.rand(BATCH, 1, generator=g) < 0.2).float(),
+                discount=torch.full((BATCH, 1), 0.99),
+            )
+        )
     return out
 
 
@@ -70,19 +76,29 @@ def _pair(td3: bool, backend: str = "auto"):
     """An SB3 model and a pydpg agent with identical weights (online and target) and settings.
     ``backend``: pydpg's ``update_backend`` (its C++ update takes over from the second update)."""
     ub.assert_float32_arithmetic()
-    common = dict(learning_rate=3e-4, batch_size=BATCH, tau=0.005, gamma=0.99, learning_starts=0,
-                  policy_kwargs={"net_arch": [256, 256]}, device="cpu", seed=0, buffer_size=1000)
+    common = dict(
+        learning_rate=3e-4,
+        batch_size=BATCH,
+        tau=0.005,
+        gamma=0.99,
+        learning_starts=0,
+        policy_kwargs={"net_arch": [256, 256]},
+        device="cpu",
+        seed=0,
+        buffer_size=1000,
+    )
     if td3:
         # Target smoothing draws noise from two different RNGs, so it is off on both sides; the
         # other two switches (twin critics, actor delay 2) are compared.
         model = sb3.TD3("MlpPolicy", ENV, target_policy_noise=0.0, policy_delay=2, **common)
-        cfg = DDPGConfig(twin_critics=True, policy_delay=2, target_policy_noise=0.0, batch_size=BATCH,
-                         update_backend=backend)
+        cfg = DDPGConfig(
+            twin_critics=True, policy_delay=2, target_policy_noise=0.0, batch_size=BATCH, update_backend=backend
+        )
     else:
         model = sb3.DDPG("MlpPolicy", ENV, **common)
         cfg = DDPGConfig(batch_size=BATCH, update_backend=backend)
     model.set_logger(configure(None, []))
-    agent = DDPG.from_dims(OBS, ACT, cfg)
+    agent = DDPGAgent.from_dims(OBS, ACT, cfg)
     _copy_weights(model.actor, agent.actor)
     _copy_weights(model.actor_target, agent.actor_target)
     for i, q in enumerate(agent.critics):
@@ -107,12 +123,18 @@ def _networks(model, agent) -> dict:
     """Each side's tensors under update_bounds' names: (pydpg's, SB3's) parameters and Adam state."""
     n = len(agent.critics)
     sides = {
-        "pydpg": dict(actor=_params(agent.actor), critics=[t for c in agent.critics for t in _params(c)],
-                      actor_target=_params(agent.actor_target),
-                      critic_targets=[t for c in agent.critic_targets for t in _params(c)]),
-        "SB3": dict(actor=_params(model.actor), critics=[t for q in model.critic.q_networks[:n] for t in _params(q)],
-                    actor_target=_params(model.actor_target),
-                    critic_targets=[t for q in model.critic_target.q_networks[:n] for t in _params(q)]),
+        "pydpg": dict(
+            actor=_params(agent.actor),
+            critics=[t for c in agent.critics for t in _params(c)],
+            actor_target=_params(agent.actor_target),
+            critic_targets=[t for c in agent.critic_targets for t in _params(c)],
+        ),
+        "SB3": dict(
+            actor=_params(model.actor),
+            critics=[t for q in model.critic.q_networks[:n] for t in _params(q)],
+            actor_target=_params(model.actor_target),
+            critic_targets=[t for q in model.critic_target.q_networks[:n] for t in _params(q)],
+        ),
     }
     opts = {"pydpg": (agent.actor_opt, agent.critic_opt), "SB3": (model.actor.optimizer, model.critic.optimizer)}
     for side, (aopt, copt) in opts.items():
@@ -141,8 +163,16 @@ def _sync(agent, model) -> None:
 
 def _results(tensors: dict) -> dict:
     """The tensors one update writes (SB3's critics' .grad also holds the actor loss's: not compared)."""
-    keys = ["critics", "critic_exp_avg", "critic_exp_avg_sq", "actor", "actor_exp_avg", "actor_exp_avg_sq",
-            "actor_target", "critic_targets"]
+    keys = [
+        "critics",
+        "critic_exp_avg",
+        "critic_exp_avg_sq",
+        "actor",
+        "actor_exp_avg",
+        "actor_exp_avg_sq",
+        "actor_target",
+        "critic_targets",
+    ]
     return {k: tensors[k] for k in keys if tensors[k] is not None}  # None: no Adam state yet (TD3's actor)
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from pydpg.agent import DDPG
-from pydpg.export import export_policy
-from pydpg.normalizer import RunningNormalizer
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.normalizer import RunningNormalizer
+from pydpg.deploy.export import export_policy
 
 torch.set_num_threads(1)
 
@@ -29,7 +29,7 @@ import json, sys
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from pydpg.runtime import Policy
+from pydpg.deploy.runtime import Policy
 obs = np.random.default_rng(0).standard_normal((4, 17)).astype(np.float32)
 # One reference per backend: a mangled network plan sends "auto" to the interpreter, whose actions
 # agree with the mlp backend's to rounding, not bit for bit; the same backend must agree exactly.
@@ -90,7 +90,7 @@ def mutations(src: bytes, n: int, seed: int = 0):
                 text = meta_text[: int(rng.integers(len(meta_text)))]
             elif choice == 1:
                 j = int(rng.integers(len(meta_text)))
-                text = meta_text[:j] + "\x00[{\"" + meta_text[j:]
+                text = meta_text[:j] + '\x00[{"' + meta_text[j:]
             else:
                 meta = json.loads(meta_text)
                 key = sorted(meta)[int(rng.integers(len(meta)))]
@@ -102,7 +102,7 @@ def mutations(src: bytes, n: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def source_policy(tmp_path_factory):
     torch.manual_seed(0)
-    agent = DDPG.from_dims(17, 6)
+    agent = DDPGAgent.from_dims(17, 6)
     norm = RunningNormalizer(17)
     norm.update(np.random.default_rng(0).standard_normal((64, 17)))
     path = tmp_path_factory.mktemp("fuzz") / "policy.pt"
@@ -119,8 +119,9 @@ def test_mutated_policy_files_never_crash(tmp_path, source_policy):
         p.write_bytes(data)
         paths.append(str(p))
     assert len(paths) >= 200
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(source_policy), *paths], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(source_policy), *paths], capture_output=True, text=True, timeout=600
+    )
     last = [line for line in proc.stderr.splitlines() if line.startswith("LOADING")][-1:]
     assert proc.returncode == 0, f"child died with {proc.returncode} at {last}: {proc.stderr[-2000:]}"
     counts = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -27,7 +27,7 @@ import pytest
 
 ray = pytest.importorskip("ray")  # the test extra installs it; a missing Ray is reported by test_distributed
 
-from pydpg import ray_session  # noqa: E402
+from pydpg.train import ray_session  # noqa: E402
 
 
 def free_port() -> int:
@@ -49,17 +49,37 @@ def head(tmp_path_factory):
     ray_session.init(num_cpus=1)
     # Ray >= 2.60: a token in ~/.ray/auth_token turns `ray start --head` to token mode (a local
     # ray.init() makes one on its own); whoever joins then needs it and RAY_AUTH_MODE=token.
-    subprocess.run([str(ray_bin), "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120,
-                   env=env, check=True)
+    subprocess.run(
+        [str(ray_bin), "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120, env=env, check=True
+    )
     # --block keeps `ray start` in the foreground as the parent of the head's processes, in a
     # session of its own: teardown stops that group only. `ray stop` would stop every Ray of this
     # user on the machine: a user's own cluster, and the test session's local Ray, whose driver
     # (pytest) then exits with status 1 without a word.
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--port", str(port),
-                             "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false",
-                             "--disable-usage-stats", "--temp-dir", env["RAY_TMPDIR"]],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            env["RAY_TMPDIR"],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     lines: list[str] = []
     started = threading.Event()
 
@@ -104,16 +124,29 @@ def stop_group(process: subprocess.Popen) -> None:
 
 
 def pydpg(*args, env, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pydpg", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pydpg", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_a_head_that_wants_a_token_is_refused_by_name_within_seconds(head, tmp_path):
     address, env = head
     without = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
     t0 = time.monotonic()
-    r = pydpg("train", "InvertedPendulum-v5", "--workers", "1", "--ray-address", address, "--steps", "100",
-              "--out", str(tmp_path / "a"), "--no-progress", env=without)
+    r = pydpg(
+        "train",
+        "InvertedPendulum-v5",
+        "--workers",
+        "1",
+        "--ray-address",
+        address,
+        "--steps",
+        "100",
+        "--out",
+        str(tmp_path / "a"),
+        "--no-progress",
+        env=without,
+    )
     assert r.returncode != 0 and "requires token authentication" in r.stderr and "RAY_AUTH_MODE=token" in r.stderr
     assert time.monotonic() - t0 < 60  # Ray itself gave up after ~30 s of InvalidAuthToken
 
@@ -124,15 +157,39 @@ def test_an_address_that_is_not_a_ray_head_is_refused_within_seconds(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         t0 = time.monotonic()
-        r = pydpg("train", "InvertedPendulum-v5", "--workers", "1", "--ray-address",
-                  f"127.0.0.1:{server.server_address[1]}", "--steps", "100", "--out", str(tmp_path / "b"),
-                  "--no-progress", env=os.environ.copy(), timeout=120)
+        r = pydpg(
+            "train",
+            "InvertedPendulum-v5",
+            "--workers",
+            "1",
+            "--ray-address",
+            f"127.0.0.1:{server.server_address[1]}",
+            "--steps",
+            "100",
+            "--out",
+            str(tmp_path / "b"),
+            "--no-progress",
+            env=os.environ.copy(),
+            timeout=120,
+        )
         assert r.returncode != 0 and "answers, but not as a Ray head's GCS" in r.stderr, r.stderr[-2000:]
         assert time.monotonic() - t0 < 60
         t0 = time.monotonic()  # the same server as a Ray Client address: Ray Client retried for 37 s
-        r = pydpg("train", "InvertedPendulum-v5", "--workers", "1", "--ray-address",
-                  f"ray://127.0.0.1:{server.server_address[1]}", "--steps", "100", "--out", str(tmp_path / "b2"),
-                  "--no-progress", env=os.environ.copy(), timeout=120)
+        r = pydpg(
+            "train",
+            "InvertedPendulum-v5",
+            "--workers",
+            "1",
+            "--ray-address",
+            f"ray://127.0.0.1:{server.server_address[1]}",
+            "--steps",
+            "100",
+            "--out",
+            str(tmp_path / "b2"),
+            "--no-progress",
+            env=os.environ.copy(),
+            timeout=120,
+        )
         assert r.returncode != 0 and "not as a Ray Client server" in r.stderr, r.stderr[-2000:]
         assert time.monotonic() - t0 < 60
     finally:
@@ -141,14 +198,46 @@ def test_an_address_that_is_not_a_ray_head_is_refused_within_seconds(tmp_path):
 
 def test_ray_address_without_workers_and_too_many_workers_are_refused(head, tmp_path):
     address, env = head
-    r = pydpg("train", "InvertedPendulum-v5", "--ray-address", address, "--steps", "100", "--out",
-              str(tmp_path / "c"), "--no-progress", env=env)
+    r = pydpg(
+        "train",
+        "InvertedPendulum-v5",
+        "--ray-address",
+        address,
+        "--steps",
+        "100",
+        "--out",
+        str(tmp_path / "c"),
+        "--no-progress",
+        env=env,
+    )
     assert r.returncode == 2 and "workers is 0" in r.stderr
-    r = pydpg("train", "InvertedPendulum-v5", "--workers", "1000000000", "--steps", "100", "--out",
-              str(tmp_path / "d"), "--no-progress", env=env)
+    r = pydpg(
+        "train",
+        "InvertedPendulum-v5",
+        "--workers",
+        "1000000000",
+        "--steps",
+        "100",
+        "--out",
+        str(tmp_path / "d"),
+        "--no-progress",
+        env=env,
+    )
     assert r.returncode == 2 and "TrainConfig.workers must be at most 4096" in r.stderr
-    r = pydpg("train", "InvertedPendulum-v5", "--workers", "3", "--ray-address", address, "--steps", "100",
-              "--out", str(tmp_path / "e"), "--no-progress", env=env)
+    r = pydpg(
+        "train",
+        "InvertedPendulum-v5",
+        "--workers",
+        "3",
+        "--ray-address",
+        address,
+        "--steps",
+        "100",
+        "--out",
+        str(tmp_path / "e"),
+        "--no-progress",
+        env=env,
+    )
     assert r.returncode != 0 and "--workers 3 exceeds the Ray cluster's 2 CPUs" in r.stderr, r.stderr[-2000:]
 
 
@@ -159,9 +248,9 @@ def test_one_kill_is_one_restart_and_the_restarted_collector_delivers(head, tmp_
     address, env = head
     script = textwrap.dedent(f"""
         import json, os, signal, time
-        from pydpg import presets
-        from pydpg.trainer import Trainer
-        config, tc = presets.resolve("InvertedPendulum-v5", agent={{"hidden": (16, 16), "learning_starts": 100,
+        from pydpg.train.config import resolve
+        from pydpg.train.trainer import Trainer
+        config, tc = resolve("InvertedPendulum-v5", agent={{"hidden": (16, 16), "learning_starts": 100,
                                      "batch_size": 16}}, train={{"total_steps": 4000, "eval_every": 0,
                                      "checkpoint_every": 0, "workers": 2, "ray_address": {address!r},
                                      "worker_timeout_s": 240.0}})

@@ -6,12 +6,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+from float_bounds import U32, U64
+from float_bounds import gamma as gamma_k
 from scipy import stats
 
 import pydpg
 from pydpg import ReplayBuffer
-from pydpg.replay import FormatError
-from float_bounds import U32, U64, gamma as gamma_k
+from pydpg.core.replay import FormatError
 
 
 def transition(i, obs_dim=3, act_dim=2):
@@ -79,10 +80,17 @@ def test_get_reads_stored_transitions_by_id_oldest_first():
     assert torch.equal(buf.sample(4).reward, again.sample(4).reward) and before.reward.shape == (4, 1)
 
 
-@pytest.mark.parametrize("ids, message", [
-    (np.array([14]), "stale"), (np.array([25]), "never stored"), (np.array([-1]), "never stored"),
-    (np.array([[15]]), "shape"), (np.array([15.5]), "indices"), ("15", "indices"),
-])
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (np.array([14]), "stale"),
+        (np.array([25]), "never stored"),
+        (np.array([-1]), "never stored"),
+        (np.array([[15]]), "shape"),
+        (np.array([15.5]), "indices"),
+        ("15", "indices"),
+    ],
+)
 def test_get_rejects_ids_it_does_not_hold(ids, message):
     buf = ReplayBuffer(10, 3, 2, seed=0)
     fill(buf, 25)
@@ -128,8 +136,14 @@ def test_same_seed_same_batches_and_different_seed_differs():
 def test_extend_stores_rows_in_order_from_numpy_and_torch():
     buf = ReplayBuffer(10, 3, 2, seed=0)
     obs = np.arange(12, dtype=np.float64).reshape(4, 3)  # float64: converted once
-    buf.extend(obs, torch.ones(4, 2, dtype=torch.int32), torch.arange(4), obs + 1,
-               np.array([0, 0, 1, 0], bool), torch.zeros(4, dtype=torch.bool))
+    buf.extend(
+        obs,
+        torch.ones(4, 2, dtype=torch.int32),
+        torch.arange(4),
+        obs + 1,
+        np.array([0, 0, 1, 0], bool),
+        torch.zeros(4, dtype=torch.bool),
+    )
     assert len(buf) == 4
     b = buf.sample(200)
     rows = {int(r): (o.tolist(), d) for r, o, d in zip(b.reward[:, 0], b.obs, b.done[:, 0])}
@@ -304,8 +318,13 @@ def test_nstep_matches_reference_over_episode_ends_and_parallel_envs(n):
     # Every stored row once, via PER-free exhaustive read: sample many and deduplicate by obs.
     b = buf.sample(200_000)
     got = {}
-    for o, r, nx, d, g in zip(b.obs[:, 0].tolist(), b.reward[:, 0].tolist(), b.next_obs[:, 0].tolist(),
-                              b.done[:, 0].tolist(), b.discount[:, 0].tolist()):
+    for o, r, nx, d, g in zip(
+        b.obs[:, 0].tolist(),
+        b.reward[:, 0].tolist(),
+        b.next_obs[:, 0].tolist(),
+        b.done[:, 0].tolist(),
+        b.discount[:, 0].tolist(),
+    ):
         got[o] = (o, r, nx, d, g)
     assert len(got) == len(expected)
     for e, g in zip(expected, sorted(got.values())):
@@ -345,20 +364,35 @@ def test_end_episode_closes_one_env_like_a_truncation():
     its open returns completed by the next episode's rewards."""
     buf = ReplayBuffer(100, 1, 1, n_step=3, gamma=0.5, seed=0)
     for t in range(2):  # env 0 and env 1, two steps each: all four still open
-        buf.extend([[float(t)], [100.0 + t]], [[0.0], [0.0]], [1.0, 1.0], [[t + 1.0], [101.0 + t]], [False] * 2,
-                   [False] * 2)
+        buf.extend(
+            [[float(t)], [100.0 + t]], [[0.0], [0.0]], [1.0, 1.0], [[t + 1.0], [101.0 + t]], [False] * 2, [False] * 2
+        )
     assert len(buf) == 0 and buf.pending == 4
     buf.end_episode(0)
     assert len(buf) == 2 and buf.pending == 2  # env 1 untouched
     b = buf.sample(200)
-    rows = set(zip(b.obs[:, 0].tolist(), b.reward[:, 0].tolist(), b.next_obs[:, 0].tolist(),
-                   b.discount[:, 0].tolist(), b.done[:, 0].tolist()))
+    rows = set(
+        zip(
+            b.obs[:, 0].tolist(),
+            b.reward[:, 0].tolist(),
+            b.next_obs[:, 0].tolist(),
+            b.discount[:, 0].tolist(),
+            b.done[:, 0].tolist(),
+        )
+    )
     assert rows == {(0.0, 1.5, 2.0, 0.25, 0.0), (1.0, 1.0, 2.0, 0.5, 0.0)}
     # env 0's next transition starts a new return: nothing of the old episode reaches it.
     buf.add([50.0], [0.0], 7.0, [51.0], True, False)
     b = buf.sample(500)
-    rows = set(zip(b.obs[:, 0].tolist(), b.reward[:, 0].tolist(), b.next_obs[:, 0].tolist(),
-                   b.discount[:, 0].tolist(), b.done[:, 0].tolist()))
+    rows = set(
+        zip(
+            b.obs[:, 0].tolist(),
+            b.reward[:, 0].tolist(),
+            b.next_obs[:, 0].tolist(),
+            b.discount[:, 0].tolist(),
+            b.done[:, 0].tolist(),
+        )
+    )
     assert (50.0, 7.0, 51.0, 0.5, 1.0) in rows and len(rows) == 3
     buf.end_episode(0)  # nothing open: a no-op
     buf.end_episode(7)  # an env never seen: a no-op
@@ -393,15 +427,26 @@ def roundtrip(tmp_path, buf):
 def test_save_load_restores_contents_priorities_rng_and_pending(tmp_path, prioritized):
     buf = ReplayBuffer(16, (2, 2), 2, prioritized=prioritized, n_step=3, gamma=0.8, seed=3)
     for i in range(40):
-        buf.extend(np.full((2, 2, 2), i, np.float32), np.zeros((2, 2)), [i, -i], np.full((2, 2, 2), i + 1),
-                   [i % 7 == 0, False], [False, i % 5 == 0])
+        buf.extend(
+            np.full((2, 2, 2), i, np.float32),
+            np.zeros((2, 2)),
+            [i, -i],
+            np.full((2, 2, 2), i + 1),
+            [i % 7 == 0, False],
+            [False, i % 5 == 0],
+        )
     if prioritized:
         b = buf.sample(8)
         buf.update_priorities(b.indices, np.arange(1, 9, dtype=np.float64))
     buf.sample(5)  # advance the RNG
     loaded, _ = roundtrip(tmp_path, buf)
     assert (len(loaded), loaded.capacity, loaded.obs_shape, loaded.n_step, loaded.pending) == (
-        len(buf), buf.capacity, buf.obs_shape, buf.n_step, buf.pending)
+        len(buf),
+        buf.capacity,
+        buf.obs_shape,
+        buf.n_step,
+        buf.pending,
+    )
     assert loaded.prioritized == prioritized and loaded.gamma == 0.8  # stored as a binary double: unchanged
     for _ in range(3):
         x, y = buf.sample(32), loaded.sample(32)
@@ -409,7 +454,9 @@ def test_save_load_restores_contents_priorities_rng_and_pending(tmp_path, priori
             assert (a is None and b is None) or torch.equal(a, b)
     # Open n-step returns continue identically after the load.
     for target in (buf, loaded):
-        target.extend(np.zeros((2, 2, 2)), np.zeros((2, 2)), [1.0, 1.0], np.zeros((2, 2, 2)), [True, True], [False, False])
+        target.extend(
+            np.zeros((2, 2, 2)), np.zeros((2, 2)), [1.0, 1.0], np.zeros((2, 2, 2)), [True, True], [False, False]
+        )
     assert len(buf) == len(loaded) and buf.pending == loaded.pending == 0
     assert torch.equal(buf.sample(64).reward, loaded.sample(64).reward)
 
@@ -593,8 +640,9 @@ def test_impossible_capacity_names_the_bytes():
 )
 def test_add_rejects_bad_input_by_name(field, value, error, message):
     buf = ReplayBuffer(10, 3, 2, seed=0)
-    args = dict(obs=np.zeros(3), action=np.zeros(2), reward=0.0, next_obs=np.zeros(3),
-                terminated=False, truncated=False)
+    args = dict(
+        obs=np.zeros(3), action=np.zeros(2), reward=0.0, next_obs=np.zeros(3), terminated=False, truncated=False
+    )
     args[field] = value
     with pytest.raises(error, match=message):
         buf.add(**args)
@@ -603,8 +651,13 @@ def test_add_rejects_bad_input_by_name(field, value, error, message):
 
 def test_add_accepts_scalars_of_every_kind():
     buf = ReplayBuffer(10, 3, 2, seed=0)
-    for reward, term in [(1, 0), (np.float32(2.0), np.bool_(False)), (np.array(3.0), np.array(1)),
-                         (torch.tensor(4.0), torch.tensor(False)), ([5.0], 1.0)]:
+    for reward, term in [
+        (1, 0),
+        (np.float32(2.0), np.bool_(False)),
+        (np.array(3.0), np.array(1)),
+        (torch.tensor(4.0), torch.tensor(False)),
+        ([5.0], 1.0),
+    ]:
         buf.add(np.zeros(3), np.zeros(2), reward, np.zeros(3), term, False)
     assert len(buf) == 5
     assert set(buf.sample(300).reward[:, 0].tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
@@ -635,8 +688,14 @@ def test_extend_rejects_mismatched_batches_and_stores_nothing():
 
 @pytest.mark.parametrize(
     "batch_size, error, message",
-    [(0, ValueError, "batch_size"), (-3, ValueError, "batch_size"), (2.0, TypeError, "batch_size"),
-     (True, TypeError, "batch_size"), ("8", TypeError, "batch_size"), (2**70, ValueError, "batch_size")],
+    [
+        (0, ValueError, "batch_size"),
+        (-3, ValueError, "batch_size"),
+        (2.0, TypeError, "batch_size"),
+        (True, TypeError, "batch_size"),
+        ("8", TypeError, "batch_size"),
+        (2**70, ValueError, "batch_size"),
+    ],
 )
 def test_sample_rejects_bad_batch_size(batch_size, error, message):
     buf = ReplayBuffer(10, 3, 2, seed=0)

@@ -1,4 +1,4 @@
-"""pydpg.rounding: the forward error bound that decides when two evaluations of one policy agree.
+"""pydpg.deploy.rounding: the forward error bound that decides when two evaluations of one policy agree.
 
 Pinned two ways:
 - sound: float32 evaluations that sum in other orders than any BLAS here (sequential, reversed,
@@ -22,23 +22,28 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from policy_helpers import scramble_batch_renorm
 from torch import nn
 
-from pydpg.agent import DDPG
-from pydpg.config import DDPGConfig
-from pydpg.export import PolicyModule, _check_observations, export_policy, read_metadata
-from pydpg.networks import Actor, BatchRenorm
-from pydpg.rounding import FLOAT32_ROUNDED_CONSTANTS, FLOAT64, NoPlanError, rounding_bound, within
-from pydpg.runtime import Policy
-from policy_helpers import scramble_batch_renorm
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.config import DDPGConfig
+from pydpg.core.networks import Actor, BatchRenorm
+from pydpg.deploy.export import PolicyModule, _check_observations, export_policy
+from pydpg.deploy.policy_file import read_metadata
+from pydpg.deploy.rounding import FLOAT32_ROUNDED_CONSTANTS, FLOAT64, NoPlanError, rounding_bound, within
+from pydpg.deploy.runtime import Policy
 
 torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 PENDULUM_30K = DATA / "inverted_pendulum_30k.pt"
 HOPPER_1M = DATA / "hopper_crossq_1m_actor.pt"
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def jit_load(path):
@@ -47,20 +52,20 @@ def jit_load(path):
         return torch.jit.load(str(path))
 
 
-def hopper_agent() -> DDPG:
+def hopper_agent() -> DDPGAgent:
     conf = DDPGConfig(**{**DDPGConfig.presets()["crossq"], "critic_hidden": (256, 256)})
-    agent = DDPG.from_dims(11, 3, conf)
+    agent = DDPGAgent.from_dims(11, 3, conf)
     agent.actor.load_state_dict(torch.load(HOPPER_1M, weights_only=True))
     agent.actor.eval()
     return agent
 
 
-def pendulum_agent() -> DDPG:
+def pendulum_agent() -> DDPGAgent:
     """The 30k-step InvertedPendulum policy's actor, back in an agent (the file has no normalization)."""
     module = jit_load(PENDULUM_30K)
     actor = Actor(4, 1, hidden=(64, 64))
-    actor.load_state_dict({k[len("actor."):]: v for k, v in module.state_dict().items() if k.startswith("actor.")})
-    return DDPG(actor, [nn.Linear(5, 1)])
+    actor.load_state_dict({k[len("actor.") :]: v for k, v in module.state_dict().items() if k.startswith("actor.")})
+    return DDPGAgent(actor, [nn.Linear(5, 1)])
 
 
 # ------------------------------------------------------------------------------- float32 oracles
@@ -111,8 +116,10 @@ def numpy_float32(module: PolicyModule, obs: np.ndarray, order: str, seed: int =
             x = sum_in_order(products, b, order, rng)
         elif isinstance(m, BatchRenorm):
             scale = (f(1) / np.sqrt((m.running_var.numpy() + f(m.eps)).astype(f))).astype(f)
-            x = ((((x - m.running_mean.numpy()).astype(f) * scale).astype(f) * m.weight.detach().numpy()).astype(f)
-                 + m.bias.detach().numpy()).astype(f)
+            x = (
+                (((x - m.running_mean.numpy()).astype(f) * scale).astype(f) * m.weight.detach().numpy()).astype(f)
+                + m.bias.detach().numpy()
+            ).astype(f)
         elif isinstance(m, nn.ReLU):
             x = np.maximum(x, f(0))
         elif isinstance(m, nn.Tanh):
@@ -121,10 +128,12 @@ def numpy_float32(module: PolicyModule, obs: np.ndarray, order: str, seed: int =
             raise TypeError(type(m))
     a = np.clip(np.tanh(x).astype(f), -1, 1).astype(np.float64)
     low, high = module.action_low.numpy().astype(np.float64), module.action_high.numpy().astype(np.float64)
-    return np.clip((low + (a + 1) * 0.5 * (high - low)).astype(f), module.action_low.numpy(), module.action_high.numpy())
+    return np.clip(
+        (low + (a + 1) * 0.5 * (high - low)).astype(f), module.action_low.numpy(), module.action_high.numpy()
+    )
 
 
-def module_of(agent: DDPG, low, high, norm=None) -> tuple[PolicyModule, dict, Path]:
+def module_of(agent: DDPGAgent, low, high, norm=None) -> tuple[PolicyModule, dict, Path]:
     """The exported module and metadata of ``agent`` (written to a temporary file)."""
     import tempfile
 
@@ -138,18 +147,29 @@ def networks(draw):
     obs_dim = draw(st.integers(1, 20))
     act_dim = draw(st.integers(1, 6))
     hidden = tuple(draw(st.lists(st.integers(1, 80), min_size=1, max_size=3)))
-    return dict(obs_dim=obs_dim, act_dim=act_dim, hidden=hidden,
-                activation=draw(st.sampled_from([nn.ReLU, nn.Tanh])),
-                scale=draw(st.sampled_from([0.5, 1.0, 10.0, 30.0, 100.0])),  # fresh to past trained
-                normalized=draw(st.booleans()), batch_renorm=draw(st.booleans()),
-                low=draw(st.sampled_from([-1.0, -3.0, 250.0])), seed=draw(st.integers(0, 2**31 - 1)))
+    return dict(
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        hidden=hidden,
+        activation=draw(st.sampled_from([nn.ReLU, nn.Tanh])),
+        scale=draw(st.sampled_from([0.5, 1.0, 10.0, 30.0, 100.0])),  # fresh to past trained
+        normalized=draw(st.booleans()),
+        batch_renorm=draw(st.booleans()),
+        low=draw(st.sampled_from([-1.0, -3.0, 250.0])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 def build_policy(tmp_path, case):
     torch.manual_seed(case["seed"] % 10_000)
     rng = np.random.default_rng(case["seed"])
-    actor = Actor(case["obs_dim"], case["act_dim"], hidden=case["hidden"], activation=case["activation"],
-                  batch_renorm=BatchRenorm if case["batch_renorm"] else None)
+    actor = Actor(
+        case["obs_dim"],
+        case["act_dim"],
+        hidden=case["hidden"],
+        activation=case["activation"],
+        batch_renorm=BatchRenorm if case["batch_renorm"] else None,
+    )
     with torch.no_grad():
         for p in actor.parameters():
             p.mul_(case["scale"])
@@ -158,12 +178,22 @@ def build_policy(tmp_path, case):
     actor.eval()
     norm = None
     if case["normalized"]:
-        norm = {"mean": rng.normal(0, 5, case["obs_dim"]), "var": np.exp(rng.uniform(-5, 5, case["obs_dim"])),
-                "eps": 1e-8, "clip": float(rng.choice([0.0, 5.0]))}
+        norm = {
+            "mean": rng.normal(0, 5, case["obs_dim"]),
+            "var": np.exp(rng.uniform(-5, 5, case["obs_dim"])),
+            "eps": 1e-8,
+            "clip": float(rng.choice([0.0, 5.0])),
+        }
     low = np.full(case["act_dim"], case["low"])
     path = tmp_path / f"p{case['seed']}.pt"
-    export_policy(DDPG(actor, [nn.Linear(case["obs_dim"] + case["act_dim"], 1)]), path, action_low=low,
-                  action_high=low + 2.0, normalizer=norm, verbose=False)
+    export_policy(
+        DDPGAgent(actor, [nn.Linear(case["obs_dim"] + case["act_dim"], 1)]),
+        path,
+        action_low=low,
+        action_high=low + 2.0,
+        normalizer=norm,
+        verbose=False,
+    )
     obs = _check_observations(case["obs_dim"], norm, 96, seed=case["seed"] % 1000)
     return path, obs
 
@@ -176,10 +206,32 @@ def assert_within_bound(got, centre, bound, what):
 # ------------------------------------------------------------------------------- soundness
 @SETTINGS
 @given(case=networks())
-@example(case=dict(obs_dim=17, act_dim=6, hidden=(256, 256), activation=nn.ReLU, scale=30.0, normalized=True,
-                   batch_renorm=False, low=-1.0, seed=1))
-@example(case=dict(obs_dim=11, act_dim=3, hidden=(64, 32, 16), activation=nn.Tanh, scale=100.0, normalized=False,
-                   batch_renorm=True, low=250.0, seed=2))
+@example(
+    case=dict(
+        obs_dim=17,
+        act_dim=6,
+        hidden=(256, 256),
+        activation=nn.ReLU,
+        scale=30.0,
+        normalized=True,
+        batch_renorm=False,
+        low=-1.0,
+        seed=1,
+    )
+)
+@example(
+    case=dict(
+        obs_dim=11,
+        act_dim=3,
+        hidden=(64, 32, 16),
+        activation=nn.Tanh,
+        scale=100.0,
+        normalized=False,
+        batch_renorm=True,
+        low=250.0,
+        seed=2,
+    )
+)
 def test_every_summation_order_lands_within_the_bound(tmp_path, case):
     path, obs = build_policy(tmp_path, case)
     module = jit_load(path)
@@ -209,8 +261,11 @@ def _eager_twin(path) -> PolicyModule:
     sd = module.state_dict()
     linears = [s for s in meta["network"]["layers"]]
     layers: list[nn.Module] = []
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[meta["network"]["hidden_activation"]] \
-        if meta["network"]["hidden_activation"] != "identity" else None
+    act = (
+        {"relu": nn.ReLU, "tanh": nn.Tanh}[meta["network"]["hidden_activation"]]
+        if meta["network"]["hidden_activation"] != "identity"
+        else None
+    )
     for i, s in enumerate(linears):
         if s.get("input_norm"):
             n = s["input_norm"]
@@ -231,9 +286,16 @@ def _eager_twin(path) -> PolicyModule:
     actor = Actor(1, 1, hidden=(1,))  # forward: tanh(net(x)); its net replaced by the plan's layers
     actor.net = nn.Sequential(*layers)
     norm = meta["normalization"]
-    m = PolicyModule(actor, np.asarray(meta["action_low"]), np.asarray(meta["action_high"]),
-                     None if norm is None else norm["mean"], None if norm is None else norm["var"],
-                     0.0 if norm is None else norm["eps"], 0.0 if norm is None else norm["clip"], meta["obs_dim"])
+    m = PolicyModule(
+        actor,
+        np.asarray(meta["action_low"]),
+        np.asarray(meta["action_high"]),
+        None if norm is None else norm["mean"],
+        None if norm is None else norm["var"],
+        0.0 if norm is None else norm["eps"],
+        0.0 if norm is None else norm["clip"],
+        meta["obs_dim"],
+    )
     for name in ("obs_mean", "obs_std", "action_low", "action_high"):
         getattr(m, name).copy_(sd[name])
     return m
@@ -243,8 +305,9 @@ def _eager_twin(path) -> PolicyModule:
 def test_the_trained_actors_land_within_the_bound_in_every_order(which):
     agent = pendulum_agent() if which == "pendulum_30k" else hopper_agent()
     obs_dim = 4 if which == "pendulum_30k" else 11
-    module, meta, path = module_of(agent, [-3.0] if which == "pendulum_30k" else [-1.0] * 3,
-                                   [3.0] if which == "pendulum_30k" else [1.0] * 3)
+    module, meta, path = module_of(
+        agent, [-3.0] if which == "pendulum_30k" else [-1.0] * 3, [3.0] if which == "pendulum_30k" else [1.0] * 3
+    )
     obs = _check_observations(obs_dim, None, 1024)
     centre, bound = rounding_bound(path, obs)
     eager = _eager_twin(path)
@@ -253,8 +316,9 @@ def test_the_trained_actors_land_within_the_bound_in_every_order(which):
     with torch.no_grad():
         assert_within_bound(eager(torch.from_numpy(obs)).numpy(), centre, bound, f"{which}, eager")
     for kernels in ("auto", "portable"):
-        assert_within_bound(Policy(path, max_batch=1024, mlp_kernels=kernels).act(obs), centre, bound,
-                            f"{which}, runtime {kernels}")
+        assert_within_bound(
+            Policy(path, max_batch=1024, mlp_kernels=kernels).act(obs), centre, bound, f"{which}, runtime {kernels}"
+        )
 
 
 def test_a_float64_actor_is_bounded_with_its_rounded_parameters(tmp_path):
@@ -266,11 +330,13 @@ def test_a_float64_actor_is_bounded_with_its_rounded_parameters(tmp_path):
         for p in actor.parameters():
             p.mul_(20)
     path = tmp_path / "p.pt"
-    export_policy(DDPG(actor, [nn.Linear(8, 1).double()]), path, action_low=[-1, -1], action_high=[1, 1],
-                  verbose=False)
+    export_policy(
+        DDPGAgent(actor, [nn.Linear(8, 1).double()]), path, action_low=[-1, -1], action_high=[1, 1], verbose=False
+    )
     obs = _check_observations(6, None, 256)
-    centre, bound = rounding_bound(path, obs, unit_roundoff=FLOAT64, constants=FLOAT32_ROUNDED_CONSTANTS,
-                                   float32_output=False)
+    centre, bound = rounding_bound(
+        path, obs, unit_roundoff=FLOAT64, constants=FLOAT32_ROUNDED_CONSTANTS, float32_output=False
+    )
     with torch.no_grad():
         got = np.tanh(actor.net(torch.from_numpy(obs).double()).numpy())
     assert_within_bound(got, centre, bound, "float64 actor")
@@ -281,7 +347,7 @@ def test_a_float64_actor_is_bounded_with_its_rounded_parameters(tmp_path):
 def test_sale_actor_is_bounded(tmp_path):
     """TD7's SaleActor (encoder, ELU, AvgL1Norm): torch's evaluations, batched and alone, and the
     runtime's, land within the bound."""
-    from pydpg.sale import Encoder, SaleActor
+    from pydpg.core.sale import Encoder, SaleActor
 
     torch.manual_seed(3)
     actor = SaleActor(17, 6, Encoder(17, 6, 64, 64), 64, 64)
@@ -289,7 +355,7 @@ def test_sale_actor_is_bounded(tmp_path):
         for p in actor.parameters():
             p.mul_(10)
     path = tmp_path / "td7.pt"
-    export_policy(DDPG(actor, [nn.Linear(23, 1)]), path, action_low=[-1] * 6, action_high=[1] * 6, verbose=False)
+    export_policy(DDPGAgent(actor, [nn.Linear(23, 1)]), path, action_low=[-1] * 6, action_high=[1] * 6, verbose=False)
     obs = _check_observations(17, None, 256)
     centre, bound = rounding_bound(path, obs)
     module = jit_load(path)
@@ -319,7 +385,7 @@ def test_a_custom_actor_has_no_bound(tmp_path):
 def test_bad_inputs_are_refused(tmp_path):
     path = tmp_path / "p.pt"
     torch.manual_seed(0)
-    export_policy(DDPG.from_dims(3, 1), path, action_low=[-1], action_high=[1], verbose=False)
+    export_policy(DDPGAgent.from_dims(3, 1), path, action_low=[-1], action_high=[1], verbose=False)
     with pytest.raises(ValueError, match=r"obs has shape \(2, 4\), expected \(3,\) or \(B, 3\)"):
         rounding_bound(path, np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="unit_roundoff"):
@@ -365,14 +431,17 @@ def swapped_layer(actor):  # the square layer's weight read in the other memory 
 BUGS = {"wrong weight": wrong_weight, "missing bias": missing_bias, "swapped layer": swapped_layer}
 # Each bug, on each actor, must move some action beyond the bound (exporting the bugged actor against
 # the true one fails; test_export.py checks it through export's own check).
-ACTORS = {"pendulum_30k": (pendulum_agent, 4, None), "hopper_1m": (hopper_agent, 11, None),
-          "random_normalized": (None, 17, "norm")}
+ACTORS = {
+    "pendulum_30k": (pendulum_agent, 4, None),
+    "hopper_1m": (hopper_agent, 11, None),
+    "random_normalized": (None, 17, "norm"),
+}
 
 
 def random_normalized_agent(scale: float = 30.0):
     """A random actor at trained magnitude (its tanh mostly saturated), or fresh (scale 1)."""
     torch.manual_seed(7)
-    agent = DDPG.from_dims(17, 6)
+    agent = DDPGAgent.from_dims(17, 6)
     with torch.no_grad():
         for p in agent.actor.parameters():
             p.mul_(scale)
@@ -384,8 +453,12 @@ def random_norm(dim=17):
     return {"mean": rng.normal(0, 5, dim), "var": np.exp(rng.uniform(-3, 3, dim)), "eps": 1e-8, "clip": 10.0}
 
 
-CASES = [(a, b) for a in ACTORS for b in [*BUGS, "dropped normalization"]
-         if not (a == "pendulum_30k" and b == "dropped normalization")]  # it was trained without any
+CASES = [
+    (a, b)
+    for a in ACTORS
+    for b in [*BUGS, "dropped normalization"]
+    if not (a == "pendulum_30k" and b == "dropped normalization")
+]  # it was trained without any
 
 
 @pytest.mark.parametrize("actor_name,bug", CASES)

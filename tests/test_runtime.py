@@ -9,28 +9,28 @@ import subprocess
 import warnings
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, scramble_batch_renorm, write_raw_policy
 from torch import nn
 
-from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, scramble_batch_renorm, write_raw_policy
-from pydpg.agent import DDPG
-from pydpg.config import DDPGConfig
-from pydpg.export import export_policy, read_metadata
-from pydpg.normalizer import RunningNormalizer
-from pydpg.rounding import assert_within_rounding
-from pydpg.runtime import NonFiniteError, Policy, PolicyFormatError
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.config import DDPGConfig
+from pydpg.core.normalizer import RunningNormalizer
+from pydpg.deploy.export import export_policy
+from pydpg.deploy.policy_file import read_metadata
+from pydpg.deploy.rounding import assert_within_rounding
+from pydpg.deploy.runtime import NonFiniteError, Policy, PolicyFormatError
 
 torch.set_num_threads(1)
 OBS, ACT = 17, 6
 
 
-def crossq_agent(seed: int = 0) -> DDPG:
+def crossq_agent(seed: int = 0) -> DDPGAgent:
     """CrossQ's agent, its actor's batch renormalization layers scrambled."""
     torch.manual_seed(seed)
-    agent = DDPG.from_dims(OBS, ACT, DDPGConfig.preset("crossq", critic_hidden=(32, 32)))
+    agent = DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("crossq", critic_hidden=(32, 32)))
     scramble_batch_renorm(agent.actor, torch.Generator().manual_seed(seed))
     return agent
 
@@ -41,13 +41,23 @@ def policy_file(request, tmp_path_factory):
     on TD7's (SaleActor: its frozen encoder, AvgL1Norm and ELU inside the policy) and on CrossQ's
     (a BatchRenorm before each Linear)."""
     torch.manual_seed(0)
-    agent = crossq_agent() if request.param == "crossq_actor" else DDPG.from_dims(
-        OBS, ACT, DDPGConfig.preset("td7") if request.param == "td7_actor" else None)
+    agent = (
+        crossq_agent()
+        if request.param == "crossq_actor"
+        else DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("td7") if request.param == "td7_actor" else None)
+    )
     norm = RunningNormalizer(OBS)
     norm.update(np.random.default_rng(0).standard_normal((256, OBS)) * 2 + 0.5)
     path = tmp_path_factory.mktemp("policy") / "policy.pt"
-    export_policy(agent, path, action_low=[-1, -1, -1, -0.5, -0.5, -0.5], action_high=[1, 1, 1, 0.5, 0.5, 0.5],
-                  normalizer=norm, env_id="HalfCheetah-v5", verbose=False)
+    export_policy(
+        agent,
+        path,
+        action_low=[-1, -1, -1, -0.5, -0.5, -0.5],
+        action_high=[1, 1, 1, 0.5, 0.5, 0.5],
+        normalizer=norm,
+        env_id="HalfCheetah-v5",
+        verbose=False,
+    )
     return path
 
 
@@ -161,8 +171,13 @@ def test_nonfinite_hold_last_per_row(policy_file):
     np.testing.assert_array_equal(a2[0], a1[0])  # held: a copy of the stored action, exact
     # The other rows are computed in a batch of 3 here and of 2 there. BLAS picks its kernel by
     # matrix shape (and CPU), so they agree to rounding, not bit for bit; see test_batch_invariant.
-    assert_within_rounding(a2[1:], Policy(policy_file, max_batch=3).act(second[1:].copy()), policy_file,
-                           second[1:], "batch of 3 vs batch of 2")
+    assert_within_rounding(
+        a2[1:],
+        Policy(policy_file, max_batch=3).act(second[1:].copy()),
+        policy_file,
+        second[1:],
+        "batch of 3 vs batch of 2",
+    )
     assert p.guard_stats()["held_rows"] == 1 and p.guard_stats()["nonfinite_obs_rows"] == 1
     # Before any good action, "hold" falls back to the safe action (zeros).
     q = Policy(policy_file, on_nonfinite="hold")
@@ -231,9 +246,10 @@ def test_thread_count_is_fixed(policy_file):
 # A policy trained for 30k steps on InvertedPendulum-v5 (noiseless eval 1000), exported as users do:
 #   pydpg train InvertedPendulum-v5 --steps 30000 --seed 0 --out run && pydpg export run -o policy.pt
 # (Its TorchScript *.debug_pkl records, which name the exporting machine's source paths, were
-# dropped from the zip; nothing loads them.) Its weights are ~30x their initial scale. pydpg 0.1.0's runtime refused it: the mlp backend used its
-# input buffer as scratch and warm-up fed each call's hidden activations back in as the observation,
-# which diverged to Inf with trained weights (and stayed finite with fresh ones).
+# dropped from the zip; nothing loads them.) Its weights are ~30x their initial scale. pydpg 0.1.0's
+# runtime refused it: the mlp backend used its input buffer as scratch and warm-up fed each call's
+# hidden activations back in as the observation, which diverged to Inf with trained weights (and
+# stayed finite with fresh ones).
 TRAINED_PENDULUM = Path(__file__).parent / "data" / "inverted_pendulum_30k.pt"
 
 
@@ -258,7 +274,7 @@ def test_trained_magnitude_weights_load_and_match(tmp_path, scale):
     """Random actors with weights scaled up to (and past) trained magnitudes, through the default
     constructor: the runtime loads every one whose TorchScript output is finite, and agrees with it."""
     torch.manual_seed(int(scale))
-    agent = DDPG.from_dims(OBS, ACT, DDPGConfig(hidden=(64, 64)))
+    agent = DDPGAgent.from_dims(OBS, ACT, DDPGConfig(hidden=(64, 64)))
     with torch.no_grad():
         for param in agent.actor.parameters():
             param.mul_(scale)
@@ -311,7 +327,9 @@ def test_portable_kernels_still_pass_parity(policy_file):
     fast = Policy(policy_file, max_batch=64)
     sale = read_metadata(policy_file)["network"]["kind"] == "sale"
     expm1 = (", expm1: sleef", ", expm1: libm double") if sale else ("",)
-    assert fast.kernels in [k + e for k in ("sgemm: mkl, tanh: mkl vml", "sgemm: aten addmm, tanh: libm") for e in expm1]
+    assert fast.kernels in [
+        k + e for k in ("sgemm: mkl, tanh: mkl vml", "sgemm: aten addmm, tanh: libm") for e in expm1
+    ]
     for path in (policy_file, TRAINED_PENDULUM):
         p = Policy(path, max_batch=64, mlp_kernels="portable")
         portable = "sgemm: aten addmm, tanh: libm" + (", expm1: libm double" if path == policy_file and sale else "")
@@ -363,16 +381,19 @@ def test_wrong_format_version(tmp_path):
         Policy(path)
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"obs_dim": 5}, r"does not accept a \[1, 5\]"),
-    ({"act_dim": 3, "action_low": [-1] * 3, "action_high": [1] * 3}, r"metadata says \[1, 3\]"),
-    ({"action_low": [1, -1]}, "low < high"),
-    ({"action_high": [1]}, "act_dim entries"),
-    ({"obs_dim": "3"}, "obs_dim must be an integer"),
-    ({"format": "other"}, "format"),
-    ({"normalization": {"mean": [0] * 2, "var": [1] * 3, "eps": 0}}, "obs_dim entries"),
-    ({"normalization": {"mean": [0] * 3, "var": [-1] * 3, "eps": 0}}, "not finite/positive"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"obs_dim": 5}, r"does not accept a \[1, 5\]"),
+        ({"act_dim": 3, "action_low": [-1] * 3, "action_high": [1] * 3}, r"metadata says \[1, 3\]"),
+        ({"action_low": [1, -1]}, "low < high"),
+        ({"action_high": [1]}, "act_dim entries"),
+        ({"obs_dim": "3"}, "obs_dim must be an integer"),
+        ({"format": "other"}, "format"),
+        ({"normalization": {"mean": [0] * 2, "var": [1] * 3, "eps": 0}}, "obs_dim entries"),
+        ({"normalization": {"mean": [0] * 3, "var": [-1] * 3, "eps": 0}}, "not finite/positive"),
+    ],
+)
 def test_metadata_contradicting_module(tmp_path, change, match):
     meta = {**base_meta(3, 2), **change}
     path = write_raw_policy(tmp_path / "p.pt", plain_module(3, 2), meta)
@@ -429,39 +450,51 @@ def test_lying_network_plan_is_refused(tmp_path, policy_file):
         Policy(path, backend="mlp")
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda n: n.pop("state_layer"), "state_layer"),
-    (lambda n: n["norm"].update(kind="l2"), "network.norm.kind must be avg_l1"),
-    (lambda n: n["norm"].update(eps=0), r"network.norm.eps must be in \(0, 1\)"),
-    (lambda n: n["norm"].update(eps="x"), "network.norm.eps"),
-    (lambda n: n["encoder"].update(hidden_activation="gelu"), "is not one of relu, tanh, elu, identity"),
-    (lambda n: n["encoder"].update(layers=[]), "network.encoder.layers is empty"),
-    (lambda n: n["encoder"]["layers"].pop(), r"does not reproduce forward\(\)"),  # fits, but lies
-    (lambda n: n["encoder"]["layers"].pop(0), r"tensor 'actor.encoder.zs2.weight' is \[256, 256\]"),
-    (lambda n: n["state_layer"].update(out=-1), r"network.state_layer.out must be in \[1, "),
-    (lambda n: n["state_layer"].update(weight="actor.nope"), "the module has no tensor 'actor.nope'"),
-    (lambda n: n.update(kind="transformer"), "no network the mlp backend runs"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda n: n.pop("state_layer"), "state_layer"),
+        (lambda n: n["norm"].update(kind="l2"), "network.norm.kind must be avg_l1"),
+        (lambda n: n["norm"].update(eps=0), r"network.norm.eps must be in \(0, 1\)"),
+        (lambda n: n["norm"].update(eps="x"), "network.norm.eps"),
+        (lambda n: n["encoder"].update(hidden_activation="gelu"), "is not one of relu, tanh, elu, identity"),
+        (lambda n: n["encoder"].update(layers=[]), "network.encoder.layers is empty"),
+        (lambda n: n["encoder"]["layers"].pop(), r"does not reproduce forward\(\)"),  # fits, but lies
+        (lambda n: n["encoder"]["layers"].pop(0), r"tensor 'actor.encoder.zs2.weight' is \[256, 256\]"),
+        (lambda n: n["state_layer"].update(out=-1), r"network.state_layer.out must be in \[1, "),
+        (lambda n: n["state_layer"].update(weight="actor.nope"), "the module has no tensor 'actor.nope'"),
+        (lambda n: n.update(kind="transformer"), "no network the mlp backend runs"),
+    ],
+)
 def test_bad_sale_plans_are_refused_by_name(tmp_path, edit, match):
     """A TD7 policy whose plan is damaged is refused by name (or run on the interpreter)."""
     torch.manual_seed(3)
-    _damaged_plan_is_refused(DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7")), tmp_path, edit, match)
+    _damaged_plan_is_refused(DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("td7")), tmp_path, edit, match)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda n: n["layers"][1]["input_norm"].update(kind="layer_norm"), r"input_norm.kind must be batch_renorm"),
-    (lambda n: n["layers"][1]["input_norm"].update(eps=0), r"input_norm.eps must be in \(0, 1\)"),
-    (lambda n: n["layers"][1]["input_norm"].update(eps=None), r"input_norm.eps"),
-    (lambda n: n["layers"][0]["input_norm"].update(mean="actor.net.3.running_mean"),
-     r"tensor 'actor.net.3.running_mean' is \[256\] Float, expected \[17\] float32"),
-    (lambda n: n["layers"][1]["input_norm"].update(var="actor.nope"), "the module has no tensor 'actor.nope'"),
-    (lambda n: n["layers"][1]["input_norm"].update(weight="actor.net.3.running_var"),
-     "the module has no tensor 'actor.net.3.running_var'"),  # a buffer where a parameter belongs
-    (lambda n: n["layers"][2].pop("input_norm"), r"does not reproduce forward\(\)"),  # fits, but lies
-    # A lie smaller than float32's rounding bound: only the float64 comparison sees it.
-    (lambda n: n["layers"][1]["input_norm"].update(eps=n["layers"][1]["input_norm"]["eps"] * 1.01),
-     r"does not reproduce forward\(\) \(\|diff\| .* in float64"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda n: n["layers"][1]["input_norm"].update(kind="layer_norm"), r"input_norm.kind must be batch_renorm"),
+        (lambda n: n["layers"][1]["input_norm"].update(eps=0), r"input_norm.eps must be in \(0, 1\)"),
+        (lambda n: n["layers"][1]["input_norm"].update(eps=None), r"input_norm.eps"),
+        (
+            lambda n: n["layers"][0]["input_norm"].update(mean="actor.net.3.running_mean"),
+            r"tensor 'actor.net.3.running_mean' is \[256\] Float, expected \[17\] float32",
+        ),
+        (lambda n: n["layers"][1]["input_norm"].update(var="actor.nope"), "the module has no tensor 'actor.nope'"),
+        (
+            lambda n: n["layers"][1]["input_norm"].update(weight="actor.net.3.running_var"),
+            "the module has no tensor 'actor.net.3.running_var'",
+        ),  # a buffer where a parameter belongs
+        (lambda n: n["layers"][2].pop("input_norm"), r"does not reproduce forward\(\)"),  # fits, but lies
+        # A lie smaller than float32's rounding bound: only the float64 comparison sees it.
+        (
+            lambda n: n["layers"][1]["input_norm"].update(eps=n["layers"][1]["input_norm"]["eps"] * 1.01),
+            r"does not reproduce forward\(\) \(\|diff\| .* in float64",
+        ),
+    ],
+)
 def test_bad_batch_renorm_plans_are_refused_by_name(tmp_path, edit, match):
     """A CrossQ policy whose plan is damaged is refused by name (or run on the interpreter)."""
     _damaged_plan_is_refused(crossq_agent(3), tmp_path, edit, match)
@@ -476,8 +509,13 @@ def test_act_does_not_allocate_after_warmup(tmp_path_factory, policy_file):
     cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
     results = {}
     for backend in ("mlp", "torchscript"):
-        out = subprocess.run([str(build / "alloc_check"), str(policy_file), backend, "64", "200"],
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [str(build / "alloc_check"), str(policy_file), backend, "64", "200"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         results[backend] = json.loads(out.stdout)
     assert results["mlp"]["probe_allocations"] >= 2  # the counter does see allocations
     assert results["mlp"]["allocations"] == 0, results  # 400 calls, batch 1 and 64: none, anywhere

@@ -16,23 +16,26 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pydpg.agent import DDPG
-from pydpg.export import export_policy
-from pydpg.networks import Actor
-from pydpg.rounding import rounding_bound, within
-from pydpg.runtime import Policy
-from pydpg.sale import Encoder, SaleActor
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.networks import Actor
+from pydpg.core.sale import Encoder, SaleActor
+from pydpg.deploy.export import export_policy
+from pydpg.deploy.rounding import rounding_bound, within
+from pydpg.deploy.runtime import Policy
 
 torch.set_num_threads(1)
 
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @st.composite
@@ -51,8 +54,20 @@ def policies(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     sale = draw(st.booleans())  # TD7's actor: width hidden[0], zs of zs_dim (activation unused)
     zs_dim = draw(st.integers(1, 64))
-    return dict(obs_dim=obs_dim, act_dim=act_dim, hidden=hidden, activation=activation, scale=scale,
-                normalized=normalized, low=low, high=low + width, batch=batch, seed=seed, sale=sale, zs_dim=zs_dim)
+    return dict(
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        hidden=hidden,
+        activation=activation,
+        scale=scale,
+        normalized=normalized,
+        low=low,
+        high=low + width,
+        batch=batch,
+        seed=seed,
+        sale=sale,
+        zs_dim=zs_dim,
+    )
 
 
 class Stats:
@@ -67,13 +82,45 @@ class Stats:
 
 # Always run, besides the drawn examples: HalfCheetah's shapes at trained scale with normalization,
 # and a deep narrow net at twice that scale with asymmetric bounds far from zero.
-TRAINED = dict(obs_dim=17, act_dim=6, hidden=(256, 256), activation=nn.ReLU, scale=30.0, normalized=True,
-               low=np.full(6, -1.0), high=np.full(6, 1.0), batch=64, seed=1)
-BEYOND = dict(obs_dim=11, act_dim=3, hidden=(64, 32, 16), activation=nn.Tanh, scale=60.0, normalized=False,
-              low=np.array([100.0, -5.0, 0.0]), high=np.array([300.0, 5.0, 0.01]), batch=37, seed=2)
+TRAINED = dict(
+    obs_dim=17,
+    act_dim=6,
+    hidden=(256, 256),
+    activation=nn.ReLU,
+    scale=30.0,
+    normalized=True,
+    low=np.full(6, -1.0),
+    high=np.full(6, 1.0),
+    batch=64,
+    seed=1,
+)
+BEYOND = dict(
+    obs_dim=11,
+    act_dim=3,
+    hidden=(64, 32, 16),
+    activation=nn.Tanh,
+    scale=60.0,
+    normalized=False,
+    low=np.array([100.0, -5.0, 0.0]),
+    high=np.array([300.0, 5.0, 0.01]),
+    batch=37,
+    seed=2,
+)
 # TD7's actor at its own sizes on Walker2d's shapes, at trained scale.
-TD7 = dict(obs_dim=17, act_dim=6, hidden=(256,), activation=nn.ReLU, scale=30.0, normalized=False,
-           low=np.full(6, -1.0), high=np.full(6, 1.0), batch=64, seed=3, sale=True, zs_dim=256)
+TD7 = dict(
+    obs_dim=17,
+    act_dim=6,
+    hidden=(256,),
+    activation=nn.ReLU,
+    scale=30.0,
+    normalized=False,
+    low=np.full(6, -1.0),
+    high=np.full(6, 1.0),
+    batch=64,
+    seed=3,
+    sale=True,
+    zs_dim=256,
+)
 
 
 def build(tmp_path, case):
@@ -81,14 +128,19 @@ def build(tmp_path, case):
     rng = np.random.default_rng(case["seed"])
     if case.get("sale"):
         h = case["hidden"][0]
-        actor = SaleActor(case["obs_dim"], case["act_dim"], Encoder(case["obs_dim"], case["act_dim"], case["zs_dim"], h),
-                          case["zs_dim"], h)
+        actor = SaleActor(
+            case["obs_dim"],
+            case["act_dim"],
+            Encoder(case["obs_dim"], case["act_dim"], case["zs_dim"], h),
+            case["zs_dim"],
+            h,
+        )
     else:
         actor = Actor(case["obs_dim"], case["act_dim"], hidden=case["hidden"], activation=case["activation"])
     with torch.no_grad():
         for p in actor.parameters():
             p.mul_(case["scale"])
-    agent = DDPG(actor, [nn.Linear(case["obs_dim"] + case["act_dim"], 1)])
+    agent = DDPGAgent(actor, [nn.Linear(case["obs_dim"] + case["act_dim"], 1)])
     norm = Stats(rng, case["obs_dim"]) if case["normalized"] else None
     path = tmp_path / f"p{case['seed']}.pt"
     export_policy(agent, path, action_low=case["low"], action_high=case["high"], normalizer=norm, verbose=False)
@@ -109,7 +161,7 @@ def module_actions(path, obs):
 
 def assert_as_exact_as_float32_allows(got, path, obs):
     """``got`` and torch's float32 evaluation of the module are both within the forward error bound
-    of the network's exact function (pydpg.rounding): whatever order either sums in, on any CPU. A
+    of the network's exact function (pydpg.deploy.rounding): whatever order either sums in, on any CPU. A
     well-conditioned network makes the bound tight; a large-weight deep one (BEYOND) amplifies
     rounding, and the bound grows with it, derived from the network rather than measured here."""
     centre, bound = rounding_bound(path, obs)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from policy_helpers import have_cmake
 
 SCRIPT = Path(__file__).parent / "cpp" / "sanitize.sh"

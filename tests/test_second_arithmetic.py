@@ -56,9 +56,28 @@ def test_cross_computation_tests_pass_under_mkl_compatible():
     if mkl_branch() is None:
         pytest.skip("this torch has no MKL: there is no second MKL arithmetic to try")
     env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "PYDPG_SECOND_ARITHMETIC": "COMPATIBLE"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cross_computation",
-                          "-o", "addopts=-ra", str(ROOT / "tests")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "cross_computation",
+            "-o",
+            "addopts=-ra",
+            str(ROOT / "tests"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     tail = "\n".join(run.stdout.splitlines()[-40:])
     print(tail)
-    assert run.returncode == 0, f"the cross-computation tests failed under MKL_CBWR=COMPATIBLE:\n{tail}\n{run.stderr[-2000:]}"
+    assert run.returncode == 0, (
+        f"the cross-computation tests failed under MKL_CBWR=COMPATIBLE:\n{tail}\n{run.stderr[-2000:]}"
+    )

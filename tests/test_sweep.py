@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from pydpg import presets
-from pydpg.cli import main
-from pydpg.config import DDPGConfig
-from pydpg.sweep_spec import load_spec
-from pydpg.sweep_summary import summarize
-from pydpg.trainer import METRICS_COLUMNS, read_metrics
+from pydpg.cli.main import main
+from pydpg.core.config import DDPGConfig
+from pydpg.experiments.sweep_spec import load_spec
+from pydpg.experiments.sweep_summary import summarize
+from pydpg.train.config import resolve
+from pydpg.train.run_log import METRICS_COLUMNS, read_metrics
 
 torch.set_num_threads(1)
 TASK = "InvertedPendulum-v5"
@@ -57,8 +57,10 @@ def evals(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_metrics(path: Path, steps, means) -> None:
     path.mkdir(parents=True)
-    rows = [{"step": s, "wall_time": s / 250, "sps": 250, "eval_mean": m, "eval_std": 0, "episodes": 1}
-            for s, m in zip(steps, means)]
+    rows = [
+        {"step": s, "wall_time": s / 250, "sps": 250, "eval_mean": m, "eval_std": 0, "episodes": 1}
+        for s, m in zip(steps, means)
+    ]
     lines = [",".join(METRICS_COLUMNS)] + [",".join(str(r.get(c, "")) for c in METRICS_COLUMNS) for r in rows]
     (path / "metrics.csv").write_text("\n".join(lines) + "\n")
 
@@ -69,19 +71,35 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
     cases = [
         ({**base, "setings": {}}, "unknown key 'setings' (did you mean 'settings'?)"),
         ({**base, "settings": {"a": {"agnet": {}}}}, "[settings.a]: unknown key 'agnet' (did you mean 'agent'?)"),
-        ({**base, "settings": {"a": {"agent": {"tua": 0.1}}}}, "[settings.a]: [agent] unknown DDPGConfig key(s): 'tua' (did you mean 'tau'?)"),
-        ({**base, "train": {"eval_evry": 10}}, "[train] unknown TrainConfig key(s): 'eval_evry' (did you mean 'eval_every'?)"),
+        (
+            {**base, "settings": {"a": {"agent": {"tua": 0.1}}}},
+            "[settings.a]: [agent] unknown DDPGConfig key(s): 'tua' (did you mean 'tau'?)",
+        ),
+        (
+            {**base, "train": {"eval_evry": 10}},
+            "[train] unknown TrainConfig key(s): 'eval_evry' (did you mean 'eval_every'?)",
+        ),
         ({**base, "settings": {"a": {"train": {"seed": 3}}}}, "'seed' is set by the sweep (its seeds)"),
         ({**base, "train": {"threads": 2}}, "'threads' is set by the sweep (its one CPU per trial)"),
-        ({**base, "settings": {"a": {"impl": "sb4"}}}, "impl must be one of 'pydpg', 'sb3', got 'sb4' (did you mean 'sb3'?)"),
+        (
+            {**base, "settings": {"a": {"impl": "sb4"}}},
+            "impl must be one of 'pydpg', 'sb3', got 'sb4' (did you mean 'sb3'?)",
+        ),
         ({**base, "settings": {"a": {"preset": "td4"}}}, "setting 'a' on InvertedPendulum-v5: unknown preset 'td4'"),
-        ({**base, "settings": {"a": {"agent": {"tau": 5}}}}, "[settings.a]: [agent] DDPGConfig.tau must be in (0, 1], got 5"),
-        ({**base, "settings": {"a": {"impl": "sb3", "agent": {"prioritized": True}}}},
-         "Stable-Baselines3 cannot run prioritized = True"),
+        (
+            {**base, "settings": {"a": {"agent": {"tau": 5}}}},
+            "[settings.a]: [agent] DDPGConfig.tau must be in (0, 1], got 5",
+        ),
+        (
+            {**base, "settings": {"a": {"impl": "sb3", "agent": {"prioritized": True}}}},
+            "Stable-Baselines3 cannot run prioritized = True",
+        ),
         ({"tasks": [TASK], "seeds": [0, 0]}, "seeds repeats 0"),
         ({"tasks": [], "seeds": [0]}, "'tasks' must be a non-empty list"),
-        ({**base, "settings": {"a": {"tasks": ["Hopper-v5"]}}},
-         "[settings.a]: tasks 'Hopper-v5' are not among the sweep's tasks (InvertedPendulum-v5)"),
+        (
+            {**base, "settings": {"a": {"tasks": ["Hopper-v5"]}}},
+            "[settings.a]: tasks 'Hopper-v5' are not among the sweep's tasks (InvertedPendulum-v5)",
+        ),
         ({**base, "settings": {"a": {"tasks": []}}}, "[settings.a]: tasks must be a non-empty list"),
         ({**base, "settings": {"a": {"tasks": TASK}}}, "[settings.a]: tasks must be a non-empty list"),
         ({**base, "settings": {"a": {"tasks": [TASK, TASK]}}}, "list of distinct environment ids"),
@@ -99,11 +117,21 @@ def test_spec_refuses_unknown_keys_naming_them(tmp_path, capsys):
     assert len(crossq) == 6 and {tuple(t.agent["critic_hidden"]) for t in crossq} == {(256, 256)}
     # A setting limited to some of the sweep's tasks has trials on those only, and is resolved
     # (checked) on those only.
-    limited = load_spec({"tasks": [TASK, "Hopper-v5"], "seeds": [0, 1],
-                         "settings": {"all": {}, "some": {"tasks": ["Hopper-v5"], "preset": "td3"}}}).trials()
+    limited = load_spec(
+        {
+            "tasks": [TASK, "Hopper-v5"],
+            "seeds": [0, 1],
+            "settings": {"all": {}, "some": {"tasks": ["Hopper-v5"], "preset": "td3"}},
+        }
+    ).trials()
     assert [(t.task, t.setting, t.seed) for t in limited] == [
-        (TASK, "all", 0), ("Hopper-v5", "all", 0), ("Hopper-v5", "some", 0),
-        (TASK, "all", 1), ("Hopper-v5", "all", 1), ("Hopper-v5", "some", 1)]
+        (TASK, "all", 0),
+        ("Hopper-v5", "all", 0),
+        ("Hopper-v5", "some", 0),
+        (TASK, "all", 1),
+        ("Hopper-v5", "all", 1),
+        ("Hopper-v5", "some", 1),
+    ]
     # A TOML file through the CLI: one line, exit 2, the file and the key named.
     bad = tmp_path / "bad.toml"
     bad.write_text(SPEC_TOML.replace("[settings.fast_tau]", "[settings.fast_tau]\nimpl_ = 'sb3'"))
@@ -134,7 +162,7 @@ def test_without_ray_the_error_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 2
     assert "pydpg sweep needs Ray, an optional extra of pydpg: pip install 'pydpg[ray]'" in capsys.readouterr().err
-    from pydpg.sweep import run_sweep
+    from pydpg.experiments.sweep import run_sweep
 
     with pytest.raises(ImportError, match=r"pip install 'pydpg\[ray\]'"):
         run_sweep(str(spec), tmp_path / "o")
@@ -182,8 +210,10 @@ def test_runs_record_carries_seeds_across_directories(tmp_path, capsys):
     write_metrics(first / "Hopper-v5" / "td3" / "seed0", steps, b)
     summarize(first)
     record = first / "sweep_runs.json"
-    assert [(r["setting"], r["seed"], len(r["steps"])) for r in json.loads(record.read_text())["runs"]] == \
-        [("td3", 0, 40), ("td7", 0, 40)]
+    assert [(r["setting"], r["seed"], len(r["steps"])) for r in json.loads(record.read_text())["runs"]] == [
+        ("td3", 0, 40),
+        ("td7", 0, 40),
+    ]
     write_metrics(second / "Hopper-v5" / "td7" / "seed1", steps, b)
     write_metrics(second / "Hopper-v5" / "td3" / "seed0", steps, a)  # on disk: wins over the record's seed 0
     write_metrics(both / "Hopper-v5" / "td7" / "seed0", steps, a)
@@ -210,6 +240,7 @@ def test_until_compares_runs_of_different_lengths_at_equal_steps(tmp_path, capsy
     record = tmp_path / "first" / "sweep_runs.json"
     assert main(["sweep", "--summarize", str(tmp_path / "now"), "--add-runs", str(record), "--until", "150000"]) == 0
     out = capsys.readouterr().out
+
     def strict(constant):  # NaN / Infinity tokens are not JSON
         raise AssertionError(f"sweep_summary.json holds {constant}")
 
@@ -259,26 +290,35 @@ def test_window_fixes_the_tail_for_every_row(tmp_path, capsys):
     assert "--until STEP, --window STEPS go with --summarize DIR" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda r: "{not json", "cannot read the runs record"),
-    (lambda r: json.dumps({"runs": []}), 'is not a runs record'),
-    (lambda r: json.dumps({**r, "version": 2}), "of version 2; this pydpg reads version 1"),
-    (lambda r: json.dumps({**r, "runs": {}}), '"runs" must be a list'),
-    (lambda r: json.dumps({**r, "runs": [7]}), "run 0: must be an object"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "task": ""}]}), "run 0: 'task' must be a non-empty"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "seed": -1}]}), "'seed' must be an integer >= 0"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "seed": True}]}), "'seed' must be an integer >= 0"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "finished": "yes"}]}), "'finished' must be true or false"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "wall_time_s": -1}]}), "'wall_time_s' must be a finite"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0]}]}), "lists of the same length"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [], "evals": []}]}), "non-empty lists"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [200, 100]}]}), "'steps' must be increasing"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [100, 2.5]}]}), "'steps' must be increasing"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0, float("nan")]}]}), "'evals' must be finite"),
-    (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0, "2"]}]}), "'evals' must be finite"),
-    (lambda r: json.dumps({**r, "runs": r["runs"] * 2}), "run 1: Hopper-v5 / base seed 0 is recorded twice"),
-    (lambda r: json.dumps(r)[: len(json.dumps(r)) // 2], "cannot read the runs record"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: "{not json", "cannot read the runs record"),
+        (lambda r: json.dumps({"runs": []}), "is not a runs record"),
+        (lambda r: json.dumps({**r, "version": 2}), "of version 2; this pydpg reads version 1"),
+        (lambda r: json.dumps({**r, "runs": {}}), '"runs" must be a list'),
+        (lambda r: json.dumps({**r, "runs": [7]}), "run 0: must be an object"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "task": ""}]}), "run 0: 'task' must be a non-empty"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "seed": -1}]}), "'seed' must be an integer >= 0"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "seed": True}]}), "'seed' must be an integer >= 0"),
+        (
+            lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "finished": "yes"}]}),
+            "'finished' must be true or false",
+        ),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "wall_time_s": -1}]}), "'wall_time_s' must be a finite"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0]}]}), "lists of the same length"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [], "evals": []}]}), "non-empty lists"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [200, 100]}]}), "'steps' must be increasing"),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "steps": [100, 2.5]}]}), "'steps' must be increasing"),
+        (
+            lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0, float("nan")]}]}),
+            "'evals' must be finite",
+        ),
+        (lambda r: json.dumps({**r, "runs": [{**r["runs"][0], "evals": [1.0, "2"]}]}), "'evals' must be finite"),
+        (lambda r: json.dumps({**r, "runs": r["runs"] * 2}), "run 1: Hopper-v5 / base seed 0 is recorded twice"),
+        (lambda r: json.dumps(r)[: len(json.dumps(r)) // 2], "cannot read the runs record"),
+    ],
+)
 def test_bad_runs_records_are_refused_by_name(tmp_path, capsys, damage, message):
     write_metrics(tmp_path / "good" / "Hopper-v5" / "base" / "seed0", [100, 200], [1.0, 3.0])
     summarize(tmp_path / "good")
@@ -311,7 +351,7 @@ def test_sweep_on_local_ray(ray_local, tmp_path, capsys):
 
     rows = {r["setting"]: r for r in json.loads((out / "sweep_summary.json").read_text())["rows"]}
     assert set(rows) == {"base", "fast_tau"}
-    preset_tau = presets.resolve(TASK)[0].tau
+    preset_tau = resolve(TASK)[0].tau
     for setting, tau in (("base", preset_tau), ("fast_tau", 0.02)):
         finals, tails, bests = [], [], []
         for seed in (0, 1):
@@ -356,19 +396,35 @@ def test_killed_sweep_resumes_unfinished_trials(ray_local, tmp_path):
     the finished alone. Which trials finish first depends on when Ray's workers start (on a loaded
     machine one worker may run several trials before the second starts), so the test asserts on the
     state the kill left, whatever it is, not on a fixed order."""
-    from pydpg.sweep import run_sweep
+    from pydpg.experiments.sweep import run_sweep
 
     out = tmp_path / "out"
-    spec = {"tasks": [TASK], "seeds": [0, 1], "agent": SMALL_AGENT, "train": {**SMALL_TRAIN, "checkpoint_every": 100},
-            "settings": {"short": {"train": {"total_steps": 300}}, "long": {"train": {"total_steps": 1200}}}}
+    spec = {
+        "tasks": [TASK],
+        "seeds": [0, 1],
+        "agent": SMALL_AGENT,
+        "train": {**SMALL_TRAIN, "checkpoint_every": 100},
+        "settings": {"short": {"train": {"total_steps": 300}}, "long": {"train": {"total_steps": 1200}}},
+    }
     address = ray_local.get_runtime_context().gcs_address
     # The session listens on the loopback only; a second driver joins it in the same local-only mode
     # (the variable ray_session.init sets before it starts a local Ray; os.environ holds it now).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     driver = subprocess.Popen(
-        [sys.executable, "-c", "import json, sys; from pydpg.sweep import run_sweep; "
-         "run_sweep(json.loads(sys.argv[1]), sys.argv[2], address=sys.argv[3], verbose=0)",
-         json.dumps(spec), str(out), address], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from pydpg.experiments.sweep import run_sweep; "
+            "run_sweep(json.loads(sys.argv[1]), sys.argv[2], address=sys.argv[3], verbose=0)",
+            json.dumps(spec),
+            str(out),
+            address,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def driver_output() -> str:
         driver.kill()
@@ -377,8 +433,11 @@ def test_killed_sweep_resumes_unfinished_trials(ray_local, tmp_path):
     def progress():
         runs = {f"{d.parent.name}/{d.name}": d for d in out.glob(f"{TASK}/*/seed*")}
         done = {k: d for k, d in runs.items() if (d / "summary.json").exists()}
-        partial = {k: max(int(c.name.split("_")[1]) for c in cs) for k, d in runs.items()
-                   if k not in done and (cs := list(d.glob("checkpoints/step_*")))}
+        partial = {
+            k: max(int(c.name.split("_")[1]) for c in cs)
+            for k, d in runs.items()
+            if k not in done and (cs := list(d.glob("checkpoints/step_*")))
+        }
         return done, partial
 
     # Generous, and free when the state comes early: with two other CPU-bound processes on this
@@ -422,22 +481,50 @@ def test_killed_sweep_resumes_unfinished_trials(ray_local, tmp_path):
 # ---------------------------------------------------------------------------------------- SB3 peer
 def test_sb3_peer_has_the_same_hyper_parameters_and_metrics(tmp_path):
     pytest.importorskip("stable_baselines3")
-    from pydpg.sb3_peer import run_sb3, sb3_model, unsupported
+    from pydpg.experiments.sb3_peer import run_sb3, sb3_model, unsupported
 
-    cfg = DDPGConfig(hidden=(32, 32), actor_lr=1e-3, critic_lr=1e-3, batch_size=64, tau=0.01, gamma=0.98,
-                     buffer_size=5000, learning_starts=100, exploration_sigma=0.2, train_freq=2, gradient_steps=3)
+    cfg = DDPGConfig(
+        hidden=(32, 32),
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        batch_size=64,
+        tau=0.01,
+        gamma=0.98,
+        buffer_size=5000,
+        learning_starts=100,
+        exploration_sigma=0.2,
+        train_freq=2,
+        gradient_steps=3,
+    )
     m = sb3_model(TASK, cfg, seed=0)
     assert type(m).__name__ == "DDPG"
-    assert (m.learning_rate, m.batch_size, m.tau, m.gamma, m.buffer_size, m.learning_starts) == (1e-3, 64, 0.01, 0.98, 5000, 100)
+    assert (m.learning_rate, m.batch_size, m.tau, m.gamma, m.buffer_size, m.learning_starts) == (
+        1e-3,
+        64,
+        0.01,
+        0.98,
+        5000,
+        100,
+    )
     assert (m.train_freq.frequency, m.gradient_steps, m.policy_delay) == (2, 3, 1)
     assert m.policy.net_arch == [32, 32] and np.all(m.action_noise._sigma == 0.2)  # the config's value, copied
     td3 = sb3_model(TASK, DDPGConfig.preset("td3"), seed=0)
     assert type(td3).__name__ == "TD3" and td3.policy_delay == 2 and td3.target_policy_noise == 0.2
     assert td3.policy.critic.n_critics == 2
-    assert unsupported(DDPGConfig(critic_lr=1e-3, n_step=3)) == ["n_step = 3", "actor_lr = 0.0003 with critic_lr = 0.001 "
-                                                                             "(SB3 has one learning rate)"]
-    spec = load_spec({"tasks": [TASK], "seeds": [0], "total_steps": 300, "agent": SMALL_AGENT, "train": SMALL_TRAIN,
-                      "settings": {"sb3": {"impl": "sb3"}}})
+    assert unsupported(DDPGConfig(critic_lr=1e-3, n_step=3)) == [
+        "n_step = 3",
+        "actor_lr = 0.0003 with critic_lr = 0.001 (SB3 has one learning rate)",
+    ]
+    spec = load_spec(
+        {
+            "tasks": [TASK],
+            "seeds": [0],
+            "total_steps": 300,
+            "agent": SMALL_AGENT,
+            "train": SMALL_TRAIN,
+            "settings": {"sb3": {"impl": "sb3"}},
+        }
+    )
     trial = spec.trials()[0]
     out = tmp_path / TASK / "sb3" / "seed0"
     summary = run_sb3(trial.agent, trial.train, out)
@@ -450,7 +537,7 @@ def test_sb3_peer_has_the_same_hyper_parameters_and_metrics(tmp_path):
 def test_setting_records_of_an_older_pydpg_still_match(tmp_path):
     """A sweep started before a config field existed (its setting.json lacks it) resumes: the missing
     field counts as its default. A value that really differs is still refused by name."""
-    from pydpg.sweep import _write_setting_files
+    from pydpg.experiments.sweep import _write_setting_files
 
     (tmp_path / "spec.toml").write_text(SPEC_TOML)
     spec = load_spec(tmp_path / "spec.toml")
@@ -471,12 +558,14 @@ def test_a_run_checkpointed_at_another_interval_is_still_the_trial(tmp_path):
     """A trial started by hand (`pydpg train --checkpoint-every`) into the sweep's directory is
     continued by the sweep: checkpoint bookkeeping and the step count are not settings. Anything that
     changes what is learned is refused by name."""
-    from pydpg.sweep import _check_same_run
+    from pydpg.experiments.sweep import _check_same_run
 
     (tmp_path / "spec.toml").write_text(SPEC_TOML)
     trial = load_spec(tmp_path / "spec.toml").trials()[0].to_dict()
     agent, train = dict(trial["agent"]), dict(trial["train"])
-    _check_same_run(agent, {**train, "checkpoint_every": 7, "keep_checkpoints": 3, "total_steps": 10**9}, trial, tmp_path)
+    _check_same_run(
+        agent, {**train, "checkpoint_every": 7, "keep_checkpoints": 3, "total_steps": 10**9}, trial, tmp_path
+    )
     with pytest.raises(ValueError, match=r"train.eval_every = 7, but this trial has"):
         _check_same_run(agent, {**train, "eval_every": 7}, trial, tmp_path)
     with pytest.raises(ValueError, match=r"agent.tau = 0.5, but this trial has"):

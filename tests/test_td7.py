@@ -6,7 +6,7 @@ refusal around them.
 Where a test recomputes what the agent computed, with the same modules on the same tensors and the
 same operations, it compares bit for bit. Where it compares two different computations (a fused
 loss against its formula, per-sample against batched gradients, the runtime against torch), the
-tolerance is the forward error bound of both (tests/float_bounds.py, pydpg.rounding), never a
+tolerance is the forward error bound of both (tests/float_bounds.py, pydpg.deploy.rounding), never a
 number measured here."""
 
 import copy
@@ -16,32 +16,37 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pydpg.agent import DDPG
-from pydpg.batch import Batch
-from pydpg.config import DDPGConfig
-from pydpg.mlp_update import why_not
-from pydpg.networks import Actor
-from pydpg.policy_checkpoints import EPISODES_LATE, LATE_AFTER_UPDATES, PolicyCheckpoints
-from pydpg.replay import ReplayBuffer
-from pydpg.rounding import rounding_bound, within
-from pydpg.sale import AVG_L1_EPS, Encoder, SaleActor, SaleCritic, avg_l1_norm
 from float_bounds import U32, U64, Enc, agree
+
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.batch import Batch
+from pydpg.core.config import DDPGConfig
+from pydpg.core.mlp_update import why_not
+from pydpg.core.networks import Actor
+from pydpg.core.replay import ReplayBuffer
+from pydpg.core.sale import AVG_L1_EPS, Encoder, SaleActor, SaleCritic, avg_l1_norm
+from pydpg.core.snapshots import EPISODES_LATE, LATE_AFTER_UPDATES, PolicySnapshots
+from pydpg.deploy.rounding import rounding_bound, within
 
 OBS, ACT = 7, 3
 SMALL = dict(hidden=(16, 16), sale_dim=8)
 
 
 def _batch(g: torch.Generator, n: int = 32, weights: bool = False) -> Batch:
-    return Batch(obs=torch.randn(n, OBS, generator=g), action=torch.rand(n, ACT, generator=g) * 2 - 1,
-                 reward=torch.randn(n, 1, generator=g) * 3, next_obs=torch.randn(n, OBS, generator=g),
-                 done=(torch.rand(n, 1, generator=g) < 0.2).float(), discount=torch.full((n, 1), 0.99),
-                 weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None)
+    return Batch(
+        obs=torch.randn(n, OBS, generator=g),
+        action=torch.rand(n, ACT, generator=g) * 2 - 1,
+        reward=torch.randn(n, 1, generator=g) * 3,
+        next_obs=torch.randn(n, OBS, generator=g),
+        done=(torch.rand(n, 1, generator=g) < 0.2).float(),
+        discount=torch.full((n, 1), 0.99),
+        weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None,
+    )
 
 
-def _td7(**kw) -> DDPG:
+def _td7(**kw) -> DDPGAgent:
     torch.manual_seed(0)
-    return DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7", **{**SMALL, **kw}))
+    return DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("td7", **{**SMALL, **kw}))
 
 
 def _flat(module) -> torch.Tensor:
@@ -74,8 +79,9 @@ def test_sale_networks_share_one_frozen_fixed_encoder_no_optimizer_holds():
     g = torch.Generator().manual_seed(0)
     b = _batch(g)
     assert a.critic(b.obs, b.action).shape == (32, 2)
-    assert DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7", twin_critics=False, **SMALL)).critic(
-        b.obs, b.action).shape == (32, 1)
+    assert DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("td7", twin_critics=False, **SMALL)).critic(
+        b.obs, b.action
+    ).shape == (32, 1)
     assert a.action_bound == 1.0 and a.act(np.zeros(OBS, np.float32)).shape == (ACT,)
 
 
@@ -102,12 +108,16 @@ def test_encoder_loss_is_next_state_prediction_with_a_constant_target():
 def test_each_update_trains_encoder_critic_and_actor_but_never_the_fixed_encoder():
     a = _td7(hard_target_interval=1000)
     g = torch.Generator().manual_seed(1)
-    before = {n: _flat(m).clone() for n, m in
-              [("enc", a.encoder), ("fixed", a.fixed_encoder), ("actor", a.actor.l1), ("critic", a.critic.heads)]}
+    before = {
+        n: _flat(m).clone()
+        for n, m in [("enc", a.encoder), ("fixed", a.fixed_encoder), ("actor", a.actor.l1), ("critic", a.critic.heads)]
+    }
     a.update(_batch(g))
     a.update(_batch(g))  # policy_delay 2: the actor steps on the second
-    after = {n: _flat(m) for n, m in
-             [("enc", a.encoder), ("fixed", a.fixed_encoder), ("actor", a.actor.l1), ("critic", a.critic.heads)]}
+    after = {
+        n: _flat(m)
+        for n, m in [("enc", a.encoder), ("fixed", a.fixed_encoder), ("actor", a.actor.l1), ("critic", a.critic.heads)]
+    }
     assert torch.equal(before["fixed"], after["fixed"])
     for n in ("enc", "actor", "critic"):
         assert not torch.equal(before[n], after[n]), n
@@ -133,7 +143,8 @@ def test_hard_targets_move_only_at_the_interval_in_td7s_order():
     assert not torch.equal(_flat(a.fixed_encoder), fixed_before)
     # The other target weights are the online ones of this update (its actor step included).
     assert torch.equal(_flat(a.actor_target.l1), _flat(a.actor.l1)) and not torch.equal(
-        _flat(online_actor.l1), _flat(a.actor.l1))
+        _flat(online_actor.l1), _flat(a.actor.l1)
+    )
     assert torch.equal(_flat(a.critic_targets[0].heads), _flat(a.critics[0].heads))
     assert not torch.equal(_flat(online_critics[0].heads), _flat(a.critics[0].heads))
 
@@ -178,7 +189,7 @@ def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_
     y = a.critic_target(b, noise)
     delta = (q - y).detach()
     assert delta.abs().max() > 1 and delta.abs().min() < 1  # both branches of the Huber loss in play
-    huber = torch.where(delta.abs() < 1, 0.5 * delta ** 2, delta.abs() - 0.5)
+    huber = torch.where(delta.abs() < 1, 0.5 * delta**2, delta.abs() - 0.5)
     want = huber.sum(-1).mean()
     # q and y are the agent's own (same calls), and each Huber term rounds alike in F.huber_loss and
     # here (0.5 z z, z - 0.5): what differs is the kernels' sum and mean, within their float32 bound.
@@ -188,10 +199,15 @@ def test_lap_loss_is_huber_summed_over_heads_and_its_gradient_is_the_clipped_td_
     # output bias (dQ_ik / db_k = 1) is the batch mean of the clipped TD errors of that head. The
     # per-row terms clamp(delta) / 32 are exact (a power of two); their sum's order is the kernels'.
     for k, head in enumerate(a.critic.heads):
-        grad, = torch.autograd.grad(loss, head.l3.bias, retain_graph=True)
+        (grad,) = torch.autograd.grad(loss, head.l3.bias, retain_graph=True)
         clipped = Enc.exact(delta[:, k].clamp(-1, 1).numpy() / 32, U32).sum()
-        agree(grad.numpy(), delta[:, k].clamp(-1, 1).mean().reshape(1).numpy(), clipped, clipped,
-              what=f"head {k} bias gradient")
+        agree(
+            grad.numpy(),
+            delta[:, k].clamp(-1, 1).mean().reshape(1).numpy(),
+            clipped,
+            clipped,
+            what=f"head {k} bias gradient",
+        )
     # Q and y recomputed here with the same calls on the same tensors: the same bits.
     assert torch.equal(info["td_errors"], delta.abs().amax(-1).clamp(min=1.0))
 
@@ -212,8 +228,10 @@ def test_lap_sampling_with_the_huber_loss_has_the_uniform_mse_gradient():
     assert (d.abs() > 1).any() and (d.abs() < 1).any()
     p = d.abs().clamp(min=1)
     p = p / p.sum()
-    per_sample = [torch.autograd.grad(F.huber_loss(critic(x[i:i + 1]), y[i:i + 1]), list(critic.parameters()))
-                  for i in range(40)]
+    per_sample = [
+        torch.autograd.grad(F.huber_loss(critic(x[i : i + 1]), y[i : i + 1]), list(critic.parameters()))
+        for i in range(40)
+    ]
     expected = [sum(p[i] * per_sample[i][k] for i in range(40)) for k in range(4)]
     uniform = torch.autograd.grad(0.5 * ((critic(x) - y) ** 2).mean(), list(critic.parameters()))
     scale = 40 / d.abs().clamp(min=1).sum()
@@ -227,7 +245,7 @@ def test_lap_sampling_with_the_huber_loss_has_the_uniform_mse_gradient():
     assert (np.abs(z.centre) > 2 * z.bound).all()  # every evaluation's ReLU takes the exact branch
     on = Enc.exact((z.centre > 0).astype(np.float64), U64)  # 0/1: multiplying by it is exact
     h = z * on
-    de = ((h @ W2.T)[:, 0] + b2 - ye[:, 0])  # d_i
+    de = (h @ W2.T)[:, 0] + b2 - ye[:, 0]  # d_i
     m = de.abs().clamp(1.0, None)  # max(|d_i|, 1)
     S = m.sum()
     g = de.clamp(-1.0, 1.0)  # the Huber loss's gradient in q
@@ -252,15 +270,17 @@ def test_replay_max_priority_resets_to_the_largest_stored():
     ids = np.unique(b.indices.numpy())
     buf.update_priorities(ids, np.full(len(ids), 1000.0))  # one huge early error...
     buf.update_priorities(np.arange(8), np.full(8, 1.0))  # ...since forgotten
-    buf.extend(z[:1], np.zeros((1, 1), np.float32), np.zeros(1, np.float32), z[:1], np.zeros(1, bool),
-               np.zeros(1, bool))
+    buf.extend(
+        z[:1], np.zeros((1, 1), np.float32), np.zeros(1, np.float32), z[:1], np.zeros(1, bool), np.zeros(1, bool)
+    )
     # Without the reset, the new transition enters at priority 1000: P = 1000^0.4 / (8 + 1000^0.4).
     share = lambda: np.mean(buf.sample(4000).indices.numpy() == 8)  # noqa: E731
     assert share() > 0.6
     buf.update_priorities([8], [1.0])
     buf.reset_max_priority()
-    buf.extend(z[:1], np.zeros((1, 1), np.float32), np.zeros(1, np.float32), z[:1], np.zeros(1, bool),
-               np.zeros(1, bool))
+    buf.extend(
+        z[:1], np.zeros((1, 1), np.float32), np.zeros(1, np.float32), z[:1], np.zeros(1, bool), np.zeros(1, bool)
+    )
     assert 0.05 < np.mean(buf.sample(4000).indices.numpy() == 9) < 0.2  # priority 1 of 10: ~0.1
     with pytest.raises(ValueError, match="prioritized=True"):
         ReplayBuffer(8, 2, 1).reset_max_priority()
@@ -288,9 +308,17 @@ def test_checkpoint_round_trip_keeps_encoder_and_value_range_and_old_checkpoints
     with pytest.raises(ValueError, match="missing keys.*encoder"):
         b.load_state_dict({k: v for k, v in state.items() if k != "encoder"})
     # A plain DDPG agent's state has none of the new keys, as before the switches existed.
-    plain = DDPG.from_dims(OBS, ACT, DDPGConfig(hidden=(8,)))
-    assert set(plain.state_dict()) == {"actor", "critics", "actor_target", "critic_targets", "actor_opt",
-                                       "critic_opt", "n_updates", "generator"}
+    plain = DDPGAgent.from_dims(OBS, ACT, DDPGConfig(hidden=(8,)))
+    assert set(plain.state_dict()) == {
+        "actor",
+        "critics",
+        "actor_target",
+        "critic_targets",
+        "actor_opt",
+        "critic_opt",
+        "n_updates",
+        "generator",
+    }
 
 
 def test_config_refuses_switches_that_cannot_combine():
@@ -306,19 +334,23 @@ def test_config_refuses_switches_that_cannot_combine():
         with pytest.raises(ValueError, match=field):
             DDPGConfig.preset("td7", **{field: value})
     with pytest.raises(ValueError, match="no custom actor"):
-        DDPG.from_dims(OBS, ACT, DDPGConfig.preset("td7", **SMALL), actor=Actor(OBS, ACT, (8,)))
+        DDPGAgent.from_dims(OBS, ACT, DDPGConfig.preset("td7", **SMALL), actor=Actor(OBS, ACT, (8,)))
     with pytest.raises(ValueError, match="sale needs"):
-        DDPG(Actor(OBS, ACT, (8,)), [torch.nn.Linear(1, 1)], DDPGConfig.preset("td7", **SMALL))
+        DDPGAgent(Actor(OBS, ACT, (8,)), [torch.nn.Linear(1, 1)], DDPGConfig.preset("td7", **SMALL))
     with pytest.raises(ValueError, match="sale is False"):
-        DDPG(Actor(OBS, ACT, (8,)), [torch.nn.Linear(1, 1)], DDPGConfig(), encoder=Encoder(OBS, ACT, 4, 4))
+        DDPGAgent(Actor(OBS, ACT, (8,)), [torch.nn.Linear(1, 1)], DDPGConfig(), encoder=Encoder(OBS, ACT, 4, 4))
 
 
-@pytest.mark.parametrize("switch", [dict(lap=True, prioritized=True), dict(value_clip=True),
-                                    dict(hard_target_interval=10), "td7"])
+@pytest.mark.parametrize(
+    "switch", [dict(lap=True, prioritized=True), dict(value_clip=True), dict(hard_target_interval=10), "td7"]
+)
 def test_the_cpp_update_steps_aside_for_td7s_switches(switch):
-    cfg = (DDPGConfig.preset("td7", update_backend="cpp", **SMALL) if switch == "td7"
-           else DDPGConfig(hidden=(16, 16), update_backend="cpp", **switch))
-    a = DDPG.from_dims(OBS, ACT, cfg)
+    cfg = (
+        DDPGConfig.preset("td7", update_backend="cpp", **SMALL)
+        if switch == "td7"
+        else DDPGConfig(hidden=(16, 16), update_backend="cpp", **switch)
+    )
+    a = DDPGAgent.from_dims(OBS, ACT, cfg)
     g = torch.Generator().manual_seed(7)
     for _ in range(cfg.policy_delay):  # the first actor step creates the optimizers' state, on autograd
         a.update(_batch(g))
@@ -331,20 +363,20 @@ def test_the_cpp_update_steps_aside_for_td7s_switches(switch):
 
 def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     import pydpg
-    from pydpg.export import export_policy
+    from pydpg.deploy.export import export_policy
 
     a = _td7()
     g = torch.Generator().manual_seed(8)
     for _ in range(3):
         a.update(_batch(g))
     a.save_policy_checkpoint(1234)  # what is exported is the checkpoint: make it the trained actor
-    assert all(torch.equal(x, y) for x, y in zip(a.checkpoint_actor.state_dict().values(),
-                                                 a.actor.state_dict().values()))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.checkpoint_actor.state_dict().values(), a.actor.state_dict().values())
+    )
     low, high = -2 * np.ones(ACT), 3 * np.ones(ACT)
     with pytest.raises(ValueError, match=f"obs_dim={OBS + 1}"):
         export_policy(a, tmp_path / "bad.pt", action_low=low, action_high=high, obs_dim=OBS + 1)
-    res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS,
-                        training_steps=5000)
+    res = export_policy(a, tmp_path / "td7.pt", action_low=low, action_high=high, obs_dim=OBS, training_steps=5000)
     # The file dates the policy by its checkpoint, not by how long the run went on after it.
     assert (res.metadata["training_steps"], res.metadata["policy_step"]) == (5000, 1234)
     assert str(res).endswith("the policy is the checkpoint taken at step 1234 of the run's 5000")
@@ -353,7 +385,7 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
     want = low + (a.actor(obs).detach().numpy() + 1) * (high - low) / 2
     got = np.stack([policy.act(o) for o in obs.numpy()])
     # The runtime row by row against the eager actor's batch of 16 scaled in float64: within the
-    # float32 rounding bound of the file's evaluation plus that of this one (pydpg.rounding).
+    # float32 rounding bound of the file's evaluation plus that of this one (pydpg.deploy.rounding).
     _, file_bound = rounding_bound(tmp_path / "td7.pt", obs.numpy())
     _, want_bound = rounding_bound(tmp_path / "td7.pt", obs.numpy(), float32_output=False)
     ok, i, d, allowed = within(got, want, file_bound + want_bound)
@@ -366,7 +398,7 @@ def test_td7_policy_exports_with_its_encoder_and_runs_in_the_runtime(tmp_path):
 
 # ---------------------------------------------------------------------------- policy checkpoints
 def test_policy_checkpoint_assessment_follows_td7():
-    pc = PolicyCheckpoints()
+    pc = PolicySnapshots()
     assert pc.episode_ended(1e9) == (False, False) and pc.best_min_return == -math.inf  # warm-up: not assessed
     assert pc.episode_ended(-50.0) == (True, True)  # the first assessment always beats -inf
     assert pc.best_min_return == -50.0
@@ -383,7 +415,7 @@ def test_policy_checkpoint_assessment_follows_td7():
     assert pc.episode_ended(20.0) == (False, False)
     assert pc.episode_ended(9.0) == (True, False) and pc.episodes == 0  # below the bar: cut short
     state = pc.state_dict()
-    fresh = PolicyCheckpoints()
+    fresh = PolicySnapshots()
     fresh.load_state_dict(state)
     assert fresh == pc
     with pytest.raises(ValueError, match="expected keys"):
@@ -391,7 +423,7 @@ def test_policy_checkpoint_assessment_follows_td7():
     # A run checkpointed before the checkpoint's step was kept still resumes; its step is unknown.
     older = {k: v for k, v in state.items() if k != "saved_at_step"}
     fresh.load_state_dict(older)
-    assert fresh.saved_at_step is None and PolicyCheckpoints().saved_at_step == 0
+    assert fresh.saved_at_step is None and PolicySnapshots().saved_at_step == 0
     for bad in (-3, "12", 1.0, True):
         with pytest.raises(ValueError, match="saved_at_step must be an env step"):
             fresh.load_state_dict({**state, "saved_at_step": bad})
@@ -399,12 +431,23 @@ def test_policy_checkpoint_assessment_follows_td7():
 
 def _checkpointed_trainer(out, total=900, **kw):
     import toy_env
-    from pydpg.trainer import TrainConfig, Trainer
 
-    cfg = DDPGConfig.preset("td7", hidden=(16, 16), sale_dim=8, batch_size=16, buffer_size=5000,
-                            learning_starts=100, hard_target_interval=40, **kw)
-    tc = TrainConfig(env_id=toy_env.ID, n_envs=1, total_steps=total, eval_every=300, eval_episodes=2,
-                     checkpoint_every=400, seed=3)
+    from pydpg.train.config import TrainConfig
+    from pydpg.train.trainer import Trainer
+
+    cfg = DDPGConfig.preset(
+        "td7",
+        hidden=(16, 16),
+        sale_dim=8,
+        batch_size=16,
+        buffer_size=5000,
+        learning_starts=100,
+        hard_target_interval=40,
+        **kw,
+    )
+    tc = TrainConfig(
+        env_id=toy_env.ID, n_envs=1, total_steps=total, eval_every=300, eval_episodes=2, checkpoint_every=400, seed=3
+    )
     return Trainer(cfg, tc, out_dir=out, tensorboard=False)
 
 
@@ -472,19 +515,27 @@ def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_pa
     assert all(step == now + 1 for step, now in calls["saved_at"])
     assert {step for step, _ in calls["saved_at"]} <= {s for s, b, a in bursts}
     assert a.checkpoints.saved_at_step == calls["saved_at"][-1][0] < tr.step
-    from pydpg.export import export_policy
+    from pydpg.deploy.export import export_policy
+
     res = export_policy(tr, tmp_path / "td7.pt", verbose=False)
     assert (res.metadata["training_steps"], res.metadata["policy_step"]) == (tr.step, a.checkpoints.saved_at_step)
     obs = np.zeros((4, 3), np.float32)
     want = a.checkpoint_actor(torch.as_tensor(obs)).numpy()
     assert np.array_equal(tr.policy(obs), want) and not np.array_equal(a.act(obs), want)
-    from pydpg.export import _resolve_actor
+    from pydpg.deploy.export import _resolve_actor
+
     assert _resolve_actor(a) is a.checkpoint_actor and _resolve_actor(tr) is a.checkpoint_actor
     with pytest.raises(ValueError, match="policy_checkpoints needs one local env.*n_envs=2"):
-        from pydpg.trainer import TrainConfig, Trainer
         import toy_env
-        Trainer(DDPGConfig.preset("td7", **SMALL), TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=10),
-                tensorboard=False)
+
+        from pydpg.train.config import TrainConfig
+        from pydpg.train.trainer import Trainer
+
+        Trainer(
+            DDPGConfig.preset("td7", **SMALL),
+            TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=10),
+            tensorboard=False,
+        )
 
 
 def test_resume_with_policy_checkpoints_is_exact(tmp_path):

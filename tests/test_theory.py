@@ -1,7 +1,7 @@
 """Numerical checks of docs/theory.md on a linear-quadratic problem with closed forms (tests/lq.py).
 
 Section numbers refer to docs/theory.md. The last three tests run pydpg's own DDPG code paths
-(``DDPG.actor_loss`` and ``DDPG.critic_target``) with a linear actor and the exact critic Q^mu,
+(``DDPGAgent.actor_loss`` and ``DDPGAgent.critic_target``) with a linear actor and the exact critic Q^mu,
 which pins the equations to the code users run.
 
 Tolerances. An identity of the closed forms (Bellman, the sigma^2 law of the bias, Polyak's closed
@@ -86,7 +86,7 @@ def state_moment_atom(p: lq.LQProblem, K: np.ndarray, sigma: float, bb_only: boo
     else:
         # gamma sigma^2 B B^T / (1 - gamma): the scalar's three roundings and the product's, within 4 u.
         X = lq.state_moment(p, K, sigma)
-        W = E(p.Sigma0) + bb * Enc.constant(p.gamma * sigma ** 2 / (1.0 - p.gamma), 4 * U64)
+        W = E(p.Sigma0) + bb * Enc.constant(p.gamma * sigma**2 / (1.0 - p.gamma), 4 * U64)
     return Enc.atom(X, lyap_error(closed_loop_enc(p, K), W, X, p.gamma), U64)
 
 
@@ -137,8 +137,13 @@ def test_q_function_satisfies_bellman_equation(prob, K):
     agree(r + prob.gamma * lq.q_value(prob, K, s2, s2 @ K.T), q, lhs, rhs, what="Bellman equation")
     # and V(s) = Q(s, mu(s)) = -s^T P s
     v = -np.einsum("ni,ij,nj->n", s, lq.value_matrix(prob, K), s)
-    agree(lq.q_value(prob, K, s, s @ K.T), v, q_enc(prob, E(s), E(s) @ E(K.T), P), -((E(s) @ P) * E(s)).sum(-1),
-          what="V(s) = Q(s, mu(s))")
+    agree(
+        lq.q_value(prob, K, s, s @ K.T),
+        v,
+        q_enc(prob, E(s), E(s) @ E(K.T), P),
+        -((E(s) @ P) * E(s)).sum(-1),
+        what="V(s) = Q(s, mu(s))",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +203,7 @@ def test_stochastic_gradient_bias_shrinks_like_sigma_squared(prob, K):
     deviation = []
     for s in SIGMAS:
         diff = (gain @ state_moment_atom(prob, K, s)).scale(-2.0) - (gain @ x0).scale(-2.0)
-        agree(lq.spg(prob, K, s) - G, s**2 * C, diff, Enc.constant(s ** 2, U64) * c_e, what=f"bias at sigma {s}")
+        agree(lq.spg(prob, K, s) - G, s**2 * C, diff, Enc.constant(s**2, U64) * c_e, what=f"bias at sigma {s}")
         bias_k = float(np.linalg.norm(diff.centre))
         deviation.append(float(np.linalg.norm(diff.bound)) + gamma(8, U64) * 2 * bias_k)  # and norm()'s rounding
     # So |bias_k - sigma_k^2 ||C*||| <= deviation_k, the exact log-log slope is 2, and the fitted slope
@@ -208,8 +213,10 @@ def test_stochastic_gradient_bias_shrinks_like_sigma_squared(prob, K):
     w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
     deviation = np.array(deviation)
     assert (deviation < bias).all()
-    allowed = float(np.sum(np.abs(w) * deviation / (bias - deviation))) + gamma(32, U64) * float(
-        np.sum(np.abs(w) * np.abs(np.log(bias)))) * 4
+    allowed = (
+        float(np.sum(np.abs(w) * deviation / (bias - deviation)))
+        + gamma(32, U64) * float(np.sum(np.abs(w) * np.abs(np.log(bias)))) * 4
+    )
     assert abs(slope - 2.0) <= allowed
     assert bias[-1] / np.linalg.norm(G) < 1e-5  # converges to the DPG (3e-6 at sigma = 1e-3)
 
@@ -236,7 +243,7 @@ def test_likelihood_ratio_estimate_unbiased_and_variance_grows(prob, K):
 
 
 # --------------------------------------------------------------------------------------------
-# Sections 2-3 pinned to pydpg: a linear actor and the exact critic plugged into pydpg.agent.DDPG
+# Sections 2-3 pinned to pydpg: a linear actor and the exact critic plugged into pydpg.core.agent.DDPGAgent
 # --------------------------------------------------------------------------------------------
 
 
@@ -272,15 +279,15 @@ class ExactLQCritic(nn.Module):
 
 
 def make_agent(p: lq.LQProblem, K: np.ndarray, dtype: torch.dtype):
-    from pydpg.agent import DDPG
-    from pydpg.config import DDPGConfig
+    from pydpg.core.agent import DDPGAgent
+    from pydpg.core.config import DDPGConfig
 
     actor, critic = LinearActor(K, dtype), ExactLQCritic(p, K, dtype)
-    return DDPG.from_dims(p.n, p.m, DDPGConfig(), actor=actor, critic=critic, device="cpu"), actor
+    return DDPGAgent.from_dims(p.n, p.m, DDPGConfig(), actor=actor, critic=critic, device="cpu"), actor
 
 
 def test_pydpg_actor_loss_gradient_is_the_dpg(prob, K):
-    """grad of DDPG.actor_loss = -(1/N) sum grad_a Q(s, mu(s)) grad_K mu(s)  ~  -(1-gamma) grad J."""
+    """grad of DDPGAgent.actor_loss = -(1/N) sum grad_a Q(s, mu(s)) grad_K mu(s)  ~  -(1-gamma) grad J."""
     agent, actor = make_agent(prob, K, torch.float64)
     s = lq.sample_rho(prob, K, 50_000, np.random.default_rng(3))
     agent.actor_loss(torch.as_tensor(s)).backward()
@@ -301,11 +308,12 @@ def _transitions(p: lq.LQProblem, K: np.ndarray, n: int, rng: np.random.Generato
 
 
 def _batch(dtype, obs, action, reward, next_obs, done, discount):
-    from pydpg.batch import Batch
+    from pydpg.core.batch import Batch
 
     t = lambda x: torch.as_tensor(np.asarray(x), dtype=dtype)  # noqa: E731
-    return Batch(t(obs), t(action), t(reward).reshape(-1, 1), t(next_obs), t(done).reshape(-1, 1),
-                 t(discount).reshape(-1, 1))
+    return Batch(
+        t(obs), t(action), t(reward).reshape(-1, 1), t(next_obs), t(done).reshape(-1, 1), t(discount).reshape(-1, 1)
+    )
 
 
 def _rounded(x: np.ndarray, dtype: torch.dtype, u: float) -> Enc:
@@ -378,7 +386,7 @@ def test_pydpg_critic_target_terminal_and_n_step(prob, K):
     r0e = -(((se @ E(prob.Q)) * se).sum(-1) + ((ae @ E(prob.R)) * ae).sum(-1))
     r1e = -(((s1e @ E(prob.Q)) * s1e).sum(-1) + ((a1e @ E(prob.R)) * a1e).sum(-1))
     s2e = s1e @ E(prob.A.T) + a1e @ E(prob.B.T)
-    y2e = (r0e + E(prob.gamma) * r1e) + Enc.constant(prob.gamma ** 2, U64) * q_enc(prob, s2e, s2e @ E(K.T), P)
+    y2e = (r0e + E(prob.gamma) * r1e) + Enc.constant(prob.gamma**2, U64) * q_enc(prob, s2e, s2e @ E(K.T), P)
     agree(y2, lq.q_value(prob, K, s, a), y2e, q_enc(prob, se, ae, P), what="2-step target")
     # done = 1: r + gamma * 0 * Q' = r + 0, exactly r.
     np.testing.assert_array_equal(yt, r0)
@@ -386,12 +394,12 @@ def test_pydpg_critic_target_terminal_and_n_step(prob, K):
 
 def test_pydpg_soft_update_is_polyak_average(prob, K):
     """theta' <- tau theta + (1-tau) theta' applied k times: theta'_k = theta + (1-tau)^k (theta'_0 - theta)."""
-    from pydpg.agent import DDPG
-    from pydpg.config import DDPGConfig
+    from pydpg.core.agent import DDPGAgent
+    from pydpg.core.config import DDPGConfig
 
     tau, k = 0.1, 7
     actor, critic = LinearActor(K, torch.float64), ExactLQCritic(prob, K, torch.float64)
-    agent = DDPG.from_dims(prob.n, prob.m, DDPGConfig(tau=tau), actor=actor, critic=critic, device="cpu")
+    agent = DDPGAgent.from_dims(prob.n, prob.m, DDPGConfig(tau=tau), actor=actor, critic=critic, device="cpu")
     K_new = K + 0.5
     P0 = critic.P.detach().clone()
     with torch.no_grad():
@@ -400,6 +408,7 @@ def test_pydpg_soft_update_is_polyak_average(prob, K):
     for _ in range(k):
         agent.soft_update()
     decay = (1 - tau) ** k
+
     # k lerps t <- t + tau (o - t) against the closed form o + (1 - tau)^k (t0 - o) (Python's pow):
     # the same exact numbers, each evaluation within its float64 bound.
     def iterated(o: Enc, t: Enc) -> Enc:
@@ -412,8 +421,18 @@ def test_pydpg_soft_update_is_polyak_average(prob, K):
     for _ in range(k - 1):
         powered = powered * one_minus
     powered = powered.rounds(2)  # pow's own algorithm: within 1 ulp of the correctly rounded product
-    agree(agent.actor_target.weight.numpy(), K_new + decay * (K - K_new), iterated(E(K_new), E(K)),
-          E(K_new) + powered * (E(K) - E(K_new)), what="actor target")
+    agree(
+        agent.actor_target.weight.numpy(),
+        K_new + decay * (K - K_new),
+        iterated(E(K_new), E(K)),
+        E(K_new) + powered * (E(K) - E(K_new)),
+        what="actor target",
+    )
     P0e = E(P0.numpy())
-    agree(agent.critic_targets[0].P.numpy(), (2.0 + decay * (1.0 - 2.0)) * P0.numpy(),
-          iterated(P0e.scale(2.0), P0e), (E(2.0) + powered * (E(1.0) - E(2.0))) * P0e, what="critic target")
+    agree(
+        agent.critic_targets[0].P.numpy(),
+        (2.0 + decay * (1.0 - 2.0)) * P0.numpy(),
+        iterated(P0e.scale(2.0), P0e),
+        (E(2.0) + powered * (E(1.0) - E(2.0))) * P0e,
+        what="critic target",
+    )

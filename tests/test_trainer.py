@@ -14,18 +14,19 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from pydpg import checkpoint as ckpt_io
-from pydpg.api import DDPG
-from pydpg.config import DDPGConfig
-from pydpg.envs import scale_action
-from pydpg.replay import ReplayBuffer
-from pydpg.trainer import METRICS_COLUMNS, TrainConfig, Trainer, read_metrics
-
 import toy_env
 from float_bounds import U64, gamma
 from policy_helpers import unit_box_policy
-from pydpg.rounding import rounding_bound
+
+from pydpg.api import DDPG
+from pydpg.common.envs import scale_action
+from pydpg.core.config import DDPGConfig
+from pydpg.core.replay import ReplayBuffer
+from pydpg.deploy.rounding import rounding_bound
+from pydpg.files import checkpoint as ckpt_io
+from pydpg.train.config import TrainConfig
+from pydpg.train.run_log import METRICS_COLUMNS, read_metrics
+from pydpg.train.trainer import Trainer
 
 torch.set_num_threads(1)
 GAMMA = 0.99
@@ -33,8 +34,9 @@ TIME_COLUMNS = ("wall_time", "sps")
 
 
 def toy_trainer(n_envs=3, steps=90, **agent):
-    cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=16, learning_starts=agent.pop("learning_starts", 10**6),
-                     **agent)
+    cfg = DDPGConfig(
+        hidden=(8, 8), buffer_size=1000, batch_size=16, learning_starts=agent.pop("learning_starts", 10**6), **agent
+    )
     return Trainer(cfg, TrainConfig(env_id=toy_env.ID, n_envs=n_envs, total_steps=steps, eval_every=0, seed=3))
 
 
@@ -86,8 +88,9 @@ def test_episode_bookkeeping_counts_only_real_steps():
 # ---------------------------------------------------------------------------------------- seeding / resume
 def pendulum_configs(seed=0, **agent):
     cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300, **agent)
-    tc = TrainConfig(env_id="InvertedPendulum-v5", total_steps=1500, eval_every=500, eval_episodes=2,
-                     checkpoint_every=400, seed=seed)
+    tc = TrainConfig(
+        env_id="InvertedPendulum-v5", total_steps=1500, eval_every=500, eval_episodes=2, checkpoint_every=400, seed=seed
+    )
     return cfg, tc
 
 
@@ -98,7 +101,8 @@ def curve(history):
 def same_rows(a, b):
     return len(a) == len(b) and all(
         x.keys() == y.keys() and all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in x)
-        for x, y in zip(curve(a), curve(b)))
+        for x, y in zip(curve(a), curve(b))
+    )
 
 
 def params(trainer):
@@ -137,8 +141,9 @@ def _resume_matches(tmp_path, make):
 
 def test_resume_is_exact_on_mujoco_with_obs_normalization(tmp_path):
     cfg, tc = pendulum_configs(obs_normalization=True)
-    ref, resumed = _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out,
-                                                                 tensorboard=False))
+    ref, resumed = _resume_matches(
+        tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out, tensorboard=False)
+    )
     assert torch.equal(ref.normalizer.mean, resumed.normalizer.mean)
 
 
@@ -149,18 +154,38 @@ def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, v
     and optimizer state too), with TD7's switches (encoder and its optimizer, the value range,
     LAP's reset maximum priority, hard targets between checkpoints) and with CrossQ's (the running
     statistics and step counts of every batch renormalization layer, past its warmup)."""
-    extra = (dict(critic_layer_norm=True) if variant == "layernorm-autograd" else
-             {**DDPGConfig.presets()["td7"], "sale_dim": 8, "hard_target_interval": 70, "policy_checkpoints": False}
-             if variant == "td7" else  # policy checkpoints take one env: test_td7.py resumes those
-             {**DDPGConfig.presets()["crossq"], "critic_hidden": (16, 16), "batch_renorm_warmup": 300}
-             if variant == "crossq" else {})
+    extra = (
+        dict(critic_layer_norm=True)
+        if variant == "layernorm-autograd"
+        else {**DDPGConfig.presets()["td7"], "sale_dim": 8, "hard_target_interval": 70, "policy_checkpoints": False}
+        if variant == "td7"
+        # policy checkpoints take one env: test_td7.py resumes those
+        else {**DDPGConfig.presets()["crossq"], "critic_hidden": (16, 16), "batch_renorm_warmup": 300}
+        if variant == "crossq"
+        else {}
+    )
     layer_norm = variant != "cpp-update"  # both others run on autograd
-    cfg = DDPGConfig.preset("td3", **{**dict(hidden=(16, 16), batch_size=16, buffer_size=5000, learning_starts=100,
-                                             prioritized=True, n_step=2, exploration_noise="ou"), **extra})
-    tc = TrainConfig(env_id=toy_env.ID, n_envs=2, total_steps=1000, eval_every=250, eval_episodes=2,
-                     checkpoint_every=400, seed=5)
-    ref, resumed = _resume_matches(tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out,
-                                                                 tensorboard=False))
+    cfg = DDPGConfig.preset(
+        "td3",
+        **{
+            **dict(
+                hidden=(16, 16),
+                batch_size=16,
+                buffer_size=5000,
+                learning_starts=100,
+                prioritized=True,
+                n_step=2,
+                exploration_noise="ou",
+            ),
+            **extra,
+        },
+    )
+    tc = TrainConfig(
+        env_id=toy_env.ID, n_envs=2, total_steps=1000, eval_every=250, eval_episodes=2, checkpoint_every=400, seed=5
+    )
+    ref, resumed = _resume_matches(
+        tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out, tensorboard=False)
+    )
     assert (resumed.agent.mlp_updater() is None) == layer_norm
 
 
@@ -179,10 +204,10 @@ def test_restarted_episodes_close_their_nstep_returns(tmp_path):
     """An episode cut by the restart must not have its open n-step returns completed by the next
     episode's rewards: every stored transition starts and ends in one episode (obs[2] is the
     toy env's episode tag)."""
-    cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=8, learning_starts=10**6, n_step=3,
-                     obs_normalization=True)
-    tc = TrainConfig(env_id="PydpgToyNoState-v0", n_envs=2, total_steps=80, eval_every=0, checkpoint_every=31,
-                     seed=0)
+    cfg = DDPGConfig(
+        hidden=(8, 8), buffer_size=1000, batch_size=8, learning_starts=10**6, n_step=3, obs_normalization=True
+    )
+    tc = TrainConfig(env_id="PydpgToyNoState-v0", n_envs=2, total_steps=80, eval_every=0, checkpoint_every=31, seed=0)
     Trainer(cfg, tc, out_dir=tmp_path, tensorboard=False).run(stop_at=40)
     with pytest.warns(UserWarning, match="cannot be captured"):
         t = Trainer.resume(tmp_path, tensorboard=False)
@@ -200,13 +225,37 @@ def test_restarted_episodes_close_their_nstep_returns(tmp_path):
 
 
 def test_kill_9_loses_only_steps_since_last_checkpoint(tmp_path):
-    args = ["train", "InvertedPendulum-v5", "--steps", "3000", "--checkpoint-every", "500", "--eval-every", "500",
-            "--eval-episodes", "2", "--set", "hidden=[32,32]", "--set", "batch_size=32", "--set",
-            "learning_starts=300", "--threads", "1", "--no-progress", "--no-tensorboard"]
+    args = [
+        "train",
+        "InvertedPendulum-v5",
+        "--steps",
+        "3000",
+        "--checkpoint-every",
+        "500",
+        "--eval-every",
+        "500",
+        "--eval-episodes",
+        "2",
+        "--set",
+        "hidden=[32,32]",
+        "--set",
+        "batch_size=32",
+        "--set",
+        "learning_starts=300",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-tensorboard",
+    ]
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "pydpg", *args, "--out", str(run)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pydpg", *args, "--out", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     pointer = run / "checkpoints" / "latest"
     deadline = time.time() + 240
     try:
@@ -224,9 +273,24 @@ def test_kill_9_loses_only_steps_since_last_checkpoint(tmp_path):
     killed_at = ckpt_io.resolve_checkpoint(run)
     last = int(killed_at.name[5:])
     assert last >= 1000 and not (run / "summary.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "pydpg", "train", "--resume", str(run), "--threads", "1",
-                              "--no-progress", "--no-tensorboard"], env=env, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pydpg",
+            "train",
+            "--resume",
+            str(run),
+            "--threads",
+            "1",
+            "--no-progress",
+            "--no-tensorboard",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"from step {last} " in resumed.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -234,7 +298,7 @@ def test_kill_9_loses_only_steps_since_last_checkpoint(tmp_path):
     steps = [r["step"] for r in read_metrics(run / "metrics.csv")]
     assert steps == sorted(set(steps)) and steps[-1] == 3000
     # The same run uninterrupted, in this process (same code path, same single thread): same curve.
-    from pydpg.cli import main
+    from pydpg.cli.main import main
 
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     ref = read_metrics(tmp_path / "ref" / "metrics.csv")
@@ -279,9 +343,10 @@ def test_best_model_is_the_policy_of_the_best_evaluation(tmp_path):
     # Evaluated again on the same seeds, the saved policy scores what it scored in training: the same
     # weights, the same float32 forward (batch 1 per step, fresh torch inputs, the test's 1 thread in
     # both) in this process and the same env steps, so the same returns, exactly.
-    assert DDPG.load(tmp_path / "best_model.pt").evaluate(tc.eval_episodes, env="InvertedPendulum-v5").mean == \
-        best["mean"]
-    from pydpg.export import load_for_export
+    assert (
+        DDPG.load(tmp_path / "best_model.pt").evaluate(tc.eval_episodes, env="InvertedPendulum-v5").mean == best["mean"]
+    )
+    from pydpg.deploy.export import load_for_export
 
     info = load_for_export(tmp_path / "best_model.pt")
     assert (info["training_steps"], info["eval_return"]) == (best["step"], best["mean"])
@@ -363,8 +428,14 @@ def test_target_return_stops_early():
 def saved_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("saved")
     cfg = DDPGConfig(hidden=(8, 8), buffer_size=1000, batch_size=8, learning_starts=20)
-    Trainer(cfg, TrainConfig(env_id=toy_env.ID, total_steps=60, eval_every=30, eval_episodes=1,
-                             checkpoint_every=30, keep_checkpoints=2), out_dir=out, tensorboard=False).run()
+    Trainer(
+        cfg,
+        TrainConfig(
+            env_id=toy_env.ID, total_steps=60, eval_every=30, eval_episodes=1, checkpoint_every=30, keep_checkpoints=2
+        ),
+        out_dir=out,
+        tensorboard=False,
+    ).run()
     return out
 
 
@@ -460,17 +531,24 @@ def test_resaving_a_step_replaces_it_and_leaves_nothing_aside(saved_run, tmp_pat
     assert ck.is_dir() and not any(p.name.startswith(".") for p in ck.parent.iterdir())
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda run, ck: shutil.rmtree(run), "no checkpoint at"),
-    (lambda run, ck: [shutil.rmtree(p) for p in (run / "checkpoints").glob("step_*")], "no checkpoint found"),
-    (lambda run, ck: (ck / "meta.json").write_text("{not json"), "meta.json is corrupt"),
-    (lambda run, ck: (ck / "meta.json").write_text(json.dumps(
-        {**json.loads((ck / "meta.json").read_text()), "format_version": 99})), "format version 99"),
-    (lambda run, ck: (ck / "meta.json").write_text('{"format": "something-else"}'), "not a pydpg checkpoint"),
-    (lambda run, ck: (ck / "buffer.bin").unlink(), r"missing \['buffer.bin'\]"),
-    (lambda run, ck: (ck / "model.pt").write_bytes((ck / "model.pt").read_bytes()[:100]), "corrupt"),
-    (lambda run, ck: (ck / "trainer.pt").write_bytes(b"garbage"), "corrupt"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda run, ck: shutil.rmtree(run), "no checkpoint at"),
+        (lambda run, ck: [shutil.rmtree(p) for p in (run / "checkpoints").glob("step_*")], "no checkpoint found"),
+        (lambda run, ck: (ck / "meta.json").write_text("{not json"), "meta.json is corrupt"),
+        (
+            lambda run, ck: (ck / "meta.json").write_text(
+                json.dumps({**json.loads((ck / "meta.json").read_text()), "format_version": 99})
+            ),
+            "format version 99",
+        ),
+        (lambda run, ck: (ck / "meta.json").write_text('{"format": "something-else"}'), "not a pydpg checkpoint"),
+        (lambda run, ck: (ck / "buffer.bin").unlink(), r"missing \['buffer.bin'\]"),
+        (lambda run, ck: (ck / "model.pt").write_bytes((ck / "model.pt").read_bytes()[:100]), "corrupt"),
+        (lambda run, ck: (ck / "trainer.pt").write_bytes(b"garbage"), "corrupt"),
+    ],
+)
 def test_bad_checkpoints_are_refused_with_a_reason(saved_run, tmp_path, damage, message):
     run, ck = copy_run(saved_run, tmp_path)
     damage(run, ck)
@@ -480,10 +558,13 @@ def test_bad_checkpoints_are_refused_with_a_reason(saved_run, tmp_path, damage, 
         ckpt_io.load_checkpoint(run)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda ck: (ck / "buffer.bin").write_bytes((ck / "buffer.bin").read_bytes()[:-9]), "buffer.*truncated"),
-    (lambda ck: ReplayBuffer(1000, 5, 1).save(ck / "buffer.bin"), r"does not belong to this run: obs_shape \(5,\)"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda ck: (ck / "buffer.bin").write_bytes((ck / "buffer.bin").read_bytes()[:-9]), "buffer.*truncated"),
+        (lambda ck: ReplayBuffer(1000, 5, 1).save(ck / "buffer.bin"), r"does not belong to this run: obs_shape \(5,\)"),
+    ],
+)
 def test_resume_refuses_a_damaged_or_foreign_replay_buffer(saved_run, tmp_path, damage, message):
     run, ck = copy_run(saved_run, tmp_path)
     damage(ck)
@@ -509,8 +590,7 @@ def test_model_file_format_checks(saved_run, tmp_path):
 
 
 def test_keep_checkpoints(saved_run):
-    assert sorted(p.name for p in (saved_run / "checkpoints").glob("step_*")) == ["step_0000000030",
-                                                                                   "step_0000000060"]
+    assert sorted(p.name for p in (saved_run / "checkpoints").glob("step_*")) == ["step_0000000030", "step_0000000060"]
 
 
 # ---------------------------------------------------------------------------------------- config errors
@@ -530,8 +610,9 @@ def test_bad_train_config_values_name_the_field():
 
 # ---------------------------------------------------------------------------------------- Python API
 def small_api(**kw):
-    settings = dict(seed=0, hidden=(32, 32), batch_size=32, buffer_size=10_000, learning_starts=200, eval_every=300,
-                    eval_episodes=2)
+    settings = dict(
+        seed=0, hidden=(32, 32), batch_size=32, buffer_size=10_000, learning_starts=200, eval_every=300, eval_episodes=2
+    )
     return DDPG("InvertedPendulum-v5", **{**settings, **kw})
 
 
@@ -545,7 +626,7 @@ def test_api_learn_predict_save_load(tmp_path):
     assert state is None and action.shape == (5, 1) and np.all(np.abs(action) <= 3.0)  # the env's Box
     single, _ = agent.predict(obs[0])
     # Batch 1 against batch 5: other BLAS kernels, so equal up to the actor's float32 rounding
-    # (pydpg.rounding, twice the bound), times the Box's half-width 3, plus the float64 scaling's
+    # (pydpg.deploy.rounding, twice the bound), times the Box's half-width 3, plus the float64 scaling's
     # rounding on each side (3 operations on numbers below 6).
     _, bound = rounding_bound(unit_box_policy(agent.agent, tmp_path / "p.pt", 4, 1), obs[:1].astype(np.float32))
     assert single.shape == (1,) and np.all(np.abs(single - action[0]) <= 3 * 2 * bound[0] + 2 * gamma(3, U64) * 6)
@@ -620,7 +701,7 @@ def test_api_predict_only_when_env_unknown(tmp_path):
 def test_progress_bar_on_a_terminal_and_lines_elsewhere():
     import io
 
-    from pydpg.trainer import Progress
+    from pydpg.train.run_log import Progress
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -16,10 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from pydpg.agent import DDPG
-from pydpg.export import export_policy, read_metadata
-from pydpg.observation import (ObservationBuilder, ObservationError, ObservationMismatch, load_init_states, task_spec,
-                               verify_report)
+from pydpg.contract.observation import (
+    ObservationBuilder,
+    ObservationError,
+    ObservationMismatch,
+    load_init_states,
+    task_spec,
+    verify_report,
+)
+from pydpg.core.agent import DDPGAgent
+from pydpg.deploy.export import export_policy
+from pydpg.deploy.policy_file import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_robot"
@@ -78,16 +85,16 @@ def test_a_loosened_bound_is_flagged_not_passed_silently(tmp_path):
 def test_export_records_and_prints_the_verification(tmp_path, capsys):
     torch.manual_seed(0)
     env = gym.make("Hopper-v5")
-    export_policy(DDPG.from_dims(11, 3), tmp_path / "p.pt", env=env)
+    export_policy(DDPGAgent.from_dims(11, 3), tmp_path / "p.pt", env=env)
     out, err = capsys.readouterr()
     assert "observation spec verified over 200 env steps" in out and "termination conditions seen to fail" in out
     assert "warning: termination condition 'qpos[1:2] > 0.7' never failed in verification" in err
     meta = read_metadata(tmp_path / "p.pt")
     v = meta["verification"]
     assert v["steps"] == 200 and v["max_observation_difference"] < 1e-5
-    assert [c["label"] for c in v["termination"]] == [c for c in
-                                                      ["qpos[1:2] > 0.7", "qpos[2:3] > -0.2, < 0.2",
-                                                       "qpos[2:6] > -100, < 100", "qvel > -100, < 100"]]
+    assert [c["label"] for c in v["termination"]] == [
+        c for c in ["qpos[1:2] > 0.7", "qpos[2:3] > -0.2, < 0.2", "qpos[2:6] > -100, < 100", "qvel > -100, < 100"]
+    ]
     assert all(set(c) == {"label", "failed_steps", "held_steps", "range", "closest_to_bound"} for c in v["termination"])
     env.close()
 
@@ -113,15 +120,18 @@ def test_perturbed_and_given_start_states_reach_a_bound(tmp_path):
     env.close()
 
 
-@pytest.mark.parametrize("states, match", [
-    ({"qpos": np.zeros((2, 6))}, "exactly the arrays 'qpos' and 'qvel'"),
-    ({"qpos": np.zeros((2, 5)), "qvel": np.zeros((2, 6))}, r"'qpos' has shape \(2, 5\), expected \(N, 6\)"),
-    ({"qpos": np.zeros((2, 6)), "qvel": np.zeros((3, 6))}, "2 qpos rows and 3 qvel rows"),
-    ({"qpos": np.full((1, 6), np.nan), "qvel": np.zeros((1, 6))}, "'qpos' holds a NaN or infinite value"),
-    ({"qpos": np.zeros((1, 6)), "qvel": np.full((1, 6), np.inf)}, "'qvel' holds a NaN or infinite value"),
-    ({"qpos": np.zeros((0, 6)), "qvel": np.zeros((0, 6))}, r"expected \(N, 6\)"),
-    ("missing.npz", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "states, match",
+    [
+        ({"qpos": np.zeros((2, 6))}, "exactly the arrays 'qpos' and 'qvel'"),
+        ({"qpos": np.zeros((2, 5)), "qvel": np.zeros((2, 6))}, r"'qpos' has shape \(2, 5\), expected \(N, 6\)"),
+        ({"qpos": np.zeros((2, 6)), "qvel": np.zeros((3, 6))}, "2 qpos rows and 3 qvel rows"),
+        ({"qpos": np.full((1, 6), np.nan), "qvel": np.zeros((1, 6))}, "'qpos' holds a NaN or infinite value"),
+        ({"qpos": np.zeros((1, 6)), "qvel": np.full((1, 6), np.inf)}, "'qvel' holds a NaN or infinite value"),
+        ({"qpos": np.zeros((0, 6)), "qvel": np.zeros((0, 6))}, r"expected \(N, 6\)"),
+        ("missing.npz", "does not exist"),
+    ],
+)
 def test_bad_init_states_are_refused_by_name(tmp_path, states, match):
     model = gym.make("Hopper-v5").unwrapped.model
     if isinstance(states, str):
@@ -137,31 +147,34 @@ def test_corrupt_init_states_file_is_refused(tmp_path):
         load_init_states(tmp_path / "junk.npz", model)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"steps": 0}, "steps must be a whole number >= 1"),
-    ({"steps": 2.5}, "steps must be a whole number >= 1"),
-    ({"perturb": float("nan")}, "perturb must be a finite number >= 0"),
-    ({"perturb": -0.1}, "perturb must be a finite number >= 0"),
-    ({"perturb": float("inf")}, "perturb must be a finite number >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"steps": 0}, "steps must be a whole number >= 1"),
+        ({"steps": 2.5}, "steps must be a whole number >= 1"),
+        ({"perturb": float("nan")}, "perturb must be a finite number >= 0"),
+        ({"perturb": -0.1}, "perturb must be a finite number >= 0"),
+        ({"perturb": float("inf")}, "perturb must be a finite number >= 0"),
+    ],
+)
 def test_bad_verification_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         verify_report(task_spec("Hopper-v5"), gym.make("Hopper-v5"), **kwargs)
 
 
 def test_cli_export_takes_the_verification_flags(tmp_path):
-    from pydpg.export import export_main
-    from pydpg.trainer import Trainer, TrainConfig
-    from pydpg import presets
+    from pydpg.cli.export import export_main
+    from pydpg.train.config import resolve
+    from pydpg.train.trainer import Trainer
 
-    cfg, train = presets.resolve("InvertedPendulum-v5", train={"total_steps": 300, "eval_every": 0,
-                                                              "checkpoint_every": 0})
+    cfg, train = resolve("InvertedPendulum-v5", train={"total_steps": 300, "eval_every": 0, "checkpoint_every": 0})
     cfg.learning_starts = 100
     trainer = Trainer(cfg, train, out_dir=tmp_path / "run", tensorboard=False)
     trainer.run()
     trainer.close()
-    rc = export_main([str(tmp_path / "run"), "-o", str(tmp_path / "p.pt"), "--verify-steps", "50",
-                      "--verify-perturb", "0.05"])
+    rc = export_main(
+        [str(tmp_path / "run"), "-o", str(tmp_path / "p.pt"), "--verify-steps", "50", "--verify-perturb", "0.05"]
+    )
     assert rc == 0
     v = read_metadata(tmp_path / "p.pt")["verification"]
     assert v["steps"] == 50 and "perturbed by 0.05" in v["starts"]
@@ -186,12 +199,15 @@ def test_mismatch_messages_print_plain_numbers():
     assert "np.float" not in str(e.value) and "the spec gives " in str(e.value)
 
 
-@pytest.mark.parametrize("term, kind, first", [
-    ({"field": "sensordata", "names": "shoulder_po"}, "sensors", "shoulder_pos"),
-    ({"field": "sensordata", "names": "GYRO"}, "sensors", "gyro"),
-    ({"field": "site_xpos", "names": "fingertp"}, "sites", "fingertip"),
-    ({"field": "qpos", "names": "elbw"}, "joints", "elbow"),
-])
+@pytest.mark.parametrize(
+    "term, kind, first",
+    [
+        ({"field": "sensordata", "names": "shoulder_po"}, "sensors", "shoulder_pos"),
+        ({"field": "sensordata", "names": "GYRO"}, "sensors", "gyro"),
+        ({"field": "site_xpos", "names": "fingertp"}, "sites", "fingertip"),
+        ({"field": "qpos", "names": "elbw"}, "joints", "elbow"),
+    ],
+)
 def test_an_unknown_name_lists_the_models_names_closest_first(term, kind, first):
     model = gym.make("ArmReach-v0").unwrapped.model
     with pytest.raises(ObservationError) as e:
@@ -202,21 +218,23 @@ def test_an_unknown_name_lists_the_models_names_closest_first(term, kind, first)
 
 # ------------------------------------------------------------------------------ docs
 def test_config_reference_is_the_code():
-    from pydpg.config_reference import reference_markdown
+    from pydpg.cli.config_reference import reference_markdown
 
-    assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), \
+    assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), (
         "docs/config.md is stale: regenerate it with `pydpg presets --reference > docs/config.md`"
-    cli = subprocess.run([sys.executable, "-m", "pydpg", "presets", "--reference"], capture_output=True, text=True,
-                         check=True).stdout
+    )
+    cli = subprocess.run(
+        [sys.executable, "-m", "pydpg", "presets", "--reference"], capture_output=True, text=True, check=True
+    ).stdout
     assert cli == reference_markdown()  # the command the page names
 
 
 def test_every_config_key_is_documented():
     import dataclasses
 
-    from pydpg.config import DDPGConfig
-    from pydpg.config_reference import _field_comments
-    from pydpg.trainer import TrainConfig
+    from pydpg.cli.config_reference import _field_comments
+    from pydpg.core.config import DDPGConfig
+    from pydpg.train.config import TrainConfig
 
     for cls, skip in ((DDPGConfig, ()), (TrainConfig, ("env_id", "env_kwargs"))):
         comments = _field_comments(cls)
@@ -227,11 +245,12 @@ def test_every_config_key_is_documented():
 def test_presets_print_every_agent_key():
     import dataclasses
 
-    from pydpg.config import DDPGConfig
+    from pydpg.core.config import DDPGConfig
 
     for name in DDPGConfig.presets():
-        out = subprocess.run([sys.executable, "-m", "pydpg", "presets", name], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "pydpg", "presets", name], capture_output=True, text=True, check=True
+        ).stdout
         for f in dataclasses.fields(DDPGConfig):
             assert f"{f.name} = " in out or f"# {f.name} unset" in out, (name, f.name)
     td3 = subprocess.run([sys.executable, "-m", "pydpg", "presets", "td3"], capture_output=True, text=True).stdout
@@ -250,11 +269,11 @@ def test_the_examples_readme_exists_and_names_real_files():
 def test_policy_records_the_eval_seed(tmp_path):
     torch.manual_seed(0)
     env = gym.make("InvertedPendulum-v5")
-    export_policy(DDPG.from_dims(4, 1), tmp_path / "p.pt", env=env, eval_seed=107, verbose=False)
+    export_policy(DDPGAgent.from_dims(4, 1), tmp_path / "p.pt", env=env, eval_seed=107, verbose=False)
     assert read_metadata(tmp_path / "p.pt")["eval_seed"] == 107
     for bad in (-1, 1.5, True, "7"):
         with pytest.raises(ValueError, match="eval_seed must be a whole number >= 0"):
-            export_policy(DDPG.from_dims(4, 1), tmp_path / "q.pt", env=env, eval_seed=bad, verbose=False)
+            export_policy(DDPGAgent.from_dims(4, 1), tmp_path / "q.pt", env=env, eval_seed=bad, verbose=False)
     env.close()
     assert not math.isnan(0.0)
 
@@ -267,11 +286,22 @@ def test_the_custom_robot_readme_commands_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(EXAMPLE)}
 
     def pydpg(*args):
-        return subprocess.run([sys.executable, "-m", "pydpg", *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "pydpg", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
 
-    train = pydpg("train", "arm_env:ArmReach-v0", "--steps", "600", "--out", "runs/arm", "--set",
-                  "learning_starts=200", "--set", "hidden=[64,64]")
+    train = pydpg(
+        "train",
+        "arm_env:ArmReach-v0",
+        "--steps",
+        "600",
+        "--out",
+        "runs/arm",
+        "--set",
+        "learning_starts=200",
+        "--set",
+        "hidden=[64,64]",
+    )
     assert train.returncode == 0, train.stderr
     (tmp_path / "spec.json").write_text(json.dumps(arm_env.OBSERVATION_SPEC))
     export = pydpg("export", "runs/arm", "-o", "arm_policy.pt", "--observation-spec", "spec.json")
@@ -287,7 +317,12 @@ def test_the_custom_robot_readme_commands_run(tmp_path):
         loop, python = (float(line.split(word)[1].split()[0]) for word in (": loop ", "; Python "))
         assert loop == python, line
     # Without PYTHONPATH the module cannot be imported: the message says what to do.
-    bad = subprocess.run([sys.executable, "-m", "pydpg", "run", "arm_policy.pt", "--env", "arm_env:ArmReach-v0",
-                          "--no-sleep"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    bad = subprocess.run(
+        [sys.executable, "-m", "pydpg", "run", "arm_policy.pt", "--env", "arm_env:ArmReach-v0", "--no-sleep"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert bad.returncode == 2 and "add that directory to PYTHONPATH" in bad.stderr

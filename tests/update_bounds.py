@@ -1,6 +1,6 @@
 """When two float32 evaluations of one DDPG/TD3 update are "equal up to rounding": a sound bound.
 
-The C++ update (csrc/mlp_update.cpp), the autograd update (pydpg/agent.py) and Stable-Baselines3's
+The C++ update (csrc/mlp_update.cpp), the autograd update (pydpg/core/agent.py) and Stable-Baselines3's
 compute the same update in different summation orders (batch shapes, BLAS kernels, a hand-written
 backward pass against autograd, SB3's single-tensor Adam). No tolerance measured on one CPU holds on
 the next, so the tests compare them against a bound computed here, in float64, from the networks,
@@ -64,7 +64,7 @@ sqrt within 4 ulps; operands and intermediate values zero or at least 2^-126 in 
 the underflow term above; the parameters, optimizer state, batch and target-smoothing noise the same
 float32 numbers in every evaluation compared (the tests copy one state into the other before each
 update). Modelled: the Linear / ReLU actor with a tanh output and the Linear / ReLU critic(s) on
-[obs, action]; the DDPG / TD3 update as pydpg.agent's docstring writes it (the target with the min
+[obs, action]; the DDPG / TD3 update as pydpg.core.agent's docstring writes it (the target with the min
 of twin target critics, clipped target-smoothing noise, PER weights, the mean squared TD error, the
 actor loss -mean Q_1(s, mu(s)) on the just-stepped critic, the policy delay, Polyak); fused or
 single-tensor Adam with coupled weight decay. Not modelled: LayerNorm, batch renormalization, SALE,
@@ -81,12 +81,12 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-U = 2.0 ** -24  # float32 unit roundoff, round to nearest
-U64 = 2.0 ** -53
+U = 2.0**-24  # float32 unit roundoff, round to nearest
+U64 = 2.0**-53
 UE = U + 2 * U64  # one float32 rounding plus the float64 centre's own
-TINY = 2.0 ** -126  # underflow, per operation
+TINY = 2.0**-126  # underflow, per operation
 FN = 8 * U  # a float32 tanh's or sqrt's own relative error: 4 ulps allowed
-SLACK = 1.0 + 2.0 ** -40  # the bound's own float64 sums may round down by (n + 2) 2^-53 relative, n < 2^12
+SLACK = 1.0 + 2.0**-40  # the bound's own float64 sums may round down by (n + 2) 2^-53 relative, n < 2^12
 
 # Rounding counts of element-wise chains: the largest among the implementations read (docstring), plus one.
 K_LOSS_GRAD = 4  # 2 w (Q - y) / B from td
@@ -166,10 +166,13 @@ def tanh(z: IV) -> IV:
 
 def tanh_backward(d: IV, a: IV) -> IV:
     """d * (1 - a^2), a the tanh's output: a*a, 1 - ., the product (3 roundings)."""
-    sq = IV(a.v * a.v, (2 * np.abs(a.v) * a.e + a.e * a.e + UE * a.mag ** 2 + TINY) * SLACK)
+    sq = IV(a.v * a.v, (2 * np.abs(a.v) * a.e + a.e * a.e + UE * a.mag**2 + TINY) * SLACK)
     one_minus = IV(1.0 - sq.v, (sq.e + UE * (1.0 + sq.mag) + TINY) * SLACK)
-    return IV(d.v * one_minus.v, (np.abs(d.v) * one_minus.e + d.e * np.abs(one_minus.v) + d.e * one_minus.e
-                                  + UE * d.mag * one_minus.mag + TINY) * SLACK)
+    return IV(
+        d.v * one_minus.v,
+        (np.abs(d.v) * one_minus.e + d.e * np.abs(one_minus.v) + d.e * one_minus.e + UE * d.mag * one_minus.mag + TINY)
+        * SLACK,
+    )
 
 
 # ------------------------------------------------------------------ networks
@@ -256,8 +259,9 @@ class MLP:
             width = [W.shape[0] for W in (w.v for w in self.W)]
             w_in = self.cols.size if a < 0 else width[a]
             # J <- J D_m W_m, m = b-1 .. a+1, each as a batched product over the rows
-            cost = sum(self.B * width[b] * width[m] * (w_in if m == a + 1 else width[m - 1])
-                       for m in range(b - 1, a, -1))
+            cost = sum(
+                self.B * width[b] * width[m] * (w_in if m == a + 1 else width[m - 1]) for m in range(b - 1, a, -1)
+            )
             J = None
             if cost <= JACOBIAN_BUDGET:
                 J = self.W[b].v
@@ -274,8 +278,11 @@ class MLP:
             # product of the |W|'s max row sums (forward) or max column sums (transposed) times max S.
             ws = [self._absW(m, a) for m in range(a + 1, b + 1)]
             c = (1 + (max(width) + 1) * 2 * U64) ** (b - a) - 1
-            self._jacs[key] = (J, c * math.prod(float(w.sum(1).max()) for w in ws),
-                               c * math.prod(float(w.sum(0).max()) for w in ws))
+            self._jacs[key] = (
+                J,
+                c * math.prod(float(w.sum(1).max()) for w in ws),
+                c * math.prod(float(w.sum(0).max()) for w in ws),
+            )
         return self._jacs[key]
 
     def _absW(self, m: int, a: int) -> np.ndarray:
@@ -351,8 +358,9 @@ def layers_of(params: Sequence[IV]) -> Layers:
 
 def linear_layers(module: torch.nn.Module) -> Layers:
     """The exact float32 parameters of a module's nn.Linear layers, in order."""
-    return [(IV.exact(_f64(m.weight)), IV.exact(_f64(m.bias))) for m in module.modules()
-            if isinstance(m, torch.nn.Linear)]
+    return [
+        (IV.exact(_f64(m.weight)), IV.exact(_f64(m.bias))) for m in module.modules() if isinstance(m, torch.nn.Linear)
+    ]
 
 
 # ------------------------------------------------------------------ optimizer and targets
@@ -397,9 +405,11 @@ def adam_step(p: np.ndarray, g: IV, m0: np.ndarray, v0: np.ndarray, step: float,
     am0 = np.abs(m0)
     m_mag = am0 + w1 * (g.mag + am0) if w1 < 0.5 else g.mag + (1.0 - w1) * (g.mag + am0)
     m1 = IV(m0 + w1 * (g.v - m0), (w1 * g.e + gamma(K_ADAM) * m_mag + 8 * K_ADAM * TINY) * SLACK)
-    v1 = IV(b2 * v0 + w2 * g.v ** 2, (w2 * (2 * np.abs(g.v) * g.e + g.e ** 2)
-                                      + gamma(K_ADAM) * (b2 * v0 + w2 * g.mag ** 2) + 8 * K_ADAM * TINY) * SLACK)
-    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    v1 = IV(
+        b2 * v0 + w2 * g.v**2,
+        (w2 * (2 * np.abs(g.v) * g.e + g.e**2) + gamma(K_ADAM) * (b2 * v0 + w2 * g.mag**2) + 8 * K_ADAM * TINY) * SLACK,
+    )
+    bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
     s, c = lr / bc1, math.sqrt(bc2)
     # The constants as each implementation computes them (double pow, then a float32 rounding): the
     # pow's own error (an ulp of b^t <= 1, relative to 1 - b^t) and the float32 rounding.
@@ -414,9 +424,10 @@ def adam_step(p: np.ndarray, g: IV, m0: np.ndarray, v0: np.ndarray, step: float,
     # v1's range, one-sided: its terms are >= 0, so a chain of K_ADAM roundings keeps it within
     # (1 +- gamma) of b2 v0 + w2 g~^2, and g~^2 lies in [max(|g| - e_g, 0)^2, (|g| + e_g)^2].
     g_lo = np.maximum(np.abs(g.v) - g.e, 0.0)
-    v_lo = np.maximum(np.maximum((b2 * v0 + w2 * g_lo ** 2) * (1 - gamma(K_ADAM)) * (1 - 2 ** -40) - 8 * K_ADAM * TINY,
-                                 v1.v - v1.e), 0.0)
-    v_hi = np.minimum((b2 * v0 + w2 * g.mag ** 2) * (1 + gamma(K_ADAM)) * SLACK + 8 * K_ADAM * TINY, v1.v + v1.e)
+    v_lo = np.maximum(
+        np.maximum((b2 * v0 + w2 * g_lo**2) * (1 - gamma(K_ADAM)) * (1 - 2**-40) - 8 * K_ADAM * TINY, v1.v - v1.e), 0.0
+    )
+    v_hi = np.minimum((b2 * v0 + w2 * g.mag**2) * (1 + gamma(K_ADAM)) * SLACK + 8 * K_ADAM * TINY, v1.v + v1.e)
     corners = [step_of(m, v) for m in (m_lo, m_hi) for v in (v_lo, v_hi)]
     dev = np.max([np.abs(k - centre) for k in corners], axis=0)
     big = np.max([np.abs(k) for k in corners], axis=0)
@@ -454,10 +465,18 @@ class State:
 
     @staticmethod
     def of_agent(agent) -> "State":
-        return State(linear_layers(agent.actor), linear_layers(agent.actor_target),
-                     [linear_layers(c) for c in agent.critics], [linear_layers(c) for c in agent.critic_targets],
-                     Adam.of(agent.actor_opt), Adam.of(agent.critic_opt), float(agent.config.tau),
-                     float(agent.action_bound), int(agent.config.policy_delay), int(agent.n_updates))
+        return State(
+            linear_layers(agent.actor),
+            linear_layers(agent.actor_target),
+            [linear_layers(c) for c in agent.critics],
+            [linear_layers(c) for c in agent.critic_targets],
+            Adam.of(agent.actor_opt),
+            Adam.of(agent.critic_opt),
+            float(agent.config.tau),
+            float(agent.action_bound),
+            int(agent.config.policy_delay),
+            int(agent.n_updates),
+        )
 
 
 def peek_target_noise(agent, batch) -> Optional[torch.Tensor]:
@@ -506,11 +525,13 @@ def _update_bound(state: State, batch, noise: Optional[torch.Tensor] = None) -> 
     # The loss: each term's square (exact here; its rounding is counted below), the sum over heads,
     # * w, the sum over B rows and / B: at most B * heads + 4 roundings on any term's path (the C++
     # update sums in double: fewer).
-    sq_v = np.concatenate([td.v ** 2 for td in tds], 1)
-    sq_e = np.concatenate([2 * np.abs(td.v) * td.e + td.e ** 2 for td in tds], 1)
+    sq_v = np.concatenate([td.v**2 for td in tds], 1)
+    sq_e = np.concatenate([2 * np.abs(td.v) * td.e + td.e**2 for td in tds], 1)
     sq_mag = np.abs(sq_v) + sq_e
-    out["critic_loss"] = IV(np.asarray((w * sq_v).sum() / B),
-                            np.asarray(((w * sq_e).sum() + gamma(sq_v.size + 4) * (w * sq_mag).sum()) / B * SLACK))
+    out["critic_loss"] = IV(
+        np.asarray((w * sq_v).sum() / B),
+        np.asarray(((w * sq_e).sum() + gamma(sq_v.size + 4) * (w * sq_mag).sum()) / B * SLACK),
+    )
     out["q_mean"] = mean(fwds[0].out)
     out["td_errors"] = IV(np.abs(tds[0].v[:, 0]), tds[0].e[:, 0])
     critic_grads, new_critics, m_out, v_out = [], [], [], []
@@ -525,15 +546,22 @@ def _update_bound(state: State, batch, noise: Optional[torch.Tensor] = None) -> 
             new.append(np_), m_out.append(m1), v_out.append(v1)
             k += 1
         new_critics.append(new)
-    out.update(critic_grads=critic_grads, critics=[p for c in new_critics for p in c], critic_exp_avg=m_out,
-               critic_exp_avg_sq=v_out)
+    out.update(
+        critic_grads=critic_grads,
+        critics=[p for c in new_critics for p in c],
+        critic_exp_avg=m_out,
+        critic_exp_avg_sq=v_out,
+    )
 
     if (state.n_updates + 1) % state.policy_delay != 0:
         # No actor step: the actor, its optimizer and every target are left as they were, exactly.
-        out.update(actor=params_of(state.actor), actor_target=params_of(state.actor_target),
-                   critic_targets=[p for ct in state.critic_targets for p in params_of(ct)],
-                   actor_exp_avg=[IV.exact(m) for m in state.actor_opt.exp_avg],
-                   actor_exp_avg_sq=[IV.exact(v) for v in state.actor_opt.exp_avg_sq])
+        out.update(
+            actor=params_of(state.actor),
+            actor_target=params_of(state.actor_target),
+            critic_targets=[p for ct in state.critic_targets for p in params_of(ct)],
+            actor_exp_avg=[IV.exact(m) for m in state.actor_opt.exp_avg],
+            actor_exp_avg_sq=[IV.exact(v) for v in state.actor_opt.exp_avg_sq],
+        )
         return out
     # Actor: J = -mean Q_1(s, mu(s)) on the just-stepped first critic (its parameters carry the
     # critic step's bound); dJ/dQ = -1/B (one rounding), back to the action columns, through tanh.
@@ -551,8 +579,9 @@ def _update_bound(state: State, batch, noise: Optional[torch.Tensor] = None) -> 
         new_actor.append(np_), am.append(m1), av.append(v1)
     out.update(actor_grads=actor_grads, actor=new_actor, actor_exp_avg=am, actor_exp_avg_sq=av)
     out["actor_target"] = [polyak(t.v, o, state.tau) for t, o in zip(params_of(state.actor_target), new_actor)]
-    out["critic_targets"] = [polyak(t.v, o, state.tau) for ct, c in zip(state.critic_targets, new_critics)
-                             for t, o in zip(params_of(ct), c)]
+    out["critic_targets"] = [
+        polyak(t.v, o, state.tau) for ct, c in zip(state.critic_targets, new_critics) for t, o in zip(params_of(ct), c)
+    ]
     return out
 
 
@@ -597,9 +626,11 @@ def check(named: dict, bound: dict, what: str = "") -> dict:
             if not ri <= 1.0:
                 g = _f64(x).reshape(np.shape(iv.v))
                 j = np.unravel_index(int(np.nanargmax(np.where(np.isnan(g), np.inf, np.abs(g - iv.v) - iv.e))), g.shape)
-                raise AssertionError(f"{what}{key}[{i}] at {tuple(int(q) for q in j)}: {g[j]!r} is "
-                                     f"{abs(g[j] - iv.v[j]):.3g} from the centre {iv.v[j]!r}, beyond the "
-                                     f"rounding bound {iv.e[j]:.3g} (ratio {ri:.3g})")
+                raise AssertionError(
+                    f"{what}{key}[{i}] at {tuple(int(q) for q in j)}: {g[j]!r} is "
+                    f"{abs(g[j] - iv.v[j]):.3g} from the centre {iv.v[j]!r}, beyond the "
+                    f"rounding bound {iv.e[j]:.3g} (ratio {ri:.3g})"
+                )
             r = max(r, ri)
         worst[key] = r
     return worst

@@ -29,11 +29,16 @@ Options parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
-    if (a == "--hz" && has_value) o.hz = std::atof(argv[++i]);
-    else if (a == "--robots" && has_value) o.robots = std::atol(argv[++i]);
-    else if (a == "--seconds" && has_value) o.seconds = std::atof(argv[++i]);
-    else if (o.policy.empty() && a[0] != '-') o.policy = a;
-    else throw std::runtime_error("unknown argument " + a);
+    if (a == "--hz" && has_value)
+      o.hz = std::atof(argv[++i]);
+    else if (a == "--robots" && has_value)
+      o.robots = std::atol(argv[++i]);
+    else if (a == "--seconds" && has_value)
+      o.seconds = std::atof(argv[++i]);
+    else if (o.policy.empty() && a[0] != '-')
+      o.policy = a;
+    else
+      throw std::runtime_error("unknown argument " + a);
   }
   if (o.policy.empty() || !(o.hz > 0) || o.robots < 1 || !(o.seconds > 0))
     throw std::runtime_error("usage: policy_loop POLICY [--hz HZ] [--robots N] [--seconds S]");
@@ -78,8 +83,7 @@ int main(int argc, char** argv) {
     const pydpg::LatencyStats s = policy.latency();
     std::printf("%ld periods at %.0f Hz, %ld robots, %lld deadline misses\n", periods, o.hz, o.robots, clock.misses());
     std::printf("act() latency us: mean %.2f  p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f  (n=%llu)\n",
-                s.mean_us, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us,
-                static_cast<unsigned long long>(s.count));
+                s.mean_us, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us, static_cast<unsigned long long>(s.count));
     std::printf("first action: [");
     for (long i = 0; i < policy.act_dim(); ++i) std::printf(i ? ", %.4f" : "%.4f", actions[i]);
     std::printf("]\n");

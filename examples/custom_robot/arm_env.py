@@ -21,14 +21,22 @@ from gymnasium.spaces import Box
 
 XML = str(Path(__file__).resolve().parent / "arm.xml")
 
-OBSERVATION_SPEC = {"version": 1, "terms": [
-    {"field": "sensordata", "names": ["shoulder_pos", "elbow_pos"], "fn": "cos"},
-    {"field": "sensordata", "names": ["shoulder_pos", "elbow_pos"], "fn": "sin"},
-    {"field": "sensordata", "names": ["shoulder_vel", "elbow_vel"], "clip": [-20.0, 20.0]},
-    {"field": "sensordata", "names": "gyro"},
-    {"field": "sensordata", "names": "accel", "scale": 0.1},
-    {"field": "site_xpos", "names": "fingertip", "stop": 2, "minus": {"field": "site_xpos", "names": "target", "stop": 2}},
-]}
+OBSERVATION_SPEC = {
+    "version": 1,
+    "terms": [
+        {"field": "sensordata", "names": ["shoulder_pos", "elbow_pos"], "fn": "cos"},
+        {"field": "sensordata", "names": ["shoulder_pos", "elbow_pos"], "fn": "sin"},
+        {"field": "sensordata", "names": ["shoulder_vel", "elbow_vel"], "clip": [-20.0, 20.0]},
+        {"field": "sensordata", "names": "gyro"},
+        {"field": "sensordata", "names": "accel", "scale": 0.1},
+        {
+            "field": "site_xpos",
+            "names": "fingertip",
+            "stop": 2,
+            "minus": {"field": "site_xpos", "names": "target", "stop": 2},
+        },
+    ],
+}
 
 
 class ArmReachEnv(MujocoEnv):
@@ -46,8 +54,9 @@ class ArmReachEnv(MujocoEnv):
         s = self.data.sensor
         angles = np.array([s("shoulder_pos").data[0], s("elbow_pos").data[0]])
         speeds = np.clip([s("shoulder_vel").data[0], s("elbow_vel").data[0]], -20.0, 20.0)
-        return np.concatenate([np.cos(angles), np.sin(angles), speeds, s("gyro").data, 0.1 * s("accel").data,
-                               self._tip_to_target()])
+        return np.concatenate(
+            [np.cos(angles), np.sin(angles), speeds, s("gyro").data, 0.1 * s("accel").data, self._tip_to_target()]
+        )
 
     def step(self, action):
         self.do_simulation(action, self.frame_skip)

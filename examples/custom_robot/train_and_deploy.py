@@ -34,16 +34,15 @@ def main(argv=None) -> int:
     import gymnasium as gym
 
     import pydpg
-    from pydpg.deploy import run_policy
-    from pydpg.envs import evaluate, initial_states
-    from pydpg.export import export_policy
-    from pydpg.trainer import make_policy
+    from pydpg.common.envs import evaluate, initial_states
+    from pydpg.deploy.export import export_policy
+    from pydpg.deploy.loop import run_policy
+    from pydpg.files.model import make_policy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/4] training DDPG on ArmReach-v0 for {args.steps} steps ...", flush=True)
-    agent = pydpg.DDPG("ArmReach-v0", seed=0, out_dir=str(out), learning_starts=1000, hidden=(64, 64),
-                       eval_every=0)
+    agent = pydpg.DDPG("ArmReach-v0", seed=0, out_dir=str(out), learning_starts=1000, hidden=(64, 64), eval_every=0)
     agent.learn(args.steps)
 
     print("[2/4] exporting with the observation spec (checked against the env) ...", flush=True)
@@ -54,8 +53,9 @@ def main(argv=None) -> int:
     python = evaluate(make_policy(agent.trainer.agent, agent.trainer.normalizer), env, args.episodes, seed=7)
     states = initial_states(env, args.episodes, seed=7)  # where those evaluation episodes started
     print("[4/4] replaying the loop's trace through the Gymnasium env ...\n", flush=True)
-    loop = run_policy(out / "policy.pt", initial_states=states, replay=env, realtime=False, quiet=True,
-                      trace=out / "trace.csv")
+    loop = run_policy(
+        out / "policy.pt", initial_states=states, replay=env, realtime=False, quiet=True, trace=out / "trace.csv"
+    )
     env.close()
     print(f"return, Python evaluation : {np.round(python.returns, 3).tolist()}")
     print(f"return, C++ loop (replay) : {np.round(loop['returns'], 3).tolist()}")

@@ -3,11 +3,11 @@
 A file has up to four tables, every key optional::
 
     [agent]   # pydpg.DDPGConfig fields, e.g. hidden = [256, 256], learning_starts = 1000
-    [train]   # pydpg.trainer.TrainConfig fields, e.g. total_steps = 300000, n_envs = 4
+    [train]   # pydpg.TrainConfig fields, e.g. total_steps = 300000, n_envs = 4
     [env]     # keyword arguments for gymnasium.make, e.g. xml_file = "my_cheetah.xml"
-    [observation]  # the observation spec (pydpg.observation): version = 1, [[observation.terms]]
+    [observation]  # the observation spec (pydpg.contract.observation): version = 1, [[observation.terms]]
 
-``resolve`` layers the sources from general to specific, each overriding the one before:
+``pydpg.train.config.resolve`` layers the sources from general to specific, each overriding the one before:
 
 1. ``DDPGConfig`` defaults, with ``learning_starts_for(env_id)``;
 2. the task preset: the shipped file for ``env_id`` (if there is one), or the file preset ``preset`` names;
@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..config import DDPGConfig, _did_you_mean, learning_starts_for
+from pydpg.common.names import did_you_mean
 
 SECTIONS = ("agent", "train", "env", "observation")
 
@@ -47,10 +47,6 @@ def available() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
 
 
-def algorithm_presets() -> list[str]:
-    return sorted(DDPGConfig.presets())
-
-
 def find(name: str) -> Optional[str]:
     """The shipped preset ``name`` refers to: exact, case-insensitive, or the id without its version."""
     names = available()
@@ -64,7 +60,9 @@ def find(name: str) -> Optional[str]:
 def text(name: str) -> str:
     found = find(name)
     if found is None:
-        raise ValueError(f"no shipped preset {name!r}{_did_you_mean(name, available())}; presets: {', '.join(available())}")
+        raise ValueError(
+            f"no shipped preset {name!r}{did_you_mean(name, available())}; presets: {', '.join(available())}"
+        )
     return resources.files(__name__).joinpath(f"{found}.toml").read_text()
 
 
@@ -76,8 +74,11 @@ def parse(source: str, content: str) -> dict[str, dict[str, Any]]:
         raise ValueError(f"{source}: invalid TOML: {e}") from None
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
-        raise ValueError(f"{source}: unknown table or key " + ", ".join(
-            f"{k!r}{_did_you_mean(k, SECTIONS)}" for k in unknown) + f"; expected tables [{'], ['.join(SECTIONS)}]")
+        raise ValueError(
+            f"{source}: unknown table or key "
+            + ", ".join(f"{k!r}{did_you_mean(k, SECTIONS)}" for k in unknown)
+            + f"; expected tables [{'], ['.join(SECTIONS)}]"
+        )
     for k in SECTIONS:
         if k in data and not isinstance(data[k], dict):
             raise ValueError(f"{source}: '{k}' must be a table ([{k}]), got {type(data[k]).__name__}")
@@ -89,67 +90,3 @@ def read_file(path: Union[str, os.PathLike]) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ValueError(f"config file '{path}' does not exist")
     return parse(str(path), path.read_text())
-
-
-def _check_layer(source: str, agent: dict, train: dict) -> None:
-    """Validate one layer's values on their own so that an error names the layer's source."""
-    from ..trainer import TrainConfig
-
-    for kind, cls, values in (("agent", DDPGConfig, agent), ("train", TrainConfig, train)):
-        if values:
-            try:
-                cls.from_dict(values)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{source}: [{kind}] {e}") from None
-
-
-def resolve(env_id: Optional[str] = None, *, preset: Optional[str] = None,
-            config_file: Union[str, os.PathLike, None] = None, td3: bool = False,
-            agent: Optional[dict] = None, train: Optional[dict] = None, env_kwargs: Optional[dict] = None):
-    """``(DDPGConfig, TrainConfig)`` for a run; see the module docstring for the layering."""
-    from ..trainer import TrainConfig
-
-    agent_v: dict[str, Any] = {}
-    train_v: dict[str, Any] = {}
-    env_v: dict[str, Any] = {}
-    observation: Optional[dict] = None
-    if env_id is not None:
-        agent_v["learning_starts"] = learning_starts_for(env_id)
-
-    def apply(source: str, layer: dict[str, dict[str, Any]]) -> None:
-        _check_layer(source, layer.get("agent", {}), layer.get("train", {}))
-        agent_v.update(layer.get("agent", {}))
-        train_v.update(layer.get("train", {}))
-        env_v.update(layer.get("env", {}))
-
-    algo = None
-    task = find(env_id) if env_id is not None else None
-    if preset is not None:
-        if preset in DDPGConfig.presets():
-            algo = preset
-        elif find(preset) is not None:
-            task = find(preset)
-        else:
-            choices = algorithm_presets() + available()
-            raise ValueError(f"unknown preset {preset!r}{_did_you_mean(preset, choices)}; "
-                             f"algorithm presets: {', '.join(algorithm_presets())}; task presets: {', '.join(available())}")
-    if task is not None:
-        apply(f"preset {task}", parse(f"preset {task}", text(task)))
-    if algo is not None:
-        apply(f"preset {algo}", {"agent": DDPGConfig.presets()[algo]})
-    if config_file is not None:
-        layer = read_file(config_file)
-        apply(str(config_file), layer)
-        # A task preset's spec is found again by env id at export (and left out, with a note, where
-        # env kwargs change the observation); a user's own spec travels with the run.
-        observation = layer.get("observation") or None
-    if td3:
-        apply("--td3", {"agent": DDPGConfig.presets()["td3"]})
-    apply("overrides", {"agent": dict(agent or {}), "train": dict(train or {}), "env": dict(env_kwargs or {})})
-
-    if env_id is not None:
-        train_v["env_id"] = env_id
-    train_v["env_kwargs"] = {**train_v.get("env_kwargs", {}), **env_v}
-    if observation is not None:
-        train_v["observation"] = observation
-    return DDPGConfig.from_dict(agent_v), TrainConfig.from_dict(train_v)

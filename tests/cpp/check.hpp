@@ -27,24 +27,24 @@ inline int finish(const char* name) {
 
 }  // namespace pydpg_test
 
-#define CHECK(cond)                                                 \
-  do {                                                              \
-    ++pydpg_test::checks;                                                       \
-    if (!(cond)) pydpg_test::fail(__FILE__, __LINE__, #cond);       \
+#define CHECK(cond)                                           \
+  do {                                                        \
+    ++pydpg_test::checks;                                     \
+    if (!(cond)) pydpg_test::fail(__FILE__, __LINE__, #cond); \
   } while (0)
 
 // The statement must throw exactly `type` (or a subclass).
-#define CHECK_THROWS(type, stmt)                                                             \
-  do {                                                                                       \
-    ++pydpg_test::checks;                                                                                \
-    bool caught_ = false;                                                                    \
-    try {                                                                                    \
-      stmt;                                                                                  \
-    } catch (const type&) {                                                                  \
-      caught_ = true;                                                                        \
-    } catch (const std::exception& e_) {                                                     \
+#define CHECK_THROWS(type, stmt)                                                                     \
+  do {                                                                                               \
+    ++pydpg_test::checks;                                                                            \
+    bool caught_ = false;                                                                            \
+    try {                                                                                            \
+      stmt;                                                                                          \
+    } catch (const type&) {                                                                          \
+      caught_ = true;                                                                                \
+    } catch (const std::exception& e_) {                                                             \
       pydpg_test::fail(__FILE__, __LINE__, std::string(#stmt " threw another error: ") + e_.what()); \
-      caught_ = true;                                                                        \
-    }                                                                                        \
-    if (!caught_) pydpg_test::fail(__FILE__, __LINE__, #stmt " did not throw " #type);        \
+      caught_ = true;                                                                                \
+    }                                                                                                \
+    if (!caught_) pydpg_test::fail(__FILE__, __LINE__, #stmt " did not throw " #type);               \
   } while (0)

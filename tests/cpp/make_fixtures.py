@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pydpg.agent import DDPG
-from pydpg.config import DDPGConfig
-from pydpg.export import export_policy
-from pydpg.normalizer import RunningNormalizer
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.config import DDPGConfig
+from pydpg.core.normalizer import RunningNormalizer
+from pydpg.deploy.export import export_policy
 
 HERE = Path(__file__).resolve().parent
 TRAINED_PENDULUM = HERE.parent / "data" / "inverted_pendulum_30k.pt"
@@ -28,7 +28,7 @@ ROWS = 16
 
 
 def write_reference(policy: Path, obs: np.ndarray, out: Path) -> None:
-    from pydpg.rounding import rounding_bound
+    from pydpg.deploy.rounding import rounding_bound
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -37,18 +37,22 @@ def write_reference(policy: Path, obs: np.ndarray, out: Path) -> None:
         want = np.concatenate([module(torch.from_numpy(o[None])).numpy() for o in obs]).astype(np.float32)
     # runtime_test compares the runtime's actions (other kernels, batches of 16) with these batch-1
     # actions of torch's: two float32 evaluations, which agree within twice the forward error bound
-    # of either (pydpg.rounding), on any CPU. Stored per entry, rounded up to float32.
+    # of either (pydpg.deploy.rounding), on any CPU. Stored per entry, rounded up to float32.
     _, bound = rounding_bound(policy, obs)
     tol = np.nextafter((2 * bound).astype(np.float32), np.float32(np.inf))
     n, d = obs.shape
-    out.write_bytes(struct.pack("<qqq", n, d, want.shape[1]) + obs.astype("<f4").tobytes()
-                    + want.astype("<f4").tobytes() + tol.astype("<f4").tobytes())
+    out.write_bytes(
+        struct.pack("<qqq", n, d, want.shape[1])
+        + obs.astype("<f4").tobytes()
+        + want.astype("<f4").tobytes()
+        + tol.astype("<f4").tobytes()
+    )
 
 
 def trained_magnitude_policy(path: Path, scale: float = 30.0) -> None:
     """17 -> 64 -> 64 -> 6 with observation normalization, weights scaled to trained magnitudes."""
     torch.manual_seed(0)
-    agent = DDPG.from_dims(17, 6, DDPGConfig(hidden=(64, 64)))
+    agent = DDPGAgent.from_dims(17, 6, DDPGConfig(hidden=(64, 64)))
     with torch.no_grad():
         for p in agent.actor.parameters():
             p.mul_(scale)
@@ -61,14 +65,18 @@ def td7_policy(path: Path) -> None:
     """TD7's actor (preset td7): the mlp backend's SALE plan, whose encoder writes into the
     concatenation through a row stride, is what the sanitizers should watch."""
     torch.manual_seed(2)
-    agent = DDPG.from_dims(17, 6, DDPGConfig.preset("td7"))
+    agent = DDPGAgent.from_dims(17, 6, DDPGConfig.preset("td7"))
     export_policy(agent, path, action_low=[-1.0] * 6, action_high=[1.0] * 6, verbose=False)
 
 
 def damaged_copies(src: Path, out: Path) -> list[Path]:
     data = src.read_bytes()
-    files = {"empty.pt": b"", "text.pt": b"not a policy", "truncated.pt": data[: len(data) // 2],
-             "tail_cut.pt": data[:-1]}
+    files = {
+        "empty.pt": b"",
+        "text.pt": b"not a policy",
+        "truncated.pt": data[: len(data) // 2],
+        "tail_cut.pt": data[:-1],
+    }
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     files["flipped.pt"] = bytes(flipped)
@@ -86,8 +94,9 @@ def main(out_dir: str) -> int:
     rng = np.random.default_rng(1)
     pendulum = out / "pendulum_30k.pt"
     shutil.copyfile(TRAINED_PENDULUM, pendulum)
-    write_reference(pendulum, (rng.standard_normal((ROWS, 4)) * [0.2, 0.3, 1.0, 2.0]).astype(np.float32),
-                    out / "pendulum_30k.ref")
+    write_reference(
+        pendulum, (rng.standard_normal((ROWS, 4)) * [0.2, 0.3, 1.0, 2.0]).astype(np.float32), out / "pendulum_30k.ref"
+    )
     scaled = out / "scaled_17x6.pt"
     trained_magnitude_policy(scaled)
     write_reference(scaled, (rng.standard_normal((ROWS, 17)) * 3 + 1).astype(np.float32), out / "scaled_17x6.ref")
@@ -100,7 +109,7 @@ def main(out_dir: str) -> int:
 
     env = gym.make("HalfCheetah-v5")
     torch.manual_seed(1)
-    export_policy(DDPG.from_dims(17, 6), out / "cheetah.pt", env=env, verbose=False)
+    export_policy(DDPGAgent.from_dims(17, 6), out / "cheetah.pt", env=env, verbose=False)
     env.close()
     print("\t".join(map(str, [out / "pendulum_30k.ref", pendulum])))
     print("\t".join(map(str, [out / "scaled_17x6.ref", scaled, *bad])))

@@ -232,7 +232,8 @@ void test_save_load(const std::string& dir) {
   }
   std::string flipped = bytes;
   flipped[bytes.size() / 2] ^= 0x20;
-  std::ofstream(dir + "/flip.bin", std::ios::binary).write(flipped.data(), static_cast<std::streamsize>(flipped.size()));
+  std::ofstream(dir + "/flip.bin", std::ios::binary)
+      .write(flipped.data(), static_cast<std::streamsize>(flipped.size()));
   CHECK_THROWS(pydpg::FormatError, c.load(dir + "/flip.bin"));
   CHECK_THROWS(pydpg::FileError, c.load(dir + "/missing.bin"));
   CHECK_THROWS(pydpg::FileError, c.load(dir));

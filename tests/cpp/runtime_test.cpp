@@ -73,8 +73,8 @@ void test_default_options(const std::string& path, const Reference& ref) {
   }
 }
 
-void test_parity_and_no_leaks(const std::string& path, const Reference& ref, const std::string& backend,
-                              bool invariant, const std::string& kernels = "auto") {
+void test_parity_and_no_leaks(const std::string& path, const Reference& ref, const std::string& backend, bool invariant,
+                              const std::string& kernels = "auto") {
   PolicyOptions o;
   o.max_batch = ref.n;
   o.backend = backend;

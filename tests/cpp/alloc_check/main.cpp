@@ -103,9 +103,10 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
     g_counting = false;
     const double ns = std::chrono::duration<double, std::nano>(t1 - t0).count() / calls;
     const double check_ns = std::chrono::duration<double, std::nano>(t3 - t2).count() / calls;
-    std::printf("{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_build\": %.1f, \"conditions\": %zu, "
-                "\"check_allocations\": %ld, \"ns_per_check\": %.1f, \"failed\": %d}\n",
-                b.size(), calls, build_allocs, ns, stop.conditions().size(), g_allocs.load(), check_ns, failed);
+    std::printf(
+        "{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_build\": %.1f, \"conditions\": %zu, "
+        "\"check_allocations\": %ld, \"ns_per_check\": %.1f, \"failed\": %d}\n",
+        b.size(), calls, build_allocs, ns, stop.conditions().size(), g_allocs.load(), check_ns, failed);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     rc = 1;
@@ -116,7 +117,8 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
 }
 
 int main(int argc, char** argv) {
-  if (argc == 5 && std::string(argv[1]) == "--observation") return observation_mode(argv[2], argv[3], std::atol(argv[4]));
+  if (argc == 5 && std::string(argv[1]) == "--observation")
+    return observation_mode(argv[2], argv[3], std::atol(argv[4]));
   if (argc != 5) {
     std::fprintf(stderr, "usage: alloc_check POLICY BACKEND BATCH CALLS\n");
     return 2;

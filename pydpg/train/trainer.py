@@ -1,0 +1,497 @@
+"""The training run: collect with N envs, store real transitions, update, evaluate, log, checkpoint.
+
+Collection is a collector's job (pydpg.train.collect): the envs of this process (``LocalCollector``), or
+Ray worker actors (``pydpg.train.distributed.RayCollector``, ``TrainConfig.workers``). The loop below is
+the same for both: take a chunk, store it, make the updates it made due, evaluate, checkpoint.
+
+One step of ``Trainer`` with the local collector:
+
+1. act: uniform random in [-1, 1] for the first ``learning_starts`` steps (sfujim/TD3 main.py,
+   CleanRL), then ``mu(s) + noise``; ``envs.scale_action`` maps to the env's units;
+2. step the ``SyncVectorEnv`` (Gymnasium's next-step autoreset); store each env's transition unless
+   that env was in its autoreset step (its "transition" goes from the final observation to the
+   reset observation and is not one the MDP made). ``terminated`` and ``truncated`` go to the
+   buffer separately: only termination stops bootstrapping (``Batch.done``);
+3. one gradient update per env step after ``learning_starts`` (``train_freq``/``gradient_steps``);
+4. every ``eval_every`` steps: ``eval_episodes`` noiseless episodes on a separate env reset with
+   seed ``seed + 100`` (as sfujim/TD3's ``eval_policy``), a metrics row, TensorBoard scalars;
+5. every ``checkpoint_every`` steps: an atomic checkpoint (``pydpg.files.checkpoint``).
+
+Steps count real transitions, summed over envs. On CPU a run is a deterministic function of its
+seed, and ``Trainer.resume`` continues a checkpoint exactly as the uninterrupted run would have:
+agent, optimizers, normalizer, buffer, every RNG stream, counters and each env's simulator state
+are restored (see ``envs.get_env_state`` for what env state is and which envs support it).
+What a checkpoint holds, and how each part goes back, is ``pydpg.train.run_state``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from pydpg.common.envs import EnvLike, EvalResult, evaluate, make_env, make_vec_env
+from pydpg.core.agent import DDPGAgent
+from pydpg.core.config import DDPGConfig
+from pydpg.core.noise import make_noise
+from pydpg.core.normalizer import RunningNormalizer
+from pydpg.core.replay import MIN_PRIORITY, ReplayBuffer
+from pydpg.files import checkpoint as ckpt_io
+from pydpg.files.model import load_model, make_policy, model_dict
+from pydpg.train.collect import Chunk, Collector, LocalCollector, VectorStepper
+from pydpg.train.config import TrainConfig, check_observation
+from pydpg.train.distributed import RayCollector
+from pydpg.train.report import RunReport, summary_line
+from pydpg.train.run_log import Progress
+from pydpg.train.run_state import RunCounters, load_matching_buffer, restore_run_state, run_state
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """A DDPG training run on ``env`` (an id or a gymnasium.Env; default ``train.env_id``).
+
+    ``out_dir`` None keeps everything in memory (``history``); otherwise the run writes
+    ``metrics.csv``, ``tb/``, ``checkpoints/``, ``summary.json`` and ``learning_curve.png`` there.
+    ``model`` (a model dict, see ``pydpg.files.checkpoint``) starts from stored weights and normalizer.
+    """
+
+    def __init__(
+        self,
+        config: DDPGConfig,
+        train: TrainConfig,
+        env: Optional[EnvLike] = None,
+        out_dir: Union[str, os.PathLike, None] = None,
+        *,
+        progress: bool = False,
+        verbose: bool = False,
+        tensorboard: bool = True,
+        model: Optional[dict] = None,
+    ):
+        self.config = config.validate()
+        self.train_cfg = train = TrainConfig.from_dict(train.validate().to_dict())  # ours to update
+        env = env if env is not None else train.env_id
+        if env is None:
+            raise ValueError("no environment: pass env or set TrainConfig.env_id")
+        if isinstance(env, str) and train.env_id is None:
+            train.env_id = env
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress_enabled, self.verbose, self.tensorboard = progress, verbose, tensorboard
+        seed = train.seed
+
+        torch.manual_seed(seed)  # network initialization and the agent's target-noise generator
+        rng_seq = np.random.SeedSequence(seed).spawn(3)
+        rng = np.random.default_rng(rng_seq[0])  # warm-up actions
+        if train.workers and not isinstance(env, str):
+            raise ValueError("workers > 0 needs an env id: each worker makes its own envs")
+        if config.policy_checkpoints and (train.n_envs != 1 or train.workers):
+            raise ValueError(
+                "DDPGConfig.policy_checkpoints needs one local env (n_envs=1, workers=0): it assesses "
+                f"one fixed policy on whole episodes; got n_envs={train.n_envs}, workers={train.workers}"
+            )
+        # The spaces come from the local vector env, or (workers) from one env made here, which
+        # also fails early and clearly for an env this machine cannot make.
+        vec = make_vec_env(env, train.n_envs, train.env_kwargs) if not train.workers else None
+        probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs)
+        self.env_name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
+        box = probe.single_action_space
+        self.low, self.high = box.low.astype(np.float64), box.high.astype(np.float64)
+        self.obs_dim = int(probe.single_observation_space.shape[0])
+        self.act_dim = int(box.shape[0])
+        if probe is not vec:
+            probe.close()
+        if train.observation is not None:
+            try:
+                check_observation(train.observation, env, train.env_kwargs)
+            except ValueError:
+                if vec is not None:
+                    vec.close()
+                raise
+        try:
+            self.eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 and not train.workers else None
+        except ValueError:
+            if vec is not None:
+                vec.close()
+            raise
+
+        self.agent = DDPGAgent.from_dims(self.obs_dim, self.act_dim, config)
+        self.normalizer = RunningNormalizer(self.obs_dim).to(self.agent.device) if config.obs_normalization else None
+        self.policy = make_policy(self.agent, self.normalizer)
+        noise_rng = np.random.default_rng(rng_seq[1])
+        self.buffer = ReplayBuffer(
+            config.buffer_size,
+            self.obs_dim,
+            self.act_dim,
+            prioritized=config.prioritized,
+            alpha=config.per_alpha,
+            n_step=config.n_step,
+            gamma=config.gamma,
+            seed=int(rng_seq[2].generate_state(1, np.uint64)[0]),
+        )
+
+        # Where the run is (checkpointed with the model, the buffer and the collector's state).
+        self.counters = RunCounters(next_eval=train.eval_every, next_ckpt=train.checkpoint_every)
+        if vec is not None:
+            stepper = VectorStepper(
+                vec, self.low, self.high, make_noise(config, self.act_dim, train.n_envs, noise_rng), rng
+            )
+            stepper.reset(seed)
+            if self.normalizer is not None:
+                self.normalizer.update(stepper.obs)
+            self.collector: Collector = LocalCollector(stepper, self._act)
+        if model is not None:  # after the reset above, whose observations the model's statistics never saw
+            load_model(model, self.agent, self.normalizer, self.obs_dim, self.act_dim)
+        if vec is None:
+            self.collector = RayCollector(
+                config,
+                train,
+                env,
+                self.obs_dim,
+                self.low,
+                self.high,
+                actor=self.agent.actor,
+                normalizer=self.normalizer,
+                buffer=self.buffer,
+            )
+        self._last_ckpt_step: Optional[int] = None
+        self._burst = False  # policy checkpoints: an assessment ended, the owed updates are due
+        self.report = RunReport(config, train, self.counters, self.out_dir, self.env_name, tensorboard)
+
+    # Where the run is, read-only (``counters`` is the one place it lives and is checkpointed).
+    step = property(lambda self: self.counters.step, doc="environment steps stored so far")
+    n_grad = property(lambda self: self.counters.n_grad, doc="gradient updates made so far")
+    episodes = property(lambda self: self.counters.episodes, doc="training episodes ended so far")
+    history = property(lambda self: self.counters.history, doc="the metrics rows, one per evaluation")
+    best = property(lambda self: self.counters.best, doc="the best evaluation so far")
+    reached_target = property(lambda self: self.counters.reached_target, doc="an eval reached target_return")
+    next_eval = property(lambda self: self.counters.next_eval, doc="the step count of the next evaluation")
+
+    def _act(self, obs: np.ndarray, noise) -> np.ndarray:
+        return self.agent.act(obs if self.normalizer is None else self.normalizer.normalize(obs), noise)
+
+    @property
+    def vec(self):
+        """The local vector env (None when workers collect)."""
+        return getattr(self.collector, "stepper", None) and self.collector.stepper.vec
+
+    @property
+    def noise(self):
+        return getattr(self.collector, "stepper", None) and self.collector.stepper.noise
+
+    # ------------------------------------------------------------------ the loop
+    def run(
+        self,
+        total_steps: Optional[int] = None,
+        stop_at: Optional[int] = None,
+        on_eval: Optional[Callable[[dict[str, Any]], None]] = None,
+    ) -> dict[str, Any]:
+        """Train until ``total_steps`` (default ``train.total_steps``) or an eval mean reaches
+        ``target_return``; then a final evaluation, checkpoint, ``summary.json`` and plot.
+
+        ``stop_at`` returns early, once ``step >= stop_at``, with none of the end-of-run work (as an
+        interrupted run would); ``Trainer.resume`` or another ``run`` call continues from there.
+        ``on_eval`` sees each new metrics row as it is logged (``pydpg.experiments.sweep`` reports them to Tune).
+        """
+        if on_eval is not None and not callable(on_eval):
+            raise TypeError(f"on_eval must be a callable taking a metrics row, got {type(on_eval).__name__}")
+        if total_steps is not None:
+            self.train_cfg.total_steps = int(total_steps)
+            self.train_cfg.validate()
+        total = self.train_cfg.total_steps
+        logger = self.report.open_logger()
+        self.report.on_eval = on_eval
+        progress = Progress(total, bar=self.progress_enabled, lines=self.verbose)
+        if self.counters.step == 0 and self.verbose:
+            progress.write(
+                f"training {self.env_name} for {total} steps, seed {self.train_cfg.seed}, "
+                f"{self.train_cfg.n_envs} env(s), device {self.agent.device}"
+                + (f", output in {self.out_dir}" if self.out_dir else "")
+            )
+            critic = self.agent.config.critic_widths
+            if self.agent.device.type == "cpu" and max(critic, default=0) >= 1024:
+                # preset crossq's 2048-2048 critic (its cost: docs/benchmarks.md, "CrossQ (2026-12-05)")
+                progress.write(
+                    f"note: a {'-'.join(map(str, critic))} critic is slow on a CPU (2048-2048: ~0.2 s per "
+                    "update on a quiet core, ~24x a 256-256 one, docs/benchmarks.md); "
+                    "--set critic_hidden=[256,256] is the setting measured on CPUs"
+                )
+        # torch has one thread pool per process: the run's count holds while it trains, and the
+        # caller's comes back after (DDPGAgent.load of a 1-thread run leaves a notebook's torch alone).
+        caller_threads = torch.get_num_threads()
+        if self.train_cfg.threads is not None:
+            torch.set_num_threads(self.train_cfg.threads)
+        t_start = time.perf_counter()
+        t_mark = t_start
+        try:
+            with self._sigint_between_steps():
+                while self.counters.step < total and not self.counters.reached_target:
+                    if stop_at is not None and self.counters.step >= stop_at:
+                        self.counters.train_time += time.perf_counter() - t_mark
+                        return self.summary()
+                    if self._interrupted:
+                        now = time.perf_counter()
+                        self.counters.train_time += now - t_mark
+                        t_mark = now
+                        if self.out_dir is not None:
+                            self.save_checkpoint(_elapsed_in_run=now - t_start)
+                        raise KeyboardInterrupt
+                    t_mark = self._one_step(logger, progress, t_start, t_mark)
+            now = time.perf_counter()
+            self.counters.train_time += now - t_mark
+            final_eval = self.train_cfg.eval_every > 0 and (
+                not self.counters.history or self.counters.history[-1]["step"] != self.counters.step
+            )
+            if final_eval:
+                self.report.record(self.evaluate(), now - t_start, self.model_dict, logger, progress)
+            self.counters.elapsed += time.perf_counter() - t_start
+            t_start = None
+            if self.out_dir is not None:
+                if final_eval or self._last_ckpt_step != self.counters.step:  # the checkpoint holds the final row too
+                    self.save_checkpoint()
+                self.report.finish(self.summary())
+            summary = self.summary()
+            if self.verbose:
+                progress.write(summary_line(summary))
+            return summary
+        finally:
+            if torch.get_num_threads() != caller_threads:
+                torch.set_num_threads(caller_threads)
+            self.report.on_eval = None
+            if t_start is not None:
+                self.counters.elapsed += time.perf_counter() - t_start
+            progress.close()
+            if logger is not None:
+                logger.close()
+
+    def _one_step(self, logger, progress: "Progress", t_start: float, t_mark: float) -> float:
+        """Collect one chunk, make the updates it made due, and evaluate/checkpoint when due.
+        Returns the time training (not evaluation or checkpointing) resumed at."""
+        self._insert(self.collector.collect(warmup=self.counters.step < self.config.learning_starts))
+        if self._update():
+            self.collector.weights_changed(self.counters.n_grad)
+        if self.train_cfg.eval_every and self.counters.step >= self.counters.next_eval:
+            while self.counters.next_eval <= self.counters.step:
+                self.counters.next_eval += self.train_cfg.eval_every
+            now = time.perf_counter()
+            self.counters.train_time += now - t_mark
+            self.report.record(self.evaluate(), now - t_start, self.model_dict, logger, progress)
+            t_mark = time.perf_counter()
+        if (
+            self.train_cfg.checkpoint_every
+            and self.counters.step >= self.counters.next_ckpt
+            and self.out_dir is not None
+        ):
+            while self.counters.next_ckpt <= self.counters.step:
+                self.counters.next_ckpt += self.train_cfg.checkpoint_every
+            now = time.perf_counter()
+            self.counters.train_time += now - t_mark
+            self.save_checkpoint(_elapsed_in_run=now - t_start)
+            t_mark = time.perf_counter()
+        if progress.bar is not None:
+            span = self.counters.train_time + (time.perf_counter() - t_mark)
+            progress.update(
+                self.counters.step,
+                self.counters.step / span if span > 0 else 0.0,
+                None if not self.counters.history else self.counters.history[-1]["eval_mean"],
+            )
+        return t_mark
+
+    @contextlib.contextmanager
+    def _sigint_between_steps(self):
+        """Ctrl-C stops the run between two steps, after a checkpoint of that step (the state is
+        whole there; a KeyboardInterrupt raised inside an update or an insert would not leave it
+        so), then raises KeyboardInterrupt. A second Ctrl-C interrupts at once."""
+        self._interrupted = False
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _insert(self, chunk: Chunk) -> None:
+        """Store a chunk's transitions (n-step per stream) and fold its observations in."""
+        if chunk.steps:
+            self.buffer.extend(
+                chunk.obs,
+                chunk.action,
+                chunk.reward,
+                chunk.next_obs,
+                chunk.terminated,
+                chunk.truncated,
+                env_ids=chunk.streams,
+            )
+        self.counters.interval["returns"].extend(chunk.returns)
+        checkpoints = self.agent.checkpoints
+        if checkpoints is not None and self.counters.step + chunk.steps >= self.config.learning_starts:
+            for ret in chunk.returns:  # TD7: assess the current policy on each training episode
+                train, save = checkpoints.episode_ended(ret)
+                if save:  # policy checkpoints run one local env: a chunk is one step, so this is the episode's end
+                    self.agent.save_policy_checkpoint(self.counters.step + chunk.steps)
+                self._burst = self._burst or train
+        self.counters.episodes += len(chunk.returns)
+        if self.normalizer is not None and len(chunk.seen_obs):
+            self.normalizer.update(chunk.seen_obs)
+        self.counters.step += chunk.steps
+
+    def _update(self) -> bool:
+        """The updates due at this step count: ``gradient_steps`` per ``train_freq`` steps after
+        ``learning_starts``. Collection waits for them (the learner consumes chunks only between
+        updates), so the replay ratio is the configured one however fast the collectors are, as
+        Reverb's SampleToInsertRatio holds it. With TD7's policy checkpoints they wait for the end
+        of an assessment (``_insert`` marks it), then all run. True when any update ran."""
+        cfg = self.config
+        due = max(0, self.counters.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
+        checkpoints = self.agent.checkpoints
+        if checkpoints is not None:  # TD7: the updates owed wait for the end of an assessment
+            burst, self._burst = self._burst, False
+            if not burst:
+                return False
+        if self.counters.n_grad >= due or len(self.buffer) == 0:
+            return False
+        if checkpoints is not None:
+            checkpoints.updates_made(self.counters.n_grad, due)
+        device = self.agent.device
+        acc = self.counters.interval
+        while self.counters.n_grad < due:
+            if cfg.prioritized:  # importance-sampling exponent annealed to 1 over the run (Schaul et al. 2016)
+                frac = min(1.0, self.counters.step / self.train_cfg.total_steps)
+                batch = self.buffer.sample(cfg.batch_size, cfg.per_beta0 + (1.0 - cfg.per_beta0) * frac, device)
+            else:
+                batch = self.buffer.sample(cfg.batch_size, device=device)
+            if self.normalizer is not None:
+                batch = batch._replace(obs=self.normalizer(batch.obs), next_obs=self.normalizer(batch.next_obs))
+            if cfg.lap:  # LAP corrects its sampling through the Huber loss, not weights
+                batch = batch._replace(weights=None)
+            info = self.agent.update(batch)
+            if cfg.lap:  # its priorities are >= 1 already
+                self.buffer.update_priorities(batch.indices, info["td_errors"])
+                if info["targets_updated"]:
+                    self.buffer.reset_max_priority()
+            elif cfg.prioritized:
+                self.buffer.update_priorities(batch.indices, info["td_errors"] + MIN_PRIORITY)
+            self.counters.n_grad += 1
+            acc["n"] += 1
+            acc["critic_loss"] += info["critic_loss"]
+            acc["q_mean"] += info["q_mean"]
+            if not math.isnan(info["actor_loss"]):
+                acc["n_actor"] += 1
+                acc["actor_loss"] += info["actor_loss"]
+        return True
+
+    # ------------------------------------------------------------------ evaluation and logging
+    def evaluate(self, episodes: Optional[int] = None, seed: Optional[int] = None) -> EvalResult:
+        """Noiseless episodes on the eval env, first reset with ``seed`` (default seed + 100)."""
+        if seed is None:
+            seed = self.train_cfg.seed + self.train_cfg.eval_seed_offset
+        episodes = episodes or self.train_cfg.eval_episodes
+        if self.train_cfg.workers:
+            return self.collector.evaluate(episodes, seed, self.counters.n_grad)  # on its own worker
+        if self.eval_env is None:
+            self.eval_env = make_env(self.train_cfg.env_id or self.vec.envs[0], self.train_cfg.env_kwargs)
+        return evaluate(self.policy, self.eval_env, episodes, seed)
+
+    def summary(self) -> dict[str, Any]:
+        """The run so far: steps, evaluations, timing, configs (summary.json at the end)."""
+        return self.report.summary(self.collector.kind, self.collector.stats())
+
+    # ------------------------------------------------------------------ model / checkpoint
+    def model_dict(self) -> dict[str, Any]:
+        """The agent as a model dict (``pydpg.files.checkpoint`` describes the keys)."""
+        return model_dict(
+            self.config,
+            self.train_cfg.to_dict(),
+            self.obs_dim,
+            self.act_dim,
+            self.low,
+            self.high,
+            self.agent,
+            self.normalizer,
+        )
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the model file (weights, optimizers, normalizer, config; no replay buffer)."""
+        ckpt_io.write_model(path, self.model_dict())
+
+    def save_checkpoint(self, _elapsed_in_run: float = 0.0) -> Path:
+        """Checkpoint everything needed to resume exactly into ``out_dir/checkpoints``."""
+        if self.out_dir is None:
+            raise ValueError("this run has no output directory to checkpoint into")
+        state = run_state(self.counters, self.agent.device, self.collector.state_dict(), _elapsed_in_run)
+        meta = {"env_id": self.env_name, "seed": self.train_cfg.seed, "time": time.time()}
+        path = ckpt_io.save_checkpoint(
+            self.out_dir / "checkpoints",
+            self.counters.step,
+            self.model_dict(),
+            state,
+            self.buffer,
+            meta,
+            keep=self.train_cfg.keep_checkpoints,
+        )
+        self._last_ckpt_step = self.counters.step
+        return path
+
+    @classmethod
+    def resume(
+        cls,
+        path: Union[str, os.PathLike],
+        env: Optional[EnvLike] = None,
+        out_dir: Union[str, os.PathLike, None] = None,
+        total_steps: Optional[int] = None,
+        device: Optional[str] = None,
+        threads: Optional[int] = None,
+        **kwargs: Any,
+    ) -> "Trainer":
+        """A Trainer continuing the checkpoint at ``path`` (run dir, checkpoints dir or checkpoint dir).
+
+        The run directory defaults to the one the checkpoint is in. ``env`` is needed only if the
+        run was started from an env instance rather than an id. ``total_steps`` may extend the run;
+        ``threads`` replaces the run's stored thread count (and is stored for the next resume).
+        """
+        ckpt = ckpt_io.load_checkpoint(path, map_location=device or None)
+        model, state = ckpt.model, ckpt.trainer
+        config = DDPGConfig.from_dict(model["config"])
+        if device is not None:
+            config.device = device
+        train = TrainConfig.from_dict(model["run"])
+        if total_steps is not None:
+            train.total_steps = int(total_steps)
+        if threads is not None:
+            train.threads = threads
+        if out_dir is None and ckpt.path.parent.name == "checkpoints":
+            out_dir = ckpt.path.parent.parent
+        t = cls(config, train, env, out_dir, model=model, **kwargs)
+        t.buffer = load_matching_buffer(ckpt.buffer_path, like=t.buffer)
+        # Only now (everything read): a checkpoint a killed save had moved aside goes back home.
+        ckpt_io.clean_partial(ckpt.path.parent)
+        t._load_state(state)
+        return t
+
+    def _load_state(self, s: dict[str, Any]) -> None:
+        restore_run_state(s, self.counters, self.agent.device)
+        self._last_ckpt_step = self.counters.step
+        self.report.adopt_best_model()
+        self.collector.load_state_dict(
+            s, buffer=self.buffer, normalizer=self.normalizer, seed=self.train_cfg.seed, step=self.counters.step
+        )
+
+    def close(self) -> None:
+        self.collector.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
