@@ -29,7 +29,7 @@ from float_bounds import OBS_PARITY
 from policy_helpers import cmake_build, have_cmake, pendulum_actor
 
 from pydpg.cli.run import run_main
-from pydpg.common.envs import evaluate, initial_states
+from pydpg.common.envs import MUJOCO_TASKS, evaluate, initial_states
 from pydpg.core.agent import DDPGAgent
 from pydpg.core.normalizer import RunningNormalizer
 from pydpg.deploy.export import export_policy
@@ -268,19 +268,7 @@ def test_example_builds_against_installed_package_and_runs(tmp_path, pendulum_po
     assert bad.returncode == 1 and "cannot open policy file" in bad.stderr
 
 
-ALL_TASKS = [
-    "InvertedPendulum-v5",
-    "InvertedDoublePendulum-v5",
-    "HalfCheetah-v5",
-    "Hopper-v5",
-    "Walker2d-v5",
-    "Swimmer-v5",
-    "Ant-v5",
-    "Humanoid-v5",
-    "HumanoidStandup-v5",
-    "Reacher-v5",
-    "Pusher-v5",
-]
+ALL_TASKS = MUJOCO_TASKS  # every Gymnasium MuJoCo v5 task
 
 
 @pytest.mark.parametrize("env_id", ALL_TASKS)

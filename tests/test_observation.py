@@ -16,6 +16,7 @@ import pytest
 from float_bounds import OBS_PARITY, obs_rounding
 from policy_helpers import cmake_build, have_cmake
 
+from pydpg.common.envs import MUJOCO_TASKS
 from pydpg.contract.observation import (
     ObservationBuilder,
     ObservationError,
@@ -26,19 +27,7 @@ from pydpg.contract.observation import (
     verify,
 )
 
-TASKS = [
-    "InvertedPendulum-v5",
-    "InvertedDoublePendulum-v5",
-    "HalfCheetah-v5",
-    "Hopper-v5",
-    "Walker2d-v5",
-    "Swimmer-v5",
-    "Ant-v5",
-    "Humanoid-v5",
-    "HumanoidStandup-v5",
-    "Reacher-v5",
-    "Pusher-v5",
-]
+TASKS = MUJOCO_TASKS  # every Gymnasium MuJoCo v5 task
 
 
 @pytest.mark.parametrize("env_id", TASKS)
