@@ -706,6 +706,43 @@ def export_policy(
     path = Path(path)
     if not path.parent.exists():
         raise FileNotFoundError(f"directory {str(path.parent)!r} of the output file does not exist")
+    # 1. inputs: what the source carries, under what the caller passed
+    given = _inputs(
+        source,
+        env_id=env_id,
+        action_low=action_low,
+        action_high=action_high,
+        normalizer=normalizer,
+        training_steps=training_steps,
+        policy_step=policy_step,
+        eval_return=eval_return,
+        observation_spec=observation_spec,
+        eval_seed=eval_seed,
+    )
+    # 2. the env: action bounds, model, task timing, the observation spec verified against it
+    low, high, described = _env_facts(
+        _env_of(source, env),
+        given,
+        model_xml,
+        {"steps": verify_steps, "perturb": verify_perturb, "init_states": verify_init_states},
+    )
+    # 3. the module and its metadata, and what the file must reproduce
+    built = _build(given, low, high, described, obs_dim, n_check, atol, format)
+    # 4. write it, check the file, and only then give it its name
+    result = _write_and_check(built, path, format, described["xml"], low, high, given["norm"], n_check)
+    if verbose:
+        _report(result, described, format)
+    return result
+
+
+def _inputs(source, **given) -> dict:
+    """Export's inputs: the caller's, completed from ``source`` (a Trainer carries bounds, step
+    counts, the last evaluation, its env id, its config's observation spec and seed)."""
+    action_low, action_high = given["action_low"], given["action_high"]
+    training_steps, policy_step = given["training_steps"], given["policy_step"]
+    eval_return, env_id = given["eval_return"], given["env_id"]
+    observation_spec, eval_seed = given["observation_spec"], given["eval_seed"]
+    normalizer = given["normalizer"]
     actor = _resolve_actor(source)
     normalizer = normalizer if normalizer is not None else getattr(source, "normalizer", None)
     # A pydpg Trainer carries the rest: bounds, step count, the last evaluation.
@@ -731,7 +768,26 @@ def export_policy(
     eval_seed = _step_count("eval_seed", eval_seed, unit="a reset seed")
     norm = normalizer_stats(normalizer)
 
-    env = _env_of(source, env)
+    return {
+        "actor": actor,
+        "normalizer": normalizer,
+        "norm": norm,
+        "action_low": action_low,
+        "action_high": action_high,
+        "training_steps": training_steps,
+        "policy_step": policy_step,
+        "eval_return": eval_return,
+        "env_id": env_id,
+        "observation_spec": observation_spec,
+        "eval_seed": eval_seed,
+    }
+
+
+def _env_facts(env, given: dict, model_xml: Optional[str], verification: dict) -> tuple:
+    """(low, high, described): the action bounds and what the env says of itself (``_describe_env``),
+    from ``env`` or one made from the env id."""
+    env_id, observation_spec = given["env_id"], given["observation_spec"]
+    action_low, action_high = given["action_low"], given["action_high"]
     own_env = None
     if env is None and env_id is not None:
         import gymnasium as gym
@@ -762,7 +818,7 @@ def export_policy(
                 env_id,
                 observation_spec,
                 model_xml,
-                {"steps": verify_steps, "perturb": verify_perturb, "init_states": verify_init_states},
+                verification,
             )
         elif observation_spec is not None:
             described["observation"] = as_spec(observation_spec)  # no env to check it against
@@ -770,6 +826,15 @@ def export_policy(
         if own_env is not None:
             own_env.close()
 
+    return low, high, described
+
+
+def _build(given: dict, low, high, described: dict, obs_dim, n_check: int, atol, format: str) -> dict:
+    """The policy module, its metadata, the check observations, the actor's reference actions on
+    them and what the file may differ by."""
+    actor, norm, normalizer = given["actor"], given["norm"], given["normalizer"]
+    training_steps, policy_step = given["training_steps"], given["policy_step"]
+    eval_seed, eval_return = given["eval_seed"], given["eval_return"]
     lin = _first_linear(actor)
     if obs_dim is None:
         if norm is not None:
@@ -858,6 +923,23 @@ def export_policy(
         "median_allowed": float(np.median(allowed)),
     }
 
+    return {
+        "module": module,
+        "meta": meta,
+        "obs": obs,
+        "actor": actor,
+        "reference": reference,
+        "allowed": allowed,
+        "rule": rule,
+        "plan": plan,
+    }
+
+
+def _write_and_check(built: dict, path: Path, format: str, xml, low, high, norm, n_check: int) -> "ExportResult":
+    """Write the file beside ``path``, check it against the reference (ParityError: nothing is
+    written), and move it into place."""
+    module, meta, obs, actor = built["module"], built["meta"], built["obs"], built["actor"]
+    reference, allowed, rule, plan = built["reference"], built["allowed"], built["rule"], built["plan"]
     tmp = _tmp_beside(path, ".tmp.pt2" if format == "pt2" else ".tmp")  # AOTInductor insists on .pt2
     try:
         writer = {
@@ -897,22 +979,27 @@ def export_policy(
         if tmp.exists():
             tmp.unlink()
     ratio = float(np.max(np.abs(got - reference) / np.where(allowed > 0, allowed, np.inf), initial=0.0))
-    result = ExportResult(path, format, diff, n_check, meta, float(allowed.max()), ratio)
-    if verbose:
-        print(result)
-        if verification is not None:
-            print(verification.summary())
-            for line in verification.warnings():
-                print(f"warning: {line}", file=sys.stderr)
-        if task_note:
-            print(f"note: {task_note}", file=sys.stderr)
-        elif (task is None or observation is None) and format == "torchscript":
-            print(
-                "note: `pydpg run` cannot run this policy: it needs a MuJoCo env (env= or --env) and an "
-                "observation spec (a preset's, or observation_spec= / --observation-spec)",
-                file=sys.stderr,
-            )
-    return result
+    return ExportResult(path, format, diff, n_check, meta, float(allowed.max()), ratio)
+
+
+def _report(result: "ExportResult", described: dict, format: str) -> None:
+    """What export prints: the result, the verification summary and its warnings, and a note when
+    `pydpg run` could not run the file."""
+    verification, task_note = described["verification"], described["note"]
+    task, observation = described["task"], described["observation"]
+    print(result)
+    if verification is not None:
+        print(verification.summary())
+        for line in verification.warnings():
+            print(f"warning: {line}", file=sys.stderr)
+    if task_note:
+        print(f"note: {task_note}", file=sys.stderr)
+    elif (task is None or observation is None) and format == "torchscript":
+        print(
+            "note: `pydpg run` cannot run this policy: it needs a MuJoCo env (env= or --env) and an "
+            "observation spec (a preset's, or observation_spec= / --observation-spec)",
+            file=sys.stderr,
+        )
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
