@@ -372,6 +372,19 @@ double MlpUpdate::actor_step(const at::Tensor& obs, double lr) {
   return -q_sum / n;
 }
 
+UpdateStats MlpUpdate::update(const UpdateBatch& batch, double critic_lr, std::optional<double> actor_lr, double tau,
+                              const at::Tensor& td_errors) {
+  UpdateStats s;
+  const CriticStepStats c = critic_step(batch, critic_lr, td_errors);
+  s.critic_loss = c.loss;
+  s.q_mean = c.q_mean;
+  if (actor_lr) {
+    s.actor_loss = actor_step(batch.obs, *actor_lr);
+    soft_update(tau);
+  }
+  return s;
+}
+
 void MlpUpdate::soft_update(double tau) {
   const float w = static_cast<float>(tau);
   for (std::size_t i = 0; i < target_.size(); ++i) polyak(ptr(target_[i]), ptr(online_[i]), target_[i].numel(), w);

@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <optional>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -44,6 +46,11 @@ struct CriticStepStats {
   double loss = 0.0, q_mean = 0.0;
 };
 
+struct UpdateStats {
+  double critic_loss = 0.0, q_mean = 0.0;
+  double actor_loss = std::numeric_limits<double>::quiet_NaN();  // NaN when the actor step was not due
+};
+
 class MlpUpdate {
  public:
   // critics and critic_targets: one, or two for TD3. The optimizers' parameter order is
@@ -64,6 +71,12 @@ class MlpUpdate {
   double actor_step(const at::Tensor& obs, double lr);
   // theta' <- theta' + tau * (theta - theta') for the actor and every critic.
   void soft_update(double tau);
+
+  // One DDPG/TD3 update in its order: the critic step, then, when the actor step is due (an
+  // actor_lr; the agent decides, DDPGAgent.actor_step_due), the actor step on the updated critic
+  // and the Polyak update of every target.
+  UpdateStats update(const UpdateBatch& batch, double critic_lr, std::optional<double> actor_lr, double tau,
+                     const at::Tensor& td_errors);
 
   std::int64_t obs_dim() const { return obs_dim_; }
   std::int64_t act_dim() const { return act_dim_; }

@@ -90,6 +90,20 @@ void run(bool twin, std::vector<std::int64_t> hidden, bool portable) {
   for (const auto& c : critics)
     for (const auto& w : c.weight) CHECK(finite(w));
 
+  // update(): the critic step alone when no actor step is due (actor_loss NaN, the actor and the
+  // targets untouched), all three steps when it is.
+  {
+    UpdateBatch b = batch(16, obs, act, false, twin);
+    at::Tensor td = at::empty({16});
+    const at::Tensor actor_before = actor.weight[0].clone(), target_before = actor_t.weight[0].clone();
+    auto s = u.update(b, 1e-3, std::nullopt, 0.005, td);
+    CHECK(std::isfinite(s.critic_loss) && std::isnan(s.actor_loss));
+    CHECK(at::equal(actor.weight[0], actor_before) && at::equal(actor_t.weight[0], target_before));
+    s = u.update(b, 1e-3, 1e-3, 0.005, td);
+    CHECK(std::isfinite(s.critic_loss) && std::isfinite(s.actor_loss));
+    CHECK(!at::equal(actor.weight[0], actor_before) && !at::equal(actor_t.weight[0], target_before));
+  }
+
   // A fixed batch, terminal everywhere (y = r): the critic's loss must fall, the actor's J too.
   UpdateBatch fixed = batch(32, obs, act, false, twin);
   fixed.done.fill_(1.0f);
