@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from pydpg.cli.errors import guarded
 from pydpg.deploy.export import (
     DEFAULT_ATOL,
     DEFAULT_N_CHECK,
     FORMATS,
-    ParityError,
     export_checkpoint,
     read_observation_spec,
 )
@@ -67,25 +66,22 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         "config stated, else the task preset's",
     )
     args = p.parse_args(argv)
+    return guarded("export", lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
     fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(Path(args.output).suffix, "torchscript")
-    try:
-        spec = None if args.observation_spec is None else read_observation_spec(args.observation_spec)
-        extra = {} if spec is None else {"observation_spec": spec}  # else the run's own, or the preset's
-        export_checkpoint(
-            args.checkpoint,
-            args.output,
-            format=fmt,
-            atol=args.atol,
-            n_check=args.n_check,
-            verify_steps=args.verify_steps,
-            verify_perturb=args.verify_perturb,
-            verify_init_states=args.verify_init_states,
-            **extra,
-        )
-    except ParityError as e:
-        print(f"pydpg export: {e}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, TypeError, RuntimeError) as e:
-        print(f"pydpg export: error: {e}", file=sys.stderr)
-        return 2
+    spec = None if args.observation_spec is None else read_observation_spec(args.observation_spec)
+    extra = {} if spec is None else {"observation_spec": spec}  # else the run's own, or the preset's
+    export_checkpoint(
+        args.checkpoint,
+        args.output,
+        format=fmt,
+        atol=args.atol,
+        n_check=args.n_check,
+        verify_steps=args.verify_steps,
+        verify_perturb=args.verify_perturb,
+        verify_init_states=args.verify_init_states,
+        **extra,
+    )
     return 0

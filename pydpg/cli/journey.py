@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pydpg.cli.errors import guarded
 from pydpg.common.envs import evaluate, initial_states, make_env
 from pydpg.deploy.export import export_policy
 from pydpg.deploy.loop import run_policy
@@ -43,6 +44,10 @@ def journey_main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    return guarded("journey", lambda: _journey(args))
+
+
+def _journey(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,14 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from pydpg.cli.errors import EXIT_USAGE, CLIError, guarded
+
 if TYPE_CHECKING:
     from pydpg.train.trainer import Trainer
-
-EXIT_USAGE = 2
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2, no traceback."""
 
 
 def _int_at_least(minimum: int):
@@ -586,7 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return cmake_dir_main()
     if argv and argv[0] in _DELEGATED_HELP:
-        return _delegated(argv[0])(argv[1:])
+        return _delegated(argv[0])(argv[1:])  # each guards itself (pydpg.cli.errors)
     parser = build_parser()
     parser.add_argument(
         "--cmake-dir", action="store_true", help="print the directory of pydpg's CMake package config and exit"
@@ -604,22 +600,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command not in commands:
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return commands[args.command](args)
-    except (CLIError, ValueError, OSError) as e:
-        # ValueError covers bad config values, unknown env ids, discrete action spaces and bad
-        # checkpoints (CheckpointError); OSError missing files (e.g. an xml_file): each message
-        # already names what is wrong.
-        print(f"pydpg {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ImportError, RuntimeError) as e:
-        # A missing optional extra (the message names it) or a failure of the Ray workers (the
-        # message is the worker's, naming the env).
-        print(f"pydpg {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        # gym.make(env_id, **env_kwargs) with a keyword the env does not take
-        print(f"pydpg {args.command}: error: {e} (check --env-kwarg / the [env] table)", file=sys.stderr)
-        return EXIT_USAGE
+    return guarded(args.command, lambda: commands[args.command](args))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import Optional, Sequence, Union
 
+from pydpg.cli.errors import CLIError, guarded
 from pydpg.common.envs import evaluate, initial_states
 from pydpg.deploy.loop import ControlLoopError, _env_for, control_loop_args, control_loop_path, run_policy
 from pydpg.deploy.policy_file import read_metadata
@@ -87,25 +88,24 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
     )
     p.add_argument("--json", help="also write the report as JSON to this file")
     args = p.parse_args(argv)
+    return guarded("run", lambda: _run(args))
 
-    def fail(message: str) -> int:
-        print(f"pydpg run: error: {message}", file=sys.stderr)
-        return 2
 
+def _run(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.policy):
-        return fail(f"policy file {args.policy!r} does not exist")
+        raise CLIError(f"policy file {args.policy!r} does not exist")
     if args.model is not None and not os.path.isfile(args.model):
-        return fail(f"model file {args.model!r} does not exist")
+        raise CLIError(f"model file {args.model!r} does not exist")
     for name in ("episodes", "max_steps", "threads"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            return fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.hz is not None and not args.hz > 0:
-        return fail(f"--hz must be > 0, got {args.hz}")
+        raise CLIError(f"--hz must be > 0, got {args.hz}")
     try:
         control_loop_path()
     except FileNotFoundError as e:
-        return fail(str(e))
+        raise CLIError(str(e))
     loop = dict(
         model=args.model,
         hz=args.hz,
@@ -123,7 +123,7 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
         except Exception as e:  # noqa: BLE001 - any failure to make the env means: run without it
             hint = _env_hint(env_id, e)
             if args.env:
-                return fail(f"cannot make the env {env_id!r}: {e}{hint}")
+                raise CLIError(f"cannot make the env {env_id!r}: {e}{hint}")
             print(
                 f"pydpg run: note: cannot make the policy's env {env_id!r} ({type(e).__name__}: {e}); episodes start "
                 f"from the model's qpos0 and no returns are reported{hint}",
@@ -137,8 +137,7 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             result = run_policy(args.policy, initial_states=states, replay=env, **loop)
         except ControlLoopError as e:
-            print(f"pydpg_control_loop: {e}", file=sys.stderr)
-            return 1
+            raise ControlLoopError(f"pydpg_control_loop: {e}") from None
         # The same file acting in Python (pydpg.Policy in the env), from the same initial states and
         # for at most as many steps as the loop ran.
         policy = Policy(args.policy, on_nonfinite=args.on_nonfinite)
