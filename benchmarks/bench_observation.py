@@ -1,4 +1,4 @@
-"""Observation building, side by side: pydpg's C++ ObservationBuilder (csrc/observation.*) against
+"""Observation building, side by side: pydpg's C++ ObservationBuilder (csrc/deploy/observation.cpp) against
 Gymnasium's own Python ``_get_obs()`` for the same task, state and observation, in one run.
 
     C++ build()             ns per call and heap allocations per call, measured inside a C++ program

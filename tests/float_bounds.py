@@ -38,7 +38,7 @@ from pydpg.deploy.rounding import within
 U32 = 2.0**-24  # unit roundoff, round to nearest
 U64 = 2.0**-53
 # torch.rsqrt on CPU tensors: Sleef/MKL vectorised, not correctly rounded. MKL VML's LA mode and
-# Sleef's u10 functions promise <= 4 ulps (the same allowance as csrc/rounding_bound.hpp's).
+# Sleef's u10 functions promise <= 4 ulps (the same allowance as csrc/deploy/rounding_bound.hpp's).
 RSQRT_ULPS = 4.0
 
 

@@ -1,4 +1,4 @@
-"""The C++ update (csrc/mlp_update.*, pydpg.core.mlp_update) against the autograd update it replaces.
+"""The C++ update (csrc/train/mlp_update.*, pydpg.core.mlp_update) against the autograd update it replaces.
 
 The autograd path is the reference that test_theory.py pins to the equations and
 test_peer_parity.py pins to SB3. Here the C++ path must produce the same gradients (its hand-written

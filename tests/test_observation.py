@@ -1,4 +1,4 @@
-"""The observation spec and its one evaluator (csrc/observation.*, through the binding).
+"""The observation spec and its one evaluator (csrc/deploy/observation.cpp, through the binding).
 
 Parity: for each of the 11 Gymnasium MuJoCo v5 tasks, the spec shipped with its preset rebuilds the
 env's observation from mjData to float32 rounding over 250 steps of random actions, across episode

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ["pydpg", "tests", "benchmarks", "examples", "docs"]
-CPP_DIRS = ["csrc", "tests/cpp", "examples"]
+CPP_DIRS = ["csrc", "include", "tests/cpp", "examples"]
 
 
 def tool(name: str) -> str:

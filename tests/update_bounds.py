@@ -1,6 +1,6 @@
 """When two float32 evaluations of one DDPG/TD3 update are "equal up to rounding": a sound bound.
 
-The C++ update (csrc/mlp_update.cpp), the autograd update (pydpg/core/agent.py) and Stable-Baselines3's
+The C++ update (csrc/train/mlp_update.cpp), the autograd update (pydpg/core/agent.py) and Stable-Baselines3's
 compute the same update in different summation orders (batch shapes, BLAS kernels, a hand-written
 backward pass against autograd, SB3's single-tensor Adam). No tolerance measured on one CPU holds on
 the next, so the tests compare them against a bound computed here, in float64, from the networks,

@@ -1,7 +1,7 @@
 #include "bindings.hpp"
 #include "convert.hpp"
 #ifdef PYDPG_WITH_MUJOCO
-#include "observation.hpp"
+#include "pydpg/observation.hpp"
 #endif
 
 namespace pydpg::python {

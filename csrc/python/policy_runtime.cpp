@@ -2,13 +2,13 @@
 
 #include "bindings.hpp"
 #include "convert.hpp"
-#include "policy_runtime.hpp"
+#include "pydpg/policy_runtime.hpp"
 #include "rounding_bound.hpp"
 
 namespace pydpg::python {
 
 // =====================================================================================================
-// PolicyRuntime (csrc/policy_runtime.hpp). pydpg.Policy (pydpg/deploy/runtime.py) is the documented facade;
+// PolicyRuntime (include/pydpg/policy_runtime.hpp). pydpg.Policy (pydpg/deploy/runtime.py) is the documented facade;
 // this section converts arrays, checks shapes and dtypes with messages that name them, and releases
 // the GIL around act().
 // =====================================================================================================

@@ -29,7 +29,7 @@ Gymnasium's Reacher-v5::
         {"field": "xpos", "names": "fingertip", "stop": 2,
          "minus": {"field": "xpos", "names": "target", "stop": 2}}]}
 
-The evaluator is C++ (csrc/observation.*, the same code the C++ control loop links); this module
+The evaluator is C++ (csrc/deploy/observation.cpp, the same code the C++ control loop links); this module
 binds it to Python's ``mujoco.MjModel``/``MjData`` and verifies a spec against a Gymnasium env.
 The specs of the 11 Gymnasium MuJoCo v5 tasks ship with their presets (``[observation]`` tables).
 """

@@ -109,7 +109,7 @@ class DDPGConfig:
 
     obs_normalization: bool = False  # running mean/std of the observations; off in OurDDPG and CleanRL
     device: str = "cpu"  # torch device of the networks and the update ("cuda" for a GPU)
-    # Who runs the update. "auto": the C++ update (csrc/mlp_update.*, faster on a CPU: docs/benchmarks.md,
+    # Who runs the update. "auto": the C++ update (csrc/train/mlp_update.*, faster on a CPU: docs/benchmarks.md,
     # "Update speed against a jitted JAX update") wherever
     # it applies (default Actor/Critic MLPs on the CPU, fused Adam, no hooks; pydpg.core.mlp_update says
     # why not otherwise), else torch. "cpp": the C++ update or a ValueError saying why not. "torch":

@@ -1,4 +1,4 @@
-"""The C++ update (csrc/mlp_update.*) for agents whose networks it can run, and when it may run.
+"""The C++ update (csrc/train/mlp_update.*) for agents whose networks it can run, and when it may run.
 
 ``DDPGAgent.update`` calls ``MlpUpdater.update`` instead of its autograd path when
 ``DDPGConfig.update_backend`` allows it and ``why_not`` finds nothing against it. The C++ side

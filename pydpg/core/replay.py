@@ -17,7 +17,7 @@ from pydpg import _core
 from pydpg.core.batch import Batch
 
 # Added to |TD error| so no transition gets priority 0 (Schaul et al. 2016, §3.3); the C++ buffer
-# floors stored priorities at the same constant (csrc/replay_buffer.hpp kMinPriority).
+# floors stored priorities at the same constant (csrc/train/replay_buffer.hpp kMinPriority).
 MIN_PRIORITY: float = _core.MIN_PRIORITY
 
 FormatError = _core.FormatError

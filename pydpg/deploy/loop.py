@@ -4,7 +4,7 @@ read and replayed through the Gymnasium env.
 
 The wheel installs, inside the ``pydpg`` package directory:
 
-    bin/pydpg_control_loop          MuJoCo C API + pydpg::runtime, no Python (csrc/control_loop.cpp)
+    bin/pydpg_control_loop          MuJoCo C API + pydpg::runtime, no Python (csrc/deploy/control_loop.cpp)
     lib/libpydpg_runtime.so         the policy runtime (links libtorch from the torch package)
     include/pydpg/policy_runtime.hpp
     share/cmake/pydpg/pydpgConfig.cmake   find_package(pydpg) -> pydpg::runtime

@@ -13,7 +13,9 @@ import zipfile
 from typing import Optional, Union
 
 FORMAT = "pydpg-policy"
-FORMAT_VERSION = 1  # bump on any change a deployed runtime could misread; csrc/policy_runtime.hpp kFormatVersion
+FORMAT_VERSION = (
+    1  # bump on any change a deployed runtime could misread; include/pydpg/policy_runtime.hpp kFormatVersion
+)
 METADATA_FILE = "pydpg_policy.json"
 MODEL_FILE = "model.xml"
 

@@ -5,7 +5,7 @@ batch shape (BLAS picks its kernel by shape), another kernel (MKL, OpenBLAS, the
 loops), another CPU, another library (TorchScript, ONNX Runtime). Their actions then differ in the
 last bits, and a long-trained actor can amplify that a thousandfold. No tolerance measured on one
 machine holds on the next, so pydpg compares two such evaluations against a bound computed from the
-network and the observation: a forward error analysis (csrc/rounding_bound.hpp, derived in
+network and the observation: a forward error analysis (csrc/deploy/rounding_bound.hpp, derived in
 docs/theory.md, "When are two float32 evaluations equal?"). For each action entry it gives a centre
 and a bound with |evaluation - centre| <= bound for *every* evaluation in the stated arithmetic,
 whatever its summation order; two evaluations A and B therefore agree within bound_A + bound_B.

@@ -1,4 +1,4 @@
-"""``pydpg.Policy``: the C++ policy runtime (csrc/policy_runtime.*) from Python.
+"""``pydpg.Policy``: the C++ policy runtime (csrc/deploy/policy_runtime.cpp) from Python.
 
 The same code a C++ control loop links (``pydpg::runtime``) runs here: the file is loaded and
 validated by libtorch, the network runs on preallocated buffers under ``c10::InferenceMode`` with a

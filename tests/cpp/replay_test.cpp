@@ -1,4 +1,4 @@
-// C++ test driver for the replay buffer core (csrc/replay_buffer.*), with no Python in the process,
+// C++ test driver for the replay buffer core (csrc/train/replay_buffer.*), with no Python in the process,
 // so that AddressSanitizer/UBSan and ThreadSanitizer see every access (tests/cpp/sanitize.sh).
 // The statistical and reference tests live in tests/test_replay.py; this driver walks every code
 // path those reach (uniform, PER, n-step, wrap-around, save/load, bad input) plus a thread stress.
@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "../../csrc/replay_buffer.hpp"
+#include "../../csrc/train/replay_buffer.hpp"
 #include "check.hpp"
 
 using pydpg::ReplayBuffer;

@@ -1,4 +1,4 @@
-// C++ test driver for the policy runtime (csrc/policy_runtime.*), run with no Python in the process
+// C++ test driver for the policy runtime (csrc/deploy/policy_runtime.cpp), run with no Python in the process
 // so that AddressSanitizer/UBSan and ThreadSanitizer see the runtime's own memory accesses
 // (tests/cpp/sanitize.sh). The fixtures (policy files and the TorchScript module's reference
 // actions) are written by tests/cpp/make_fixtures.py.
@@ -7,7 +7,7 @@
 //   REFERENCE: int64 n, obs_dim, act_dim; float32 obs[n, obs_dim]; float32 want[n, act_dim];
 //   float32 tol[n, act_dim] (want = the TorchScript module's forward on obs, row by row; tol = twice
 //   the float32 forward error bound of pydpg.rounding: how far two evaluations may be apart)
-#include "policy_runtime.hpp"
+#include "pydpg/policy_runtime.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-// The C++ update (csrc/mlp_update.*) from C++ alone, run under the sanitizers by tests/cpp/sanitize.sh:
+// The C++ update (csrc/train/mlp_update.*) from C++ alone, run under the sanitizers by tests/cpp/sanitize.sh:
 // its hand-written loops index scratch that grows with the batch, weights of any depth and width,
 // and column blocks of the critic's first layer. Parity with the autograd update is the Python
 // suite's job (tests/test_mlp_update.py); here every path runs, on sizes that change, and must stay

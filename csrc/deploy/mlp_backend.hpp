@@ -16,7 +16,7 @@
 #include <torch/script.h>
 
 #include "blas.hpp"
-#include "policy_runtime.hpp"
+#include "pydpg/policy_runtime.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>

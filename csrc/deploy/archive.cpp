@@ -9,7 +9,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "policy_runtime.hpp"
+#include "pydpg/policy_runtime.hpp"
 
 namespace pydpg {
 

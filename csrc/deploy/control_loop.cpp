@@ -30,11 +30,11 @@
 #include <string>
 #include <vector>
 
-#include "fixed_rate.hpp"
+#include "pydpg/fixed_rate.hpp"
 #include "json_access.hpp"
-#include "observation.hpp"
-#include "percentiles.hpp"
-#include "policy_runtime.hpp"
+#include "pydpg/observation.hpp"
+#include "pydpg/percentiles.hpp"
+#include "pydpg/policy_runtime.hpp"
 
 namespace {
 

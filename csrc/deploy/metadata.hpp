@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "policy_runtime.hpp"
+#include "pydpg/policy_runtime.hpp"
 
 namespace pydpg {
 

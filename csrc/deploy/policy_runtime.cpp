@@ -8,7 +8,7 @@
 //   "torchscript"  module.forward() through libtorch's interpreter, for actors the plan cannot
 //                  describe. The interpreter allocates its intermediate tensors on every call.
 // Reading the file is archive.hpp's job, checking its metadata metadata.hpp's.
-#include "policy_runtime.hpp"
+#include "pydpg/policy_runtime.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -26,7 +26,7 @@
 #include "archive.hpp"
 #include "metadata.hpp"
 #include "mlp_backend.hpp"
-#include "percentiles.hpp"
+#include "pydpg/percentiles.hpp"
 #include "rounding_bound.hpp"
 
 namespace pydpg {

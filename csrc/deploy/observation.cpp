@@ -1,4 +1,4 @@
-#include "observation.hpp"
+#include "pydpg/observation.hpp"
 
 #include <algorithm>
 #include <cfloat>
