@@ -454,14 +454,14 @@ def _checkpointed_trainer(out, total=900, **kw):
 def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_path):
     tr = _checkpointed_trainer(tmp_path)
     ends, grads = [], []
-    orig_insert = tr._insert
+    orig_insert = tr.learner.insert
 
     def insert(chunk):
         orig_insert(chunk)
         ends.append(bool(chunk.returns))
 
-    tr._insert = insert
-    orig_update = tr._update
+    tr.learner.insert = insert
+    orig_update = tr.learner.update
 
     def update():
         before = tr.n_grad
@@ -469,7 +469,7 @@ def test_updates_wait_for_episode_ends_and_evaluation_uses_the_checkpoint(tmp_pa
         grads.append((tr.step, before, tr.n_grad))
         return ran
 
-    tr._update = update
+    tr.learner.update = update
     # LAP's wiring: batches reach the update without weights, priorities go back as the agent gave
     # them (>= 1, nothing added), and the maximum priority is reset at each hard target update.
     calls = {"saves": 0, "resets": 0, "targets": 0, "weighted": 0, "priorities": []}

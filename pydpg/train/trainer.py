@@ -26,11 +26,7 @@ What a checkpoint holds, and how each part goes back, is ``pydpg.train.run_state
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -38,18 +34,21 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from pydpg.common.envs import EnvLike, EvalResult, evaluate, make_env, make_vec_env
+from pydpg.common.envs import EnvLike, EvalResult, evaluate, make_env
 from pydpg.core.agent import DDPGAgent
 from pydpg.core.config import DDPGConfig
 from pydpg.core.noise import make_noise
 from pydpg.core.normalizer import RunningNormalizer
-from pydpg.core.replay import MIN_PRIORITY, ReplayBuffer
+from pydpg.core.replay import ReplayBuffer
 from pydpg.files import checkpoint as ckpt_io
 from pydpg.files.model import load_model, make_policy, model_dict
-from pydpg.train.collect import Chunk, Collector, LocalCollector, VectorStepper
-from pydpg.train.config import TrainConfig, check_observation
+from pydpg.train.collect import Collector, LocalCollector, VectorStepper
+from pydpg.train.config import TrainConfig
 from pydpg.train.distributed import RayCollector
+from pydpg.train.interrupt import sigint_between_steps
+from pydpg.train.learner import Learner
 from pydpg.train.report import RunReport, summary_line
+from pydpg.train.run_envs import open_run_envs
 from pydpg.train.run_log import Progress
 from pydpg.train.run_state import RunCounters, load_matching_buffer, restore_run_state, run_state
 
@@ -96,36 +95,15 @@ class Trainer:
                 "DDPGConfig.policy_checkpoints needs one local env (n_envs=1, workers=0): it assesses "
                 f"one fixed policy on whole episodes; got n_envs={train.n_envs}, workers={train.workers}"
             )
-        # The spaces come from the local vector env, or (workers) from one env made here, which
-        # also fails early and clearly for an env this machine cannot make.
-        vec = make_vec_env(env, train.n_envs, train.env_kwargs) if not train.workers else None
-        probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs)
-        self.env_name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
-        box = probe.single_action_space
-        self.low, self.high = box.low.astype(np.float64), box.high.astype(np.float64)
-        self.obs_dim = int(probe.single_observation_space.shape[0])
-        self.act_dim = int(box.shape[0])
-        if probe is not vec:
-            probe.close()
-        if train.observation is not None:
-            try:
-                check_observation(train.observation, env, train.env_kwargs)
-            except ValueError:
-                if vec is not None:
-                    vec.close()
-                raise
-        try:
-            self.eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 and not train.workers else None
-        except ValueError:
-            if vec is not None:
-                vec.close()
-            raise
+        envs = open_run_envs(env, train)
+        vec, self.eval_env, self.env_name = envs.vec, envs.eval_env, envs.name
+        self.low, self.high, self.obs_dim, self.act_dim = envs.low, envs.high, envs.obs_dim, envs.act_dim
 
         self.agent = DDPGAgent.from_dims(self.obs_dim, self.act_dim, config)
         self.normalizer = RunningNormalizer(self.obs_dim).to(self.agent.device) if config.obs_normalization else None
         self.policy = make_policy(self.agent, self.normalizer)
         noise_rng = np.random.default_rng(rng_seq[1])
-        self.buffer = ReplayBuffer(
+        buffer = ReplayBuffer(
             config.buffer_size,
             self.obs_dim,
             self.act_dim,
@@ -158,11 +136,13 @@ class Trainer:
                 self.high,
                 actor=self.agent.actor,
                 normalizer=self.normalizer,
-                buffer=self.buffer,
+                buffer=buffer,
             )
         self._last_ckpt_step: Optional[int] = None
-        self._burst = False  # policy checkpoints: an assessment ended, the owed updates are due
+        self.learner = Learner(self.agent, buffer, self.normalizer, config, train, self.counters)
         self.report = RunReport(config, train, self.counters, self.out_dir, self.env_name, tensorboard)
+
+    buffer = property(lambda self: self.learner.buffer, doc="the replay buffer (the learner's)")
 
     # Where the run is, read-only (``counters`` is the one place it lives and is checkpointed).
     step = property(lambda self: self.counters.step, doc="environment steps stored so far")
@@ -230,12 +210,12 @@ class Trainer:
         t_start = time.perf_counter()
         t_mark = t_start
         try:
-            with self._sigint_between_steps():
+            with sigint_between_steps() as interrupt:
                 while self.counters.step < total and not self.counters.reached_target:
                     if stop_at is not None and self.counters.step >= stop_at:
                         self.counters.train_time += time.perf_counter() - t_mark
                         return self.summary()
-                    if self._interrupted:
+                    if interrupt.requested:
                         now = time.perf_counter()
                         self.counters.train_time += now - t_mark
                         t_mark = now
@@ -273,8 +253,8 @@ class Trainer:
     def _one_step(self, logger, progress: "Progress", t_start: float, t_mark: float) -> float:
         """Collect one chunk, make the updates it made due, and evaluate/checkpoint when due.
         Returns the time training (not evaluation or checkpointing) resumed at."""
-        self._insert(self.collector.collect(warmup=self.counters.step < self.config.learning_starts))
-        if self._update():
+        self.learner.insert(self.collector.collect(warmup=self.counters.step < self.config.learning_starts))
+        if self.learner.update():
             self.collector.weights_changed(self.counters.n_grad)
         if self.train_cfg.eval_every and self.counters.step >= self.counters.next_eval:
             while self.counters.next_eval <= self.counters.step:
@@ -302,98 +282,6 @@ class Trainer:
                 None if not self.counters.history else self.counters.history[-1]["eval_mean"],
             )
         return t_mark
-
-    @contextlib.contextmanager
-    def _sigint_between_steps(self):
-        """Ctrl-C stops the run between two steps, after a checkpoint of that step (the state is
-        whole there; a KeyboardInterrupt raised inside an update or an insert would not leave it
-        so), then raises KeyboardInterrupt. A second Ctrl-C interrupts at once."""
-        self._interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
-
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _insert(self, chunk: Chunk) -> None:
-        """Store a chunk's transitions (n-step per stream) and fold its observations in."""
-        if chunk.steps:
-            self.buffer.extend(
-                chunk.obs,
-                chunk.action,
-                chunk.reward,
-                chunk.next_obs,
-                chunk.terminated,
-                chunk.truncated,
-                env_ids=chunk.streams,
-            )
-        self.counters.interval["returns"].extend(chunk.returns)
-        checkpoints = self.agent.checkpoints
-        if checkpoints is not None and self.counters.step + chunk.steps >= self.config.learning_starts:
-            for ret in chunk.returns:  # TD7: assess the current policy on each training episode
-                train, save = checkpoints.episode_ended(ret)
-                if save:  # policy checkpoints run one local env: a chunk is one step, so this is the episode's end
-                    self.agent.save_policy_checkpoint(self.counters.step + chunk.steps)
-                self._burst = self._burst or train
-        self.counters.episodes += len(chunk.returns)
-        if self.normalizer is not None and len(chunk.seen_obs):
-            self.normalizer.update(chunk.seen_obs)
-        self.counters.step += chunk.steps
-
-    def _update(self) -> bool:
-        """The updates due at this step count: ``gradient_steps`` per ``train_freq`` steps after
-        ``learning_starts``. Collection waits for them (the learner consumes chunks only between
-        updates), so the replay ratio is the configured one however fast the collectors are, as
-        Reverb's SampleToInsertRatio holds it. With TD7's policy checkpoints they wait for the end
-        of an assessment (``_insert`` marks it), then all run. True when any update ran."""
-        cfg = self.config
-        due = max(0, self.counters.step - cfg.learning_starts) // cfg.train_freq * cfg.gradient_steps
-        checkpoints = self.agent.checkpoints
-        if checkpoints is not None:  # TD7: the updates owed wait for the end of an assessment
-            burst, self._burst = self._burst, False
-            if not burst:
-                return False
-        if self.counters.n_grad >= due or len(self.buffer) == 0:
-            return False
-        if checkpoints is not None:
-            checkpoints.updates_made(self.counters.n_grad, due)
-        device = self.agent.device
-        acc = self.counters.interval
-        while self.counters.n_grad < due:
-            if cfg.prioritized:  # importance-sampling exponent annealed to 1 over the run (Schaul et al. 2016)
-                frac = min(1.0, self.counters.step / self.train_cfg.total_steps)
-                batch = self.buffer.sample(cfg.batch_size, cfg.per_beta0 + (1.0 - cfg.per_beta0) * frac, device)
-            else:
-                batch = self.buffer.sample(cfg.batch_size, device=device)
-            if self.normalizer is not None:
-                batch = batch._replace(obs=self.normalizer(batch.obs), next_obs=self.normalizer(batch.next_obs))
-            if cfg.lap:  # LAP corrects its sampling through the Huber loss, not weights
-                batch = batch._replace(weights=None)
-            info = self.agent.update(batch)
-            if cfg.lap:  # its priorities are >= 1 already
-                self.buffer.update_priorities(batch.indices, info["td_errors"])
-                if info["targets_updated"]:
-                    self.buffer.reset_max_priority()
-            elif cfg.prioritized:
-                self.buffer.update_priorities(batch.indices, info["td_errors"] + MIN_PRIORITY)
-            self.counters.n_grad += 1
-            acc["n"] += 1
-            acc["critic_loss"] += info["critic_loss"]
-            acc["q_mean"] += info["q_mean"]
-            if not math.isnan(info["actor_loss"]):
-                acc["n_actor"] += 1
-                acc["actor_loss"] += info["actor_loss"]
-        return True
 
     # ------------------------------------------------------------------ evaluation and logging
     def evaluate(self, episodes: Optional[int] = None, seed: Optional[int] = None) -> EvalResult:
@@ -477,7 +365,7 @@ class Trainer:
         if out_dir is None and ckpt.path.parent.name == "checkpoints":
             out_dir = ckpt.path.parent.parent
         t = cls(config, train, env, out_dir, model=model, **kwargs)
-        t.buffer = load_matching_buffer(ckpt.buffer_path, like=t.buffer)
+        t.learner.buffer = load_matching_buffer(ckpt.buffer_path, like=t.buffer)
         # Only now (everything read): a checkpoint a killed save had moved aside goes back home.
         ckpt_io.clean_partial(ckpt.path.parent)
         t._load_state(state)
