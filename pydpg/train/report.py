@@ -45,6 +45,22 @@ class RunReport:
         self.best_model_step: Optional[int] = None  # the evaluation OUT/best_model.pt holds, once written
         self.on_eval: Optional[Callable[[dict[str, Any]], None]] = None
 
+    def start_lines(self, device, critic_widths: tuple[int, ...]) -> list[str]:
+        """What a verbose run says as it starts."""
+        t = self.train
+        lines = [
+            f"training {self.env_name} for {t.total_steps} steps, seed {t.seed}, {t.n_envs} env(s), device {device}"
+            + (f", output in {self.out_dir}" if self.out_dir else "")
+        ]
+        if device.type == "cpu" and max(critic_widths, default=0) >= 1024:
+            # preset crossq's 2048-2048 critic (its cost: docs/benchmarks.md, "CrossQ (2026-12-05)")
+            lines.append(
+                f"note: a {'-'.join(map(str, critic_widths))} critic is slow on a CPU (2048-2048: ~0.2 s per "
+                "update on a quiet core, ~24x a 256-256 one, docs/benchmarks.md); "
+                "--set critic_hidden=[256,256] is the setting measured on CPUs"
+            )
+        return lines
+
     def open_logger(self) -> Optional[RunLogger]:
         if self.out_dir is None:
             return None

@@ -23,6 +23,11 @@ class RunEnvs:
     obs_dim: int
     act_dim: int
 
+    def close(self) -> None:
+        for env in (self.vec, self.eval_env):
+            if env is not None:
+                env.close()
+
 
 def open_run_envs(env: EnvLike, train: TrainConfig) -> RunEnvs:
     """Open what the run steps and evaluates; on any error nothing stays open."""

@@ -22,8 +22,10 @@ from typing import Any, Optional
 
 import torch
 
+from pydpg.core.config import DDPGConfig
 from pydpg.core.replay import ReplayBuffer
 from pydpg.files import checkpoint as ckpt_io
+from pydpg.train.config import TrainConfig
 
 
 # ---------------------------------------------------------------------------------------- the buffer
@@ -123,3 +125,24 @@ def restore_run_state(s: dict[str, Any], counters: RunCounters, device: torch.de
     torch.set_rng_state(s["torch_rng"])
     if s["cuda_rng"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state_all(s["cuda_rng"])
+
+
+# ---------------------------------------------------------------------------------------- resuming
+def open_for_resume(
+    path, device: Optional[str], total_steps: Optional[int], threads: Optional[int], out_dir
+) -> tuple[ckpt_io.Checkpoint, DDPGConfig, TrainConfig, Any]:
+    """The checkpoint at ``path`` and the configs a resumed run uses: the stored ones, with a new
+    ``device``, ``total_steps`` (to extend the run) or ``threads`` (stored for the next resume) where
+    given. The run directory defaults to the one the checkpoint is in."""
+    ckpt = ckpt_io.load_checkpoint(path, map_location=device or None)
+    config = DDPGConfig.from_dict(ckpt.model["config"])
+    if device is not None:
+        config.device = device
+    train = TrainConfig.from_dict(ckpt.model["run"])
+    if total_steps is not None:
+        train.total_steps = int(total_steps)
+    if threads is not None:
+        train.threads = threads
+    if out_dir is None and ckpt.path.parent.name == "checkpoints":
+        out_dir = ckpt.path.parent.parent
+    return ckpt, config, train, out_dir

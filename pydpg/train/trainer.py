@@ -21,7 +21,8 @@ Steps count real transitions, summed over envs. On CPU a run is a deterministic 
 seed, and ``Trainer.resume`` continues a checkpoint exactly as the uninterrupted run would have:
 agent, optimizers, normalizer, buffer, every RNG stream, counters and each env's simulator state
 are restored (see ``envs.get_env_state`` for what env state is and which envs support it).
-What a checkpoint holds, and how each part goes back, is ``pydpg.train.run_state``'s.
+What a checkpoint holds, and how each part goes back, is ``pydpg.train.run_state``'s; how the
+parts are built and seeded, ``pydpg.train.assemble``'s.
 """
 
 from __future__ import annotations
@@ -31,26 +32,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
 import torch
 
 from pydpg.common.envs import EnvLike, EvalResult, evaluate, make_env
-from pydpg.core.agent import DDPGAgent
 from pydpg.core.config import DDPGConfig
-from pydpg.core.noise import make_noise
-from pydpg.core.normalizer import RunningNormalizer
-from pydpg.core.replay import ReplayBuffer
 from pydpg.files import checkpoint as ckpt_io
-from pydpg.files.model import load_model, make_policy, model_dict
-from pydpg.train.collect import Collector, LocalCollector, VectorStepper
+from pydpg.files.model import model_dict
+from pydpg.train.assemble import assemble_run, check_run_shape
 from pydpg.train.config import TrainConfig
-from pydpg.train.distributed import RayCollector
 from pydpg.train.interrupt import sigint_between_steps
 from pydpg.train.learner import Learner
 from pydpg.train.report import RunReport, summary_line
 from pydpg.train.run_envs import open_run_envs
 from pydpg.train.run_log import Progress
-from pydpg.train.run_state import RunCounters, load_matching_buffer, restore_run_state, run_state
+from pydpg.train.run_state import RunCounters, load_matching_buffer, open_for_resume, restore_run_state, run_state
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -83,63 +78,21 @@ class Trainer:
             train.env_id = env
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress_enabled, self.verbose, self.tensorboard = progress, verbose, tensorboard
-        seed = train.seed
-
-        torch.manual_seed(seed)  # network initialization and the agent's target-noise generator
-        rng_seq = np.random.SeedSequence(seed).spawn(3)
-        rng = np.random.default_rng(rng_seq[0])  # warm-up actions
-        if train.workers and not isinstance(env, str):
-            raise ValueError("workers > 0 needs an env id: each worker makes its own envs")
-        if config.policy_checkpoints and (train.n_envs != 1 or train.workers):
-            raise ValueError(
-                "DDPGConfig.policy_checkpoints needs one local env (n_envs=1, workers=0): it assesses "
-                f"one fixed policy on whole episodes; got n_envs={train.n_envs}, workers={train.workers}"
-            )
+        check_run_shape(config, train, env)
         envs = open_run_envs(env, train)
-        vec, self.eval_env, self.env_name = envs.vec, envs.eval_env, envs.name
+        self.eval_env, self.env_name = envs.eval_env, envs.name
         self.low, self.high, self.obs_dim, self.act_dim = envs.low, envs.high, envs.obs_dim, envs.act_dim
-
-        self.agent = DDPGAgent.from_dims(self.obs_dim, self.act_dim, config)
-        self.normalizer = RunningNormalizer(self.obs_dim).to(self.agent.device) if config.obs_normalization else None
-        self.policy = make_policy(self.agent, self.normalizer)
-        noise_rng = np.random.default_rng(rng_seq[1])
-        buffer = ReplayBuffer(
-            config.buffer_size,
-            self.obs_dim,
-            self.act_dim,
-            prioritized=config.prioritized,
-            alpha=config.per_alpha,
-            n_step=config.n_step,
-            gamma=config.gamma,
-            seed=int(rng_seq[2].generate_state(1, np.uint64)[0]),
-        )
-
+        try:
+            parts = assemble_run(config, train, env, envs, model)
+        except BaseException:
+            envs.close()
+            raise
+        self.agent, self.normalizer, self.policy = parts.agent, parts.normalizer, parts.policy
+        self.collector = parts.collector
         # Where the run is (checkpointed with the model, the buffer and the collector's state).
         self.counters = RunCounters(next_eval=train.eval_every, next_ckpt=train.checkpoint_every)
-        if vec is not None:
-            stepper = VectorStepper(
-                vec, self.low, self.high, make_noise(config, self.act_dim, train.n_envs, noise_rng), rng
-            )
-            stepper.reset(seed)
-            if self.normalizer is not None:
-                self.normalizer.update(stepper.obs)
-            self.collector: Collector = LocalCollector(stepper, self._act)
-        if model is not None:  # after the reset above, whose observations the model's statistics never saw
-            load_model(model, self.agent, self.normalizer, self.obs_dim, self.act_dim)
-        if vec is None:
-            self.collector = RayCollector(
-                config,
-                train,
-                env,
-                self.obs_dim,
-                self.low,
-                self.high,
-                actor=self.agent.actor,
-                normalizer=self.normalizer,
-                buffer=buffer,
-            )
         self._last_ckpt_step: Optional[int] = None
-        self.learner = Learner(self.agent, buffer, self.normalizer, config, train, self.counters)
+        self.learner = Learner(self.agent, parts.buffer, self.normalizer, config, train, self.counters)
         self.report = RunReport(config, train, self.counters, self.out_dir, self.env_name, tensorboard)
 
     buffer = property(lambda self: self.learner.buffer, doc="the replay buffer (the learner's)")
@@ -152,9 +105,6 @@ class Trainer:
     best = property(lambda self: self.counters.best, doc="the best evaluation so far")
     reached_target = property(lambda self: self.counters.reached_target, doc="an eval reached target_return")
     next_eval = property(lambda self: self.counters.next_eval, doc="the step count of the next evaluation")
-
-    def _act(self, obs: np.ndarray, noise) -> np.ndarray:
-        return self.agent.act(obs if self.normalizer is None else self.normalizer.normalize(obs), noise)
 
     @property
     def vec(self):
@@ -189,19 +139,8 @@ class Trainer:
         self.report.on_eval = on_eval
         progress = Progress(total, bar=self.progress_enabled, lines=self.verbose)
         if self.counters.step == 0 and self.verbose:
-            progress.write(
-                f"training {self.env_name} for {total} steps, seed {self.train_cfg.seed}, "
-                f"{self.train_cfg.n_envs} env(s), device {self.agent.device}"
-                + (f", output in {self.out_dir}" if self.out_dir else "")
-            )
-            critic = self.agent.config.critic_widths
-            if self.agent.device.type == "cpu" and max(critic, default=0) >= 1024:
-                # preset crossq's 2048-2048 critic (its cost: docs/benchmarks.md, "CrossQ (2026-12-05)")
-                progress.write(
-                    f"note: a {'-'.join(map(str, critic))} critic is slow on a CPU (2048-2048: ~0.2 s per "
-                    "update on a quiet core, ~24x a 256-256 one, docs/benchmarks.md); "
-                    "--set critic_hidden=[256,256] is the setting measured on CPUs"
-                )
+            for line in self.report.start_lines(self.agent.device, self.agent.config.critic_widths):
+                progress.write(line)
         # torch has one thread pool per process: the run's count holds while it trains, and the
         # caller's comes back after (DDPGAgent.load of a 1-thread run leaves a notebook's torch alone).
         caller_threads = torch.get_num_threads()
@@ -259,10 +198,10 @@ class Trainer:
         if self.train_cfg.eval_every and self.counters.step >= self.counters.next_eval:
             while self.counters.next_eval <= self.counters.step:
                 self.counters.next_eval += self.train_cfg.eval_every
-            now = time.perf_counter()
-            self.counters.train_time += now - t_mark
-            self.report.record(self.evaluate(), now - t_start, self.model_dict, logger, progress)
-            t_mark = time.perf_counter()
+            t_mark = self._off_the_clock(
+                t_mark,
+                lambda now: self.report.record(self.evaluate(), now - t_start, self.model_dict, logger, progress),
+            )
         if (
             self.train_cfg.checkpoint_every
             and self.counters.step >= self.counters.next_ckpt
@@ -270,10 +209,7 @@ class Trainer:
         ):
             while self.counters.next_ckpt <= self.counters.step:
                 self.counters.next_ckpt += self.train_cfg.checkpoint_every
-            now = time.perf_counter()
-            self.counters.train_time += now - t_mark
-            self.save_checkpoint(_elapsed_in_run=now - t_start)
-            t_mark = time.perf_counter()
+            t_mark = self._off_the_clock(t_mark, lambda now: self.save_checkpoint(_elapsed_in_run=now - t_start))
         if progress.bar is not None:
             span = self.counters.train_time + (time.perf_counter() - t_mark)
             progress.update(
@@ -282,6 +218,13 @@ class Trainer:
                 None if not self.counters.history else self.counters.history[-1]["eval_mean"],
             )
         return t_mark
+
+    def _off_the_clock(self, t_mark: float, work: Callable[[float], Any]) -> float:
+        """``work(now)`` outside the training time (evaluation, checkpoints); returns the new mark."""
+        now = time.perf_counter()
+        self.counters.train_time += now - t_mark
+        work(now)
+        return time.perf_counter()
 
     # ------------------------------------------------------------------ evaluation and logging
     def evaluate(self, episodes: Optional[int] = None, seed: Optional[int] = None) -> EvalResult:
@@ -352,23 +295,12 @@ class Trainer:
         run was started from an env instance rather than an id. ``total_steps`` may extend the run;
         ``threads`` replaces the run's stored thread count (and is stored for the next resume).
         """
-        ckpt = ckpt_io.load_checkpoint(path, map_location=device or None)
-        model, state = ckpt.model, ckpt.trainer
-        config = DDPGConfig.from_dict(model["config"])
-        if device is not None:
-            config.device = device
-        train = TrainConfig.from_dict(model["run"])
-        if total_steps is not None:
-            train.total_steps = int(total_steps)
-        if threads is not None:
-            train.threads = threads
-        if out_dir is None and ckpt.path.parent.name == "checkpoints":
-            out_dir = ckpt.path.parent.parent
-        t = cls(config, train, env, out_dir, model=model, **kwargs)
+        ckpt, config, train, out_dir = open_for_resume(path, device, total_steps, threads, out_dir)
+        t = cls(config, train, env, out_dir, model=ckpt.model, **kwargs)
         t.learner.buffer = load_matching_buffer(ckpt.buffer_path, like=t.buffer)
         # Only now (everything read): a checkpoint a killed save had moved aside goes back home.
         ckpt_io.clean_partial(ckpt.path.parent)
-        t._load_state(state)
+        t._load_state(ckpt.trainer)
         return t
 
     def _load_state(self, s: dict[str, Any]) -> None:
