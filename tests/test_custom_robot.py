@@ -159,3 +159,52 @@ def test_train_and_deploy_script_runs_end_to_end(tmp_path, capsys):
     # The script prints it with 2 significant digits (.2g), which may round it up by up to half a unit
     # of the second digit: at most 5 %.
     assert diff <= OBS_PARITY * 1.05
+
+
+@pytest.fixture(scope="module")
+def arm_pd_policy(tmp_path_factory):
+    """An (untrained) arm policy under the example's PD position-target contract."""
+    from pydpg.contract.action import ActionContract
+
+    env = ActionContract(gym.make("ArmReach-v0"), arm_env.ACTION_SPEC_PD)
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("arm_pd") / "arm_pd.pt"
+    export_policy(
+        DDPGAgent.from_dims(14, 2),
+        path,
+        env=env,
+        observation_spec=arm_env.OBSERVATION_SPEC,
+        action_spec=arm_env.ACTION_SPEC_PD,
+        verbose=False,
+    )
+    env.close()
+    return path
+
+
+def test_pd_contract_loop_and_replay_agree(arm_pd_policy, tmp_path):
+    """`pydpg run`'s loop drives the arm through the PD law at 100 Hz under a 25 Hz policy; the env
+    replays its trace through the same contract and observes what the loop's policy saw (to
+    OBS_PARITY), step for step: the env's map and the loop's drove the same motors alike."""
+    from pydpg.contract.action import ActionContract
+
+    assert read_metadata(arm_pd_policy)["action"]["actuators"][0]["pd"]["kp"] == 2.0
+    env = ActionContract(gym.make("ArmReach-v0"), arm_env.ACTION_SPEC_PD)
+    states = initial_states(env, 2, seed=5)
+    out = run_policy(arm_pd_policy, initial_states=states, replay=env, realtime=False, quiet=True)
+    env.close()
+    assert out["lengths"] == [200, 200] and out["action"]["commands"] == 400
+    assert out["max_obs_diff"] <= OBS_PARITY and all(r["steps"] == 200 for r in out["replay"])
+
+
+@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
+def test_cpp_example_runs_the_pd_contract(arm_pd_policy, tmp_path):
+    cmake_build(EXAMPLE, tmp_path / "build")
+    run = subprocess.run(
+        [str(tmp_path / "build" / "robot_loop"), str(arm_pd_policy), str(EXAMPLE / "arm.xml"), "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(run.stdout)
+    assert result["steps"] == 50 and result["safe_actions"] == 0 and 0 <= result["final_distance"] < 1

@@ -25,11 +25,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "pydpg/action.hpp"
 #include "pydpg/fixed_rate.hpp"
 #include "json_access.hpp"
 #include "pydpg/observation.hpp"
@@ -189,9 +191,18 @@ int run(const Args& a) {
       mj_deleteModel(m);
     }
   } cleanup{m};
-  if (m->nu != policy.act_dim())
+  // The action contract, if the policy has one: its map drives ctrl at every physics step.
+  std::unique_ptr<pydpg::ActionMap> act_map;
+  const std::string action_spec = pydpg::ActionMap::spec_from_policy_metadata(policy.metadata().json);
+  if (!action_spec.empty()) {
+    act_map = std::make_unique<pydpg::ActionMap>(action_spec, m);
+    if (act_map->size() != policy.act_dim())
+      throw TaskError("the policy's action spec lists " + std::to_string(act_map->size()) +
+                      " outputs, the policy has act_dim " + std::to_string(policy.act_dim()));
+  } else if (m->nu != policy.act_dim()) {
     throw TaskError("the model " + model_name + " has " + std::to_string(m->nu) +
                     " actuators, the policy has act_dim " + std::to_string(policy.act_dim()));
+  }
   const Task task = parse_task(policy, m);
   pydpg::ObservationBuilder observe(task.spec, m);
   const pydpg::TerminationCheck termination(task.spec, m);
@@ -268,6 +279,7 @@ int run(const Args& a) {
 
   for (long ep = 0; ep < episodes; ++ep) {
     mj_resetData(m, d);
+    if (act_map) act_map->reset();
     if (!init.empty()) {
       for (int i = 0; i < m->nq; ++i) d->qpos[i] = init[ep][i];
       for (int i = 0; i < m->nv; ++i) d->qvel[i] = init[ep][m->nq + i];
@@ -292,8 +304,16 @@ int run(const Args& a) {
       const auto s0 = std::chrono::steady_clock::now();
       if (trace) std::copy(obs.begin(), obs.end(), seen.begin());
       policy.act(obs.data(), 1, action.data());
-      for (int i = 0; i < A; ++i) d->ctrl[i] = action[i];
-      for (int i = 0; i < substeps; ++i) mj_step(m, d);
+      if (act_map) {
+        act_map->command(action.data());  // a non-finite action becomes the safe action (counted)
+        for (int i = 0; i < substeps; ++i) {
+          act_map->apply(d);  // the PD law, where the spec has one, at the physics rate
+          mj_step(m, d);
+        }
+      } else {
+        for (int i = 0; i < A; ++i) d->ctrl[i] = action[i];
+        for (int i = 0; i < substeps; ++i) mj_step(m, d);
+      }
       // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
       mj_rnePostConstraint(m, d);
       if (feeds_prev_action) observe.set_input("prev_action", action.data(), A);
@@ -345,6 +365,13 @@ int run(const Args& a) {
     std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "step (act+physics+obs)", st.mean, st.p50, st.p90,
                 st.p99, st.p999, st.max);
     if (a.sleep) std::printf("\ndeadline misses: %ld of %ld periods\n", misses, steps_total);
+    if (act_map) {
+      const auto& c = act_map->counters();
+      std::printf(
+          "action contract: %ld command(s); %ld clipped to [-1, 1], %ld rate limited, %ld safe action(s), "
+          "%ld physics step(s) with ctrl clipped\n",
+          c.commands, c.action_clips, c.rate_limits, c.safe_actions, c.ctrl_clips);
+    }
     if (g.nonfinite_obs_rows || g.nonfinite_action_rows)
       std::printf("non-finite guard: %llu observation(s), %llu action(s) replaced (%s)\n",
                   static_cast<unsigned long long>(g.nonfinite_obs_rows),
@@ -360,7 +387,7 @@ int run(const Args& a) {
       terminated.push_back(f >= 0);
       terminated_by.push_back(f >= 0 ? Json(termination.conditions()[f].label) : Json(nullptr));
     }
-    const Json report = {
+    Json report = {
         {"lengths", lengths},
         {"terminated", terminated},
         {"terminated_by", terminated_by},
@@ -389,6 +416,14 @@ int run(const Args& a) {
           {"max", num(st.max)}}},
         {"guard", {{"nonfinite_obs_rows", g.nonfinite_obs_rows}, {"nonfinite_action_rows", g.nonfinite_action_rows}}},
     };
+    if (act_map) {
+      const auto& c = act_map->counters();
+      report["action"] = {{"commands", c.commands},
+                          {"action_clips", c.action_clips},
+                          {"rate_limits", c.rate_limits},
+                          {"safe_actions", c.safe_actions},
+                          {"ctrl_clips", c.ctrl_clips}};
+    }
     std::ofstream j(a.json_out);
     if (!j) throw UsageError("cannot write --json file '" + a.json_out + "'");
     // error_handler replace: a model or file name that is not valid UTF-8 must not abort the report.

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "json_access.hpp"
+#include "spec_reading.hpp"
 
 namespace pydpg {
 
@@ -158,39 +159,10 @@ int object_count(const mjModel* m, Kind k) {
   return 0;
 }
 
-// Edit distance (insert, delete, substitute), case-insensitive: how near a typo is to a real name.
-std::size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diag = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t up = row[j];
-      const bool same =
-          std::tolower(static_cast<unsigned char>(a[i - 1])) == std::tolower(static_cast<unsigned char>(b[j - 1]));
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (same ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-// "the model's sensors, closest first: a, b, c" (at most 12; unnamed objects are left out).
 std::string known_names(const mjModel* m, Kind k, const std::string& wanted) {
-  std::vector<std::pair<std::size_t, std::string>> found;
-  for (int id = 0; id < object_count(m, k); ++id) {
-    const char* n = mj_id2name(m, object_type(k), id);
-    if (n != nullptr && *n != '\0') found.emplace_back(edit_distance(wanted, n), n);
-  }
-  if (found.empty()) return std::string("the model names no ") + kind_name(k);
-  std::stable_sort(found.begin(), found.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
-  std::string out = std::string("the model's ") + kind_name(k) + (std::string(kind_name(k)) == "body" ? "" : "s") +
-                    (std::string(kind_name(k)) == "body" ? " names" : "") + ", closest first: ";
-  const std::size_t shown = std::min<std::size_t>(found.size(), 12);
-  for (std::size_t i = 0; i < shown; ++i) out += (i ? ", " : "") + found[i].second;
-  if (found.size() > shown) out += ", ... (" + std::to_string(found.size() - shown) + " more)";
-  return out;
+  const std::string kind = kind_name(k);
+  return spec::known_names(m, object_type(k), object_count(m, k), kind, kind == "body" ? "body names" : kind + "s",
+                           wanted);
 }
 
 // The [address, address + count) entries of object `id` in field f.
@@ -228,28 +200,18 @@ void object_range(const mjModel* m, int f, int id, int* adr, int* count) {
 std::vector<std::string> name_list(const Json& j, const std::string& where) {
   std::vector<std::string> names;
   if (j.is_string()) {
-    names.push_back(json::string(j, where));
+    names.push_back(spec::checked_name<ObservationError>(j, where));
   } else if (j.is_array()) {
-    for (const Json& n : j) names.push_back(json::string(n, where + ".names[]"));
+    for (const Json& n : j) names.push_back(spec::checked_name<ObservationError>(n, where + ".names[]"));
     if (names.empty()) throw ObservationError(where + ": 'names' is empty");
   } else {
     throw ObservationError(where + ": 'names' must be a name or a list of names");
   }
-  // MuJoCo's lookup reads a C string: "hinge\0junk" would bind to "hinge".
-  for (const std::string& n : names)
-    if (n.find('\0') != std::string::npos || n.empty())
-      throw ObservationError(where + ": the name '" + n.substr(0, n.find('\0')) + "...' " +
-                             (n.empty() ? "is empty" : "holds a NUL character") + ": refused, never cut short");
   return names;
 }
 
 void check_keys(const Json& j, const std::set<std::string>& allowed, const std::string& where) {
-  for (const auto& kv : j.items())
-    if (!allowed.count(kv.key())) {
-      std::string list;
-      for (const auto& a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-      throw ObservationError(where + ": unknown key '" + kv.key() + "' (known: " + list + ")");
-    }
+  spec::check_keys<ObservationError>(j, allowed, where);
 }
 
 // Source indices of one selection {field, names?, start?, stop?}; `label` describes it.

@@ -15,6 +15,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "pydpg's C++ core: replay buffer (see pydpg.ReplayBuffer for the documented API)";
   bind_policy_runtime(m);
   bind_observation(m);
+  bind_action(m);
   bind_mlp_update(m);
 
   register_error<pydpg::FormatError>(m, "FormatError", PyExc_ValueError);

@@ -1,4 +1,5 @@
-"""The custom robot's Gymnasium env (``ArmReach-v0``) and its observation spec.
+"""The custom robot's Gymnasium env (``ArmReach-v0``), its observation spec, and an action spec for
+commanding it by joint position targets.
 
 The env assembles its observation in numpy, the way a robotics engineer writes one for a robot of
 their own. ``OBSERVATION_SPEC`` states the same observation as data, for pydpg: ``pydpg export``
@@ -36,6 +37,22 @@ OBSERVATION_SPEC = {
             "minus": {"field": "site_xpos", "names": "target", "stop": 2},
         },
     ],
+}
+
+# The arm commanded by joint position targets, as a position-controlled robot is: each policy output
+# in [-1, 1] is a target of default pose + 1.5 rad * a, and a PD law (kp 2, kd 0.1 per unit of ctrl;
+# the motors' gear is 0.5 N m) turns it into the motors' ctrl at every 0.01 s physics step while the
+# policy acts at 25 Hz. Targets move at most 0.5 per control step; a NaN action holds the last one.
+# Train with it (`pydpg train ArmReach-v0 --config` a file with this as its [action] table, or
+# TrainConfig.action), and the policy file carries it to `pydpg run` and to robot_loop.cpp.
+ACTION_SPEC_PD = {
+    "version": 1,
+    "actuators": [
+        {"actuator": "shoulder", "scale": 1.5, "pd": {"kp": 2.0, "kd": 0.1, "torque_limit": 1.0}},
+        {"actuator": "elbow", "scale": 1.4, "pd": {"kp": 2.0, "kd": 0.1, "torque_limit": 1.0}},
+    ],
+    "max_delta": 0.5,
+    "safe_action": "hold",
 }
 
 

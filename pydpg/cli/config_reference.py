@@ -15,6 +15,7 @@ import inspect
 import textwrap
 from typing import Any
 
+from pydpg.contract.action import KEYS as ACTION_KEYS
 from pydpg.core.config import DDPGConfig
 from pydpg.train.config import TrainConfig
 
@@ -36,6 +37,8 @@ total_steps = 300_000
 [env]                   # keyword arguments of gymnasium.make, e.g. xml_file = "robot.xml"
 
 [observation]           # the observation contract (docs/deployment.md, "The observation contract")
+
+[action]                # the action contract (docs/deployment.md, "The action contract")
 ```
 
 Algorithm presets (`--preset NAME`, `pydpg presets NAME` prints all values) change some `[agent]`
@@ -107,7 +110,19 @@ def reference_markdown() -> str:
         + _table(DDPGConfig)
         + "\n\n## `[train]`: TrainConfig (pydpg/train/config.py)\n\n"
         + "`env_id` and `env_kwargs` come from the command line (`pydpg train ENV`) and the `[env]` "
-        "table, `observation` from the `[observation]` table.\n\n"
-        + _table(TrainConfig, skip=("env_id", "env_kwargs", "observation"))
-        + "\n"
+        "table, `observation` from the `[observation]` table, `action` from the `[action]` table.\n\n"
+        + _table(TrainConfig, skip=("env_id", "env_kwargs", "observation", "action"))
+        + "\n\n## `[action]`: the action contract (pydpg/contract/action.py)\n\n"
+        "Stored with the run, applied to every env of it, shipped in the policy file and run by the C++ "
+        "loop. `[[action.actuators]]` entries, one per policy output; NaN, an infinity or an unknown key "
+        "is refused by name.\n\n" + _action_table() + "\n"
     )
+
+
+def _action_table() -> str:
+    rows = ["| key | in | default | meaning |", "|---|---|---|---|"]
+    rows += [
+        f"| `{k}` | {where or 'top'} | {default} | {text.replace('|', chr(92) + '|')} |"
+        for k, where, default, text in ACTION_KEYS
+    ]
+    return "\n".join(rows)

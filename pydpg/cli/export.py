@@ -12,7 +12,7 @@ from pydpg.deploy.export import (
     DEFAULT_N_CHECK,
     FORMATS,
     export_checkpoint,
-    read_observation_spec,
+    read_spec_file,
 )
 
 
@@ -65,14 +65,24 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         "[observation] table (a run config works) or a JSON file; default: the one the run's "
         "config stated, else the task preset's",
     )
+    p.add_argument(
+        "--action-spec",
+        metavar="FILE",
+        default=None,
+        help="the action spec (pydpg.contract.action) the policy was trained under: a TOML file with an "
+        "[action] table or a JSON file; default: the one the run's config stated (none: ctrl = the output)",
+    )
     args = p.parse_args(argv)
     return guarded("export", lambda: _export(args))
 
 
 def _export(args: argparse.Namespace) -> int:
     fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(Path(args.output).suffix, "torchscript")
-    spec = None if args.observation_spec is None else read_observation_spec(args.observation_spec)
-    extra = {} if spec is None else {"observation_spec": spec}  # else the run's own, or the preset's
+    extra = {}  # else the run's own specs, or the task preset's observation
+    if args.observation_spec is not None:
+        extra["observation_spec"] = read_spec_file(args.observation_spec, "observation")
+    if args.action_spec is not None:
+        extra["action_spec"] = read_spec_file(args.action_spec, "action")
     export_checkpoint(
         args.checkpoint,
         args.output,

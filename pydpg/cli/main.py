@@ -378,6 +378,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
             os.environ["MUJOCO_GL"] = "egl"
     from pydpg.common.envs import evaluate, make_env  # import time: see the module docstring
+    from pydpg.contract.action import action_wrapper  # import time: see the module docstring
     from pydpg.files.checkpoint import load_model_any  # import time: see the module docstring
     from pydpg.files.model import agent_from_model, make_policy  # import time: see the module docstring
 
@@ -387,10 +388,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if env_id is None:
         raise CLIError(f"{args.checkpoint} does not name its environment; pass --env ENV_ID")
     agent, normalizer = agent_from_model(model, device=args.device)
+    wrapper = action_wrapper(run.get("action"))  # the run's action contract, if it has one
     if args.render_video:
-        env = _make_rendering_env(env_id, run.get("env_kwargs") or {})
+        env = _make_rendering_env(env_id, run.get("env_kwargs") or {}, wrapper)
     else:
-        env = make_env(env_id, run.get("env_kwargs") or {})
+        env = make_env(env_id, run.get("env_kwargs") or {}, wrapper=wrapper)
     if tuple(env.observation_space.shape) != (int(model["obs_dim"]),):
         raise CLIError(
             f"{env_id} has observations of shape {env.observation_space.shape}; the model expects ({model['obs_dim']},)"
@@ -408,13 +410,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_rendering_env(env_id: str, env_kwargs: dict):
+def _make_rendering_env(env_id: str, env_kwargs: dict, wrapper=None):
     """An env with render_mode="rgb_array" that has rendered one frame, or a CLIError saying why not."""
     from pydpg.common.envs import check_env_id, make_env  # import time: see the module docstring
 
     check_env_id(env_id)  # a bad id is a ValueError of its own, not a rendering problem
     try:
-        env = make_env(env_id, env_kwargs, render_mode="rgb_array")
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array", wrapper=wrapper)
         env.reset(seed=0)
         frame = env.render()
     except ValueError:

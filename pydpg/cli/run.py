@@ -17,11 +17,15 @@ from pydpg.deploy.policy_file import read_metadata
 from pydpg.deploy.runtime import Policy
 
 
-def _policy_env_id(policy: Union[str, os.PathLike]) -> Optional[str]:
+def _policy_metadata(policy: Union[str, os.PathLike]) -> dict:
     try:
-        return read_metadata(policy).get("env_id")
+        return read_metadata(policy)
     except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
-        return None
+        return {}
+
+
+def _policy_env_id(policy: Union[str, os.PathLike]) -> Optional[str]:
+    return _policy_metadata(policy).get("env_id")
 
 
 def _env_hint(env_id: str, error: Exception) -> str:
@@ -43,10 +47,7 @@ def _env_hint(env_id: str, error: Exception) -> str:
 def _policy_eval_seed(policy: Union[str, os.PathLike]) -> int:
     """The seed `pydpg eval` uses for the run the policy came from (metadata ``eval_seed``), else 100
     (a seed-0 run's)."""
-    try:
-        seed = read_metadata(policy).get("eval_seed")
-    except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
-        seed = None
+    seed = _policy_metadata(policy).get("eval_seed")
     return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 100
 
 
@@ -119,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     env = None
     if env_id is not None:
         try:
-            env = _env_for(env_id)
+            env = _env_for(env_id, _policy_metadata(args.policy).get("action"))
         except Exception as e:  # noqa: BLE001 - any failure to make the env means: run without it
             hint = _env_hint(env_id, e)
             if args.env:

@@ -115,10 +115,15 @@ def _resolve_kwargs(env_kwargs: Optional[dict]) -> dict:
     return kwargs
 
 
+# A wrapper every env of a run gets (pydpg.contract.action's ActionContract for a run's action spec).
+EnvWrapper = Optional[Callable[[gym.Env], gym.Env]]
+
+
 def env_factory(
-    env: EnvLike, env_kwargs: Optional[dict] = None, render_mode: Optional[str] = None
+    env: EnvLike, env_kwargs: Optional[dict] = None, render_mode: Optional[str] = None, wrapper: EnvWrapper = None
 ) -> Callable[[], gym.Env]:
-    """A zero-argument function making a fresh copy of ``env`` (an id, or an instance with a spec).
+    """A zero-argument function making a fresh copy of ``env`` (an id, or an instance with a spec),
+    wrapped by ``wrapper`` if given.
 
     ``env_kwargs`` go to ``gym.make`` (e.g. ``{"xml_file": "my_robot.xml"}`` for a custom MJCF model
     of a MuJoCo task).
@@ -128,26 +133,33 @@ def env_factory(
         kwargs["render_mode"] = render_mode
     if isinstance(env, str):
         check_env_id(env)
-        return lambda: gym.make(env, **kwargs)
-    if isinstance(env, gym.Env):
+        target = env
+    elif isinstance(env, gym.Env):
         if env.spec is None:
             raise ValueError(
                 f"cannot make another copy of {env} (it has no spec); pass an environment id "
                 "or an env made with gym.make"
             )
-        spec = env.spec
-        return lambda: gym.make(spec, **kwargs)
-    raise TypeError(f"expected an environment id or a gymnasium.Env, got {type(env).__name__}")
+        target = env.spec
+    else:
+        raise TypeError(f"expected an environment id or a gymnasium.Env, got {type(env).__name__}")
+    if wrapper is None:
+        return lambda: gym.make(target, **kwargs)
+    return lambda: wrapper(gym.make(target, **kwargs))
 
 
-def make_env(env: EnvLike, env_kwargs: Optional[dict] = None, render_mode: Optional[str] = None) -> gym.Env:
+def make_env(
+    env: EnvLike, env_kwargs: Optional[dict] = None, render_mode: Optional[str] = None, wrapper: EnvWrapper = None
+) -> gym.Env:
     """One checked environment from an id (or a fresh copy of an env instance)."""
-    e = env_factory(env, env_kwargs, render_mode)()
+    e = env_factory(env, env_kwargs, render_mode, wrapper)()
     check_spaces(e, env if isinstance(env, str) else getattr(e.spec, "id", ""))
     return e
 
 
-def make_vec_env(env: EnvLike, n_envs: int = 1, env_kwargs: Optional[dict] = None) -> gym.vector.SyncVectorEnv:
+def make_vec_env(
+    env: EnvLike, n_envs: int = 1, env_kwargs: Optional[dict] = None, wrapper: EnvWrapper = None
+) -> gym.vector.SyncVectorEnv:
     """``n_envs`` copies of ``env`` stepped in this process, with Gymnasium's default next-step autoreset.
 
     A given env *instance* becomes the first sub-env (more copies are made from its spec). Sub-envs
@@ -155,10 +167,11 @@ def make_vec_env(env: EnvLike, n_envs: int = 1, env_kwargs: Optional[dict] = Non
     with one gradient update per env step, stepping is not what limits throughput.
     """
     if isinstance(env, gym.Env):
-        fns = [lambda: env] + ([env_factory(env, env_kwargs)] * (n_envs - 1) if n_envs > 1 else [])
+        first = env if wrapper is None else wrapper(env)
+        fns = [lambda: first] + ([env_factory(env, env_kwargs, wrapper=wrapper)] * (n_envs - 1) if n_envs > 1 else [])
         name = getattr(env.spec, "id", "")
     else:
-        fns = [env_factory(env, env_kwargs)] * n_envs
+        fns = [env_factory(env, env_kwargs, wrapper=wrapper)] * n_envs
         name = env
     vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
     try:
@@ -311,16 +324,19 @@ def get_env_state(env: gym.Env) -> Optional[dict[str, Any]]:
         sim = {"kind": "custom", "state": base.state_dict()}
     else:
         return None
-    wrappers = []
+    wrappers, wrapper_states = [], []
     e = env
     while isinstance(e, gym.Wrapper):
         if isinstance(e, gym.wrappers.TimeLimit):
             wrappers.append(int(e._elapsed_steps or 0))
+        if hasattr(e, "wrapper_state"):  # a wrapper with memory of its own (ActionContract's last action)
+            wrapper_states.append(e.wrapper_state())
         e = e.env
     rng = base._np_random
     return {
         "sim": sim,
         "time_limits": wrappers,
+        "wrapper_states": wrapper_states,
         "np_random": None if rng is None else rng.bit_generator.state,
         "np_random_seed": getattr(base, "_np_random_seed", None),
     }
@@ -347,11 +363,16 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
                 target[...] = value
     else:
         base.load_state_dict(sim["state"])
-    limits = iter(state["time_limits"])
+    limits, own = iter(state["time_limits"]), iter(state.get("wrapper_states", []))  # older checkpoints have none
     e = env
     while isinstance(e, gym.Wrapper):
         if isinstance(e, gym.wrappers.TimeLimit):
             e._elapsed_steps = next(limits)
+        if hasattr(e, "load_wrapper_state"):
+            s = next(own, None)
+            if s is None:
+                raise ValueError(f"the checkpointed env state has nothing for its {type(e).__name__} wrapper")
+            e.load_wrapper_state(s)
         e = e.env
     if state["np_random"] is not None:
         base.np_random.bit_generator.state = state["np_random"]

@@ -126,11 +126,11 @@ class _BoundToModel:
     """A C++ object built from a spec and bound to one ``mujoco.MjModel`` by raw pointer: the model
     is kept alive here, and only mjData of that same model is passed on."""
 
-    def __init__(self, core_class, spec: Union[dict, Sequence[dict]], model: Any):
+    def __init__(self, core_class, spec: Union[dict, Sequence[dict]], model: Any, canonical=None):
         mujoco = _require_mujoco()
         if not isinstance(model, mujoco.MjModel):
             raise TypeError(f"model must be a mujoco.MjModel, got {type(model).__name__}")
-        self.spec = as_spec(spec)
+        self.spec = (canonical or as_spec)(spec)
         self._model = model
         self._core = core_class(json.dumps(self.spec), model._address)
 

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from pydpg import __version__, presets
+from pydpg.contract.action import ActionContract, as_action_spec, find_contract, verify_action
 from pydpg.contract.observation import (
     ObservationBuilder,
     ObservationError,
@@ -672,6 +673,7 @@ def export_policy(
     atol: Optional[float] = None,
     model_xml: Optional[str] = None,
     observation_spec=None,
+    action_spec=None,
     eval_seed: Optional[int] = None,
     verify_steps: int = 200,
     verify_perturb: float = 0.0,
@@ -717,6 +719,7 @@ def export_policy(
         policy_step=policy_step,
         eval_return=eval_return,
         observation_spec=observation_spec,
+        action_spec=action_spec,
         eval_seed=eval_seed,
     )
     # 2. the env: action bounds, model, task timing, the observation spec verified against it
@@ -763,6 +766,9 @@ def _inputs(source, **given) -> dict:
     train_cfg = getattr(source, "train_cfg", None)
     if observation_spec is None:  # a Trainer whose config file stated the observation
         observation_spec = getattr(train_cfg, "observation", None)
+    action_spec = given["action_spec"]
+    if train_cfg is not None:  # a Trainer: its run's action contract is the policy's, and no other
+        action_spec = _trained_action(action_spec, getattr(train_cfg, "action", None))
     if eval_seed is None and train_cfg is not None and isinstance(getattr(train_cfg, "seed", None), int):
         eval_seed = train_cfg.seed + int(getattr(train_cfg, "eval_seed_offset", 100))
     eval_seed = _step_count("eval_seed", eval_seed, unit="a reset seed")
@@ -779,8 +785,23 @@ def _inputs(source, **given) -> dict:
         "eval_return": eval_return,
         "env_id": env_id,
         "observation_spec": observation_spec,
+        "action_spec": None if action_spec is None else as_action_spec(action_spec),
         "eval_seed": eval_seed,
     }
+
+
+def _trained_action(given, trained) -> Optional[dict]:
+    """The action spec to ship: the run's. One given that is not the run's is refused: the policy
+    learned the actions of the contract it was trained under (its outputs mean nothing under another)."""
+    given = None if given is None else as_action_spec(given)
+    trained = None if trained is None else as_action_spec(trained)
+    if given is not None and given != trained:
+        raise ValueError(
+            "the action spec given is not the one the run was trained under"
+            + (" (it had none: its outputs go to the env's action space)" if trained is None else "")
+            + ": a policy is exported with the run's own action contract"
+        )
+    return trained
 
 
 def _env_facts(env, given: dict, model_xml: Optional[str], verification: dict) -> tuple:
@@ -793,6 +814,9 @@ def _env_facts(env, given: dict, model_xml: Optional[str], verification: dict) -
         import gymnasium as gym
 
         env = own_env = gym.make(env_id)
+    action_spec = given["action_spec"]
+    if action_spec is not None:
+        env, own_env = _driven_by_contract(env, own_env, action_spec)
     try:
         space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
         if action_low is None and space is not None:
@@ -822,11 +846,40 @@ def _env_facts(env, given: dict, model_xml: Optional[str], verification: dict) -
             )
         elif observation_spec is not None:
             described["observation"] = as_spec(observation_spec)  # no env to check it against
+        described["action"] = action_spec
+        described["action_verification"] = None
+        if action_spec is not None and env is not None:
+            single = env.envs[0] if getattr(env, "envs", None) else env
+            described["action_verification"] = verify_action(single, described["xml"], verification["steps"])
     finally:
         if own_env is not None:
             own_env.close()
 
     return low, high, described
+
+
+def _driven_by_contract(env, own_env, action_spec: dict) -> tuple:
+    """(env, own_env): an env driven through ``action_spec``'s ActionContract, whose action space
+    ([-1, 1]^n) is the policy's. ``env`` as it is if it already is one (with this spec); else a fresh
+    copy of it, wrapped (closed by the caller as ``own_env``)."""
+    if env is None:
+        return None, own_env
+    single = env.envs[0] if getattr(env, "envs", None) else env
+    contract = find_contract(single)
+    if contract is not None:
+        if contract.map.spec != action_spec:
+            raise ValueError("the env's ActionContract has another action spec than the one exported")
+        return env, own_env
+    if own_env is not None:  # made here from the env id
+        wrapped = ActionContract(own_env, action_spec)
+        return wrapped, wrapped
+    spec = getattr(single, "spec", None)
+    if spec is None:
+        raise ValueError("an action spec needs the env it was trained in: pass an env made with gym.make, or env_id")
+    import gymnasium as gym
+
+    wrapped = ActionContract(gym.make(spec), action_spec)
+    return wrapped, wrapped
 
 
 def _build(given: dict, low, high, described: dict, obs_dim, n_check: int, atol, format: str) -> dict:
@@ -902,6 +955,8 @@ def _build(given: dict, low, high, described: dict, obs_dim, n_check: int, atol,
         "task": task,
         "observation": observation,
         "verification": None if verification is None else verification.as_metadata(),
+        "action": described["action"],
+        "action_verification": described["action_verification"],
     }
     cpu_actor = copy.deepcopy(actor).float().cpu().eval()
     module = PolicyModule(
@@ -992,6 +1047,15 @@ def _report(result: "ExportResult", described: dict, format: str) -> None:
         print(verification.summary())
         for line in verification.warnings():
             print(f"warning: {line}", file=sys.stderr)
+    seen = described.get("action_verification")
+    if seen is not None:
+        c = seen["counters"]
+        print(
+            f"action contract verified over {seen['steps']} env steps ({seen['episodes']} episodes): the loop's map on "
+            f"the policy's model gives the env's ctrl, qpos and qvel exactly, through {c['action_clips']} clipped "
+            f"action(s), {c['rate_limits']} rate limit(s), {c['safe_actions']} safe action(s) and "
+            f"{c['ctrl_clips']} clipped physics step(s)"
+        )
     if task_note:
         print(f"note: {task_note}", file=sys.stderr)
     elif (task is None or observation is None) and format == "torchscript":
@@ -1025,6 +1089,7 @@ def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
         "env_id": run.get("env_id"),
         "env_kwargs": run.get("env_kwargs") or {},
         "observation_spec": run.get("observation"),
+        "action_spec": run.get("action"),
         "training_steps": steps,
         "eval_return": eval_return,
         "eval_seed": int(run["seed"]) + int(run.get("eval_seed_offset", 100))
@@ -1039,6 +1104,7 @@ def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
 def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.PathLike], **kwargs) -> ExportResult:
     """Export the agent stored in a pydpg model file / checkpoint / run directory."""
     info = load_for_export(checkpoint)
+    info["action_spec"] = _trained_action(kwargs.pop("action_spec", None), info["action_spec"])
     env = None
     if kwargs.get("env") is None and info["env_id"]:
         import gymnasium as gym
@@ -1054,6 +1120,7 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
             "normalizer",
             "env_id",
             "observation_spec",
+            "action_spec",
             "training_steps",
             "eval_return",
             "eval_seed",
@@ -1071,18 +1138,19 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
             env.close()
 
 
-def read_observation_spec(path: Union[str, os.PathLike]) -> dict:
-    """An observation spec from a JSON file, or from the [observation] table of a TOML file."""
-
+def read_spec_file(path: Union[str, os.PathLike], table: str) -> dict:
+    """A contract spec (``table``: "observation" or "action") from a JSON file, or from that table of
+    a TOML file (a run config works)."""
+    canonical = {"observation": as_spec, "action": as_action_spec}[table]
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"observation spec file '{path}' does not exist")
+        raise ValueError(f"{table} spec file '{path}' does not exist")
     if path.suffix == ".toml":
-        table = presets.read_file(path).get("observation")
-        if not table:
-            raise ValueError(f"{path} has no [observation] table")
-        return as_spec(table)
+        found = presets.read_file(path).get(table)
+        if not found:
+            raise ValueError(f"{path} has no [{table}] table")
+        return canonical(found)
     try:
-        return as_spec(json.loads(path.read_text()))
+        return canonical(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not JSON ({e}); a TOML file needs the .toml suffix") from None

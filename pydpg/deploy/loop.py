@@ -23,6 +23,7 @@ import numpy as np
 
 import pydpg
 from pydpg.common.envs import check_env_id
+from pydpg.contract.action import ActionContract, find_contract
 from pydpg.contract.observation import observation_error
 
 CONTROL_LOOP = "pydpg_control_loop"
@@ -131,15 +132,17 @@ class ControlLoopError(RuntimeError):
     """The control loop exited with an error; the message is its stderr."""
 
 
-def _env_for(env) -> Any:
+def _env_for(env, action: Optional[dict] = None) -> Any:
     """``env`` itself, or a fresh Gymnasium env for an id (``"module:EnvId"`` imports the module
-    that registers it, as ``gymnasium.make`` does)."""
+    that registers it, as ``gymnasium.make`` does), driven through the policy's ``action`` spec
+    (its metadata ``"action"``) when it has one."""
     if not isinstance(env, str):
         return env
     import gymnasium as gym
 
     check_env_id(env)  # an unknown id, or a module:Name whose module cannot be imported, by name
-    return gym.make(env)
+    made = gym.make(env)
+    return made if action is None else ActionContract(made, action)
 
 
 def run_policy(
@@ -304,6 +307,7 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
     (``termination_agrees``; None for traces that do not log it)."""
 
     u = env.unwrapped
+    contract = find_contract(env)  # the policy's action spec: the logged actions go through its map
     if not hasattr(u, "set_state") or not hasattr(u, "_get_obs"):
         raise TypeError(f"{type(u).__name__} is not a Gymnasium MuJoCo env: the trace cannot be replayed through it")
     out = []
@@ -315,6 +319,8 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
             )
         env.reset(seed=0)
         u.set_state(ep["qpos"], ep["qvel"])
+        if contract is not None:
+            contract.map.reset()  # as the loop's map starts each episode
         obs = u._get_obs()
         act_dim = int(np.prod(env.action_space.shape))
         # Sizes compared exactly: numpy would broadcast a 1-wide observation against the env's.
@@ -327,7 +333,9 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
         worst, ret, ended = 0.0, 0.0, None
         for t, (seen, action) in enumerate(zip(ep["obs"], ep["action"])):
             worst = max(worst, float(np.max(observation_error(seen, obs), initial=0.0)))
-            obs, reward, terminated, truncated, _ = u.step(action)
+            obs, reward, terminated, truncated, _ = u.step(
+                action if contract is None else contract.commands_for(action)
+            )
             if ended is None:
                 ret += float(reward)
                 if terminated:

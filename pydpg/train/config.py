@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 from pydpg import presets
 from pydpg.common.envs import EnvLike, make_env
 from pydpg.common.names import did_you_mean
+from pydpg.contract.action import as_action_spec
 from pydpg.contract.observation import ObservationError, ObservationMismatch, as_spec, verify_report
 from pydpg.core.config import DDPGConfig, algorithm_presets, learning_starts_for
 
@@ -63,6 +64,10 @@ class TrainConfig:
     # The observation spec (pydpg.contract.observation) of a config file's [observation] table: stored with
     # the run so that `pydpg export` of its checkpoints checks and ships it. None: the task preset's.
     observation: Optional[dict] = None
+    # The action spec (pydpg.contract.action) of a config file's [action] table: every env of the run
+    # (training, evaluation, workers) is driven through it, and `pydpg export` ships it. None: the
+    # policy's output goes to the env's action space, as Gymnasium's envs define it.
+    action: Optional[dict] = None
     # Distributed collection (pydpg.train.distributed): 0 = the envs are stepped in this process;
     # N >= 1 = N Ray actors, each stepping n_envs envs with a CPU copy of the actor.
     workers: int = 0
@@ -137,6 +142,11 @@ class TrainConfig:
                 self.observation = as_spec(self.observation)
             except TypeError as e:
                 raise ValueError(f"TrainConfig.observation: {e}") from None
+        if self.action is not None:
+            try:
+                self.action = as_action_spec(self.action)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"TrainConfig.action: {e}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +207,7 @@ def resolve(
     train_v: dict[str, Any] = {}
     env_v: dict[str, Any] = {}
     observation: Optional[dict] = None
+    action: Optional[dict] = None
     if env_id is not None:
         agent_v["learning_starts"] = learning_starts_for(env_id)
 
@@ -229,6 +240,7 @@ def resolve(
         # A task preset's spec is found again by env id at export (and left out, with a note, where
         # env kwargs change the observation); a user's own spec travels with the run.
         observation = layer.get("observation") or None
+        action = layer.get("action") or None
     if td3:
         apply("--td3", {"agent": DDPGConfig.presets()["td3"]})
     apply("overrides", {"agent": dict(agent or {}), "train": dict(train or {}), "env": dict(env_kwargs or {})})
@@ -238,4 +250,6 @@ def resolve(
     train_v["env_kwargs"] = {**train_v.get("env_kwargs", {}), **env_v}
     if observation is not None:
         train_v["observation"] = observation
+    if action is not None:
+        train_v["action"] = action
     return DDPGConfig.from_dict(agent_v), TrainConfig.from_dict(train_v)

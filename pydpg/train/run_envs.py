@@ -10,6 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pydpg.common.envs import EnvLike, make_env, make_vec_env
+from pydpg.contract.action import action_wrapper
 from pydpg.train.config import TrainConfig, check_observation
 
 
@@ -33,8 +34,9 @@ def open_run_envs(env: EnvLike, train: TrainConfig) -> RunEnvs:
     """Open what the run steps and evaluates; on any error nothing stays open."""
     # The spaces come from the local vector env, or (workers) from one env made here, which
     # also fails early and clearly for an env this machine cannot make.
-    vec = make_vec_env(env, train.n_envs, train.env_kwargs) if not train.workers else None
-    probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs)
+    wrap = action_wrapper(train.action)  # a stated action spec is bound to the env here: errors come now
+    vec = make_vec_env(env, train.n_envs, train.env_kwargs, wrap) if not train.workers else None
+    probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs, wrap)
     name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
     box = probe.single_action_space
     low, high = box.low.astype(np.float64), box.high.astype(np.float64)
@@ -44,7 +46,7 @@ def open_run_envs(env: EnvLike, train: TrainConfig) -> RunEnvs:
     try:
         if train.observation is not None:
             check_observation(train.observation, env, train.env_kwargs)
-        eval_env = make_env(env, train.env_kwargs) if train.eval_every > 0 and not train.workers else None
+        eval_env = make_env(env, train.env_kwargs, wrapper=wrap) if train.eval_every > 0 and not train.workers else None
     except ValueError:
         if vec is not None:
             vec.close()

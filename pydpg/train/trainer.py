@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from pydpg.common.envs import EnvLike, EvalResult, evaluate, make_env
+from pydpg.contract.action import action_wrapper
 from pydpg.core.config import DDPGConfig
 from pydpg.files import checkpoint as ckpt_io
 from pydpg.files.model import model_dict
@@ -235,7 +236,11 @@ class Trainer:
         if self.train_cfg.workers:
             return self.collector.evaluate(episodes, seed, self.counters.n_grad)  # on its own worker
         if self.eval_env is None:
-            self.eval_env = make_env(self.train_cfg.env_id or self.vec.envs[0], self.train_cfg.env_kwargs)
+            self.eval_env = make_env(
+                self.train_cfg.env_id or self.vec.envs[0],
+                self.train_cfg.env_kwargs,
+                wrapper=action_wrapper(self.train_cfg.action),
+            )
         return evaluate(self.policy, self.eval_env, episodes, seed)
 
     def summary(self) -> dict[str, Any]:

@@ -9,11 +9,13 @@
 //        alloc_check --observation MODEL SPEC CALLS       -> one JSON line (ObservationBuilder::build and
 //                                                          TerminationCheck::first_failure, with
 //                                                          the mean time per call)
+#include <pydpg/action.hpp>
 #include <pydpg/observation.hpp>
 #include <pydpg/policy_runtime.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -116,9 +118,74 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
   return rc;
 }
 
+// The action map bound to MODEL with the spec in file SPEC: `calls` control steps, each a command()
+// (actions sweeping past [-1, 1], every 100th non-finite) and `substeps` apply() calls, as the loop
+// makes them (without mj_step: the map's own cost).
+int action_mode(const char* model_path, const char* spec_path, long calls, int substeps) {
+  char error[1000] = "";
+  mjModel* m = mj_loadXML(model_path, nullptr, error, sizeof error);
+  if (!m) {
+    std::fprintf(stderr, "error: %s\n", error);
+    return 1;
+  }
+  mjData* d = mj_makeData(m);
+  mj_forward(m, d);
+  std::ifstream f(spec_path);
+  std::stringstream spec;
+  spec << f.rdbuf();
+  int rc = 0;
+  try {
+    pydpg::ActionMap map(spec.str(), m);
+    std::vector<float> a(static_cast<std::size_t>(map.size()));
+    auto fill = [&](long i) {
+      for (std::size_t k = 0; k < a.size(); ++k) a[k] = static_cast<float>(std::sin(0.01 * i + k)) * 1.2f;
+      if (i % 100 == 99) a[0] = NAN;
+    };
+    for (long i = 0; i < 1000; ++i) {  // warm caches
+      fill(i);
+      map.command(a.data());
+      map.apply(d);
+    }
+    map.reset_counters();
+    double command_ns = 0, apply_ns = 0;
+    g_counting = true;
+    for (long i = 0; i < calls; ++i) {
+      fill(i);
+      const auto t0 = std::chrono::steady_clock::now();
+      map.command(a.data());
+      const auto t1 = std::chrono::steady_clock::now();
+      for (int s = 0; s < substeps; ++s) map.apply(d);
+      const auto t2 = std::chrono::steady_clock::now();
+      command_ns += std::chrono::duration<double, std::nano>(t1 - t0).count();
+      apply_ns += std::chrono::duration<double, std::nano>(t2 - t1).count();
+    }
+    g_counting = false;
+    // What the map's cost is beside: one physics step of the same model (mj_step, not counted).
+    const auto s0 = std::chrono::steady_clock::now();
+    for (long i = 0; i < 2000; ++i) mj_step(m, d);
+    const double step_ns =
+        std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - s0).count() / 2000;
+    const auto& c = map.counters();
+    std::printf(
+        "{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_command\": %.1f, \"ns_per_apply\": %.1f, "
+        "\"ns_per_mj_step\": %.1f, \"safe_actions\": %ld, \"action_clips\": %ld, \"rate_limits\": %ld, "
+        "\"ctrl_clips\": %ld}\n",
+        map.size(), calls, g_allocs.load(), command_ns / calls, apply_ns / (calls * substeps), step_ns, c.safe_actions,
+        c.action_clips, c.rate_limits, c.ctrl_clips);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    rc = 1;
+  }
+  mj_deleteData(d);
+  mj_deleteModel(m);
+  return rc;
+}
+
 int main(int argc, char** argv) {
   if (argc == 5 && std::string(argv[1]) == "--observation")
     return observation_mode(argv[2], argv[3], std::atol(argv[4]));
+  if (argc == 6 && std::string(argv[1]) == "--action")
+    return action_mode(argv[2], argv[3], std::atol(argv[4]), std::atoi(argv[5]));
   if (argc != 5) {
     std::fprintf(stderr, "usage: alloc_check POLICY BACKEND BATCH CALLS\n");
     return 2;
