@@ -402,3 +402,26 @@ def test_the_documented_keys_are_the_readers_keys(hopper):
     }
     for where, keys in levels.items():
         assert {k for k, w, _, _ in KEYS if w == where} == keys, where
+
+
+def test_pydpg_eval_and_a_sweeps_check_use_the_runs_contract(tmp_path, capsys):
+    """2 outputs on Hopper's 3 motors: only an env wrapped by the run's contract takes them."""
+    from pydpg.cli import main
+    from pydpg.experiments.sweep import _check_envs
+    from pydpg.experiments.sweep_spec import Trial
+
+    spec = {"version": 1, "actuators": [{"joint": "thigh_joint"}, {"joint": "foot_joint"}]}
+    cfg = DDPGConfig(hidden=(16, 16), batch_size=16, learning_starts=50)
+    t = Trainer(
+        cfg, TrainConfig(env_id="Hopper-v5", total_steps=100, eval_every=0, action=spec), out_dir=tmp_path / "run"
+    )
+    t.run()
+    t.close()
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "1"]) == 0
+    assert "Hopper-v5: return" in capsys.readouterr().out
+    bad = {"version": 1, "actuators": [{"joint": "thigh"}]}
+    trial = Trial(
+        task="Hopper-v5", setting="s", seed=0, impl="pydpg", agent={}, train={"env_kwargs": {}, "action": bad}
+    )
+    with pytest.raises(ValueError, match="setting 's' on Hopper-v5: .*no joint named 'thigh'"):
+        _check_envs([trial])

@@ -442,3 +442,20 @@ def test_both_collectors_implement_the_collector_protocol():
             assert missing == [], f"{cls.__name__}.{name} lacks {missing}"
         assert isinstance(cls.kind, str)
     assert "trainer" not in inspect.signature(RayCollector.__init__).parameters
+
+
+def test_workers_and_their_evaluation_run_the_runs_action_contract(ray_local, tmp_path):
+    """A contract of 2 outputs on Hopper's 3 motors: a worker or evaluation env without it would
+    refuse the 2-wide actions, so a run that trains, evaluates and exports went through it."""
+    spec = {"version": 1, "actuators": [{"joint": "thigh_joint"}, {"joint": "leg_joint", "scale": 0.5}]}
+    t = ray_trainer(tmp_path / "run", env="Hopper-v5", steps=400, workers=1, action=spec)
+    try:
+        summary = t.run()
+    finally:
+        t.close()
+    assert t.act_dim == 2 and summary["final_eval"] is not None and summary["collector"]["kind"] == "ray"
+    from pydpg.deploy.export import export_checkpoint
+    from pydpg.deploy.policy_file import read_metadata
+
+    export_checkpoint(tmp_path / "run", tmp_path / "p.pt", verbose=False)
+    assert read_metadata(tmp_path / "p.pt")["action"]["actuators"][1]["scale"] == 0.5

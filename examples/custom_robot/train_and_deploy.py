@@ -9,6 +9,8 @@ run the policy in the C++ control loop, and prove the loop is the env by replayi
    trace of what the policy saw and did;
 4. replays the trace through the Gymnasium env: largest observation difference, Python and C++
    returns side by side.
+With --pd the arm is commanded by joint position targets through arm_env.ACTION_SPEC_PD (a PD law at
+the physics rate): trained under it, exported with it (checked), and run by the loop with it.
 Then build the C++ loop that uses the observation builder directly (see README.md beside this file).
 """
 
@@ -29,12 +31,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--out", default="runs/arm")
     p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--pd", action="store_true", help="position targets and a PD law (arm_env.ACTION_SPEC_PD)")
     args = p.parse_args(argv)
 
     import gymnasium as gym
 
     import pydpg
     from pydpg.common.envs import evaluate, initial_states
+    from pydpg.contract.action import ActionContract
     from pydpg.deploy.export import export_policy
     from pydpg.deploy.loop import run_policy
     from pydpg.files.model import make_policy
@@ -42,11 +46,16 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[1/4] training DDPG on ArmReach-v0 for {args.steps} steps ...", flush=True)
-    agent = pydpg.DDPG("ArmReach-v0", seed=0, out_dir=str(out), learning_starts=1000, hidden=(64, 64), eval_every=0)
+    contract = {"action": arm_env.ACTION_SPEC_PD} if args.pd else {}
+    agent = pydpg.DDPG(
+        "ArmReach-v0", seed=0, out_dir=str(out), learning_starts=1000, hidden=(64, 64), eval_every=0, **contract
+    )
     agent.learn(args.steps)
 
     print("[2/4] exporting with the observation spec (checked against the env) ...", flush=True)
     env = gym.make("ArmReach-v0")
+    if args.pd:  # the env the policy acts in: its outputs are position targets
+        env = ActionContract(env, arm_env.ACTION_SPEC_PD)
     export_policy(agent.trainer, out / "policy.pt", env=env, observation_spec=arm_env.OBSERVATION_SPEC)
 
     print("[3/4] the policy in the C++ control loop ...", flush=True)
