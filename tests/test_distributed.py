@@ -444,18 +444,27 @@ def test_both_collectors_implement_the_collector_protocol():
     assert "trainer" not in inspect.signature(RayCollector.__init__).parameters
 
 
-def test_workers_and_their_evaluation_run_the_runs_action_contract(ray_local, tmp_path):
+def test_workers_and_their_evaluation_run_the_runs_action_contract_and_randomization(ray_local, tmp_path):
     """A contract of 2 outputs on Hopper's 3 motors: a worker or evaluation env without it would
     refuse the 2-wide actions, so a run that trains, evaluates and exports went through it."""
     spec = {"version": 1, "actuators": [{"joint": "thigh_joint"}, {"joint": "leg_joint", "scale": 0.5}]}
-    t = ray_trainer(tmp_path / "run", env="Hopper-v5", steps=400, workers=1, action=spec)
+    # ... and randomized: observation noise of std 100 shows in what the workers stored
+    randomization = {
+        "version": 1,
+        "model": [{"field": "body_mass", "scale": [0.8, 1.2]}],
+        "action": {"delay": [1, 1]},
+        "observation": {"noise": 100.0},
+    }
+    t = ray_trainer(tmp_path / "run", env="Hopper-v5", steps=400, workers=1, action=spec, randomization=randomization)
     try:
         summary = t.run()
     finally:
         t.close()
     assert t.act_dim == 2 and summary["final_eval"] is not None and summary["collector"]["kind"] == "ray"
+    assert float(t.buffer.sample(256).obs.std()) > 50  # Hopper's own observations are within +-10
     from pydpg.deploy.export import export_checkpoint
     from pydpg.deploy.policy_file import read_metadata
 
     export_checkpoint(tmp_path / "run", tmp_path / "p.pt", verbose=False)
-    assert read_metadata(tmp_path / "p.pt")["action"]["actuators"][1]["scale"] == 0.5
+    meta = read_metadata(tmp_path / "p.pt")
+    assert meta["action"]["actuators"][1]["scale"] == 0.5 and meta["randomization"]["action"]["delay"] == [1, 1]

@@ -16,6 +16,7 @@ import textwrap
 from typing import Any
 
 from pydpg.contract.action import KEYS as ACTION_KEYS
+from pydpg.contract.randomization import KEYS as RANDOMIZATION_KEYS
 from pydpg.core.config import DDPGConfig
 from pydpg.train.config import TrainConfig
 
@@ -39,6 +40,8 @@ total_steps = 300_000
 [observation]           # the observation contract (docs/deployment.md, "The observation contract")
 
 [action]                # the action contract (docs/deployment.md, "The action contract")
+
+[randomization]         # domain randomization of the training envs (below)
 ```
 
 Algorithm presets (`--preset NAME`, `pydpg presets NAME` prints all values) change some `[agent]`
@@ -110,19 +113,28 @@ def reference_markdown() -> str:
         + _table(DDPGConfig)
         + "\n\n## `[train]`: TrainConfig (pydpg/train/config.py)\n\n"
         + "`env_id` and `env_kwargs` come from the command line (`pydpg train ENV`) and the `[env]` "
-        "table, `observation` from the `[observation]` table, `action` from the `[action]` table.\n\n"
-        + _table(TrainConfig, skip=("env_id", "env_kwargs", "observation", "action"))
+        "table, `observation` from the `[observation]` table, `action` from the `[action]` table, "
+        "`randomization` from the `[randomization]` table.\n\n"
+        + _table(TrainConfig, skip=("env_id", "env_kwargs", "observation", "action", "randomization"))
         + "\n\n## `[action]`: the action contract (pydpg/contract/action.py)\n\n"
         "Stored with the run, applied to every env of it, shipped in the policy file and run by the C++ "
         "loop. `[[action.actuators]]` entries, one per policy output; NaN, an infinity or an unknown key "
-        "is refused by name.\n\n" + _action_table() + "\n"
+        "is refused by name.\n\n"
+        + _keys_table(ACTION_KEYS)
+        + "\n\n## `[randomization]`: domain randomization (pydpg/contract/randomization.py)\n\n"
+        "Applied to every training env of the run (not to evaluation envs), seeded by each env's first "
+        "reset (the run's seed), recorded in the policy file's metadata. `[[randomization.model]]` and "
+        "`[[randomization.push]]` entries; `[randomization.observation]` and `[randomization.action]` "
+        "tables. Ranges are `[low, high]`; NaN, an infinity, an unknown key, field or name, a range that "
+        "makes a mass, inertia, friction, damping, armature or stiffness negative, and a delay past the "
+        "most are refused by name.\n\n" + _keys_table(RANDOMIZATION_KEYS) + "\n"
     )
 
 
-def _action_table() -> str:
+def _keys_table(keys) -> str:
     rows = ["| key | in | default | meaning |", "|---|---|---|---|"]
     rows += [
         f"| `{k}` | {where or 'top'} | {default} | {text.replace('|', chr(92) + '|')} |"
-        for k, where, default, text in ACTION_KEYS
+        for k, where, default, text in keys
     ]
     return "\n".join(rows)

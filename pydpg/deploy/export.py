@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from pydpg import __version__, presets
-from pydpg.contract.action import ActionContract, as_action_spec, find_contract, verify_action
+from pydpg.contract.action import ActionContract, as_action_spec, verify_action
 from pydpg.contract.observation import (
     ObservationBuilder,
     ObservationError,
@@ -58,6 +58,7 @@ from pydpg.contract.observation import (
     verify_report,
 )
 from pydpg.contract.observation import task_spec as preset_observation
+from pydpg.contract.randomization import as_randomization_spec
 from pydpg.core.networks import Actor, BatchRenorm
 from pydpg.core.normalizer import standardize
 from pydpg.core.sale import AVG_L1_EPS, SaleActor
@@ -674,6 +675,7 @@ def export_policy(
     model_xml: Optional[str] = None,
     observation_spec=None,
     action_spec=None,
+    randomization=None,
     eval_seed: Optional[int] = None,
     verify_steps: int = 200,
     verify_perturb: float = 0.0,
@@ -720,6 +722,7 @@ def export_policy(
         eval_return=eval_return,
         observation_spec=observation_spec,
         action_spec=action_spec,
+        randomization=randomization,
         eval_seed=eval_seed,
     )
     # 2. the env: action bounds, model, task timing, the observation spec verified against it
@@ -769,6 +772,9 @@ def _inputs(source, **given) -> dict:
     action_spec = given["action_spec"]
     if train_cfg is not None:  # a Trainer: its run's action contract is the policy's, and no other
         action_spec = _trained_action(action_spec, getattr(train_cfg, "action", None))
+    randomization = given["randomization"]
+    if randomization is None and train_cfg is not None:
+        randomization = getattr(train_cfg, "randomization", None)
     if eval_seed is None and train_cfg is not None and isinstance(getattr(train_cfg, "seed", None), int):
         eval_seed = train_cfg.seed + int(getattr(train_cfg, "eval_seed_offset", 100))
     eval_seed = _step_count("eval_seed", eval_seed, unit="a reset seed")
@@ -786,6 +792,7 @@ def _inputs(source, **given) -> dict:
         "env_id": env_id,
         "observation_spec": observation_spec,
         "action_spec": None if action_spec is None else as_action_spec(action_spec),
+        "randomization": None if randomization is None else as_randomization_spec(randomization),
         "eval_seed": eval_seed,
     }
 
@@ -860,21 +867,19 @@ def _env_facts(env, given: dict, model_xml: Optional[str], verification: dict) -
 
 def _driven_by_contract(env, own_env, action_spec: dict) -> tuple:
     """(env, own_env): an env driven through ``action_spec``'s ActionContract, whose action space
-    ([-1, 1]^n) is the policy's. ``env`` as it is if it already is one (with this spec); else a fresh
-    copy of it, wrapped (closed by the caller as ``own_env``)."""
+    ([-1, 1]^n) is the policy's: a fresh copy of ``env`` (nominal, whatever wrappers ``env`` has:
+    a training env's randomization must not enter the check), wrapped; ``env`` itself only when it
+    has no spec to copy and is an ActionContract of this spec. The caller closes ``own_env``."""
     if env is None:
         return None, own_env
-    single = env.envs[0] if getattr(env, "envs", None) else env
-    contract = find_contract(single)
-    if contract is not None:
-        if contract.map.spec != action_spec:
-            raise ValueError("the env's ActionContract has another action spec than the one exported")
-        return env, own_env
     if own_env is not None:  # made here from the env id
         wrapped = ActionContract(own_env, action_spec)
         return wrapped, wrapped
+    single = env.envs[0] if getattr(env, "envs", None) else env
     spec = getattr(single, "spec", None)
     if spec is None:
+        if isinstance(single, ActionContract) and single.map.spec == action_spec:
+            return single, None
         raise ValueError("an action spec needs the env it was trained in: pass an env made with gym.make, or env_id")
     import gymnasium as gym
 
@@ -956,6 +961,7 @@ def _build(given: dict, low, high, described: dict, obs_dim, n_check: int, atol,
         "observation": observation,
         "verification": None if verification is None else verification.as_metadata(),
         "action": described["action"],
+        "randomization": given["randomization"],
         "action_verification": described["action_verification"],
     }
     cpu_actor = copy.deepcopy(actor).float().cpu().eval()
@@ -1090,6 +1096,7 @@ def load_for_export(checkpoint: Union[str, os.PathLike]) -> dict:
         "env_kwargs": run.get("env_kwargs") or {},
         "observation_spec": run.get("observation"),
         "action_spec": run.get("action"),
+        "randomization": run.get("randomization"),
         "training_steps": steps,
         "eval_return": eval_return,
         "eval_seed": int(run["seed"]) + int(run.get("eval_seed_offset", 100))
@@ -1121,6 +1128,7 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
             "env_id",
             "observation_spec",
             "action_spec",
+            "randomization",
             "training_steps",
             "eval_return",
             "eval_seed",

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from pydpg.common.envs import make_env
-from pydpg.contract.action import action_wrapper
+from pydpg.contract.randomization import training_wrapper
 from pydpg.core.config import DDPGConfig
 from pydpg.experiments.sb3_peer import run_sb3
 from pydpg.experiments.sweep_spec import SweepSpec, Trial, load_spec, task_dir
@@ -184,12 +184,14 @@ def _check_envs(trials: list[Trial]) -> None:
             json.dumps(t.train["env_kwargs"], sort_keys=True, default=str),
             json.dumps(observation, sort_keys=True, default=str),
             json.dumps(t.train.get("action"), sort_keys=True, default=str),
+            json.dumps(t.train.get("randomization"), sort_keys=True, default=str),
         )
         if key in seen:
             continue
         seen.add(key)
         try:
-            make_env(t.task, t.train["env_kwargs"], wrapper=action_wrapper(t.train.get("action"))).close()
+            wrap = training_wrapper(t.train.get("action"), t.train.get("randomization"))
+            make_env(t.task, t.train["env_kwargs"], wrapper=wrap).close()
             if observation is not None:
                 check_observation(observation, t.task, t.train["env_kwargs"])
         except TypeError as e:  # gym.make(id, **kwargs) with a keyword the env does not take

@@ -1,12 +1,13 @@
 """Run configuration files: the per-task presets shipped here (``<env id>.toml``) and user TOML files.
 
-A file has up to five tables, every key optional::
+A file has up to six tables, every key optional::
 
     [agent]   # pydpg.DDPGConfig fields, e.g. hidden = [256, 256], learning_starts = 1000
     [train]   # pydpg.TrainConfig fields, e.g. total_steps = 300000, n_envs = 4
     [env]     # keyword arguments for gymnasium.make, e.g. xml_file = "my_cheetah.xml"
     [observation]  # the observation spec (pydpg.contract.observation): version = 1, [[observation.terms]]
     [action]  # the action spec (pydpg.contract.action): version = 1, [[action.actuators]]
+    [randomization]  # domain randomization (pydpg.contract.randomization): version = 1, [[randomization.model]]
 
 ``pydpg.train.config.resolve`` layers the sources from general to specific, each overriding the one before:
 
@@ -29,7 +30,7 @@ from typing import Any, Optional, Union
 
 from pydpg.common.names import did_you_mean
 
-SECTIONS = ("agent", "train", "env", "observation", "action")
+SECTIONS = ("agent", "train", "env", "observation", "action", "randomization")
 
 
 def _tomllib():

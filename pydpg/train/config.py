@@ -15,6 +15,7 @@ from pydpg.common.envs import EnvLike, make_env
 from pydpg.common.names import did_you_mean
 from pydpg.contract.action import as_action_spec
 from pydpg.contract.observation import ObservationError, ObservationMismatch, as_spec, verify_report
+from pydpg.contract.randomization import as_randomization_spec
 from pydpg.core.config import DDPGConfig, algorithm_presets, learning_starts_for
 
 MAX_WORKERS = 4096  # collectors of one learner; a cluster's CPU count bounds a run further (distributed.py)
@@ -68,6 +69,10 @@ class TrainConfig:
     # (training, evaluation, workers) is driven through it, and `pydpg export` ships it. None: the
     # policy's output goes to the env's action space, as Gymnasium's envs define it.
     action: Optional[dict] = None
+    # The domain randomization (pydpg.contract.randomization) of a config file's [randomization] table:
+    # every training env (not the evaluation's: it measures the nominal robot) is randomized by it,
+    # and the exported policy's metadata records it. None: the nominal model only.
+    randomization: Optional[dict] = None
     # Distributed collection (pydpg.train.distributed): 0 = the envs are stepped in this process;
     # N >= 1 = N Ray actors, each stepping n_envs envs with a CPU copy of the actor.
     workers: int = 0
@@ -147,6 +152,11 @@ class TrainConfig:
                 self.action = as_action_spec(self.action)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"TrainConfig.action: {e}") from None
+        if self.randomization is not None:
+            try:
+                self.randomization = as_randomization_spec(self.randomization)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"TrainConfig.randomization: {e}") from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,6 +218,7 @@ def resolve(
     env_v: dict[str, Any] = {}
     observation: Optional[dict] = None
     action: Optional[dict] = None
+    randomization: Optional[dict] = None
     if env_id is not None:
         agent_v["learning_starts"] = learning_starts_for(env_id)
 
@@ -241,6 +252,7 @@ def resolve(
         # env kwargs change the observation); a user's own spec travels with the run.
         observation = layer.get("observation") or None
         action = layer.get("action") or None
+        randomization = layer.get("randomization") or None
     if td3:
         apply("--td3", {"agent": DDPGConfig.presets()["td3"]})
     apply("overrides", {"agent": dict(agent or {}), "train": dict(train or {}), "env": dict(env_kwargs or {})})
@@ -252,4 +264,6 @@ def resolve(
         train_v["observation"] = observation
     if action is not None:
         train_v["action"] = action
+    if randomization is not None:
+        train_v["randomization"] = randomization
     return DDPGConfig.from_dict(agent_v), TrainConfig.from_dict(train_v)

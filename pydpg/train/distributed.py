@@ -41,6 +41,7 @@ import torch
 
 from pydpg.common.envs import EvalResult, evaluate, make_env, make_vec_env
 from pydpg.contract.action import action_wrapper
+from pydpg.contract.randomization import training_wrapper
 from pydpg.core.agent import DDPGAgent
 from pydpg.core.config import DDPGConfig
 from pydpg.core.noise import make_noise
@@ -102,9 +103,10 @@ class CollectorWorker(_Acting):
         seed: int,
         sigma_scale: float,
         action: Optional[dict] = None,
+        randomization: Optional[dict] = None,
     ):
         try:
-            vec = make_vec_env(env_id, n_envs, env_kwargs, wrapper=action_wrapper(action))
+            vec = make_vec_env(env_id, n_envs, env_kwargs, wrapper=training_wrapper(action, randomization))
         except Exception as e:  # the learner re-raises it, naming the worker and the env
             raise RuntimeError(f"worker {index} cannot make env {env_id!r}: {type(e).__name__}: {e}") from None
         self.agent = _cpu_agent(config, obs_dim, act_dim)
@@ -232,6 +234,7 @@ class RayCollector:
                 int(seeds[i]),
                 worker_sigma_scale(i, self.n, train.worker_noise_spread),
                 train.action,
+                train.randomization,
             )
             for i in range(self.n)
         ]

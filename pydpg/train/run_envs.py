@@ -11,6 +11,7 @@ import numpy as np
 
 from pydpg.common.envs import EnvLike, make_env, make_vec_env
 from pydpg.contract.action import action_wrapper
+from pydpg.contract.randomization import training_wrapper
 from pydpg.train.config import TrainConfig, check_observation
 
 
@@ -34,9 +35,12 @@ def open_run_envs(env: EnvLike, train: TrainConfig) -> RunEnvs:
     """Open what the run steps and evaluates; on any error nothing stays open."""
     # The spaces come from the local vector env, or (workers) from one env made here, which
     # also fails early and clearly for an env this machine cannot make.
-    wrap = action_wrapper(train.action)  # a stated action spec is bound to the env here: errors come now
-    vec = make_vec_env(env, train.n_envs, train.env_kwargs, wrap) if not train.workers else None
-    probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs, wrap)
+    # Stated specs are bound to the env here: their errors come now. Evaluation envs get the action
+    # contract but no randomization (an evaluation measures the nominal robot).
+    wrap = action_wrapper(train.action)
+    train_wrap = training_wrapper(train.action, train.randomization)
+    vec = make_vec_env(env, train.n_envs, train.env_kwargs, train_wrap) if not train.workers else None
+    probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs, train_wrap)
     name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
     box = probe.single_action_space
     low, high = box.low.astype(np.float64), box.high.astype(np.float64)

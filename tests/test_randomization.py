@@ -1,0 +1,264 @@
+"""Domain randomization (pydpg.contract.randomization): the draws, the nominal model put back
+exactly, the delay, noise and pushes, the refusals, and a training run that randomizes, resumes
+exactly and records what it was trained under."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pydpg.contract.randomization import MAX_DELAY, DomainRandomization, as_randomization_spec, training_wrapper
+from pydpg.core.config import DDPGConfig
+from pydpg.deploy.export import export_policy
+from pydpg.deploy.policy_file import read_metadata
+from pydpg.train.config import TrainConfig, resolve
+from pydpg.train.trainer import Trainer
+
+MODEL = [
+    {"field": "body_mass", "scale": [0.7, 1.3]},
+    {"field": "geom_friction", "names": ["foot_geom"], "scale": [0.5, 1.5]},
+    {"field": "dof_damping", "names": ["thigh_joint", "leg_joint"], "offset": [0.0, 0.5], "shared": True},
+]
+
+
+def hopper(spec):
+    return DomainRandomization(gym.make("Hopper-v5"), {"version": 1, **spec})
+
+
+@pytest.fixture(scope="module")
+def nominal():
+    env = gym.make("Hopper-v5")
+    yield env.unwrapped.model
+    env.close()
+
+
+def test_model_fields_are_drawn_in_range_and_the_nominal_model_comes_back_exactly(nominal):
+    env = hopper({"model": MODEL})
+    m = env.unwrapped.model
+    foot = m.geom("foot_geom").id
+    thigh, leg = (m.jnt_dofadr[m.joint(j).id] for j in ("thigh_joint", "leg_joint"))
+    masses = []
+    for seed in range(20):
+        env.reset(seed=seed)
+        ratio = m.body_mass[1:] / nominal.body_mass[1:]
+        assert np.all((0.7 <= ratio) & (ratio <= 1.3)) and len(set(np.round(ratio, 12))) == len(ratio)  # one each
+        assert 0.5 <= m.geom_friction[foot, 0] / nominal.geom_friction[foot, 0] <= 1.5
+        others = [g for g in range(m.ngeom) if g != foot]
+        assert np.array_equal(m.geom_friction[others], nominal.geom_friction[others])  # only the named geom
+        d = m.dof_damping - nominal.dof_damping
+        assert d[thigh] == d[leg] and 0 <= d[thigh] <= 0.5  # shared: one draw for both
+        masses.append(m.body_mass.copy())
+        env.step(env.action_space.sample())
+        env.restore_nominal()  # what every reset does first
+        for f in ("body_mass", "geom_friction", "dof_damping"):
+            assert np.array_equal(getattr(m, f), getattr(nominal, f)), f  # exactly: saved copies, no drift
+    assert len({tuple(x) for x in masses}) == 20
+    env.close()
+    assert np.array_equal(m.body_mass, nominal.body_mass)
+
+
+def test_the_envs_own_seed_seeds_its_draws():
+    a, b, c = (hopper({"model": MODEL, "observation": {"noise": 0.1}}) for _ in range(3))
+    oa, _ = a.reset(seed=7)
+    ob, _ = b.reset(seed=7)
+    oc, _ = c.reset(seed=8)
+    assert np.array_equal(oa, ob) and not np.array_equal(oa, oc)
+    for _ in range(3):  # later resets (no seed) continue the stream, alike
+        a.reset()
+        b.reset()
+    assert np.array_equal(a.unwrapped.model.body_mass, b.unwrapped.model.body_mass)
+
+
+def test_an_action_delay_applies_the_action_of_d_steps_ago():
+    env = hopper({"action": {"delay": [2, 2]}})
+    env.reset(seed=0)
+    ctrl = env.unwrapped.data.ctrl
+    sent = [np.full(3, 0.1 * (k + 1)) for k in range(6)]
+    seen = []
+    for a in sent:
+        env.step(a)
+        seen.append(ctrl.copy())
+    assert np.array_equal(seen[0], np.zeros(3)) and np.array_equal(seen[1], np.zeros(3))  # the middle of [-1, 1]
+    for k in range(2, 6):
+        assert np.array_equal(seen[k], sent[k - 2])
+    env.reset()  # a new episode starts its queue afresh
+    env.step(np.ones(3))
+    assert np.array_equal(ctrl, np.zeros(3))
+
+
+def test_action_noise_stays_in_the_action_space_and_observation_noise_has_its_std():
+    env = hopper({"action": {"noise": 0.5}, "observation": {"noise": 0.05}})
+    env.reset(seed=1)
+    below = 0
+    for _ in range(300):
+        env.step(np.ones(3))  # the bound itself: noise can only move it inward, never past it
+        ctrl = env.unwrapped.data.ctrl
+        assert np.all(np.abs(ctrl) <= 1.0)
+        below += int(np.any(ctrl < 1.0))
+    assert below > 200  # 3 dims, each below 1 half the time
+    d = np.array([env._noisy(np.zeros(11)) for _ in range(2000)])  # the noise alone, 22,000 draws
+    # 22,000 draws of N(0, 0.05): the sample std within 3 % of 0.05 (a 10-sigma margin), and the draws
+    # are a fixed function of the seed (numpy's PCG64 and its normal sampler, on every platform).
+    assert abs(d.std() - 0.05) < 0.0015 and abs(d.mean()) < 0.0015
+
+
+def test_pushes_come_at_their_interval_with_their_force():
+    env = hopper({"push": [{"body": "torso", "interval": [5, 5], "force": [20, 30], "duration": 2}]})
+    env.reset(seed=0)
+    torso = env.unwrapped.model.body("torso").id
+    xfrc = env.unwrapped.data.xfrc_applied
+    pushed = []
+    for t in range(1, 16):
+        env.step(np.zeros(3))
+        f = xfrc[torso, :3].copy()
+        pushed.append(t if np.any(f) else None)
+        if np.any(f):
+            assert 20 <= np.linalg.norm(f) <= 30 and f[2] == 0
+    assert [t for t in pushed if t] == [5, 6, 10, 11, 15]
+
+
+BAD = {
+    "no version": ({"model": []}, "no 'version'"),
+    "newer version": ({"version": 2}, "version 2"),
+    "unknown key": ({"version": 1, "models": []}, "unknown key 'models'.*did you mean 'model'"),
+    "unknown field": ({"version": 1, "model": [{"field": "body_mas", "scale": [1, 2]}]}, "did you mean 'body_mass'"),
+    "unknown name": (
+        {"version": 1, "model": [{"field": "body_mass", "names": ["torsoo"], "scale": [1, 2]}]},
+        "no body named 'torsoo'",
+    ),
+    "negative mass": ({"version": 1, "model": [{"field": "body_mass", "scale": [-0.5, 1]}]}, "below 0"),
+    "friction below 0": (
+        {"version": 1, "model": [{"field": "geom_friction", "offset": [-5, 0]}]},
+        "makes a value negative",
+    ),
+    "scale and offset": (
+        {"version": 1, "model": [{"field": "body_mass", "scale": [1, 1], "offset": [0, 0]}]},
+        "one of",
+    ),
+    "low > high": ({"version": 1, "model": [{"field": "body_mass", "scale": [1.3, 0.7]}]}, "low 1.3 > high 0.7"),
+    "NaN range": ({"version": 1, "model": [{"field": "body_mass", "scale": [math.nan, 1]}]}, "finite"),
+    "inf noise": ({"version": 1, "observation": {"noise": math.inf}}, "finite"),
+    "negative noise": ({"version": 1, "action": {"noise": -0.1}}, ">= 0"),
+    "delay past the most": ({"version": 1, "action": {"delay": [0, MAX_DELAY + 1]}}, "past the most"),
+    "fractional delay": ({"version": 1, "action": {"delay": [0, 1.5]}}, "whole numbers"),
+    "push without interval": ({"version": 1, "push": [{"body": "torso", "force": [0, 1]}]}, "interval"),
+    "push of no body": (
+        {"version": 1, "push": [{"body": "tors", "interval": [1, 2], "force": [0, 1]}]},
+        "no body named 'tors'",
+    ),
+    "noise per entry, wrong count": ({"version": 1, "observation": {"noise": [0.1, 0.2]}}, "lists 2 stds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_specs_are_refused_by_name(case):
+    spec, message = BAD[case]
+    with pytest.raises(ValueError, match=message):
+        DomainRandomization(gym.make("Hopper-v5"), spec)
+
+
+def test_it_needs_a_mujoco_env():
+    with pytest.raises(ValueError, match="needs a Gymnasium MuJoCo env"):
+        DomainRandomization(gym.make("Pendulum-v1"), {"version": 1})
+
+
+def test_the_documented_keys_are_the_readers_keys():
+    from pydpg.contract.randomization import _KEYS, KEYS
+
+    assert {(k, w) for k, w, _, _ in KEYS} == {(k, w) for w, ks in _KEYS.items() for k in ks}
+    for where, keys in _KEYS.items():
+        spec = {"version": 1, "model": [{"field": "body_mass", "scale": [1, 1]}], "action": {}, "observation": {}}
+        spec["push"] = [{"body": "torso", "interval": [1, 1], "force": [0, 0]}]
+        target = {
+            "": spec,
+            "model[]": spec["model"][0],
+            "observation": spec["observation"],
+            "action": spec["action"],
+            "push[]": spec["push"][0],
+        }[where]
+        target["zz"] = 1
+        with pytest.raises(ValueError, match="known: " + ", ".join(sorted(keys))):
+            as_randomization_spec(spec)
+
+
+# ---------------------------------------------------------------------------------------- training
+SPEC = {
+    "version": 1,
+    "model": MODEL,
+    "observation": {"noise": 0.01},
+    "action": {"noise": 0.05, "delay": [0, 2]},
+    "push": [{"body": "torso", "interval": [30, 60], "force": [0, 40]}],
+}
+
+
+def trainer(out, **train):
+    cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300)
+    tc = TrainConfig(
+        env_id="Hopper-v5",
+        total_steps=1200,
+        eval_every=400,
+        eval_episodes=2,
+        checkpoint_every=400,
+        n_envs=2,
+        randomization=SPEC,
+        **train,
+    )
+    return Trainer(cfg, tc, out_dir=out, tensorboard=False)
+
+
+def test_training_randomizes_resumes_exactly_and_records_it(tmp_path):
+    """Both vector envs are randomized (each by its own seed), the evaluation env is not, a resumed
+    run (the draws, the delay queues, the push schedules and the RNGs restored) is the uninterrupted
+    one, and the exported file records what the policy was trained under."""
+    ref = trainer(tmp_path / "ref")
+    subs = ref.vec.envs
+    assert all(isinstance(e, DomainRandomization) for e in subs) and not isinstance(ref.eval_env, DomainRandomization)
+    ref.run()
+    assert not np.array_equal(subs[0].unwrapped.model.body_mass, subs[1].unwrapped.model.body_mass)
+    cut = trainer(tmp_path / "cut")
+    cut.run(stop_at=600)
+    resumed = Trainer.resume(tmp_path / "cut", tensorboard=False)
+    assert 400 <= resumed.step < 600  # the checkpoint after 400 (2 envs store 1 or 2 transitions a step)
+    resumed.run()
+    assert [r["eval_mean"] for r in ref.history] == [r["eval_mean"] for r in resumed.history]
+    assert all(
+        torch.equal(a, b) for a, b in zip(ref.agent.actor.parameters(), resumed.agent.actor.parameters(), strict=True)
+    )
+    for a, b in zip(ref.vec.envs, resumed.vec.envs, strict=True):
+        assert np.array_equal(a.unwrapped.model.body_mass, b.unwrapped.model.body_mass)
+    export_policy(resumed, tmp_path / "p.pt", verbose=False)
+    assert read_metadata(tmp_path / "p.pt")["randomization"] == as_randomization_spec(SPEC)
+    ref.close()
+    resumed.close()
+
+
+def test_a_config_files_randomization_table_reaches_the_run(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[randomization]\nversion = 1\n[[randomization.model]]\nfield = "body_mass"\nscale = [0.8, 1.2]\n'
+        "[randomization.action]\ndelay = [0, 1]\n"
+    )
+    _, train = resolve(env_id="Hopper-v5", config_file=path)
+    assert train.randomization["model"][0]["scale"] == [0.8, 1.2] and train.randomization["action"]["delay"] == [0, 1]
+    path.write_text('[randomization]\nversion = 1\n[[randomization.model]]\nfield = "mass"\nscale = [1, 2]\n')
+    with pytest.raises(ValueError, match="TrainConfig.randomization: .*unknown field 'mass'"):
+        resolve(env_id="Hopper-v5", config_file=path)
+
+
+def test_training_wrapper_puts_the_contract_inside_the_randomization():
+    from pydpg.contract.action import ActionContract, find_contract
+
+    action = {"version": 1, "actuators": [{"joint": "thigh_joint"}, {"joint": "leg_joint"}]}
+    env = training_wrapper(action, {"version": 1, "action": {"delay": [1, 1]}})(gym.make("Hopper-v5"))
+    assert isinstance(env, DomainRandomization) and isinstance(env.env, ActionContract)
+    assert find_contract(env) is env.env and env.action_space.shape == (2,)
+    env.reset(seed=0)
+    env.step(np.array([1.0, -1.0]))  # delayed: the contract gets the middle, 0
+    assert np.array_equal(env.unwrapped.data.ctrl, np.zeros(3))
+    env.step(np.zeros(2))
+    assert np.array_equal(env.unwrapped.data.ctrl, np.array([1.0, -1.0, 0.0]))
+    assert training_wrapper(None, None) is None
