@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the reference of every [agent] and [train] key, with defaults and their sources (docs/config.md)",
     )
-    # These parse their own arguments (pydpg.cli.export, .run, .journey); listed here for --help.
+    # These parse their own arguments (pydpg.cli.export, .run, .journey, .robustness); listed here for --help.
     for name, text in _DELEGATED_HELP.items():
         sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -226,6 +226,7 @@ _DELEGATED_HELP = {
     "export": "export a checkpoint as a deployable policy (TorchScript, ONNX or .pt2) with a parity check",
     "run": "run an exported policy in the shipped C++ control loop (MuJoCo C API, fixed rate)",
     "journey": "the main job: train briefly, export, run in the C++ loop, print returns and latency",
+    "robustness": "an exported policy's return across model errors, delay and noise (table, PNG, JSON)",
 }
 
 
@@ -239,6 +240,10 @@ def _delegated(command: str):
         from pydpg.cli.run import run_main  # import time: see the module docstring
 
         return run_main
+    if command == "robustness":
+        from pydpg.cli.robustness import robustness_main  # import time: see the module docstring
+
+        return robustness_main
     from pydpg.cli.journey import journey_main  # import time: see the module docstring
 
     return journey_main
