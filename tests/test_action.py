@@ -425,3 +425,36 @@ def test_pydpg_eval_and_a_sweeps_check_use_the_runs_contract(tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="setting 's' on Hopper-v5: .*no joint named 'thigh'"):
         _check_envs([trial])
+
+
+# ---------------------------------------------------------------------------------------- watchdog
+def test_the_watchdog_sends_a_stale_inputs_loop_to_the_safe_action(hopper):
+    """<pydpg/watchdog.hpp> through its binding: an input older than its deadline is stale, each
+    stale step is counted, and the loop pattern of the header sends the safe action then."""
+    w = _core.Watchdog()
+    cmd, goal = w.add("command", 50_000_000), w.add("goal", 200_000_000)
+    w.reset(0)
+    m = ActionMap(direct(safe_action="default"), hopper)
+    sent = []
+    for t_ms in range(0, 400, 10):  # a 100 Hz loop; the command arrives every 10 ms until 100 ms
+        now = t_ms * 1_000_000
+        if t_ms < 100:
+            w.refresh(cmd, now)
+        if t_ms % 150 == 0:
+            w.refresh(goal, now)
+        if w.stale(now) >= 0:
+            m.command_safe()
+            sent.append("safe")
+        else:
+            m.command([0.5, 0.5, 0.5])
+            sent.append("act")
+    # the command was last refreshed at 90 ms: fresh through 140 ms (50 ms), stale from 150 ms on
+    assert sent.index("safe") == 15 and set(sent[15:]) == {"safe"} and set(sent[:15]) == {"act"}
+    assert w.stale_steps == 25 and w.inputs[cmd]["stale_steps"] == 25 and w.inputs[goal]["stale_steps"] == 0
+    assert m.counters["safe_actions"] == 25 and list(m.last_action) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="must be > 0"):
+        w.add("late", 0)
+    with pytest.raises(ValueError, match="watched already"):
+        w.add("command", 1)
+    with pytest.raises(IndexError, match="no input 7"):
+        w.refresh(7, 0)

@@ -77,9 +77,14 @@ int main(int argc, char** argv) {
         }
         stopped_by = safety_stop.first_failure(d);
       }
-      if (stopped_by >= 0)
+      if (stopped_by >= 0) {
         std::fprintf(stderr, "safety stop after %ld steps: %s failed\n", t,
                      safety_stop.conditions()[stopped_by].label.c_str());
+        if (act_map) {  // a failed condition is the stop: the safe action goes out, not the policy's
+          act_map->command_safe();
+          act_map->apply(d);
+        }
+      }
       observe.build(d, obs.data());
       const int n = observe.size();
       const double dist = std::hypot(obs[n - 2], obs[n - 1]);  // the last term: fingertip - target
