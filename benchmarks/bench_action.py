@@ -43,6 +43,7 @@ def direct_spec(model) -> dict:
 
 
 def env_steps_per_s(make, steps: int) -> float:
+    """Env steps/s with random actions (seeded) on a fresh ``make()``; bench_randomization uses it too."""
     env = make()
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -57,7 +58,9 @@ def env_steps_per_s(make, steps: int) -> float:
     return rate
 
 
-def training_steps_per_s(env_id: str, action, steps: int) -> float:
+def training_steps_per_s(env_id: str, steps: int, **train) -> float:
+    """`Trainer` env steps/s in the learning phase (TD3, 1 thread) with these TrainConfig fields;
+    bench_randomization uses it too."""
     import torch
 
     from pydpg.core.config import DDPGConfig
@@ -66,7 +69,7 @@ def training_steps_per_s(env_id: str, action, steps: int) -> float:
 
     torch.set_num_threads(1)
     cfg = DDPGConfig.from_dict({**DDPGConfig.presets()["td3"], "learning_starts": 500})
-    t = Trainer(cfg, TrainConfig(env_id=env_id, total_steps=500, eval_every=0, checkpoint_every=0, action=action))
+    t = Trainer(cfg, TrainConfig(env_id=env_id, total_steps=500, eval_every=0, checkpoint_every=0, **train))
     t.run()  # warm-up: the learning phase starts after this
     t0 = time.perf_counter()
     t.run(500 + steps)
@@ -134,8 +137,8 @@ def main(argv=None) -> int:
     model = gym.make("Hopper-v5").unwrapped.model
     rates = {"plain": [], "pd": []}
     for _ in range(3):
-        rates["plain"].append(training_steps_per_s("Hopper-v5", None, args.train_steps))
-        rates["pd"].append(training_steps_per_s("Hopper-v5", pd_spec(model), args.train_steps))
+        rates["plain"].append(training_steps_per_s("Hopper-v5", args.train_steps))
+        rates["pd"].append(training_steps_per_s("Hopper-v5", args.train_steps, action=pd_spec(model)))
     result["training"]["Hopper-v5"] = {k: statistics.median(v) for k, v in rates.items()}
     r = result["training"]["Hopper-v5"]
     print(f"\n{'training env steps/s (TD3, 1 thread)':34} {'plain':>9} {'PD':>9} {'PD/plain':>9}")

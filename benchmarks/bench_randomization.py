@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
+from bench_action import env_steps_per_s, training_steps_per_s  # a sibling script (benchmarks/ is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("Hopper-v5", "Humanoid-v5")
@@ -52,41 +52,6 @@ def reset_ms(make, n: int) -> float:
     return ms
 
 
-def steps_per_s(make, n: int) -> float:
-    env = make()
-    env.reset(seed=0)
-    actions = np.random.default_rng(0).uniform(-1, 1, (n, env.action_space.shape[0]))
-    t0 = time.perf_counter()
-    for a in actions:
-        _, _, term, trunc, _ = env.step(a)
-        if term or trunc:
-            env.reset()
-    rate = n / (time.perf_counter() - t0)
-    env.close()
-    return rate
-
-
-def training_steps_per_s(randomization, steps: int) -> float:
-    import torch
-
-    from pydpg.core.config import DDPGConfig
-    from pydpg.train.config import TrainConfig
-    from pydpg.train.trainer import Trainer
-
-    torch.set_num_threads(1)
-    cfg = DDPGConfig.from_dict({**DDPGConfig.presets()["td3"], "learning_starts": 500})
-    train = TrainConfig(
-        env_id="Hopper-v5", total_steps=500, eval_every=0, checkpoint_every=0, randomization=randomization
-    )
-    t = Trainer(cfg, train)
-    t.run()
-    t0 = time.perf_counter()
-    t.run(500 + steps)
-    rate = steps / (time.perf_counter() - t0)
-    t.close()
-    return rate
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--resets", type=int, default=200)
@@ -112,8 +77,8 @@ def main(argv=None) -> int:
         for _ in range(5):
             r["plain"].append(reset_ms(plain, args.resets))
             r["randomized"].append(reset_ms(model_only, args.resets))
-            s["plain"].append(steps_per_s(plain, args.env_steps))
-            s["randomized"].append(steps_per_s(full, args.env_steps))
+            s["plain"].append(env_steps_per_s(plain, args.env_steps))
+            s["randomized"].append(env_steps_per_s(full, args.env_steps))
         result["reset_ms"][env_id] = {k: statistics.median(v) for k, v in r.items()}
         result["env_steps_per_s"][env_id] = {k: statistics.median(v) for k, v in s.items()}
         rm, sm = result["reset_ms"][env_id], result["env_steps_per_s"][env_id]
@@ -123,8 +88,10 @@ def main(argv=None) -> int:
         )
     rates = {"plain": [], "randomized": []}
     for _ in range(3):
-        rates["plain"].append(training_steps_per_s(None, args.train_steps))
-        rates["randomized"].append(training_steps_per_s(full_spec("Hopper-v5"), args.train_steps))
+        rates["plain"].append(training_steps_per_s("Hopper-v5", args.train_steps))
+        rates["randomized"].append(
+            training_steps_per_s("Hopper-v5", args.train_steps, randomization=full_spec("Hopper-v5"))
+        )
     t = result["training"]["Hopper-v5"] = {k: statistics.median(v) for k, v in rates.items()}
     print(
         f"\ntraining env steps/s, Hopper-v5, TD3 256-256, 1 thread: plain {t['plain']:.1f}, randomized "

@@ -71,9 +71,10 @@ int posix_memalign(void** out, size_t a, size_t n) {
 }
 }
 
-// The observation builder bound to MODEL with the spec in file SPEC, on the model's initial state
-// after one mj_step (so contact and constraint fields are populated).
-int observation_mode(const char* model_path, const char* spec_path, long calls) {
+// Loads MODEL and the spec text in file SPEC, runs body(m, d, spec) and frees both; any error is
+// printed and gives exit status 1.
+template <typename Body>
+int with_model(const char* model_path, const char* spec_path, Body body) {
   char error[1000] = "";
   mjModel* m = mj_loadXML(model_path, nullptr, error, sizeof error);
   if (!m) {
@@ -81,14 +82,28 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
     return 1;
   }
   mjData* d = mj_makeData(m);
-  mj_step(m, d);
   std::ifstream f(spec_path);
   std::stringstream spec;
   spec << f.rdbuf();
   int rc = 0;
   try {
-    pydpg::ObservationBuilder b(spec.str(), m);
-    const pydpg::TerminationCheck stop(spec.str(), m);
+    body(m, d, spec.str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    rc = 1;
+  }
+  mj_deleteData(d);
+  mj_deleteModel(m);
+  return rc;
+}
+
+// The observation builder bound to MODEL with the spec in file SPEC, on the model's initial state
+// after one mj_step (so contact and constraint fields are populated).
+int observation_mode(const char* model_path, const char* spec_path, long calls) {
+  return with_model(model_path, spec_path, [calls](mjModel* m, mjData* d, const std::string& spec_text) {
+    mj_step(m, d);
+    pydpg::ObservationBuilder b(spec_text, m);
+    const pydpg::TerminationCheck stop(spec_text, m);
     std::vector<float> obs(b.size());
     for (int i = 0; i < 1000; ++i) b.build(d, obs.data());  // warm caches
     g_counting = true;
@@ -109,33 +124,16 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
         "{\"size\": %d, \"calls\": %ld, \"allocations\": %ld, \"ns_per_build\": %.1f, \"conditions\": %zu, "
         "\"check_allocations\": %ld, \"ns_per_check\": %.1f, \"failed\": %d}\n",
         b.size(), calls, build_allocs, ns, stop.conditions().size(), g_allocs.load(), check_ns, failed);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    rc = 1;
-  }
-  mj_deleteData(d);
-  mj_deleteModel(m);
-  return rc;
+  });
 }
 
 // The action map bound to MODEL with the spec in file SPEC: `calls` control steps, each a command()
 // (actions sweeping past [-1, 1], every 100th non-finite) and `substeps` apply() calls, as the loop
 // makes them (without mj_step: the map's own cost).
 int action_mode(const char* model_path, const char* spec_path, long calls, int substeps) {
-  char error[1000] = "";
-  mjModel* m = mj_loadXML(model_path, nullptr, error, sizeof error);
-  if (!m) {
-    std::fprintf(stderr, "error: %s\n", error);
-    return 1;
-  }
-  mjData* d = mj_makeData(m);
-  mj_forward(m, d);
-  std::ifstream f(spec_path);
-  std::stringstream spec;
-  spec << f.rdbuf();
-  int rc = 0;
-  try {
-    pydpg::ActionMap map(spec.str(), m);
+  return with_model(model_path, spec_path, [calls, substeps](mjModel* m, mjData* d, const std::string& spec_text) {
+    mj_forward(m, d);
+    pydpg::ActionMap map(spec_text, m);
     std::vector<float> a(static_cast<std::size_t>(map.size()));
     auto fill = [&](long i) {
       for (std::size_t k = 0; k < a.size(); ++k) a[k] = static_cast<float>(std::sin(0.01 * i + k)) * 1.2f;
@@ -172,13 +170,7 @@ int action_mode(const char* model_path, const char* spec_path, long calls, int s
         "\"ctrl_clips\": %ld}\n",
         map.size(), calls, g_allocs.load(), command_ns / calls, apply_ns / (calls * substeps), step_ns, c.safe_actions,
         c.action_clips, c.rate_limits, c.ctrl_clips);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    rc = 1;
-  }
-  mj_deleteData(d);
-  mj_deleteModel(m);
-  return rc;
+  });
 }
 
 int main(int argc, char** argv) {
