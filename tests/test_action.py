@@ -172,6 +172,8 @@ BAD_SPECS = {
     "inf offset": ({"version": 1, "actuators": [{"joint": "leg_joint", "offset": -math.inf}]}, "finite"),
     "zero scale": ({"version": 1, "actuators": [{"joint": "leg_joint", "scale": 0}]}, "scale must not be 0"),
     "NUL name": ({"version": 1, "actuators": [{"joint": "leg_joint\u0000x"}]}, "NUL character"),
+    "name not a string": ({"version": 1, "actuators": [{"joint": ["leg_joint"]}]}, "joint must be a string"),
+    "scale not a number": ({"version": 1, "actuators": [{"joint": "leg_joint", "scale": True}]}, "must be a number"),
     "PD without scale": ({"version": 1, "actuators": [{"joint": "leg_joint", "pd": {"kp": 1}}]}, "needs 'scale'"),
     "PD kp 0": ({"version": 1, "actuators": [{"joint": "leg_joint", "scale": 1, "pd": {"kp": 0}}]}, "kp must be"),
     "PD kd < 0": (

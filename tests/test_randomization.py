@@ -124,6 +124,7 @@ def test_pushes_come_at_their_interval_with_their_force():
 BAD = {
     "no version": ({"model": []}, "no 'version'"),
     "newer version": ({"version": 2}, "version 2"),
+    "version true": ({"version": True}, "version True"),
     "unknown key": ({"version": 1, "models": []}, "unknown key 'models'.*did you mean 'model'"),
     "unknown field": ({"version": 1, "model": [{"field": "body_mas", "scale": [1, 2]}]}, "did you mean 'body_mass'"),
     "unknown name": (

@@ -34,6 +34,15 @@ double read(const Json& j, const char* key, const std::string& where, double fal
 
 ActionMap::ActionMap(const std::string& spec_json, const mjModel* model) : model_(model) {
   if (model == nullptr) throw ActionError("ActionMap: no model");
+  try {
+    bind(spec_json);
+  } catch (const JsonError& e) {  // a field of the wrong type, named by json_access
+    throw ActionError(e.what());
+  }
+}
+
+void ActionMap::bind(const std::string& spec_json) {
+  const mjModel* model = model_;
   Json spec;
   try {
     spec = json::parse(spec_json);

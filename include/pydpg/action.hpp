@@ -102,6 +102,7 @@ class ActionMap {
   void reset_counters() { counters_ = Counters{}; }
 
  private:
+  void bind(const std::string& spec_json);
   template <typename T>
   bool command_from(const T* action);
   void set_commands();

@@ -126,7 +126,7 @@ def as_randomization_spec(spec: Any) -> dict:
     spec = _keys(spec, "", "randomization spec")
     if "version" not in spec:
         raise ValueError(f"the randomization spec has no 'version' (this pydpg reads version {SPEC_VERSION})")
-    if spec["version"] != SPEC_VERSION:
+    if isinstance(spec["version"], bool) or spec["version"] != SPEC_VERSION:
         raise ValueError(f"randomization spec version {spec['version']!r}; this pydpg reads version {SPEC_VERSION}")
     out: dict[str, Any] = {"version": SPEC_VERSION}
     model = spec.get("model", [])
