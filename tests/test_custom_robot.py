@@ -208,3 +208,14 @@ def test_cpp_example_runs_the_pd_contract(arm_pd_policy, tmp_path):
     )
     result = json.loads(run.stdout)
     assert result["steps"] == 50 and result["safe_actions"] == 0 and 0 <= result["final_distance"] < 1
+
+
+def test_the_readmes_action_table_is_the_examples_spec(tmp_path):
+    """examples/custom_robot/README.md's [action] TOML is arm_env.ACTION_SPEC_PD, read as a run config."""
+    from pydpg.train.config import resolve
+
+    text = (EXAMPLE / "README.md").read_text()
+    block = text.split("```toml\n[action]", 1)[1].split("```", 1)[0]
+    (tmp_path / "arm_pd.toml").write_text("[action]" + block)
+    _, train = resolve(env_id="ArmReach-v0", config_file=tmp_path / "arm_pd.toml")
+    assert train.action == arm_env.ACTION_SPEC_PD
