@@ -263,3 +263,29 @@ def test_training_wrapper_puts_the_contract_inside_the_randomization():
     env.step(np.zeros(2))
     assert np.array_equal(env.unwrapped.data.ctrl, np.array([1.0, -1.0, 0.0]))
     assert training_wrapper(None, None) is None
+
+
+def test_the_deployment_guides_tables_bind(tmp_path):
+    """docs/deployment.md's [randomization] example binds to Hopper-v5 and its [action] example to the
+    custom robot's arm, read as run configs."""
+    import sys
+    from pathlib import Path
+
+    from pydpg.contract.action import ActionMap
+    from pydpg.train.config import resolve
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "deployment.md").read_text()
+    for table, env_id in (("randomization", "Hopper-v5"), ("action", "ArmReach-v0")):
+        block = text.split(f"```toml\n[{table}]", 1)[1].split("```", 1)[0]
+        (tmp_path / f"{table}.toml").write_text(f"[{table}]" + block)
+        _, train = resolve(env_id=env_id, config_file=tmp_path / f"{table}.toml")
+        if table == "randomization":
+            DomainRandomization(gym.make(env_id), train.randomization).close()
+        else:
+            sys.path.insert(0, str(root / "examples" / "custom_robot"))
+            import arm_env  # noqa: F401  (registers ArmReach-v0)
+
+            env = gym.make(env_id)
+            assert ActionMap(train.action, env.unwrapped.model).size == 2
+            env.close()
