@@ -121,3 +121,27 @@ def test_cli_refusals(pendulum_policy, capsys, args, message):
     assert main(["robustness", str(pendulum_policy), *args]) == 2
     assert message in capsys.readouterr().err
     assert main(["robustness", "missing.pt", "--vary", "delay=0:1"]) == 2
+
+
+def test_a_grid_varies_two_at_once(pendulum_policy, tmp_path, capsys):
+    assert perturbation("body_mass", 0.5, ("delay", 1.0)) == {
+        "version": 1,
+        "model": [{"field": "body_mass", "scale": [0.5, 0.5]}],
+        "action": {"delay": [1, 1]},
+    }
+    report = robustness_report(
+        pendulum_policy, [parse_vary("body_mass=1,0.02"), parse_vary("delay=0:1")], episodes=1, jobs=1, grid=True
+    )
+    g = report["grid"]
+    assert (g["x"], g["y"], g["xs"], g["ys"]) == ("body_mass", "delay", [1.0, 0.02], [0.0, 1.0])
+    assert g["mean"][0][0] == report["nominal"]["mean"] and g["fraction"][0][0] == 1.0  # the neutral corner
+    by = {(r["quantity"], r["value"]): r["mean"] for r in report["rows"]}
+    assert g["mean"][1][0] == by[("body_mass", 0.02)] and g["mean"][0][1] == by[("delay", 1.0)]  # the edges
+    assert "both at once" in report_table(report)
+    png = tmp_path / "g.png"
+    args = ["robustness", str(pendulum_policy), "--vary", "body_mass=1,0.5", "--vary", "delay=0:1", "--grid"]
+    assert main([*args, "--episodes", "1", "--jobs", "1", "--png", str(png)]) == 0 and png.stat().st_size > 1000
+    assert main(["robustness", str(pendulum_policy), "--vary", "delay=0:1", "--grid"]) == 2
+    assert "exactly two --vary" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="grid varies two"):
+        robustness_report(pendulum_policy, [parse_vary("delay=0:1")], grid=True)

@@ -33,7 +33,10 @@ def robustness_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument(
         "--keep", type=float, default=0.8, help="the fraction of the nominal return that counts as surviving"
     )
-    p.add_argument("--png", help="write the curves here")
+    p.add_argument(
+        "--grid", action="store_true", help="with two --vary: also every pair of their values at once (a heatmap)"
+    )
+    p.add_argument("--png", help="write the curves (and the heatmap) here")
     p.add_argument("--json", help="write the report here")
     args = p.parse_args(argv)
     return guarded("robustness", lambda: _robustness(args))
@@ -54,6 +57,8 @@ def _robustness(args: argparse.Namespace) -> int:
         raise CLIError("give at least one --vary NAME=LOW:HIGH[:N] (e.g. --vary body_mass=0.7:1.3:7)")
     if args.episodes < 1 or (args.jobs is not None and args.jobs < 1):
         raise CLIError("--episodes and --jobs must be >= 1")
+    if args.grid and len(args.vary) != 2:
+        raise CLIError(f"--grid varies two quantities at once: give exactly two --vary, not {len(args.vary)}")
     if not 0 < args.keep <= 1:
         raise CLIError(f"--keep must be in (0, 1], got {args.keep}")
     try:
@@ -64,7 +69,14 @@ def _robustness(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise CLIError(f"a quantity is varied twice: {names}")
     report = robustness_report(
-        args.policy, varies, env_id=args.env, episodes=args.episodes, seed=args.seed, jobs=args.jobs, keep=args.keep
+        args.policy,
+        varies,
+        env_id=args.env,
+        episodes=args.episodes,
+        seed=args.seed,
+        jobs=args.jobs,
+        keep=args.keep,
+        grid=args.grid,
     )
     print(report_table(report))
     if args.png:

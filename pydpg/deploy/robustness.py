@@ -96,15 +96,20 @@ def parse_vary(text: str) -> Vary:
     return Vary(name, tuple(float(v) for v in values))
 
 
-def perturbation(name: str, value: float) -> dict:
-    """The randomization spec of one point: a range of one value."""
-    if name == "delay":
-        return {"version": 1, "action": {"delay": [int(value), int(value)]}}
-    if name == "obs_noise":
-        return {"version": 1, "observation": {"noise": value}}
-    if name == "action_noise":
-        return {"version": 1, "action": {"noise": value}}
-    return {"version": 1, "model": [{"field": name, "scale": [value, value]}]}
+def perturbation(name: str, value: float, *more: tuple[str, float]) -> dict:
+    """The randomization spec of one point: a range of one value for ``name`` (and for each further
+    (name, value) pair: a grid point varies two at once)."""
+    spec: dict[str, Any] = {"version": 1}
+    for n, v in ((name, value), *more):
+        if n == "delay":
+            spec.setdefault("action", {})["delay"] = [int(v), int(v)]
+        elif n == "obs_noise":
+            spec["observation"] = {"noise": v}
+        elif n == "action_noise":
+            spec.setdefault("action", {})["noise"] = v
+        else:
+            spec.setdefault("model", []).append({"field": n, "scale": [v, v]})
+    return spec
 
 
 def _point(job: dict) -> dict:
@@ -135,9 +140,12 @@ def robustness_report(
     seed: Optional[int] = None,
     jobs: Optional[int] = None,
     keep: float = 0.8,
+    grid: bool = False,
 ) -> dict[str, Any]:
     """The report as data (see the module docstring): ``nominal``, ``rows`` (one per point),
-    ``survives`` (per quantity: the values keeping ``keep`` of the nominal return)."""
+    ``survives`` (per quantity: the values keeping ``keep`` of the nominal return), and with ``grid``
+    (two quantities) ``grid``: every pair of their values at once, as ``mean`` and ``fraction``
+    matrices (rows: the first quantity's values)."""
     meta = read_metadata(policy)
     env_id = env_id or meta.get("env_id")
     if env_id is None:
@@ -146,11 +154,16 @@ def robustness_report(
         raise ValueError("nothing to vary: give at least one quantity (--vary NAME=LOW:HIGH[:N])")
     if episodes < 1 or not 0 < keep <= 1:
         raise ValueError(f"episodes must be >= 1 and keep in (0, 1], got {episodes} and {keep}")
+    if grid and len(varies) != 2:
+        raise ValueError(f"a grid varies two quantities at once; {len(varies)} given")
     if seed is None:
         seed = meta.get("eval_seed") if isinstance(meta.get("eval_seed"), int) else 100
     base = {"policy": os.fspath(policy), "env_id": env_id, "action": meta.get("action"), "episodes": episodes}
     points = [(None, None)] + [(v.name, x) for v in varies for x in v.values]
-    jobs_ = [{**base, "seed": seed, "perturbation": None if n is None else perturbation(n, x)} for n, x in points]
+    pairs = [(x, y) for x in varies[0].values for y in varies[1].values] if grid else []
+    perturbations = [None if n is None else perturbation(n, x) for n, x in points]
+    perturbations += [perturbation(varies[0].name, x, (varies[1].name, y)) for x, y in pairs]
+    jobs_ = [{**base, "seed": seed, "perturbation": p} for p in perturbations]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(jobs_)))
     if workers == 1:
         results = [_point(j) for j in jobs_]
@@ -161,7 +174,7 @@ def robustness_report(
             results = list(pool.map(_point, jobs_))
     nominal = float(np.mean(results[0]["returns"]))
     rows = []
-    for (name, value), r in zip(points[1:], results[1:]):
+    for (name, value), r in zip(points[1:], results[1 : len(points)]):
         mean = float(np.mean(r["returns"]))
         rows.append(
             {
@@ -178,6 +191,18 @@ def robustness_report(
     for v in varies:
         kept = [r["value"] for r in rows if r["quantity"] == v.name and r["fraction"] >= keep]
         survives[v.name] = kept
+    report_grid = None
+    if grid:
+        means = [float(np.mean(r["returns"])) for r in results[len(points) :]]
+        shape = (len(varies[0].values), len(varies[1].values))
+        report_grid = {
+            "x": varies[0].name,
+            "y": varies[1].name,
+            "xs": list(varies[0].values),
+            "ys": list(varies[1].values),
+            "mean": np.reshape(means, shape).tolist(),
+            "fraction": np.reshape([_fraction(m, nominal) for m in means], shape).tolist(),
+        }
     return {
         "policy": os.fspath(policy),
         "env_id": env_id,
@@ -193,6 +218,7 @@ def robustness_report(
         },
         "rows": rows,
         "survives": survives,
+        "grid": report_grid,
     }
 
 
@@ -209,6 +235,12 @@ def report_table(report: dict) -> str:
     for r in report["rows"]:
         frac = "n/a" if math.isnan(r["fraction"]) else f"{100 * r['fraction']:.0f} %"
         lines.append(f"{r['quantity']:18} {r['value']:8.3g} {r['mean']:10.1f} {r['std']:8.1f} {frac:>11}")
+    g = report.get("grid")
+    if g:
+        lines += ["", f"both at once, fraction of nominal ({g['x']} down, {g['y']} across):"]
+        lines.append(f"{'':10}" + "".join(f"{y:>9.3g}" for y in g["ys"]))
+        for x, row in zip(g["xs"], g["fraction"]):
+            lines.append(f"{x:<10.3g}" + "".join(f"{100 * f:>8.0f}%" for f in row))
     lines.append("")
     for name, kept in report["survives"].items():
         values = [r["value"] for r in report["rows"] if r["quantity"] == name]
@@ -230,7 +262,17 @@ def plot_report(report: dict, path: Union[str, os.PathLike]) -> None:
     import matplotlib.pyplot as plt
 
     names = list(report["survives"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    g = report.get("grid")
+    panels = len(names) + (1 if g else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+    if g:  # the last panel: both quantities at once, as a heatmap of the fraction of nominal
+        ax = axes[0][-1]
+        im = ax.imshow(np.array(g["fraction"]) * 100, origin="lower", aspect="auto", cmap="RdYlGn", vmin=0, vmax=120)
+        ax.set_xticks(range(len(g["ys"])), [f"{y:.3g}" for y in g["ys"]], fontsize=7)
+        ax.set_yticks(range(len(g["xs"])), [f"{x:.3g}" for x in g["xs"]], fontsize=7)
+        ax.set_xlabel(g["y"])
+        ax.set_ylabel(g["x"])
+        fig.colorbar(im, ax=ax, label="% of nominal")
     nominal = report["nominal"]["mean"]
     for ax, name in zip(axes[0], names):
         rows = [r for r in report["rows"] if r["quantity"] == name]
