@@ -35,6 +35,7 @@ unknown (a field, a name, a key) or of another version is refused by name.
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any, Optional
 
@@ -288,7 +289,7 @@ class DomainRandomization(gym.Wrapper):
                 raise ValueError(f"randomization spec push[{i}]: the model has no body named {p['body']!r}")
             self._pushes.append((p, body))
         self._rng: Optional[np.random.Generator] = None
-        self._queue = np.zeros((0, box.shape[0]))
+        self._queue: collections.deque = collections.deque()  # the actions still to be applied, oldest first
         self._t = 0
         self._next_push = [0] * len(self._pushes)
         self._push_until = [0] * len(self._pushes)
@@ -309,7 +310,7 @@ class DomainRandomization(gym.Wrapper):
                 d = shared if e["shared"] else rng.uniform(lo, hi)
                 array[r] = nominal[r] * d if kind == "scale" else nominal[r] + d
         delay = int(rng.integers(self._delay_range[0], self._delay_range[1] + 1))
-        self._queue = np.tile((self._low + self._high) / 2, (delay, 1))
+        self._queue = collections.deque([(self._low + self._high) / 2] * delay)
         self._t = 0
         self._next_push = [int(rng.integers(p["interval"][0], p["interval"][1] + 1)) for p, _ in self._pushes]
         self._push_until = [0] * len(self._pushes)
@@ -332,9 +333,9 @@ class DomainRandomization(gym.Wrapper):
         if self._act_noise:
             half = (self._high - self._low) / 2
             a = np.clip(a + self._rng.normal(0.0, 1.0, a.shape) * self._act_noise * half, self._low, self._high)
-        if len(self._queue):
-            self._queue = np.vstack([self._queue, a])
-            a, self._queue = self._queue[0], self._queue[1:]
+        if self._queue:
+            self._queue.append(a)
+            a = self._queue.popleft()
         self._t += 1
         xfrc = self._data.xfrc_applied
         for i, (p, body) in enumerate(self._pushes):
@@ -362,7 +363,7 @@ class DomainRandomization(gym.Wrapper):
         return {
             "rng": None if self._rng is None else self._rng.bit_generator.state,
             "values": [np.array(array[_index(rows)]) for _, array, _, rows, _ in self._entries],
-            "queue": self._queue.copy(),
+            "queue": [np.array(q) for q in self._queue],
             "t": self._t,
             "next_push": list(self._next_push),
             "push_until": list(self._push_until),
@@ -375,7 +376,7 @@ class DomainRandomization(gym.Wrapper):
             self._rng.bit_generator.state = s["rng"]
         for (_, array, _, rows, _), values in zip(self._entries, s["values"], strict=True):
             array[_index(rows)] = values
-        self._queue, self._t = np.array(s["queue"]), int(s["t"])
+        self._queue, self._t = collections.deque(np.array(q) for q in s["queue"]), int(s["t"])
         self._next_push, self._push_until = list(s["next_push"]), list(s["push_until"])
         self._force = np.array(s["force"])
 
