@@ -235,6 +235,10 @@ def test_wrong_action_shapes_and_envs_are_refused(hopper):
         ActionContract(gym.make("Pendulum-v1"), direct())
     with pytest.raises(TypeError, match="MjData"):
         m.apply(object())
+    data = mujoco.MjData(hopper)
+    for bad in (0, -1, 10**7):
+        with pytest.raises(ValueError, match="physics_steps must be in"):
+            m.step(data, bad)
 
 
 # ---------------------------------------------------------------------------------------- training

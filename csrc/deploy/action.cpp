@@ -287,4 +287,12 @@ void ActionMap::apply(mjData* d) {
   counters_.ctrl_clips += clipped;
 }
 
+void ActionMap::step(mjData* d, int physics_steps) {
+  for (int i = 0; i < physics_steps; ++i) {
+    apply(d);
+    mj_step(model_, d);
+  }
+  mj_rnePostConstraint(model_, d);
+}
+
 }  // namespace pydpg

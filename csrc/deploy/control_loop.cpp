@@ -306,16 +306,13 @@ int run(const Args& a) {
       policy.act(obs.data(), 1, action.data());
       if (act_map) {
         act_map->command(action.data());  // a non-finite action becomes the safe action (counted)
-        for (int i = 0; i < substeps; ++i) {
-          act_map->apply(d);  // the PD law, where the spec has one, at the physics rate
-          mj_step(m, d);
-        }
+        act_map->step(d, substeps);       // the PD law, where the spec has one, at the physics rate
       } else {
         for (int i = 0; i < A; ++i) d->ctrl[i] = action[i];
         for (int i = 0; i < substeps; ++i) mj_step(m, d);
+        // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
+        mj_rnePostConstraint(m, d);
       }
-      // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
-      mj_rnePostConstraint(m, d);
       if (feeds_prev_action) observe.set_input("prev_action", action.data(), A);
       observe.build(d, obs.data());
       failed = termination.first_failure(d);

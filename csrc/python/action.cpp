@@ -61,6 +61,15 @@ void bind_action(py::module_& m) {
       .def(
           "apply", [](ActionMap& a, std::uintptr_t data_address) { a.apply(reinterpret_cast<mjData*>(data_address)); },
           py::arg("data_address"))
+      .def(
+          "step",
+          [](ActionMap& a, std::uintptr_t data_address, int physics_steps) {
+            if (physics_steps < 1 || physics_steps > 1000000)
+              throw pydpg::ActionError("ActionMap.step: physics_steps must be in 1..1e6, got " +
+                                       std::to_string(physics_steps));
+            a.step(reinterpret_cast<mjData*>(data_address), physics_steps);
+          },
+          py::arg("data_address"), py::arg("physics_steps"))
       .def_property_readonly("last_action",
                              [](const ActionMap& a) {
                                const auto& v = a.last_action();

@@ -89,6 +89,9 @@ class ActionMap {
   // Physics rate: writes ctrl for every actuator of `data` (of the bound model) from the last command
   // and, for PD entries, the joint's current position and velocity. No allocation.
   void apply(mjData* data);
+  // One control step's physics, as Gymnasium's MujocoEnv steps it: `physics_steps` times apply() and
+  // mj_step, then mj_rnePostConstraint (so that cacc/cfrc_* are current for the observation).
+  void step(mjData* data, int physics_steps);
 
   // The action after clipping and rate limiting (what "hold" sends again), and the commands
   // (ctrl values, or PD targets) of the last command().

@@ -114,6 +114,11 @@ class ActionMap(_BoundToModel):
     def apply(self, data: Any) -> None:
         self._core.apply(self._data_address(data))
 
+    def step(self, data: Any, physics_steps: int) -> None:
+        """``physics_steps`` times (apply, mj_step), then mj_rnePostConstraint: one control step's
+        physics, in C++, as pydpg_control_loop runs it."""
+        self._core.step(self._data_address(data), int(physics_steps))
+
     def state(self) -> dict[str, Any]:
         return {"last_action": np.array(self._core.last_action), "sending_zero": bool(self._core.sending_zero)}
 
@@ -137,14 +142,10 @@ class ActionContract(gym.Wrapper):
         self.map = ActionMap(spec, base.model)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.map.size,), np.float32)
         self._ctrl = np.zeros(base.model.nu)
-        mujoco = _require_mujoco()
-        model, data, apply = base.model, base.data, self.map.apply
+        step, data = self.map.step, base.data
 
-        def simulate(ctrl, n_frames):  # MujocoEnv's own step, with the map at every physics step
-            for _ in range(n_frames):
-                apply(data)
-                mujoco.mj_step(model, data)
-            mujoco.mj_rnePostConstraint(model, data)
+        def simulate(ctrl, n_frames):  # MujocoEnv's own step, with the map at every physics step (C++)
+            step(data, n_frames)
 
         base._step_mujoco_simulation = simulate  # an instance attribute: this env only
 
@@ -207,8 +208,8 @@ def verify_action(env: gym.Env, model_xml: Optional[str] = None, steps: int = 20
     [-1, 1] and one non-finite (so the clip and the safe action are exercised too). Beside it, the
     loop's side: a second ``ActionMap`` of the same spec bound to the model the loop loads (from
     ``model_xml``, else the env's), with its own MjData started from each episode's initial state and
-    stepped ``frame_skip`` physics steps per action with ``apply`` before each, as
-    pydpg_control_loop does. ctrl, qpos and qvel must be equal after every step: it is the same code
+    stepped ``frame_skip`` physics steps per action with ``apply`` before each (``ActionMap.step``),
+    as pydpg_control_loop does. ctrl, qpos and qvel must be equal after every step: it is the same code
     on the same model, so any difference is a wrong binding (another model, another name's actuator),
     never rounding. Returns what it saw: steps, episodes and the env map's counters."""
     contract = find_contract(env)
@@ -243,9 +244,7 @@ def verify_action(env: gym.Env, model_xml: Optional[str] = None, steps: int = 20
             a[0] = np.nan
         _, _, terminated, truncated, _ = env.step(a)
         loop_map.command(a)
-        for _ in range(u.frame_skip):
-            loop_map.apply(data)
-            mujoco.mj_step(model, data)
+        loop_map.step(data, u.frame_skip)  # what pydpg_control_loop runs
         for name in ("ctrl", "qpos", "qvel"):
             got, want = getattr(data, name), getattr(u.data, name)
             if not np.array_equal(got, want):
