@@ -61,6 +61,22 @@ def test_model_fields_are_drawn_in_range_and_the_nominal_model_comes_back_exactl
     assert np.array_equal(m.body_mass, nominal.body_mass)
 
 
+def test_objects_by_index_are_the_objects_by_name():
+    by_name = hopper({"model": [{"field": "body_mass", "names": ["thigh", "leg"], "scale": [0.5, 2.0]}]})
+    m = by_name.unwrapped.model
+    ids = [m.body("thigh").id, m.body("leg").id]
+    by_index = hopper({"model": [{"field": "body_mass", "indices": ids, "scale": [0.5, 2.0]}]})
+    by_name.reset(seed=4)
+    by_index.reset(seed=4)
+    assert np.array_equal(m.body_mass, by_index.unwrapped.model.body_mass)
+    with pytest.raises(ValueError, match="index 99 is past the model's 5 body objects"):
+        hopper({"model": [{"field": "body_mass", "indices": [99], "scale": [1, 1]}]})
+    with pytest.raises(ValueError, match="not both"):
+        hopper({"model": [{"field": "body_mass", "indices": [1], "names": ["leg"], "scale": [1, 1]}]})
+    with pytest.raises(ValueError, match="whole numbers >= 0"):
+        hopper({"model": [{"field": "body_mass", "indices": [-1], "scale": [1, 1]}]})
+
+
 def test_the_envs_own_seed_seeds_its_draws():
     a, b, c = (hopper({"model": MODEL, "observation": {"noise": 0.1}}) for _ in range(3))
     oa, _ = a.reset(seed=7)

@@ -15,7 +15,8 @@ A spec (JSON-able, versioned) is stored with the run (``TrainConfig.randomizatio
 - ``model``: a MuJoCo model array (``FIELDS``: masses, inertias, friction, damping, armature, joint
   friction and stiffness, actuator gains, biases and gears, centres of mass) times ``scale`` or plus
   ``offset``, drawn uniformly per object (or once for all, ``shared``) from [low, high], for the
-  objects ``names`` lists (bodies, geoms, joints or actuators, by the field's kind) or every one. The
+  objects ``names`` lists (bodies, geoms, joints or actuators, by the field's kind), or ``indices``
+  (their MuJoCo ids), or every one. The
   nominal model is put back before each draw, exactly (saved copies), and when the env closes.
 - ``observation.noise``: Gaussian noise added to the observation the policy sees (a number, or one
   std per entry).
@@ -71,6 +72,7 @@ KEYS = (
     ("push", "", "none", "random pushes ([[randomization.push]])"),
     ("field", "model[]", "required", "one of: " + ", ".join(FIELDS)),
     ("names", "model[]", "every object", "the bodies, geoms, joints (their dofs) or actuators to vary"),
+    ("indices", "model[]", "every object", "the same by MuJoCo index (this or `names`)"),
     ("scale", "model[]", "-", "[low, high] (low >= 0): value = nominal * U(low, high) (this or `offset`)"),
     ("offset", "model[]", "-", "[low, high]: value = nominal + U(low, high)"),
     ("shared", "model[]", "false", "one draw for every selected object (else one each)"),
@@ -155,12 +157,24 @@ def as_randomization_spec(spec: Any) -> dict:
             raise ValueError(f"{where}.names must be a name or a non-empty list of names")
         if names is not None and any("\0" in n or not n for n in names):
             raise ValueError(f"{where}.names: an empty name or one holding a NUL character is refused")
+        indices = e.get("indices")
+        if indices is not None:
+            if names is not None:
+                raise ValueError(f"{where}: give 'names' or 'indices', not both")
+            if (
+                not isinstance(indices, (list, tuple))
+                or not indices
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)
+            ):
+                raise ValueError(f"{where}.indices must be a non-empty list of whole numbers >= 0")
         shared = e.get("shared", False)
         if not isinstance(shared, bool):
             raise ValueError(f"{where}.shared must be true or false")
         entry = {"field": field, kind: [lo, hi], "shared": shared}
         if names is not None:
             entry["names"] = list(names)
+        if indices is not None:
+            entry["indices"] = [int(i) for i in indices]
         out["model"].append(entry)
     if "observation" in spec:
         o = _keys(spec["observation"], "observation", "randomization spec observation")
@@ -211,7 +225,7 @@ def as_randomization_spec(spec: Any) -> dict:
 _OBJ = {"body": "nbody", "geom": "ngeom", "joint": "njnt", "actuator": "nu"}
 
 
-def _rows(model, field: str, names: Optional[list], where: str) -> list[np.ndarray]:
+def _rows(model, field: str, names: Optional[list], where: str, indices: Optional[list] = None) -> list[np.ndarray]:
     """Per selected object, the rows of ``field`` it owns (a joint owns its dofs)."""
     import mujoco
 
@@ -223,7 +237,12 @@ def _rows(model, field: str, names: Optional[list], where: str) -> list[np.ndarr
         "actuator": mujoco.mjtObj.mjOBJ_ACTUATOR,
     }[kind]
     count = getattr(model, _OBJ[kind])
-    if names is None:
+    if indices is not None:
+        bad = [i for i in indices if i >= count]
+        if bad:
+            raise ValueError(f"{where}: index {bad[0]} is past the model's {count} {kind} objects")
+        ids = list(indices)
+    elif names is None:
         ids = list(range(1 if kind == "body" else 0, count))  # the world body has no mass to vary
     else:
         ids = []
@@ -257,7 +276,7 @@ class DomainRandomization(gym.Wrapper):
         self._entries = []
         for i, e in enumerate(self.randomization["model"]):
             where = f"randomization spec model[{i}] ({e['field']})"
-            rows = _rows(self._model, e["field"], e.get("names"), where)
+            rows = _rows(self._model, e["field"], e.get("names"), where, e.get("indices"))
             array = getattr(self._model, e["field"])
             nominal = np.array(array, copy=True)
             kind = "scale" if "scale" in e else "offset"
