@@ -570,3 +570,50 @@ def test_a_run_checkpointed_at_another_interval_is_still_the_trial(tmp_path):
         _check_same_run(agent, {**train, "eval_every": 7}, trial, tmp_path)
     with pytest.raises(ValueError, match=r"agent.tau = 0.5, but this trial has"):
         _check_same_run({**agent, "tau": 0.5}, train, trial, tmp_path)
+
+
+def test_a_sweep_setting_trains_randomized_and_under_an_action_contract(ray_local, tmp_path, capsys):
+    """A setting's [train] may state randomization and an action contract: its trials train under
+    both (the run records them) and export with them."""
+    spec, out = tmp_path / "spec.toml", tmp_path / "out"
+    spec.write_text(
+        f"""
+name = "robot"
+tasks = ["{TASK}"]
+seeds = [0]
+total_steps = 200
+
+[agent]
+hidden = [16, 16]
+batch_size = 16
+learning_starts = 100
+
+[train]
+eval_every = 100
+eval_episodes = 1
+
+[settings.robot.train.randomization]
+version = 1
+model = [{{ field = "body_mass", scale = [0.8, 1.2] }}]
+action = {{ delay = [0, 1] }}
+
+[settings.robot.train.action]
+version = 1
+actuators = [{{ joint = "slider", scale = 2.0, offset = 0.0 }}]
+"""
+    )
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    run = out / TASK / "robot" / "seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 200
+    assert summary["train"]["randomization"]["action"]["delay"] == [0, 1]
+    assert summary["train"]["action"]["actuators"][0]["scale"] == 2.0
+    from pydpg.deploy.export import export_checkpoint
+    from pydpg.deploy.policy_file import read_metadata
+
+    export_checkpoint(run, tmp_path / "p.pt", verbose=False)
+    meta = read_metadata(tmp_path / "p.pt")
+    assert (
+        meta["randomization"]["model"][0]["field"] == "body_mass"
+        and meta["action"]["actuators"][0]["joint"] == "slider"
+    )
