@@ -45,6 +45,7 @@ import numpy as np
 
 from pydpg.common.names import did_you_mean
 from pydpg.contract.action import action_wrapper, as_action_spec
+from pydpg.contract.observation import _require_mujoco
 
 SPEC_VERSION = 1
 MAX_DELAY = 20  # control steps an action may wait; a longer delay is a different task
@@ -227,7 +228,7 @@ _OBJ = {"body": "nbody", "geom": "ngeom", "joint": "njnt", "actuator": "nu"}
 
 def _rows(model, field: str, names: Optional[list], where: str, indices: Optional[list] = None) -> list[np.ndarray]:
     """Per selected object, the rows of ``field`` it owns (a joint owns its dofs)."""
-    import mujoco
+    mujoco = _require_mujoco()
 
     kind = FIELDS[field][0]
     obj = {
@@ -300,9 +301,8 @@ class DomainRandomization(gym.Wrapper):
         box = env.action_space
         self._low, self._high = box.low.astype(np.float64), box.high.astype(np.float64)
         self._pushes = []
+        mujoco = _require_mujoco()
         for i, p in enumerate(self.randomization["push"]):
-            import mujoco
-
             body = mujoco.mj_name2id(self._model, mujoco.mjtObj.mjOBJ_BODY, p["body"])
             if body < 0:
                 raise ValueError(f"randomization spec push[{i}]: the model has no body named {p['body']!r}")
