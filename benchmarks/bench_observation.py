@@ -7,7 +7,8 @@ Gymnasium's own Python ``_get_obs()`` for the same task, state and observation, 
     Python binding          pydpg.contract.observation.ObservationBuilder.build(data) (binding overhead included)
     Gymnasium _get_obs()    the env's own numpy assembly of the observation (the peer)
 
-for four Gymnasium tasks and the custom robot of examples/custom_robot (ArmReach-v0, sensors), and
+for four Gymnasium tasks (Humanoid also with its qpos and qvel terms over 5 steps of history) and the
+custom robot of examples/custom_robot (ArmReach-v0, sensors), and
 the whole control-loop step (act + physics + build + termination check) of `pydpg run`,
 free-running, for an untrained 256-256 policy on HalfCheetah-v5 and Humanoid-v5 (p50/p99 over at
 least 1000 steps; the untrained Humanoid falls within ~20 steps, so it runs many episodes from the
@@ -31,7 +32,16 @@ from pathlib import Path
 import gymnasium as gym
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = ("HalfCheetah-v5", "Ant-v5", "Humanoid-v5", "Reacher-v5", "ArmReach-v0")
+# (row, env id, history): the history row reads Humanoid's qpos and qvel terms over the last 5 control
+# steps (pydpg.contract.history); Gymnasium has no such observation, so that row has no peer.
+ROWS = (
+    ("HalfCheetah-v5", "HalfCheetah-v5", 1),
+    ("Ant-v5", "Ant-v5", 1),
+    ("Humanoid-v5", "Humanoid-v5", 1),
+    ("Humanoid-v5, qpos and qvel x 5 steps", "Humanoid-v5", 5),
+    ("Reacher-v5", "Reacher-v5", 1),
+    ("ArmReach-v0", "ArmReach-v0", 1),
+)
 
 
 def per_call_us(fn, calls: int) -> float:
@@ -55,18 +65,24 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "examples" / "custom_robot"))
     import arm_env  # registers ArmReach-v0
 
-    def spec_of(env_id: str) -> dict:
-        return arm_env.OBSERVATION_SPEC if env_id == "ArmReach-v0" else task_spec(env_id)
+    def spec_of(env_id: str, history: int) -> dict:
+        spec = arm_env.OBSERVATION_SPEC if env_id == "ArmReach-v0" else task_spec(env_id)
+        if history > 1:
+            spec = {
+                **spec,
+                "terms": [dict(t, history=history) if t.get("field") in ("qpos", "qvel") else t for t in spec["terms"]],
+            }
+        return spec
 
     tmp = Path(tempfile.mkdtemp(prefix="pydpg-bench-obs-"))
     driver = build_cmake_project(ROOT / "tests" / "cpp" / "alloc_check", tmp / "build") / "alloc_check"
     rows = {}
-    for env_id in TASKS:
+    for row, env_id, history in ROWS:
         env = gym.make(env_id)
         env.reset(seed=0)
         env.step(env.action_space.sample())
         u = env.unwrapped
-        spec = spec_of(env_id)
+        spec = spec_of(env_id, history)
         (tmp / "spec.json").write_text(json.dumps(spec))
         out = subprocess.run(
             [str(driver), "--observation", u.fullpath, str(tmp / "spec.json"), str(args.calls)],
@@ -77,7 +93,7 @@ def main(argv=None) -> int:
         cpp = json.loads(out.stdout)
         builder = ObservationBuilder(spec, u.model)
         py_calls = max(2000, args.calls // 20)
-        rows[env_id] = {
+        rows[row] = {
             "size": cpp["size"],
             "cpp_us": cpp["ns_per_build"] / 1e3,
             "cpp_allocations_per_call": cpp["allocations"] / cpp["calls"],
@@ -85,10 +101,10 @@ def main(argv=None) -> int:
             "check_us": cpp["ns_per_check"] / 1e3,
             "check_allocations_per_call": cpp["check_allocations"] / cpp["calls"],
             "binding_us": per_call_us(lambda: builder.build(u.data), py_calls),
-            "gymnasium_us": per_call_us(u._get_obs, py_calls),
+            "gymnasium_us": per_call_us(u._get_obs, py_calls) if history == 1 else None,
         }
         env.close()
-        print(f"  {env_id}: {rows[env_id]['cpp_us']:.3f} us", file=sys.stderr)
+        print(f"  {row}: {rows[row]['cpp_us']:.3f} us", file=sys.stderr)
     import torch
 
     from pydpg.common.envs import initial_states
@@ -120,9 +136,12 @@ def main(argv=None) -> int:
             if r["conditions"]
             else "0 | – | –"
         )
+        peer = "– | –"
+        if r["gymnasium_us"] is not None:
+            peer = f"{r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x"
         lines.append(
             f"| {env_id} | {r['size']} | {r['cpp_us']:.3f} | {r['cpp_allocations_per_call']:g} | "
-            f"{r['binding_us']:.2f} | {r['gymnasium_us']:.2f} | {r['gymnasium_us'] / r['cpp_us']:.0f}x | {check} |"
+            f"{r['binding_us']:.2f} | {peer} | {check} |"
         )
     lines += [
         "",

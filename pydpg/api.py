@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from pydpg.common.envs import EvalResult, check_env_id, evaluate, make_env, scale_action
-from pydpg.contract.action import action_wrapper
+from pydpg.contract.wrappers import contract_wrapper
 from pydpg.core.config import DDPGConfig
 from pydpg.deploy.export import export_policy
 from pydpg.files import checkpoint as ckpt_io
@@ -143,7 +143,7 @@ class DDPG:
             seed = self.train_config.seed + self.train_config.eval_seed_offset
         if env is None and self.trainer is not None:
             return self.trainer.evaluate(n_episodes, seed)
-        wrap = action_wrapper(self.train_config.action)  # the run's action contract, if it has one
+        wrap = contract_wrapper(self.train_config.action, self.train_config.observation)  # the run's contracts
         if env is None:
             if self.train_config.env_id is None:
                 raise ValueError("no environment to evaluate on; pass env=")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pydpg.contract.randomization import MAX_DELAY, DomainRandomization, as_randomization_spec, training_wrapper
+from pydpg.contract.randomization import MAX_DELAY, DomainRandomization, as_randomization_spec
+from pydpg.contract.wrappers import contract_wrapper
 from pydpg.core.config import DDPGConfig
 from pydpg.deploy.export import export_policy
 from pydpg.deploy.policy_file import read_metadata
@@ -266,11 +267,11 @@ def test_a_config_files_randomization_table_reaches_the_run(tmp_path):
         resolve(env_id="Hopper-v5", config_file=path)
 
 
-def test_training_wrapper_puts_the_contract_inside_the_randomization():
+def test_contract_wrapper_puts_the_action_contract_inside_the_randomization():
     from pydpg.contract.action import ActionContract, find_contract
 
     action = {"version": 1, "actuators": [{"joint": "thigh_joint"}, {"joint": "leg_joint"}]}
-    env = training_wrapper(action, {"version": 1, "action": {"delay": [1, 1]}})(gym.make("Hopper-v5"))
+    env = contract_wrapper(action, None, {"version": 1, "action": {"delay": [1, 1]}})(gym.make("Hopper-v5"))
     assert isinstance(env, DomainRandomization) and isinstance(env.env, ActionContract)
     assert find_contract(env) is env.env and env.action_space.shape == (2,)
     env.reset(seed=0)
@@ -278,7 +279,7 @@ def test_training_wrapper_puts_the_contract_inside_the_randomization():
     assert np.array_equal(env.unwrapped.data.ctrl, np.zeros(3))
     env.step(np.zeros(2))
     assert np.array_equal(env.unwrapped.data.ctrl, np.array([1.0, -1.0, 0.0]))
-    assert training_wrapper(None, None) is None
+    assert contract_wrapper(None, None, None) is None
 
 
 def test_the_deployment_guides_tables_bind(tmp_path):

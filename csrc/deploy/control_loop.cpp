@@ -295,6 +295,7 @@ int run(const Args& a) {
       std::fill(action.begin(), action.end(), 0.0f);
       observe.set_input("prev_action", action.data(), A);
     }
+    observe.reset();  // a new episode: history terms start from this first observation
     observe.build(d, obs.data());
 
     long t = 0;

@@ -389,6 +389,19 @@ void check_spec(const Json& spec) {
 }
 
 const std::set<std::string> kTermKeys = {"field", "names", "start", "stop", "minus", "scale", "offset", "fn", "clip"};
+// A term's history length: rl_sar and IsaacLab policies use a few to ~50 steps; more than this is
+// refused rather than allocated.
+constexpr std::int64_t kMaxHistory = 1024;
+
+int history_of(const Json& j, const std::string& where) {
+  const Json& h = json::member(j, "history");
+  if (h.is_null()) return 1;
+  const std::int64_t k = json::integer(h, where + ".history");
+  if (k < 1 || k > kMaxHistory)
+    throw ObservationError(where + ": history must be a whole number of control steps in [1, " +
+                           std::to_string(kMaxHistory) + "], got " + std::to_string(k));
+  return static_cast<int>(k);
+}
 // A robot's observation has tens to hundreds of terms; a spec with more than this is refused by name
 // before any work is done per term.
 constexpr std::size_t kMaxTerms = 1 << 16;
@@ -426,7 +439,7 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
       Term term;
       term.offset = size_;
       if (!json::member(j, "input").is_null()) {
-        check_keys(j, {"input", "size"}, where);
+        check_keys(j, {"input", "size", "history"}, where);
         const std::string& name = json::string(json::member(j, "input"), where + ".input");
         const std::int64_t n = json::integer(json::member(j, "size"), where + ".size");
         if (n < 1 || n > (1 << 20))
@@ -438,9 +451,12 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         inputs_.emplace_back(static_cast<std::size_t>(n), 0.0f);
         input_set_.push_back(0);
         term.label = "input " + name;
+        term.input = name;
         term.size = static_cast<int>(n);
       } else {
-        check_keys(j, kTermKeys, where);
+        std::set<std::string> keys = kTermKeys;
+        keys.insert("history");
+        check_keys(j, keys, where);
         p.src = select(model, j, where, &p.field, &term.label);
         const Json& mj = json::member(j, "minus");
         if (!mj.is_null()) {
@@ -482,8 +498,20 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
         }
         term.size = static_cast<int>(p.src.size());
       }
-      if (static_cast<std::int64_t>(size_) + term.size > (1 << 24))
+      p.width = term.size;
+      p.history = history_of(j, where);
+      if (static_cast<std::int64_t>(size_) + static_cast<std::int64_t>(p.history) * p.width > (1 << 24))
         throw ObservationError(where + ": the observation would exceed 2^24 values");
+      p.base_offset = term.base_offset = base_size_;
+      base_size_ += p.width;
+      term.history = p.history;
+      term.size = p.history * p.width;
+      if (p.history > 1) {
+        term.label = "history(" + term.label + ", " + std::to_string(p.history) + ")";
+        p.ring = history_.size();
+        history_.resize(history_.size() + static_cast<std::size_t>(p.history) * p.width, 0.0);
+        has_history_ = true;
+      }
       size_ += term.size;
       terms_.push_back(term);
       parts_.push_back(std::move(p));
@@ -491,6 +519,7 @@ ObservationBuilder::ObservationBuilder(const std::string& spec_json, const mjMod
   } catch (const JsonError& e) {
     throw ObservationError(e.what());
   }
+  current_.assign(static_cast<std::size_t>(base_size_), 0.0);
 }
 
 int ObservationBuilder::input_size(const std::string& name) const {
@@ -515,24 +544,21 @@ void ObservationBuilder::set_input(const std::string& name, const float* values,
   throw ObservationError("the observation spec has no input named '" + name + "'");
 }
 
-template <typename T>
-void ObservationBuilder::build_into(const mjData* data, T* obs) const {
-  if (data == nullptr || obs == nullptr) throw ObservationError("build: data and obs must not be null");
+void ObservationBuilder::evaluate(const mjData* data, double* current) const {
   for (std::size_t i = 0; i < input_set_.size(); ++i)
     if (!input_set_[i]) throw ObservationError("input '" + input_names_[i] + "' was not set before build()");
-  T* out = obs;
   for (const Part& p : parts_) {
+    double* out = current + p.base_offset;
     if (p.input >= 0) {
       const auto& v = inputs_[p.input];
       std::copy(v.begin(), v.end(), out);
-      out += v.size();
       continue;
     }
     const mjtNum* base = field_data(data, p.field);
     const mjtNum* minus = p.minus_field >= 0 ? field_data(data, p.minus_field) : nullptr;
     const std::size_t n = p.src.size();
     for (std::size_t k = 0; k < n; ++k) {
-      // In float64, as Gymnasium assembles its observations; rounded to float32 once at the end.
+      // In float64, as Gymnasium assembles its observations; rounded to float32 once, in emit().
       double v = base[p.src[k]];
       if (minus) v -= minus[p.minus[k]];
       v = v * p.scale + p.offset;
@@ -541,14 +567,85 @@ void ObservationBuilder::build_into(const mjData* data, T* obs) const {
       else if (p.fn == Fn::Cos)
         v = std::cos(v);
       if (p.clip) v = std::min(std::max(v, p.lo), p.hi);
-      out[k] = static_cast<T>(v);
+      out[k] = v;
     }
-    out += n;
   }
 }
 
-void ObservationBuilder::build(const mjData* data, float* obs) const { build_into(data, obs); }
-void ObservationBuilder::build(const mjData* data, double* values) const { build_into(data, values); }
+template <typename T>
+void ObservationBuilder::emit(const double* current, T* obs) {
+  T* out = obs;
+  for (Part& p : parts_) {
+    const double* now = current + p.base_offset;
+    const std::size_t n = static_cast<std::size_t>(p.width);
+    if (p.history == 1) {
+      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<T>(now[k]);
+      out += n;
+      continue;
+    }
+    double* ring = history_.data() + p.ring;
+    const int h = p.history;
+    if (!primed_) {
+      for (int s = 0; s < h; ++s) std::copy(now, now + n, ring + s * n);
+      p.head = 0;
+    } else {  // the oldest slot takes the current value and the next slot becomes the oldest
+      std::copy(now, now + n, ring + p.head * n);
+      p.head = p.head + 1 == h ? 0 : p.head + 1;
+    }
+    for (int s = 0; s < h; ++s) {
+      const double* slot = ring + ((p.head + s) % h) * n;
+      for (std::size_t k = 0; k < n; ++k) out[k] = static_cast<T>(slot[k]);
+      out += n;
+    }
+  }
+  primed_ = true;
+}
+
+template <typename T>
+void ObservationBuilder::build_into(const mjData* data, T* obs) {
+  if (data == nullptr || obs == nullptr) throw ObservationError("build: data and obs must not be null");
+  evaluate(data, current_.data());
+  emit(current_.data(), obs);
+}
+
+void ObservationBuilder::build(const mjData* data, float* obs) { build_into(data, obs); }
+void ObservationBuilder::build(const mjData* data, double* values) { build_into(data, values); }
+
+void ObservationBuilder::build_from_current(const double* current, float* obs) {
+  if (current == nullptr || obs == nullptr) throw ObservationError("build_from_current: arrays must not be null");
+  emit(current, obs);
+}
+
+ObservationBuilder::HistoryState ObservationBuilder::history_state() const {
+  HistoryState s;
+  s.primed = primed_;
+  for (const Part& p : parts_)
+    if (p.history > 1) s.heads.push_back(p.head);
+  s.values = history_;
+  return s;
+}
+
+void ObservationBuilder::load_history_state(const HistoryState& s) {
+  std::size_t rings = 0;
+  for (const Part& p : parts_) rings += p.history > 1 ? 1 : 0;
+  if (s.heads.size() != rings || s.values.size() != history_.size())
+    throw ObservationError("history state: " + std::to_string(s.heads.size()) + " rings of " +
+                           std::to_string(s.values.size()) + " values, this spec keeps " + std::to_string(rings) +
+                           " of " + std::to_string(history_.size()));
+  std::size_t r = 0;
+  for (const Part& p : parts_) {
+    if (p.history == 1) continue;
+    const int head = s.heads[r++];
+    if (head < 0 || head >= p.history)
+      throw ObservationError("history state: ring head " + std::to_string(head) + " is outside its " +
+                             std::to_string(p.history) + " slots");
+  }
+  r = 0;
+  for (Part& p : parts_)
+    if (p.history > 1) p.head = s.heads[r++];
+  history_ = s.values;
+  primed_ = s.primed;
+}
 
 // ------------------------------------------------------------------------------------ termination
 TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* model) {
@@ -565,6 +662,8 @@ TerminationCheck::TerminationCheck(const std::string& spec_json, const mjModel* 
       if (!c.is_object()) throw ObservationError(where + ": must be an object");
       if (!json::member(c, "input").is_null())
         throw ObservationError(where + ": reads an external input; conditions read mjData only");
+      if (!json::member(c, "history").is_null())
+        throw ObservationError(where + ": has a history; a condition reads the current step only");
       std::set<std::string> keys = kTermKeys;
       keys.insert({"min", "max", "strict", "finite"});
       check_keys(c, keys, where);

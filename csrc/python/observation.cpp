@@ -19,7 +19,24 @@ void bind_observation(py::module_& m) {
            }),
            py::arg("spec_json"), py::arg("model_address"))
       .def_property_readonly("size", &ObservationBuilder::size)
+      .def_property_readonly("base_size", &ObservationBuilder::base_size)
+      .def_property_readonly("has_history", &ObservationBuilder::has_history)
       .def_property_readonly("input_names", &ObservationBuilder::input_names)
+      .def_property_readonly("term_details",
+                             [](const ObservationBuilder& b) {
+                               py::list out;
+                               for (const auto& t : b.terms()) {
+                                 py::dict d;
+                                 d["label"] = t.label;
+                                 d["offset"] = t.offset;
+                                 d["size"] = t.size;
+                                 d["history"] = t.history;
+                                 d["base_offset"] = t.base_offset;
+                                 d["input"] = t.input.empty() ? py::object(py::none()) : py::str(t.input);
+                                 out.append(d);
+                               }
+                               return out;
+                             })
       .def_property_readonly("terms",
                              [](const ObservationBuilder& b) {
                                py::list out;
@@ -36,12 +53,40 @@ void bind_observation(py::module_& m) {
           py::arg("name"), py::arg("values"))
       .def(
           "build",
-          [](const ObservationBuilder& b, std::uintptr_t data_address) {
+          [](ObservationBuilder& b, std::uintptr_t data_address) {
             py::array_t<float> out(b.size());
             b.build(reinterpret_cast<const mjData*>(data_address), out.mutable_data());
             return out;
           },
-          py::arg("data_address"));
+          py::arg("data_address"))
+      .def(
+          "build_from_current",
+          [](ObservationBuilder& b, py::array_t<double, py::array::c_style | py::array::forcecast> current) {
+            if (current.ndim() != 1 || current.size() != b.base_size())
+              throw pydpg::ObservationError("build_from_current: the base has " + std::to_string(b.base_size()) +
+                                            " values, got " + std::to_string(current.size()) + " in " +
+                                            std::to_string(current.ndim()) + " dimension(s)");
+            py::array_t<float> out(b.size());
+            b.build_from_current(current.data(), out.mutable_data());
+            return out;
+          },
+          py::arg("current"))
+      .def("reset", &ObservationBuilder::reset)
+      .def("history_state",
+           [](const ObservationBuilder& b) {
+             const auto s = b.history_state();
+             py::dict d;
+             d["primed"] = s.primed;
+             d["heads"] = s.heads;
+             d["values"] = s.values;
+             return d;
+           })
+      .def(
+          "load_history_state",
+          [](ObservationBuilder& b, bool primed, std::vector<int> heads, std::vector<double> values) {
+            b.load_history_state({primed, std::move(heads), std::move(values)});
+          },
+          py::arg("primed"), py::arg("heads"), py::arg("values"));
   py::class_<pydpg::TerminationCheck>(m, "TerminationCheck")
       .def(py::init([](const std::string& spec, std::uintptr_t model_address) {
              return std::make_unique<pydpg::TerminationCheck>(spec, reinterpret_cast<const mjModel*>(model_address));

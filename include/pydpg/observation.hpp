@@ -8,6 +8,13 @@
 // A term can instead be an external input: a named vector the caller sets (previous action, a
 // command or goal) that the simulator does not know.
 //
+// A term (an input too) may carry `"history": k`: it then writes its last k values, oldest first and
+// the current one last (IsaacLab's history_length order), k times its width. The builder keeps them
+// in a ring it allocated when bound: build() records one control step, so call it once per step, and
+// reset() at an episode's start, after which the first build() fills every slot with the current
+// value (as IsaacLab's CircularBuffer does after a reset). The "base" of a spec is its terms without
+// history: what a simulator's own observation holds, and what build_from_current() takes.
+//
 // ObservationBuilder binds a spec to an mjModel once, precomputing every source index; build()
 // then writes the observation with no allocation. This is the one evaluator: the C++ control loop
 // and Python's export verification (through the binding) both use it.
@@ -35,9 +42,20 @@ class ObservationBuilder {
   static constexpr int kSpecVersion = 1;
 
   struct Term {
-    std::string label;  // e.g. "qpos[2:15]" or "xpos(fingertip) - xpos(target)", for messages
-    int offset = 0;     // first observation index this term writes
-    int size = 0;
+    std::string label;    // e.g. "qpos[2:15]" or "xpos(fingertip) - xpos(target)", for messages
+    int offset = 0;       // first observation index this term writes
+    int size = 0;         // history * width
+    int history = 1;      // how many control steps it writes, oldest first
+    int base_offset = 0;  // where its current value stands in the base (the spec without history)
+    std::string input;    // the external input it writes; empty for an mjData term
+  };
+
+  // The history rings, for a checkpoint: `primed` is false after reset() (the next build fills
+  // them), `heads` has one slot index per history term (the oldest), `values` every ring in order.
+  struct HistoryState {
+    bool primed = false;
+    std::vector<int> heads;
+    std::vector<double> values;
   };
 
   // Parses spec_json ({"version": 1, "terms": [...]}) and binds it to `model`, which must outlive
@@ -52,6 +70,9 @@ class ObservationBuilder {
   static std::string spec_from_policy_metadata(const std::string& metadata_json, const mjModel* model = nullptr);
 
   int size() const { return size_; }
+  // The width of the base: every term once, without history (== size() when no term has history).
+  int base_size() const { return base_size_; }
+  bool has_history() const { return has_history_; }
   const std::vector<Term>& terms() const { return terms_; }
   const std::vector<std::string>& input_names() const { return input_names_; }
   int input_size(const std::string& name) const;
@@ -59,15 +80,30 @@ class ObservationBuilder {
   // Copies `n` values into the named external input. Every input must be set before build().
   void set_input(const std::string& name, const float* values, int n);
 
-  // obs[0 .. size()) from `data` (of the model the builder was bound to). No allocation. Not for
-  // two threads at once (set_input writes what build reads): one builder per control thread.
-  void build(const mjData* data, float* obs) const;
+  // obs[0 .. size()) from `data` (of the model the builder was bound to), recording this step in
+  // the history rings. No allocation. Not for two threads at once (set_input and the rings are the
+  // builder's state): one builder per control thread.
+  void build(const mjData* data, float* obs);
   // The same values unrounded, in float64 (what a bound on them is compared with).
-  void build(const mjData* data, double* values) const;
+  void build(const mjData* data, double* values);
+  // obs[0 .. size()) from the base's current values (base_size() of them, inputs included at their
+  // places), recording them in the rings: a training env whose own observation is the base (verified
+  // so) observes through the same history as the loop, noise and all.
+  void build_from_current(const double* current, float* obs);
+  // Forget the history: the next build fills every slot with its current value. Call it when an
+  // episode starts.
+  void reset() { primed_ = false; }
+
+  HistoryState history_state() const;
+  // Puts back what history_state() returned (of a builder of the same spec and model).
+  void load_history_state(const HistoryState& state);
 
  private:
   template <typename T>
-  void build_into(const mjData* data, T* out) const;
+  void build_into(const mjData* data, T* out);
+  void evaluate(const mjData* data, double* current) const;
+  template <typename T>
+  void emit(const double* current, T* out);
   enum class Fn : std::uint8_t { None, Sin, Cos };
   struct Part {
     int field = -1;               // index into the field table; -1: external input
@@ -78,6 +114,9 @@ class ObservationBuilder {
     Fn fn = Fn::None;
     bool clip = false;
     double lo = 0.0, hi = 0.0;
+    int width = 0, history = 1, base_offset = 0;
+    std::size_t ring = 0;  // where its history slots start in history_
+    int head = 0;          // the slot holding its oldest value
   };
 
   const mjModel* model_;
@@ -86,7 +125,10 @@ class ObservationBuilder {
   std::vector<std::string> input_names_;
   std::vector<std::vector<float>> inputs_;
   std::vector<char> input_set_;
-  int size_ = 0;
+  std::vector<double> current_;  // the base, evaluated by build()
+  std::vector<double> history_;  // every history term's k slots of its width
+  bool primed_ = false, has_history_ = false;
+  int size_ = 0, base_size_ = 0;
 };
 
 // When an episode ends: the spec's optional "termination" list, each a condition on one term (the

@@ -383,7 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
             os.environ["MUJOCO_GL"] = "egl"
     from pydpg.common.envs import evaluate, make_env  # import time: see the module docstring
-    from pydpg.contract.action import action_wrapper  # import time: see the module docstring
+    from pydpg.contract.wrappers import contract_wrapper  # import time: see the module docstring
     from pydpg.files.checkpoint import load_model_any  # import time: see the module docstring
     from pydpg.files.model import agent_from_model, make_policy  # import time: see the module docstring
 
@@ -393,7 +393,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if env_id is None:
         raise CLIError(f"{args.checkpoint} does not name its environment; pass --env ENV_ID")
     agent, normalizer = agent_from_model(model, device=args.device)
-    wrapper = action_wrapper(run.get("action"))  # the run's action contract, if it has one
+    wrapper = contract_wrapper(run.get("action"), run.get("observation"))  # the run's contracts, if any
     if args.render_video:
         env = _make_rendering_env(env_id, run.get("env_kwargs") or {}, wrapper)
     else:

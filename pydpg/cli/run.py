@@ -120,7 +120,8 @@ def _run(args: argparse.Namespace) -> int:
     env = None
     if env_id is not None:
         try:
-            env = _env_for(env_id, _policy_metadata(args.policy).get("action"))
+            meta = _policy_metadata(args.policy)
+            env = _env_for(env_id, meta.get("action"), meta.get("observation"))
         except Exception as e:  # noqa: BLE001 - any failure to make the env means: run without it
             hint = _env_hint(env_id, e)
             if args.env:

@@ -303,6 +303,16 @@ def is_capturable(env: gym.Env) -> bool:
     return _mujoco_data(env) is not None or (hasattr(base, "state_dict") and hasattr(base, "load_state_dict"))
 
 
+def find_wrapper(env: gym.Env, kind: type) -> Optional[gym.Wrapper]:
+    """The outermost wrapper of type ``kind`` around ``env``, or None."""
+    e = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, kind):
+            return e
+        e = e.env
+    return None
+
+
 def get_env_state(env: gym.Env) -> Optional[dict[str, Any]]:
     """Everything needed to continue ``env`` exactly from here, as numpy arrays and plain Python
     values, or None if this env's simulator state cannot be captured (see the comment above)."""

@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from pydpg import _core
+from pydpg.common.envs import find_wrapper
 from pydpg.contract.observation import _BoundToModel, _checked_numbers, _require_mujoco
 
 SPEC_VERSION = 1
@@ -179,22 +180,9 @@ class ActionContract(gym.Wrapper):
         self.map.load_state(s)
 
 
-def action_wrapper(spec: Optional[dict]):
-    """The wrapper a run's envs get for ``TrainConfig.action`` (None: no contract, no wrapper)."""
-    if spec is None:
-        return None
-    spec = as_action_spec(spec)
-    return lambda env: ActionContract(env, spec)
-
-
 def find_contract(env: gym.Env) -> Optional[ActionContract]:
     """The ActionContract among ``env``'s wrappers, or None."""
-    e = env
-    while isinstance(e, gym.Wrapper):
-        if isinstance(e, ActionContract):
-            return e
-        e = e.env
-    return None
+    return find_wrapper(env, ActionContract)
 
 
 class ActionMismatch(ValueError):

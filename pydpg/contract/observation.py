@@ -11,7 +11,8 @@ bodies, sites or sensors (resolved by MuJoCo name when bound to a model), then:
     fn           "sin" or "cos"
     clip         [low, high]
 
-or an external input ``{"input": "prev_action", "size": 6}`` that the caller sets.
+or an external input ``{"input": "prev_action", "size": 6}`` that the caller sets. Any term may add
+``history``: k, its last k control steps, oldest first (pydpg.contract.history).
 
 An optional ``termination`` list says when an episode ends (Gymnasium's terminate_when_unhealthy,
 or a real robot's safety stop): each entry is a term (as above, inputs excepted) with bounds
@@ -171,8 +172,41 @@ class ObservationBuilder(_BoundToModel):
     def set_input(self, name: str, values) -> None:
         self._b.set_input(name, np.asarray(values, dtype=np.float32).reshape(-1))
 
+    @property
+    def base_size(self) -> int:
+        """The width of every term once, without history (``size`` when no term has one)."""
+        return self._b.base_size
+
+    @property
+    def has_history(self) -> bool:
+        return self._b.has_history
+
+    @property
+    def term_details(self) -> list[dict]:
+        """Each term's label, offset, size (history x width), history, offset in the base, and input
+        name (None for an mjData term)."""
+        return list(self._b.term_details)
+
     def build(self, data: Any) -> np.ndarray:
+        """The observation now, recording this control step in the history terms: once per step."""
         return self._b.build(self._data_address(data))
+
+    def build_from_current(self, current) -> np.ndarray:
+        """The observation from the base's values now (``base_size`` of them), recorded likewise."""
+        current = np.asarray(current, dtype=np.float64)
+        if current.shape != (self.base_size,):
+            raise ValueError(f"build_from_current takes the base's {self.base_size} values, got shape {current.shape}")
+        return self._b.build_from_current(current)
+
+    def reset(self) -> None:
+        """A new episode: the next build fills every history slot with its current value."""
+        self._b.reset()
+
+    def history_state(self) -> dict[str, Any]:
+        return dict(self._b.history_state())
+
+    def load_history_state(self, state: dict[str, Any]) -> None:
+        self._b.load_history_state(bool(state["primed"]), list(state["heads"]), list(state["values"]))
 
     def term_at(self, index: int) -> tuple[str, int]:
         """The term holding observation ``index`` and the index within it."""
@@ -423,8 +457,11 @@ def verify_report(
         )
     rng = np.random.default_rng(seed)
     inputs = dict(inputs or {})
+    # An input's value now stands in the newest (last) of its history blocks.
     places = {
-        label[len("input ") :]: (offset, size) for label, offset, size in builder.terms if label.startswith("input ")
+        t["input"]: (t["offset"] + t["size"] - t["size"] // t["history"], t["size"] // t["history"])
+        for t in builder.term_details
+        if t["input"] is not None
     }
     act_dim = int(np.prod(env.action_space.shape))
 
@@ -442,6 +479,7 @@ def verify_report(
     def start(first: bool):
         nonlocal episodes
         obs, _ = env.reset(seed=seed) if first else env.reset()
+        builder.reset()  # as the control loop does at each episode's start: history starts over
         if starts_qpos is not None and episodes < len(starts_qpos):
             u.set_state(starts_qpos[episodes], starts_qvel[episodes])
             obs = u._get_obs()
@@ -458,9 +496,15 @@ def verify_report(
     env.action_space.seed(seed)
     width = int(np.prod(np.shape(obs)))
     if builder.size != width:
+        hint = (
+            f"; without history its terms build {builder.base_size}: an env observes through the history "
+            "wrapper (pydpg.contract.history.ObservationHistory), as a run with this spec trains"
+            if builder.has_history
+            else ""
+        )
         raise ObservationMismatch(
             f"the spec builds {builder.size} values, the env observes {width} "
-            f"(terms: {', '.join(f'{label} [{size}]' for label, _, size in builder.terms)})"
+            f"(terms: {', '.join(f'{label} [{size}]' for label, _, size in builder.terms)}){hint}"
         )
     reports = [ConditionReport(c["label"]) for c in check.conditions] if check is not None else []
     worst = 0.0

@@ -44,7 +44,6 @@ import gymnasium as gym
 import numpy as np
 
 from pydpg.common.names import did_you_mean
-from pydpg.contract.action import action_wrapper, as_action_spec
 from pydpg.contract.observation import _require_mujoco
 
 SPEC_VERSION = 1
@@ -398,14 +397,3 @@ class DomainRandomization(gym.Wrapper):
         self._queue, self._t = collections.deque(np.array(q) for q in s["queue"]), int(s["t"])
         self._next_push, self._push_until = list(s["next_push"]), list(s["push_until"])
         self._force = np.array(s["force"])
-
-
-def training_wrapper(action: Optional[dict], randomization: Optional[dict]):
-    """What each training env of a run gets: its action contract (innermost: the policy's outputs
-    are its inputs), then its randomization (outermost: action noise and delay act on the policy's
-    outputs, observation noise on what the policy sees). None when the run states neither."""
-    contract = action_wrapper(None if action is None else as_action_spec(action))
-    if randomization is None:
-        return contract
-    spec = as_randomization_spec(randomization)
-    return lambda env: DomainRandomization(env if contract is None else contract(env), spec)

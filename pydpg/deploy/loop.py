@@ -22,9 +22,11 @@ from typing import Any, Optional, Union
 import numpy as np
 
 import pydpg
-from pydpg.common.envs import check_env_id
-from pydpg.contract.action import ActionContract, find_contract
+from pydpg.common.envs import check_env_id, find_wrapper
+from pydpg.contract.action import find_contract
+from pydpg.contract.history import ObservationHistory
 from pydpg.contract.observation import observation_error
+from pydpg.contract.wrappers import contract_wrapper
 
 CONTROL_LOOP = "pydpg_control_loop"
 
@@ -132,17 +134,20 @@ class ControlLoopError(RuntimeError):
     """The control loop exited with an error; the message is its stderr."""
 
 
-def _env_for(env, action: Optional[dict] = None) -> Any:
+def _env_for(
+    env, action: Optional[dict] = None, observation: Optional[dict] = None, randomization: Optional[dict] = None
+) -> Any:
     """``env`` itself, or a fresh Gymnasium env for an id (``"module:EnvId"`` imports the module
-    that registers it, as ``gymnasium.make`` does), driven through the policy's ``action`` spec
-    (its metadata ``"action"``) when it has one."""
+    that registers it, as ``gymnasium.make`` does) with the policy's contracts (its metadata
+    ``"action"`` and ``"observation"``, pydpg.contract.wrappers), and ``randomization`` if given."""
     if not isinstance(env, str):
         return env
     import gymnasium as gym
 
     check_env_id(env)  # an unknown id, or a module:Name whose module cannot be imported, by name
+    wrap = contract_wrapper(action, observation, randomization)
     made = gym.make(env)
-    return made if action is None else ActionContract(made, action)
+    return made if wrap is None else wrap(made)
 
 
 def run_policy(
@@ -308,6 +313,11 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
 
     u = env.unwrapped
     contract = find_contract(env)  # the policy's action spec: the logged actions go through its map
+    history = find_wrapper(env, ObservationHistory)  # the policy reads past observations too
+
+    def observe(obs):
+        return obs if history is None else history.observe(obs)
+
     if not hasattr(u, "set_state") or not hasattr(u, "_get_obs"):
         raise TypeError(f"{type(u).__name__} is not a Gymnasium MuJoCo env: the trace cannot be replayed through it")
     out = []
@@ -321,7 +331,9 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
         u.set_state(ep["qpos"], ep["qvel"])
         if contract is not None:
             contract.map.reset()  # as the loop's map starts each episode
-        obs = u._get_obs()
+        if history is not None:
+            history.builder.reset()  # as the loop's observation starts each episode
+        obs = observe(u._get_obs())
         act_dim = int(np.prod(env.action_space.shape))
         # Sizes compared exactly: numpy would broadcast a 1-wide observation against the env's.
         if ep["obs"].shape[1] != np.size(obs) or ep["action"].shape[1] != act_dim:
@@ -336,6 +348,7 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
             obs, reward, terminated, truncated, _ = u.step(
                 action if contract is None else contract.commands_for(action)
             )
+            obs = observe(obs)
             if ended is None:
                 ret += float(reward)
                 if terminated:

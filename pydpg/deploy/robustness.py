@@ -34,7 +34,7 @@ import numpy as np
 
 from pydpg.common.envs import evaluate
 from pydpg.common.names import did_you_mean
-from pydpg.contract.randomization import FIELDS, MAX_DELAY, DomainRandomization
+from pydpg.contract.randomization import FIELDS, MAX_DELAY
 from pydpg.deploy.loop import _env_for
 from pydpg.deploy.policy_file import read_metadata
 from pydpg.deploy.runtime import Policy
@@ -114,9 +114,7 @@ def perturbation(name: str, value: float, *more: tuple[str, float]) -> dict:
 
 def _point(job: dict) -> dict:
     """One point, in a worker process: the policy in its env under one perturbation."""
-    env = _env_for(job["env_id"], job["action"])
-    if job["perturbation"] is not None:
-        env = DomainRandomization(env, job["perturbation"])
+    env = _env_for(job["env_id"], job["action"], job["observation"], job["perturbation"])
     try:
         result = evaluate(Policy(job["policy"]).act, env, job["episodes"], seed=job["seed"])
     finally:
@@ -159,6 +157,7 @@ def robustness_report(
     if seed is None:
         seed = meta.get("eval_seed") if isinstance(meta.get("eval_seed"), int) else 100
     base = {"policy": os.fspath(policy), "env_id": env_id, "action": meta.get("action"), "episodes": episodes}
+    base["observation"] = meta.get("observation")
     points = [(None, None)] + [(v.name, x) for v in varies for x in v.values]
     pairs = [(x, y) for x in varies[0].values for y in varies[1].values] if grid else []
     perturbations = [None if n is None else perturbation(n, x) for n, x in points]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from pydpg.common.envs import make_env
-from pydpg.contract.randomization import training_wrapper
+from pydpg.contract.wrappers import contract_wrapper
 from pydpg.core.config import DDPGConfig
 from pydpg.experiments.sb3_peer import run_sb3
 from pydpg.experiments.sweep_spec import SweepSpec, Trial, load_spec, task_dir
@@ -190,7 +190,7 @@ def _check_envs(trials: list[Trial]) -> None:
             continue
         seen.add(key)
         try:
-            wrap = training_wrapper(t.train.get("action"), t.train.get("randomization"))
+            wrap = contract_wrapper(t.train.get("action"), t.train.get("observation"), t.train.get("randomization"))
             make_env(t.task, t.train["env_kwargs"], wrapper=wrap).close()
             if observation is not None:
                 check_observation(observation, t.task, t.train["env_kwargs"])

@@ -14,6 +14,7 @@ from pydpg import presets
 from pydpg.common.envs import EnvLike, make_env
 from pydpg.common.names import did_you_mean
 from pydpg.contract.action import as_action_spec
+from pydpg.contract.history import ObservationHistory, has_history
 from pydpg.contract.observation import ObservationError, ObservationMismatch, as_spec, verify_report
 from pydpg.contract.randomization import as_randomization_spec
 from pydpg.core.config import DDPGConfig, algorithm_presets, learning_starts_for
@@ -33,8 +34,12 @@ def check_observation(
     own = isinstance(env, str) or getattr(env, "spec", None) is not None
     single = make_env(env, env_kwargs or {}) if own else env
     try:
-        verify_report(spec, single, steps=steps)
+        # A spec with history is checked as the run observes: the env's observation is its base,
+        # through the history wrapper (which refuses a base of another width by name).
+        verify_report(spec, ObservationHistory(single, spec) if has_history(spec) else single, steps=steps)
     except (ObservationMismatch, ObservationError) as e:
+        raise ValueError(f"the run's observation spec ([observation]) does not fit {_env_label(env)}: {e}") from None
+    except ValueError as e:  # the history wrapper: a base of another width, or not a MuJoCo env
         raise ValueError(f"the run's observation spec ([observation]) does not fit {_env_label(env)}: {e}") from None
     except TypeError as e:  # not a MuJoCo env
         raise ValueError(f"the run states an observation spec ([observation]), but {e}") from None

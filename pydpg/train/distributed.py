@@ -40,8 +40,7 @@ import numpy as np
 import torch
 
 from pydpg.common.envs import EvalResult, evaluate, make_env, make_vec_env
-from pydpg.contract.action import action_wrapper
-from pydpg.contract.randomization import training_wrapper
+from pydpg.contract.wrappers import contract_wrapper
 from pydpg.core.agent import DDPGAgent
 from pydpg.core.config import DDPGConfig
 from pydpg.core.noise import make_noise
@@ -102,11 +101,10 @@ class CollectorWorker(_Acting):
         high: np.ndarray,
         seed: int,
         sigma_scale: float,
-        action: Optional[dict] = None,
-        randomization: Optional[dict] = None,
+        contracts: Optional[dict] = None,
     ):
         try:
-            vec = make_vec_env(env_id, n_envs, env_kwargs, wrapper=training_wrapper(action, randomization))
+            vec = make_vec_env(env_id, n_envs, env_kwargs, wrapper=contract_wrapper(**(contracts or {})))
         except Exception as e:  # the learner re-raises it, naming the worker and the env
             raise RuntimeError(f"worker {index} cannot make env {env_id!r}: {type(e).__name__}: {e}") from None
         self.agent = _cpu_agent(config, obs_dim, act_dim)
@@ -162,9 +160,9 @@ class EvalWorker(_Acting):
     """Noiseless evaluation episodes on its own env, away from the learner's process."""
 
     def __init__(
-        self, env_id: str, env_kwargs: dict, config: dict, obs_dim: int, act_dim: int, action: Optional[dict] = None
+        self, env_id: str, env_kwargs: dict, config: dict, obs_dim: int, act_dim: int, contracts: Optional[dict] = None
     ):
-        self.env = make_env(env_id, env_kwargs, wrapper=action_wrapper(action))
+        self.env = make_env(env_id, env_kwargs, wrapper=contract_wrapper(**(contracts or {})))
         self.agent = _cpu_agent(config, obs_dim, act_dim)
         self.version, self.norm = -1, None
 
@@ -233,8 +231,7 @@ class RayCollector:
                 high,
                 int(seeds[i]),
                 worker_sigma_scale(i, self.n, train.worker_noise_spread),
-                train.action,
-                train.randomization,
+                {"action": train.action, "observation": train.observation, "randomization": train.randomization},
             )
             for i in range(self.n)
         ]
@@ -243,7 +240,7 @@ class RayCollector:
         self.eval_worker = (
             ray.remote(EvalWorker)
             .options(max_restarts=train.worker_max_restarts, max_task_retries=train.worker_max_restarts)
-            .remote(env_id, train.env_kwargs, config, *dims, train.action)
+            .remote(env_id, train.env_kwargs, config, *dims, {"action": train.action, "observation": train.observation})
         )
         # A worker's start imports torch, Gymnasium and MuJoCo: seconds, minutes on a loaded machine.
         start_timeout = max(self.timeout, 180.0)

@@ -10,8 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pydpg.common.envs import EnvLike, make_env, make_vec_env
-from pydpg.contract.action import action_wrapper
-from pydpg.contract.randomization import training_wrapper
+from pydpg.contract.wrappers import contract_wrapper
 from pydpg.train.config import TrainConfig, check_observation
 
 
@@ -36,9 +35,11 @@ def open_run_envs(env: EnvLike, train: TrainConfig) -> RunEnvs:
     # The spaces come from the local vector env, or (workers) from one env made here, which
     # also fails early and clearly for an env this machine cannot make.
     # Stated specs are bound to the env here: their errors come now. Evaluation envs get the action
-    # contract but no randomization (an evaluation measures the nominal robot).
-    wrap = action_wrapper(train.action)
-    train_wrap = training_wrapper(train.action, train.randomization)
+    # contract and the observation history but no randomization (an evaluation measures the nominal robot).
+    wrap = contract_wrapper(train.action, train.observation)
+    train_wrap = contract_wrapper(train.action, train.observation, train.randomization)
+    if train.observation is not None:  # before any env is wrapped with it: the clearest message
+        check_observation(train.observation, env, train.env_kwargs)
     vec = make_vec_env(env, train.n_envs, train.env_kwargs, train_wrap) if not train.workers else None
     probe = vec if vec is not None else make_vec_env(env, 1, train.env_kwargs, train_wrap)
     name = train.env_id or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
@@ -48,8 +49,6 @@ def open_run_envs(env: EnvLike, train: TrainConfig) -> RunEnvs:
     if probe is not vec:
         probe.close()
     try:
-        if train.observation is not None:
-            check_observation(train.observation, env, train.env_kwargs)
         eval_env = make_env(env, train.env_kwargs, wrapper=wrap) if train.eval_every > 0 and not train.workers else None
     except ValueError:
         if vec is not None:

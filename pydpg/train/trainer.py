@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from pydpg.common.envs import EnvLike, EvalResult, evaluate, make_env
-from pydpg.contract.action import action_wrapper
+from pydpg.contract.wrappers import contract_wrapper
 from pydpg.core.config import DDPGConfig
 from pydpg.files import checkpoint as ckpt_io
 from pydpg.files.model import model_dict
@@ -239,7 +239,7 @@ class Trainer:
             self.eval_env = make_env(
                 self.train_cfg.env_id or self.vec.envs[0],
                 self.train_cfg.env_kwargs,
-                wrapper=action_wrapper(self.train_cfg.action),
+                wrapper=contract_wrapper(self.train_cfg.action, self.train_cfg.observation),
             )
         return evaluate(self.policy, self.eval_env, episodes, seed)
 

@@ -108,7 +108,10 @@ int observation_mode(const char* model_path, const char* spec_path, long calls) 
     for (int i = 0; i < 1000; ++i) b.build(d, obs.data());  // warm caches
     g_counting = true;
     const auto t0 = std::chrono::steady_clock::now();
-    for (long i = 0; i < calls; ++i) b.build(d, obs.data());
+    for (long i = 0; i < calls; ++i) {
+      if (i % 1000 == 0) b.reset();  // an episode's start: history terms refill their rings
+      b.build(d, obs.data());
+    }
     const auto t1 = std::chrono::steady_clock::now();
     g_counting = false;
     const long build_allocs = g_allocs.exchange(0);
