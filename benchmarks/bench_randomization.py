@@ -7,6 +7,9 @@ env step       env steps/s with random actions, plain against randomized (the mo
                observation and action noise, a 0-2 step action delay, pushes on the root body)
 training       `Trainer` env steps/s in the learning phase (TD3 256-256, 1 thread), plain against
                randomized, alternating, median of 3
+C++ unit       pydpg::DomainRandomization alone, in a C++ program linking the installed library
+               (tests/cpp/alloc_check --randomization): ns per reset() and per step() + observe(),
+               and heap allocations, with the full spec above
 
 python benchmarks/bench_randomization.py [--json benchmarks/results/randomization.json]
 """
@@ -50,6 +53,30 @@ def reset_ms(make, n: int) -> float:
     ms = (time.perf_counter() - t0) / n * 1e3
     env.close()
     return ms
+
+
+def cpp_unit(calls: int = 200_000, episode: int = 1000) -> dict:
+    """The C++ unit's own cost per task (see the module docstring)."""
+    import subprocess
+    import tempfile
+
+    from pydpg.deploy.loop import build_cmake_project
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="pydpg-bench-rand-") as tmp:
+        driver = build_cmake_project(ROOT / "tests" / "cpp" / "alloc_check", Path(tmp) / "build") / "alloc_check"
+        for env_id in TASKS:
+            spec = Path(tmp) / "spec.json"
+            spec.write_text(json.dumps(full_spec(env_id)))
+            xml = gym.make(env_id).unwrapped.fullpath
+            run = subprocess.run(
+                [str(driver), "--randomization", xml, str(spec), str(calls), str(episode)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            out[env_id] = json.loads(run.stdout)
+    return out
 
 
 def main(argv=None) -> int:
@@ -97,6 +124,12 @@ def main(argv=None) -> int:
         f"\ntraining env steps/s, Hopper-v5, TD3 256-256, 1 thread: plain {t['plain']:.1f}, randomized "
         f"{t['randomized']:.1f} ({t['randomized'] / t['plain']:.2f})"
     )
+    result["cpp"] = cpp_unit()
+    for env_id, c in result["cpp"].items():
+        print(
+            f"C++ unit, {env_id}: reset {c['ns_per_reset'] / 1e3:.1f} us, step + observe "
+            f"{c['ns_per_step_and_observe']:.0f} ns, {c['allocations']} allocations in {c['calls']} steps"
+        )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -23,6 +23,20 @@ def ray_local():
     ray_session.shutdown()
 
 
+@pytest.fixture(scope="session")
+def alloc_check(tmp_path_factory):
+    """tests/cpp/alloc_check, built once against the installed package: a C++ program that counts
+    every heap allocation in its process (the runtime's, the observation builder's, the action map's,
+    the randomization's). Skips where there is no cmake or C++ compiler."""
+    from policy_helpers import cmake_build, have_cmake
+
+    if not have_cmake():
+        pytest.skip("needs cmake and a C++ compiler")
+    build = tmp_path_factory.mktemp("alloc_check")
+    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
+    return build / "alloc_check"
+
+
 # Modules whose tests compare two different computations of the same numbers (batch shapes, BLAS
 # kernels, the runtime's kernels against torch's, a hand-written backward pass against autograd,
 # another library): their tolerances are bounds derived from the computation (pydpg.deploy.rounding,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,20 @@ def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
     from pydpg.deploy.loop import build_cmake_project
 
     build_cmake_project(source, build, timeout)
+
+
+def run_alloc_check(driver: Path, mode: str, model_xml: str, spec: dict, *counts: int) -> dict:
+    """alloc_check's JSON line for ``--mode MODEL SPEC COUNTS...`` (the spec written beside the driver)."""
+    path = driver.parent / f"{mode}_spec.json"
+    path.write_text(json.dumps(spec))
+    out = subprocess.run(
+        [str(driver), f"--{mode}", model_xml, str(path), *map(str, counts)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout)
 
 
 @torch.no_grad()

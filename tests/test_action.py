@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from float_bounds import OBS_PARITY
-from policy_helpers import cmake_build, have_cmake
+from policy_helpers import run_alloc_check
 
 from pydpg import _core
 from pydpg.contract.action import (
@@ -336,11 +335,8 @@ def test_verification_catches_a_loop_model_that_differs(tmp_path):
     env.close()
 
 
-@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
-def test_command_and_apply_do_not_allocate(tmp_path_factory):
+def test_command_and_apply_do_not_allocate(alloc_check):
     """Humanoid-v5's 17 motors under PD, from a C++ program linking the installed pydpg::mujoco."""
-    build = tmp_path_factory.mktemp("alloc_check_action")
-    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
     env = gym.make("Humanoid-v5")
     m = env.unwrapped.model
     joints = [m.joint(int(m.actuator_trnid[u, 0])).name for u in range(m.nu)]
@@ -349,17 +345,8 @@ def test_command_and_apply_do_not_allocate(tmp_path_factory):
         "actuators": [{"joint": j, "scale": 0.3, "pd": {"kp": 40, "kd": 2, "torque_limit": 0.4}} for j in joints],
         "max_delta": 0.5,
     }
-    path = tmp_path_factory.mktemp("spec") / "humanoid_action.json"
-    path.write_text(json.dumps(spec))
-    out = subprocess.run(
-        [str(build / "alloc_check"), "--action", env.unwrapped.fullpath, str(path), "20000", "5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_alloc_check(alloc_check, "action", env.unwrapped.fullpath, spec, 20000, 5)
     env.close()
-    result = json.loads(out.stdout)
     assert result["size"] == 17 and result["allocations"] == 0, result
     assert result["safe_actions"] == 200 and result["action_clips"] > 0 and result["ctrl_clips"] > 0, result
 

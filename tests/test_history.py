@@ -5,17 +5,13 @@ saw, allocation-free."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
 import torch
 from float_bounds import OBS_PARITY
-from policy_helpers import cmake_build, have_cmake
+from policy_helpers import run_alloc_check
 
 from pydpg.common.envs import find_wrapper, initial_states
 from pydpg.contract.history import ObservationHistory, has_history, without_history
@@ -264,27 +260,15 @@ def test_the_loop_observes_the_history_as_training_did(history_policy):
     assert all(r["termination_agrees"] for r in result["replay"])
 
 
-@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
-def test_build_with_history_does_not_allocate(tmp_path_factory):
+def test_build_with_history_does_not_allocate(alloc_check):
     """Humanoid's 348 values with its qpos and qvel terms over 5 steps: no heap allocation per build
     or per reset, in a C++ program linking the installed library."""
-    build = tmp_path_factory.mktemp("alloc_check_history")
-    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
     env = gym.make("Humanoid-v5")
     spec = task_spec("Humanoid-v5")
     spec["terms"] = [dict(t, history=5) if t["field"] in ("qpos", "qvel") else t for t in spec["terms"]]
-    path = tmp_path_factory.mktemp("spec") / "humanoid_history.json"
-    path.write_text(json.dumps(spec))
-    out = subprocess.run(
-        [str(build / "alloc_check"), "--observation", env.unwrapped.fullpath, str(path), "2000"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_alloc_check(alloc_check, "observation", env.unwrapped.fullpath, spec, 2000)
     width = ObservationBuilder(spec, env.unwrapped.model).size
     env.close()
-    result = json.loads(out.stdout)
     assert result["size"] == width > 348 and result["allocations"] == 0, result
 
 

@@ -14,7 +14,6 @@ import mujoco
 import numpy as np
 import pytest
 from float_bounds import OBS_PARITY, obs_rounding
-from policy_helpers import cmake_build, have_cmake
 
 from pydpg.common.envs import MUJOCO_TASKS
 from pydpg.contract.observation import (
@@ -270,29 +269,15 @@ def test_infinite_bounds_are_written_as_null():
         as_spec([{"field": "qpos", "scale": float("nan")}])
 
 
-@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
-def test_build_does_not_allocate_and_cpp_users_link_it(tmp_path_factory):
+def test_build_does_not_allocate_and_cpp_users_link_it(alloc_check):
     """The installed pydpg::mujoco target builds a C++ program (tests/cpp/alloc_check), and build()
     on Humanoid-v5's 348-wide observation, and its termination check, make no heap allocation
     anywhere in the process."""
-    import json
-    import subprocess
-    from pathlib import Path
+    from policy_helpers import run_alloc_check
 
-    build = tmp_path_factory.mktemp("alloc_check_obs")
-    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
     env = gym.make("Humanoid-v5")
-    spec = tmp_path_factory.mktemp("spec") / "humanoid.json"
-    spec.write_text(json.dumps(task_spec("Humanoid-v5")))
-    out = subprocess.run(
-        [str(build / "alloc_check"), "--observation", env.unwrapped.fullpath, str(spec), "2000"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_alloc_check(alloc_check, "observation", env.unwrapped.fullpath, task_spec("Humanoid-v5"), 2000)
     env.close()
-    result = json.loads(out.stdout)
     assert result["size"] == 348 and result["allocations"] == 0, result
     # The termination check (Humanoid's z condition) allocates nothing either; z = 1.4 at qpos0 holds.
     assert result["conditions"] == 1 and result["check_allocations"] == 0 and result["failed"] == -1, result

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from policy_helpers import base_meta, cmake_build, have_cmake, plain_module, scramble_batch_renorm, write_raw_policy
+from policy_helpers import base_meta, plain_module, scramble_batch_renorm, write_raw_policy
 from torch import nn
 
 from pydpg.core.agent import DDPGAgent
@@ -501,16 +501,11 @@ def test_bad_batch_renorm_plans_are_refused_by_name(tmp_path, edit, match):
 
 
 # ---------------------------------------------------------------------------------------- allocations
-@pytest.mark.skipif(not have_cmake(), reason="needs cmake and a C++ compiler")
-def test_act_does_not_allocate_after_warmup(tmp_path_factory, policy_file):
-    from pathlib import Path
-
-    build = tmp_path_factory.mktemp("alloc_check")
-    cmake_build(Path(__file__).parent / "cpp" / "alloc_check", build)
+def test_act_does_not_allocate_after_warmup(alloc_check, policy_file):
     results = {}
     for backend in ("mlp", "torchscript"):
         out = subprocess.run(
-            [str(build / "alloc_check"), str(policy_file), backend, "64", "200"],
+            [str(alloc_check), str(policy_file), backend, "64", "200"],
             capture_output=True,
             text=True,
             timeout=120,

@@ -12,9 +12,16 @@
 // TIMER_ABSTIME), so jitter in one step does not shift later ones. A step whose work ends after its
 // deadline is a miss; after a miss the schedule restarts from "now" rather than bursting to catch up.
 //
+// Under --randomization (a spec file, or "policy": the one the policy was trained under) the loop
+// perturbs what it runs with pydpg::DomainRandomization, the unit training's envs use: model fields
+// redrawn per episode, noise on the observation's base (before any history), action noise and delay
+// between the policy and the action map, pushes. --randomization-seed seeds it as an env's reset seed
+// seeds the training wrapper: the same draws, so a replay through the randomized env is exact.
+//
 // Usage: pydpg_control_loop POLICY [--model XML] [--hz HZ] [--episodes N] [--max-steps N]
 //        [--no-sleep] [--threads N] [--on-nonfinite raise|hold|safe]
 //        [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]
+//        [--randomization FILE|policy] [--randomization-seed N]
 #include <mujoco/mujoco.h>
 
 #include <algorithm>
@@ -37,6 +44,7 @@
 #include "pydpg/observation.hpp"
 #include "pydpg/percentiles.hpp"
 #include "pydpg/policy_runtime.hpp"
+#include "pydpg/randomization.hpp"
 
 namespace {
 
@@ -50,10 +58,12 @@ struct TaskError : std::runtime_error {
 const char* kUsage =
     "usage: pydpg_control_loop POLICY [--model XML] [--hz HZ] [--episodes N] [--max-steps N]\n"
     "                          [--no-sleep] [--threads N] [--on-nonfinite raise|hold|safe]\n"
-    "                          [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]\n";
+    "                          [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]\n"
+    "                          [--randomization FILE|policy] [--randomization-seed N]\n";
 
 struct Args {
-  std::string policy, model, json_out, trace_out, init_states, on_nonfinite = "hold";
+  std::string policy, model, json_out, trace_out, init_states, on_nonfinite = "hold", randomization;
+  unsigned long long randomization_seed = 0;
   double hz = 0.0;  // 0: the env's own control rate
   long episodes = 1, max_steps = 0, threads = 1;
   bool sleep = true, quiet = false;
@@ -101,7 +111,16 @@ Args parse_args(int argc, char** argv) {
       a.json_out = value();
     else if (s == "--trace")
       a.trace_out = value();
-    else if (s == "--no-sleep")
+    else if (s == "--randomization")
+      a.randomization = value();
+    else if (s == "--randomization-seed") {
+      const std::string v = value();
+      char* end = nullptr;
+      errno = 0;
+      a.randomization_seed = std::strtoull(v.c_str(), &end, 10);
+      if (v.empty() || v[0] == '-' || *end != '\0' || errno != 0)
+        throw UsageError("--randomization-seed expects a whole number >= 0, got '" + v + "'");
+    } else if (s == "--no-sleep")
       a.sleep = false;
     else if (s == "--quiet")
       a.quiet = true;
@@ -228,6 +247,39 @@ int run(const Args& a) {
   mjData* d = mj_makeData(m);
   cleanup.d = d;
 
+  // Randomization: between the policy and the action map (the map's inputs are [-1, 1]; without a
+  // map, the policy's own bounds), and on the observation's base. Declared after the model's owner,
+  // so that it puts the nominal model back before the model is deleted.
+  std::unique_ptr<pydpg::DomainRandomization> randomize;
+  std::vector<double> base(static_cast<std::size_t>(observe.base_size())), act_in, applied;
+  std::vector<float> sent;
+  std::vector<long> delays;
+  if (!a.randomization.empty()) {
+    std::string spec;
+    if (a.randomization == "policy") {
+      spec = pydpg::DomainRandomization::spec_from_policy_metadata(policy.metadata().json);
+      if (spec.empty()) throw UsageError("--randomization policy: the policy was trained without randomization");
+    } else {
+      std::ifstream f(a.randomization);
+      if (!f) throw UsageError("cannot read --randomization file '" + a.randomization + "'");
+      std::stringstream text;
+      text << f.rdbuf();
+      spec = text.str();
+    }
+    const int A = static_cast<int>(policy.act_dim());
+    std::vector<double> low(A, -1.0), high(A, 1.0);
+    if (!act_map)
+      for (int i = 0; i < A; ++i) {
+        low[i] = policy.metadata().action_low.at(i);
+        high[i] = policy.metadata().action_high.at(i);
+      }
+    randomize = std::make_unique<pydpg::DomainRandomization>(spec, m, observe.base_size(), A, low.data(), high.data());
+    randomize->seed(a.randomization_seed);
+    act_in.resize(A);
+    applied.resize(A);
+    sent.resize(A);
+  }
+
   const double env_hz = 1.0 / (m->opt.timestep * timing.frame_skip);
   const double hz = a.hz > 0 ? a.hz : env_hz;
   int substeps = 0;
@@ -277,7 +329,30 @@ int run(const Args& a) {
   policy.reset_latency();
   const auto wall0 = std::chrono::steady_clock::now();
 
+  // The observation: with randomization, its base gets the noise before the history records it.
+  auto observe_now = [&] {
+    if (!randomize) return observe.build(d, obs.data());
+    observe.build_base(d, base.data());
+    randomize->observe(base.data());
+    observe.build_from_current(base.data(), obs.data());
+  };
+  // One control step's actuation of `sent` (float: the policy's action, double: the randomized one).
+  auto actuate = [&](const auto* sent) {
+    if (act_map) {
+      act_map->command(sent);      // a non-finite action becomes the safe action (counted)
+      act_map->step(d, substeps);  // the PD law, where the spec has one, at the physics rate
+    } else {
+      for (int i = 0; i < A; ++i) d->ctrl[i] = sent[i];
+      for (int i = 0; i < substeps; ++i) mj_step(m, d);
+      // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
+      mj_rnePostConstraint(m, d);
+    }
+  };
   for (long ep = 0; ep < episodes; ++ep) {
+    if (randomize) {  // before the reset, as the training wrapper draws before the env's own reset
+      randomize->reset();
+      delays.push_back(randomize->delay());
+    }
     mj_resetData(m, d);
     if (act_map) act_map->reset();
     if (!init.empty()) {
@@ -296,7 +371,7 @@ int run(const Args& a) {
       observe.set_input("prev_action", action.data(), A);
     }
     observe.reset();  // a new episode: history terms start from this first observation
-    observe.build(d, obs.data());
+    observe_now();
 
     long t = 0;
     int failed = -1;
@@ -305,17 +380,17 @@ int run(const Args& a) {
       const auto s0 = std::chrono::steady_clock::now();
       if (trace) std::copy(obs.begin(), obs.end(), seen.begin());
       policy.act(obs.data(), 1, action.data());
-      if (act_map) {
-        act_map->command(action.data());  // a non-finite action becomes the safe action (counted)
-        act_map->step(d, substeps);       // the PD law, where the spec has one, at the physics rate
+      if (randomize) {  // noise, clip and delay; this step's pushes go to xfrc_applied
+        std::copy(action.begin(), action.end(), act_in.begin());
+        randomize->step(act_in.data(), applied.data(), d);
+        // In the policy's float32, as the training wrapper hands the env an action of the policy's type.
+        std::copy(applied.begin(), applied.end(), sent.begin());
+        actuate(sent.data());
       } else {
-        for (int i = 0; i < A; ++i) d->ctrl[i] = action[i];
-        for (int i = 0; i < substeps; ++i) mj_step(m, d);
-        // Gymnasium calls this after stepping so that cacc/cfrc_* are up to date for observations.
-        mj_rnePostConstraint(m, d);
+        actuate(action.data());
       }
       if (feeds_prev_action) observe.set_input("prev_action", action.data(), A);
-      observe.build(d, obs.data());
+      observe_now();
       failed = termination.first_failure(d);
       ++t;
       step_us[step_count++ % step_us.size()] =
@@ -363,6 +438,7 @@ int run(const Args& a) {
     std::printf("%-22s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", "step (act+physics+obs)", st.mean, st.p50, st.p90,
                 st.p99, st.p999, st.max);
     if (a.sleep) std::printf("\ndeadline misses: %ld of %ld periods\n", misses, steps_total);
+    if (randomize) std::printf("randomization: seed %llu, %zu episode(s) drawn\n", a.randomization_seed, delays.size());
     if (act_map) {
       const auto& c = act_map->counters();
       std::printf(
@@ -414,6 +490,8 @@ int run(const Args& a) {
           {"max", num(st.max)}}},
         {"guard", {{"nonfinite_obs_rows", g.nonfinite_obs_rows}, {"nonfinite_action_rows", g.nonfinite_action_rows}}},
     };
+    if (randomize) report["randomization"] = {{"seed", a.randomization_seed}, {"delays", delays}};
+    if (randomize) report["randomization"] = {{"seed", a.randomization_seed}, {"delays", delays}};
     if (act_map) {
       const auto& c = act_map->counters();
       report["action"] = {{"commands", c.commands},

@@ -611,6 +611,11 @@ void ObservationBuilder::build_into(const mjData* data, T* obs) {
 void ObservationBuilder::build(const mjData* data, float* obs) { build_into(data, obs); }
 void ObservationBuilder::build(const mjData* data, double* values) { build_into(data, values); }
 
+void ObservationBuilder::build_base(const mjData* data, double* base) const {
+  if (data == nullptr || base == nullptr) throw ObservationError("build_base: data and base must not be null");
+  evaluate(data, base);
+}
+
 void ObservationBuilder::build_from_current(const double* current, float* obs) {
   if (current == nullptr || obs == nullptr) throw ObservationError("build_from_current: arrays must not be null");
   emit(current, obs);

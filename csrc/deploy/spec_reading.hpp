@@ -62,6 +62,22 @@ const std::string& checked_name(const Json& j, const std::string& where) {
   return n;
 }
 
+// " (did you mean 'model'?)" when some of `choices` is near `wanted` (the nearest, at most three),
+// else "": the suggestion Python's refusals make (pydpg.common.names.did_you_mean).
+inline std::string did_you_mean(const std::string& wanted, const std::vector<std::string>& choices) {
+  std::vector<std::pair<std::size_t, std::string>> near;
+  for (const std::string& c : choices) {
+    const std::size_t d = edit_distance(wanted, c);
+    if (2 * d <= std::max(wanted.size(), c.size())) near.emplace_back(d, c);
+  }
+  if (near.empty()) return "";
+  std::stable_sort(near.begin(), near.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::string out = " (did you mean ";
+  for (std::size_t i = 0; i < std::min<std::size_t>(near.size(), 3); ++i)
+    out += (i ? " or '" : "'") + near[i].second + "'";
+  return out + "?)";
+}
+
 template <typename Error>
 void check_keys(const Json& j, const std::set<std::string>& allowed, const std::string& where) {
   for (const auto& kv : j.items())

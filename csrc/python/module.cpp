@@ -16,6 +16,7 @@ PYBIND11_MODULE(_core, m) {
   bind_policy_runtime(m);
   bind_observation(m);
   bind_action(m);
+  bind_randomization(m);
   bind_watchdog(m);
   bind_mlp_update(m);
 

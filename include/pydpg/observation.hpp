@@ -90,6 +90,9 @@ class ObservationBuilder {
   // places), recording them in the rings: a training env whose own observation is the base (verified
   // so) observes through the same history as the loop, noise and all.
   void build_from_current(const double* current, float* obs);
+  // The base's current values (base_size() of them, inputs included), unrounded, leaving the rings
+  // as they are: what a loop perturbs (pydpg::DomainRandomization::observe) before build_from_current.
+  void build_base(const mjData* data, double* base) const;
   // Forget the history: the next build fills every slot with its current value. Call it when an
   // episode starts.
   void reset() { primed_ = false; }

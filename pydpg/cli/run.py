@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Optional, Sequence, Union
 
 from pydpg.cli.errors import CLIError, guarded
 from pydpg.common.envs import evaluate, initial_states
+from pydpg.contract.randomization import as_randomization_spec
+from pydpg.deploy.export import read_spec_file
 from pydpg.deploy.loop import ControlLoopError, _env_for, control_loop_args, control_loop_path, run_policy
 from pydpg.deploy.policy_file import read_metadata
 from pydpg.deploy.runtime import Policy
@@ -22,6 +25,25 @@ def _policy_metadata(policy: Union[str, os.PathLike]) -> dict:
         return read_metadata(policy)
     except Exception:  # noqa: BLE001 - the loop itself reports what is wrong with the file
         return {}
+
+
+def _randomization(args: argparse.Namespace) -> Optional[dict]:
+    """--randomization's spec: the policy's own ('policy'), or a file's; None without the option."""
+    if args.randomization is None:
+        if args.randomization_seed is not None:
+            raise CLIError("--randomization-seed needs --randomization")
+        return None
+    if args.randomization_seed is not None and not 0 <= args.randomization_seed < 2**64:
+        raise CLIError(f"--randomization-seed must be in [0, 2^64), got {args.randomization_seed}")
+    if args.randomization == "policy":
+        spec = _policy_metadata(args.policy).get("randomization")
+        if spec is None:
+            raise CLIError(f"--randomization policy: {args.policy} was trained without randomization")
+        return as_randomization_spec(spec)
+    try:
+        return read_spec_file(args.randomization, "randomization")
+    except ValueError as e:
+        raise CLIError(f"--randomization: {e}") from None
 
 
 def _policy_env_id(policy: Union[str, os.PathLike]) -> Optional[str]:
@@ -87,6 +109,19 @@ def run_main(argv: Optional[Sequence[str]] = None) -> int:
         default="hold",
         help="NaN/Inf observation or action: stop, hold the last action, or output zeros",
     )
+    p.add_argument(
+        "--randomization",
+        metavar="SPEC",
+        help="run under domain randomization (pydpg::DomainRandomization): 'policy' for the spec the policy "
+        "was trained under, or a JSON file, or a TOML file with a [randomization] table; the replay and the "
+        "Python evaluation run under the same spec and seed",
+    )
+    p.add_argument(
+        "--randomization-seed",
+        type=int,
+        help="seed of the randomization's draws (default: --seed, so that the loop, the replay and the Python "
+        "evaluation draw alike)",
+    )
     p.add_argument("--json", help="also write the report as JSON to this file")
     args = p.parse_args(argv)
     return guarded("run", lambda: _run(args))
@@ -116,12 +151,15 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads,
         on_nonfinite=args.on_nonfinite,
     )
+    randomization = _randomization(args)
+    if randomization is not None:
+        loop["randomization"] = randomization
     env_id = None if args.no_replay else (args.env or _policy_env_id(args.policy))
     env = None
     if env_id is not None:
         try:
             meta = _policy_metadata(args.policy)
-            env = _env_for(env_id, meta.get("action"), meta.get("observation"))
+            env = _env_for(env_id, meta.get("action"), meta.get("observation"), randomization)
         except Exception as e:  # noqa: BLE001 - any failure to make the env means: run without it
             hint = _env_hint(env_id, e)
             if args.env:
@@ -131,9 +169,19 @@ def _run(args: argparse.Namespace) -> int:
                 f"from the model's qpos0 and no returns are reported{hint}",
                 file=sys.stderr,
             )
-    if env is None:
-        return subprocess.call(control_loop_args(args.policy, json_out=args.json, **loop))
     seed = args.seed if args.seed is not None else _policy_eval_seed(args.policy)
+    if randomization is not None:
+        loop["randomization_seed"] = args.randomization_seed if args.randomization_seed is not None else seed
+    if env is None:
+        if randomization is None:
+            return subprocess.call(control_loop_args(args.policy, json_out=args.json, **loop))
+        with tempfile.TemporaryDirectory(prefix="pydpg-run-") as tmp:
+            path = os.path.join(tmp, "randomization.json")
+            with open(path, "w") as f:
+                json.dump(randomization, f)
+            return subprocess.call(
+                control_loop_args(args.policy, json_out=args.json, **{**loop, "randomization": path})
+            )
     try:
         states = initial_states(env, args.episodes, seed)
         try:

@@ -1153,9 +1153,9 @@ def export_checkpoint(checkpoint: Union[str, os.PathLike], path: Union[str, os.P
 
 
 def read_spec_file(path: Union[str, os.PathLike], table: str) -> dict:
-    """A contract spec (``table``: "observation" or "action") from a JSON file, or from that table of
-    a TOML file (a run config works)."""
-    canonical = {"observation": as_spec, "action": as_action_spec}[table]
+    """A contract spec (``table``: "observation", "action" or "randomization") from a JSON file, or
+    from that table of a TOML file (a run config works)."""
+    canonical = {"observation": as_spec, "action": as_action_spec, "randomization": as_randomization_spec}[table]
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{table} spec file '{path}' does not exist")

@@ -26,6 +26,7 @@ from pydpg.common.envs import check_env_id, find_wrapper
 from pydpg.contract.action import find_contract
 from pydpg.contract.history import ObservationHistory
 from pydpg.contract.observation import observation_error
+from pydpg.contract.randomization import DomainRandomization, as_randomization_spec
 from pydpg.contract.wrappers import contract_wrapper
 
 CONTROL_LOOP = "pydpg_control_loop"
@@ -100,7 +101,12 @@ def control_loop_args(
     json_out: Optional[str] = None,
     trace: Optional[str] = None,
     quiet: bool = False,
+    randomization: Optional[str] = None,
+    randomization_seed: int = 0,
 ) -> list[str]:
+    """pydpg_control_loop's command line. ``randomization``: a spec file's path, or "policy" (the
+    spec the policy was trained under); ``randomization_seed`` seeds it as an env's reset seed seeds
+    the training wrapper."""
     args = [
         control_loop_path(),
         os.fspath(policy),
@@ -127,6 +133,11 @@ def control_loop_args(
         args += ["--trace", os.fspath(trace)]
     if quiet:
         args.append("--quiet")
+    if randomization is not None:
+        seed = int(randomization_seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"randomization_seed must be a whole number in [0, 2^64), got {randomization_seed!r}")
+        args += ["--randomization", os.fspath(randomization), "--randomization-seed", str(seed)]
     return args
 
 
@@ -166,10 +177,17 @@ def run_policy(
     ``replay``: a Gymnasium env (or env id) to replay the run through (``replay_trace``): the report
     then also holds ``returns`` and ``mean_return`` (the env's rewards for the loop's actions, from
     the same states), ``max_obs_diff`` and the per-episode ``replay``. The loop computes no rewards.
+    ``randomization`` may also be a spec as a dict; a replay env then needs the same randomization
+    (``_env_for(..., randomization=spec)``), which the replay drives with the loop's seed.
     Other keyword arguments are those of ``control_loop_args``.
     """
     with tempfile.TemporaryDirectory(prefix="pydpg-run-") as tmp:
         out = os.path.join(tmp, "result.json")
+        if isinstance(kwargs.get("randomization"), dict):
+            path = os.path.join(tmp, "randomization.json")
+            with open(path, "w") as f:
+                json.dump(as_randomization_spec(kwargs["randomization"]), f)
+            kwargs["randomization"] = path
         if initial_states is not None:
             states = np.atleast_2d(np.asarray(initial_states, dtype=np.float64))
             path = os.path.join(tmp, "init.txt")
@@ -187,7 +205,7 @@ def run_policy(
         if replay is not None:
             env = _env_for(replay)
             try:
-                episodes = replay_trace(kwargs["trace"], env)
+                episodes = replay_trace(kwargs["trace"], env, randomization_seed=kwargs.get("randomization_seed", 0))
             finally:
                 if env is not replay:
                     env.close()
@@ -302,21 +320,35 @@ def read_trace(path: Union[str, os.PathLike]) -> list[dict]:
     return episodes
 
 
-def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
+def replay_trace(path: Union[str, os.PathLike], env, randomization_seed: int = 0) -> list[dict]:
     """Replay a control-loop trace through the Gymnasium ``env``: each episode starts from the logged
     qpos/qvel and takes the logged actions. Per episode it reports the largest observation
     difference relative to max(1, |obs|) between what the loop's policy saw and what the env
     observes, the env's return for the loop's actions up to its first termination
     (``replay_return``), the step the env
     terminated at, and whether the loop ended the episode at that same step
-    (``termination_agrees``; None for traces that do not log it)."""
+    (``termination_agrees``; None for traces that do not log it).
+
+    An env with a ``DomainRandomization`` (a trace of ``pydpg_control_loop --randomization``) is
+    driven as the loop drives its own: seeded once with ``randomization_seed``, redrawn before each
+    episode, the logged actions through its noise, delay and pushes, and its noise on the observation."""
 
     u = env.unwrapped
     contract = find_contract(env)  # the policy's action spec: the logged actions go through its map
     history = find_wrapper(env, ObservationHistory)  # the policy reads past observations too
+    randomized = find_wrapper(env, DomainRandomization)
+    if randomized is not None:
+        randomized.seed_stream(randomization_seed)
 
     def observe(obs):
+        if randomized is not None:
+            obs = randomized.noisy(obs)
         return obs if history is None else history.observe(obs)
+
+    def actuate(action):
+        if randomized is not None:
+            action = randomized.applied(action)
+        return action if contract is None else contract.commands_for(action)
 
     if not hasattr(u, "set_state") or not hasattr(u, "_get_obs"):
         raise TypeError(f"{type(u).__name__} is not a Gymnasium MuJoCo env: the trace cannot be replayed through it")
@@ -327,7 +359,9 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
                 f"the trace's states have nq {ep['qpos'].size}, nv {ep['qvel'].size}; this env's model has "
                 f"nq {u.model.nq}, nv {u.model.nv} (a trace of another robot?)"
             )
-        env.reset(seed=0)
+        if randomized is not None:
+            randomized.redraw()  # before the env's reset, as the loop and the wrapper draw
+        u.reset(seed=0)  # the env itself: each wrapper's own start is made here, as the loop makes it
         u.set_state(ep["qpos"], ep["qvel"])
         if contract is not None:
             contract.map.reset()  # as the loop's map starts each episode
@@ -345,9 +379,7 @@ def replay_trace(path: Union[str, os.PathLike], env) -> list[dict]:
         worst, ret, ended = 0.0, 0.0, None
         for t, (seen, action) in enumerate(zip(ep["obs"], ep["action"])):
             worst = max(worst, float(np.max(observation_error(seen, obs), initial=0.0)))
-            obs, reward, terminated, truncated, _ = u.step(
-                action if contract is None else contract.commands_for(action)
-            )
+            obs, reward, terminated, truncated, _ = u.step(actuate(action))
             obs = observe(obs)
             if ended is None:
                 ret += float(reward)

@@ -9,9 +9,14 @@
 //        alloc_check --observation MODEL SPEC CALLS       -> one JSON line (ObservationBuilder::build and
 //                                                          TerminationCheck::first_failure, with
 //                                                          the mean time per call)
+//        alloc_check --action MODEL SPEC CALLS SUBSTEPS    -> ActionMap::command and apply
+//        alloc_check --randomization MODEL SPEC CALLS EPISODE
+//                                                       -> DomainRandomization::reset (every EPISODE
+//                                                          steps), step and observe
 #include <pydpg/action.hpp>
 #include <pydpg/observation.hpp>
 #include <pydpg/policy_runtime.hpp>
+#include <pydpg/randomization.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -176,7 +181,52 @@ int action_mode(const char* model_path, const char* spec_path, long calls, int s
   });
 }
 
+// The randomization bound to MODEL (actions in its ctrlrange, 64 observations) with the spec in file
+// SPEC: `calls` control steps of step() and observe(), and a reset() every `episode` steps, as a
+// training env makes them (without the env's own physics: the randomization's own cost).
+int randomization_mode(const char* model_path, const char* spec_path, long calls, long episode) {
+  return with_model(model_path, spec_path, [calls, episode](mjModel* m, mjData* d, const std::string& spec_text) {
+    const int n = static_cast<int>(m->nu), obs_size = 64;
+    std::vector<double> low(n), high(n), a(n), applied(n), obs(obs_size, 0.5);
+    for (int i = 0; i < n; ++i) {
+      low[i] = m->actuator_ctrllimited[i] ? m->actuator_ctrlrange[2 * i] : -1.0;
+      high[i] = m->actuator_ctrllimited[i] ? m->actuator_ctrlrange[2 * i + 1] : 1.0;
+    }
+    pydpg::DomainRandomization r(spec_text, m, obs_size, n, low.data(), high.data());
+    r.seed(7);
+    for (long i = 0; i < 1000; ++i) {  // warm caches
+      if (i % episode == 0) r.reset();
+      r.step(a.data(), applied.data(), d);
+      r.observe(obs.data());
+    }
+    double reset_ns = 0, step_ns = 0;
+    long resets = 0;
+    g_counting = true;
+    for (long i = 0; i < calls; ++i) {
+      for (int k = 0; k < n; ++k) a[k] = 0.5 * (low[k] + high[k]) + 0.4 * (high[k] - low[k]) * std::sin(0.01 * i + k);
+      const auto t0 = std::chrono::steady_clock::now();
+      if (i % episode == 0) {
+        r.reset();
+        ++resets;
+      }
+      const auto t1 = std::chrono::steady_clock::now();
+      r.step(a.data(), applied.data(), d);
+      r.observe(obs.data());
+      const auto t2 = std::chrono::steady_clock::now();
+      reset_ns += std::chrono::duration<double, std::nano>(t1 - t0).count();
+      step_ns += std::chrono::duration<double, std::nano>(t2 - t1).count();
+    }
+    g_counting = false;
+    std::printf(
+        "{\"calls\": %ld, \"resets\": %ld, \"allocations\": %ld, \"ns_per_reset\": %.1f, "
+        "\"ns_per_step_and_observe\": %.1f, \"delay\": %d}\n",
+        calls, resets, g_allocs.load(), reset_ns / std::max(1L, resets), step_ns / calls, r.delay());
+  });
+}
+
 int main(int argc, char** argv) {
+  if (argc == 6 && std::string(argv[1]) == "--randomization")
+    return randomization_mode(argv[2], argv[3], std::atol(argv[4]), std::max(1L, std::atol(argv[5])));
   if (argc == 5 && std::string(argv[1]) == "--observation")
     return observation_mode(argv[2], argv[3], std::atol(argv[4]));
   if (argc == 6 && std::string(argv[1]) == "--action")
