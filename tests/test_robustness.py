@@ -84,6 +84,16 @@ def test_parallel_points_equal_serial_ones(pendulum_policy):
     assert serial["rows"] == parallel["rows"] and serial["nominal"] == parallel["nominal"]
 
 
+def test_ray_tasks_equal_local_processes(pendulum_policy, ray_local):
+    """--ray-address: each point a Ray task (here the test session's local Ray), the same returns."""
+    from pydpg.cli.robustness import ray_map
+
+    varies = [parse_vary("body_mass=0.8,1.2")]
+    local = robustness_report(pendulum_policy, varies, episodes=2, jobs=1)
+    remote = robustness_report(pendulum_policy, varies, episodes=2, map_points=ray_map(None))
+    assert remote["nominal"] == local["nominal"] and remote["rows"] == local["rows"]
+
+
 def test_cli_writes_table_png_and_json(pendulum_policy, tmp_path, capsys):
     png, out = tmp_path / "r.png", tmp_path / "r.json"
     rc = main(

@@ -544,11 +544,12 @@ void ObservationBuilder::set_input(const std::string& name, const float* values,
   throw ObservationError("the observation spec has no input named '" + name + "'");
 }
 
-void ObservationBuilder::evaluate(const mjData* data, double* current) const {
+template <typename T>
+void ObservationBuilder::evaluate(const mjData* data, T* current) const {
   for (std::size_t i = 0; i < input_set_.size(); ++i)
     if (!input_set_[i]) throw ObservationError("input '" + input_names_[i] + "' was not set before build()");
   for (const Part& p : parts_) {
-    double* out = current + p.base_offset;
+    T* out = current + p.base_offset;
     if (p.input >= 0) {
       const auto& v = inputs_[p.input];
       std::copy(v.begin(), v.end(), out);
@@ -558,7 +559,7 @@ void ObservationBuilder::evaluate(const mjData* data, double* current) const {
     const mjtNum* minus = p.minus_field >= 0 ? field_data(data, p.minus_field) : nullptr;
     const std::size_t n = p.src.size();
     for (std::size_t k = 0; k < n; ++k) {
-      // In float64, as Gymnasium assembles its observations; rounded to float32 once, in emit().
+      // In float64, as Gymnasium assembles its observations; rounded to T (float32) once.
       double v = base[p.src[k]];
       if (minus) v -= minus[p.minus[k]];
       v = v * p.scale + p.offset;
@@ -567,7 +568,7 @@ void ObservationBuilder::evaluate(const mjData* data, double* current) const {
       else if (p.fn == Fn::Cos)
         v = std::cos(v);
       if (p.clip) v = std::min(std::max(v, p.lo), p.hi);
-      out[k] = v;
+      out[k] = static_cast<T>(v);
     }
   }
 }
@@ -604,6 +605,7 @@ void ObservationBuilder::emit(const double* current, T* obs) {
 template <typename T>
 void ObservationBuilder::build_into(const mjData* data, T* obs) {
   if (data == nullptr || obs == nullptr) throw ObservationError("build: data and obs must not be null");
+  if (!has_history_) return evaluate(data, obs);  // the base is the observation: one pass, no copy
   evaluate(data, current_.data());
   emit(current_.data(), obs);
 }

@@ -104,7 +104,8 @@ class ObservationBuilder {
  private:
   template <typename T>
   void build_into(const mjData* data, T* out);
-  void evaluate(const mjData* data, double* current) const;
+  template <typename T>
+  void evaluate(const mjData* data, T* current) const;
   template <typename T>
   void emit(const double* current, T* out);
   enum class Fn : std::uint8_t { None, Sin, Cos };

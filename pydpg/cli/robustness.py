@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from pydpg.cli.errors import CLIError, guarded
 
@@ -31,6 +31,13 @@ def robustness_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, help="first reset's seed (default: the policy's eval_seed)")
     p.add_argument("--jobs", type=int, help="parallel processes (default: the CPUs)")
     p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="evaluate the points as Ray tasks on the cluster whose head is at ADDR (HOST:PORT or 'auto'), one "
+        "CPU each, instead of local processes; every node needs pydpg and the policy file at the same path. "
+        "Needs the optional extra: pip install 'pydpg[ray]'",
+    )
+    p.add_argument(
         "--keep", type=float, default=0.8, help="the fraction of the nominal return that counts as surviving"
     )
     p.add_argument(
@@ -40,6 +47,20 @@ def robustness_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", help="write the report here")
     args = p.parse_args(argv)
     return guarded("robustness", lambda: _robustness(args))
+
+
+def ray_map(address: Optional[str]) -> Callable:
+    """A ``map_points`` that runs each point as a Ray task (one CPU) on the cluster at ``address``
+    (None: the Ray session this process has, or a local one)."""
+    from pydpg.train.ray_session import init  # import time: see pydpg.cli.main's docstring
+
+    ray = init(address=address)
+
+    def run(fn: Callable[[dict], dict], jobs: list) -> list:
+        remote = ray.remote(num_cpus=1)(fn)
+        return ray.get([remote.remote(j) for j in jobs])
+
+    return run
 
 
 def _robustness(args: argparse.Namespace) -> int:
@@ -77,6 +98,7 @@ def _robustness(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         keep=args.keep,
         grid=args.grid,
+        map_points=None if args.ray_address is None else ray_map(args.ray_address),
     )
     print(report_table(report))
     if args.png:

@@ -28,7 +28,7 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -139,11 +139,14 @@ def robustness_report(
     jobs: Optional[int] = None,
     keep: float = 0.8,
     grid: bool = False,
+    map_points: Optional[Callable[[Callable[[dict], dict], list[dict]], list[dict]]] = None,
 ) -> dict[str, Any]:
     """The report as data (see the module docstring): ``nominal``, ``rows`` (one per point),
     ``survives`` (per quantity: the values keeping ``keep`` of the nominal return), and with ``grid``
     (two quantities) ``grid``: every pair of their values at once, as ``mean`` and ``fraction``
-    matrices (rows: the first quantity's values)."""
+    matrices (rows: the first quantity's values). ``map_points(fn, jobs)`` evaluates the points
+    elsewhere (``[fn(j) for j in jobs]``, in order: `pydpg robustness --ray-address` passes Ray's);
+    without it they run in ``jobs`` local processes."""
     meta = read_metadata(policy)
     env_id = env_id or meta.get("env_id")
     if env_id is None:
@@ -164,7 +167,9 @@ def robustness_report(
     perturbations += [perturbation(varies[0].name, x, (varies[1].name, y)) for x, y in pairs]
     jobs_ = [{**base, "seed": seed, "perturbation": p} for p in perturbations]
     workers = max(1, min(jobs or os.cpu_count() or 1, len(jobs_)))
-    if workers == 1:
+    if map_points is not None:
+        results = list(map_points(_point, jobs_))
+    elif workers == 1:
         results = [_point(j) for j in jobs_]
     else:
         # spawn: a fork of a process holding torch's thread pools can deadlock in the child
