@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -462,3 +463,44 @@ def test_pydpg_run_randomizes_the_loop_the_replay_and_python_alike(randomized_po
     plain = Path(__file__).parent / "data" / "inverted_pendulum_30k.pt"
     assert run_main([str(plain), "--randomization", "policy"]) == 2
     assert "was trained without randomization" in capsys.readouterr().err
+
+
+def test_hostile_calls_are_refused_by_name(randomized_policy, tmp_path):
+    """The binding and the loop's options: wrong sizes and shapes, bounds out of order, a missing
+    file, a negative seed, a policy without a spec; each a clear error, none a crash."""
+    import subprocess
+
+    from pydpg import _core
+    from pydpg.deploy.loop import control_loop_args
+
+    model = gym.make("Hopper-v5").unwrapped.model
+    spec = '{"version": 1}'
+    one = np.ones(3)
+    for args, message in [
+        ((spec, model, 0, -one, one), "sizes must be >= 1"),
+        ((spec, model, 11, one, one), "low < high"),
+        ((spec, model, 11, -one, np.ones(2)), "two vectors of one size"),
+        ((spec, model, 11, -one, np.array([1, np.inf, 1])), "finite"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _core.DomainRandomization(*args)
+    core = _core.DomainRandomization(spec, model, 11, -one, one)
+    data = mujoco.MjData(model)
+    with pytest.raises(ValueError, match="the action has shape"):
+        core.step(np.zeros(4), data._address)
+    with pytest.raises(ValueError, match="the observation has shape"):
+        core.observe(np.zeros((2, 11)))
+    with pytest.raises(ValueError, match="rng must be 4 words"):
+        core.load_state([1], [], [], 0, [], [], [])
+    base = control_loop_args(randomized_policy, realtime=False, quiet=True)
+    for extra, message in [
+        (["--randomization", str(tmp_path / "missing.json")], "cannot read --randomization file"),
+        (["--randomization", "policy", "--randomization-seed", "-1"], "whole number >= 0"),
+        (["--randomization", "policy", "--randomization-seed", "x"], "whole number >= 0"),
+    ]:
+        run = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
+        assert run.returncode != 0 and message in run.stderr, run.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "action": {"delay": [0, 99]}}')
+    run = subprocess.run(base + ["--randomization", str(bad)], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "past the most, 20" in run.stderr

@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
       const long steps = std::atol(argv[3]);
       long t = 0;
       int stopped_by = -1;
+      // One episode from a fresh builder; a loop of several calls observe.reset() at each start, so
+      // that terms with a history start over (docs/deployment.md, "Observation history").
       for (; t < steps && stopped_by < 0; ++t) {
         observe.build(d, obs.data());
         policy.act(obs.data(), 1, action.data());
