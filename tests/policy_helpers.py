@@ -76,6 +76,31 @@ def cmake_build(source: Path, build: Path, timeout: float = 300) -> None:
     build_cmake_project(source, build, timeout)
 
 
+def small_hopper_run(out, **train):
+    """A Trainer for a short Hopper-v5 run a test can afford (32-32 networks, 1200 steps, learning from
+    step 300, an evaluation and a checkpoint every 400 steps), with ``train``'s TrainConfig fields (a
+    contract or a randomization under test)."""
+    from pydpg.core.config import DDPGConfig
+    from pydpg.train.config import TrainConfig
+    from pydpg.train.trainer import Trainer
+
+    cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300)
+    tc = TrainConfig(
+        env_id="Hopper-v5", total_steps=1200, eval_every=400, eval_episodes=2, checkpoint_every=400, **train
+    )
+    return Trainer(cfg, tc, out_dir=out, tensorboard=False)
+
+
+def exported_after(trainer, steps: int, path: Path):
+    """``trainer`` run to ``steps``, exported to ``path`` and closed: (path, the export's result)."""
+    from pydpg.deploy.export import export_policy
+
+    trainer.run(steps)
+    result = export_policy(trainer, path, verbose=False)
+    trainer.close()
+    return path, result
+
+
 def run_alloc_check(driver: Path, mode: str, model_xml: str, spec: dict, *counts: int) -> dict:
     """alloc_check's JSON line for ``--mode MODEL SPEC COUNTS...`` (the spec written beside the driver)."""
     path = driver.parent / f"{mode}_spec.json"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from float_bounds import OBS_PARITY
-from policy_helpers import run_alloc_check
+from policy_helpers import exported_after, run_alloc_check, small_hopper_run
 
 from pydpg import _core
 from pydpg.contract.action import (
@@ -242,17 +242,7 @@ def test_wrong_action_shapes_and_envs_are_refused(hopper):
 
 # ---------------------------------------------------------------------------------------- training
 def pd_configs(out, **train):
-    cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300)
-    tc = TrainConfig(
-        env_id="Hopper-v5",
-        total_steps=1200,
-        eval_every=400,
-        eval_episodes=2,
-        checkpoint_every=400,
-        action=hopper_pd(),
-        **train,
-    )
-    return Trainer(cfg, tc, out_dir=out, tensorboard=False)
+    return small_hopper_run(out, action=hopper_pd(), **train)
 
 
 def test_training_runs_through_the_contract_and_resumes_exactly(tmp_path):
@@ -291,11 +281,7 @@ def test_a_config_files_action_table_reaches_the_run(tmp_path):
 @pytest.fixture(scope="module")
 def pd_policy(tmp_path_factory):
     out = tmp_path_factory.mktemp("pd_run")
-    t = pd_configs(out)
-    t.run(600)
-    result = export_policy(t, out / "policy.pt", verbose=False)
-    t.close()
-    return out / "policy.pt", result
+    return exported_after(pd_configs(out), 600, out / "policy.pt")
 
 
 def test_export_ships_and_verifies_the_contract(pd_policy):

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 from float_bounds import OBS_PARITY
-from policy_helpers import run_alloc_check
+from policy_helpers import exported_after, run_alloc_check, small_hopper_run
 
 from pydpg.common.envs import find_wrapper, initial_states
 from pydpg.contract.history import ObservationHistory, has_history, without_history
 from pydpg.contract.observation import ObservationBuilder, ObservationError, ObservationMismatch, task_spec
 from pydpg.contract.wrappers import contract_wrapper
 from pydpg.core.config import DDPGConfig
-from pydpg.deploy.export import export_policy
 from pydpg.deploy.loop import _env_for, run_policy
 from pydpg.deploy.policy_file import read_metadata
-from pydpg.train.config import TrainConfig, resolve
+from pydpg.train.config import resolve
 from pydpg.train.trainer import Trainer
 
 K = 3
@@ -180,17 +179,7 @@ def test_the_wrappers_order_puts_the_noise_inside_the_history():
 
 # ---------------------------------------------------------------------------------------- a run
 def history_run(out, **train):
-    cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300)
-    tc = TrainConfig(
-        env_id="Hopper-v5",
-        total_steps=1200,
-        eval_every=400,
-        eval_episodes=2,
-        checkpoint_every=400,
-        observation=hopper_history(),
-        **train,
-    )
-    return Trainer(cfg, tc, out_dir=out, tensorboard=False)
+    return small_hopper_run(out, observation=hopper_history(), **train)
 
 
 def test_training_observes_through_the_history_and_resumes_exactly(tmp_path):
@@ -231,11 +220,7 @@ def test_a_config_files_history_reaches_the_run_and_a_wrong_base_is_refused_at_i
 @pytest.fixture(scope="module")
 def history_policy(tmp_path_factory):
     out = tmp_path_factory.mktemp("history_run")
-    t = history_run(out)
-    t.run(600)
-    result = export_policy(t, out / "policy.pt", verbose=False)
-    t.close()
-    return out / "policy.pt", result
+    return exported_after(history_run(out), 600, out / "policy.pt")
 
 
 def test_export_ships_and_verifies_the_history(history_policy):

@@ -12,13 +12,13 @@ import mujoco
 import numpy as np
 import pytest
 import torch
+from policy_helpers import exported_after, small_hopper_run
 
 from pydpg.contract.randomization import MAX_DELAY, DomainRandomization, as_randomization_spec
 from pydpg.contract.wrappers import contract_wrapper
-from pydpg.core.config import DDPGConfig
 from pydpg.deploy.export import export_policy
 from pydpg.deploy.policy_file import read_metadata
-from pydpg.train.config import TrainConfig, resolve
+from pydpg.train.config import resolve
 from pydpg.train.trainer import Trainer
 
 MODEL = [
@@ -224,18 +224,7 @@ SPEC = {
 
 
 def trainer(out, **train):
-    cfg = DDPGConfig(hidden=(32, 32), batch_size=32, buffer_size=20_000, learning_starts=300)
-    tc = TrainConfig(
-        env_id="Hopper-v5",
-        total_steps=1200,
-        eval_every=400,
-        eval_episodes=2,
-        checkpoint_every=400,
-        n_envs=2,
-        randomization=SPEC,
-        **train,
-    )
-    return Trainer(cfg, tc, out_dir=out, tensorboard=False)
+    return small_hopper_run(out, n_envs=2, randomization=SPEC, **train)
 
 
 def test_training_randomizes_resumes_exactly_and_records_it(tmp_path):
@@ -393,11 +382,7 @@ FIELDS_FOR_ALL = ("body_mass", "body_inertia", "geom_friction", "dof_damping", "
 @pytest.fixture(scope="module")
 def randomized_policy(tmp_path_factory):
     out = tmp_path_factory.mktemp("randomized_run")
-    t = trainer(out)
-    t.run(600)
-    export_policy(t, out / "p.pt", verbose=False)
-    t.close()
-    return out / "p.pt"
+    return exported_after(trainer(out), 600, out / "p.pt")[0]
 
 
 def test_the_loop_randomizes_as_training_does(randomized_policy, tmp_path):
