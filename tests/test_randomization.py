@@ -482,6 +482,7 @@ def test_hostile_calls_are_refused_by_name(randomized_policy, tmp_path):
         (["--randomization", str(tmp_path / "missing.json")], "cannot read --randomization file"),
         (["--randomization", "policy", "--randomization-seed", "-1"], "whole number >= 0"),
         (["--randomization", "policy", "--randomization-seed", "x"], "whole number >= 0"),
+        (["--randomization", str(tmp_path)], "is not a regular file"),
     ]:
         run = subprocess.run(base + extra, capture_output=True, text=True, timeout=60)
         assert run.returncode != 0 and message in run.stderr, run.stderr

@@ -23,6 +23,7 @@
 //        [--init-states FILE] [--json OUT] [--trace OUT] [--quiet]
 //        [--randomization FILE|policy] [--randomization-seed N]
 #include <mujoco/mujoco.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -154,7 +155,15 @@ Task parse_task(const pydpg::PolicyRuntime& policy, const mjModel* m) {
   return k;
 }
 
+// An input file must be a regular file: a FIFO or a device would block the loop's start, or never end.
+void check_regular_file(const std::string& path, const std::string& flag) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) throw UsageError("cannot read " + flag + " file '" + path + "'");
+  if (!S_ISREG(st.st_mode)) throw UsageError(flag + " '" + path + "' is not a regular file");
+}
+
 std::vector<std::vector<double>> read_init_states(const std::string& path, const mjModel* m) {
+  check_regular_file(path, "--init-states");
   std::ifstream f(path);
   if (!f) throw UsageError("cannot open --init-states file '" + path + "'");
   std::vector<std::vector<double>> states;
@@ -260,6 +269,7 @@ int run(const Args& a) {
       spec = pydpg::DomainRandomization::spec_from_policy_metadata(policy.metadata().json);
       if (spec.empty()) throw UsageError("--randomization policy: the policy was trained without randomization");
     } else {
+      check_regular_file(a.randomization, "--randomization");
       std::ifstream f(a.randomization);
       if (!f) throw UsageError("cannot read --randomization file '" + a.randomization + "'");
       std::stringstream text;
