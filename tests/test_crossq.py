@@ -543,3 +543,22 @@ def test_training_the_wide_critic_on_a_cpu_says_what_it_costs(capsys):
             tr.close()
         err = capsys.readouterr()
         assert ("critic_hidden=[256,256]" in err.out + err.err) == noted, (width, err)
+
+
+def test_a_wide_critic_on_a_cpu_is_told_its_pace_at_the_start():
+    """Preset crossq's 2048-2048 critic on a CPU: the run's first lines bound its env-steps/s and hours
+    from the measured update (docs/benchmarks.md) and name the 256-256 setting; a 256-256 run is not
+    warned."""
+    import torch
+
+    from pydpg.train.config import TrainConfig
+    from pydpg.train.report import RunReport
+
+    def lines(widths):
+        report = RunReport(None, TrainConfig(total_steps=1_000_000), None, None, "Hopper-v5", tensorboard=False)
+        return report.start_lines(torch.device("cpu"), widths)
+
+    note = lines((2048, 2048))[1]
+    assert "at most 4.7 env-steps/s and at least 58.5 h for 1000000 steps" in note
+    assert "--set critic_hidden=[256,256]" in note and "at least 2.4 h" in note
+    assert len(lines((256, 256))) == 1
