@@ -219,3 +219,20 @@ def test_the_readmes_action_table_is_the_examples_spec(tmp_path):
     (tmp_path / "arm_pd.toml").write_text("[action]" + block)
     _, train = resolve(env_id="ArmReach-v0", config_file=tmp_path / "arm_pd.toml")
     assert train.action == arm_env.ACTION_SPEC_PD
+
+
+def test_train_and_deploy_script_randomized(tmp_path, capsys):
+    """The README's randomized journey, briefly: trained under arm_env.RANDOMIZATION_SPEC, the loop
+    under the same randomization earns the Python evaluation's returns, and the robustness report
+    follows."""
+    import importlib
+
+    script = importlib.import_module("train_and_deploy")
+    args = ["--steps", "1200", "--out", str(tmp_path / "arm"), "--episodes", "2", "--randomize"]
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    python = out.split("return, Python evaluation : ")[1].split("\n")[0]
+    cpp = out.split("return, C++ loop (replay) : ")[1].split("\n")[0]
+    assert python == cpp, out
+    assert "keeps >= 80 % of its nominal return under delay" in out and "body_mass" in out
+    assert read_metadata(tmp_path / "arm" / "policy.pt")["randomization"]["action"]["delay"] == [0, 1]

@@ -55,6 +55,19 @@ ACTION_SPEC_PD = {
     "safe_action": "hold",
 }
 
+# What the real arm may get wrong, for training under domain randomization (a config file's
+# [randomization] table, or TrainConfig.randomization): link masses and joint damping +-20 % per
+# episode, the action applied 0 or 1 control steps late, and sensor noise. The policy file records it.
+RANDOMIZATION_SPEC = {
+    "version": 1,
+    "model": [
+        {"field": "body_mass", "names": ["upper", "fore"], "scale": [0.8, 1.2]},
+        {"field": "dof_damping", "names": ["shoulder", "elbow"], "scale": [0.8, 1.2]},
+    ],
+    "action": {"delay": [0, 1]},
+    "observation": {"noise": 0.005},
+}
+
 
 class ArmReachEnv(MujocoEnv):
     """Reach the target with the fingertip: reward = -distance - 0.01 |action|^2, 200 steps of 0.04 s."""
