@@ -91,6 +91,14 @@ def small_hopper_run(out, **train):
     return Trainer(cfg, tc, out_dir=out, tensorboard=False)
 
 
+def assert_same_run(ref, resumed) -> None:
+    """A resumed run is the uninterrupted one: the same evaluations and the same actor, exactly."""
+    assert [r["eval_mean"] for r in ref.history] == [r["eval_mean"] for r in resumed.history]
+    assert all(
+        torch.equal(a, b) for a, b in zip(ref.agent.actor.parameters(), resumed.agent.actor.parameters(), strict=True)
+    )
+
+
 def exported_after(trainer, steps: int, path: Path):
     """``trainer`` run to ``steps``, exported to ``path`` and closed: (path, the export's result)."""
     from pydpg.deploy.export import export_policy

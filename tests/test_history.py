@@ -9,9 +9,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
-import torch
 from float_bounds import OBS_PARITY
-from policy_helpers import exported_after, run_alloc_check, small_hopper_run
+from policy_helpers import assert_same_run, exported_after, run_alloc_check, small_hopper_run
 
 from pydpg.common.envs import find_wrapper, initial_states
 from pydpg.contract.history import ObservationHistory, has_history, without_history
@@ -194,10 +193,7 @@ def test_training_observes_through_the_history_and_resumes_exactly(tmp_path):
     cut.run(stop_at=600)
     resumed = Trainer.resume(tmp_path / "cut", tensorboard=False)
     resumed.run()
-    assert [r["eval_mean"] for r in ref.history] == [r["eval_mean"] for r in resumed.history]
-    assert all(
-        torch.equal(a, b) for a, b in zip(ref.agent.actor.parameters(), resumed.agent.actor.parameters(), strict=True)
-    )
+    assert_same_run(ref, resumed)
 
 
 def test_a_config_files_history_reaches_the_run_and_a_wrong_base_is_refused_at_its_start(tmp_path):

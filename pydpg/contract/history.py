@@ -21,6 +21,7 @@ from typing import Any, Union
 import gymnasium as gym
 import numpy as np
 
+from pydpg.common.envs import find_wrapper
 from pydpg.contract.observation import ObservationBuilder, as_spec
 
 
@@ -33,6 +34,14 @@ def without_history(spec: dict) -> dict:
     """``spec`` with every term read once: the base, which a simulator's own observation holds."""
     spec = as_spec(spec)
     return {**spec, "terms": [{k: v for k, v in t.items() if k != "history"} for t in spec["terms"]]}
+
+
+def observing(env: gym.Env, spec: dict) -> gym.Env:
+    """``env`` as a policy of ``spec`` observes it: through ObservationHistory when the spec has a
+    history and ``env`` has no such wrapper yet, else ``env`` itself (what verification checks)."""
+    if not has_history(spec) or find_wrapper(env, ObservationHistory) is not None:
+        return env
+    return ObservationHistory(env, spec)
 
 
 def _history(term: Any) -> int:

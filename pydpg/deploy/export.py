@@ -48,9 +48,8 @@ import torch
 from torch import nn
 
 from pydpg import __version__, presets
-from pydpg.common.envs import find_wrapper
 from pydpg.contract.action import ActionContract, as_action_spec, verify_action
-from pydpg.contract.history import ObservationHistory, has_history
+from pydpg.contract.history import observing
 from pydpg.contract.observation import (
     ObservationBuilder,
     ObservationError,
@@ -354,12 +353,9 @@ def _checked_observation_spec(
     target = gym.make(env_spec) if env_spec is not None else env
     if target is None:
         return spec, None, None
-    checked = target
-    if has_history(spec) and find_wrapper(target, ObservationHistory) is None:
-        # The env observes the spec's base; the policy, through the history wrapper it trained with.
-        checked = ObservationHistory(target, spec)
     try:
-        report = verify_report(spec, checked, **verification)
+        # The env observes the spec's base; the policy, through the history wrapper it trained with.
+        report = verify_report(spec, observing(target, spec), **verification)
     except (ObservationMismatch, ObservationError) as e:
         if given is not None:
             raise

@@ -14,7 +14,7 @@ from pydpg import presets
 from pydpg.common.envs import EnvLike, make_env
 from pydpg.common.names import did_you_mean
 from pydpg.contract.action import as_action_spec
-from pydpg.contract.history import ObservationHistory, has_history
+from pydpg.contract.history import observing
 from pydpg.contract.observation import ObservationError, ObservationMismatch, as_spec, verify_report
 from pydpg.contract.randomization import as_randomization_spec
 from pydpg.core.config import DDPGConfig, algorithm_presets, learning_starts_for
@@ -36,7 +36,7 @@ def check_observation(
     try:
         # A spec with history is checked as the run observes: the env's observation is its base,
         # through the history wrapper (which refuses a base of another width by name).
-        verify_report(spec, ObservationHistory(single, spec) if has_history(spec) else single, steps=steps)
+        verify_report(spec, observing(single, spec), steps=steps)
     except (ObservationMismatch, ObservationError) as e:
         raise ValueError(f"the run's observation spec ([observation]) does not fit {_env_label(env)}: {e}") from None
     except ValueError as e:  # the history wrapper: a base of another width, or not a MuJoCo env
