@@ -261,21 +261,25 @@ def _powers_of_two(x: np.ndarray) -> bool:
 
 def variance(x: Enc, axis=0, keepdims: bool = False) -> Enc:
     """The population variance mean((x - mean x)^2) as any of the usual algorithms computes it
-    (two-pass, Welford's updates, or mean(x^2) - mean(x)^2): the two-pass formula's enclosure plus
-    the textbook formula's rounding bound, gamma_{2n+4} (mean(x^2) + mean(|x|)^2), doubled: Chan,
-    Golub and LeVeque (1983) bound the updating algorithm's error by n u kappa times the variance and
-    the textbook one's by n u kappa^2, kappa^2 = mean(x^2) / variance >= 1. Errors of x itself enter
-    through d(mean(x^2) - mean(x)^2) <= 4 max|x| b + 2 b^2 with b the largest bound of x."""
+    (two-pass, Welford's updates, or mean(x^2) - mean(x)^2): the larger of two bounds, each sound on
+    its own. The two-pass formula's enclosure covers that algorithm, x's errors included. For the
+    others: the textbook formula's rounding bound, gamma_{2n+4} (mean(x^2) + mean(|x|)^2), doubled
+    (Chan, Golub and LeVeque (1983) bound the updating algorithm's error by n u kappa times the
+    variance and the textbook one's by n u kappa^2, kappa^2 = mean(x^2) / variance >= 1), plus what
+    x's own errors (at most b, per column) do to the exact variance: Var(x + e) - Var(x) =
+    2 Cov(x, e) + Var(e), at most 2 std(x) b + b^2, with std(x) <= std(centre) + b (the triangle
+    inequality on centred vectors)."""
     mu = x.mean(axis, keepdims=True)
     two_pass = (x - mu.closed()).square().mean(axis, keepdims=keepdims).closed()
     n = x.centre.size if axis is None else int(np.prod([x.centre.shape[a] for a in np.atleast_1d(axis)]))
     up = x.upper
-    b = float(x.bound.max(initial=0.0))
+    b = x.bound.max(axis, keepdims=keepdims, initial=0.0)
     textbook = (
         2 * gamma(2 * n + 4, x.u) * ((up**2).mean(axis, keepdims=keepdims) + up.mean(axis, keepdims=keepdims) ** 2)
     )
-    own = 4 * up.max(axis, keepdims=keepdims) * b + 2 * b * b
-    return Enc.atom(two_pass.centre, two_pass.bound + textbook + own, x.u)
+    std_c = np.sqrt(x.centre.var(axis, keepdims=keepdims)) * (1 + 2.0**-40)
+    own = 2 * (std_c + b) * b + b * b
+    return Enc.atom(two_pass.centre, np.maximum(two_pass.bound, (textbook + own) * (1 + 2.0**-40)), x.u)
 
 
 def agree(a, b, *encs: Enc, what: str = "") -> None:

@@ -370,13 +370,19 @@ def test_the_actor_step_moves_the_actors_statistics_not_the_critics():
     assert all(p.grad is not None for p in a.actor.parameters())
 
 
-def test_the_cpp_update_steps_aside_and_says_why():
-    assert "target_networks" in why_not(_crossq(batch_renorm=False))
-    assert "batch_renorm" in why_not(_crossq(target_networks=True))
+def test_the_cpp_update_runs_crossq_and_steps_aside_for_its_ablations():
+    """The preset itself runs on the C++ update (tests/test_crossq_update.py pins it to autograd); the
+    ablations without batch renormalization, or with target networks, step aside by name."""
+    assert "target_networks is off without batch_renorm" in why_not(_crossq(batch_renorm=False))
+    assert "batch_renorm is on with target networks" in why_not(_crossq(target_networks=True))
     a = _crossq(update_backend="cpp", policy_delay=1)
     a.update(_batch(torch.Generator().manual_seed(7)))  # the first steps are autograd's, creating Adam's state
-    with pytest.raises(ValueError, match="batch_renorm"):
-        a.update(_batch(torch.Generator().manual_seed(8)))
+    a.update(_batch(torch.Generator().manual_seed(8)))
+    assert why_not(a) is None and a.mlp_updater() is not None
+    b = _crossq(update_backend="cpp", policy_delay=1, target_networks=True)
+    b.update(_batch(torch.Generator().manual_seed(7)))
+    with pytest.raises(ValueError, match="batch_renorm is on with target networks"):
+        b.update(_batch(torch.Generator().manual_seed(8)))
 
 
 def test_checkpoint_round_trip_carries_the_running_statistics_and_continues_exactly():

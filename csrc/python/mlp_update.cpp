@@ -76,6 +76,37 @@ pydpg::MlpParams mlp_params(py::handle seq, const std::string& name) {
   return p;
 }
 
+// A BatchRenorm's tensors and constants, from a dict of them (pydpg.core.mlp_update._norm_params).
+pydpg::BatchRenormParams norm_params(py::handle h, const std::string& name) {
+  if (!py::isinstance<py::dict>(h)) throw py::type_error(name + " must be a dict, got " + type_name(h));
+  const py::dict d = py::reinterpret_borrow<py::dict>(h);
+  for (const char* key :
+       {"weight", "bias", "running_mean", "running_var", "steps", "momentum", "warmup", "eps", "r_max", "d_max"})
+    if (!d.contains(key)) throw py::value_error(name + " has no '" + key + "'");
+  pydpg::BatchRenormParams q;
+  q.weight = tensor_arg(d["weight"], name + ".weight");
+  q.bias = tensor_arg(d["bias"], name + ".bias");
+  q.running_mean = tensor_arg(d["running_mean"], name + ".running_mean");
+  q.running_var = tensor_arg(d["running_var"], name + ".running_var");
+  q.steps = tensor_arg(d["steps"], name + ".steps");
+  q.momentum = d["momentum"].cast<double>();
+  q.warmup = d["warmup"].cast<std::int64_t>();
+  q.eps = d["eps"].cast<double>();
+  q.r_max = d["r_max"].cast<double>();
+  q.d_max = d["d_max"].cast<double>();
+  return q;
+}
+
+// A network's Linear layers, and with `norms` (not None) its normalizations, one per layer.
+pydpg::MlpParams net_params(py::handle seq, py::handle norms, const std::string& name) {
+  pydpg::MlpParams p = mlp_params(seq, name);
+  if (norms.is_none()) return p;
+  std::size_t i = 0;
+  for (py::handle h : py::reinterpret_borrow<py::sequence>(norms))
+    p.norm.push_back(norm_params(h, name + " normalization " + std::to_string(i++)));
+  return p;
+}
+
 pydpg::AdamState adam_state(const py::dict& d, const std::string& name) {
   for (const char* key : {"grad", "exp_avg", "exp_avg_sq", "step", "beta1", "beta2", "eps", "weight_decay"})
     if (!d.contains(key)) throw py::value_error(name + " has no '" + key + "'");
@@ -97,18 +128,29 @@ void bind_mlp_update(py::module_& m) {
   using pydpg::MlpUpdate;
   py::class_<MlpUpdate>(m, "MlpUpdate")
       .def(py::init([](py::handle actor, py::handle actor_target, py::sequence critics, py::sequence critic_targets,
-                       py::dict actor_opt, py::dict critic_opt, double action_bound, bool portable) {
+                       py::dict actor_opt, py::dict critic_opt, double action_bound, bool portable,
+                       py::handle actor_norm, py::handle critic_norms) {
+             if (!critic_norms.is_none() && py::len(critic_norms) != critics.size())
+               throw py::value_error("critic_norms: one list per critic expected, got " +
+                                     std::to_string(py::len(critic_norms)) + " for " + std::to_string(critics.size()) +
+                                     " critics");
              std::vector<pydpg::MlpParams> cs, cts;
              for (std::size_t k = 0; k < critics.size(); ++k)
-               cs.push_back(mlp_params(critics[k], "critics[" + std::to_string(k) + "]"));
+               cs.push_back(net_params(
+                   critics[k], critic_norms.is_none() ? py::object(py::none()) : py::object(critic_norms[py::int_(k)]),
+                   "critics[" + std::to_string(k) + "]"));
              for (std::size_t k = 0; k < critic_targets.size(); ++k)
                cts.push_back(mlp_params(critic_targets[k], "critic_targets[" + std::to_string(k) + "]"));
-             return std::make_unique<MlpUpdate>(mlp_params(actor, "actor"), mlp_params(actor_target, "actor_target"),
-                                                std::move(cs), std::move(cts), adam_state(actor_opt, "actor_opt"),
+             // No actor target (None): CrossQ's update, without target networks.
+             pydpg::MlpParams at =
+                 actor_target.is_none() ? pydpg::MlpParams{} : mlp_params(actor_target, "actor_target");
+             return std::make_unique<MlpUpdate>(net_params(actor, actor_norm, "actor"), std::move(at), std::move(cs),
+                                                std::move(cts), adam_state(actor_opt, "actor_opt"),
                                                 adam_state(critic_opt, "critic_opt"), action_bound, portable);
            }),
            py::arg("actor"), py::arg("actor_target"), py::arg("critics"), py::arg("critic_targets"),
-           py::arg("actor_opt"), py::arg("critic_opt"), py::arg("action_bound") = 1.0, py::arg("portable") = false)
+           py::arg("actor_opt"), py::arg("critic_opt"), py::arg("action_bound") = 1.0, py::arg("portable") = false,
+           py::arg("actor_norm") = py::none(), py::arg("critic_norms") = py::none())
       .def(
           "update",
           [](MlpUpdate& u, py::handle obs, py::handle action, py::handle reward, py::handle next_obs, py::handle done,
@@ -134,7 +176,8 @@ void bind_mlp_update(py::module_& m) {
           py::arg("tau"), py::arg("td_errors"),
           "One critic step; with actor_lr (not None) also the actor step and the Polyak update. Returns "
           "(critic_loss, q_mean, actor_loss), actor_loss NaN without the actor step.")
-      .def_property_readonly("kernels", &MlpUpdate::kernels);
+      .def_property_readonly("kernels", &MlpUpdate::kernels)
+      .def_property_readonly("has_targets", &MlpUpdate::has_targets);
 }
 
 }  // namespace pydpg::python

@@ -7,9 +7,12 @@ in place on the modules' parameters and on the optimizers' own state, so checkpo
 ``state_dict`` see no difference. Only float rounding differs from the autograd path (summation
 order), which ``tests/test_mlp_update.py`` bounds.
 
-It runs what an ``Actor`` / ``Critic`` of Linear layers and ReLUs computes. Anything it would not
-reproduce exactly (another activation, LayerNorm, a custom module, hooks, a GPU, a non-fused or
-AMSGrad Adam, autocast, frozen parameters) sends the update down the autograd path.
+It runs what an ``Actor`` / ``Critic`` of Linear layers and ReLUs computes, and CrossQ's update
+(``DDPGConfig.batch_renorm`` with ``target_networks`` off: a ``BatchRenorm`` in front of every
+Linear, no targets, the joint training-mode pass). Anything it would not reproduce exactly (another
+activation, LayerNorm, batch renormalization with target networks, a custom module, hooks, a GPU, a
+non-fused or AMSGrad Adam, autocast, frozen parameters, a network left in training mode) sends the
+update down the autograd path.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 
 from pydpg import _core
 from pydpg.core.adam import fused_adam_issue
-from pydpg.core.networks import Actor, Critic
+from pydpg.core.networks import Actor, BatchRenorm, Critic
 
 if TYPE_CHECKING:
     from pydpg.core.agent import DDPGAgent
@@ -31,18 +34,53 @@ if TYPE_CHECKING:
 _requires_grad = attrgetter("requires_grad")
 
 
-def _plain_mlp(net: nn.Module) -> Optional[str]:
-    """None if ``net`` is nn.Sequential(Linear, ReLU, ..., Linear) with biases, else what differs."""
+def _plain_mlp(net: nn.Module, normalized: bool = False) -> Optional[str]:
+    """None if ``net`` is nn.Sequential(Linear, ReLU, ..., Linear) with biases (``normalized``: with a
+    BatchRenorm in front of every Linear), else what differs."""
     mods = list(net.children()) if type(net) is nn.Sequential else None
-    if not mods or len(mods) % 2 == 0:
-        return "it is not an nn.Sequential of Linear layers with ReLU between them"
+    unit = (BatchRenorm, nn.Linear, nn.ReLU) if normalized else (nn.Linear, nn.ReLU)
+    if not mods or len(mods) % len(unit) != len(unit) - 1:
+        return (
+            "it is not an nn.Sequential of BatchRenorm, Linear layers and ReLU between them"
+            if normalized
+            else "it is not an nn.Sequential of Linear layers with ReLU between them"
+        )
     for i, m in enumerate(mods):
-        want = nn.Linear if i % 2 == 0 else nn.ReLU
+        want = unit[i % len(unit)]
         if type(m) is not want:
-            return f"layer {i} is {type(m).__name__}, the C++ update runs only Linear and ReLU"
+            return f"layer {i} is {type(m).__name__}, the C++ update runs only {', '.join(u.__name__ for u in unit)}"
         if want is nn.Linear and m.bias is None:
             return f"layer {i} has no bias"
+        if want is BatchRenorm and m.training:
+            return f"layer {i} is in training mode (the agent keeps normalized networks in evaluation mode)"
     return None
+
+
+def _norm_params(net: nn.Module) -> Optional[list[dict[str, Any]]]:
+    """Each BatchRenorm's tensors (detached views) and constants, in order; None for a plain network."""
+    norms = [m for m in net.modules() if isinstance(m, BatchRenorm)]
+    if not norms:
+        return None
+    return [
+        {
+            "weight": m.weight.detach(),
+            "bias": m.bias.detach(),
+            "running_mean": m.running_mean,
+            "running_var": m.running_var,
+            "steps": m.steps,
+            "momentum": m.momentum,
+            "warmup": m.warmup,
+            "eps": m.eps,
+            "r_max": m.r_max,
+            "d_max": m.d_max,
+        }
+        for m in norms
+    ]
+
+
+def _linear_params(net: nn.Module) -> list[torch.Tensor]:
+    """The Linear layers' [weight, bias, ...], detached, in order."""
+    return [p.detach() for m in net.modules() if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
 
 
 def _optimizer_issue(opt: torch.optim.Optimizer, params: list[nn.Parameter], name: str) -> Optional[str]:
@@ -64,20 +102,29 @@ def why_not(agent: "DDPGAgent") -> Optional[str]:
     if agent.device.type != "cpu":
         return f"the agent is on {agent.device}; the C++ update runs on the CPU"
     cfg = agent.config
-    on = [name for name in ("sale", "lap", "value_clip", "hard_target_interval", "batch_renorm") if getattr(cfg, name)]
+    on = [name for name in ("sale", "lap", "value_clip", "hard_target_interval") if getattr(cfg, name)]
     if on:
-        return f"DDPGConfig.{on[0]} is on; the C++ update has DDPG's and TD3's switches only"
-    if not cfg.target_networks:
-        return "DDPGConfig.target_networks is off; the C++ update has DDPG's and TD3's switches only"
+        return f"DDPGConfig.{on[0]} is on; the C++ update has DDPG's, TD3's and CrossQ's switches only"
+    if cfg.batch_renorm and cfg.target_networks:
+        return (
+            "DDPGConfig.batch_renorm is on with target networks; the C++ update has batch renormalization "
+            "without targets only (CrossQ)"
+        )
+    if not cfg.target_networks and not cfg.batch_renorm:
+        return "DDPGConfig.target_networks is off without batch_renorm; the C++ update has CrossQ's combination only"
     if type(agent.actor) is not Actor or any(type(c) is not Critic for c in agent.critics):
         return "the networks are not pydpg.core.networks.Actor and Critic"
     for name, net in [("actor", agent.actor.net), *((f"critic {k}", c.net) for k, c in enumerate(agent.critics))]:
-        issue = _plain_mlp(net)
+        issue = _plain_mlp(net, cfg.batch_renorm)
         if issue:
             return f"the {name}: {issue}"
-    params = [p for m in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets) for p in m.parameters()]
+    nets = [m for m in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets) if m is not None]
+    params = [p for m in nets for p in m.parameters()]
     if any(p.dtype != torch.float32 or not p.is_contiguous() for p in params):
         return "not every parameter is a contiguous float32 tensor"
+    buffers = [b for m in nets for b in m.buffers()]
+    if any(not b.is_contiguous() or b.dtype not in (torch.float32, torch.int64) for b in buffers):
+        return "not every normalization statistic is a contiguous float32 (or int64 step count) tensor"
     if agent.action_bound is None:
         return "the agent has no action bound"
     for opt, mod, name in (
@@ -120,24 +167,30 @@ class MlpUpdater:
     def __init__(self, agent: "DDPGAgent", portable: bool = False):
 
         self.agent = agent
-        det = [[p.detach() for p in m.parameters()] for m in (agent.actor, agent.actor_target)]
+        targets = agent.actor_target is not None
         self._core = _core.MlpUpdate(
-            det[0],
-            det[1],
-            [[p.detach() for p in c.parameters()] for c in agent.critics],
-            [[p.detach() for p in c.parameters()] for c in agent.critic_targets],
+            _linear_params(agent.actor),
+            _linear_params(agent.actor_target) if targets else None,
+            [_linear_params(c) for c in agent.critics],
+            [_linear_params(c) for c in agent.critic_targets] if targets else [],
             _adam_tensors(agent.actor_opt),
             _adam_tensors(agent.critic_opt),
             float(agent.action_bound),
             portable,
+            _norm_params(agent.actor),
+            [_norm_params(c) for c in agent.critics] if agent.config.batch_renorm else None,
         )
+        nets = [m for m in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets) if m is not None]
         # Every module's hook dicts, which register_*_hook fills in place: one any() per update.
         self._hook_dicts = [
             d
-            for net in (agent.actor, agent.actor_target, agent.critics, agent.critic_targets)
+            for net in nets
             for m in net.modules()
             for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
         ]
+        self._params = [*agent.actor.parameters(), *agent.critics.parameters()]
+        # Normalization layers: the agent keeps them in evaluation mode between updates.
+        self._norms = [m for net in nets for m in net.modules() if isinstance(m, BatchRenorm)]
 
     @staticmethod
     def ready(agent: "DDPGAgent") -> bool:
@@ -147,13 +200,14 @@ class MlpUpdater:
     @staticmethod
     def current_key(agent: "DDPGAgent") -> tuple:
         """What the bound tensors depend on: the optimizers' state dicts (load_state_dict replaces them)
-        and param groups, and every parameter's storage."""
+        and param groups, and every parameter's and buffer's storage (normalization statistics)."""
+        nets = (agent.actor, agent.critics)
         return (
             id(agent.actor_opt.state),
             id(agent.critic_opt.state),
             id(agent.actor_opt.param_groups[0]),
             id(agent.critic_opt.param_groups[0]),
-            tuple(p.data_ptr() for p in agent._online),
+            tuple(t.data_ptr() for m in nets for t in (*m.parameters(), *m.buffers())),
             tuple(p.data_ptr() for p in agent._target),
         )
 
@@ -171,10 +225,12 @@ class MlpUpdater:
             return "global module hooks are registered"
         if any(self._hook_dicts):
             return "a module of the networks has hooks"
-        if not all(map(_requires_grad, self.agent._online)):
+        if not all(map(_requires_grad, self._params)):
             return "a parameter is frozen (requires_grad=False)"
         if torch.is_autocast_enabled("cpu"):
             return "CPU autocast is on"
+        if any(m.training for m in self._norms):
+            return "a normalization layer is in training mode (the agent keeps them in evaluation mode)"
         return None
 
     def update(self, batch: "Batch") -> dict[str, Any]:
