@@ -18,6 +18,14 @@ shared machine hits both alike; the median chunk rate is reported (and the faste
 
     python benchmarks/bench_training.py                    # ~1 minute on 2 cores
     python benchmarks/bench_training.py --measure 500 --skip-sb3
+    python benchmarks/bench_training.py --crossq 256       # CrossQ: pydpg against SBX and sb3-contrib
+
+``--crossq W``: the contenders are ``--preset crossq`` with a W-W critic (its C++ update, and with
+``update_backend="torch"``), SBX's CrossQ (``peers.sbx_crossq``, JAX) and sb3-contrib's
+(``peers.sb3_contrib_crossq``, PyTorch), each with a 256-256 actor, a W-W critic, batch 256, policy
+delay 3 and one update per env step, on Hopper-v5 unless ``--env`` says otherwise. The peers' actors
+are SAC's (stochastic, with a temperature step); pydpg's is TD3's. Each runner takes a short untimed
+chunk first, so that JAX compiles outside the timing.
 
 Writes benchmarks/results/training.json (and prints a markdown table with the ratio).
 SB3 comes with the optional ``bench`` extra: pip install -e .[bench]
@@ -38,18 +46,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class PydpgRunner:
-    def __init__(self, env_id: str, learning_starts: int, seed: int, backend: str = "auto"):
+    def __init__(
+        self, env_id: str, learning_starts: int, seed: int, backend: str = "auto", crossq_width: int | None = None
+    ):
         from pydpg.core.config import DDPGConfig
         from pydpg.train.config import TrainConfig
         from pydpg.train.trainer import Trainer
 
-        cfg = DDPGConfig(
-            hidden=(256, 256),
-            batch_size=256,
-            learning_starts=learning_starts,
-            buffer_size=1_000_000,
-            update_backend=backend,
-        )
+        common = dict(batch_size=256, learning_starts=learning_starts, buffer_size=1_000_000, update_backend=backend)
+        if crossq_width:
+            cfg = DDPGConfig.preset("crossq", critic_hidden=(crossq_width, crossq_width), **common)
+        else:
+            cfg = DDPGConfig(hidden=(256, 256), **common)
         train = TrainConfig(env_id=env_id, total_steps=10**9, eval_every=0, checkpoint_every=0, seed=seed)
         self.trainer = Trainer(cfg, train)  # no out_dir and no evaluation: collection + updates only
         self.trainer.run(stop_at=learning_starts)
@@ -65,6 +73,19 @@ class SB3Runner:
         from peers import sb3_ddpg
 
         self.model = sb3_ddpg(env_id, learning_starts, seed)
+        self.model.learn(learning_starts)
+
+    def steps(self, n: int) -> None:
+        before = self.model.num_timesteps
+        self.model.learn(n, reset_num_timesteps=False)
+        assert self.model.num_timesteps - before == n
+
+
+class CrossQPeerRunner:
+    """An SB3-style CrossQ (``peers.sbx_crossq`` or ``peers.sb3_contrib_crossq``) learning on the env."""
+
+    def __init__(self, make, env_id: str, critic_width: int, learning_starts: int, seed: int):
+        self.model = make(env_id, critic_width, learning_starts, seed)
         self.model.learn(learning_starts)
 
     def steps(self, n: int) -> None:
@@ -125,6 +146,15 @@ class JaxRunner:
         jax.block_until_ready(self.peer.state)  # the chunk's last update is part of its time
 
 
+def _version(dist: str):
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
 def timed(runner, n: int) -> float:
     t0 = time.perf_counter()
     runner.steps(n)
@@ -133,7 +163,8 @@ def timed(runner, n: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="HalfCheetah-v5")
+    p.add_argument("--env", default=None, help="default HalfCheetah-v5, with --crossq Hopper-v5")
+    p.add_argument("--crossq", type=int, metavar="W", help="CrossQ with a W-W critic against SBX and sb3-contrib")
     p.add_argument("--learning-starts", type=int, default=1000)
     p.add_argument("--measure", type=int, default=3000, help="timed env steps per library (one update each)")
     p.add_argument("--chunk", type=int, default=250, help="steps per timed chunk; the libraries alternate")
@@ -144,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-autograd", action="store_true", help="leave out pydpg with update_backend='torch'")
     p.add_argument("--out", type=Path, default=RESULTS / "training.json")
     args = p.parse_args(argv)
+    args.env = args.env or ("Hopper-v5" if args.crossq else "HalfCheetah-v5")
 
     from peers import xla_threads
 
@@ -159,13 +191,30 @@ def main(argv=None) -> int:
             print("stable-baselines3 is not installed (pip install -e .[bench]); measuring pydpg only", file=sys.stderr)
             have_sb3 = False
     load_before = os.getloadavg()
-    runners = {"pydpg": PydpgRunner(args.env, args.learning_starts, args.seed)}
+    w = args.crossq
+    runners = {"pydpg": PydpgRunner(args.env, args.learning_starts, args.seed, crossq_width=w)}
     if not args.skip_autograd:
-        runners["pydpg autograd"] = PydpgRunner(args.env, args.learning_starts, args.seed, backend="torch")
-    if have_sb3:
-        runners["sb3"] = SB3Runner(args.env, args.learning_starts, args.seed)
+        runners["pydpg autograd"] = PydpgRunner(args.env, args.learning_starts, args.seed, "torch", w)
     jax_version = None
-    if not args.skip_jax:
+    if w:
+        from peers import sb3_contrib_crossq, sbx_crossq
+
+        for name, make in (("sbx", sbx_crossq), ("sb3-contrib", sb3_contrib_crossq)):
+            if (name == "sbx" and args.skip_jax) or (name == "sb3-contrib" and not have_sb3):
+                continue
+            try:
+                runners[name] = CrossQPeerRunner(make, args.env, w, args.learning_starts, args.seed)
+            except ImportError as e:
+                print(f"{name} skipped ({e}); pip install -e .[bench]", file=sys.stderr)
+        if "sbx" in runners:
+            import jax
+
+            jax_version = jax.__version__
+        for runner in runners.values():  # untimed: JAX compiles, caches warm
+            runner.steps(20)
+    elif have_sb3:
+        runners["sb3"] = SB3Runner(args.env, args.learning_starts, args.seed)
+    if not args.skip_jax and not w:
         try:
             import jax
 
@@ -191,11 +240,12 @@ def main(argv=None) -> int:
             return None, None
         return med["pydpg"] / med[peer], statistics.median(a / b for a, b in zip(sps["pydpg"], sps[peer]))
 
-    ratio, paired = ratios("sb3")
+    ratio, paired = ratios("sb3") if not w else ratios("sbx")
 
     result = {
         "benchmark": "training throughput, env steps/s after learning starts (one update per step)",
         "env": args.env,
+        "crossq_critic_width": w,
         "hidden": [256, 256],
         "batch_size": 256,
         "learning_starts": args.learning_starts,
@@ -205,13 +255,14 @@ def main(argv=None) -> int:
         "sps_per_chunk": sps,
         "median_sps": med,
         "max_sps": {k: max(v) for k, v in sps.items()},
-        "ratio_pydpg_over_sb3": ratio,
+        ("ratio_pydpg_over_sbx" if w else "ratio_pydpg_over_sb3"): ratio,
         "median_paired_ratio": paired,
         "ratios_pydpg_over": {k: ratios(k) for k in sps if k != "pydpg"},
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "sb3": stable_baselines3.__version__ if have_sb3 else None,
+            **({"sbx-rl": _version("sbx-rl"), "sb3-contrib": _version("sb3-contrib")} if w else {}),
             "jax": jax_version,
         },
         "machine": {
@@ -227,18 +278,21 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, args.out)
 
+    what = f"CrossQ, 256-256 actor, {w}-{w} critic" if w else "256-256 nets"
     print(
-        f"\nTraining throughput on {args.env}, {args.threads} CPU threads, 256-256 nets, batch 256, "
+        f"\nTraining throughput on {args.env}, {args.threads} CPU threads, {what}, batch 256, "
         f"1 update/step: {args.measure} steps per library after {args.learning_starts} random steps, "
         f"in alternating chunks of {args.chunk}\n"
     )
     print("| contender | env steps/s (median over chunks) | fastest chunk | pydpg / it (paired) |")
     print("|---|---:|---:|---:|")
     names = {
-        "pydpg": "pydpg",
+        "pydpg": "pydpg --preset crossq" if w else "pydpg",
         "pydpg autograd": "pydpg, autograd update",
         "sb3": "SB3 DDPG",
         "jax": "JAX DDPG (jitted)",
+        "sbx": "SBX CrossQ (JAX)",
+        "sb3-contrib": "sb3-contrib CrossQ (PyTorch)",
     }
     for k, v in sps.items():
         r, pr = ratios(k) if k != "pydpg" else (None, None)

@@ -14,9 +14,12 @@ Contenders:
 * ``pydpg TD7`` (``--td7``): ``--preset td7``'s update (TD3 + SALE's encoder step and embeddings,
   LAP's Huber loss, hard targets every 250, value clipping; autograd, which the C++ update does not
   cover). Its ratio is to the JAX TD3 peer: the cost of TD7's additions over TD3.
-* ``pydpg CrossQ`` (``--crossq``): ``--preset crossq``'s update (TD3 + batch renormalization, no
-  targets, the joint critic pass over 2B rows, a 2048-2048 critic; autograd), and the same with a
-  256-256 critic. Ratio to the JAX TD3 peer.
+* ``pydpg CrossQ, W-W critic`` (``--crossq``): ``--preset crossq``'s update (TD3 + batch
+  renormalization, no targets, the joint critic pass over 2B rows) with a W-W critic, on the C++
+  update and (``, autograd``) on autograd. Ratio to ``SBX CrossQ, W-W critic``: sbx-rl's CrossQ
+  (JAX, every step jitted; a stochastic SAC actor with its temperature step where pydpg's is TD3's
+  deterministic one; both policy delay 3, batch 256, actor 256-256) running its own train() on the
+  same fixed batch.
 * ``SB3 DDPG``: Stable-Baselines3's ``DDPG.train(gradient_steps=1)`` with its replay sampling
   replaced by the fixed batch.
 * ``JAX DDPG`` / ``JAX TD3``: the peer, written here in the structure of CleanRL's
@@ -38,7 +41,8 @@ imported) and pins the process to N CPUs, so that no contender can use more core
     python benchmarks/bench_update.py                # 1 thread, ~2 minutes
     python benchmarks/bench_update.py --threads 2
     python benchmarks/bench_update.py --td7          # adds --preset td7's update
-    python benchmarks/bench_update.py --crossq       # adds --preset crossq's update (2048 and 256 critics)
+    python benchmarks/bench_update.py --crossq       # adds --preset crossq's update (C++, autograd) and
+                                                     # SBX's CrossQ, 256 and 1024 critics (--crossq 512: others)
     python benchmarks/bench_update.py --profile 200  # torch.profiler of pydpg's update: ops, matmul vs rest
     python benchmarks/bench_update.py --compile default   # adds pydpg with torch.compile'd losses
     git worktree add ../pydpg-old <rev>; python benchmarks/bench_update.py --baseline ../pydpg-old
@@ -131,7 +135,9 @@ class Pydpg:
                 **extra,
             }
         )
-        self.agent = agent.DDPG.from_dims(OBS, ACT, conf)
+        # DDPGAgent; a baseline checkout from before the rename calls it DDPG
+        self.agent = getattr(agent, "DDPGAgent", None) or agent.DDPG
+        self.agent = self.agent.from_dims(OBS, ACT, conf)
         if compile_mode is not None:
             # torch.compile done the recommended way: the loss functions (forward graphs and, via
             # AOTAutograd, their backward graphs), not the optimizer. The instance attributes shadow
@@ -180,6 +186,34 @@ class SB3:
 
     def step(self) -> None:
         self.model.train(gradient_steps=1, batch_size=B)
+
+
+class SbxCrossQ:
+    """SBX's CrossQ (``peers.sbx_crossq``) running its own ``train(gradient_steps=1)`` on the fixed
+    batch (its replay sampling replaced, as for SB3): the jitted critic step, and every third call its
+    jitted actor and temperature step, plus the NumPy conversion its train() does per call."""
+
+    def __init__(self, data, critic_width: int):
+        import gymnasium as gym
+        import torch
+        from peers import sbx_crossq
+        from stable_baselines3.common.logger import configure
+        from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+        class Shapes(gym.Env):  # the peer builds its networks from the spaces; nothing is ever stepped
+            observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS,), np.float32)
+            action_space = gym.spaces.Box(-1, 1, (ACT,), np.float32)
+
+        self.model = sbx_crossq(Shapes(), critic_width, learning_starts=0, seed=0)
+        self.model.set_logger(configure(None, []))
+        t = {k: torch.from_numpy(v) for k, v in data.items()}
+        samples = ReplayBufferSamples(t["obs"], t["action"], t["next_obs"], t["done"], t["reward"])
+        self.model.replay_buffer.sample = lambda batch_size, env=None: samples
+        for _ in range(2 * self.model.policy_delay):  # compile every policy-delay offset outside the timing
+            self.step()
+
+    def step(self) -> None:
+        self.model.train(gradient_steps=1, batch_size=B)  # returns after .item() on its losses
 
 
 # ------------------------------------------------------------------------------------------ JAX
@@ -345,8 +379,11 @@ def main(argv=None) -> int:
     p.add_argument("--td7", action="store_true", help="also --preset td7's update (autograd)")
     p.add_argument(
         "--crossq",
-        action="store_true",
-        help="also --preset crossq's update (autograd), with its 2048-2048 critic and with a 256-256 one",
+        nargs="*",
+        type=int,
+        metavar="WIDTH",
+        help="also --preset crossq's update (C++ and autograd) and SBX's jitted CrossQ update, each with a "
+        "WIDTH-WIDTH critic (default widths: 256 1024)",
     )
     p.add_argument("--skip-jax", action="store_true")
     p.add_argument(
@@ -368,6 +405,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "update.json")
     args = p.parse_args(argv)
     B, HIDDEN = args.batch, args.hidden
+    args.crossq = [] if args.crossq is None else (args.crossq or [256, 1024])
 
     if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
@@ -384,7 +422,7 @@ def main(argv=None) -> int:
     if args.baseline:
         c["pydpg DDPG (baseline)"] = Pydpg(data, td3=False, src=args.baseline)
         c["pydpg TD3 (baseline)"] = Pydpg(data, td3=True, src=args.baseline)
-        if args.crossq:  # the narrow critic only: the wide one (~24x its cost per update) would dominate the run
+        if args.crossq:  # the narrow critic only: a wide one would dominate the run
             c["pydpg CrossQ, 256-256 critic (baseline)"] = Pydpg(
                 data, td3=True, src=args.baseline, preset="crossq", agent_overrides={"critic_hidden": HIDDEN}
             )
@@ -394,11 +432,19 @@ def main(argv=None) -> int:
     c["pydpg TD3 autograd"] = Pydpg(data, td3=True, backend="torch")
     if args.td7:
         c["pydpg TD7"] = Pydpg(data, td3=True, preset="td7")
-    if args.crossq:
-        c["pydpg CrossQ"] = Pydpg(data, td3=True, preset="crossq")
-        c["pydpg CrossQ, 256-256 critic"] = Pydpg(
-            data, td3=True, preset="crossq", agent_overrides={"critic_hidden": HIDDEN}
+    for w in args.crossq:
+        critic = {"critic_hidden": (w, w)}
+        c[f"pydpg CrossQ, {w}-{w} critic"] = Pydpg(
+            data, td3=True, preset="crossq", agent_overrides=critic, backend="cpp"
         )
+        c[f"pydpg CrossQ, {w}-{w} critic, autograd"] = Pydpg(
+            data, td3=True, preset="crossq", agent_overrides=critic, backend="torch"
+        )
+        if not args.skip_jax:
+            try:
+                c[f"SBX CrossQ, {w}-{w} critic"] = SbxCrossQ(data, w)
+            except ImportError as e:
+                print(f"SBX skipped ({e}); pip install -e .[bench]", file=sys.stderr)
     compile_s = {}
     if args.compile and args.cpp_wrapper:
         import torch._inductor.config
@@ -450,14 +496,16 @@ def main(argv=None) -> int:
             )
 
         def peer(k):
-            return (
-                ("JAX TD3" if "TD3" in k or "TD7" in k or "CrossQ" in k else "JAX DDPG") if "JAX DDPG" in ms else None
-            )
+            if "CrossQ" in k:  # SBX's CrossQ with the same critic width
+                sbx = "SBX CrossQ, " + k.split(", ")[1]
+                return sbx if sbx in ms else None
+            return ("JAX TD3" if "TD3" in k or "TD7" in k else "JAX DDPG") if "JAX DDPG" in ms else None
 
         rows = {}
         for k in names:
             row = summarize(ms[k])
             if peer(k) and peer(k) != k:
+                row["peer"] = peer(k)
                 row["ratio_to_jax"] = row["median"] / statistics.median(ms[peer(k)])
                 row["paired_ratio_median"] = statistics.median(a / b for a, b in zip(ms[k], ms[peer(k)]))
             rows[k] = row
@@ -478,7 +526,8 @@ def main(argv=None) -> int:
             f"\nms per update, {args.threads} thread(s), batch {B}, obs {OBS}, act {ACT}, "
             f"{'-'.join(map(str, HIDDEN))} MLPs; "
             f"median over {args.rounds} rounds of {args.updates} updates (min-max); ratio = median / JAX "
-            "peer's median (median of per-round ratios)\n"
+            "peer's median (median of per-round ratios): JAX DDPG or TD3, and for CrossQ SBX's CrossQ "
+            "with the same critic\n"
         )
         print("| contender | ms/update | min-max | ratio to JAX |\n|---|---:|---:|---:|")
         for k, r in rows.items():

@@ -17,6 +17,34 @@ def sb3_ddpg(env, learning_starts: int, seed: int):
     return sb3_model(env, DDPGConfig(learning_starts=learning_starts), seed)
 
 
+def _crossq_kwargs(critic_width: int, learning_starts: int, seed: int) -> dict:
+    # The peers' own CrossQ defaults (learning rate 1e-3, Adam betas (0.5, 0.999), policy delay 3,
+    # batch 256, batch renormalization as published) with pydpg's actor (256-256) and the critic width
+    # compared; one update per env step, a 1M buffer.
+    return dict(
+        learning_starts=learning_starts,
+        seed=seed,
+        batch_size=256,
+        buffer_size=1_000_000,
+        policy_kwargs={"net_arch": {"pi": [256, 256], "qf": [critic_width, critic_width]}},
+        verbose=0,
+    )
+
+
+def sbx_crossq(env, critic_width: int, learning_starts: int, seed: int):
+    """SBX's CrossQ (sbx-rl, JAX: the whole update jitted, a stochastic SAC actor)."""
+    from sbx import CrossQ
+
+    return CrossQ("MlpPolicy", env, **_crossq_kwargs(critic_width, learning_starts, seed))
+
+
+def sb3_contrib_crossq(env, critic_width: int, learning_starts: int, seed: int):
+    """sb3-contrib's CrossQ (PyTorch, the authors' reference port, a stochastic SAC actor)."""
+    from sb3_contrib import CrossQ
+
+    return CrossQ("MlpPolicy", env, **_crossq_kwargs(critic_width, learning_starts, seed))
+
+
 def xla_threads(n: int) -> None:
     """XLA's CPU thread pools to ``n`` threads, as torch.set_num_threads(n) does for torch. Must run
     before jax is imported."""

@@ -95,6 +95,48 @@ void polyak(float* t, const float* o, std::int64_t n, float w) {
   }
 }
 
+// A batch's column means (into sum) and sums of squared deviations (into sq), in two passes with
+// double accumulation, as torch's CPU batch norm computes them.
+PYDPG_CLONES void column_moments(const float* __restrict x, int n, int cols, double* __restrict sum,
+                                 double* __restrict sq) {
+  std::fill(sum, sum + 2 * static_cast<std::ptrdiff_t>(cols), 0.0);
+  for (int r = 0; r < n; ++r) {
+    const float* xr = x + static_cast<std::int64_t>(r) * cols;
+    for (int j = 0; j < cols; ++j) sum[j] += xr[j];
+  }
+  for (int j = 0; j < cols; ++j) sum[j] /= n;
+  for (int r = 0; r < n; ++r) {
+    const float* xr = x + static_cast<std::int64_t>(r) * cols;
+    for (int j = 0; j < cols; ++j) {
+      const double d = xr[j] - sum[j];
+      sq[j] += d * d;
+    }
+  }
+}
+
+// x_hat = (x - mean) inv into xhat, and u = x_hat a + c, per column.
+PYDPG_CLONES void normalize_rows(const float* __restrict x, int n, int cols, const float* __restrict mean,
+                                 const float* __restrict inv, const float* __restrict a, const float* __restrict c,
+                                 float* __restrict xhat, float* __restrict u) {
+  for (int r = 0; r < n; ++r) {
+    const std::int64_t o = static_cast<std::int64_t>(r) * cols;
+    for (int j = 0; j < cols; ++j) {
+      const float v = (x[o + j] - mean[j]) * inv[j];
+      xhat[o + j] = v;
+      u[o + j] = v * a[j] + c[j];
+    }
+  }
+}
+
+// u = (x - shift) scale + b, per column (an evaluation-mode normalization).
+PYDPG_CLONES void affine_rows(const float* __restrict x, int n, int cols, const float* __restrict shift,
+                              const float* __restrict scale, const float* __restrict b, float* __restrict u) {
+  for (int r = 0; r < n; ++r) {
+    const std::int64_t o = static_cast<std::int64_t>(r) * cols;
+    for (int j = 0; j < cols; ++j) u[o + j] = (x[o + j] - shift[j]) * scale[j] + b[j];
+  }
+}
+
 // dst[r] = [a[r], b[r]]: the critic's input, the observation then the action.
 void concat_rows(const float* a, std::int64_t na, const float* b, std::int64_t nb, int n, float* dst) {
   for (int r = 0; r < n; ++r) {
@@ -293,6 +335,7 @@ void MlpUpdate::reserve(std::int64_t rows) {
   g1_ = buffer(rows * W);
   y_ = buffer(rows);
   col_sums_.assign(2 * static_cast<std::size_t>(W), 0.0);
+  col_coef_.assign(3 * static_cast<std::size_t>(W), 0.0f);
   auto pass_for = [&](const Net& net) {
     Pass p;
     for (std::size_t l = 0; l + 1 < net.depth(); ++l) p.acts.push_back(buffer(rows * W));
@@ -322,30 +365,14 @@ void MlpUpdate::normalize(const Norm& nm, const float* x, int n, int cols, Pass&
     // The module's evaluation mode, (x - running_mean) / sqrt(running_var + eps) * weight + bias, with
     // the per-column factor weight / std kept for the backward pass (col).
     for (int j = 0; j < cols; ++j) col[j] = nm.w[j] * (1.0f / std::sqrt(nm.running_var[j] + nm.eps));
-    for (int r = 0; r < n; ++r) {
-      const float* xr = x + static_cast<std::int64_t>(r) * cols;
-      float* ur = u + static_cast<std::int64_t>(r) * cols;
-      for (int j = 0; j < cols; ++j) ur[j] = (xr[j] - nm.running_mean[j]) * col[j] + nm.b[j];
-    }
+    affine_rows(x, n, cols, nm.running_mean, col, nm.b, u);
     return;
   }
   // Training mode: the batch's mean and (biased) variance, summed in double; then Ioffe's r and d from
   // the running statistics as they were before this batch, and the running statistics' move.
   double* sum = col_sums_.data();
   double* sq = sum + cols;
-  std::fill(sum, sum + 2 * cols, 0.0);
-  for (int r = 0; r < n; ++r) {
-    const float* xr = x + static_cast<std::int64_t>(r) * cols;
-    for (int j = 0; j < cols; ++j) sum[j] += xr[j];
-  }
-  for (int j = 0; j < cols; ++j) sum[j] /= n;
-  for (int r = 0; r < n; ++r) {
-    const float* xr = x + static_cast<std::int64_t>(r) * cols;
-    for (int j = 0; j < cols; ++j) {
-      const double d = xr[j] - sum[j];
-      sq[j] += d * d;
-    }
-  }
+  column_moments(x, n, cols, sum, sq);
   float *rr = col, *dd = col + cols, *inv = col + 2 * cols, *mean = col + 3 * cols, *a = col + 4 * cols,
         *c = col + 5 * cols;
   const bool renorm = *nm.steps >= nm.warmup;  // r = 1 and d = 0 during warmup: plain batch norm
@@ -374,15 +401,7 @@ void MlpUpdate::normalize(const Norm& nm, const float* x, int n, int cols, Pass&
     c[j] = dd[j] * nm.w[j] + nm.b[j];
   }
   ++*nm.steps;
-  float* xh = pass.xhat[l];
-  for (int r = 0; r < n; ++r) {
-    const std::int64_t o = static_cast<std::int64_t>(r) * cols;
-    for (int j = 0; j < cols; ++j) {
-      const float v = (x[o + j] - mean[j]) * inv[j];
-      xh[o + j] = v;
-      u[o + j] = v * a[j] + c[j];
-    }
-  }
+  normalize_rows(x, n, cols, mean, inv, a, c, pass.xhat[l], u);
 }
 
 void MlpUpdate::forward(const Net& net, const float* x, int n, Pass& pass, float* out, bool tanh_out, bool train) {
@@ -418,11 +437,12 @@ namespace {
 // (r and d constants of the gradient): weight gradient sum g (x_hat r + d), bias gradient sum g, and,
 // with `dx`, g overwritten by the gradient at its input,
 // (g - mean g - x_hat mean(g x_hat)) r weight / std (batch norm's backward through its statistics).
-PYDPG_CLONES void norm_backward(float* g, const float* xhat, const float* col, const float* w, int n, int cols,
-                                double* sums, float* wgrad, float* bgrad, bool dx) {
+PYDPG_CLONES void norm_backward(float* __restrict g, const float* __restrict xhat, const float* __restrict col,
+                                const float* __restrict w, int n, int cols, double* __restrict sums,
+                                float* __restrict coef, float* wgrad, float* bgrad, bool dx) {
   const float *rr = col, *dd = col + cols, *inv = col + 2 * cols;
   double *sg = sums, *sgx = sums + cols;
-  std::fill(sums, sums + 2 * cols, 0.0);
+  std::fill(sums, sums + 2 * static_cast<std::ptrdiff_t>(cols), 0.0);
   for (int r = 0; r < n; ++r) {
     const std::int64_t o = static_cast<std::int64_t>(r) * cols;
     for (int j = 0; j < cols; ++j) {
@@ -435,20 +455,21 @@ PYDPG_CLONES void norm_backward(float* g, const float* xhat, const float* col, c
     if (bgrad) bgrad[j] = static_cast<float>(sg[j]);
   }
   if (!dx) return;
+  // Per column: mean g, mean g x_hat, and r weight / std.
+  float *mg = coef, *mgx = coef + cols, *k = coef + 2 * cols;
   for (int j = 0; j < cols; ++j) {
-    sg[j] /= n;
-    sgx[j] /= n;
+    mg[j] = static_cast<float>(sg[j] / n);
+    mgx[j] = static_cast<float>(sgx[j] / n);
+    k[j] = rr[j] * w[j] * inv[j];
   }
   for (int r = 0; r < n; ++r) {
     const std::int64_t o = static_cast<std::int64_t>(r) * cols;
-    for (int j = 0; j < cols; ++j)
-      g[o + j] =
-          (g[o + j] - static_cast<float>(sg[j]) - xhat[o + j] * static_cast<float>(sgx[j])) * (rr[j] * w[j] * inv[j]);
+    for (int j = 0; j < cols; ++j) g[o + j] = (g[o + j] - mg[j] - xhat[o + j] * mgx[j]) * k[j];
   }
 }
 
 // g [n, cols] *= s per column: back through an evaluation-mode normalization (s = weight / std).
-void scale_columns(float* g, const float* s, int n, int cols, int ld) {
+PYDPG_CLONES void scale_columns(float* __restrict g, const float* __restrict s, int n, int cols, int ld) {
   for (int r = 0; r < n; ++r)
     for (int j = 0; j < cols; ++j) g[static_cast<std::int64_t>(r) * ld + j] *= s[j];
 }
@@ -477,7 +498,7 @@ void MlpUpdate::backward(const Net& net, const float* x, int n, const Pass& pass
       gemm(sgemm_, false, false, n, in, out, 1.0f, g, out, net.w[l], in, 0.0f, next, in);
       if (net.normalized()) {
         if (pass.train)
-          norm_backward(next, pass.xhat[l], pass.col[l], net.norm[l].w, n, in, col_sums_.data(),
+          norm_backward(next, pass.xhat[l], pass.col[l], net.norm[l].w, n, in, col_sums_.data(), col_coef_.data(),
                         grads ? grads->norm_w[l] : nullptr, grads ? grads->norm_b[l] : nullptr, l > 0);
         else
           scale_columns(next, pass.col[l], n, in, in);

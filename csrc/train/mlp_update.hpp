@@ -161,6 +161,7 @@ class MlpUpdate {
   std::vector<at::Tensor> scratch_;
   float *z_ = nullptr, *a_ = nullptr, *da_ = nullptr, *g0_ = nullptr, *g1_ = nullptr, *y_ = nullptr;
   std::vector<double> col_sums_;  // per column, the batch sums of a normalization (double accumulation)
+  std::vector<float> col_coef_;   // per column, a normalization's backward coefficients
   Pass actor_pass_;
   std::vector<Pass> critic_pass_;  // per critic (targets reuse them)
   std::vector<float*> q_;          // per critic [rows]

@@ -111,9 +111,10 @@ class DDPGConfig:
     device: str = "cpu"  # torch device of the networks and the update ("cuda" for a GPU)
     # Who runs the update. "auto": the C++ update (csrc/train/mlp_update.*, faster on a CPU: docs/benchmarks.md,
     # "Update speed against a jitted JAX update") wherever
-    # it applies (default Actor/Critic MLPs on the CPU, fused Adam, no hooks; pydpg.core.mlp_update says
-    # why not otherwise), else torch. "cpp": the C++ update or a ValueError saying why not. "torch":
-    # always the autograd reference. They agree to float rounding (tests/test_mlp_update.py).
+    # it applies (default Actor/Critic MLPs on the CPU, fused Adam, no hooks; DDPG, TD3 and CrossQ's
+    # switches; pydpg.core.mlp_update says why not otherwise), else torch. "cpp": the C++ update or a
+    # ValueError saying why not. "torch": always the autograd reference. They agree to float rounding
+    # (tests/test_mlp_update.py, tests/test_crossq_update.py).
     update_backend: str = "auto"
 
     @property
