@@ -554,7 +554,7 @@ CriticStepStats MlpUpdate::critic_step(const UpdateBatch& bt, double lr, const a
   }
   // Q'_k(s', a') into next_q[k]: the target critics' on (s', a'), or rows B..2B of the joint pass, which
   // also gives Q_k(s, a) in rows 0..B.
-  std::vector<const float*> next_q(critics_.size());
+  const float* next_q[2] = {nullptr, nullptr};  // one or two critics (the constructor checks)
   if (joint) {
     concat_rows(ptr(bt.obs), O, ptr(bt.action), A, n, z_);
     concat_rows(ptr(bt.next_obs), O, a_, A, n, z_ + B * (O + A));
@@ -573,7 +573,7 @@ CriticStepStats MlpUpdate::critic_step(const UpdateBatch& bt, double lr, const a
   const float *r = ptr(bt.reward), *done = ptr(bt.done), *disc = ptr(bt.discount);
   for (int i = 0; i < n; ++i) {
     float nq = next_q[0][i];
-    if (next_q.size() > 1) {
+    if (critics_.size() > 1) {
       const float other = next_q[1][i];
       nq = (nq < other || nq != nq) ? nq : other;  // torch.minimum: NaN wins
     }
