@@ -152,8 +152,9 @@ def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, v
     """Every RNG stream at once: PER sampling, target-smoothing noise, OU state, n-step pending returns;
     on the C++ update, on autograd with LayerNorm critics (whose gains and biases are parameters
     and optimizer state too), with TD7's switches (encoder and its optimizer, the value range,
-    LAP's reset maximum priority, hard targets between checkpoints) and with CrossQ's (the running
-    statistics and step counts of every batch renormalization layer, past its warmup)."""
+    LAP's reset maximum priority, hard targets between checkpoints; autograd) and with CrossQ's on
+    the C++ update (the running statistics and step counts of every batch renormalization layer,
+    past its warmup)."""
     extra = (
         dict(critic_layer_norm=True)
         if variant == "layernorm-autograd"
@@ -164,7 +165,7 @@ def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, v
         if variant == "crossq"
         else {}
     )
-    layer_norm = variant != "cpp-update"  # both others run on autograd
+    autograd = variant in ("layernorm-autograd", "td7")  # the C++ update runs the other two
     cfg = DDPGConfig.preset(
         "td3",
         **{
@@ -186,7 +187,7 @@ def test_resume_is_exact_with_vector_envs_per_nstep_td3_and_ou_noise(tmp_path, v
     ref, resumed = _resume_matches(
         tmp_path, lambda out: Trainer(cfg, TrainConfig(**tc.to_dict()), out_dir=out, tensorboard=False)
     )
-    assert (resumed.agent.mlp_updater() is None) == layer_norm
+    assert (resumed.agent.mlp_updater() is None) == autograd
 
 
 def test_resume_of_uncapturable_env_warns_and_restarts_episodes(tmp_path):
