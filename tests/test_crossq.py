@@ -30,7 +30,9 @@ OBS, ACT = 5, 2
 SMALL = dict(hidden=(16, 16), critic_hidden=(24, 24), batch_renorm_warmup=3)
 
 
-def _batch(g: torch.Generator, n: int = 32) -> Batch:
+def _batch(g: torch.Generator, n: int = 32, weights: bool = False) -> Batch:
+    """Observations and next observations from different distributions (the joint pass's two halves
+    must differ); PER weights in [0.5, 1.5) with ``weights``."""
     return Batch(
         obs=torch.randn(n, OBS, generator=g) * 2 + 1,
         action=torch.rand(n, ACT, generator=g) * 2 - 1,
@@ -38,7 +40,7 @@ def _batch(g: torch.Generator, n: int = 32) -> Batch:
         next_obs=torch.randn(n, OBS, generator=g) - 1,
         done=(torch.rand(n, 1, generator=g) < 0.2).float(),
         discount=torch.full((n, 1), 0.99),
-        weights=None,
+        weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None,
     )
 
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 import update_bounds as ub
 from policy_helpers import scramble_batch_renorm
+from test_crossq import ACT, OBS, _batch
 
 from pydpg import _core
 from pydpg.core.agent import DDPGAgent
@@ -32,20 +33,7 @@ from pydpg.core.config import DDPGConfig
 from pydpg.core.mlp_update import MlpUpdater, _adam_tensors, _linear_params, _norm_params, why_not
 from pydpg.core.networks import BatchRenorm
 
-OBS, ACT = 5, 2
 SMALL = dict(hidden=(16, 16), critic_hidden=(24, 24))
-
-
-def _batch(g: torch.Generator, n: int = 32, weights: bool = False) -> Batch:
-    return Batch(
-        obs=torch.randn(n, OBS, generator=g) * 2 + 1,
-        action=torch.rand(n, ACT, generator=g) * 2 - 1,
-        reward=torch.randn(n, 1, generator=g),
-        next_obs=torch.randn(n, OBS, generator=g) - 1,
-        done=(torch.rand(n, 1, generator=g) < 0.2).float(),
-        discount=torch.full((n, 1), 0.99),
-        weights=torch.rand(n, 1, generator=g) + 0.5 if weights else None,
-    )
 
 
 CONFIGS = {
@@ -77,8 +65,7 @@ def _pair(name: str = "renorm", **extra):
     return agent, ref, g
 
 
-def _moments(opt: torch.optim.Adam, key: str) -> list[torch.Tensor]:
-    return [opt.state[p][key] for p in opt.param_groups[0]["params"]]
+_moments = ub.adam_moments
 
 
 def _state_tensors(a: DDPGAgent) -> list[torch.Tensor]:
@@ -87,16 +74,7 @@ def _state_tensors(a: DDPGAgent) -> list[torch.Tensor]:
 
 def _sync(src: DDPGAgent, dst: DDPGAgent) -> None:
     """dst's parameters, running statistics, step counts and Adam moments <- src's, in place."""
-    with torch.no_grad():
-        for p, q in zip(_state_tensors(src), _state_tensors(dst)):
-            q.copy_(p)
-        for so, do in ((src.actor_opt, dst.actor_opt), (src.critic_opt, dst.critic_opt)):
-            for key in ("exp_avg", "exp_avg_sq"):
-                for p, q in zip(_moments(so, key), _moments(do, key)):
-                    q.copy_(p)
-            assert all(torch.equal(p, q) for p, q in zip(_moments(so, "step"), _moments(do, "step")))
-    assert src.n_updates == dst.n_updates
-    assert torch.equal(src.generator.get_state(), dst.generator.get_state())
+    ub.sync(src, dst, _state_tensors)
 
 
 def _stats(module) -> list[torch.Tensor]:

@@ -76,24 +76,11 @@ def _opt_state(a: DDPGAgent) -> list[torch.Tensor]:
     return [v for o in (a.actor_opt, a.critic_opt) for s in o.state.values() for v in s.values()]
 
 
-def _moments(opt: torch.optim.Adam, key: str) -> list[torch.Tensor]:
-    return [opt.state[p][key] for p in opt.param_groups[0]["params"]]
+_moments = ub.adam_moments
 
 
 def _sync(src: DDPGAgent, dst: DDPGAgent) -> None:
-    """dst's parameters, targets and Adam moments <- src's, in place (dst keeps its own tensors). The
-    step counters and the noise generator are not copied: they must already agree."""
-    with torch.no_grad():
-        for p, q in zip(_tensors(src), _tensors(dst)):
-            q.copy_(p)
-        for so, do in ((src.actor_opt, dst.actor_opt), (src.critic_opt, dst.critic_opt)):
-            for key in ("exp_avg", "exp_avg_sq"):
-                for p, q in zip(_moments(so, key), _moments(do, key)):
-                    q.copy_(p)
-            # step counts: whole numbers + 1 per step on both sides, exact in float32
-            assert all(torch.equal(p, q) for p, q in zip(_moments(so, "step"), _moments(do, "step")))
-    assert src.n_updates == dst.n_updates
-    assert torch.equal(src.generator.get_state(), dst.generator.get_state())  # RNG state: the same noise to be drawn
+    ub.sync(src, dst, _tensors)
 
 
 def _results(a: DDPGAgent, out: dict, bound: dict) -> dict:

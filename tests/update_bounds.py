@@ -590,6 +590,29 @@ def forward_bound(module: torch.nn.Module, obs, tanh_out: bool = True) -> IV:
     return MLP(linear_layers(module), IV.exact(_f64(obs)), tanh_out).out
 
 
+# ------------------------------------------------------------------ two agents from one state
+def adam_moments(opt: torch.optim.Adam, key: str) -> list[torch.Tensor]:
+    """One state entry (exp_avg, exp_avg_sq, step) of every parameter, in the optimizer's order."""
+    return [opt.state[p][key] for p in opt.param_groups[0]["params"]]
+
+
+def sync(src, dst, tensors) -> None:
+    """dst's tensors (``tensors(agent)``: parameters, targets, buffers) and Adam moments <- src's, in
+    place (dst keeps its own tensors), so that both update from one state. The step counters and the
+    noise generator are not copied: they must already agree."""
+    with torch.no_grad():
+        for p, q in zip(tensors(src), tensors(dst)):
+            q.copy_(p)
+        for so, do in ((src.actor_opt, dst.actor_opt), (src.critic_opt, dst.critic_opt)):
+            for key in ("exp_avg", "exp_avg_sq"):
+                for p, q in zip(adam_moments(so, key), adam_moments(do, key)):
+                    q.copy_(p)
+            # step counts: whole numbers + 1 per step on both sides, exact in float32
+            assert all(torch.equal(p, q) for p, q in zip(adam_moments(so, "step"), adam_moments(do, "step")))
+    assert src.n_updates == dst.n_updates
+    assert torch.equal(src.generator.get_state(), dst.generator.get_state())  # RNG state: the same noise to be drawn
+
+
 # ------------------------------------------------------------------ comparisons
 def ratio(got, bound: IV) -> float:
     """max |got - centre| / bound over the entries (inf where the bound is 0 and they differ, or NaN)."""
