@@ -9,8 +9,10 @@ evaluation: 10 episodes of the deterministic policy every 5k steps on a separate
 time counts on both sides. Each contender is its own process pinned to its own core with one thread,
 so run both at once on a 2-core machine:
 
-    taskset -c 0 python benchmarks/time_to_score.py pydpg --out benchmarks/results/time_to_score_pydpg.json &
-    taskset -c 1 python benchmarks/time_to_score.py sbx --out benchmarks/results/time_to_score_sbx.json
+    taskset -c 0 python benchmarks/time_to_score.py pydpg --seed 0 --out benchmarks/results/time_to_score_pydpg.json &
+    taskset -c 1 python benchmarks/time_to_score.py sbx --seed 0 --out benchmarks/results/time_to_score_sbx.json
+
+(seed 1 wrote time_to_score_pydpg_s1.json and time_to_score_sbx_s1.json).
 
 Writes the evaluations (step, wall seconds, mean) and the time to the target, or that it was not
 reached within ``--max-steps`` / ``--max-minutes``. SBX comes with the bench extra.
