@@ -332,7 +332,8 @@ def _update_bound(state: State, batch, noise) -> dict:
     )
     y = (_x(reward) + _x(discount * (1.0 - done)) * next_q).closed()
     tds = [q[:B] - y for q in qs]
-    out["critic_loss"] = _cover(sum((td.square() for td in tds), _x(np.zeros((B, 1)))).__mul__(_x(w)).mean().rounds(2))
+    squares = sum((td.square() for td in tds), _x(np.zeros((B, 1))))
+    out["critic_loss"] = _cover((squares * _x(w)).mean().rounds(2))
     out["q_mean"] = _cover(qs[0][:B].mean())
     out["td_errors"] = tds[0].abs()[:, 0]
     grads_all, new_params, ms, vs, stats = [], [], [], [], []

@@ -171,16 +171,9 @@ def test_checkpoint_resume_is_exact_on_the_cpp_path():
     """A state_dict round trip mid-run: the resumed agent rebinds the C++ update (running statistics
     and step counts included) and continues bit for bit as the uninterrupted one."""
     agent, _, g = _pair()
-    batches = [_batch(g) for _ in range(12)]
-    for b in batches[:5]:
-        agent.update(b)
-    saved = copy.deepcopy(agent.state_dict())
-    for b in batches[5:]:
-        agent.update(b)
-    resumed = DDPGAgent.from_dims(OBS, ACT, agent.config)
-    resumed.load_state_dict(saved)
-    for b in batches[5:]:
-        resumed.update(b)
+    agent, resumed, _ = ub.resumed_run(
+        agent, lambda: DDPGAgent.from_dims(OBS, ACT, agent.config), [_batch(g) for _ in range(12)], 5
+    )
     assert resumed.mlp_updater() is not None
     assert all(torch.equal(p, q) for p, q in zip(_state_tensors(agent), _state_tensors(resumed)))
     for key in ("exp_avg", "exp_avg_sq"):
@@ -321,6 +314,10 @@ def test_constructor_refuses_mismatched_normalizations():
         build(actor_norm=[{**an[0], "momentum": float("nan")}, *an[1:]])
     with pytest.raises(ValueError, match="has no 'eps'"):
         build(actor_norm=[{k: v for k, v in an[0].items() if k != "eps"}, *an[1:]])
+    with pytest.raises(ValueError, match="unknown key 'epsilon'"):
+        build(actor_norm=[{**an[0], "epsilon": 1e-3}, *an[1:]])
+    with pytest.raises(ValueError, match="critic_opt has an unknown key 'lr'"):
+        build(critic_opt={**copt, "lr": 1e-3})
     with pytest.raises(ValueError, match="one list per critic"):
         build(critic_norms=cn[:1])
     with pytest.raises(TypeError, match="must be a dict"):

@@ -284,17 +284,10 @@ def test_checkpoint_resume_is_exact_on_the_cpp_path():
     """A state_dict round trip mid-run (the optimizers' state tensors are replaced): the resumed agent
     rebinds the C++ update and continues bit for bit as the uninterrupted one."""
     agent, _, g = _pair(**CONFIGS["td3"])
-    batches = [_batch(g) for _ in range(12)]
-    for b in batches[:5]:
-        agent.update(b)
-    saved = copy.deepcopy(agent.state_dict())
-    for b in batches[5:]:
-        agent.update(b)
-    resumed = DDPGAgent.from_dims(OBS, ACT, agent.config)
-    resumed.load_state_dict(saved)
     old = agent.mlp_updater()
-    for b in batches[5:]:
-        resumed.update(b)
+    agent, resumed, saved = ub.resumed_run(
+        agent, lambda: DDPGAgent.from_dims(OBS, ACT, agent.config), [_batch(g) for _ in range(12)], 5
+    )
     assert resumed.mlp_updater() is not None and resumed.mlp_updater() is not old
     # The same C++ kernels on the same numbers, shapes and (64-byte aligned) layouts, threads alike:
     # the same computation, so bit for bit.

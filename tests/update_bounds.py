@@ -73,6 +73,7 @@ LAP, value clipping, hard target updates (the C++ update refuses them).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -611,6 +612,22 @@ def sync(src, dst, tensors) -> None:
             assert all(torch.equal(p, q) for p, q in zip(adam_moments(so, "step"), adam_moments(do, "step")))
     assert src.n_updates == dst.n_updates
     assert torch.equal(src.generator.get_state(), dst.generator.get_state())  # RNG state: the same noise to be drawn
+
+
+def resumed_run(agent, fresh, batches: list, at: int):
+    """``agent`` updated on every batch, and ``fresh()`` (a new agent of its config) loaded from its
+    state_dict after the first ``at`` and updated on the rest: (the agent, the resumed one, the
+    state_dict), to compare."""
+    for b in batches[:at]:
+        agent.update(b)
+    saved = copy.deepcopy(agent.state_dict())
+    for b in batches[at:]:
+        agent.update(b)
+    resumed = fresh()
+    resumed.load_state_dict(saved)
+    for b in batches[at:]:
+        resumed.update(b)
+    return agent, resumed, saved
 
 
 # ------------------------------------------------------------------ comparisons

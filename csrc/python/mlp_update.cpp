@@ -1,5 +1,7 @@
 #include <ATen/DLConvertor.h>
 
+#include <algorithm>
+#include <initializer_list>
 #include <optional>
 
 #include "bindings.hpp"
@@ -76,13 +78,24 @@ pydpg::MlpParams mlp_params(py::handle seq, const std::string& name) {
   return p;
 }
 
+// Exactly `keys` in `d`: a missing key or one not among them is refused by name.
+void check_keys(const py::dict& d, std::initializer_list<const char*> keys, const std::string& name) {
+  for (const char* key : keys)
+    if (!d.contains(key)) throw py::value_error(name + " has no '" + key + "'");
+  for (auto item : d) {
+    const std::string k = py::str(item.first);
+    if (std::none_of(keys.begin(), keys.end(), [&](const char* key) { return k == key; }))
+      throw py::value_error(name + " has an unknown key '" + k + "'");
+  }
+}
+
 // A BatchRenorm's tensors and constants, from a dict of them (pydpg.core.mlp_update._norm_params).
 pydpg::BatchRenormParams norm_params(py::handle h, const std::string& name) {
   if (!py::isinstance<py::dict>(h)) throw py::type_error(name + " must be a dict, got " + type_name(h));
   const py::dict d = py::reinterpret_borrow<py::dict>(h);
-  for (const char* key :
-       {"weight", "bias", "running_mean", "running_var", "steps", "momentum", "warmup", "eps", "r_max", "d_max"})
-    if (!d.contains(key)) throw py::value_error(name + " has no '" + key + "'");
+  check_keys(d,
+             {"weight", "bias", "running_mean", "running_var", "steps", "momentum", "warmup", "eps", "r_max", "d_max"},
+             name);
   pydpg::BatchRenormParams q;
   q.weight = tensor_arg(d["weight"], name + ".weight");
   q.bias = tensor_arg(d["bias"], name + ".bias");
@@ -108,8 +121,7 @@ pydpg::MlpParams net_params(py::handle seq, py::handle norms, const std::string&
 }
 
 pydpg::AdamState adam_state(const py::dict& d, const std::string& name) {
-  for (const char* key : {"grad", "exp_avg", "exp_avg_sq", "step", "beta1", "beta2", "eps", "weight_decay"})
-    if (!d.contains(key)) throw py::value_error(name + " has no '" + key + "'");
+  check_keys(d, {"grad", "exp_avg", "exp_avg_sq", "step", "beta1", "beta2", "eps", "weight_decay"}, name);
   pydpg::AdamState s;
   s.grad = tensor_list(d["grad"], name + ".grad");
   s.exp_avg = tensor_list(d["exp_avg"], name + ".exp_avg");
