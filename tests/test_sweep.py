@@ -617,3 +617,24 @@ actuators = [{{ joint = "slider", scale = 2.0, offset = 0.0 }}]
         meta["randomization"]["model"][0]["field"] == "body_mass"
         and meta["action"]["actuators"][0]["joint"] == "slider"
     )
+
+
+def test_a_trial_that_died_before_reporting_is_named_by_its_directory():
+    # Tune hands back no config for a trial whose worker failed before its first report (it could
+    # not import pydpg, say); the sweep named it `None["trial"]` and ended in a TypeError.
+    from types import SimpleNamespace
+
+    from pydpg.experiments.sweep import _outcomes
+
+    grid = [
+        SimpleNamespace(
+            config=None, path="/out/_tune/x/Hopper-v5-td3-seed2", error=ImportError("line\nno _core"), metrics=None
+        ),
+        SimpleNamespace(
+            config={"trial": "Ant-v5-td3-seed0"}, path="/elsewhere", error=None, metrics={"finished": True}
+        ),
+        SimpleNamespace(config=None, path="/out/_tune/x/Ant-v5-td3-seed1", error=None, metrics=None),
+    ]
+    failed, unfinished = _outcomes(grid)
+    assert failed == [("Hopper-v5-td3-seed2", "no _core")]
+    assert unfinished == ["Ant-v5-td3-seed1"]

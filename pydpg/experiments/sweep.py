@@ -270,6 +270,24 @@ def _check_not_started(trials: list[Trial], out: Path, name: str) -> None:
             )
 
 
+def _trial_name(r: Any) -> str:
+    # A trial that died before its first report (its worker could not import pydpg, say) comes
+    # back with no config; its directory is still named for it (trial_dirname_creator).
+    return (r.config or {}).get("trial") or Path(str(r.path)).name
+
+
+def _outcomes(grid: Any) -> tuple[list[tuple[str, str]], list[str]]:
+    """(failed trials with their errors, unfinished trials) of Tune's results. A trial's error carries
+    the remote traceback (Tune keeps it in the trial's error.txt); the last line is the exception."""
+    failed = [
+        (_trial_name(r), (str(r.error).strip().splitlines() or [repr(r.error)])[-1])
+        for r in grid
+        if r.error is not None
+    ]
+    unfinished = [_trial_name(r) for r in grid if r.error is None and not (r.metrics or {}).get("finished")]
+    return failed, unfinished
+
+
 def run_sweep(
     spec: Union[SweepSpec, dict, str, os.PathLike],
     out_dir: Union[str, os.PathLike],
@@ -332,14 +350,7 @@ def run_sweep(
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    # A trial's error carries the remote traceback (Tune keeps it in the trial's error.txt); the
-    # last line is the exception itself.
-    failed = [
-        (r.config["trial"], (str(r.error).strip().splitlines() or [repr(r.error)])[-1])
-        for r in grid
-        if r.error is not None
-    ]
-    unfinished = [r.config["trial"] for r in grid if r.error is None and not (r.metrics or {}).get("finished")]
+    failed, unfinished = _outcomes(grid)
     result = SweepResult(out, name, trials, summarize(out), wall, grid, failed, unfinished)
     if failed:
         raise SweepError(
