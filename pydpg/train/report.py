@@ -28,24 +28,23 @@ from pydpg.train.run_state import RunCounters
 BEST_MODEL = "best_model.pt"  # in the run directory (TrainConfig.save_best)
 
 
-# One CrossQ update on one quiet CPU core (docs/benchmarks.md, "CrossQ (2026-12-05)", Walker2d's sizes):
-# 210.6 ms with the preset's 2048-2048 critic, 8.79 ms with 256-256.
-_UPDATE_MS = {2048: 210.6, 256: 8.79}
+# Preset crossq end to end on one CPU core, Hopper-v5, the C++ update (docs/benchmarks.md, "CrossQ's
+# update in C++ against SBX and sb3-contrib"): env-steps/s by critic width. From 1024 on the critic's
+# products are ~95 % of a step, so a wider critic's pace scales by width^2 from 1024's.
+_STEPS_PER_S = {1024: 11.5, 256: 101.8}
 
 
 def wide_critic_note(critic_widths: tuple[int, ...], total_steps: int) -> str:
-    """What a CPU run of a wide critic (preset crossq's 2048-2048) is told at its start: an update per
-    env step costs at least the measured update time (scaled by width^2 from 2048: its products
-    dominate), so the run's env-steps/s and hours have these bounds, and the 256-256 setting's beside."""
+    """What a CPU run of a wide critic (preset crossq's 2048-2048) is told at its start: its pace and
+    hours from the measured env-steps/s, and the 256-256 setting's beside."""
     width = max(critic_widths)
-    ms = _UPDATE_MS[2048] * (width / 2048) ** 2
-    hours = total_steps * ms / 1e3 / 3600
-    cheap = total_steps * _UPDATE_MS[256] / 1e3 / 3600
+    rate = _STEPS_PER_S[1024] * (1024 / width) ** 2
+    hours = total_steps / rate / 3600
+    cheap = total_steps / _STEPS_PER_S[256] / 3600
     return (
-        f"note: a {'-'.join(map(str, critic_widths))} critic is slow on a CPU: about {ms:.0f} ms per update on "
-        f"a quiet core, so at most {1e3 / ms:.1f} env-steps/s and at least {hours:.1f} h for {total_steps} steps "
-        f"(docs/benchmarks.md); with --set critic_hidden=[256,256], the setting measured on CPUs, an update "
-        f"takes {_UPDATE_MS[256]} ms (at least {cheap:.1f} h)"
+        f"note: a {'-'.join(map(str, critic_widths))} critic is slow on a CPU: about {rate:.1f} env-steps/s on one "
+        f"core, {hours:.1f} h for {total_steps} steps (docs/benchmarks.md); with --set critic_hidden=[256,256], the "
+        f"setting measured on CPUs, about {_STEPS_PER_S[256]:.0f} env-steps/s ({cheap:.1f} h)"
     )
 
 
