@@ -468,3 +468,17 @@ def test_workers_and_their_evaluation_run_the_runs_action_contract_and_randomiza
     export_checkpoint(tmp_path / "run", tmp_path / "p.pt", verbose=False)
     meta = read_metadata(tmp_path / "p.pt")
     assert meta["action"]["actuators"][1]["scale"] == 0.5 and meta["randomization"]["action"]["delay"] == [1, 1]
+
+
+def test_a_current_directory_that_would_shadow_pydpg_in_the_workers_is_refused(tmp_path):
+    # Ray puts the driver's directory first on its workers' path: a source tree there beside a
+    # non-editable install made every trial fail with "cannot import name '_core'".
+    import pydpg
+    from pydpg.train import ray_session
+
+    (tmp_path / "pydpg").mkdir()
+    (tmp_path / "pydpg" / "__init__.py").write_text("")
+    with pytest.raises(RuntimeError, match="another pydpg"):
+        ray_session.check_no_shadow(str(tmp_path))
+    ray_session.check_no_shadow(str(tmp_path / "pydpg"))  # no pydpg/ inside: nothing to shadow
+    ray_session.check_no_shadow(str(Path(pydpg.__file__).parent.parent))  # the running tree itself

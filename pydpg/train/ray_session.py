@@ -105,6 +105,21 @@ def _check_gcs(address: str, timeout: float) -> None:
             ) from None
 
 
+def check_no_shadow(cwd: Optional[str] = None) -> None:
+    """Refuse a current directory whose ``pydpg/`` is not the pydpg this process imported: Ray puts
+    the driver's directory first on its workers' path, so they would import that tree instead (a
+    source checkout beside a non-editable install: no compiled core there, every trial fails)."""
+    import pydpg
+
+    here = os.path.realpath(os.path.join(cwd or os.getcwd(), "pydpg"))
+    mine = os.path.realpath(os.path.dirname(pydpg.__file__))
+    if os.path.isfile(os.path.join(here, "__init__.py")) and here != mine:
+        raise RuntimeError(
+            f"the current directory holds another pydpg ({here}) than the one running ({mine}); Ray's "
+            "workers would import it. Run from another directory, or install that tree (pip install -e .)"
+        )
+
+
 def init(address: Optional[str] = None, num_cpus: Optional[int] = None, timeout: float = 10.0) -> Any:
     """Ray, initialized: joins ``address`` if given, else starts a local, loopback-only Ray with
     ``num_cpus`` CPUs and no dashboard. A session that is already up is reused (tests share one)."""
@@ -116,6 +131,7 @@ def init(address: Optional[str] = None, num_cpus: Optional[int] = None, timeout:
     ray = require_ray("distributed training and sweeps")
     if ray.is_initialized():
         return ray
+    check_no_shadow()
     if local and os.environ.get(_LOCAL_ONLY_ENV) == "0":
         # Ray reads the switch when it is first imported; if something imported it earlier (a
         # user's script, Ray Tune), set what it was read into, or the servers bind to all interfaces.
