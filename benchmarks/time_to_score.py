@@ -14,6 +14,12 @@ so run both at once on a 2-core machine:
 
 (seed 1 wrote time_to_score_pydpg_s1.json and time_to_score_sbx_s1.json).
 
+With ``--target inf`` nothing stops a run early: it is a learning curve on the same evaluation, which
+is how the SBX peer rows of docs/benchmarks.md's CrossQ table were run (same-machine SBX at 300k):
+
+    taskset -c 1 python benchmarks/time_to_score.py sbx --env Walker2d-v5 --target inf --max-minutes 75 \
+        --out benchmarks/results/peer_sbx_crossq_walker2d.json
+
 Writes the evaluations (step, wall seconds, mean) and the time to the target, or that it was not
 reached within ``--max-steps`` / ``--max-minutes``. SBX comes with the bench extra.
 """
