@@ -109,10 +109,8 @@ def check_no_shadow(cwd: Optional[str] = None) -> None:
     """Refuse a current directory whose ``pydpg/`` is not the pydpg this process imported: Ray puts
     the driver's directory first on its workers' path, so they would import that tree instead (a
     source checkout beside a non-editable install: no compiled core there, every trial fails)."""
-    import pydpg
-
     here = os.path.realpath(os.path.join(cwd or os.getcwd(), "pydpg"))
-    mine = os.path.realpath(os.path.dirname(pydpg.__file__))
+    mine = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # this file is pydpg/train/
     if os.path.isfile(os.path.join(here, "__init__.py")) and here != mine:
         raise RuntimeError(
             f"the current directory holds another pydpg ({here}) than the one running ({mine}); Ray's "
