@@ -105,6 +105,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=60.0)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    # inf is the curve mode; NaN would silently never be reached, and a bad budget would not stop.
+    if args.target != args.target:
+        p.error("--target must be a number or inf, not NaN")
+    if not (0 < args.max_minutes < float("inf")) or args.max_steps <= 0:
+        p.error("--max-minutes must be finite and positive, --max-steps positive")
 
     from peers import xla_threads
 
